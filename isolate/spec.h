@@ -1,0 +1,61 @@
+// The validated description of one sandboxed process. Every way in (YAML
+// executor config, per-call options, CLI flags, socket requests) lowers into a
+// SpawnSpec before anything forks; the spawn pipeline trusts it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "isolate/cgroups.h"
+#include "isolate/rlimits.h"
+
+namespace cloister {
+
+enum class NetworkMode { None, Host };
+
+// A host path made visible inside the sandbox.
+struct BindMount {
+  std::string source;  // absolute host path
+  std::string target;  // absolute path inside the sandbox
+  bool read_only = true;
+};
+
+struct TmpfsMount {
+  std::string target;   // absolute path inside the sandbox
+  std::string options;  // fstab style: "rw,noexec,nosuid,size=64m,mode=1777"
+};
+
+struct Identity {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups; empty = none
+};
+
+struct SpawnSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH
+  std::vector<std::string> env;   // "KEY=VALUE", exactly what the payload sees
+  std::string work_dir = "/";
+  std::string hostname = "cloister";
+  NetworkMode network = NetworkMode::None;
+
+  // Host executor view: these host paths appear read-only at the same place
+  // (missing ones are skipped, symlinks such as /bin -> usr/bin are kept as
+  // symlinks); masked paths are hidden (empty file or empty read-only dir).
+  std::vector<std::string> host_paths;
+  std::vector<std::string> masked_paths;
+  std::vector<BindMount> volumes;
+  std::vector<TmpfsMount> tmpfs;
+  bool read_only_rootfs = true;  // the new root itself (not /tmp, volumes, tmpfs)
+
+  bool no_new_privileges = true;
+  uint64_t capabilities = 0;  // bit set of capabilities kept
+  std::vector<rlimits::Limit> rlimits;
+  Identity user;
+  std::string seccomp_profile;  // "" = built-in default, "unconfined", or a path
+  cgroups::Limits limits;
+};
+
+}  // namespace cloister

@@ -1,0 +1,69 @@
+// Configuration: YAML with the seeds' field names (Wippy's exec.native /
+// exec.docker executors), lowered into validated ExecutorConfig values.
+// Unknown fields and bad values are errors that name the file, the line and
+// the field, e.g.
+//   example.yaml:14: executors[1].memory_limit: expected a byte size, got "lots"
+// The reference is docs/config.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "isolate/error.h"
+#include "isolate/spec.h"
+
+namespace cloister {
+
+enum class ExecutorKind { Host, Container };
+
+struct ExecutorConfig {
+  std::string name;
+  ExecutorKind kind = ExecutorKind::Host;
+  std::string default_work_dir = "/";
+  std::vector<std::pair<std::string, std::string>> default_env;  // in file order
+  std::vector<std::string> command_whitelist;  // exact match on the command string
+  NetworkMode network_mode = NetworkMode::None;
+  uint64_t memory_limit = 0;  // bytes, 0 = unlimited
+  uint64_t cpu_quota = 0;     // microseconds per 100000, 0 = unlimited
+  uint64_t pids_limit = 0;    // 0 = unlimited
+  bool read_only_rootfs = true;
+  bool no_new_privileges = true;
+  std::vector<std::string> cap_add;   // validated names
+  std::vector<std::string> cap_drop;  // validated names or ALL
+  uint64_t capabilities = 0;          // resolved from cap_add/cap_drop
+  std::vector<TmpfsMount> tmpfs;
+  std::vector<BindMount> volumes;
+  std::optional<std::string> user;  // as written: "uid[:gid]" or a name
+  Identity identity;                // resolved from user (default 0:0)
+  std::string hostname = "cloister";
+  std::vector<std::string> host_paths;    // default: kDefaultHostPaths
+  std::vector<std::string> masked_paths;  // default: kDefaultMaskedPaths
+  std::vector<rlimits::Limit> rlimits;
+  std::string seccomp_profile;                   // "" = built-in default
+  std::chrono::milliseconds default_timeout{0};  // 0 = none
+  std::string image;                             // container executors (not supported yet)
+};
+
+inline const std::vector<std::string> kDefaultHostPaths = {
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc", "/opt"};
+inline const std::vector<std::string> kDefaultMaskedPaths = {
+    "/etc/shadow",  "/etc/gshadow",   "/etc/shadow-", "/etc/gshadow-",
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh",     "/etc/ssl/private"};
+
+struct Config {
+  std::string path;
+  std::vector<ExecutorConfig> executors;
+
+  const ExecutorConfig* find(std::string_view name) const;
+};
+
+// Parses YAML text; `source` names it in errors (a file path).
+Result<Config> parse_config(std::string_view yaml, const std::string& source);
+Result<Config> load_config(const std::string& path);
+
+}  // namespace cloister

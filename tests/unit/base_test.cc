@@ -1,0 +1,79 @@
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "isolate/capabilities.h"
+#include "isolate/error.h"
+#include "isolate/fd.h"
+#include "isolate/rlimits.h"
+
+using namespace cloister;
+
+TEST(Error, KindFromErrno) {
+  EXPECT_EQ(sys_error("x", EPERM).kind, ErrorKind::PermissionDenied);
+  EXPECT_EQ(sys_error("x", ENOENT).kind, ErrorKind::NotFound);
+  EXPECT_EQ(sys_error("x", EAGAIN).kind, ErrorKind::Limit);
+  EXPECT_EQ(sys_error("x", EIO).kind, ErrorKind::Internal);
+  EXPECT_EQ(kind_name(ErrorKind::PermissionDenied), "PERMISSION_DENIED");
+}
+
+TEST(Error, WrapKeepsKindAndErrno) {
+  Error e = sys_error("open /x", ENOENT).wrap("mount plan");
+  EXPECT_EQ(e.kind, ErrorKind::NotFound);
+  EXPECT_EQ(e.code, ENOENT);
+  EXPECT_EQ(e.message, "mount plan: open /x");
+  EXPECT_EQ(e.what(), "mount plan: open /x: No such file or directory");
+}
+
+TEST(Fd, ClosesOnDestructionAndMoves) {
+  int raw;
+  {
+    auto p = make_pipe();
+    ASSERT_TRUE(p);
+    raw = p->read.get();
+    EXPECT_TRUE(fcntl(raw, F_GETFD) & FD_CLOEXEC);
+    Fd moved = std::move(p->read);
+    EXPECT_FALSE(p->read);
+    EXPECT_EQ(moved.get(), raw);
+  }
+  EXPECT_EQ(fcntl(raw, F_GETFD), -1);
+}
+
+TEST(Fd, ReadFileReportsPath) {
+  auto r = read_file("/nonexistent/cloister");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, ErrorKind::NotFound);
+  EXPECT_NE(r.error().message.find("/nonexistent/cloister"), std::string::npos);
+}
+
+TEST(Capabilities, Names) {
+  EXPECT_EQ(capabilities::from_name("CAP_NET_RAW"), 13);
+  EXPECT_EQ(capabilities::from_name("net_raw"), 13);
+  EXPECT_FALSE(capabilities::from_name("CAP_FLY"));
+  EXPECT_EQ(capabilities::name(21), "CAP_SYS_ADMIN");
+}
+
+TEST(Capabilities, Resolve) {
+  auto k = capabilities::resolve({"NET_BIND_SERVICE", "CHOWN"}, {"ALL"});
+  ASSERT_TRUE(k);
+  EXPECT_EQ(*k, (1ULL << 10) | 1ULL);
+  k = capabilities::resolve({"ALL"}, {"SYS_ADMIN"});
+  ASSERT_TRUE(k);
+  EXPECT_FALSE(*k & (1ULL << 21));
+  EXPECT_TRUE(*k & (1ULL << 0));
+  auto bad = capabilities::resolve({"CAP_FLY"}, {});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().kind, ErrorKind::Invalid);
+}
+
+TEST(Rlimits, NamesAndLowering) {
+  EXPECT_EQ(rlimits::from_name("nofile"), RLIMIT_NOFILE);
+  EXPECT_EQ(rlimits::from_name("RLIMIT_NPROC"), RLIMIT_NPROC);
+  EXPECT_FALSE(rlimits::from_name("bogus"));
+  struct rlimit cur;
+  getrlimit(RLIMIT_NOFILE, &cur);
+  auto l = rlimits::make(RLIMIT_NOFILE, RLIM_INFINITY, RLIM_INFINITY);
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->hard, cur.rlim_max);
+  EXPECT_FALSE(rlimits::make(RLIMIT_NOFILE, 10, 5));
+}
