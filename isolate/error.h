@@ -24,6 +24,10 @@ struct Error {
   ErrorKind kind = ErrorKind::Internal;
   int code = 0;         // errno, or 0
   std::string message;  // context chain, without the strerror text
+  // Set when the failure is the payload's own execve: the command was not
+  // found (NotFound) or cannot be executed (other kinds). Shells report
+  // these as 127 and 126.
+  bool at_exec = false;
 
   // message + ": " + strerror(code) when code != 0.
   std::string what() const;

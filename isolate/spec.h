@@ -34,10 +34,9 @@ struct Identity {
   std::vector<gid_t> groups;  // supplementary groups; empty = none
 };
 
+// The sandbox: everything but the command. Executors build one per executor
+// and reuse it (prepared once) for every command they run.
 struct SpawnSpec {
-  std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH
-  std::vector<std::string> env;   // "KEY=VALUE", exactly what the payload sees
-  std::string work_dir = "/";
   std::string hostname = "cloister";
   NetworkMode network = NetworkMode::None;
 
@@ -56,6 +55,13 @@ struct SpawnSpec {
   Identity user;
   std::string seccomp_profile;  // "" = built-in default, "unconfined", or a path
   cgroups::Limits limits;
+};
+
+// What runs in a sandbox.
+struct Command {
+  std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH
+  std::vector<std::string> env;   // "KEY=VALUE", exactly what the payload sees
+  std::string work_dir = "/";
 };
 
 }  // namespace cloister

@@ -1,0 +1,503 @@
+#include "isolate/mounts.h"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <set>
+
+namespace cloister::mounts {
+namespace {
+
+// Where the new root is assembled before pivot_root. Every host tree and
+// volume is cloned (open_tree) before this is covered, so a source below it
+// is still reachable.
+constexpr const char* kStage = "/tmp";
+
+struct FlagWord {
+  std::string_view word;
+  unsigned long set;
+  unsigned long clear;
+};
+constexpr FlagWord kFlagWords[] = {
+    {"ro", MS_RDONLY, 0},
+    {"rw", 0, MS_RDONLY},
+    {"noexec", MS_NOEXEC, 0},
+    {"exec", 0, MS_NOEXEC},
+    {"nosuid", MS_NOSUID, 0},
+    {"suid", 0, MS_NOSUID},
+    {"nodev", MS_NODEV, 0},
+    {"dev", 0, MS_NODEV},
+    {"noatime", MS_NOATIME, 0},
+    {"relatime", MS_RELATIME, 0},
+    {"nodiratime", MS_NODIRATIME, 0},
+};
+constexpr std::string_view kDataKeys[] = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"};
+
+// Paths runc hides in /proc (files get /dev/null, directories an empty
+// read-only tmpfs) and those it leaves visible but read-only.
+constexpr std::string_view kProcMasked[] = {
+    "/proc/kcore",       "/proc/keys",          "/proc/timer_list", "/proc/timer_stats",
+    "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi",       "/proc/asound",
+    "/proc/scsi",        "/proc/interrupts"};
+constexpr std::string_view kProcReadOnly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                                              "/proc/sysrq-trigger"};
+
+struct DevNode {
+  std::string_view name;
+  unsigned major, minor;
+};
+constexpr DevNode kDevNodes[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
+                                 {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
+constexpr std::pair<std::string_view, std::string_view> kDevLinks[] = {
+    {"/proc/self/fd", "fd"},
+    {"/proc/self/fd/0", "stdin"},
+    {"/proc/self/fd/1", "stdout"},
+    {"/proc/self/fd/2", "stderr"},
+    {"pts/ptmx", "ptmx"}};
+
+bool is_under(const std::string& path, const std::string& dir) {
+  if (dir == "/") return true;
+  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+         path[dir.size()] == '/';
+}
+
+std::string staged(const std::string& target) {
+  return target == "/" ? std::string(kStage) : std::string(kStage) + target;
+}
+
+// One thing mounted at a target in the new root.
+struct Entry {
+  enum Kind { HostTree, HostSymlink, Volume, Tmpfs, Proc, Dev } kind;
+  std::string target;
+  std::string source;  // host path (HostTree, Volume) or link text (HostSymlink)
+  bool read_only = true;
+  bool is_dir = true;
+  std::string options;  // Tmpfs
+  std::string what;     // for errors: "volume /a:/b"
+};
+
+}  // namespace
+
+Result<std::string> normalize_path(const std::string& path) {
+  if (path.empty() || path[0] != '/')
+    return fail(invalid("'" + path + "' is not an absolute path"));
+  if (path.find('\0') != std::string::npos) return fail(invalid("path contains a NUL byte"));
+  std::string out;
+  size_t i = 0;
+  while (i < path.size()) {
+    while (i < path.size() && path[i] == '/') ++i;
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    std::string_view comp(path.data() + i, j - i);
+    if (comp == "." || comp == "..")
+      return fail(invalid("'" + path + "' contains a '" + std::string(comp) + "' component"));
+    if (!comp.empty()) {
+      out += '/';
+      out += comp;
+    }
+    i = j;
+  }
+  return out.empty() ? std::string("/") : out;
+}
+
+Result<ParsedOptions> parse_tmpfs_options(const std::string& options) {
+  ParsedOptions p;
+  p.flags = MS_NOSUID | MS_NODEV;
+  size_t i = 0;
+  while (i <= options.size()) {
+    size_t j = options.find(',', i);
+    if (j == std::string::npos) j = options.size();
+    std::string word = options.substr(i, j - i);
+    i = j + 1;
+    if (word.empty()) {
+      if (j == options.size()) break;
+      continue;
+    }
+    const FlagWord* fw = nullptr;
+    for (const auto& f : kFlagWords)
+      if (f.word == word) fw = &f;
+    if (fw) {
+      p.flags = (p.flags | fw->set) & ~fw->clear;
+      continue;
+    }
+    auto eq = word.find('=');
+    std::string key = word.substr(0, eq);
+    if (eq == std::string::npos ||
+        std::find(std::begin(kDataKeys), std::end(kDataKeys), key) == std::end(kDataKeys))
+      return fail(invalid("unknown tmpfs option '" + word + "'"));
+    std::string value = word.substr(eq + 1);
+    if (value.empty() || value.find_first_not_of("0123456789kmgKMG%") != std::string::npos)
+      return fail(invalid("bad value in tmpfs option '" + word + "'"));
+    if (!p.data.empty()) p.data += ',';
+    p.data += word;
+  }
+  return p;
+}
+
+Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
+  std::vector<Entry> entries;
+  auto add = [&](Entry e) -> Status {
+    auto n = normalize_path(e.target);
+    if (!n) return fail(n.error().wrap(e.what));
+    e.target = *n;
+    if (e.kind != Entry::Proc && e.kind != Entry::Dev &&
+        (e.target == "/" || e.target == "/proc" || e.target == "/dev" ||
+         is_under(e.target, "/proc") || is_under(e.target, "/dev")))
+      return fail(invalid(e.what + ": cannot mount over " + e.target));
+    for (const auto& o : entries)
+      if (o.target == e.target)
+        return fail(invalid(e.what + ": " + e.target + " is already used by " + o.what));
+    entries.push_back(std::move(e));
+    return {};
+  };
+
+  for (const auto& p : spec.host_paths) {
+    auto n = normalize_path(p);
+    if (!n) return fail(n.error().wrap("host path"));
+    struct stat st;
+    if (::lstat(n->c_str(), &st) != 0) continue;  // absent on this host: nothing to show
+    Entry e{Entry::HostTree, *n, *n};
+    e.what = "host path " + *n;
+    if (S_ISLNK(st.st_mode)) {
+      char buf[4096];
+      ssize_t len = ::readlink(n->c_str(), buf, sizeof buf - 1);
+      if (len < 0) return fail(sys_error("readlink " + *n));
+      e.kind = Entry::HostSymlink;
+      e.source.assign(buf, static_cast<size_t>(len));
+    } else {
+      e.is_dir = S_ISDIR(st.st_mode);
+    }
+    if (auto s = add(std::move(e)); !s) return fail(s.error());
+  }
+  for (const auto& v : spec.volumes) {
+    std::string what = "volume " + v.source + ":" + v.target;
+    auto src = normalize_path(v.source);
+    if (!src) return fail(src.error().wrap(what));
+    struct stat st;
+    if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
+    Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
+    e.what = what;
+    if (auto s = add(std::move(e)); !s) return fail(s.error());
+  }
+  bool have_tmp = false;
+  for (const auto& t : spec.tmpfs) {
+    std::string what = "tmpfs " + t.target;
+    if (auto o = parse_tmpfs_options(t.options); !o) return fail(o.error().wrap(what));
+    Entry e{Entry::Tmpfs, t.target};
+    e.options = t.options;
+    e.what = what;
+    if (auto s = add(std::move(e)); !s) return fail(s.error());
+    if (entries.back().target == "/tmp") have_tmp = true;
+  }
+  if (!have_tmp) {
+    Entry e{Entry::Tmpfs, "/tmp"};
+    e.options = "mode=1777";
+    e.what = "tmpfs /tmp";
+    if (auto s = add(std::move(e)); !s) return fail(s.error());
+  }
+  entries.push_back(Entry{Entry::Proc, "/proc", "", false, true, "", "/proc"});
+  entries.push_back(Entry{Entry::Dev, "/dev", "", false, true, "", "/dev"});
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.target < b.target; });
+
+  MountPlan plan;
+  auto op = [&](OpKind k, std::string path = {}) -> Op& {
+    plan.ops_.push_back(Op{k});
+    plan.ops_.back().path = std::move(path);
+    return plan.ops_.back();
+  };
+
+  op(OpKind::MakePrivate, "/");
+  // Clone every host tree first: from here on the stage covers /tmp.
+  std::vector<int> slot_of(entries.size(), -1);
+  int slots = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    if (e.kind != Entry::HostTree && e.kind != Entry::Volume) continue;
+    Op& o = op(OpKind::CloneTree);
+    o.src = e.source;
+    o.slot = slot_of[i] = slots++;
+    o.attr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0);
+  }
+  {
+    Op& o = op(OpKind::Tmpfs, kStage);
+    o.flags = MS_NOSUID | MS_NODEV;
+    o.data = "mode=0755";
+  }
+
+  std::set<std::string> dirs{"/"};  // directories known to exist in the new root
+  // The nearest entry strictly above `target`, if any.
+  auto parent_entry = [&](size_t upto, const std::string& target) -> const Entry* {
+    const Entry* best = nullptr;
+    for (size_t j = 0; j < upto; ++j)
+      if (is_under(target, entries[j].target) &&
+          (!best || entries[j].target.size() > best->target.size()))
+        best = &entries[j];
+    return best;
+  };
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    const Entry* above = parent_entry(i, e.target);
+    if (above && (above->kind == Entry::HostTree || above->kind == Entry::Volume)) {
+      // The mount point lies in a read-only host tree: it must exist there.
+      std::string host = above->source + e.target.substr(above->target.size());
+      struct stat st;
+      if (::stat(host.c_str(), &st) != 0)
+        return fail(invalid(e.what + ": mount point " + e.target + " does not exist in " +
+                            above->what + " and cannot be created there"));
+      if (e.kind != Entry::HostSymlink && S_ISDIR(st.st_mode) != e.is_dir)
+        return fail(invalid(e.what + ": mount point " + e.target + " is not a " +
+                            (e.is_dir ? "directory" : "file")));
+      if (e.kind == Entry::HostSymlink)
+        return fail(invalid(e.what + ": a symlink cannot be placed inside " + above->what));
+    } else if (above && above->kind == Entry::HostSymlink) {
+      return fail(invalid(e.what + ": " + e.target + " lies below the symlink " + above->target));
+    } else {
+      // On the root tmpfs or a configured tmpfs: create the path.
+      std::string dir;
+      size_t pos = 1;
+      for (;;) {
+        size_t slash = e.target.find('/', pos);
+        if (slash == std::string::npos) break;
+        dir = e.target.substr(0, slash);
+        if (dirs.insert(dir).second) op(OpKind::Mkdir, staged(dir)).mode = 0755;
+        pos = slash + 1;
+      }
+      if (e.kind == Entry::HostSymlink) {
+        Op& o = op(OpKind::Symlink, staged(e.target));
+        o.src = e.source;
+        continue;
+      }
+      if (e.is_dir) {
+        if (dirs.insert(e.target).second) op(OpKind::Mkdir, staged(e.target)).mode = 0755;
+      } else {
+        op(OpKind::Touch, staged(e.target)).mode = 0644;
+      }
+    }
+    switch (e.kind) {
+      case Entry::HostTree:
+      case Entry::Volume:
+        op(OpKind::MoveTree, staged(e.target)).slot = slot_of[i];
+        break;
+      case Entry::Tmpfs: {
+        auto parsed = parse_tmpfs_options(e.options);
+        Op& o = op(OpKind::Tmpfs, staged(e.target));
+        o.flags = parsed->flags;
+        o.data = parsed->data;
+        break;
+      }
+      case Entry::Proc: {
+        op(OpKind::Proc, staged("/proc"));
+        for (auto p : kProcMasked) {
+          // Whether a masked entry is a file or a directory is the same on
+          // every kernel: read it off the host's /proc.
+          struct stat st;
+          if (::stat(std::string(p).c_str(), &st) != 0) continue;
+          if (S_ISDIR(st.st_mode)) {
+            Op& o = op(OpKind::Tmpfs, staged(std::string(p)));
+            o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+            o.data = "size=0,mode=0555";
+            o.optional = true;
+          } else {
+            Op& o = op(OpKind::BindFile, staged(std::string(p)));
+            o.src = "/dev/null";
+            o.optional = true;
+          }
+        }
+        for (auto p : kProcReadOnly)
+          op(OpKind::ReadOnlyBind, staged(std::string(p))).optional = true;
+        break;
+      }
+      case Entry::Dev: {
+        Op& t = op(OpKind::Tmpfs, staged("/dev"));
+        t.flags = MS_NOSUID | MS_NOEXEC;
+        t.data = "mode=0755,size=64k";
+        for (const auto& d : kDevNodes) {
+          Op& o = op(OpKind::Mknod, staged("/dev/" + std::string(d.name)));
+          o.mode = S_IFCHR | 0666;
+          o.dev = makedev(d.major, d.minor);
+        }
+        op(OpKind::Mkdir, staged("/dev/pts")).mode = 0755;
+        op(OpKind::Devpts, staged("/dev/pts")).data = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+        op(OpKind::Mkdir, staged("/dev/shm")).mode = 01777;
+        Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
+        shm.flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        shm.data = "mode=1777";
+        for (const auto& [to, name] : kDevLinks)
+          op(OpKind::Symlink, staged("/dev/" + std::string(name))).src = std::string(to);
+        break;
+      }
+      case Entry::HostSymlink:
+        break;
+    }
+  }
+
+  // Masked host paths, where they exist in the new root.
+  for (const auto& m : spec.masked_paths) {
+    auto n = normalize_path(m);
+    if (!n) return fail(n.error().wrap("masked path"));
+    const Entry* above = parent_entry(entries.size(), *n);
+    if (!above || (above->kind != Entry::HostTree && above->kind != Entry::Volume)) continue;
+    std::string host = above->source + n->substr(above->target.size());
+    struct stat st;
+    if (::lstat(host.c_str(), &st) != 0 || S_ISLNK(st.st_mode)) continue;
+    if (S_ISDIR(st.st_mode)) {
+      Op& o = op(OpKind::Tmpfs, staged(*n));
+      o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+      o.data = "size=0,mode=0555";
+    } else {
+      op(OpKind::BindFile, staged(*n)).src = "/dev/null";
+    }
+  }
+
+  if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
+  op(OpKind::PivotRoot, kStage);
+  plan.slots_.assign(static_cast<size_t>(slots), -1);
+  return plan;
+}
+
+int MountPlan::execute(int* failed_op) const noexcept {
+  const mode_t old_umask = ::umask(0);
+  int err = 0;
+  size_t i = 0;
+  for (; i < ops_.size() && err == 0; ++i) {
+    const Op& o = ops_[i];
+    const char* path = o.path.c_str();
+    if (o.optional && ::access(path, F_OK) != 0) continue;
+    int rc = 0;
+    switch (o.kind) {
+      case OpKind::MakePrivate:
+        rc = ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+        break;
+      case OpKind::CloneTree: {
+        int fd = ::open_tree(AT_FDCWD, o.src.c_str(),
+                             OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+        if (fd < 0) {
+          rc = -1;
+          break;
+        }
+        slots_[static_cast<size_t>(o.slot)] = fd;
+        struct mount_attr attr {};
+        attr.attr_set = o.attr;
+        rc = ::mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+        break;
+      }
+      case OpKind::MoveTree: {
+        int& fd = slots_[static_cast<size_t>(o.slot)];
+        rc = ::move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
+        ::close(fd);
+        fd = -1;
+        break;
+      }
+      case OpKind::Tmpfs:
+        rc = ::mount("tmpfs", path, "tmpfs", o.flags, o.data.empty() ? nullptr : o.data.c_str());
+        break;
+      case OpKind::Mkdir:
+        rc = ::mkdir(path, o.mode);
+        if (rc != 0 && errno == EEXIST) rc = 0;
+        if (rc == 0 && (o.mode & 07000)) rc = ::chmod(path, o.mode);
+        break;
+      case OpKind::Touch: {
+        int fd = ::open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, o.mode);
+        rc = fd < 0 ? -1 : ::close(fd);
+        break;
+      }
+      case OpKind::Symlink:
+        rc = ::symlink(o.src.c_str(), path);
+        break;
+      case OpKind::BindFile:
+        rc = ::mount(o.src.c_str(), path, nullptr, MS_BIND, nullptr);
+        break;
+      case OpKind::Proc:
+        rc = ::mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+        break;
+      case OpKind::ReadOnlyBind: {
+        rc = ::mount(path, path, nullptr, MS_BIND | MS_REC, nullptr);
+        if (rc != 0) break;
+        struct mount_attr attr {};
+        attr.attr_set =
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        rc = ::mount_setattr(AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr);
+        break;
+      }
+      case OpKind::Mknod:
+        rc = ::mknod(path, o.mode, o.dev);
+        break;
+      case OpKind::Devpts:
+        rc = ::mount("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC, o.data.c_str());
+        break;
+      case OpKind::SetReadOnly: {
+        struct mount_attr attr {};
+        attr.attr_set = MOUNT_ATTR_RDONLY;
+        rc = ::mount_setattr(AT_FDCWD, path, 0, &attr, sizeof attr);
+        break;
+      }
+      case OpKind::PivotRoot:
+        // pivot_root(".", ".") stacks the old root on the new one; detaching
+        // it leaves the new root alone, with no directory to hold the old.
+        rc = ::chdir(path);
+        if (rc == 0) rc = static_cast<int>(::syscall(SYS_pivot_root, ".", "."));
+        if (rc == 0) rc = ::umount2(".", MNT_DETACH);
+        if (rc == 0) rc = ::chdir("/");
+        break;
+    }
+    if (rc != 0) {
+      err = errno;
+      if (failed_op) *failed_op = static_cast<int>(i);
+    }
+  }
+  ::umask(old_umask);
+  for (int& fd : slots_)
+    if (fd >= 0) ::close(fd);
+  return err;
+}
+
+std::string MountPlan::describe(int index) const {
+  if (index < 0 || static_cast<size_t>(index) >= ops_.size()) return "mount";
+  const Op& o = ops_[static_cast<size_t>(index)];
+  auto shown = [](const std::string& p) {
+    std::string s =
+        p.compare(0, std::strlen(kStage), kStage) == 0 ? p.substr(std::strlen(kStage)) : p;
+    return s.empty() ? std::string("/") : s;
+  };
+  switch (o.kind) {
+    case OpKind::MakePrivate:
+      return "make / private";
+    case OpKind::CloneTree:
+      return "clone host tree " + o.src;
+    case OpKind::MoveTree:
+      return "bind at " + shown(o.path);
+    case OpKind::Tmpfs:
+      return "tmpfs at " + shown(o.path);
+    case OpKind::Mkdir:
+      return "mkdir " + shown(o.path);
+    case OpKind::Touch:
+      return "create mount point " + shown(o.path);
+    case OpKind::Symlink:
+      return "symlink " + shown(o.path) + " -> " + o.src;
+    case OpKind::BindFile:
+      return "mask " + shown(o.path);
+    case OpKind::Proc:
+      return "mount proc";
+    case OpKind::ReadOnlyBind:
+      return "read-only " + shown(o.path);
+    case OpKind::Mknod:
+      return "mknod " + shown(o.path);
+    case OpKind::Devpts:
+      return "mount devpts";
+    case OpKind::SetReadOnly:
+      return "make the root read-only";
+    case OpKind::PivotRoot:
+      return "pivot_root";
+  }
+  return "mount";
+}
+
+}  // namespace cloister::mounts

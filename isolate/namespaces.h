@@ -1,0 +1,31 @@
+// Namespaces: which ones a sandbox gets, from a table, and the UTS step.
+// Always new: pid, mount, ipc, uts, cgroup. Network: new (lo only) unless
+// network_mode is host. The user namespace is not used: the sandbox runs as
+// the configured uid with every capability dropped (see docs/security.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "isolate/error.h"
+#include "isolate/spec.h"
+
+namespace cloister::namespaces {
+
+struct Kind {
+  std::string_view name;  // as in /proc/PID/ns
+  uint64_t clone_flag;
+};
+const std::vector<Kind>& all();
+
+uint64_t clone_flags(NetworkMode network);
+
+// A valid hostname: 1-64 bytes of [A-Za-z0-9.-], not starting with '-' or '.'.
+Status check_hostname(const std::string& hostname);
+
+// Child side. Returns 0 or errno.
+int set_hostname(const char* hostname) noexcept;
+
+}  // namespace cloister::namespaces

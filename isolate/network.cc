@@ -1,0 +1,59 @@
+#include "isolate/network.h"
+
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netlink/msg.h>
+#include <netlink/route/link.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+
+namespace cloister::network {
+
+Result<LoopbackUp> LoopbackUp::prepare() {
+  // In a new network namespace the loopback device is always ifindex 1.
+  std::unique_ptr<rtnl_link, decltype(&rtnl_link_put)> orig(rtnl_link_alloc(), rtnl_link_put);
+  std::unique_ptr<rtnl_link, decltype(&rtnl_link_put)> change(rtnl_link_alloc(), rtnl_link_put);
+  if (!orig || !change) return fail(internal("rtnl_link_alloc", ENOMEM));
+  rtnl_link_set_ifindex(orig.get(), 1);
+  rtnl_link_set_flags(change.get(), IFF_UP);
+  nl_msg* raw = nullptr;
+  int rc = rtnl_link_build_change_request(orig.get(), change.get(), 0, &raw);
+  if (rc < 0 || !raw) return fail(internal(std::string("build RTM_NEWLINK: ") + nl_geterror(rc)));
+  std::unique_ptr<nl_msg, decltype(&nlmsg_free)> msg(raw, nlmsg_free);
+  nlmsghdr* hdr = nlmsg_hdr(msg.get());
+  hdr->nlmsg_flags |= NLM_F_ACK;
+  hdr->nlmsg_seq = 1;
+  LoopbackUp up;
+  up.request_.assign(reinterpret_cast<const char*>(hdr), hdr->nlmsg_len);
+  return up;
+}
+
+int LoopbackUp::apply() const noexcept {
+  int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return errno;
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  int err = 0;
+  if (::sendto(fd, request_.data(), request_.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+               sizeof kernel) < 0) {
+    err = errno;
+  } else {
+    alignas(nlmsghdr) char buf[512];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    auto* h = reinterpret_cast<nlmsghdr*>(buf);
+    if (n < 0)
+      err = errno;
+    else if (n < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(nlmsgerr))) ||
+             h->nlmsg_type != NLMSG_ERROR)
+      err = EPROTO;
+    else
+      err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;
+  }
+  ::close(fd);
+  return err;
+}
+
+}  // namespace cloister::network

@@ -1,0 +1,553 @@
+#include "isolate/spawn.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "isolate/capabilities.h"
+#include "isolate/namespaces.h"
+
+namespace cloister {
+namespace {
+
+// What the child reports when a step fails.
+struct Report {
+  int32_t step;
+  int32_t err;
+  int32_t detail;
+};
+
+// Exit code of a child that failed before exec; the parent reads the reason
+// from the report pipe, so the value only has to be recognisable in ps.
+constexpr int kSetupFailedExit = 125;
+
+// Everything the child reads, laid out before the clone.
+struct ChildContext {
+  const Sandbox* sandbox;
+  const SpawnSpec* spec;
+  const mounts::MountPlan* mounts;
+  const seccomp::Filter* filter;
+  const network::LoopbackUp* loopback;
+  char* const* argv;
+  char* const* envp;
+  const char* const* candidates;  // paths to try for argv[0], in order
+  size_t ncandidates;
+  const char* work_dir;
+  const char* hostname;
+  int stdio[3];
+  int report_w;
+  int status_w;
+  int go_r;
+  int devnull;  // host /dev/null, opened before the clone
+};
+
+// The init's view of its payload, for the signal handler.
+volatile pid_t g_payload = -1;
+
+void forward_signal(int sig) {
+  if (g_payload > 0) ::kill(g_payload, sig);
+}
+
+[[noreturn]] void report_and_exit(int fd, SpawnStep step, int err, int detail = 0) {
+  Report r{static_cast<int32_t>(step), err, detail};
+  ssize_t n;
+  do n = ::write(fd, &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  ::_exit(kSetupFailedExit);
+}
+
+// Closes every fd except those in keep (an unsorted, small array).
+void close_all_but(int* keep, int nkeep) noexcept {
+  for (int i = 1; i < nkeep; ++i)  // insertion sort: no allocation
+    for (int j = i; j > 0 && keep[j - 1] > keep[j]; --j) std::swap(keep[j - 1], keep[j]);
+  unsigned lo = 0;
+  for (int i = 0; i < nkeep; ++i) {
+    if (keep[i] < 0) continue;
+    unsigned k = static_cast<unsigned>(keep[i]);
+    if (k > lo) ::syscall(SYS_close_range, lo, k - 1, 0);
+    lo = k + 1;
+  }
+  ::syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+void set_all_signals(int how_mask, bool default_handlers) noexcept {
+  sigset_t all;
+  sigfillset(&all);
+  if (default_handlers) {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; ++s)
+      if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &sa, nullptr);
+  }
+  if (how_mask == SIG_BLOCK)
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+  else {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  }
+}
+
+[[noreturn]] void payload_main(const ChildContext& c) noexcept {
+  const int rw = c.report_w;
+  ::setsid();
+  // Move the stdio sources out of 0-2 before placing them, in case one of
+  // them already sits on a low number.
+  int src[3];
+  for (int i = 0; i < 3; ++i) {
+    int from = c.stdio[i] >= 0 ? c.stdio[i] : c.devnull;
+    src[i] = ::fcntl(from, F_DUPFD_CLOEXEC, 3);
+    if (src[i] < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
+  }
+  for (int i = 0; i < 3; ++i)
+    if (::dup2(src[i], i) < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
+  int keep[] = {0, 1, 2, rw};
+  close_all_but(keep, 4);
+  set_all_signals(SIG_UNBLOCK, true);
+  int err = ENOENT;
+  for (size_t i = 0; i < c.ncandidates; ++i) {
+    ::execve(c.candidates[i], c.argv, c.envp);
+    // Like execvp: remember that something was found but not executable.
+    if (errno != ENOENT && errno != ENOTDIR) err = errno;
+  }
+  report_and_exit(rw, SpawnStep::Exec, err);
+}
+
+[[noreturn]] void init_main(const ChildContext& c) noexcept {
+  const int rw = c.report_w;
+  // Signals stay blocked (from the parent) until our own handlers are set.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ::prctl(PR_SET_NAME, "cloister-init", 0, 0, 0);
+  {
+    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w,
+                  c.go_r,     c.devnull,  0,          1,          2};
+    close_all_but(keep, 10);
+  }
+  char go;
+  ssize_t n;
+  do n = ::read(c.go_r, &go, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) ::_exit(kSetupFailedExit);  // the parent is gone
+  ::close(c.go_r);
+
+  if (c.loopback)
+    if (int e = c.loopback->apply()) report_and_exit(rw, SpawnStep::Loopback, e);
+  int failed_op = -1;
+  if (int e = c.mounts->execute(&failed_op)) report_and_exit(rw, SpawnStep::Mounts, e, failed_op);
+  if (int e = namespaces::set_hostname(c.hostname)) report_and_exit(rw, SpawnStep::Hostname, e);
+  for (size_t i = 0; i < c.spec->rlimits.size(); ++i)
+    if (int e = rlimits::apply(c.spec->rlimits[i]))
+      report_and_exit(rw, SpawnStep::Rlimits, e, static_cast<int>(i));
+  if (int e = capabilities::drop_bounding(c.spec->capabilities))
+    report_and_exit(rw, SpawnStep::BoundingSet, e);
+  if (c.spec->no_new_privileges && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    report_and_exit(rw, SpawnStep::NoNewPrivs, errno);
+  // Before the uid change: without no_new_privs, installing a filter needs
+  // CAP_SYS_ADMIN, which only uid 0 still has here.
+  if (int e = seccomp::apply(*c.filter)) report_and_exit(rw, SpawnStep::Seccomp, e);
+  // Raw syscalls: glibc's set*id wrappers signal every thread of the parent,
+  // which do not exist in this copy of it.
+  const Identity& id = c.spec->user;
+  ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+  if (::syscall(SYS_setgroups, id.groups.size(), id.groups.data()) != 0)
+    report_and_exit(rw, SpawnStep::Groups, errno);
+  if (::syscall(SYS_setresgid, id.gid, id.gid, id.gid) != 0)
+    report_and_exit(rw, SpawnStep::Gid, errno);
+  if (::syscall(SYS_setresuid, id.uid, id.uid, id.uid) != 0)
+    report_and_exit(rw, SpawnStep::Uid, errno);
+  if (int e = capabilities::apply(c.spec->capabilities))
+    report_and_exit(rw, SpawnStep::Capabilities, e);
+  if (::chdir(c.work_dir) != 0) report_and_exit(rw, SpawnStep::WorkDir, errno);
+
+  // Handlers first, then the fork, then unblock: a signal that arrives in
+  // between is held, not lost, and finds g_payload set.
+  struct sigaction sa {};
+  sa.sa_handler = forward_signal;
+  sa.sa_flags = SA_RESTART;
+  for (int s = 1; s < NSIG; ++s)
+    if (s != SIGKILL && s != SIGSTOP && s != SIGCHLD) ::sigaction(s, &sa, nullptr);
+  long child = ::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (child < 0) report_and_exit(rw, SpawnStep::ForkPayload, errno);
+  if (child == 0) payload_main(c);
+  g_payload = static_cast<pid_t>(child);
+  // The init keeps nothing of the payload's: the parent sees EOF on the
+  // report pipe when the payload execs, and on stdio when the payload's tree
+  // closes it.
+  {
+    int keep[] = {c.status_w};
+    close_all_but(keep, 1);
+  }
+  set_all_signals(SIG_UNBLOCK, false);
+  for (;;) {
+    int status = 0;
+    pid_t w = ::waitpid(-1, &status, __WALL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      ::_exit(kSetupFailedExit);  // ECHILD: cannot happen while the payload lives
+    }
+    if (w == g_payload) {
+      do n = ::write(c.status_w, &status, sizeof status);
+      while (n < 0 && errno == EINTR);
+      // Exiting as PID 1 kills whatever the payload left behind.
+      ::_exit(0);
+    }
+  }
+}
+
+// Runs fn on one long-lived thread: PR_SET_PDEATHSIG fires when the thread
+// that cloned exits, and an embedding daemon may call from short-lived ones.
+class SpawnerThread {
+ public:
+  static SpawnerThread& get() {
+    static SpawnerThread* t = new SpawnerThread;  // never destroyed: outlives all sandboxes
+    return *t;
+  }
+  void run(const std::function<void()>& fn) {
+    std::packaged_task<void()> task(fn);
+    auto done = task.get_future();
+    {
+      std::lock_guard lk(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    done.wait();
+  }
+
+ private:
+  SpawnerThread() {
+    std::thread([this] {
+      for (;;) {
+        std::packaged_task<void()> task;
+        {
+          std::unique_lock lk(mu_);
+          cv_.wait(lk, [&] { return !queue_.empty(); });
+          task = std::move(queue_.front());
+          queue_.pop_front();
+        }
+        task();
+      }
+    }).detach();
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<void()>> queue_;
+};
+
+// The candidate paths for argv[0], the way execvp searches PATH.
+std::vector<std::string> exec_candidates(const Command& cmd) {
+  const std::string& name = cmd.argv[0];
+  if (name.find('/') != std::string::npos) return {name};
+  std::string path = "/usr/local/bin:/usr/bin:/bin";
+  for (const auto& e : cmd.env)
+    if (e.starts_with("PATH=")) path = e.substr(5);
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find(':', i);
+    if (j == std::string::npos) j = path.size();
+    std::string dir = path.substr(i, j - i);
+    if (dir.empty()) dir = ".";
+    out.push_back(dir + "/" + name);
+    i = j + 1;
+  }
+  return out;
+}
+
+Error describe_failure(const Command& cmd, const Report& r) {
+  auto step = static_cast<SpawnStep>(r.step);
+  std::string what = std::string(step_name(step));
+  switch (step) {
+    case SpawnStep::WorkDir:
+      what = "work dir " + cmd.work_dir;
+      break;
+    case SpawnStep::Exec:
+      what = "exec '" + cmd.argv[0] + "'";
+      break;
+    default:
+      break;
+  }
+  Error e = sys_error(what, r.err);
+  if (step == SpawnStep::WorkDir && r.err == ENOENT)
+    e = make_error(ErrorKind::NotFound,
+                   "work dir " + cmd.work_dir + " does not exist in the sandbox", r.err);
+  if (step == SpawnStep::Exec) {
+    e.at_exec = true;
+    if (r.err == ENOENT) e.message = "command '" + cmd.argv[0] + "' not found";
+    if (r.err == ENOEXEC) e.kind = ErrorKind::Invalid;
+  }
+  return e;
+}
+
+}  // namespace
+
+std::string_view step_name(SpawnStep step) {
+  switch (step) {
+    case SpawnStep::None:
+      return "none";
+    case SpawnStep::WaitParent:
+      return "wait for parent";
+    case SpawnStep::Signals:
+      return "signals";
+    case SpawnStep::Loopback:
+      return "bring up lo";
+    case SpawnStep::Mounts:
+      return "mounts";
+    case SpawnStep::Hostname:
+      return "hostname";
+    case SpawnStep::Rlimits:
+      return "rlimits";
+    case SpawnStep::BoundingSet:
+      return "capability bounding set";
+    case SpawnStep::NoNewPrivs:
+      return "no_new_privs";
+    case SpawnStep::Seccomp:
+      return "seccomp";
+    case SpawnStep::Groups:
+      return "setgroups";
+    case SpawnStep::Gid:
+      return "setgid";
+    case SpawnStep::Uid:
+      return "setuid";
+    case SpawnStep::Capabilities:
+      return "capabilities";
+    case SpawnStep::WorkDir:
+      return "work dir";
+    case SpawnStep::ForkPayload:
+      return "fork payload";
+    case SpawnStep::Stdio:
+      return "stdio";
+    case SpawnStep::Exec:
+      return "exec";
+  }
+  return "unknown step";
+}
+
+Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
+  auto sb = std::make_shared<Sandbox>();
+  sb->spec_ = spec;
+  auto plan = mounts::MountPlan::prepare(spec);
+  if (!plan) return fail(plan.error().wrap("mount plan"));
+  sb->mounts_ = std::move(*plan);
+  auto filter = seccomp::load(spec.seccomp_profile);
+  if (!filter) return fail(filter.error().wrap("seccomp profile"));
+  sb->filter_ = std::move(*filter);
+  if (spec.network == NetworkMode::None) {
+    auto lo = network::LoopbackUp::prepare();
+    if (!lo) return fail(lo.error());
+    sb->loopback_ = std::move(*lo);
+  }
+  sb->clone_flags_ = namespaces::clone_flags(spec.network);
+  if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  return std::shared_ptr<const Sandbox>(std::move(sb));
+}
+
+Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                      cgroups::Manager* cgroups) {
+  if (cmd.argv.empty() || cmd.argv[0].empty()) return fail(invalid("empty command"));
+  if (cmd.work_dir.empty() || cmd.work_dir[0] != '/')
+    return fail(invalid("work dir '" + cmd.work_dir + "' is not an absolute path"));
+
+  // Everything the child touches is allocated here.
+  std::vector<char*> argv, envp;
+  for (const auto& a : cmd.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : cmd.env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  std::vector<std::string> cand = exec_candidates(cmd);
+  std::vector<const char*> cand_ptrs;
+  for (const auto& c : cand) cand_ptrs.push_back(c.c_str());
+
+  Spawned out;
+  if (cgroups) {
+    auto cg = cgroups->create(sb.spec_.limits);
+    if (!cg) return fail(cg.error().wrap("cgroup"));
+    out.cgroup_.emplace(std::move(*cg));
+  } else if (!sb.spec_.limits.empty()) {
+    return fail(invalid("limits are set but no cgroup manager is available"));
+  }
+
+  auto report = make_pipe();
+  auto status = make_pipe();
+  auto go = make_pipe();
+  if (!report || !status || !go) return fail(internal("spawn pipes", EMFILE));
+  auto devnull = open_fd("/dev/null", O_RDWR);
+  if (!devnull) return fail(devnull.error());
+
+  ChildContext ctx{};
+  ctx.sandbox = &sb;
+  ctx.spec = &sb.spec_;
+  ctx.mounts = &sb.mounts_;
+  ctx.filter = &sb.filter_;
+  ctx.loopback = sb.loopback_ ? &*sb.loopback_ : nullptr;
+  ctx.argv = argv.data();
+  ctx.envp = envp.data();
+  ctx.candidates = cand_ptrs.data();
+  ctx.ncandidates = cand_ptrs.size();
+  ctx.work_dir = cmd.work_dir.c_str();
+  ctx.hostname = sb.spec_.hostname.c_str();
+  ctx.stdio[0] = stdio.in;
+  ctx.stdio[1] = stdio.out;
+  ctx.stdio[2] = stdio.err;
+  ctx.report_w = report->write.get();
+  ctx.status_w = status->write.get();
+  ctx.go_r = go->read.get();
+  ctx.devnull = devnull->get();
+
+  int pidfd = -1;
+  long pid = -1;
+  int clone_errno = 0;
+  auto do_clone = [&] {
+    clone_args args{};
+    args.flags = sb.clone_flags_ | CLONE_PIDFD;
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    // No exit signal: an embedding program's SIGCHLD handling or
+    // waitpid(-1) never sees (or reaps) the sandbox; we wait on the pidfd.
+    args.exit_signal = 0;
+    if (out.cgroup_ && out.cgroup_->clone_fd() >= 0) {
+      args.flags |= CLONE_INTO_CGROUP;
+      args.cgroup = static_cast<uint64_t>(out.cgroup_->clone_fd());
+    }
+    // The child starts with every signal blocked so that no handler of the
+    // caller's runs in it; it installs its own before unblocking.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = ::syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) init_main(ctx);
+    clone_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  };
+  if (::gettid() == ::getpid())
+    do_clone();
+  else
+    SpawnerThread::get().run(do_clone);
+  if (pid < 0) return fail(sys_error("clone3", clone_errno));
+  out.pid_ = static_cast<pid_t>(pid);
+  out.pidfd_ = Fd(pidfd);
+  out.status_ = std::move(status->read);
+  report->write.reset();
+  status->write.reset();
+  go->read.reset();
+
+  // From here a failure must not leave the child behind: ~Spawned kills and
+  // reaps it and removes the cgroup.
+  if (out.cgroup_ && out.cgroup_->needs_attach())
+    if (auto a = out.cgroup_->attach(out.pid_); !a) return fail(a.error().wrap("cgroup attach"));
+  if (auto w = write_all(go->write.get(), "g"); !w) return fail(w.error().wrap("release child"));
+  go->write.reset();
+
+  Report r{};
+  size_t got = 0;
+  while (got < sizeof r) {
+    ssize_t n = ::read(report->read.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got == sizeof r) {
+    Error e = describe_failure(cmd, r);
+    if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
+      e = sys_error("mounts: " + sb.mounts_.describe(r.detail), r.err);
+    out.reap();
+    return fail(std::move(e));
+  }
+  if (got != 0) return fail(internal("short report from the sandbox"));
+  return out;
+}
+
+Spawned& Spawned::operator=(Spawned&& o) noexcept {
+  if (this == &o) return *this;
+  if (pid_ > 0 && !reaped_) {
+    kill();
+    reap();
+  }
+  release();
+  pid_ = std::exchange(o.pid_, -1);
+  pidfd_ = std::move(o.pidfd_);
+  status_ = std::move(o.status_);
+  cgroup_ = std::move(o.cgroup_);
+  o.cgroup_.reset();
+  reaped_ = std::exchange(o.reaped_, true);
+  wait_status_ = o.wait_status_;
+  return *this;
+}
+
+Spawned::~Spawned() {
+  if (pid_ > 0 && !reaped_) {
+    kill();
+    reap();
+  }
+  release();
+}
+
+Status Spawned::signal(int sig) {
+  if (reaped_) return fail(invalid("process has exited"));
+  if (sig == SIGKILL) return kill();
+  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0) != 0)
+    return fail(sys_error("signal"));
+  return {};
+}
+
+Status Spawned::kill() {
+  if (reaped_) return {};
+  // SIGKILL to the init of a pid namespace kills every process in it.
+  if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0) != 0 && errno != ESRCH)
+    return fail(sys_error("kill"));
+  if (cgroup_) return cgroup_->kill();
+  return {};
+}
+
+Result<int> Spawned::reap() {
+  if (reaped_) return wait_status_;
+  siginfo_t info{};
+  for (;;) {
+    if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                 WEXITED | __WALL) == 0)
+      break;
+    if (errno != EINTR) return fail(sys_error("waitid"));
+  }
+  reaped_ = true;
+  int st = 0;
+  ssize_t n;
+  do n = ::read(status_.get(), &st, sizeof st);
+  while (n < 0 && errno == EINTR);
+  if (n == sizeof st) {
+    wait_status_ = st;
+  } else if (info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED) {
+    wait_status_ = info.si_status & 0x7f;  // as if the payload got the init's signal
+  } else {
+    // The init exited before its payload did: it failed during setup.
+    wait_status_ = (info.si_status & 0xff) << 8;
+  }
+  status_.reset();
+  return wait_status_;
+}
+
+Result<cgroups::Usage> Spawned::usage() const {
+  if (!cgroup_) return cgroups::Usage{};
+  return cgroup_->usage();
+}
+
+Status Spawned::release() {
+  if (!cgroup_) return {};
+  auto s = cgroup_->destroy();
+  cgroup_.reset();
+  return s;
+}
+
+}  // namespace cloister

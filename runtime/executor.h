@@ -1,0 +1,60 @@
+// Executor: a named, configured way to run commands (an `executors:` entry of
+// the config). It validates its configuration once, prepares the sandbox
+// (mount plan, seccomp BPF, ...) once, and makes a Process per command.
+//
+//   auto config = load_config("/etc/cloister/cloister.yaml");
+//   auto shell = Executor::create(*config->find("shell"));
+//   auto proc = (*shell)->exec({.command = "git status", .work_dir = "/app"});
+//
+// exec() checks the command against the executor's rules (command_whitelist:
+// PERMISSION_DENIED when not listed) and builds the environment: only the
+// executor's default_env plus the call's env, nothing inherited.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "isolate/cgroups.h"
+#include "isolate/error.h"
+#include "isolate/spawn.h"
+#include "runtime/config.h"
+#include "runtime/process.h"
+
+namespace cloister {
+
+struct ExecRequest {
+  std::vector<std::string> argv;  // preferred
+  std::string command;            // or a command string, split without a shell
+  std::vector<std::pair<std::string, std::string>> env;  // over default_env
+  std::string work_dir;                                  // "" = default_work_dir
+  bool stdin_open = false;                               // false: /dev/null
+  std::chrono::milliseconds timeout{0};                  // 0 = executor default
+};
+
+class Executor {
+ public:
+  // cgroups: the manager to create process cgroups with; null = the shared
+  // default one. A host where no cgroup can be created still runs executors
+  // without limits (usage then reads 0); one with limits fails here.
+  static Result<std::shared_ptr<Executor>> create(
+      const ExecutorConfig& config, std::shared_ptr<cgroups::Manager> cgroups = nullptr);
+
+  const ExecutorConfig& config() const { return config_; }
+  const SpawnSpec& spec() const { return sandbox_->spec(); }
+
+  // Validates the request and returns a Process, not yet started.
+  Result<std::unique_ptr<Process>> exec(ExecRequest request) const;
+
+ private:
+  ExecutorConfig config_;
+  std::shared_ptr<const Sandbox> sandbox_;
+  std::shared_ptr<cgroups::Manager> cgroups_;
+};
+
+// The SpawnSpec an executor config describes.
+Result<SpawnSpec> lower_executor(const ExecutorConfig& config);
+
+}  // namespace cloister

@@ -1,0 +1,320 @@
+#include "runtime/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <map>
+#include <thread>
+
+namespace cloister {
+
+// The watchdog's handle on a process: a dup of its pidfd, so that killing at
+// the deadline never races with the Process closing its own fd.
+struct Process::Watch {
+  Fd pidfd;
+  std::atomic<bool> timed_out{false};
+  std::atomic<bool> done{false};
+};
+
+namespace {
+
+// One thread for every deadline of the process.
+class Watchdog {
+ public:
+  static Watchdog& get() {
+    static Watchdog* w = new Watchdog;  // never destroyed: may outlive statics
+    return *w;
+  }
+  void add(std::chrono::steady_clock::time_point deadline, std::shared_ptr<Process::Watch> w) {
+    {
+      std::lock_guard lk(mu_);
+      deadlines_.emplace(deadline, std::move(w));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  Watchdog() {
+    std::thread([this] { loop(); }).detach();
+  }
+  void loop() {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      if (deadlines_.empty()) {
+        cv_.wait(lk);
+        continue;
+      }
+      auto it = deadlines_.begin();
+      if (it->second->done) {
+        deadlines_.erase(it);
+        continue;
+      }
+      if (cv_.wait_until(lk, it->first) == std::cv_status::no_timeout) continue;
+      it = deadlines_.begin();
+      if (it->first > std::chrono::steady_clock::now()) continue;
+      auto w = std::move(it->second);
+      deadlines_.erase(it);
+      if (!w->done.exchange(true)) {
+        w->timed_out = true;
+        // SIGKILL to the init of the sandbox's pid namespace ends every
+        // process in it.
+        ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
+      }
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::multimap<std::chrono::steady_clock::time_point, std::shared_ptr<Process::Watch>> deadlines_;
+};
+
+// Writing to a pipe whose reader is gone raises SIGPIPE in the writer; a
+// library must not kill its host for that, nor change its disposition.
+ssize_t write_nosigpipe(int fd, const char* data, size_t len) {
+  sigset_t pipe_set, old;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  ssize_t n;
+  do n = ::write(fd, data, len);
+  while (n < 0 && errno == EINTR);
+  int saved = errno;
+  if (n < 0 && saved == EPIPE) {
+    sigset_t pending;
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE)) {
+      struct timespec zero {
+        0, 0
+      };
+      ::sigtimedwait(&pipe_set, nullptr, &zero);
+    }
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = saved;
+  return n;
+}
+
+constexpr size_t kReadChunk = 64 * 1024;
+
+}  // namespace
+
+int ExitStatus::code() const {
+  if (timed_out) return 124;
+  if (exit_code >= 0) return exit_code;
+  return 128 + signal;
+}
+
+Process::Process(ProcessSetup setup) : setup_(std::move(setup)) {}
+
+Process::~Process() {
+  if (started_ && !status_) close(true);
+}
+
+Status Process::start() {
+  std::lock_guard lk(state_mu_);
+  if (started_) return fail(invalid("process already started"));
+  if (closed_) return fail(invalid("process was closed"));
+  Pipe in_pipe, out_pipe, err_pipe;
+  if (setup_.stdin_open) {
+    auto p = make_pipe();
+    if (!p) return fail(p.error());
+    in_pipe = std::move(*p);
+  }
+  auto o = make_pipe();
+  auto e = make_pipe();
+  if (!o || !e) return fail(o ? e.error() : o.error());
+  out_pipe = std::move(*o);
+  err_pipe = std::move(*e);
+
+  Stdio stdio{in_pipe.read.get(), out_pipe.write.get(), err_pipe.write.get()};
+  started_at_ = std::chrono::steady_clock::now();
+  auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
+  if (!s) return fail(s.error());
+  spawned_.emplace(std::move(*s));
+  started_ = true;
+  in_ = std::move(in_pipe.write);
+  out_ = std::move(out_pipe.read);
+  err_ = std::move(err_pipe.read);
+
+  if (setup_.timeout.count() > 0) {
+    watch_ = std::make_shared<Watch>();
+    watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
+    if (!watch_->pidfd) {
+      close(true);
+      return fail(sys_error("dup pidfd"));
+    }
+    Watchdog::get().add(started_at_ + setup_.timeout, watch_);
+  }
+  return {};
+}
+
+Status Process::write_stdin(std::string_view data) {
+  std::lock_guard lk(in_mu_);
+  if (!started_) return fail(invalid("write_stdin before start"));
+  if (closed_) return fail(invalid("write_stdin after close"));
+  if (!setup_.stdin_open) return fail(invalid("stdin was not opened for this process"));
+  if (!in_) return fail(invalid("write_stdin after stdin was closed"));
+  if (data.empty()) {
+    in_.reset();
+    return {};
+  }
+  while (!data.empty()) {
+    ssize_t n = write_nosigpipe(in_.get(), data.data(), data.size());
+    if (n < 0) {
+      if (errno == EPIPE)
+        return fail(make_error(ErrorKind::Invalid, "stdin: the process no longer reads it", EPIPE));
+      return fail(sys_error("write stdin"));
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu) {
+  std::lock_guard lk(mu);
+  if (!started_) return fail(invalid("read before start"));
+  if (!fd) return std::string();
+  std::string buf(kReadChunk, '\0');
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(sys_error("read output"));
+    if (n == 0) fd.reset();
+    buf.resize(static_cast<size_t>(n));
+    return buf;
+  }
+}
+
+Result<std::string> Process::read(Stream stream) {
+  return stream == Stream::Stdout ? read_fd(out_, out_mu_) : read_fd(err_, err_mu_);
+}
+
+Result<std::optional<Chunk>> Process::read() {
+  if (!started_) return fail(invalid("read before start"));
+  for (;;) {
+    pollfd p[2] = {{out_.get(), POLLIN, 0}, {err_.get(), POLLIN, 0}};
+    if (p[0].fd < 0 && p[1].fd < 0) return std::optional<Chunk>();
+    int n = ::poll(p, 2, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(sys_error("poll output"));
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      Stream s = i == 0 ? Stream::Stdout : Stream::Stderr;
+      auto data = read(s);
+      if (!data) return fail(data.error());
+      if (!data->empty()) return std::optional<Chunk>(Chunk{s, std::move(*data)});
+      // EOF on this stream: poll the other one.
+    }
+  }
+}
+
+bool Process::running() const {
+  if (!started_ || status_) return false;
+  pollfd p{spawned_->pidfd(), POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
+}
+
+pid_t Process::pid() const {
+  return spawned_ ? spawned_->pid() : -1;
+}
+int Process::pidfd() const {
+  return spawned_ ? spawned_->pidfd() : -1;
+}
+
+Result<ExitStatus> Process::finish() {
+  if (status_) return *status_;
+  auto raw = spawned_->reap();
+  if (!raw) return fail(raw.error());
+  if (watch_) watch_->done = true;
+  ExitStatus st;
+  st.wall_time = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - started_at_);
+  if (WIFEXITED(*raw))
+    st.exit_code = WEXITSTATUS(*raw);
+  else if (WIFSIGNALED(*raw))
+    st.signal = WTERMSIG(*raw);
+  st.timed_out = watch_ && watch_->timed_out;
+  if (auto u = spawned_->usage()) {
+    st.cpu_time = std::chrono::microseconds(u->cpu_usec);
+    st.peak_memory = u->memory_peak;
+    st.oom_killed = u->oom_kills > 0 && st.signal == SIGKILL;
+  }
+  if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
+  status_ = st;
+  return st;
+}
+
+Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
+  std::lock_guard lk(state_mu_);
+  if (!started_) return fail(invalid("wait before start"));
+  if (status_) return *status_;
+  pollfd p{spawned_->pidfd(), POLLIN, 0};
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int ms = -1;
+    if (timeout.count() >= 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    int n = ::poll(&p, 1, ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(sys_error("poll pidfd"));
+    if (n == 0) return fail(make_error(ErrorKind::Timeout, "process still running"));
+    return finish();
+  }
+}
+
+Result<ExitStatus> Process::wait() {
+  return wait_for(std::chrono::milliseconds(-1));
+}
+
+Status Process::signal(int sig) {
+  std::lock_guard lk(state_mu_);
+  if (!started_) return fail(invalid("signal before start"));
+  if (status_) return fail(invalid("signal after the process exited"));
+  if (sig <= 0 || sig >= NSIG) return fail(invalid("bad signal number " + std::to_string(sig)));
+  return spawned_->signal(sig);
+}
+
+Status Process::close(bool force) {
+  {
+    std::lock_guard lk(state_mu_);
+    if (!started_ || status_) {
+      closed_ = true;
+      in_.reset();
+      return {};
+    }
+    if (!force) {
+      if (auto s = spawned_->signal(SIGTERM); !s && s.error().code != ESRCH) return s;
+    }
+  }
+  if (!force) {
+    auto r = wait_for(grace_);
+    if (r) {
+      std::lock_guard lk(in_mu_);
+      closed_ = true;
+      in_.reset();
+      return {};
+    }
+  }
+  {
+    std::lock_guard lk(state_mu_);
+    if (!status_)
+      if (auto k = spawned_->kill(); !k) return k;
+  }
+  auto r = wait();
+  std::lock_guard lk(in_mu_);
+  closed_ = true;
+  in_.reset();
+  if (!r) return fail(r.error());
+  return {};
+}
+
+}  // namespace cloister

@@ -1,0 +1,129 @@
+// Process: one command in its own sandbox, with the process model the seed
+// exec APIs share (Wippy's exec, OpenComputer's exec.start, ToastStunt's
+// exec()). Made by Executor::exec, not started until start().
+//
+//   auto p = executor->exec({.command = "git status"});
+//   p->start();
+//   while (auto chunk = p->read(); chunk && *chunk) ...;   // stdout and stderr
+//   auto status = p->wait();                               // ExitStatus
+//
+// Calls out of order fail with INVALID: start twice, wait/signal/read before
+// start, write_stdin after the stdin was closed or the process closed.
+//
+// Output: read() returns the next chunk of either stream (nullopt once both
+// are at EOF); read(stream) reads one stream only. Output is not buffered by
+// the library: the payload blocks when its pipe (64 KiB) is full, so read
+// both streams (read(), or one thread per stream) while it runs. The fds are
+// exposed for event loops. Data still in the pipes stays readable after exit.
+//
+// Timeouts are enforced by a watchdog thread of the library, whether or not
+// anyone calls into the Process: at the deadline the whole tree is killed
+// and wait() reports timed_out.
+//
+// Thread safety: one reader per stream, one writer of stdin, and any number
+// of wait/signal/close callers may run concurrently.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "isolate/error.h"
+#include "isolate/fd.h"
+#include "isolate/spawn.h"
+
+namespace cloister {
+
+enum class Stream { Stdout = 1, Stderr = 2 };
+
+struct Chunk {
+  Stream stream;
+  std::string data;
+};
+
+struct ExitStatus {
+  int exit_code = -1;  // the payload's exit code, or -1 when a signal ended it
+  int signal = 0;      // the signal that ended it, or 0
+  bool oom_killed = false;
+  bool timed_out = false;
+  std::chrono::microseconds cpu_time{0};  // user + system of the whole tree
+  uint64_t peak_memory = 0;               // bytes, whole tree (0 if unknown)
+  std::chrono::microseconds wall_time{0};
+
+  bool exited() const { return exit_code >= 0; }
+  // The shell's convention: the exit code, 128 + signal, 124 on timeout.
+  int code() const;
+};
+
+// What start() needs; filled in by Executor::exec.
+struct ProcessSetup {
+  std::shared_ptr<const Sandbox> sandbox;
+  std::shared_ptr<cgroups::Manager> cgroups;  // may be null: no cgroup
+  Command command;
+  bool stdin_open = false;  // false: the payload reads /dev/null
+  std::chrono::milliseconds timeout{0};
+};
+
+class Process {
+ public:
+  explicit Process(ProcessSetup setup);
+  ~Process();  // kills the whole tree if it still runs and reaps it
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  Status start();
+
+  // Writes to the payload's stdin (blocking). An empty write closes stdin:
+  // the payload reads EOF.
+  Status write_stdin(std::string_view data);
+
+  Result<std::optional<Chunk>> read();
+  // Next chunk of one stream; an empty string at EOF.
+  Result<std::string> read(Stream stream);
+
+  // Blocks until the payload has exited (or was killed); repeatable.
+  Result<ExitStatus> wait();
+  // As wait(), but gives up after `timeout` with a TIMEOUT error.
+  Result<ExitStatus> wait_for(std::chrono::milliseconds timeout);
+
+  // Sends a signal to the payload. SIGKILL kills the whole tree.
+  Status signal(int sig);
+  // close(): SIGTERM to the payload, then SIGKILL to the tree after the
+  // grace period. close(true): SIGKILL to the tree at once. Reaps it, closes
+  // stdin. Idempotent; a Process never started is just marked closed.
+  Status close(bool force = false);
+  void set_close_grace(std::chrono::milliseconds grace) { grace_ = grace; }
+
+  bool started() const { return started_; }
+  bool running() const;
+  pid_t pid() const;  // the sandbox's init, in the caller's pid namespace
+  int stdout_fd() const { return out_.get(); }
+  int stderr_fd() const { return err_.get(); }
+  int stdin_fd() const { return in_.get(); }
+  int pidfd() const;
+
+  struct Watch;  // shared with the timeout watchdog
+
+ private:
+  Result<ExitStatus> finish();  // reap and collect; called once the init exited
+  Result<std::string> read_fd(Fd& fd, std::mutex& mu);
+
+  ProcessSetup setup_;
+  std::optional<Spawned> spawned_;
+  std::shared_ptr<Watch> watch_;
+  Fd in_, out_, err_;
+  std::mutex in_mu_, out_mu_, err_mu_, state_mu_;
+  bool started_ = false;
+  std::atomic<bool> closed_{false};
+  std::optional<ExitStatus> status_;
+  std::chrono::steady_clock::time_point started_at_;
+  std::chrono::milliseconds grace_{5000};
+};
+
+}  // namespace cloister
