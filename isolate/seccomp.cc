@@ -374,23 +374,51 @@ Result<Filter> compile_json(const json& doc) {
   if (auto st = set_attr(ctx.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2, "CTL_OPTIMIZE"); !st)
     return fail(st.error());
 
+  // Unconditional action per syscall, to refuse profiles that give one
+  // syscall two different unconditional actions (libseccomp would silently
+  // keep one of them).
+  struct Seen {
+    std::uint32_t action;
+    std::string where;
+  };
+  std::map<int, Seen> unconditional;
   for (const Rule& rule : rules) {
-    // A rule whose action is the default action changes nothing (and
-    // libseccomp refuses it).
-    if (rule.action == default_action) continue;
+    // Docker/runc semantics: comparisons on distinct arguments are ANDed in
+    // one rule; if an argument index repeats (which libseccomp cannot express
+    // in one rule), each comparison becomes a rule of its own (ORed).
+    bool repeated = false;
+    unsigned seen_index[6] = {};
+    for (const auto& cmp : rule.args) repeated = repeated || ++seen_index[cmp.arg] > 1;
+
     for (const std::string& name : rule.names) {
       int nr = seccomp_syscall_resolve_name(name.c_str());
       // Unknown to this libseccomp (newer than it, or misspelt): skipped, so
       // that one profile can serve several libseccomp versions.
       if (nr == __NR_SCMP_ERROR) continue;
-      int rc = seccomp_rule_add_array(ctx.get(), rule.action, nr,
-                                      static_cast<unsigned int>(rule.args.size()),
-                                      rule.args.empty() ? nullptr : rule.args.data());
-      // -EDOM: a syscall of another architecture (e.g. chown32); not on x86_64.
-      if (rc == -EDOM) continue;
-      if (rc < 0)
-        return fail(
-            make_error(ErrorKind::Invalid, rule.where + ": add rule for '" + name + "'", -rc));
+      if (rule.args.empty()) {
+        auto [it, inserted] = unconditional.try_emplace(nr, Seen{rule.action, rule.where});
+        if (!inserted && it->second.action != rule.action)
+          return fail(bad(rule.where + ".names",
+                          "'" + name + "' already has a different action in " + it->second.where));
+      }
+      // A rule whose action is the default action changes nothing (and
+      // libseccomp refuses it).
+      if (rule.action == default_action) continue;
+      auto add = [&](const scmp_arg_cmp* cmps, std::size_t n) -> Status {
+        int rc = seccomp_rule_add_array(ctx.get(), rule.action, nr, static_cast<unsigned int>(n),
+                                        n == 0 ? nullptr : cmps);
+        // -EDOM: a syscall of another architecture (e.g. chown32).
+        if (rc < 0 && rc != -EDOM)
+          return fail(
+              make_error(ErrorKind::Invalid, rule.where + ": add rule for '" + name + "'", -rc));
+        return {};
+      };
+      if (!repeated) {
+        if (auto st = add(rule.args.data(), rule.args.size()); !st) return fail(st.error());
+      } else {
+        for (const auto& cmp : rule.args)
+          if (auto st = add(&cmp, 1); !st) return fail(st.error());
+      }
     }
   }
   auto insns = export_bpf(ctx.get());

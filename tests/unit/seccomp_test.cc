@@ -434,6 +434,19 @@ TEST(SeccompCompile, BadProfilesNameTheField) {
       {"names": ["dup"], "action": "SCMP_ACT_ALLOW",
        "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ", "valueThree": 2}]}]})",
                   "syscalls[0].args[0].valueThree: unknown key");
+  // One syscall, two different unconditional actions (also when one of them
+  // is the default action).
+  expect_rejected(R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+      {"names": ["getpid", "dup"], "action": "SCMP_ACT_ALLOW"},
+      {"names": ["dup"], "action": "SCMP_ACT_KILL"}]})",
+                  "syscalls[1].names: 'dup' already has a different action in syscalls[0]");
+  expect_rejected(R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+      {"names": ["dup"], "action": "SCMP_ACT_ALLOW"},
+      {"names": ["dup"], "action": "SCMP_ACT_ERRNO"}]})",
+                  "syscalls[1].names: 'dup'");
+  EXPECT_TRUE(sc::compile(R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+      {"names": ["dup"], "action": "SCMP_ACT_ALLOW"},
+      {"names": ["dup", "dup2"], "action": "SCMP_ACT_ALLOW"}]})"));
   // Foreign and unknown architectures.
   expect_rejected(R"({"defaultAction": "SCMP_ACT_ERRNO",
       "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]})",
@@ -747,4 +760,31 @@ TEST(SeccompEnforce, CustomProfileActionsAndArguments) {
   EXPECT_TRUE(masked.reported && masked.ret == -1 && masked.err == 7) << masked;
   Outcome unmasked = run_confined(*f, [] { return ::syscall(SYS_umask, 020L); });
   EXPECT_TRUE(unmasked.reported && unmasked.ret >= 0) << unmasked;
+}
+
+// Comparisons on distinct arguments are ANDed; a repeated argument index
+// turns each comparison into a rule of its own (ORed), as in Docker/runc.
+TEST(SeccompEnforce, ArgumentComparisonsCombineLikeDocker) {
+  auto f = sc::compile(R"({
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [
+      {"names": ["dup"], "action": "SCMP_ACT_ERRNO", "errnoRet": 42,
+       "args": [{"index": 0, "value": 500, "op": "SCMP_CMP_EQ"},
+                {"index": 0, "value": 501, "op": "SCMP_CMP_EQ"}]},
+      {"names": ["dup3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 43,
+       "args": [{"index": 0, "value": 500, "op": "SCMP_CMP_EQ"},
+                {"index": 1, "value": 600, "op": "SCMP_CMP_EQ"}]}
+    ]})");
+  ASSERT_TRUE(f) << f.error().what();
+  for (long fd : {500L, 501L}) {
+    Outcome o = run_confined(*f, [fd] { return ::syscall(SYS_dup, fd); });
+    EXPECT_TRUE(o.reported && o.ret == -1 && o.err == 42) << "dup(" << fd << "): " << o;
+  }
+  Outcome other = run_confined(*f, [] { return ::syscall(SYS_dup, 502L); });
+  EXPECT_TRUE(other.reported && other.ret == -1 && other.err == EBADF) << other;
+
+  Outcome both = run_confined(*f, [] { return ::syscall(SYS_dup3, 500L, 600L, 0L); });
+  EXPECT_TRUE(both.reported && both.ret == -1 && both.err == 43) << both;
+  Outcome one = run_confined(*f, [] { return ::syscall(SYS_dup3, 500L, 601L, 0L); });
+  EXPECT_TRUE(one.reported && one.ret == -1 && one.err == EBADF) << one;
 }
