@@ -1,0 +1,955 @@
+// cgroups: layout detection, base preparation, per-process cgroups, limits,
+// kill, stats and stale cleanup. See cgroups.h for what is promised and
+// docs/cgroups.md for the mapping of every limit to the kernel files.
+#include "isolate/cgroups.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+
+namespace cloister::cgroups {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long kill() waits for a cgroup to become empty. SIGKILL is not
+// blockable, so only a process stuck in the kernel (D state) can hold us up.
+constexpr auto kEmptyTimeout = std::chrono::seconds(5);
+// How long a freezer may take to reach FROZEN before we kill anyway.
+constexpr auto kFreezeTimeout = std::chrono::seconds(1);
+// On cgroup2, the leaf the runtime moves itself into when its own cgroup must
+// become an inner node (no-internal-process rule), next to "<own>/cloister".
+constexpr std::string_view kRuntimeLeaf = "cloister.runtime";
+
+// v1 controllers cloister uses. Others (cpuset, devices, named hierarchies)
+// are left alone: the sandbox does not need them and cpuset would need
+// cpus/mems copied into every new directory.
+constexpr std::string_view kV1Controllers[] = {"memory", "cpuacct", "cpu",
+                                               "pids",   "freezer", "blkio"};
+// cgroup2 controllers cloister enables below its base when they are not
+// already owned by a v1 hierarchy ("io" is the v2 name of "blkio").
+constexpr std::string_view kV2Controllers[] = {"memory", "pids", "cpu", "io"};
+
+std::string join(std::string_view a, std::string_view b) {
+  std::string out(a);
+  while (!out.empty() && out.back() == '/') out.pop_back();
+  while (!b.empty() && b.front() == '/') b.remove_prefix(1);
+  if (b.empty()) return out.empty() ? "/" : out;
+  out += '/';
+  out += b;
+  return out;
+}
+
+std::vector<std::string> split(std::string_view s, std::string_view seps) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find_first_of(seps, i);
+    if (j == std::string_view::npos) j = s.size();
+    if (j > i) out.emplace_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+// /proc/self/mounts escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mount_field(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7') {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::optional<uint64_t> parse_u64(std::string_view s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// Value of "key N" in a flat-keyed file (cpu.stat, memory.events, ...).
+std::optional<uint64_t> keyed_value(std::string_view text, std::string_view key) {
+  for (const auto& line : split(text, "\n")) {
+    auto fields = split(line, " ");
+    if (fields.size() == 2 && fields[0] == key) return parse_u64(fields[1]);
+  }
+  return std::nullopt;
+}
+
+bool exists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
+
+bool has(const std::vector<std::string>& v, std::string_view s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+Status mkdir_one(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return fail(sys_error("mkdir " + path));
+  return {};
+}
+
+// mkdir -p for the part of rel below mount (the mount itself exists).
+Status mkdir_below(const std::string& mount, const std::string& rel) {
+  std::string cur = mount;
+  for (const auto& part : split(rel, "/")) {
+    cur = join(cur, part);
+    if (auto s = mkdir_one(cur); !s) return s;
+  }
+  return {};
+}
+
+Status write_at(const std::string& dir, std::string_view file, std::string_view value) {
+  return write_file(join(dir, file), value);
+}
+
+Result<std::string> read_at(const std::string& dir, std::string_view file) {
+  return read_file(join(dir, file));
+}
+
+// Subdirectory names of dir (cgroup children). A missing dir has none.
+Result<std::vector<std::string>> subdirs(const std::string& dir) {
+  auto fd = open_fd(dir, O_RDONLY | O_DIRECTORY);
+  if (!fd) {
+    if (fd.error().code == ENOENT) return std::vector<std::string>{};
+    return fail(fd.error());
+  }
+  DIR* d = ::fdopendir(fd->get());
+  if (!d) return fail(sys_error("fdopendir " + dir));
+  fd->release();  // owned by d now
+  std::vector<std::string> out;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n == "." || n == "..") continue;
+    if (e->d_type == DT_DIR) out.emplace_back(n);
+  }
+  ::closedir(d);
+  return out;
+}
+
+// Pids in dir/cgroup.procs and in every descendant's.
+Status collect_pids(const std::string& dir, std::vector<pid_t>& out) {
+  auto text = read_at(dir, "cgroup.procs");
+  if (!text) {
+    if (text.error().code == ENOENT) return {};
+    return fail(text.error());
+  }
+  for (const auto& line : split(*text, "\n"))
+    if (auto v = parse_u64(line)) out.push_back(static_cast<pid_t>(*v));
+  auto subs = subdirs(dir);
+  if (!subs) return fail(subs.error());
+  for (const auto& s : *subs)
+    if (auto st = collect_pids(join(dir, s), out); !st) return st;
+  return {};
+}
+
+// rmdir dir after its descendants (the sandbox may have nested cgroups).
+// rmdir can fail with EBUSY for a moment after the last task exited, while
+// the kernel finishes uncharging it: retry briefly.
+Status rmdir_tree(const std::string& dir) {
+  auto subs = subdirs(dir);
+  if (!subs) return fail(subs.error());
+  for (const auto& s : *subs)
+    if (auto st = rmdir_tree(join(dir, s)); !st) return st;
+  auto deadline = Clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return {};
+    if (errno != EBUSY || Clock::now() > deadline) return fail(sys_error("rmdir " + dir));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// Reads the "populated" key of a cgroup2 cgroup.events until it is 0. The
+// kernel signals changes of that file as POLLPRI (kernfs_notify).
+Status wait_v2_empty(const std::string& dir, Clock::time_point deadline) {
+  std::string path = join(dir, "cgroup.events");
+  auto fd = open_fd(path, O_RDONLY);
+  if (!fd) {
+    if (fd.error().code == ENOENT) return {};  // the cgroup is gone
+    return fail(fd.error());
+  }
+  for (;;) {
+    char buf[512];
+    ssize_t n = ::pread(fd->get(), buf, sizeof buf - 1, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENODEV || errno == ENOENT) return {};  // removed under us
+      return fail(sys_error("read " + path));
+    }
+    auto populated = keyed_value(std::string_view(buf, static_cast<size_t>(n)), "populated");
+    if (!populated) return fail(internal("no 'populated' key in " + path));
+    if (*populated == 0) return {};
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0)
+      return fail(make_error(ErrorKind::Timeout, "processes still in " + dir + " after kill"));
+    pollfd p{fd->get(), POLLPRI, 0};
+    if (::poll(&p, 1, static_cast<int>(std::min<long long>(left, 100))) < 0 && errno != EINTR)
+      return fail(sys_error("poll " + path));
+  }
+}
+
+// Waits until a cgroup2 cgroup.events says "frozen 1" (best effort: a task
+// in an uninterruptible sleep may delay it; killing proceeds anyway).
+void wait_v2_frozen(const std::string& dir, Clock::time_point deadline) {
+  auto fd = open_fd(join(dir, "cgroup.events"), O_RDONLY);
+  if (!fd) return;
+  while (Clock::now() < deadline) {
+    char buf[512];
+    ssize_t n = ::pread(fd->get(), buf, sizeof buf - 1, 0);
+    if (n < 0) return;
+    if (keyed_value(std::string_view(buf, static_cast<size_t>(n)), "frozen") == 1u) return;
+    pollfd p{fd->get(), POLLPRI, 0};
+    ::poll(&p, 1, 10);
+  }
+}
+
+// SIGKILLs every pid found under dirs until none is left (or the deadline).
+// Used where cgroup.kill does not exist: v1, and cgroup2 before Linux 5.14.
+Status kill_loop(const std::vector<std::string>& dirs, Clock::time_point deadline) {
+  auto sleep = std::chrono::milliseconds(1);
+  for (;;) {
+    std::vector<pid_t> pids;
+    for (const auto& d : dirs)
+      if (auto s = collect_pids(d, pids); !s) return s;
+    if (pids.empty()) return {};
+    for (pid_t p : pids) {
+      // Never signal ourselves or init, whatever a broken hierarchy says.
+      if (p <= 1 || p == ::getpid()) {
+        return fail(
+            internal("refusing to kill pid " + std::to_string(p) + " found in " + dirs.front()));
+      }
+      ::kill(p, SIGKILL);
+    }
+    if (Clock::now() > deadline)
+      return fail(make_error(ErrorKind::Timeout, "processes still in " + dirs.front()));
+    std::this_thread::sleep_for(sleep);
+    sleep = std::min(sleep * 2, std::chrono::milliseconds(20));
+  }
+}
+
+// One mounted hierarchy.
+struct Hierarchy {
+  bool v2 = false;
+  std::string mount;                     // absolute mount point
+  std::vector<std::string> controllers;  // v1: the controllers of this mount
+  std::string own;                       // our cgroup in it, from /proc/self/cgroup
+  std::string base_rel;                  // base, relative to the mount
+  std::string base;                      // absolute base directory
+};
+
+struct ProcCgroupLine {
+  std::string id;
+  std::vector<std::string> controllers;
+  std::string path;
+};
+
+Result<std::vector<ProcCgroupLine>> read_proc_cgroup() {
+  auto text = read_file("/proc/self/cgroup");
+  if (!text) return fail(text.error());
+  std::vector<ProcCgroupLine> out;
+  for (const auto& line : split(*text, "\n")) {
+    size_t a = line.find(':');
+    size_t b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    ProcCgroupLine l;
+    l.id = line.substr(0, a);
+    l.controllers = split(std::string_view(line).substr(a + 1, b - a - 1), ",");
+    l.path = line.substr(b + 1);
+    if (l.path.empty()) l.path = "/";
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+std::string own_v2(const std::vector<ProcCgroupLine>& lines) {
+  for (const auto& l : lines)
+    if (l.id == "0" && l.controllers.empty()) return l.path;
+  return "/";
+}
+
+// Shares of v1 cpu from a v2-style weight, the mapping crun and runc use
+// (inverse of weight = 1 + ((shares - 2) * 9999) / 262142).
+uint64_t weight_to_shares(uint64_t w) {
+  return 2 + ((w - 1) * 262142) / 9999;
+}
+// blkio weight (10..1000) from a v2 io weight (1..10000), inverse of crun's
+// 1 + (blkio - 10) * 9999 / 990.
+uint64_t weight_to_blkio(uint64_t w) {
+  return 10 + ((w - 1) * 990) / 9999;
+}
+
+}  // namespace
+
+std::string_view layout_name(Layout l) {
+  switch (l) {
+    case Layout::Unified:
+      return "unified";
+    case Layout::Hybrid:
+      return "hybrid";
+    case Layout::Legacy:
+      return "legacy";
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------------------
+// Cgroup
+
+struct Cgroup::Impl {
+  struct Dir {
+    std::string path;
+    bool v2 = false;
+    std::vector<std::string> controllers;  // v1 only
+  };
+  std::string name;
+  Layout layout = Layout::Unified;
+  std::vector<Dir> dirs;
+  Fd v2fd;
+  bool destroyed = false;
+
+  const Dir* v2dir() const {
+    for (const auto& d : dirs)
+      if (d.v2) return &d;
+    return nullptr;
+  }
+  const Dir* v1dir(std::string_view ctl) const {
+    for (const auto& d : dirs)
+      if (!d.v2 && has(d.controllers, ctl)) return &d;
+    return nullptr;
+  }
+
+  Status kill();
+  Status destroy();
+};
+
+Status Cgroup::Impl::kill() {
+  if (destroyed) return {};
+  auto deadline = Clock::now() + kEmptyTimeout;
+  std::vector<std::string> v1dirs;
+  for (const auto& d : dirs)
+    if (!d.v2) v1dirs.push_back(d.path);
+
+  if (const Dir* v2 = v2dir(); v2 && exists(v2->path)) {
+    // cgroup.kill (Linux 5.14) kills the whole subtree atomically, including
+    // processes forked while it runs.
+    if (exists(join(v2->path, "cgroup.kill"))) {
+      if (auto s = write_at(v2->path, "cgroup.kill", "1"); !s) return s;
+    } else if (exists(join(v2->path, "cgroup.freeze"))) {
+      // Freeze first so that nothing forks between listing and killing.
+      if (auto s = write_at(v2->path, "cgroup.freeze", "1"); !s) return s;
+      wait_v2_frozen(v2->path, Clock::now() + kFreezeTimeout);
+      Status k = kill_loop({v2->path}, deadline);
+      auto t = write_at(v2->path, "cgroup.freeze", "0");
+      if (!k) return k;
+      if (!t) return t;
+    } else {
+      if (auto s = kill_loop({v2->path}, deadline); !s) return s;
+    }
+    if (auto s = wait_v2_empty(v2->path, deadline); !s) return s;
+    // A process attached to v1 only (not through attach()) would survive
+    // cgroup.kill: sweep the v1 directories too (normally already empty).
+    if (!v1dirs.empty()) return kill_loop(v1dirs, deadline);
+    return {};
+  }
+
+  // Legacy: freeze (so the tree cannot fork while we list it), kill, thaw.
+  // v1 frozen tasks only die once thawed.
+  if (const Dir* fz = v1dir("freezer"); fz && exists(fz->path)) {
+    if (auto s = write_at(fz->path, "freezer.state", "FROZEN"); !s) return s;
+    auto fdeadline = Clock::now() + kFreezeTimeout;
+    while (Clock::now() < fdeadline) {
+      auto st = read_at(fz->path, "freezer.state");
+      if (!st || st->starts_with("FROZEN")) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    std::vector<pid_t> pids;
+    Status c = collect_pids(fz->path, pids);
+    for (pid_t p : pids)
+      if (p > 1 && p != ::getpid()) ::kill(p, SIGKILL);
+    auto t = write_at(fz->path, "freezer.state", "THAWED");
+    if (!c) return c;
+    if (!t) return t;
+  }
+  return kill_loop(v1dirs, deadline);
+}
+
+Status Cgroup::Impl::destroy() {
+  if (destroyed) return {};
+  Status first = kill();
+  if (!first) first = fail(first.error().wrap("kill " + name));
+  v2fd.reset();
+  for (const auto& d : dirs) {
+    Status s = rmdir_tree(d.path);
+    if (!s && first) first = s;
+  }
+  if (first) destroyed = true;
+  return first;
+}
+
+Cgroup::Cgroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Cgroup::Cgroup(Cgroup&&) noexcept = default;
+Cgroup& Cgroup::operator=(Cgroup&& o) noexcept {
+  if (this != &o) {
+    if (impl_) (void)impl_->destroy();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+Cgroup::~Cgroup() {
+  if (impl_) (void)impl_->destroy();
+}
+
+const std::string& Cgroup::name() const {
+  static const std::string empty;
+  return impl_ ? impl_->name : empty;
+}
+
+int Cgroup::clone_fd() const {
+  return impl_ ? impl_->v2fd.get() : -1;
+}
+
+bool Cgroup::needs_attach() const {
+  if (!impl_) return false;
+  return std::any_of(impl_->dirs.begin(), impl_->dirs.end(), [](const auto& d) { return !d.v2; });
+}
+
+Status Cgroup::attach(pid_t pid) {
+  if (!impl_) return fail(invalid("attach: moved-from cgroup"));
+  std::string p = std::to_string(pid);
+  // Also the v2 directory: a child made by fork() rather than clone3 must be
+  // tracked there for cgroup.kill; rewriting it is a no-op otherwise.
+  for (const auto& d : impl_->dirs) {
+    if (auto s = write_at(d.path, "cgroup.procs", p); !s)
+      return fail(s.error().wrap("attach " + p + " to " + impl_->name));
+  }
+  return {};
+}
+
+Status Cgroup::kill() {
+  if (!impl_) return fail(invalid("kill: moved-from cgroup"));
+  return with_context(impl_->kill(), "kill cgroup " + impl_->name);
+}
+
+Result<Usage> Cgroup::usage() const {
+  if (!impl_) return fail(invalid("usage: moved-from cgroup"));
+  const Impl& im = *impl_;
+  Usage u;
+  // A missing file means the kernel does not keep that figure: report 0.
+  auto read_opt = [](const std::string& dir,
+                     std::string_view file) -> Result<std::optional<std::string>> {
+    auto r = read_at(dir, file);
+    if (!r) {
+      if (r.error().code == ENOENT) return std::optional<std::string>{};
+      return fail(r.error());
+    }
+    return std::optional<std::string>(std::move(*r));
+  };
+  auto bad = [](const std::string& dir, std::string_view file) {
+    return fail(internal("cannot parse " + join(dir, file)));
+  };
+  const Impl::Dir* v2 = im.v2dir();
+  if (const auto* d = im.v1dir("cpuacct")) {
+    auto t = read_opt(d->path, "cpuacct.usage");
+    if (!t) return fail(t.error());
+    if (*t) {
+      auto v = parse_u64(**t);
+      if (!v) return bad(d->path, "cpuacct.usage");
+      u.cpu_usec = *v / 1000;
+    }
+  } else if (v2) {
+    auto t = read_opt(v2->path, "cpu.stat");
+    if (!t) return fail(t.error());
+    if (*t) u.cpu_usec = keyed_value(**t, "usage_usec").value_or(0);
+  }
+  if (const auto* d = im.v1dir("memory")) {
+    auto t = read_opt(d->path, "memory.max_usage_in_bytes");
+    if (!t) return fail(t.error());
+    if (*t) {
+      auto v = parse_u64(**t);
+      if (!v) return bad(d->path, "memory.max_usage_in_bytes");
+      u.memory_peak = *v;
+    }
+    t = read_opt(d->path, "memory.oom_control");
+    if (!t) return fail(t.error());
+    if (*t) u.oom_kills = keyed_value(**t, "oom_kill").value_or(0);
+  } else if (v2) {
+    auto t = read_opt(v2->path, "memory.peak");
+    if (!t) return fail(t.error());
+    if (*t) u.memory_peak = parse_u64(**t).value_or(0);
+    t = read_opt(v2->path, "memory.events");
+    if (!t) return fail(t.error());
+    if (*t) u.oom_kills = keyed_value(**t, "oom_kill").value_or(0);
+  }
+  return u;
+}
+
+Status Cgroup::destroy() {
+  if (!impl_) return {};
+  return with_context(impl_->destroy(), "destroy cgroup " + impl_->name);
+}
+
+std::vector<std::string> Cgroup::paths() const {
+  std::vector<std::string> out;
+  if (impl_)
+    for (const auto& d : impl_->dirs) out.push_back(d.path);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Manager
+
+struct Manager::Impl {
+  Options opts;
+  Layout layout = Layout::Unified;
+  std::optional<Hierarchy> v2;
+  std::vector<Hierarchy> v1;
+  // Controllers enabled in the v2 base's cgroup.subtree_control, i.e. usable
+  // by the per-process cgroups, and why others are not.
+  std::vector<std::string> v2_enabled;
+  std::string v2_note;
+  std::atomic<uint64_t> seq{0};
+
+  const Hierarchy* v1_for(std::string_view ctl) const {
+    for (const auto& h : v1)
+      if (has(h.controllers, ctl)) return &h;
+    return nullptr;
+  }
+  bool v2_has(std::string_view ctl) const { return v2 && has(v2_enabled, ctl); }
+
+  Status detect();
+  Status prepare_v2();
+  Status prepare_bases();
+  Result<Cgroup> create_once(const Limits& limits);
+  Status apply_limits(Cgroup::Impl& c, const Limits& l);
+  Status cleanup_stale();
+};
+
+Status Manager::Impl::detect() {
+  auto mounts = read_file("/proc/self/mounts");
+  if (!mounts) return fail(mounts.error());
+  auto self = read_proc_cgroup();
+  if (!self) return fail(self.error());
+
+  std::string root = opts.mount_root;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  auto under_root = [&](const std::string& m) { return m == root || m.starts_with(root + "/"); };
+
+  std::optional<Hierarchy> v2_at_root, v2_below;
+  for (const auto& line : split(*mounts, "\n")) {
+    auto f = split(line, " ");
+    if (f.size() < 4) continue;
+    std::string mnt = unescape_mount_field(f[1]);
+    if (!under_root(mnt)) continue;
+    if (f[2] == "cgroup2") {
+      Hierarchy h;
+      h.v2 = true;
+      h.mount = mnt;
+      h.own = own_v2(*self);
+      if (mnt == root && !v2_at_root) v2_at_root = h;
+      if (mnt != root && !v2_below) v2_below = h;
+    } else if (f[2] == "cgroup") {
+      Hierarchy h;
+      h.mount = mnt;
+      for (const auto& o : split(f[3], ","))
+        for (auto c : kV1Controllers)
+          if (o == c) h.controllers.emplace_back(c);
+      if (h.controllers.empty()) continue;
+      // The same hierarchy may be mounted twice (bind mounts): keep one.
+      if (std::any_of(v1.begin(), v1.end(),
+                      [&](const auto& x) { return x.controllers == h.controllers; }))
+        continue;
+      h.own = "/";
+      for (const auto& l : *self)
+        if (std::any_of(l.controllers.begin(), l.controllers.end(),
+                        [&](const auto& c) { return has(h.controllers, c); }))
+          h.own = l.path;
+      v1.push_back(std::move(h));
+    }
+  }
+  if (v2_at_root) {
+    layout = Layout::Unified;
+    v2 = std::move(v2_at_root);
+    v1.clear();  // cannot coexist under a cgroup2 root; ignore stray mounts
+  } else if (!v1.empty()) {
+    layout = v2_below ? Layout::Hybrid : Layout::Legacy;
+    v2 = std::move(v2_below);
+    // freezer serves kill() on Legacy only; Hybrid kills through cgroup2.
+    if (layout == Layout::Hybrid)
+      std::erase_if(
+          v1, [](const auto& h) { return h.controllers == std::vector<std::string>{"freezer"}; });
+  } else {
+    return fail(make_error(ErrorKind::NotFound, "no cgroup hierarchy mounted under " + root));
+  }
+
+  auto base_for = [&](const std::string& own) {
+    return opts.base.empty() ? join(own, "cloister") : join("/", opts.base);
+  };
+  if (v2) {
+    v2->base_rel = base_for(v2->own);
+    v2->base = join(v2->mount, v2->base_rel);
+  }
+  for (auto& h : v1) {
+    h.base_rel = base_for(h.own);
+    h.base = join(h.mount, h.base_rel);
+  }
+  return {};
+}
+
+// Makes the v2 base and enables, on the way from the root down to it, the
+// controllers cloister needs (those not held by v1). cgroup2 allows enabling
+// controllers for the children only of a cgroup without processes of its own
+// (except the root): if that bites at the runtime's own cgroup, the runtime
+// moves itself into "<own>/cloister.runtime" and retries. Controllers that
+// cannot be enabled are left out; a limit needing one fails at create().
+Status Manager::Impl::prepare_v2() {
+  std::vector<std::string> wanted;
+  for (auto c : kV2Controllers) {
+    std::string_view v1name = c == "io" ? "blkio" : c;
+    if (!v1_for(v1name)) wanted.emplace_back(c);
+  }
+  std::vector<std::string> chain{"/"};
+  for (const auto& part : split(v2->base_rel, "/")) chain.push_back(join(chain.back(), part));
+  for (const auto& rel : chain) {
+    std::string dir = join(v2->mount, rel);
+    if (rel != "/")
+      if (auto s = mkdir_one(dir); !s) return s;
+    if (wanted.empty()) continue;
+    auto avail_text = read_at(dir, "cgroup.controllers");
+    if (!avail_text) return fail(avail_text.error());
+    auto avail = split(*avail_text, " \n");
+    auto enabled_text = read_at(dir, "cgroup.subtree_control");
+    if (!enabled_text) return fail(enabled_text.error());
+    auto enabled = split(*enabled_text, " \n");
+    std::vector<std::string> next;
+    for (const auto& c : wanted) {
+      if (!has(avail, c)) {
+        v2_note += " " + c + " not available in " + dir + ";";
+        continue;
+      }
+      if (has(enabled, c)) {
+        next.push_back(c);
+        continue;
+      }
+      Status s = write_at(dir, "cgroup.subtree_control", "+" + c);
+      if (!s && s.error().code == EBUSY && rel != "/" && rel == v2->own) {
+        // We are an internal process of the cgroup we must open up.
+        std::string leaf = join(dir, kRuntimeLeaf);
+        if (auto m = mkdir_one(leaf); !m) return m;
+        if (auto m = write_at(leaf, "cgroup.procs", std::to_string(::getpid())); !m)
+          return fail(m.error().wrap("move runtime into " + leaf));
+        v2->own = join(rel, kRuntimeLeaf);
+        s = write_at(dir, "cgroup.subtree_control", "+" + c);
+      }
+      if (s) {
+        next.push_back(c);
+      } else {
+        v2_note += " cannot enable " + c + " in " + dir + ": " + s.error().what() + ";";
+      }
+    }
+    wanted = std::move(next);
+  }
+  v2_enabled = std::move(wanted);
+  return {};
+}
+
+Status Manager::Impl::prepare_bases() {
+  for (const auto& h : v1)
+    if (auto s = mkdir_below(h.mount, h.base_rel); !s) return s;
+  if (v2)
+    if (auto s = prepare_v2(); !s) return s;
+  return {};
+}
+
+namespace {
+
+Status check_limits(const Limits& l) {
+  if (l.cpu_weight && (l.cpu_weight < 1 || l.cpu_weight > 10000))
+    return fail(invalid("cpu_weight " + std::to_string(l.cpu_weight) + " not in 1..10000"));
+  if (l.io_weight && (l.io_weight < 1 || l.io_weight > 10000))
+    return fail(invalid("io_weight " + std::to_string(l.io_weight) + " not in 1..10000"));
+  if (l.cpu_quota && (l.cpu_period < 1000 || l.cpu_period > 1000000))
+    return fail(invalid("cpu_period " + std::to_string(l.cpu_period) + " not in 1000..1000000"));
+  if (l.cpu_quota && l.cpu_quota < 1000)
+    return fail(invalid("cpu_quota " + std::to_string(l.cpu_quota) + " below 1000 us"));
+  return {};
+}
+
+Error unenforceable(std::string_view limit, std::string_view ctl, Layout layout,
+                    const std::string& note) {
+  std::string m = std::string(limit) + ": no " + std::string(ctl) + " controller available (" +
+                  std::string(layout_name(layout)) + " layout)";
+  if (!note.empty()) m += ":" + note;
+  return make_error(ErrorKind::Invalid, std::move(m));
+}
+
+}  // namespace
+
+Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
+  auto im = std::make_unique<Cgroup::Impl>();
+  im->layout = layout;
+  im->name = std::to_string(::getpid()) + "-" + std::to_string(++seq);
+
+  // Decide where each limit goes before touching the filesystem, so that an
+  // unenforceable limit fails without leaving anything behind. v1 wins when a
+  // controller is mounted there (it then cannot be enabled in cgroup2).
+  std::vector<std::string> v1_needed = {"memory", "cpuacct"};  // stats, always
+  if (l.memory_max && !v1_for("memory") && !v2_has("memory"))
+    return fail(unenforceable("memory_max", "memory", layout, v2_note));
+  if (l.memory_high && !v1_for("memory") && !v2_has("memory"))
+    return fail(unenforceable("memory_high", "memory", layout, v2_note));
+  if (l.pids_max) {
+    if (v1_for("pids"))
+      v1_needed.push_back("pids");
+    else if (!v2_has("pids"))
+      return fail(unenforceable("pids_max", "pids", layout, v2_note));
+  }
+  if (l.cpu_quota || l.cpu_weight) {
+    if (v1_for("cpu"))
+      v1_needed.push_back("cpu");
+    else if (!v2_has("cpu"))
+      return fail(unenforceable(l.cpu_quota ? "cpu_quota" : "cpu_weight", "cpu", layout, v2_note));
+  }
+  if (l.io_weight) {
+    // io weights depend on the block scheduler (CFQ is gone, BFQ optional):
+    // applied where a weight file exists, skipped otherwise (documented).
+    if (const auto* h = v1_for("blkio");
+        h && (exists(join(h->base, "blkio.weight")) || exists(join(h->base, "blkio.bfq.weight"))))
+      v1_needed.push_back("blkio");
+  }
+  if (layout == Layout::Legacy) v1_needed.push_back("freezer");  // kill() needs it
+
+  // Directories: cgroup2 first (the clone target), then each v1 hierarchy once.
+  Cgroup::Impl& c = *im;
+  if (v2) c.dirs.push_back({join(v2->base, c.name), true, {}});
+  for (const auto& h : v1) {
+    bool need = std::any_of(h.controllers.begin(), h.controllers.end(),
+                            [&](const auto& x) { return has(v1_needed, x); });
+    if (need) c.dirs.push_back({join(h.base, c.name), false, h.controllers});
+  }
+  for (size_t i = 0; i < c.dirs.size(); ++i) {
+    if (::mkdir(c.dirs[i].path.c_str(), 0755) != 0) {
+      Error e = sys_error("mkdir " + c.dirs[i].path);
+      c.dirs.resize(i);  // not ours to remove if it already existed
+      (void)c.destroy();
+      return fail(e);
+    }
+  }
+  // From here on a failure removes every directory made above.
+  if (Status s = apply_limits(c, l); !s) {
+    (void)c.destroy();
+    return fail(s.error());
+  }
+  return Cgroup(std::move(im));
+}
+
+Status Manager::Impl::apply_limits(Cgroup::Impl& c, const Limits& l) {
+  if (v2) {
+    auto fd = open_fd(c.dirs.front().path, O_PATH | O_DIRECTORY);
+    if (!fd) return fail(fd.error());
+    c.v2fd = std::move(*fd);
+  }
+
+  auto wrap = [](Status s, std::string_view limit) -> Status {
+    if (!s) return fail(s.error().wrap(std::string(limit)));
+    return {};
+  };
+  const auto* v2d = c.v2dir();
+  if (l.memory_max) {
+    std::string v = std::to_string(l.memory_max);
+    if (const auto* d = c.v1dir("memory")) {
+      // memsw (memory+swap) must stay >= limit_in_bytes: limit first.
+      if (auto s = wrap(write_at(d->path, "memory.limit_in_bytes", v), "memory_max"); !s)
+        return fail(s.error());
+      if (exists(join(d->path, "memory.memsw.limit_in_bytes")))
+        if (auto s = wrap(write_at(d->path, "memory.memsw.limit_in_bytes", v), "memory_max"); !s)
+          return fail(s.error());
+    } else {
+      if (auto s = wrap(write_at(v2d->path, "memory.max", v), "memory_max"); !s)
+        return fail(s.error());
+      if (exists(join(v2d->path, "memory.swap.max")))
+        if (auto s = wrap(write_at(v2d->path, "memory.swap.max", "0"), "memory_max"); !s)
+          return fail(s.error());
+    }
+  }
+  // memory_high has no v1 counterpart (soft_limit_in_bytes only acts under
+  // global pressure): ignored on v1, documented.
+  if (l.memory_high && !c.v1dir("memory"))
+    if (auto s =
+            wrap(write_at(v2d->path, "memory.high", std::to_string(l.memory_high)), "memory_high");
+        !s)
+      return fail(s.error());
+  if (l.pids_max) {
+    const auto* d = c.v1dir("pids");
+    if (auto s = wrap(write_at(d ? d->path : v2d->path, "pids.max", std::to_string(l.pids_max)),
+                      "pids_max");
+        !s)
+      return fail(s.error());
+  }
+  if (const auto* d = c.v1dir("cpu")) {
+    if (l.cpu_quota) {
+      // The period first: the kernel checks quota against the current period.
+      if (auto s = wrap(write_at(d->path, "cpu.cfs_period_us", std::to_string(l.cpu_period)),
+                        "cpu_quota");
+          !s)
+        return fail(s.error());
+      if (auto s =
+              wrap(write_at(d->path, "cpu.cfs_quota_us", std::to_string(l.cpu_quota)), "cpu_quota");
+          !s)
+        return fail(s.error());
+    }
+    if (l.cpu_weight)
+      if (auto s =
+              wrap(write_at(d->path, "cpu.shares", std::to_string(weight_to_shares(l.cpu_weight))),
+                   "cpu_weight");
+          !s)
+        return fail(s.error());
+  } else if (l.cpu_quota || l.cpu_weight) {
+    if (l.cpu_quota)
+      if (auto s = wrap(write_at(v2d->path, "cpu.max",
+                                 std::to_string(l.cpu_quota) + " " + std::to_string(l.cpu_period)),
+                        "cpu_quota");
+          !s)
+        return fail(s.error());
+    if (l.cpu_weight)
+      if (auto s =
+              wrap(write_at(v2d->path, "cpu.weight", std::to_string(l.cpu_weight)), "cpu_weight");
+          !s)
+        return fail(s.error());
+  }
+  if (l.io_weight) {
+    if (const auto* d = c.v1dir("blkio")) {
+      std::string v = std::to_string(weight_to_blkio(l.io_weight));
+      std::string file =
+          exists(join(d->path, "blkio.weight")) ? "blkio.weight" : "blkio.bfq.weight";
+      if (auto s = wrap(write_at(d->path, file, v), "io_weight"); !s) return fail(s.error());
+    } else if (v2d && v2_has("io")) {
+      if (exists(join(v2d->path, "io.weight"))) {
+        if (auto s =
+                wrap(write_at(v2d->path, "io.weight", "default " + std::to_string(l.io_weight)),
+                     "io_weight");
+            !s)
+          return fail(s.error());
+      } else if (exists(join(v2d->path, "io.bfq.weight"))) {
+        // io.bfq.weight takes the blkio scale (1..1000 on older kernels).
+        if (auto s = wrap(
+                write_at(v2d->path, "io.bfq.weight", std::to_string(weight_to_blkio(l.io_weight))),
+                "io_weight");
+            !s)
+          return fail(s.error());
+      }
+    }
+  }
+  return {};
+}
+
+Status Manager::Impl::cleanup_stale() {
+  std::vector<const Hierarchy*> hs;
+  if (v2) hs.push_back(&*v2);
+  for (const auto& h : v1) hs.push_back(&h);
+
+  std::set<std::string> stale;
+  for (const auto* h : hs) {
+    auto subs = subdirs(h->base);
+    if (!subs) return fail(subs.error().wrap("list " + h->base));
+    for (const auto& n : *subs) {
+      // Only "<pid>-<seq>" is ours; anything else (cloister.runtime, other
+      // tools' dirs) is left alone.
+      size_t dash = n.find('-');
+      if (dash == std::string::npos) continue;
+      auto pid = parse_u64(std::string_view(n).substr(0, dash));
+      auto sq = parse_u64(std::string_view(n).substr(dash + 1));
+      if (!pid || !sq || *pid == 0 || *pid > 0x7fffffff) continue;
+      if (static_cast<pid_t>(*pid) == ::getpid()) continue;
+      if (::kill(static_cast<pid_t>(*pid), 0) == 0 || errno != ESRCH) continue;
+      stale.insert(n);
+    }
+  }
+  Status first;
+  for (const auto& n : stale) {
+    auto im = std::make_unique<Cgroup::Impl>();
+    im->name = n;
+    im->layout = layout;
+    for (const auto* h : hs) {
+      std::string p = join(h->base, n);
+      if (exists(p)) im->dirs.push_back({p, h->v2, h->controllers});
+    }
+    Status s = with_context(im->destroy(), "remove stale cgroup " + n);
+    if (!s && first) first = s;
+  }
+  return first;
+}
+
+Manager::Manager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Manager::~Manager() = default;
+
+Result<std::shared_ptr<Manager>> Manager::open(const Options& opts) {
+  auto im = std::make_unique<Impl>();
+  im->opts = opts;
+  if (auto s = im->detect(); !s) return fail(s.error().wrap("cgroups"));
+  if (auto s = im->prepare_bases(); !s) return fail(s.error().wrap("cgroups: prepare base"));
+  // Best effort: a leftover we cannot remove must not stop new sandboxes.
+  (void)im->cleanup_stale();
+  return std::make_shared<Manager>(std::move(im));
+}
+
+Result<std::shared_ptr<Manager>> Manager::shared() {
+  static std::mutex mu;
+  static std::shared_ptr<Manager> instance;
+  std::lock_guard lock(mu);
+  if (!instance) {
+    auto m = open();
+    if (!m) return fail(m.error());
+    instance = std::move(*m);
+  }
+  return instance;
+}
+
+Layout Manager::layout() const {
+  return impl_->layout;
+}
+
+Result<Cgroup> Manager::create(const Limits& limits) {
+  if (auto s = check_limits(limits); !s) return fail(s.error());
+  auto cg = impl_->create_once(limits);
+  if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
+    // Someone removed an (empty) base since open(): make it again, once.
+    if (auto s = impl_->prepare_bases(); !s) return fail(s.error().wrap("cgroups: prepare base"));
+    cg = impl_->create_once(limits);
+  }
+  if (!cg) return fail(cg.error().wrap("create cgroup"));
+  return cg;
+}
+
+Status Manager::cleanup_stale() {
+  return with_context(impl_->cleanup_stale(), "cgroups");
+}
+
+std::vector<std::string> Manager::base_paths() const {
+  std::vector<std::string> out;
+  if (impl_->v2) out.push_back(impl_->v2->base);
+  for (const auto& h : impl_->v1) out.push_back(h.base);
+  return out;
+}
+
+}  // namespace cloister::cgroups

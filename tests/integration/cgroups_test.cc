@@ -1,0 +1,698 @@
+// Integration tests for isolate/cgroups on the real hierarchy (root needed).
+// They run on the hybrid VM (v1 controllers + cgroup2 at
+// /sys/fs/cgroup/unified) and on a pure cgroup2 host; expectations branch on
+// layout() where the two differ.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dirent.h>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "isolate/cgroups.h"
+#include "isolate/fd.h"
+
+using namespace cloister;
+using namespace cloister::cgroups;
+
+namespace {
+
+constexpr long kCgroup2Magic = 0x63677270;  // CGROUP2_SUPER_MAGIC
+constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+
+// Smallest v1 memory limit (bytes) at which fork+exec /bin/true exited 0 on
+// the hybrid VM, found by Cgroups.DISABLED_MeasureSmallestMemoryLimit.
+constexpr uint64_t kSmallestMemoryLimit = 172 << 10;  // 168..176 KiB over 5 runs
+
+bool is_cgroup2(const std::string& path) {
+  struct statfs st {};
+  return ::statfs(path.c_str(), &st) == 0 && st.f_type == kCgroup2Magic;
+}
+
+std::string slurp(const std::string& path) {
+  auto r = read_file(path);
+  return r ? *r : std::string();
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+bool path_exists(const std::string& p) {
+  return ::access(p.c_str(), F_OK) == 0;
+}
+
+std::shared_ptr<Manager> manager() {
+  auto m = Manager::open();
+  if (!m) ADD_FAILURE() << "Manager::open: " << m.error().what();
+  return m ? *m : nullptr;
+}
+
+// Per-process cgroups of this test process still present under the bases.
+std::vector<std::string> leftovers(const Manager& m) {
+  std::vector<std::string> out;
+  std::string prefix = std::to_string(::getpid()) + "-";
+  for (const auto& base : m.base_paths()) {
+    DIR* d = ::opendir(base.c_str());
+    if (!d) continue;
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (e->d_type == DT_DIR && n.starts_with(prefix)) out.push_back(base + "/" + n);
+    }
+    ::closedir(d);
+  }
+  return out;
+}
+
+struct CloneArgs {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+      set_tid_size, cgroup;
+};
+
+pid_t clone3_into(int cgroup_fd) {
+  CloneArgs args{};
+  args.flags = kCloneIntoCgroup;
+  args.exit_signal = SIGCHLD;
+  args.cgroup = static_cast<uint64_t>(cgroup_fd);
+  return static_cast<pid_t>(::syscall(SYS_clone3, &args, sizeof args));
+}
+
+// A child held at a pipe until release(), so that it only runs its body once
+// it is in every hierarchy of the cgroup.
+struct Child {
+  pid_t pid = -1;
+  Fd go;
+  void release() {
+    if (go) {
+      EXPECT_EQ(::write(go.get(), "x", 1), 1);
+      go.reset();
+    }
+  }
+};
+
+// Starts body in a child placed in cg: clone3 into the cgroup2 directory when
+// use_clone3 (and the layout has one), fork otherwise; then attach() where
+// needed. The child _exits with body's return value.
+Child spawn(Cgroup& cg, std::function<int()> body, bool use_clone3 = true, bool attach = true) {
+  Child c;
+  auto p = make_pipe();
+  if (!p) {
+    ADD_FAILURE() << p.error().what();
+    return c;
+  }
+  bool via_clone3 = use_clone3 && cg.clone_fd() >= 0;
+  pid_t pid = via_clone3 ? clone3_into(cg.clone_fd()) : ::fork();
+  if (pid == 0) {
+    p->write.reset();
+    char x;
+    if (::read(p->read.get(), &x, 1) != 1) ::_exit(120);
+    ::_exit(body());
+  }
+  if (pid < 0) {
+    ADD_FAILURE() << (via_clone3 ? "clone3: " : "fork: ") << std::strerror(errno);
+    return c;
+  }
+  c.pid = pid;
+  c.go = std::move(p->write);
+  if (attach && (cg.needs_attach() || !via_clone3)) {
+    auto s = cg.attach(pid);
+    EXPECT_TRUE(s) << s.error().what();
+  }
+  return c;
+}
+
+int wait_status(pid_t pid) {
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return st;
+}
+
+// The test process becomes a subreaper while alive, so that grandchildren
+// killed with their cgroup are reaped here and not left to pid 1.
+struct Subreaper {
+  Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+  ~Subreaper() {
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+  }
+};
+
+// The cgroup of pid in each hierarchy, keyed by controller ("" for cgroup2).
+std::map<std::string, std::string> proc_cgroups(pid_t pid) {
+  std::map<std::string, std::string> out;
+  std::string text = slurp("/proc/" + std::to_string(pid) + "/cgroup");
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = text.find('\n', i);
+    if (j == std::string::npos) j = text.size();
+    std::string line = text.substr(i, j - i);
+    i = j + 1;
+    size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    std::string ctls = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (ctls.empty()) out[""] = path;
+    size_t k = 0;
+    while (k < ctls.size()) {
+      size_t e = ctls.find(',', k);
+      if (e == std::string::npos) e = ctls.size();
+      out[ctls.substr(k, e - k)] = path;
+      k = e + 1;
+    }
+  }
+  return out;
+}
+
+// Checks that pid sits in every directory of cg, by reading /proc/<pid>/cgroup.
+// The hierarchy of a v1 path is the component after /sys/fs/cgroup.
+void expect_member(pid_t pid, const Cgroup& cg, Layout layout) {
+  auto in = proc_cgroups(pid);
+  const std::string root = "/sys/fs/cgroup";
+  for (const auto& p : cg.paths()) {
+    ASSERT_TRUE(p.starts_with(root + "/")) << p;
+    if (is_cgroup2(p)) {
+      std::string mount = layout == Layout::Unified ? root : root + "/unified";
+      EXPECT_EQ(in[""], p.substr(mount.size())) << "pid " << pid << " not in " << p;
+    } else {
+      std::string rest = p.substr(root.size() + 1);
+      std::string ctl = rest.substr(0, rest.find('/'));
+      // Co-mounted hierarchies are named "cpu,cpuacct": check the first.
+      std::string first = ctl.substr(0, ctl.find(','));
+      EXPECT_EQ(in[first], rest.substr(ctl.size())) << "pid " << pid << " not in " << p;
+    }
+  }
+}
+
+std::string find_path(const Cgroup& cg, std::string_view hierarchy) {
+  for (const auto& p : cg.paths()) {
+    if (hierarchy.empty()
+            ? is_cgroup2(p)
+            : (!is_cgroup2(p) && p.find("/sys/fs/cgroup/" + std::string(hierarchy) + "/") == 0))
+      return p;
+  }
+  return {};
+}
+
+void sleep_forever() {
+  for (;;) ::pause();
+}
+
+class Cgroups : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::geteuid(), 0u) << "cgroup tests need root";
+    mgr_ = manager();
+    ASSERT_TRUE(mgr_);
+  }
+  void TearDown() override {
+    if (!mgr_) return;
+    auto left = leftovers(*mgr_);
+    EXPECT_TRUE(left.empty()) << "left behind: " << (left.empty() ? "" : left.front());
+  }
+  std::shared_ptr<Manager> mgr_;
+};
+
+TEST_F(Cgroups, DetectsLayout) {
+  Layout expected = is_cgroup2("/sys/fs/cgroup")           ? Layout::Unified
+                    : is_cgroup2("/sys/fs/cgroup/unified") ? Layout::Hybrid
+                                                           : Layout::Legacy;
+  EXPECT_EQ(mgr_->layout(), expected) << layout_name(mgr_->layout());
+  auto bases = mgr_->base_paths();
+  ASSERT_FALSE(bases.empty());
+  for (const auto& b : bases) {
+    EXPECT_TRUE(path_exists(b)) << b;
+    EXPECT_TRUE(b.ends_with("/cloister")) << b;
+  }
+  auto own = proc_cgroups(::getpid());
+  if (expected == Layout::Unified) {
+    ASSERT_EQ(bases.size(), 1u);
+    // The base gets controllers for its children; the VM enables all of them.
+    std::string sub = slurp(bases[0] + "/cgroup.subtree_control");
+    std::string avail = slurp(bases[0] + "/cgroup.controllers");
+    for (std::string c : {"memory", "pids", "cpu"})
+      if (avail.find(c) != std::string::npos) {
+        EXPECT_NE(sub.find(c), std::string::npos) << c;
+      }
+    // No-internal-process rule: the runtime is not a member of an inner node
+    // that has controllers enabled, unless it is the root.
+    std::string self = "/sys/fs/cgroup" + own[""];
+    if (own[""] != "/") {
+      EXPECT_EQ(trim(slurp(self + "/cgroup.subtree_control")), "") << self;
+    }
+  } else {
+    // Per hierarchy, under our own cgroup there (memory differs here).
+    std::string want =
+        "/sys/fs/cgroup/memory" + (own["memory"] == "/" ? "" : own["memory"]) + "/cloister";
+    EXPECT_NE(std::find(bases.begin(), bases.end(), want), bases.end()) << want;
+    if (expected == Layout::Hybrid) {
+      EXPECT_EQ(bases[0], "/sys/fs/cgroup/unified" + (own[""] == "/" ? "" : own[""]) + "/cloister");
+    }
+  }
+}
+
+TEST_F(Cgroups, CreateWritesLimitsAndDestroyRemoves) {
+  Limits l;
+  l.memory_max = 64 << 20;
+  l.pids_max = 7;
+  l.cpu_quota = 50000;
+  l.cpu_period = 100000;
+  l.cpu_weight = 200;
+  auto cg = mgr_->create(l);
+  ASSERT_TRUE(cg) << cg.error().what();
+  EXPECT_TRUE(cg->name().starts_with(std::to_string(::getpid()) + "-")) << cg->name();
+  auto paths = cg->paths();
+  ASSERT_FALSE(paths.empty());
+  for (const auto& p : paths) {
+    EXPECT_TRUE(path_exists(p)) << p;
+    EXPECT_TRUE(p.ends_with("/" + cg->name())) << p;
+  }
+  if (mgr_->layout() == Layout::Unified) {
+    std::string d = paths[0];
+    EXPECT_EQ(paths.size(), 1u);
+    EXPECT_GE(cg->clone_fd(), 0);
+    EXPECT_FALSE(cg->needs_attach());
+    EXPECT_EQ(trim(slurp(d + "/memory.max")), std::to_string(64 << 20));
+    if (path_exists(d + "/memory.swap.max")) {
+      EXPECT_EQ(trim(slurp(d + "/memory.swap.max")), "0");
+    }
+    EXPECT_EQ(trim(slurp(d + "/pids.max")), "7");
+    EXPECT_EQ(trim(slurp(d + "/cpu.max")), "50000 100000");
+    EXPECT_EQ(trim(slurp(d + "/cpu.weight")), "200");
+  } else {
+    EXPECT_TRUE(cg->needs_attach());
+    EXPECT_EQ(cg->clone_fd() >= 0, mgr_->layout() == Layout::Hybrid);
+    std::string mem = find_path(*cg, "memory"), pids = find_path(*cg, "pids"),
+                cpu = find_path(*cg, "cpu");
+    ASSERT_FALSE(mem.empty());
+    ASSERT_FALSE(pids.empty());
+    ASSERT_FALSE(cpu.empty());
+    EXPECT_EQ(trim(slurp(mem + "/memory.limit_in_bytes")), std::to_string(64 << 20));
+    if (path_exists(mem + "/memory.memsw.limit_in_bytes")) {
+      EXPECT_EQ(trim(slurp(mem + "/memory.memsw.limit_in_bytes")), std::to_string(64 << 20));
+    }
+    EXPECT_EQ(trim(slurp(pids + "/pids.max")), "7");
+    EXPECT_EQ(trim(slurp(cpu + "/cpu.cfs_quota_us")), "50000");
+    EXPECT_EQ(trim(slurp(cpu + "/cpu.cfs_period_us")), "100000");
+    // crun's mapping: 2 + (200 - 1) * 262142 / 9999 = 5219.
+    EXPECT_EQ(trim(slurp(cpu + "/cpu.shares")), "5219");
+    EXPECT_FALSE(find_path(*cg, "cpuacct").empty());
+    if (mgr_->layout() == Layout::Hybrid) {
+      EXPECT_FALSE(find_path(*cg, "").empty());
+    }
+  }
+  auto s = cg->destroy();
+  ASSERT_TRUE(s) << s.error().what();
+  for (const auto& p : paths) EXPECT_FALSE(path_exists(p)) << p;
+  s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+TEST_F(Cgroups, NoLimitsMakesOnlyWhatIsNeeded) {
+  auto cg = mgr_->create({});
+  ASSERT_TRUE(cg) << cg.error().what();
+  // Without limits: no pids or cpu directory on v1, still memory+cpuacct for stats.
+  if (mgr_->layout() != Layout::Unified) {
+    EXPECT_TRUE(find_path(*cg, "pids").empty());
+    EXPECT_TRUE(find_path(*cg, "cpu").empty());
+    EXPECT_FALSE(find_path(*cg, "memory").empty());
+    EXPECT_FALSE(find_path(*cg, "cpuacct").empty());
+    EXPECT_EQ(find_path(*cg, "freezer").empty(), mgr_->layout() == Layout::Hybrid);
+  }
+  auto paths = cg->paths();
+  { Cgroup moved = std::move(*cg); }  // destructor removes it
+  for (const auto& p : paths) EXPECT_FALSE(path_exists(p)) << p;
+}
+
+TEST_F(Cgroups, InvalidLimitsAreRejectedWithTheirName) {
+  Limits l;
+  l.cpu_weight = 20000;
+  auto cg = mgr_->create(l);
+  ASSERT_FALSE(cg);
+  EXPECT_EQ(cg.error().kind, ErrorKind::Invalid);
+  EXPECT_NE(cg.error().message.find("cpu_weight"), std::string::npos) << cg.error().what();
+  l = {};
+  l.cpu_quota = 50000;
+  l.cpu_period = 10;
+  cg = mgr_->create(l);
+  ASSERT_FALSE(cg);
+  EXPECT_NE(cg.error().message.find("cpu_period"), std::string::npos) << cg.error().what();
+}
+
+TEST_F(Cgroups, OpenWithoutHierarchyFails) {
+  Options o;
+  o.mount_root = "/nonexistent-cgroup-root";
+  auto m = Manager::open(o);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(m.error().kind, ErrorKind::NotFound);
+  EXPECT_NE(m.error().message.find("/nonexistent-cgroup-root"), std::string::npos);
+}
+
+TEST_F(Cgroups, ForkedChildIsAttachedEverywhere) {
+  auto cg = mgr_->create({.pids_max = 50});
+  ASSERT_TRUE(cg) << cg.error().what();
+  Child c = spawn(
+      *cg, [] { return 0; }, /*use_clone3=*/false);
+  ASSERT_GT(c.pid, 0);
+  expect_member(c.pid, *cg, mgr_->layout());
+  c.release();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  auto s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+TEST_F(Cgroups, Clone3IntoCgroup) {
+  auto cg = mgr_->create({});
+  ASSERT_TRUE(cg) << cg.error().what();
+  if (mgr_->layout() == Layout::Legacy) {
+    EXPECT_EQ(cg->clone_fd(), -1);  // nothing to clone into; fork + attach
+    return;
+  }
+  ASSERT_GE(cg->clone_fd(), 0);
+  EXPECT_TRUE(fcntl(cg->clone_fd(), F_GETFD) & FD_CLOEXEC);
+  Child c = spawn(
+      *cg, [] { return 0; }, /*use_clone3=*/true, /*attach=*/false);
+  ASSERT_GT(c.pid, 0);
+  // In the cgroup2 directory from its first instruction, before any attach.
+  std::string v2 = find_path(*cg, "");
+  std::string mount =
+      mgr_->layout() == Layout::Unified ? "/sys/fs/cgroup" : "/sys/fs/cgroup/unified";
+  EXPECT_EQ(proc_cgroups(c.pid)[""], v2.substr(mount.size()));
+  if (cg->needs_attach()) {
+    auto s = cg->attach(c.pid);
+    ASSERT_TRUE(s) << s.error().what();
+  }
+  expect_member(c.pid, *cg, mgr_->layout());
+  c.release();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+}
+
+TEST_F(Cgroups, KillKillsTreeAndSparesRuntime) {
+  Subreaper reaper;
+  auto own_before = proc_cgroups(::getpid());
+  auto cg = mgr_->create({});
+  ASSERT_TRUE(cg) << cg.error().what();
+  auto report = make_pipe();
+  ASSERT_TRUE(report);
+  int wfd = report->write.get();
+  Child c = spawn(*cg, [wfd] {
+    pid_t gc = ::fork();
+    if (gc == 0) sleep_forever();
+    if (::write(wfd, &gc, sizeof gc) != sizeof gc) return 1;
+    sleep_forever();
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  report->write.reset();
+  c.release();
+  pid_t gc = -1;
+  ASSERT_EQ(::read(report->read.get(), &gc, sizeof gc), static_cast<ssize_t>(sizeof gc));
+  ASSERT_GT(gc, 0);
+  expect_member(gc, *cg, mgr_->layout());
+
+  auto s = cg->kill();
+  ASSERT_TRUE(s) << s.error().what();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  st = wait_status(gc);  // reparented to us (subreaper)
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  for (const auto& p : cg->paths()) {
+    EXPECT_EQ(slurp(p + "/cgroup.procs"), "") << p;
+    if (is_cgroup2(p)) {
+      EXPECT_NE(slurp(p + "/cgroup.events").find("populated 0"), std::string::npos);
+    }
+  }
+  // The runtime is alive (we are running) and was not moved by kill().
+  EXPECT_EQ(proc_cgroups(::getpid()), own_before);
+  s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+TEST_F(Cgroups, MemoryHogIsOomKilled) {
+  Subreaper reaper;
+  constexpr uint64_t kLimit = 32 << 20;
+  auto cg = mgr_->create({.memory_max = kLimit});
+  ASSERT_TRUE(cg) << cg.error().what();
+  Child c = spawn(*cg, [] {
+    constexpr size_t kSize = 200 << 20;
+    // volatile: the compiler may otherwise drop an unused malloc and its stores.
+    volatile char* p = static_cast<volatile char*>(std::malloc(kSize));
+    if (!p) return 2;
+    for (size_t i = 0; i < kSize; i += 4096) p[i] = 1;
+    return 0;  // not reached when the limit holds
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << "status " << st;
+  auto u = cg->usage();
+  ASSERT_TRUE(u) << u.error().what();
+  EXPECT_GE(u->oom_kills, 1u);
+  if (mgr_->layout() != Layout::Unified) {
+    EXPECT_GT(u->memory_peak, 0u);
+  }
+  EXPECT_LE(u->memory_peak, kLimit);
+  auto s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+TEST_F(Cgroups, PidsLimitStopsForkLoop) {
+  Subreaper reaper;
+  auto cg = mgr_->create({.pids_max = 5});
+  ASSERT_TRUE(cg) << cg.error().what();
+  auto report = make_pipe();
+  ASSERT_TRUE(report);
+  int wfd = report->write.get();
+  Child c = spawn(*cg, [wfd] {
+    int forked = 0, err = 0;
+    for (int i = 0; i < 50; ++i) {
+      pid_t p = ::fork();
+      if (p == 0) sleep_forever();
+      if (p < 0) {
+        err = errno;
+        break;
+      }
+      ++forked;
+    }
+    int msg[2] = {forked, err};
+    if (::write(wfd, msg, sizeof msg) != sizeof msg) return 1;
+    sleep_forever();
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  report->write.reset();
+  c.release();
+  int msg[2] = {-1, -1};
+  ASSERT_EQ(::read(report->read.get(), msg, sizeof msg), static_cast<ssize_t>(sizeof msg));
+  EXPECT_EQ(msg[0], 4);  // the child itself plus 4 = pids.max
+  EXPECT_EQ(msg[1], EAGAIN);
+  auto s = cg->kill();
+  EXPECT_TRUE(s) << s.error().what();
+  wait_status(c.pid);
+  s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+TEST_F(Cgroups, UsageCountsCpu) {
+  auto cg = mgr_->create({});
+  ASSERT_TRUE(cg) << cg.error().what();
+  auto before = cg->usage();
+  ASSERT_TRUE(before) << before.error().what();
+  EXPECT_EQ(before->cpu_usec, 0u);
+  Child c = spawn(*cg, [] {
+    timespec t{};
+    volatile uint64_t x = 0;
+    do {
+      for (int i = 0; i < 100000; ++i) x = x + i;
+      ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    } while (t.tv_sec * 1000000000LL + t.tv_nsec < 300000000LL);
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  auto after = cg->usage();
+  ASSERT_TRUE(after) << after.error().what();
+  EXPECT_GE(after->cpu_usec, 250000u);
+  EXPECT_LT(after->cpu_usec, 5000000u);
+  EXPECT_EQ(after->oom_kills, 0u);
+}
+
+TEST_F(Cgroups, DestroyKillsAndRemovesEverything) {
+  Subreaper reaper;
+  auto cg = mgr_->create({.memory_max = 64 << 20, .pids_max = 20});
+  ASSERT_TRUE(cg) << cg.error().what();
+  Child c = spawn(*cg, [] {
+    sleep_forever();
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  auto paths = cg->paths();
+  auto s = cg->destroy();
+  ASSERT_TRUE(s) << s.error().what();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  for (const auto& p : paths) EXPECT_FALSE(path_exists(p)) << p;
+  s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+  EXPECT_TRUE(cg->kill());
+}
+
+TEST_F(Cgroups, CleanupStaleRemovesDeadRuntimesOnly) {
+  Subreaper reaper;
+  // A pid that is certainly dead: a child that exited and was reaped.
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  wait_status(dead);
+  ASSERT_EQ(::kill(dead, 0), -1);
+  // A live "runtime": a sleeping child.
+  pid_t live = ::fork();
+  if (live == 0) sleep_forever();
+  ASSERT_GT(live, 0);
+  std::string dead_name = std::to_string(dead) + "-1", live_name = std::to_string(live) + "-1";
+  auto bases = mgr_->base_paths();
+  for (const auto& b : bases) {
+    ASSERT_EQ(::mkdir((b + "/" + dead_name).c_str(), 0755), 0) << b << ": " << strerror(errno);
+    ASSERT_EQ(::mkdir((b + "/" + live_name).c_str(), 0755), 0) << b << ": " << strerror(errno);
+  }
+  // A process left in the stale cgroup, as after a runtime crash.
+  pid_t orphan = ::fork();
+  if (orphan == 0) sleep_forever();
+  ASSERT_GT(orphan, 0);
+  for (const auto& b : bases) {
+    auto s = write_file(b + "/" + dead_name + "/cgroup.procs", std::to_string(orphan));
+    EXPECT_TRUE(s) << s.error().what();
+  }
+
+  auto s = mgr_->cleanup_stale();
+  EXPECT_TRUE(s) << s.error().what();
+  for (const auto& b : bases) {
+    EXPECT_FALSE(path_exists(b + "/" + dead_name)) << b;
+    EXPECT_TRUE(path_exists(b + "/" + live_name)) << b;
+  }
+  int st = wait_status(orphan);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+
+  ::kill(live, SIGKILL);
+  wait_status(live);
+  for (const auto& b : bases) ::rmdir((b + "/" + live_name).c_str());
+  for (const auto& b : bases) {
+    EXPECT_FALSE(path_exists(b + "/" + live_name)) << b;
+    EXPECT_FALSE(path_exists(b + "/" + dead_name)) << b;
+  }
+}
+
+TEST_F(Cgroups, ConcurrentCreateGivesUniqueNames) {
+  constexpr int kThreads = 4, kEach = 6;
+  std::vector<std::vector<std::string>> names(kThreads);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      std::vector<Cgroup> mine;
+      for (int i = 0; i < kEach; ++i) {
+        auto cg = mgr_->create({.pids_max = 10});
+        if (!cg) {
+          ADD_FAILURE() << cg.error().what();
+          continue;
+        }
+        names[t].push_back(cg->name());
+        mine.push_back(std::move(*cg));
+      }
+      for (auto& cg : mine) EXPECT_TRUE(cg.destroy());
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::set<std::string> all;
+  for (const auto& v : names) all.insert(v.begin(), v.end());
+  EXPECT_EQ(all.size(), static_cast<size_t>(kThreads * kEach));
+}
+
+TEST_F(Cgroups, SharedManagerIsOneInstance) {
+  std::shared_ptr<Manager> a, b;
+  std::thread t1([&] { a = *Manager::shared(); }), t2([&] { b = *Manager::shared(); });
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a.get(), b.get());
+  EXPECT_EQ(a->layout(), mgr_->layout());
+  EXPECT_EQ(a->base_paths(), mgr_->base_paths());
+}
+
+// Runs /bin/true (fork + exec) in a fresh cgroup with memory_max = limit.
+// Returns true when it exited 0.
+bool true_runs_with(Manager& m, uint64_t limit) {
+  auto cg = m.create({.memory_max = limit});
+  if (!cg) {
+    ADD_FAILURE() << cg.error().what();
+    return false;
+  }
+  Child c = spawn(*cg, [] {
+    char* argv[] = {const_cast<char*>("/bin/true"), nullptr};
+    ::execv("/bin/true", argv);
+    return 127;
+  });
+  if (c.pid <= 0) return false;
+  c.release();
+  int st = wait_status(c.pid);
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+// Binary search of the smallest memory limit at which /bin/true runs reliably
+// (5 runs out of 5 per probe: near the edge a run fails or not depending on
+// which kernel objects get charged), between 64 KiB and 16 MiB in 4 KiB steps.
+// Disabled: a measurement, run by hand with --gtest_also_run_disabled_tests;
+// the figure goes to kSmallestMemoryLimit and docs/cgroups.md.
+TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
+  auto runs = [&](uint64_t limit) {
+    for (int i = 0; i < 5; ++i)
+      if (!true_runs_with(*mgr_, limit)) return false;
+    return true;
+  };
+  uint64_t lo = 64 << 10, hi = 16 << 20;  // lo fails, hi runs
+  ASSERT_FALSE(true_runs_with(*mgr_, lo));
+  ASSERT_TRUE(runs(hi));
+  while (hi - lo > 4096) {
+    uint64_t mid = (lo + (hi - lo) / 2) & ~uint64_t{4095};
+    if (mid <= lo) mid = lo + 4096;
+    (runs(mid) ? hi : lo) = mid;
+  }
+  int ok = 0;
+  for (int i = 0; i < 50; ++i) ok += true_runs_with(*mgr_, hi);
+  std::printf("smallest memory limit for /bin/true (%s): %llu bytes (%llu KiB), %d/50 runs ok\n",
+              std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
+              static_cast<unsigned long long>(hi >> 10), ok);
+  EXPECT_GE(ok, 45);
+}
+
+TEST_F(Cgroups, SmallestMemoryLimitRuns) {
+  ASSERT_GT(kSmallestMemoryLimit, 0u);
+  // Runs at the measured figure with a margin (what gets charged - page
+  // tables, kernel stack, slab - varies between kernels, cgroup versions and
+  // hosts); does not run with 64 KiB, so the limit is really in force.
+  uint64_t with_margin = kSmallestMemoryLimit + (1 << 20);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(true_runs_with(*mgr_, with_margin)) << with_margin;
+  EXPECT_FALSE(true_runs_with(*mgr_, 64 << 10));
+}
+
+}  // namespace
