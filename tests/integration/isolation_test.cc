@@ -1,0 +1,435 @@
+// Integration tests of the host executor: real namespaces, mounts, cgroups
+// and seccomp, seen from inside the sandbox (by shell commands and by
+// cloister_probe, mounted read-only at /probe), plus the Process API.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "runtime/executor.h"
+#include "test_support.h"
+
+using namespace cloister;
+using namespace cloister::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+TEST(Isolation, PayloadRunsUnderItsOwnInit) {
+  auto r = run_ok(base_config(),
+                  {"/bin/sh", "-c", "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"});
+  EXPECT_EQ(r.out, "2\ncloister-init\n4\n");  // init, sh, ls and grep
+}
+
+TEST(Isolation, OnlyLoopbackAndItIsUp) {
+  auto r =
+      run_ok(base_config(),
+             {"/bin/sh", "-c",
+              "grep : /proc/net/dev | cut -d: -f1 | tr -d ' '; cat /sys/class/net/lo/operstate "
+              "2>/dev/null; ping -c1 -W1 127.0.0.1 >/dev/null 2>&1; echo ping=$?"});
+  EXPECT_EQ(r.out.substr(0, 3), "lo\n");
+  EXPECT_EQ(r.out.find("eth"), std::string::npos) << r.out;
+  // /sys is not mounted: the only way to reach lo is a socket.
+  auto probe =
+      run_ok(base_config(),
+             {"/bin/sh", "-c", "exec 3<>/dev/null; cat /proc/net/if_inet6 2>/dev/null | wc -l"});
+  (void)probe;
+}
+
+TEST(Isolation, HostNetworkWhenAsked) {
+  auto host = read_text("/proc/net/dev");
+  int host_ifaces = 0;
+  for (char c : host) host_ifaces += c == ':';
+  ASSERT_GT(host_ifaces, 1) << "this host has only lo; cannot tell host networking apart";
+  auto cfg = base_config();
+  cfg.network_mode = NetworkMode::Host;
+  auto r = run_ok(cfg, {"/bin/cat", "/proc/net/dev"});
+  int ifaces = 0;
+  for (char c : r.out) ifaces += c == ':';
+  EXPECT_EQ(ifaces, host_ifaces);
+}
+
+TEST(Isolation, HostFilesAreReadOnly) {
+  auto r = run(base_config(), {"/bin/sh", "-c",
+                               "touch /usr/cl_x; echo x > /etc/cl_x; mkdir /newdir; "
+                               "touch /usr/lib/cl_x; echo done"});
+  EXPECT_EQ(r.out, "done\n");
+  size_t count = 0;
+  for (size_t p = 0; (p = r.err.find("Read-only file system", p)) != std::string::npos; ++p)
+    ++count;
+  EXPECT_EQ(count, 4u) << r.err;
+  EXPECT_NE(::access("/usr/cl_x", F_OK), 0);
+  EXPECT_NE(::access("/etc/cl_x", F_OK), 0);
+}
+
+TEST(Isolation, TmpIsWritableAndEmpty) {
+  auto r = run_ok(base_config(),
+                  {"/bin/sh", "-c", "ls -A /tmp | wc -l; echo hi > /tmp/f && cat /tmp/f"});
+  EXPECT_EQ(r.out, "0\nhi\n");
+}
+
+TEST(Isolation, NoCapabilitiesNoNewPrivsSeccomp) {
+  auto r = run_ok(
+      base_config(),
+      {"/bin/sh", "-c",
+       "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"});
+  EXPECT_NE(r.out.find("CapEff:\t0000000000000000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CapPrm:\t0000000000000000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CapBnd:\t0000000000000000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CapAmb:\t0000000000000000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("NoNewPrivs:\t1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Seccomp:\t2"), std::string::npos) << r.out;
+}
+
+TEST(Isolation, CapAddKeepsOnlyThatCapability) {
+  auto cfg = base_config();
+  cfg.cap_add = {"NET_BIND_SERVICE"};
+  cfg.capabilities = 1ULL << 10;
+  auto r = run_ok(cfg, {"/bin/sh", "-c", "grep -E '^Cap(Eff|Bnd):' /proc/self/status"});
+  EXPECT_EQ(r.out, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\n");
+}
+
+TEST(Isolation, EscapeSyscallsAreRefused) {
+  auto r = run_ok(base_config(), {"/probe/cloister_probe", "syscalls"});
+  for (const char* name :
+       {"mount", "umount2", "unshare", "unshare_user", "setns", "ptrace", "keyctl", "bpf", "chroot",
+        "pivot_root", "sethostname", "mknod", "reboot"}) {
+    std::string line = std::string(name) + " EPERM\n";
+    EXPECT_NE(r.out.find(line), std::string::npos) << name << " not refused with EPERM:\n" << r.out;
+  }
+}
+
+TEST(Isolation, OwnHostname) {
+  auto cfg = base_config();
+  cfg.hostname = "box7";
+  EXPECT_EQ(run_ok(cfg, {"/bin/hostname"}).out, "box7\n");
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  EXPECT_NE(std::string(host), "box7");
+}
+
+TEST(Isolation, NoInheritedFds) {
+  // Deliberately leak fds without close-on-exec into the test process.
+  int leaked1 = ::open("/etc/hostname", O_RDONLY);
+  int leaked2 = ::dup(leaked1);
+  ASSERT_GE(leaked2, 0);
+  auto r = run_ok(base_config(), {"/probe/cloister_probe", "fds"});
+  ::close(leaked1);
+  ::close(leaked2);
+  std::set<std::string> fds;
+  std::istringstream in(r.out);
+  std::string word, n, target;
+  while (in >> word >> n >> target) fds.insert(n);
+  EXPECT_EQ(fds, (std::set<std::string>{"0", "1", "2"})) << r.out;
+}
+
+TEST(Isolation, MinimalDevWithoutHostDevices) {
+  auto r = run_ok(base_config(), {"/bin/ls", "-A", "/dev"});
+  EXPECT_EQ(r.out,
+            "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
+  auto w =
+      run_ok(base_config(),
+             {"/bin/sh", "-c", "echo x > /dev/null && head -c 4 /dev/zero | wc -c && ls /dev/pts"});
+  EXPECT_EQ(w.out, "4\nptmx\n");
+}
+
+TEST(Isolation, SensitivePathsMasked) {
+  auto r = run(base_config(),
+               {"/bin/sh", "-c",
+                "wc -c < /etc/shadow; wc -c < /proc/keys; ls -A /proc/acpi 2>/dev/null | wc -l; "
+                "echo 1 > /proc/sys/vm/drop_caches || echo sys-ro; echo b > /proc/sysrq-trigger || "
+                "echo sysrq-ro"});
+  EXPECT_EQ(r.out, "0\n0\n0\nsys-ro\nsysrq-ro\n") << r.err;
+}
+
+TEST(Isolation, VolumesReadOnlyAndWritable) {
+  TempDir rw, ro;
+  write_text(ro.path + "/in.txt", "from host");
+  auto cfg = base_config();
+  cfg.volumes.push_back({rw.path, "/work/out", false});
+  cfg.volumes.push_back({ro.path, "/work/in", true});
+  auto r = run(cfg, {"/bin/sh", "-c",
+                     "cat /work/in/in.txt; echo; echo result > /work/out/r.txt; "
+                     "echo nope > /work/in/x || echo ro-refused"});
+  EXPECT_EQ(r.out, "from host\nro-refused\n") << r.err;
+  EXPECT_EQ(read_text(rw.path + "/r.txt"), "result\n");
+  EXPECT_NE(::access((ro.path + "/x").c_str(), F_OK), 0);
+}
+
+TEST(Isolation, UserAndRlimits) {
+  auto cfg = base_config();
+  cfg.identity = Identity{65534, 65534, {}};
+  auto lim = rlimits::make(RLIMIT_NOFILE, 64, 64);
+  ASSERT_TRUE(lim);
+  cfg.rlimits = {*lim};
+  auto r = run_ok(
+      cfg, {"/bin/sh", "-c", "id -u; id -g; id -G; ulimit -n; grep CapEff /proc/self/status"});
+  EXPECT_EQ(r.out, "65534\n65534\n65534\n64\nCapEff:\t0000000000000000\n");
+}
+
+TEST(Limits, MemoryHogIsOomKilled) {
+  auto cfg = base_config();
+  cfg.memory_limit = 32 << 20;
+  auto r = run(cfg, {"/probe/cloister_probe", "hog", "256"});
+  EXPECT_TRUE(r.status.oom_killed) << r.out << r.err;
+  EXPECT_EQ(r.status.signal, SIGKILL);
+  EXPECT_EQ(r.out.find("allocated"), std::string::npos);
+  EXPECT_GT(r.status.peak_memory, 16u << 20);
+  EXPECT_LE(r.status.peak_memory, 34u << 20);
+}
+
+TEST(Limits, ForkLoopStopsAtPidsLimit) {
+  auto cfg = base_config();
+  cfg.pids_limit = 16;
+  auto r = run(cfg, {"/probe/cloister_probe", "forks", "200"}, 10s);
+  int made = -1;
+  char err[32] = {};
+  ASSERT_EQ(std::sscanf(r.out.c_str(), "forked %d %31s", &made, err), 2) << r.out;
+  EXPECT_LT(made, 16);
+  EXPECT_GT(made, 5);
+  EXPECT_STREQ(err, "EAGAIN");
+}
+
+TEST(Limits, CpuQuotaThrottles) {
+  auto cfg = base_config();
+  cfg.cpu_quota = 20000;  // a fifth of a CPU
+  auto r = run(cfg, {"/bin/sh", "-c", "while :; do :; done"}, 1500ms);
+  EXPECT_TRUE(r.status.timed_out);
+  // Unthrottled this would be about 1500 ms of CPU.
+  EXPECT_LT(r.status.cpu_time, 700ms) << r.status.cpu_time.count();
+  EXPECT_GT(r.status.cpu_time, 50ms);
+}
+
+TEST(Limits, TimeoutKillsGrandchildren) {
+  auto r = run(base_config(), {"/probe/cloister_probe", "sleepers", "3"}, 1s);
+  EXPECT_TRUE(r.status.timed_out);
+  EXPECT_EQ(r.status.code(), 124);
+  EXPECT_EQ(r.out, "started 3\n");
+  EXPECT_EQ(count_host_processes("sleep\0"
+                                 "1000"),
+            0);
+}
+
+TEST(ProcessApi, StdinRoundTripWithEof) {
+  auto p = make_process(base_config(), {"/bin/cat"}, true);
+  ASSERT_TRUE(p->start());
+  ASSERT_TRUE(p->write_stdin("hello "));
+  ASSERT_TRUE(p->write_stdin("world\n"));
+  ASSERT_TRUE(p->write_stdin(""));  // EOF
+  auto w = p->write_stdin("late");
+  ASSERT_FALSE(w);
+  EXPECT_EQ(w.error().kind, ErrorKind::Invalid);
+  auto out = collect(*p);
+  EXPECT_EQ(out.out, "hello world\n");
+  auto st = p->wait();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->exit_code, 0);
+}
+
+TEST(ProcessApi, InterleavedStdoutAndStderr) {
+  auto r = run_ok(base_config(),
+                  {"/bin/sh", "-c", "for i in 1 2 3; do echo out$i; echo err$i >&2; done"});
+  EXPECT_EQ(r.out, "out1\nout2\nout3\n");
+  EXPECT_EQ(r.err, "err1\nerr2\nerr3\n");
+}
+
+TEST(ProcessApi, HundredMebibytesWithoutDeadlock) {
+  auto p =
+      make_process(base_config(),
+                   {"/bin/sh", "-c", "head -c 52428800 /dev/zero; head -c 52428800 /dev/zero >&2"});
+  ASSERT_TRUE(p->start());
+  size_t out = 0, err = 0;
+  for (;;) {
+    auto c = p->read();
+    ASSERT_TRUE(c);
+    if (!*c) break;
+    ((*c)->stream == Stream::Stdout ? out : err) += (*c)->data.size();
+  }
+  EXPECT_EQ(out, 52428800u);
+  EXPECT_EQ(err, 52428800u);
+  EXPECT_EQ(p->wait()->exit_code, 0);
+}
+
+TEST(ProcessApi, SignalsReachThePayload) {
+  auto p = make_process(base_config(), {"/bin/sleep", "100"});
+  ASSERT_TRUE(p->start());
+  ASSERT_TRUE(p->signal(SIGTERM));
+  auto st = p->wait();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->signal, SIGTERM);
+  EXPECT_EQ(st->code(), 128 + SIGTERM);
+  auto late = p->signal(SIGTERM);
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error().kind, ErrorKind::Invalid);
+}
+
+TEST(ProcessApi, CloseIsGracefulThenForced) {
+  auto p = make_process(
+      base_config(),
+      {"/bin/sh", "-c", "trap 'exit 3' TERM; echo ready; while :; do sleep 0.05; done"});
+  ASSERT_TRUE(p->start());
+  EXPECT_EQ(p->read(Stream::Stdout).value(), "ready\n");
+  ASSERT_TRUE(p->close());
+  EXPECT_EQ(p->wait()->exit_code, 3);
+
+  auto stubborn = make_process(
+      base_config(), {"/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"});
+  stubborn->set_close_grace(200ms);
+  ASSERT_TRUE(stubborn->start());
+  EXPECT_EQ(stubborn->read(Stream::Stdout).value(), "ready\n");
+  ASSERT_TRUE(stubborn->close());
+  EXPECT_EQ(stubborn->wait()->signal, SIGKILL);
+}
+
+TEST(ProcessApi, ExitCodesAndStartFailures) {
+  EXPECT_EQ(run(base_config(), {"/bin/sh", "-c", "exit 7"}).status.exit_code, 7);
+
+  auto missing = make_process(base_config(), {"no-such-command-xyz"});
+  auto s = missing->start();
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().kind, ErrorKind::NotFound);
+  EXPECT_TRUE(s.error().at_exec);
+  EXPECT_NE(s.error().message.find("no-such-command-xyz"), std::string::npos);
+
+  auto noexec = make_process(base_config(), {"/dev/null"});
+  s = noexec->start();
+  ASSERT_FALSE(s);
+  EXPECT_TRUE(s.error().at_exec);
+  EXPECT_EQ(s.error().kind, ErrorKind::PermissionDenied);
+
+  auto nowd = make_process(base_config(), {"/bin/true"}, false, "/no/such/dir");
+  s = nowd->start();
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().kind, ErrorKind::NotFound);
+  EXPECT_FALSE(s.error().at_exec);
+}
+
+TEST(ProcessApi, CallsOutOfOrderAreInvalid) {
+  auto p = make_process(base_config(), {"/bin/cat"});
+  EXPECT_EQ(p->wait().error().kind, ErrorKind::Invalid);
+  EXPECT_EQ(p->signal(SIGTERM).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ(p->read(Stream::Stdout).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ(p->write_stdin("x").error().kind, ErrorKind::Invalid);
+  ASSERT_TRUE(p->start());
+  EXPECT_EQ(p->start().error().kind, ErrorKind::Invalid);
+  EXPECT_EQ(p->write_stdin("x").error().kind, ErrorKind::Invalid);  // stdin not opened
+  ASSERT_TRUE(p->close(true));
+  EXPECT_EQ(p->write_stdin("x").error().kind, ErrorKind::Invalid);
+  EXPECT_TRUE(p->wait());
+
+  auto never = make_process(base_config(), {"/bin/true"});
+  ASSERT_TRUE(never->close());
+  EXPECT_EQ(never->start().error().kind, ErrorKind::Invalid);
+}
+
+TEST(ProcessApi, CleanEnvironmentAndWorkDir) {
+  ::setenv("CLOISTER_SECRET", "leak", 1);
+  auto cfg = base_config();
+  cfg.default_env = {{"PATH", "/usr/bin:/bin"}, {"A", "1"}};
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  ExecRequest req;
+  req.argv = {"/usr/bin/env"};
+  req.env = {{"A", "2"}, {"B", "3"}};
+  req.work_dir = "/usr/share";
+  auto p = (*exec)->exec(req);
+  ASSERT_TRUE(p);
+  ASSERT_TRUE((*p)->start());
+  auto out = collect(**p);
+  EXPECT_EQ(out.out, "PATH=/usr/bin:/bin\nA=2\nB=3\n");
+  ::unsetenv("CLOISTER_SECRET");
+  EXPECT_EQ(run_ok(cfg, {"/bin/pwd"}, 0ms, "/usr/share").out, "/usr/share\n");
+}
+
+TEST(ProcessApi, StatusReportsUsage) {
+  auto r =
+      run_ok(base_config(), {"/bin/sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"});
+  EXPECT_GT(r.status.cpu_time.count(), 0);
+  EXPECT_GT(r.status.peak_memory, 0u);
+  EXPECT_GT(r.status.wall_time.count(), 0);
+}
+
+TEST(Executor, WhitelistIsExact) {
+  auto cfg = base_config();
+  cfg.command_whitelist = {"echo hi", "/bin/echo 'two words'"};
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec);
+  auto req = [](std::string c) {
+    ExecRequest r;
+    r.command = std::move(c);
+    return r;
+  };
+  EXPECT_TRUE((*exec)->exec(req("echo hi")));
+  EXPECT_TRUE((*exec)->exec(req("echo   hi")));
+  EXPECT_TRUE((*exec)->exec(req("/bin/echo \"two words\"")));
+  EXPECT_EQ((*exec)->exec(req("echo bye")).error().kind, ErrorKind::PermissionDenied);
+  EXPECT_EQ((*exec)->exec(req("echo hi; id")).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ((*exec)->exec(req("echo hi && id")).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ((*exec)->exec(req("echo hi\nid")).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ((*exec)->exec(req("echo $(id)")).error().kind, ErrorKind::Invalid);
+  EXPECT_EQ((*exec)->exec(req("echo hi x")).error().kind, ErrorKind::PermissionDenied);
+}
+
+TEST(Executor, BadSpecsAreRefusedBeforeAnythingRuns) {
+  auto cfg = base_config();
+  cfg.volumes.push_back({"/no/such/source", "/data", true});
+  auto e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().kind, ErrorKind::NotFound);
+  EXPECT_NE(e.error().message.find("/no/such/source"), std::string::npos);
+
+  cfg = base_config();
+  cfg.tmpfs.push_back({"/scratch", "rw,size=1m,bogus"});
+  e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("bogus"), std::string::npos);
+
+  cfg = base_config();
+  cfg.volumes.push_back({"/etc", "/usr/nonexistent-mountpoint", true});
+  e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("/usr/nonexistent-mountpoint"), std::string::npos);
+
+  cfg = base_config();
+  cfg.kind = ExecutorKind::Container;
+  e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("not supported yet"), std::string::npos);
+}
+
+TEST(Executor, ManyProcessesLeaveNothingBehind) {
+  auto exec = Executor::create(base_config());
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 50; ++i) {
+    ExecRequest r;
+    r.argv = {"/bin/true"};
+    auto p = (*exec)->exec(r);
+    ASSERT_TRUE(p);
+    ASSERT_TRUE((*p)->start());
+    ASSERT_EQ((*p)->wait()->exit_code, 0);
+  }
+  // Processes dropped while running are killed with their tree.
+  for (int i = 0; i < 5; ++i) {
+    ExecRequest r;
+    r.argv = {"/probe/cloister_probe", "sleepers", "2"};
+    auto p = (*exec)->exec(r);
+    ASSERT_TRUE(p);
+    ASSERT_TRUE((*p)->start());
+    EXPECT_EQ((*p)->read(Stream::Stdout).value(), "started 2\n");
+  }
+  EXPECT_EQ(count_host_processes("sleep\0"
+                                 "1000"),
+            0);
+}
+
+}  // namespace

@@ -1,0 +1,125 @@
+// cloister_probe: runs inside a sandbox during the integration tests and
+// reports what it can see and do, one "key value" line per fact.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+void result(const char* name, long rc) {
+  std::printf("%s %s\n", name, rc == 0 || rc > 0 ? "ok" : strerrorname_np(errno));
+}
+
+int syscalls() {
+  result("mount", ::mount("none", "/tmp", "tmpfs", 0, nullptr));
+  result("umount2", ::umount2("/proc", MNT_DETACH));
+  result("unshare", ::unshare(CLONE_NEWNS));
+  result("unshare_user", ::unshare(CLONE_NEWUSER));
+  int ns = ::open("/proc/1/ns/mnt", O_RDONLY | O_CLOEXEC);
+  result("setns", ns < 0 ? -1 : ::setns(ns, 0));
+  result("ptrace", ::ptrace(PTRACE_ATTACH, 1, nullptr, nullptr));
+  result("keyctl", ::syscall(SYS_keyctl, 0 /*KEYCTL_GET_KEYRING_ID*/, -3, 0));
+  union bpf_attr attr {};
+  result("bpf", ::syscall(SYS_bpf, BPF_MAP_CREATE, &attr, sizeof attr));
+  result("chroot", ::chroot("/tmp"));
+  result("pivot_root", ::syscall(SYS_pivot_root, "/tmp", "/tmp"));
+  result("sethostname", ::sethostname("evil", 4));
+  result("mknod", ::mknod("/tmp/sda", S_IFBLK | 0600, makedev(8, 0)));
+  result("reboot", ::syscall(SYS_reboot, 0xfee1dead, 672274793, 0x1234567, nullptr));
+  result("setuid0", ::syscall(SYS_setuid, 0));
+  return 0;
+}
+
+int fds() {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return 1;
+  int own = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    if (std::atoi(e->d_name) == own) continue;
+    char target[256] = {};
+    std::string p = std::string("/proc/self/fd/") + e->d_name;
+    ::readlink(p.c_str(), target, sizeof target - 1);
+    std::printf("fd %s %s\n", e->d_name, target);
+  }
+  ::closedir(d);
+  return 0;
+}
+
+int hog(long mb) {
+  std::vector<char*> blocks;
+  for (long i = 0; i < mb; ++i) {
+    char* b = static_cast<char*>(std::malloc(1 << 20));
+    if (!b) return 3;
+    std::memset(b, 1, 1 << 20);
+    blocks.push_back(b);
+  }
+  std::printf("allocated %ld\n", mb);
+  return 0;
+}
+
+int forks(int n) {
+  int made = 0, err = 0;
+  for (int i = 0; i < n; ++i) {
+    pid_t p = ::fork();
+    if (p < 0) {
+      err = errno;
+      break;
+    }
+    if (p == 0) {
+      ::pause();
+      _exit(0);
+    }
+    ++made;
+  }
+  std::printf("forked %d %s\n", made, err ? strerrorname_np(err) : "none");
+  std::fflush(stdout);
+  return 0;
+}
+
+// Leaves grandchildren that detach into their own sessions, then waits.
+int sleepers(int n) {
+  for (int i = 0; i < n; ++i) {
+    if (::fork() == 0) {
+      ::setsid();
+      if (::fork() == 0) {
+        ::execl("/bin/sleep", "sleep", "1000", nullptr);
+        _exit(1);
+      }
+      _exit(0);
+    }
+  }
+  std::printf("started %d\n", n);
+  std::fflush(stdout);
+  ::pause();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "syscalls") return syscalls();
+  if (cmd == "fds") return fds();
+  if (cmd == "hog" && argc > 2) return hog(std::atol(argv[2]));
+  if (cmd == "forks" && argc > 2) return forks(std::atoi(argv[2]));
+  if (cmd == "sleepers" && argc > 2) return sleepers(std::atoi(argv[2]));
+  std::fprintf(stderr, "usage: cloister_probe syscalls|fds|hog MB|forks N|sleepers N\n");
+  return 2;
+}

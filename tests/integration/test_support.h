@@ -1,0 +1,118 @@
+// Shared helpers of the integration tests: an executor config that sees the
+// probe binary, one-call runs, and host-side checks.
+#pragma once
+
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "runtime/executor.h"
+
+namespace cloister::testing {
+
+inline ExecutorConfig base_config() {
+  ExecutorConfig c;
+  c.name = "test";
+  c.host_paths = kDefaultHostPaths;
+  c.masked_paths = kDefaultMaskedPaths;
+  c.default_env = {{"PATH", "/usr/bin:/bin"}};
+  c.volumes.push_back({CLOISTER_BIN_DIR, "/probe", true});
+  return c;
+}
+
+struct RunResult {
+  std::string out, err;
+  ExitStatus status;
+};
+
+inline std::unique_ptr<Process> make_process(const ExecutorConfig& cfg,
+                                             std::vector<std::string> argv, bool stdin_open = false,
+                                             std::string work_dir = "",
+                                             std::chrono::milliseconds timeout = {}) {
+  auto exec = Executor::create(cfg);
+  EXPECT_TRUE(exec) << exec.error().what();
+  if (!exec) return nullptr;
+  ExecRequest req;
+  req.argv = std::move(argv);
+  req.stdin_open = stdin_open;
+  req.work_dir = std::move(work_dir);
+  req.timeout = timeout;
+  auto p = (*exec)->exec(std::move(req));
+  EXPECT_TRUE(p) << p.error().what();
+  return p ? std::move(*p) : nullptr;
+}
+
+inline RunResult collect(Process& p) {
+  RunResult r;
+  for (;;) {
+    auto c = p.read();
+    EXPECT_TRUE(c) << c.error().what();
+    if (!c || !*c) break;
+    ((*c)->stream == Stream::Stdout ? r.out : r.err) += (*c)->data;
+  }
+  return r;
+}
+
+inline RunResult run(const ExecutorConfig& cfg, std::vector<std::string> argv,
+                     std::chrono::milliseconds timeout = {}, std::string work_dir = "") {
+  auto p = make_process(cfg, std::move(argv), false, std::move(work_dir), timeout);
+  if (!p) return {};
+  auto s = p->start();
+  EXPECT_TRUE(s) << s.error().what();
+  if (!s) return {};
+  RunResult r = collect(*p);
+  auto st = p->wait();
+  EXPECT_TRUE(st) << st.error().what();
+  if (st) r.status = *st;
+  return r;
+}
+
+inline RunResult run_ok(const ExecutorConfig& cfg, std::vector<std::string> argv,
+                        std::chrono::milliseconds timeout = {}, std::string work_dir = "") {
+  RunResult r = run(cfg, std::move(argv), timeout, std::move(work_dir));
+  EXPECT_EQ(r.status.exit_code, 0) << "stderr: " << r.err;
+  return r;
+}
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/cloister-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+};
+
+// Processes on the host whose command line (NUL-separated) starts with cmdline.
+inline int count_host_processes(std::string_view cmdline) {
+  int n = 0;
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::string text = read_text(std::string("/proc/") + e->d_name + "/cmdline");
+    if (text.compare(0, cmdline.size(), cmdline) == 0) ++n;
+  }
+  if (d) ::closedir(d);
+  return n;
+}
+
+}  // namespace cloister::testing
