@@ -29,7 +29,7 @@ up() { cut -d' ' -f1 /proc/uptime; }
 mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
-echo "CLOISTER-VM: init started at uptime $(up)s"
+echo; echo "CLOISTER-VM: init started at uptime $(up)s"
 
 # Defaults, overridden by /cmd.conf (from run.sh).
 CGROUP=test     # cgroup (below the root) the command starts in; "root" = the root cgroup

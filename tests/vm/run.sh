@@ -13,7 +13,8 @@
 # Exit status: COMMAND's exit status, or
 #   124  the VM did not finish within the timeout (qemu was killed);
 #   125  harness failure: setup failed, the VM did not boot, the guest init
-#        failed, or qemu exited without printing a result.
+#        failed, or qemu exited without printing a result;
+#   77   skipped: CLOISTER_VM_SKIP=1 is set (ctest reports the test skipped).
 #
 # Options:
 #   --timeout S     kill the VM after S seconds (default 900)
@@ -61,6 +62,7 @@ fi
 cwd=$(cd "$cwd" && pwd -P)
 
 say() { echo "vm: $*" >&2; }
+if [[ ${CLOISTER_VM_SKIP:-0} == 1 ]]; then say "skipped (CLOISTER_VM_SKIP=1)"; exit 77; fi
 t0=$SECONDS
 
 # --- setup (idempotent; cached) ---------------------------------------------
@@ -76,7 +78,13 @@ mkdir -p "$build_dir/vm"
 [[ -n $log ]] || log="$build_dir/vm/$(date -u +%Y%m%dT%H%M%S)-$$.log"
 mkdir -p "$(dirname "$log")"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/cloister-vm.XXXXXX")
+# Per-run files; those of runs that were SIGKILLed (no trap ran) are removed.
+for d in "${TMPDIR:-/tmp}"/cloister-vm.*.*; do
+  [[ -d $d ]] || continue
+  p=${d##*/cloister-vm.}; p=${p%%.*}
+  [[ $p =~ ^[0-9]+$ ]] && ! kill -0 "$p" 2>/dev/null && rm -rf "$d"
+done
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/cloister-vm.$$.XXXXXX")
 qpid="" tailpid=""
 cleanup() {
   local rc=$?
@@ -137,7 +145,9 @@ tq=$SECONDS
 # pdeathsig: qemu dies with this script, however the script dies.
 setpriv --pdeathsig KILL -- "${qemu[@]}" </dev/null >>"$log" 2>&1 &
 qpid=$!
-tail -n +1 -F --pid="$qpid" -s 0.2 "$log" 2>/dev/null | sed -u 's/\r//g' &
+# Stream it without \r and SeaBIOS's terminal escapes.
+clean='s/\r//g; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g'
+tail -n +1 -F --pid="$qpid" -s 0.2 "$log" 2>/dev/null | sed -u "$clean" &
 tailpid=$!
 
 timed_out=0
@@ -159,7 +169,7 @@ tailpid=""
 t_vm=$((SECONDS - tq))
 
 # Keep a clean log (the serial console ends lines with \r\n).
-sed -i 's/\r//g' "$log"
+sed -i "$clean" "$log"
 
 result=$(grep -a -o 'CLOISTER-VM-RESULT rc=[0-9]*' "$log" | tail -n1 || true)
 initfail=$(grep -a 'CLOISTER-VM-INIT-FAIL' "$log" | tail -n1 || true)

@@ -153,10 +153,12 @@ visit() {
 for m in "${WANT_MODULES[@]}"; do visit "$m"; done
 
 key=$( {
-  echo "v1 $debname ${order[*]}"
+  echo "v2 $debname ${order[*]}"
   sha256sum "$BUSYBOX" "$HERE/init.sh" "${BASH_SOURCE[0]}"
 } | sha256sum | cut -c1-16)
-initrd="$CACHE/initramfs-$KVER-$key.cpio.gz"
+# Uncompressed (a few MB): run.sh appends a small cpio with the command, and
+# the kernel does not reliably find an archive that follows a gzip one.
+initrd="$CACHE/initramfs-$KVER-$key.cpio"
 if [[ ! -f $initrd ]]; then
   log "building initramfs ($KVER; modules: ${order[*]})"
   stage=$(mktemp -d "$CACHE/stage.XXXXXX")
@@ -173,11 +175,11 @@ if [[ ! -f $initrd ]]; then
   mknod -m 600 "$stage/dev/console" c 5 1
   mknod -m 666 "$stage/dev/null" c 1 3
   (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \
-    | gzip -1 > "$initrd.tmp"
+    > "$initrd.tmp"
   mv "$initrd.tmp" "$initrd"
   rm -rf "$stage"; trap - EXIT
   # Drop initramfs images of older inputs.
-  find "$CACHE" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "${initrd##*/}" -delete
+  find "$CACHE" -maxdepth 1 -name 'initramfs-*.cpio*' ! -name "${initrd##*/}" -delete
 fi
 
 echo "KERNEL=$vmlinuz"
