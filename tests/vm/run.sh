@@ -25,7 +25,8 @@
 #   --env K=V       extra environment variable for COMMAND (repeatable)
 #   --cwd DIR       working directory for COMMAND (default: the current one)
 #   --build-dir D   where logs go: D/vm/ (default: the repository's build/)
-#   --log FILE      console log file (default D/vm/<time>-<pid>.log)
+#   --log FILE      console log file (default D/vm/<time>-<pid>.log, and
+#                   D/vm/last.log links to it)
 #   --verbose       show kernel boot messages (no "quiet")
 set -euo pipefail
 
@@ -75,7 +76,10 @@ eval "$(grep -E '^(KERNEL|INITRD|KVER)=' <<<"$setup_out")"
 t_setup=$((SECONDS - t0))
 
 mkdir -p "$build_dir/vm"
-[[ -n $log ]] || log="$build_dir/vm/$(date -u +%Y%m%dT%H%M%S)-$$.log"
+if [[ -z $log ]]; then
+  log="$build_dir/vm/$(date -u +%Y%m%dT%H%M%S)-$$.log"
+  ln -sfn "${log##*/}" "$build_dir/vm/last.log"
+fi
 mkdir -p "$(dirname "$log")"
 
 # Per-run files; those of runs that were SIGKILLed (no trap ran) are removed.
@@ -138,9 +142,11 @@ qemu=(qemu-system-x86_64
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap
 )
 
-say "kernel $KVER, timeout ${timeout}s, log $log"
-say "command: $*"
-: > "$log"
+# The header goes to the log, and so to stdout through the tail below.
+{
+  echo "vm: kernel $KVER, timeout ${timeout}s, log $log"
+  echo "vm: command: $*"
+} > "$log"
 tq=$SECONDS
 # pdeathsig: qemu dies with this script, however the script dies.
 setpriv --pdeathsig KILL -- "${qemu[@]}" </dev/null >>"$log" 2>&1 &
@@ -168,8 +174,10 @@ wait "$tailpid" 2>/dev/null || true
 tailpid=""
 t_vm=$((SECONDS - tq))
 
-# Keep a clean log (the serial console ends lines with \r\n).
+# Keep a clean log (the serial console ends lines with \r\n); from here on
+# the harness's verdict goes to the log too.
 sed -i "$clean" "$log"
+say() { echo "vm: $*" >&2; echo "vm: $*" >> "$log"; }
 
 result=$(grep -a -o 'CLOISTER-VM-RESULT rc=[0-9]*' "$log" | tail -n1 || true)
 initfail=$(grep -a 'CLOISTER-VM-INIT-FAIL' "$log" | tail -n1 || true)
