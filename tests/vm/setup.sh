@@ -109,6 +109,11 @@ if [[ ! -f $kdir/.done ]]; then
   mv "$kdir.tmp" "$kdir"
   touch "$kdir/.done"
 fi
+# Drop kernels of older packages (about 470 MB each with the .deb).
+for old in "$CACHE"/debs/*.deb "$CACHE"/kernel/*; do
+  [[ -e $old && $old != "$deb" && $old != "$kdir" ]] || continue
+  log "removing old $old"; rm -rf "$old"
+done
 vmlinuz=$(ls -1 "$kdir"/boot/vmlinuz-* | head -n1)
 KVER=${vmlinuz##*/vmlinuz-}
 moddir="$kdir/lib/modules/$KVER"
