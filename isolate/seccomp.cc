@@ -27,7 +27,6 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -440,24 +439,23 @@ Result<std::string> read_profile_file(const std::string& path) {
   return with_context(read_fd(fd->get()), path);
 }
 
-}  // namespace
-
-Result<Filter> compile(std::string_view profile_json) {
+// Parses and compiles; errors carry no prefix (callers name the profile).
+Result<Filter> compile_text(std::string_view profile_json) {
   try {
     json doc = json::parse(profile_json.begin(), profile_json.end());
-    return with_context(compile_json(doc), "seccomp profile");
+    return compile_json(doc);
   } catch (const json::parse_error& e) {
-    return fail(invalid(std::string("seccomp profile: parse JSON: ") + e.what()));
+    return fail(invalid(std::string("parse JSON: ") + e.what()));
   } catch (const json::exception& e) {
-    return fail(invalid(std::string("seccomp profile: ") + e.what()));
+    return fail(invalid(e.what()));
   } catch (const std::bad_alloc&) {
-    return fail(make_error(ErrorKind::Limit, "seccomp profile: out of memory", ENOMEM));
+    return fail(make_error(ErrorKind::Limit, "out of memory", ENOMEM));
   } catch (const std::exception& e) {
-    return fail(internal(std::string("seccomp profile: ") + e.what()));
+    return fail(internal(e.what()));
   }
 }
 
-Result<Filter> load(const std::string& profile) {
+Result<Filter> load_uncaught(const std::string& profile) {
   const std::string name = profile.empty() ? "default" : profile;
   if (name == "unconfined") return Filter{};
 
@@ -472,17 +470,35 @@ Result<Filter> load(const std::string& profile) {
   // same name twice in a race is harmless (the first result is kept).
   Result<Filter> filter;
   if (name == "default") {
-    filter = with_context(compile(embedded::seccomp_default_profile), "built-in default");
+    filter = with_context(compile_text(embedded::seccomp_default_profile),
+                          "seccomp profile default (built-in)");
   } else {
     auto text = read_profile_file(name);
     if (!text) return fail(text.error().wrap("seccomp profile"));
-    filter = with_context(compile(*text), name);
+    filter = with_context(compile_text(*text), "seccomp profile " + name);
   }
   if (!filter) return filter;
 
   std::lock_guard lock(mu);
   auto [it, inserted] = cache.try_emplace(name, std::move(*filter));
   return it->second;
+}
+
+}  // namespace
+
+Result<Filter> compile(std::string_view profile_json) {
+  return with_context(compile_text(profile_json), "seccomp profile");
+}
+
+Result<Filter> load(const std::string& profile) {
+  try {
+    return load_uncaught(profile);
+  } catch (const std::bad_alloc&) {
+    return fail(
+        make_error(ErrorKind::Limit, "seccomp profile " + profile + ": out of memory", ENOMEM));
+  } catch (const std::exception& e) {
+    return fail(internal("seccomp profile " + profile + ": " + e.what()));
+  }
 }
 
 int apply(const Filter& filter) noexcept {

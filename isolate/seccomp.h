@@ -3,7 +3,9 @@
 // to BPF with libseccomp in the parent before the clone. The child only hands
 // the finished program to the kernel (apply), which is async-signal-safe.
 //
-// Only the native ABI (x86_64 here) is allowed: x32 and i386 syscalls fail.
+// Only the native ABI (x86_64 here) is allowed: an x32 or i386 syscall kills
+// the whole process with SIGSYS (bad-arch action SCMP_ACT_KILL_PROCESS), under
+// every profile. See docs/security.md.
 // The built-in default profile is configs/seccomp-default.json, compiled in.
 #pragma once
 
