@@ -3,7 +3,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
@@ -111,12 +114,30 @@ int sleepers(int n) {
   return 0;
 }
 
+int loopback() {
+  int srv = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (srv < 0 || ::bind(srv, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(srv, 1) != 0 || ::getsockname(srv, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::printf("loopback %s\n", strerrorname_np(errno));
+    return 0;
+  }
+  int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int rc = ::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  std::printf("loopback %s\n", rc == 0 ? "ok" : strerrorname_np(errno));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "syscalls") return syscalls();
   if (cmd == "fds") return fds();
+  if (cmd == "loopback") return loopback();
   if (cmd == "hog" && argc > 2) return hog(std::atol(argv[2]));
   if (cmd == "forks" && argc > 2) return forks(std::atoi(argv[2]));
   if (cmd == "sleepers" && argc > 2) return sleepers(std::atoi(argv[2]));
