@@ -540,6 +540,7 @@ struct Manager::Impl {
   Status detect();
   Status prepare_v2();
   Status prepare_bases();
+  Status remake_bases() const;
   Result<Cgroup> create_once(const Limits& limits);
   Status apply_limits(Cgroup::Impl& c, const Limits& l);
   Status cleanup_stale();
@@ -591,6 +592,10 @@ Status Manager::Impl::detect() {
     layout = Layout::Unified;
     v2 = std::move(v2_at_root);
     v1.clear();  // cannot coexist under a cgroup2 root; ignore stray mounts
+  } else if (v1.empty() && v2_below) {
+    // cgroup2 alone, mounted below the root (e.g. only /sys/fs/cgroup/unified).
+    layout = Layout::Unified;
+    v2 = std::move(v2_below);
   } else if (!v1.empty()) {
     layout = v2_below ? Layout::Hybrid : Layout::Legacy;
     v2 = std::move(v2_below);
@@ -670,6 +675,19 @@ Status Manager::Impl::prepare_v2() {
     wanted = std::move(next);
   }
   v2_enabled = std::move(wanted);
+  return {};
+}
+
+// Recreates removed base directories with the controllers found at open().
+// Touches no state, so concurrent create() calls may run it together.
+Status Manager::Impl::remake_bases() const {
+  for (const auto& h : v1)
+    if (auto s = mkdir_below(h.mount, h.base_rel); !s) return s;
+  if (v2) {
+    if (auto s = mkdir_below(v2->mount, v2->base_rel); !s) return s;
+    for (const auto& c : v2_enabled)
+      if (auto s = write_at(v2->base, "cgroup.subtree_control", "+" + c); !s) return s;
+  }
   return {};
 }
 
@@ -934,7 +952,7 @@ Result<Cgroup> Manager::create(const Limits& limits) {
   auto cg = impl_->create_once(limits);
   if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
     // Someone removed an (empty) base since open(): make it again, once.
-    if (auto s = impl_->prepare_bases(); !s) return fail(s.error().wrap("cgroups: prepare base"));
+    if (auto s = impl_->remake_bases(); !s) return fail(s.error().wrap("cgroups: remake base"));
     cg = impl_->create_once(limits);
   }
   if (!cg) return fail(cg.error().wrap("create cgroup"));

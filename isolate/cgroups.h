@@ -1,20 +1,38 @@
 // cgroups: one manager, two backends (v2 unified, v1 controllers), chosen by
-// the layout found at startup:
-//   Unified - cgroup2 at /sys/fs/cgroup with controllers; limits, kill, events there.
-//   Hybrid  - v1 controllers at /sys/fs/cgroup/<controller> plus a cgroup2 tree
-//             (usually /sys/fs/cgroup/unified) with few or no controllers; the
-//             v2 tree tracks membership and kills (cgroup.kill), v1 enforces limits.
-//   Legacy  - v1 only; kill is freeze + SIGKILL + thaw.
+// the layout found at startup from /proc/self/mounts (mounts under
+// Options.mount_root) and /proc/self/cgroup:
+//   Unified - cgroup2 at mount_root (or cgroup2 alone below it); limits, kill,
+//             events there.
+//   Hybrid  - v1 controllers at mount_root/<controller> plus a cgroup2 tree
+//             (usually mount_root/unified) with few or no controllers; the
+//             v2 tree tracks membership and kills (cgroup.kill), v1 enforces
+//             limits and counts usage (memory, cpuacct).
+//   Legacy  - v1 only; kill is freezer FROZEN + SIGKILL + THAWED.
+// A controller mounted as v1 is used through v1; cgroup2 serves the others.
 // Every process gets its own cgroup, created before the clone. On v2 the child
 // enters it atomically (clone3 CLONE_INTO_CGROUP with clone_fd()); v1
 // controllers need attach(pid) before the child is released. destroy() kills
 // what is left, removes every directory and is idempotent.
 //
+// Limits: a limit whose controller is missing fails create() with an error
+// naming the limit (kind INVALID). Two exceptions, by design: memory_high is
+// ignored on v1 (no equivalent), io_weight is skipped where no weight file
+// exists (it depends on the block I/O scheduler). docs/cgroups.md has the
+// file each limit is written to.
+//
 // Delegation: cloister works below a base cgroup it owns: by default a
-// "cloister" child of its own cgroup in each hierarchy (configurable). Per
-// process cgroups are named "<runtime pid>-<seq>" so that a later run can
-// tell leftovers of a dead runtime from the live ones of another, and remove
-// them (cleanup_stale).
+// "cloister" child of its own cgroup in each hierarchy (Options.base, relative
+// to each hierarchy root, overrides). On cgroup2, controllers are enabled in
+// cgroup.subtree_control from the root down to the base; when the runtime's
+// own (non-root) cgroup must get controllers for its children, the runtime
+// first moves itself into the leaf "<own>/cloister.runtime" (no-internal-
+// process rule). Per process cgroups are named "<runtime pid>-<seq>" so that
+// a later run can tell leftovers of a dead runtime from the live ones of
+// another, and remove them (cleanup_stale, also run by open()).
+//
+// Threads: Manager is safe to share; create() may run concurrently. A Cgroup
+// is used by one thread at a time. Blocking: kill()/destroy() wait up to 5 s
+// for the cgroup to empty (ErrorKind::Timeout after that).
 #pragma once
 
 #include <sys/types.h>
@@ -34,12 +52,12 @@ std::string_view layout_name(Layout);
 
 struct Limits {
   uint64_t memory_max = 0;   // bytes; 0 = unlimited. Swap is limited to 0 alongside.
-  uint64_t memory_high = 0;  // bytes; 0 = unset (v2 only)
+  uint64_t memory_high = 0;  // bytes; 0 = unset (v2 only; ignored on v1)
   uint64_t cpu_quota = 0;    // microseconds per cpu_period; 0 = unlimited
   uint64_t cpu_period = 100000;
   uint64_t pids_max = 0;    // 0 = unlimited
   uint32_t cpu_weight = 0;  // 1..10000, 0 = unset
-  uint32_t io_weight = 0;   // 1..10000, 0 = unset
+  uint32_t io_weight = 0;   // 1..10000, 0 = unset; skipped without a weight file
   bool empty() const {
     return !memory_max && !memory_high && !cpu_quota && !pids_max && !cpu_weight && !io_weight;
   }
@@ -74,6 +92,9 @@ class Cgroup {
   // SIGKILL every process in the cgroup tree; returns once none is left.
   Status kill();
   // Stats gathered so far; valid after the processes exit and before destroy().
+  // cpu from cpuacct.usage (v1) or cpu.stat usage_usec; memory_peak from
+  // memory.max_usage_in_bytes (v1) or memory.peak; oom_kills from
+  // memory.oom_control (v1) or memory.events. A figure the kernel lacks is 0.
   Result<Usage> usage() const;
   // Kill, wait for empty, rmdir in every hierarchy. Safe to call twice.
   Status destroy();
@@ -97,7 +118,9 @@ class Manager {
   Layout layout() const;
   // Creates a fresh per-process cgroup with these limits applied.
   Result<Cgroup> create(const Limits& limits);
-  // Removes cgroups left under the base by runtimes that are no longer running.
+  // Removes cgroups left under the base by runtimes that are no longer running
+  // ("<pid>-<seq>" whose pid does not exist), killing what is inside. Other
+  // names and live runtimes' cgroups are never touched.
   Status cleanup_stale();
   // Absolute base directories, one per hierarchy in use.
   std::vector<std::string> base_paths() const;

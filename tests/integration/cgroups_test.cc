@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -225,6 +226,13 @@ class Cgroups : public ::testing::Test {
     if (!mgr_) return;
     auto left = leftovers(*mgr_);
     EXPECT_TRUE(left.empty()) << "left behind: " << (left.empty() ? "" : left.front());
+  }
+  // Empty base directories go too, so that a test run leaves nothing under
+  // /sys/fs/cgroup (rmdir fails, harmlessly, on a base another runtime uses).
+  static void TearDownTestSuite() {
+    auto m = Manager::open();
+    if (!m) return;
+    for (const auto& b : (*m)->base_paths()) ::rmdir(b.c_str());
   }
   std::shared_ptr<Manager> mgr_;
 };
@@ -637,6 +645,198 @@ TEST_F(Cgroups, SharedManagerIsOneInstance) {
   EXPECT_EQ(a.get(), b.get());
   EXPECT_EQ(a->layout(), mgr_->layout());
   EXPECT_EQ(a->base_paths(), mgr_->base_paths());
+}
+
+TEST_F(Cgroups, CreateRemakesARemovedBase) {
+  for (const auto& b : mgr_->base_paths()) ::rmdir(b.c_str());  // empty ones only
+  auto cg = mgr_->create({.memory_max = 64 << 20});
+  ASSERT_TRUE(cg) << cg.error().what();
+  for (const auto& p : cg->paths()) EXPECT_TRUE(path_exists(p)) << p;
+  EXPECT_TRUE(cg->destroy());
+}
+
+TEST_F(Cgroups, IoWeightAppliedWhereSupported) {
+  auto cg = mgr_->create({.io_weight = 500});
+  ASSERT_TRUE(cg) << cg.error().what();  // never an error: skipped without a weight file
+  if (mgr_->layout() == Layout::Unified) {
+    std::string d = cg->paths()[0];
+    if (path_exists(d + "/io.weight")) {
+      EXPECT_NE(slurp(d + "/io.weight").find("default 500"), std::string::npos);
+    } else if (path_exists(d + "/io.bfq.weight")) {
+      EXPECT_NE(slurp(d + "/io.bfq.weight").find("59"), std::string::npos);
+    }
+  } else {
+    std::string blkio = find_path(*cg, "blkio");
+    bool supported = false;
+    for (const auto& b : mgr_->base_paths()) {
+      if (b.starts_with("/sys/fs/cgroup/blkio/"))
+        supported = path_exists(b + "/blkio.weight") || path_exists(b + "/blkio.bfq.weight");
+    }
+    ASSERT_EQ(!blkio.empty(), supported);
+    if (supported) {
+      // 10 + (500 - 1) * 990 / 9999 = 59 on the blkio scale.
+      std::string file =
+          path_exists(blkio + "/blkio.weight") ? "/blkio.weight" : "/blkio.bfq.weight";
+      EXPECT_EQ(trim(slurp(blkio + file)), "59");
+    }
+  }
+}
+
+// Mounts, under a fresh directory in /tmp, either the host's v1 hierarchies
+// (again: a v1 hierarchy can be mounted at several places) or a cgroup2
+// hierarchy, so that a Manager with mount_root there sees another layout.
+class ScratchRoot {
+ public:
+  ScratchRoot() {
+    char tmpl[] = "/tmp/cloister-cgroot-XXXXXX";
+    if (::mkdtemp(tmpl)) root_ = tmpl;
+  }
+  ~ScratchRoot() {
+    for (auto it = mounts_.rbegin(); it != mounts_.rend(); ++it) {
+      ::umount2(it->c_str(), MNT_DETACH);
+      if (*it != root_) ::rmdir(it->c_str());
+    }
+    if (!root_.empty()) ::rmdir(root_.c_str());
+  }
+  const std::string& root() const { return root_; }
+  // cgroup2 at dir (relative to root; "" = the root itself).
+  bool mount_cgroup2(const std::string& dir) {
+    std::string at = dir.empty() ? root_ : root_ + "/" + dir;
+    if (at != root_ && ::mkdir(at.c_str(), 0755) != 0) return false;
+    if (::mount("cgroup2", at.c_str(), "cgroup2", 0, nullptr) != 0) return false;
+    mounts_.push_back(at);
+    return true;
+  }
+  // The host's v1 hierarchies holding memory, cpu, cpuacct, pids, freezer,
+  // with the same controller sets (anything else fails with EBUSY).
+  bool mount_host_v1() {
+    std::string text = slurp("/proc/self/mounts");
+    size_t i = 0;
+    int n = 0;
+    while (i < text.size()) {
+      size_t j = text.find('\n', i);
+      if (j == std::string::npos) j = text.size();
+      std::string line = text.substr(i, j - i);
+      i = j + 1;
+      char dev[256], mnt[512], type[64], opts[512];
+      if (std::sscanf(line.c_str(), "%255s %511s %63s %511s", dev, mnt, type, opts) != 4) continue;
+      if (std::string(type) != "cgroup" || !std::string(mnt).starts_with("/sys/fs/cgroup/"))
+        continue;
+      std::string o = opts, ctls;
+      for (std::string c : {"memory", "cpuacct", "cpu", "pids", "freezer"}) {
+        // Whole option match: "cpu" must not match inside "cpuacct".
+        if (("," + o + ",").find("," + c + ",") != std::string::npos)
+          ctls += (ctls.empty() ? "" : ",") + c;
+      }
+      if (ctls.empty()) continue;
+      std::string at = root_ + "/" + std::string(mnt).substr(std::strlen("/sys/fs/cgroup/"));
+      if (::mkdir(at.c_str(), 0755) != 0) return false;
+      mounts_.push_back(at);
+      if (::mount("cgroup", at.c_str(), "cgroup", 0, ctls.c_str()) != 0) return false;
+      ++n;
+    }
+    return n > 0;
+  }
+
+ private:
+  std::string root_;
+  std::vector<std::string> mounts_;
+};
+
+// kill() on another layout than the host's: Legacy (freezer + SIGKILL + thaw)
+// from the host's v1 hierarchies on a hybrid host, Unified from a second
+// cgroup2 mount on a unified host.
+TEST_F(Cgroups, KillOnScratchLayout) {
+  Subreaper reaper;
+  ScratchRoot scratch;
+  ASSERT_FALSE(scratch.root().empty());
+  bool unified = mgr_->layout() == Layout::Unified;
+  ASSERT_TRUE(unified ? scratch.mount_cgroup2("") : scratch.mount_host_v1()) << strerror(errno);
+  auto m = Manager::open({.mount_root = scratch.root()});
+  ASSERT_TRUE(m) << m.error().what();
+  EXPECT_EQ((*m)->layout(), unified ? Layout::Unified : Layout::Legacy);
+  for (const auto& b : (*m)->base_paths()) EXPECT_TRUE(b.starts_with(scratch.root() + "/")) << b;
+
+  auto cg = (*m)->create({.memory_max = 64 << 20, .pids_max = 20});
+  ASSERT_TRUE(cg) << cg.error().what();
+  if (!unified) {
+    EXPECT_EQ(cg->clone_fd(), -1);
+    EXPECT_TRUE(cg->needs_attach());
+    bool has_freezer = false;
+    for (const auto& p : cg->paths()) has_freezer |= p.find("/freezer/") != std::string::npos;
+    EXPECT_TRUE(has_freezer);
+  }
+  auto report = make_pipe();
+  ASSERT_TRUE(report);
+  int wfd = report->write.get();
+  Child c = spawn(*cg, [wfd] {
+    pid_t gc = ::fork();
+    if (gc == 0) sleep_forever();
+    if (::write(wfd, &gc, sizeof gc) != sizeof gc) return 1;
+    sleep_forever();
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  report->write.reset();
+  c.release();
+  pid_t gc = -1;
+  ASSERT_EQ(::read(report->read.get(), &gc, sizeof gc), static_cast<ssize_t>(sizeof gc));
+  auto s = cg->kill();
+  ASSERT_TRUE(s) << s.error().what();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  st = wait_status(gc);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  for (const auto& p : cg->paths()) {
+    EXPECT_EQ(slurp(p + "/cgroup.procs"), "") << p;
+    if (p.find("/freezer/") != std::string::npos) {
+      EXPECT_EQ(trim(slurp(p + "/freezer.state")), "THAWED");
+    }
+  }
+  auto paths = cg->paths();
+  s = cg->destroy();
+  ASSERT_TRUE(s) << s.error().what();
+  for (const auto& p : paths) EXPECT_FALSE(path_exists(p)) << p;
+  EXPECT_TRUE(leftovers(**m).empty());
+  for (const auto& b : (*m)->base_paths()) ::rmdir(b.c_str());
+}
+
+// A limit whose controller is missing is an error that names the limit. On a
+// hybrid host a second cgroup2 mount is a unified layout without memory, cpu
+// or pids (they belong to v1); on a unified host they are all there.
+TEST_F(Cgroups, UnenforceableLimitIsAnErrorNamingIt) {
+  ScratchRoot scratch;
+  ASSERT_FALSE(scratch.root().empty());
+  ASSERT_TRUE(scratch.mount_cgroup2("")) << strerror(errno);
+  auto m = Manager::open({.mount_root = scratch.root()});
+  ASSERT_TRUE(m) << m.error().what();
+  EXPECT_EQ((*m)->layout(), Layout::Unified);
+  std::string avail = slurp(scratch.root() + "/cgroup.controllers");
+  struct Case {
+    Limits limits;
+    std::string name, controller;
+  };
+  std::vector<Case> cases = {{{.memory_max = 64 << 20}, "memory_max", "memory"},
+                             {{.memory_high = 64 << 20}, "memory_high", "memory"},
+                             {{.pids_max = 10}, "pids_max", "pids"},
+                             {{.cpu_quota = 50000}, "cpu_quota", "cpu"},
+                             {{.cpu_weight = 100}, "cpu_weight", "cpu"}};
+  for (const auto& c : cases) {
+    auto cg = (*m)->create(c.limits);
+    bool available = (" " + trim(avail) + " ").find(" " + c.controller + " ") != std::string::npos;
+    if (available) {
+      EXPECT_TRUE(cg) << c.name << ": " << cg.error().what();
+    } else {
+      ASSERT_FALSE(cg) << c.name;
+      EXPECT_NE(cg.error().message.find(c.name), std::string::npos) << cg.error().what();
+    }
+  }
+  // Without limits, or with io_weight only (skipped where unsupported), it works.
+  auto cg = (*m)->create({.io_weight = 100});
+  ASSERT_TRUE(cg) << cg.error().what();
+  EXPECT_GE(cg->clone_fd(), 0);
+  EXPECT_TRUE(cg->destroy());
+  EXPECT_TRUE(leftovers(**m).empty());
 }
 
 // Runs /bin/true (fork + exec) in a fresh cgroup with memory_max = limit.
