@@ -24,7 +24,8 @@ Result<LoopbackUp> LoopbackUp::prepare() {
   if (rc < 0 || !raw) return fail(internal(std::string("build RTM_NEWLINK: ") + nl_geterror(rc)));
   std::unique_ptr<nl_msg, decltype(&nlmsg_free)> msg(raw, nlmsg_free);
   nlmsghdr* hdr = nlmsg_hdr(msg.get());
-  hdr->nlmsg_flags |= NLM_F_ACK;
+  // libnl adds NLM_F_REQUEST when it sends; we send the bytes ourselves.
+  hdr->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
   hdr->nlmsg_seq = 1;
   LoopbackUp up;
   up.request_.assign(reinterpret_cast<const char*>(hdr), hdr->nlmsg_len);

@@ -17,8 +17,8 @@ namespace cloister {
 // the deadline never races with the Process closing its own fd.
 struct Process::Watch {
   Fd pidfd;
+  std::chrono::steady_clock::time_point deadline;
   std::atomic<bool> timed_out{false};
-  std::atomic<bool> done{false};
 };
 
 namespace {
@@ -30,12 +30,22 @@ class Watchdog {
     static Watchdog* w = new Watchdog;  // never destroyed: may outlive statics
     return *w;
   }
-  void add(std::chrono::steady_clock::time_point deadline, std::shared_ptr<Process::Watch> w) {
+  void add(std::shared_ptr<Process::Watch> w) {
     {
       std::lock_guard lk(mu_);
-      deadlines_.emplace(deadline, std::move(w));
+      deadlines_.emplace(w->deadline, std::move(w));
     }
     cv_.notify_one();
+  }
+  // After cancel() returns the watchdog neither holds nor uses w.
+  void cancel(const std::shared_ptr<Process::Watch>& w) {
+    std::lock_guard lk(mu_);
+    auto [lo, hi] = deadlines_.equal_range(w->deadline);
+    for (auto it = lo; it != hi; ++it)
+      if (it->second == w) {
+        deadlines_.erase(it);
+        break;
+      }
   }
 
  private:
@@ -49,22 +59,17 @@ class Watchdog {
         cv_.wait(lk);
         continue;
       }
-      auto it = deadlines_.begin();
-      if (it->second->done) {
-        deadlines_.erase(it);
+      auto first = deadlines_.begin()->first;
+      if (first > std::chrono::steady_clock::now()) {
+        cv_.wait_until(lk, first);
         continue;
       }
-      if (cv_.wait_until(lk, it->first) == std::cv_status::no_timeout) continue;
-      it = deadlines_.begin();
-      if (it->first > std::chrono::steady_clock::now()) continue;
-      auto w = std::move(it->second);
-      deadlines_.erase(it);
-      if (!w->done.exchange(true)) {
-        w->timed_out = true;
-        // SIGKILL to the init of the sandbox's pid namespace ends every
-        // process in it.
-        ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
-      }
+      auto w = std::move(deadlines_.begin()->second);
+      deadlines_.erase(deadlines_.begin());
+      w->timed_out = true;
+      // SIGKILL to the init of the sandbox's pid namespace ends every
+      // process in it. Under the lock, so that cancel() never races it.
+      ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
     }
   }
   std::mutex mu_;
@@ -147,7 +152,8 @@ Status Process::start() {
       close(true);
       return fail(sys_error("dup pidfd"));
     }
-    Watchdog::get().add(started_at_ + setup_.timeout, watch_);
+    watch_->deadline = started_at_ + setup_.timeout;
+    Watchdog::get().add(watch_);
   }
   return {};
 }
@@ -231,7 +237,10 @@ Result<ExitStatus> Process::finish() {
   if (status_) return *status_;
   auto raw = spawned_->reap();
   if (!raw) return fail(raw.error());
-  if (watch_) watch_->done = true;
+  if (watch_) {
+    Watchdog::get().cancel(watch_);
+    watch_->pidfd.reset();
+  }
   ExitStatus st;
   st.wall_time = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - started_at_);

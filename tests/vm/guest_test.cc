@@ -1,9 +1,7 @@
 // VmSmoke: what the VM harness (tests/vm/) promises about the cgroup layout.
-//
-// On the host these only check that some cgroup2 mount exists (pure v2 at
-// /sys/fs/cgroup, or the hybrid layout's /sys/fs/cgroup/unified). Inside the
-// VM (tests/vm/run.sh sets CLOISTER_EXPECT_CGROUP2=1) they check the pure v2
-// layout the other integration tests rely on: memory, pids and cpu enabled at
+// Built as cloister_vm_guest, which runs only inside the VM (tests/vm/run.sh
+// sets CLOISTER_EXPECT_CGROUP2=1) and is not a host test. It checks the pure
+// v2 layout the other integration tests rely on there: memory, pids and cpu enabled at
 // the root, a child cgroup with memory.max that is enforced, and the
 // no-internal-process rule for a process that starts in a non-root cgroup.
 #include <fcntl.h>
@@ -91,7 +89,7 @@ TEST(VmSmoke, SomeCgroup2HierarchyIsMounted) {
 }
 
 TEST(VmSmoke, RootEnablesMemoryPidsCpu) {
-  if (!in_vm()) GTEST_SKIP() << "only inside the VM (CLOISTER_EXPECT_CGROUP2=1)";
+  ASSERT_TRUE(in_vm()) << "cloister_vm_guest runs inside the VM only (tests/vm/run.sh)";
   ASSERT_TRUE(is_cgroup2(kRoot));
   std::string controllers = read_file(std::string(kRoot) + "/cgroup.controllers");
   std::string subtree = read_file(std::string(kRoot) + "/cgroup.subtree_control");
@@ -106,7 +104,7 @@ TEST(VmSmoke, RootEnablesMemoryPidsCpu) {
 }
 
 TEST(VmSmoke, ChildCgroupMemoryMaxIsEnforced) {
-  if (!in_vm()) GTEST_SKIP() << "only inside the VM (CLOISTER_EXPECT_CGROUP2=1)";
+  ASSERT_TRUE(in_vm()) << "cloister_vm_guest runs inside the VM only (tests/vm/run.sh)";
   TempCgroup cg(std::string(kRoot) + "/vmsmoke-" + std::to_string(getpid()));
   ASSERT_EQ(mkdir(cg.path.c_str(), 0755), 0) << cg.path << ": " << strerror(errno);
   ASSERT_EQ(write_file(cg.path + "/memory.max", "33554432"), 0);
@@ -141,9 +139,9 @@ TEST(VmSmoke, ChildCgroupMemoryMaxIsEnforced) {
 // systemd service would be. Such a cgroup cannot both hold processes and give
 // controllers to children: the process must first move itself into a leaf.
 TEST(VmSmoke, NoInternalProcessRuleInOwnCgroup) {
-  if (!in_vm()) GTEST_SKIP() << "only inside the VM (CLOISTER_EXPECT_CGROUP2=1)";
+  ASSERT_TRUE(in_vm()) << "cloister_vm_guest runs inside the VM only (tests/vm/run.sh)";
   std::string own = own_cgroup();
-  if (own == "/" || own.empty()) GTEST_SKIP() << "running in the root cgroup (run.sh --cgroup root)";
+  ASSERT_NE(own, "/") << "the harness starts tests in a child cgroup (run.sh without --cgroup root)";
   const std::string dir = std::string(kRoot) + own;
   const std::string leaf = dir + "/vmsmoke-leaf";
 
