@@ -1,6 +1,7 @@
 #include "isolate/fd.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 namespace cloister {
@@ -57,6 +58,29 @@ Status write_all(int fd, std::string_view data) {
     data.remove_prefix(static_cast<size_t>(n));
   }
   return {};
+}
+
+ssize_t write_nosigpipe(int fd, const void* data, size_t len) {
+  sigset_t pipe_set, old;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  ssize_t n;
+  do n = ::write(fd, data, len);
+  while (n < 0 && errno == EINTR);
+  int saved = errno;
+  if (n < 0 && saved == EPIPE && !sigismember(&old, SIGPIPE)) {
+    // Consume the SIGPIPE this write raised, so it is not delivered later.
+    sigset_t pending;
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE)) {
+      struct timespec zero{0, 0};
+      ::sigtimedwait(&pipe_set, nullptr, &zero);
+    }
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = saved;
+  return n;
 }
 
 Status write_file(const std::string& path, std::string_view data) {

@@ -49,5 +49,9 @@ Result<std::string> read_file(const std::string& path);
 Result<std::string> read_fd(int fd);
 Status write_file(const std::string& path, std::string_view data);
 Status write_all(int fd, std::string_view data);
+// write(2) that gives EPIPE instead of raising SIGPIPE when the reader is
+// gone: a library must not kill its host for that, nor change its signal
+// dispositions. SIGPIPE is blocked in the calling thread for the call.
+ssize_t write_nosigpipe(int fd, const void* data, size_t len);
 
 }  // namespace cloister

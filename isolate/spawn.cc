@@ -138,13 +138,6 @@ void set_all_signals(int how_mask, bool default_handlers) noexcept {
                   c.go_r,     c.devnull,  0,          1,          2};
     close_all_but(keep, 10);
   }
-  char go;
-  ssize_t n;
-  do n = ::read(c.go_r, &go, 1);
-  while (n < 0 && errno == EINTR);
-  if (n != 1) ::_exit(kSetupFailedExit);  // the parent is gone
-  ::close(c.go_r);
-
   if (c.loopback)
     if (int e = c.loopback->apply()) report_and_exit(rw, SpawnStep::Loopback, e);
   int failed_op = -1;
@@ -173,6 +166,16 @@ void set_all_signals(int how_mask, bool default_handlers) noexcept {
   if (int e = capabilities::apply(c.spec->capabilities))
     report_and_exit(rw, SpawnStep::Capabilities, e);
   if (::chdir(c.work_dir) != 0) report_and_exit(rw, SpawnStep::WorkDir, errno);
+
+  // The parent lets us go once this process is in all its cgroups (v1
+  // controllers need the parent to write our pid); the setup above ran
+  // meanwhile. EOF instead means the parent is gone.
+  char go;
+  ssize_t n;
+  do n = ::read(c.go_r, &go, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) ::_exit(kSetupFailedExit);
+  ::close(c.go_r);
 
   // Handlers first, then the fork, then unblock: a signal that arrives in
   // between is held, not lost, and finds g_payload set.
@@ -445,10 +448,12 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   go->read.reset();
 
   // From here a failure must not leave the child behind: ~Spawned kills and
-  // reaps it and removes the cgroup.
-  if (out.cgroup_ && out.cgroup_->needs_attach())
-    if (auto a = out.cgroup_->attach(out.pid_); !a) return fail(a.error().wrap("cgroup attach"));
-  if (auto w = write_all(go->write.get(), "g"); !w) return fail(w.error().wrap("release child"));
+  // reaps it and removes the cgroup. The child sets itself up while we
+  // attach it; it waits for "go" only before it forks the payload, and
+  // exits if the go pipe closes without one.
+  Status attached;
+  if (out.cgroup_ && out.cgroup_->needs_attach()) attached = out.cgroup_->attach(out.pid_);
+  if (attached) (void)write_nosigpipe(go->write.get(), "g", 1);  // EPIPE: it failed already
   go->write.reset();
 
   Report r{};
@@ -467,6 +472,7 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
     return fail(std::move(e));
   }
   if (got != 0) return fail(internal("short report from the sandbox"));
+  if (!attached) return fail(attached.error().wrap("cgroup attach"));
   return out;
 }
 

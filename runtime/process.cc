@@ -77,32 +77,6 @@ class Watchdog {
   std::multimap<std::chrono::steady_clock::time_point, std::shared_ptr<Process::Watch>> deadlines_;
 };
 
-// Writing to a pipe whose reader is gone raises SIGPIPE in the writer; a
-// library must not kill its host for that, nor change its disposition.
-ssize_t write_nosigpipe(int fd, const char* data, size_t len) {
-  sigset_t pipe_set, old;
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
-  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-  ssize_t n;
-  do n = ::write(fd, data, len);
-  while (n < 0 && errno == EINTR);
-  int saved = errno;
-  if (n < 0 && saved == EPIPE) {
-    sigset_t pending;
-    sigpending(&pending);
-    if (sigismember(&pending, SIGPIPE)) {
-      struct timespec zero {
-        0, 0
-      };
-      ::sigtimedwait(&pipe_set, nullptr, &zero);
-    }
-  }
-  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  errno = saved;
-  return n;
-}
-
 constexpr size_t kReadChunk = 64 * 1024;
 
 }  // namespace
