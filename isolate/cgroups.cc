@@ -282,9 +282,20 @@ Result<std::vector<ProcCgroupLine>> read_proc_cgroup() {
   return out;
 }
 
+// Our cgroup2 cgroup. A runtime found in "<own>/cloister.runtime" was put
+// there by an earlier open() (ours or a parent runtime's) to free <own> for
+// controllers: <own> is still the cgroup to work below, otherwise every
+// open() would nest one level deeper.
 std::string own_v2(const std::vector<ProcCgroupLine>& lines) {
-  for (const auto& l : lines)
-    if (l.id == "0" && l.controllers.empty()) return l.path;
+  for (const auto& l : lines) {
+    if (l.id != "0" || !l.controllers.empty()) continue;
+    std::string leaf = "/" + std::string(kRuntimeLeaf);
+    if (l.path.ends_with(leaf)) {
+      std::string parent = l.path.substr(0, l.path.size() - leaf.size());
+      return parent.empty() ? "/" : parent;
+    }
+    return l.path;
+  }
   return "/";
 }
 

@@ -261,6 +261,16 @@ TEST_F(Cgroups, DetectsLayout) {
     // No-internal-process rule: the runtime is not a member of an inner node
     // that has controllers enabled, unless it is the root.
     std::string self = "/sys/fs/cgroup" + own[""];
+    // The base is "<own>/cloister", <own> being the cgroup the runtime was
+    // started in (it may since have moved itself into <own>/cloister.runtime,
+    // and every later open() must agree on the same base).
+    std::string started_in = own[""];
+    if (started_in.ends_with("/cloister.runtime")) {
+      started_in.resize(started_in.size() - std::strlen("/cloister.runtime"));
+    }
+    EXPECT_EQ(bases[0], "/sys/fs/cgroup" +
+                            (started_in.empty() || started_in == "/" ? "" : started_in) +
+                            "/cloister");
     if (own[""] != "/") {
       EXPECT_EQ(trim(slurp(self + "/cgroup.subtree_control")), "") << self;
     }
