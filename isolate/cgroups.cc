@@ -25,6 +25,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Sequence of per-process cgroup names, process-wide: several Managers in one
+// process (shared() and open()) work below the same bases.
+std::atomic<uint64_t> g_seq{0};
+
 // How long kill() waits for a cgroup to become empty. SIGKILL is not
 // blockable, so only a process stuck in the kernel (D state) can hold us up.
 constexpr auto kEmptyTimeout = std::chrono::seconds(5);
@@ -539,7 +543,6 @@ struct Manager::Impl {
   // by the per-process cgroups, and why others are not.
   std::vector<std::string> v2_enabled;
   std::string v2_note;
-  std::atomic<uint64_t> seq{0};
 
   const Hierarchy* v1_for(std::string_view ctl) const {
     for (const auto& h : v1)
@@ -737,7 +740,7 @@ Error unenforceable(std::string_view limit, std::string_view ctl, Layout layout,
 Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   auto im = std::make_unique<Cgroup::Impl>();
   im->layout = layout;
-  im->name = std::to_string(::getpid()) + "-" + std::to_string(++seq);
+  im->name = std::to_string(::getpid()) + "-" + std::to_string(++g_seq);
 
   // Decide where each limit goes before touching the filesystem, so that an
   // unenforceable limit fails without leaving anything behind. v1 wins when a
@@ -778,6 +781,8 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   }
   for (size_t i = 0; i < c.dirs.size(); ++i) {
     if (::mkdir(c.dirs[i].path.c_str(), 0755) != 0) {
+      // EEXIST: a dead runtime that had our pid left "<pid>-<seq>" behind
+      // (cleanup_stale cannot tell it from ours); create() takes the next seq.
       Error e = sys_error("mkdir " + c.dirs[i].path);
       c.dirs.resize(i);  // not ours to remove if it already existed
       (void)c.destroy();
@@ -961,6 +966,7 @@ Layout Manager::layout() const {
 Result<Cgroup> Manager::create(const Limits& limits) {
   if (auto s = check_limits(limits); !s) return fail(s.error());
   auto cg = impl_->create_once(limits);
+  for (int i = 0; i < 16 && !cg && cg.error().code == EEXIST; ++i) cg = impl_->create_once(limits);
   if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
     // Someone removed an (empty) base since open(): make it again, once.
     if (auto s = impl_->remake_bases(); !s) return fail(s.error().wrap("cgroups: remake base"));

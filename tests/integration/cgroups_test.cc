@@ -665,6 +665,32 @@ TEST_F(Cgroups, CreateRemakesARemovedBase) {
   EXPECT_TRUE(cg->destroy());
 }
 
+TEST_F(Cgroups, CreateSkipsANameLeftByAnEarlierProcessWithOurPid) {
+  // Names are "<pid>-<seq>" with a process-wide seq: find the next one by
+  // creating a cgroup, then squat the one after it in every hierarchy.
+  auto first = mgr_->create({});
+  ASSERT_TRUE(first) << first.error().what();
+  std::string name = first->name();
+  uint64_t seq = std::stoull(name.substr(name.find('-') + 1));
+  std::string squat = std::to_string(::getpid()) + "-" + std::to_string(seq + 1);
+  for (const auto& b : mgr_->base_paths()) {
+    ASSERT_EQ(::mkdir((b + "/" + squat).c_str(), 0755), 0) << b;
+  }
+  auto second = mgr_->create({});
+  ASSERT_TRUE(second) << second.error().what();
+  EXPECT_NE(second->name(), squat);
+  // Two managers in one process do not hand out the same name either.
+  auto other = Manager::open();
+  ASSERT_TRUE(other);
+  auto third = (*other)->create({});
+  ASSERT_TRUE(third) << third.error().what();
+  EXPECT_NE(third->name(), second->name());
+  for (const auto& b : mgr_->base_paths()) {
+    EXPECT_TRUE(path_exists(b + "/" + squat)) << "must not remove what it did not make";
+    ::rmdir((b + "/" + squat).c_str());
+  }
+}
+
 TEST_F(Cgroups, IoWeightAppliedWhereSupported) {
   auto cg = mgr_->create({.io_weight = 500});
   ASSERT_TRUE(cg) << cg.error().what();  // never an error: skipped without a weight file
@@ -887,12 +913,18 @@ TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
     if (mid <= lo) mid = lo + 4096;
     (runs(mid) ? hi : lo) = mid;
   }
-  int ok = 0;
+  // The edge is soft: most runs succeed at the figure, all with the margin
+  // Cgroups.SmallestMemoryLimitRuns uses.
+  int ok = 0, ok_margin = 0;
   for (int i = 0; i < 50; ++i) ok += true_runs_with(*mgr_, hi);
-  std::printf("smallest memory limit for /bin/true (%s): %llu bytes (%llu KiB), %d/50 runs ok\n",
-              std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
-              static_cast<unsigned long long>(hi >> 10), ok);
-  EXPECT_GE(ok, 45);
+  for (int i = 0; i < 50; ++i) ok_margin += true_runs_with(*mgr_, hi + (1 << 20));
+  std::printf(
+      "smallest memory limit for /bin/true (%s): %llu bytes (%llu KiB), %d/50 runs ok; "
+      "%d/50 with 1 MiB more\n",
+      std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
+      static_cast<unsigned long long>(hi >> 10), ok, ok_margin);
+  EXPECT_GE(ok, 25);
+  EXPECT_EQ(ok_margin, 50);
 }
 
 TEST_F(Cgroups, SmallestMemoryLimitRuns) {
