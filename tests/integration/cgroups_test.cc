@@ -38,7 +38,7 @@ constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
 
 // Smallest v1 memory limit (bytes) at which fork+exec /bin/true exited 0 on
 // the hybrid VM, found by Cgroups.DISABLED_MeasureSmallestMemoryLimit.
-constexpr uint64_t kSmallestMemoryLimit = 172 << 10;  // 168..176 KiB over 5 runs
+constexpr uint64_t kSmallestMemoryLimit = 176 << 10;  // 172..180 KiB over 5 searches
 
 bool is_cgroup2(const std::string& path) {
   struct statfs st {};
@@ -895,13 +895,13 @@ bool true_runs_with(Manager& m, uint64_t limit) {
 }
 
 // Binary search of the smallest memory limit at which /bin/true runs reliably
-// (5 runs out of 5 per probe: near the edge a run fails or not depending on
+// (20 runs out of 20 per probe: near the edge a run fails or not depending on
 // which kernel objects get charged), between 64 KiB and 16 MiB in 4 KiB steps.
 // Disabled: a measurement, run by hand with --gtest_also_run_disabled_tests;
 // the figure goes to kSmallestMemoryLimit and docs/cgroups.md.
 TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
   auto runs = [&](uint64_t limit) {
-    for (int i = 0; i < 5; ++i)
+    for (int i = 0; i < 20; ++i)
       if (!true_runs_with(*mgr_, limit)) return false;
     return true;
   };
@@ -913,8 +913,8 @@ TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
     if (mid <= lo) mid = lo + 4096;
     (runs(mid) ? hi : lo) = mid;
   }
-  // The edge is soft: most runs succeed at the figure, all with the margin
-  // Cgroups.SmallestMemoryLimitRuns uses.
+  // The edge is soft: nearly all runs succeed at the figure, all with the
+  // margin Cgroups.SmallestMemoryLimitRuns uses.
   int ok = 0, ok_margin = 0;
   for (int i = 0; i < 50; ++i) ok += true_runs_with(*mgr_, hi);
   for (int i = 0; i < 50; ++i) ok_margin += true_runs_with(*mgr_, hi + (1 << 20));
@@ -923,7 +923,7 @@ TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
       "%d/50 with 1 MiB more\n",
       std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
       static_cast<unsigned long long>(hi >> 10), ok, ok_margin);
-  EXPECT_GE(ok, 25);
+  EXPECT_GE(ok, 45);
   EXPECT_EQ(ok_margin, 50);
 }
 
