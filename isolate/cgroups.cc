@@ -338,7 +338,6 @@ struct Cgroup::Impl {
     std::vector<std::string> controllers;  // v1 only
   };
   std::string name;
-  Layout layout = Layout::Unified;
   std::vector<Dir> dirs;
   Fd v2fd;
   bool destroyed = false;
@@ -739,7 +738,6 @@ Error unenforceable(std::string_view limit, std::string_view ctl, Layout layout,
 
 Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   auto im = std::make_unique<Cgroup::Impl>();
-  im->layout = layout;
   im->name = std::to_string(::getpid()) + "-" + std::to_string(++g_seq);
 
   // Decide where each limit goes before touching the filesystem, so that an
@@ -923,7 +921,6 @@ Status Manager::Impl::cleanup_stale() {
   for (const auto& n : stale) {
     auto im = std::make_unique<Cgroup::Impl>();
     im->name = n;
-    im->layout = layout;
     for (const auto* h : hs) {
       std::string p = join(h->base, n);
       if (exists(p)) im->dirs.push_back({p, h->v2, h->controllers});
