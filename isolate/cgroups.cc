@@ -25,6 +25,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Sequence of per-process cgroup names, process-wide: several Managers in one
+// process (shared() and open()) work below the same bases.
+std::atomic<uint64_t> g_seq{0};
+
 // How long kill() waits for a cgroup to become empty. SIGKILL is not
 // blockable, so only a process stuck in the kernel (D state) can hold us up.
 constexpr auto kEmptyTimeout = std::chrono::seconds(5);
@@ -282,9 +286,20 @@ Result<std::vector<ProcCgroupLine>> read_proc_cgroup() {
   return out;
 }
 
+// Our cgroup2 cgroup. A runtime found in "<own>/cloister.runtime" was put
+// there by an earlier open() (ours or a parent runtime's) to free <own> for
+// controllers: <own> is still the cgroup to work below, otherwise every
+// open() would nest one level deeper.
 std::string own_v2(const std::vector<ProcCgroupLine>& lines) {
-  for (const auto& l : lines)
-    if (l.id == "0" && l.controllers.empty()) return l.path;
+  for (const auto& l : lines) {
+    if (l.id != "0" || !l.controllers.empty()) continue;
+    std::string leaf = "/" + std::string(kRuntimeLeaf);
+    if (l.path.ends_with(leaf)) {
+      std::string parent = l.path.substr(0, l.path.size() - leaf.size());
+      return parent.empty() ? "/" : parent;
+    }
+    return l.path;
+  }
   return "/";
 }
 
@@ -323,7 +338,6 @@ struct Cgroup::Impl {
     std::vector<std::string> controllers;  // v1 only
   };
   std::string name;
-  Layout layout = Layout::Unified;
   std::vector<Dir> dirs;
   Fd v2fd;
   bool destroyed = false;
@@ -528,7 +542,6 @@ struct Manager::Impl {
   // by the per-process cgroups, and why others are not.
   std::vector<std::string> v2_enabled;
   std::string v2_note;
-  std::atomic<uint64_t> seq{0};
 
   const Hierarchy* v1_for(std::string_view ctl) const {
     for (const auto& h : v1)
@@ -725,8 +738,7 @@ Error unenforceable(std::string_view limit, std::string_view ctl, Layout layout,
 
 Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   auto im = std::make_unique<Cgroup::Impl>();
-  im->layout = layout;
-  im->name = std::to_string(::getpid()) + "-" + std::to_string(++seq);
+  im->name = std::to_string(::getpid()) + "-" + std::to_string(++g_seq);
 
   // Decide where each limit goes before touching the filesystem, so that an
   // unenforceable limit fails without leaving anything behind. v1 wins when a
@@ -767,6 +779,8 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   }
   for (size_t i = 0; i < c.dirs.size(); ++i) {
     if (::mkdir(c.dirs[i].path.c_str(), 0755) != 0) {
+      // EEXIST: a dead runtime that had our pid left "<pid>-<seq>" behind
+      // (cleanup_stale cannot tell it from ours); create() takes the next seq.
       Error e = sys_error("mkdir " + c.dirs[i].path);
       c.dirs.resize(i);  // not ours to remove if it already existed
       (void)c.destroy();
@@ -907,7 +921,6 @@ Status Manager::Impl::cleanup_stale() {
   for (const auto& n : stale) {
     auto im = std::make_unique<Cgroup::Impl>();
     im->name = n;
-    im->layout = layout;
     for (const auto* h : hs) {
       std::string p = join(h->base, n);
       if (exists(p)) im->dirs.push_back({p, h->v2, h->controllers});
@@ -950,6 +963,7 @@ Layout Manager::layout() const {
 Result<Cgroup> Manager::create(const Limits& limits) {
   if (auto s = check_limits(limits); !s) return fail(s.error());
   auto cg = impl_->create_once(limits);
+  for (int i = 0; i < 16 && !cg && cg.error().code == EEXIST; ++i) cg = impl_->create_once(limits);
   if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
     // Someone removed an (empty) base since open(): make it again, once.
     if (auto s = impl_->remake_bases(); !s) return fail(s.error().wrap("cgroups: remake base"));

@@ -38,7 +38,7 @@ constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
 
 // Smallest v1 memory limit (bytes) at which fork+exec /bin/true exited 0 on
 // the hybrid VM, found by Cgroups.DISABLED_MeasureSmallestMemoryLimit.
-constexpr uint64_t kSmallestMemoryLimit = 172 << 10;  // 168..176 KiB over 5 runs
+constexpr uint64_t kSmallestMemoryLimit = 176 << 10;  // 172..180 KiB over 5 searches
 
 bool is_cgroup2(const std::string& path) {
   struct statfs st {};
@@ -261,6 +261,16 @@ TEST_F(Cgroups, DetectsLayout) {
     // No-internal-process rule: the runtime is not a member of an inner node
     // that has controllers enabled, unless it is the root.
     std::string self = "/sys/fs/cgroup" + own[""];
+    // The base is "<own>/cloister", <own> being the cgroup the runtime was
+    // started in (it may since have moved itself into <own>/cloister.runtime,
+    // and every later open() must agree on the same base).
+    std::string started_in = own[""];
+    if (started_in.ends_with("/cloister.runtime")) {
+      started_in.resize(started_in.size() - std::strlen("/cloister.runtime"));
+    }
+    EXPECT_EQ(bases[0], "/sys/fs/cgroup" +
+                            (started_in.empty() || started_in == "/" ? "" : started_in) +
+                            "/cloister");
     if (own[""] != "/") {
       EXPECT_EQ(trim(slurp(self + "/cgroup.subtree_control")), "") << self;
     }
@@ -655,6 +665,32 @@ TEST_F(Cgroups, CreateRemakesARemovedBase) {
   EXPECT_TRUE(cg->destroy());
 }
 
+TEST_F(Cgroups, CreateSkipsANameLeftByAnEarlierProcessWithOurPid) {
+  // Names are "<pid>-<seq>" with a process-wide seq: find the next one by
+  // creating a cgroup, then squat the one after it in every hierarchy.
+  auto first = mgr_->create({});
+  ASSERT_TRUE(first) << first.error().what();
+  std::string name = first->name();
+  uint64_t seq = std::stoull(name.substr(name.find('-') + 1));
+  std::string squat = std::to_string(::getpid()) + "-" + std::to_string(seq + 1);
+  for (const auto& b : mgr_->base_paths()) {
+    ASSERT_EQ(::mkdir((b + "/" + squat).c_str(), 0755), 0) << b;
+  }
+  auto second = mgr_->create({});
+  ASSERT_TRUE(second) << second.error().what();
+  EXPECT_NE(second->name(), squat);
+  // Two managers in one process do not hand out the same name either.
+  auto other = Manager::open();
+  ASSERT_TRUE(other);
+  auto third = (*other)->create({});
+  ASSERT_TRUE(third) << third.error().what();
+  EXPECT_NE(third->name(), second->name());
+  for (const auto& b : mgr_->base_paths()) {
+    EXPECT_TRUE(path_exists(b + "/" + squat)) << "must not remove what it did not make";
+    ::rmdir((b + "/" + squat).c_str());
+  }
+}
+
 TEST_F(Cgroups, IoWeightAppliedWhereSupported) {
   auto cg = mgr_->create({.io_weight = 500});
   ASSERT_TRUE(cg) << cg.error().what();  // never an error: skipped without a weight file
@@ -859,13 +895,13 @@ bool true_runs_with(Manager& m, uint64_t limit) {
 }
 
 // Binary search of the smallest memory limit at which /bin/true runs reliably
-// (5 runs out of 5 per probe: near the edge a run fails or not depending on
+// (20 runs out of 20 per probe: near the edge a run fails or not depending on
 // which kernel objects get charged), between 64 KiB and 16 MiB in 4 KiB steps.
 // Disabled: a measurement, run by hand with --gtest_also_run_disabled_tests;
 // the figure goes to kSmallestMemoryLimit and docs/cgroups.md.
 TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
   auto runs = [&](uint64_t limit) {
-    for (int i = 0; i < 5; ++i)
+    for (int i = 0; i < 20; ++i)
       if (!true_runs_with(*mgr_, limit)) return false;
     return true;
   };
@@ -877,12 +913,18 @@ TEST_F(Cgroups, DISABLED_MeasureSmallestMemoryLimit) {
     if (mid <= lo) mid = lo + 4096;
     (runs(mid) ? hi : lo) = mid;
   }
-  int ok = 0;
+  // The edge is soft: nearly all runs succeed at the figure, all with the
+  // margin Cgroups.SmallestMemoryLimitRuns uses.
+  int ok = 0, ok_margin = 0;
   for (int i = 0; i < 50; ++i) ok += true_runs_with(*mgr_, hi);
-  std::printf("smallest memory limit for /bin/true (%s): %llu bytes (%llu KiB), %d/50 runs ok\n",
-              std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
-              static_cast<unsigned long long>(hi >> 10), ok);
+  for (int i = 0; i < 50; ++i) ok_margin += true_runs_with(*mgr_, hi + (1 << 20));
+  std::printf(
+      "smallest memory limit for /bin/true (%s): %llu bytes (%llu KiB), %d/50 runs ok; "
+      "%d/50 with 1 MiB more\n",
+      std::string(layout_name(mgr_->layout())).c_str(), static_cast<unsigned long long>(hi),
+      static_cast<unsigned long long>(hi >> 10), ok, ok_margin);
   EXPECT_GE(ok, 45);
+  EXPECT_EQ(ok_margin, 50);
 }
 
 TEST_F(Cgroups, SmallestMemoryLimitRuns) {
