@@ -448,12 +448,14 @@ bool Cgroup::needs_attach() const {
   return std::any_of(impl_->dirs.begin(), impl_->dirs.end(), [](const auto& d) { return !d.v2; });
 }
 
-Status Cgroup::attach(pid_t pid) {
+Status Cgroup::attach(pid_t pid, bool entered_v2) {
   if (!impl_) return fail(invalid("attach: moved-from cgroup"));
   std::string p = std::to_string(pid);
-  // Also the v2 directory: a child made by fork() rather than clone3 must be
-  // tracked there for cgroup.kill; rewriting it is a no-op otherwise.
+  // Every write to cgroup.procs migrates the process, which takes the
+  // global threadgroup rwsem for writing and can wait a whole RCU grace
+  // period: the v2 directory is skipped when clone3 already placed it there.
   for (const auto& d : impl_->dirs) {
+    if (d.v2 && entered_v2) continue;
     if (auto s = write_at(d.path, "cgroup.procs", p); !s)
       return fail(s.error().wrap("attach " + p + " to " + impl_->name));
   }
@@ -743,7 +745,12 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
   // Decide where each limit goes before touching the filesystem, so that an
   // unenforceable limit fails without leaving anything behind. v1 wins when a
   // controller is mounted there (it then cannot be enabled in cgroup2).
-  std::vector<std::string> v1_needed = {"memory", "cpuacct"};  // stats, always
+  // With a cgroup2 tree (Hybrid), CPU time comes from its cpu.stat and a v1
+  // directory is made only for a limit: attaching to one costs a migration.
+  // Legacy has nothing else to count CPU and memory with.
+  std::vector<std::string> v1_needed;
+  if (!v2) v1_needed = {"memory", "cpuacct"};
+  if ((l.memory_max || l.memory_high) && v1_for("memory")) v1_needed.push_back("memory");
   if (l.memory_max && !v1_for("memory") && !v2_has("memory"))
     return fail(unenforceable("memory_max", "memory", layout, v2_note));
   if (l.memory_high && !v1_for("memory") && !v2_has("memory"))

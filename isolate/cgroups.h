@@ -88,7 +88,9 @@ class Cgroup {
   int clone_fd() const;
   // True when attach() must run before the child is let go (v1 controllers).
   bool needs_attach() const;
-  Status attach(pid_t pid);
+  // Writes pid into the v1 directories; into the v2 one too unless
+  // entered_v2 says the process was cloned into it (CLONE_INTO_CGROUP).
+  Status attach(pid_t pid, bool entered_v2 = true);
   // SIGKILL every process in the cgroup tree; returns once none is left.
   Status kill();
   // Stats gathered so far; valid after the processes exit and before destroy().

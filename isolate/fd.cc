@@ -74,7 +74,9 @@ ssize_t write_nosigpipe(int fd, const void* data, size_t len) {
     sigset_t pending;
     sigpending(&pending);
     if (sigismember(&pending, SIGPIPE)) {
-      struct timespec zero{0, 0};
+      struct timespec zero {
+        0, 0
+      };
       ::sigtimedwait(&pipe_set, nullptr, &zero);
     }
   }

@@ -35,6 +35,12 @@
 
 namespace cloister::embedded {
 extern const std::string_view seccomp_default_profile;
+#ifndef CLOISTER_SECCOMP_COMPILER
+// The default profile compiled at build time by cloister-seccomp-compile
+// (tools/seccomp_compile.cc): no libseccomp work at run time for it.
+extern const sock_filter seccomp_default_bpf[];
+extern const size_t seccomp_default_bpf_len;
+#endif
 }  // namespace cloister::embedded
 
 namespace cloister::seccomp {
@@ -470,8 +476,14 @@ Result<Filter> load_uncaught(const std::string& profile) {
   // same name twice in a race is harmless (the first result is kept).
   Result<Filter> filter;
   if (name == "default") {
+#ifndef CLOISTER_SECCOMP_COMPILER
+    return Filter(std::vector<sock_filter>(
+        embedded::seccomp_default_bpf,
+        embedded::seccomp_default_bpf + embedded::seccomp_default_bpf_len));
+#else
     filter = with_context(compile_text(embedded::seccomp_default_profile),
                           "seccomp profile default (built-in)");
+#endif
   } else {
     auto text = read_profile_file(name);
     if (!text) return fail(text.error().wrap("seccomp profile"));

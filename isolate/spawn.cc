@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,7 +61,15 @@ struct ChildContext {
 volatile pid_t g_payload = -1;
 
 void forward_signal(int sig) {
-  if (g_payload > 0) ::kill(g_payload, sig);
+  if (g_payload > 0) {
+    ::kill(g_payload, sig);
+    return;
+  }
+  // In the payload before its execve: act as if no handler were installed.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(sig, &dfl, nullptr);
+  ::kill(static_cast<pid_t>(::syscall(SYS_getpid)), sig);
 }
 
 [[noreturn]] void report_and_exit(int fd, SpawnStep step, int err, int detail = 0) {
@@ -85,22 +94,10 @@ void close_all_but(int* keep, int nkeep) noexcept {
   ::syscall(SYS_close_range, lo, ~0U, 0);
 }
 
-void set_all_signals(int how_mask, bool default_handlers) noexcept {
-  sigset_t all;
-  sigfillset(&all);
-  if (default_handlers) {
-    struct sigaction sa {};
-    sa.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; ++s)
-      if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &sa, nullptr);
-  }
-  if (how_mask == SIG_BLOCK)
-    ::sigprocmask(SIG_SETMASK, &all, nullptr);
-  else {
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  }
+void unblock_all_signals() noexcept {
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
 [[noreturn]] void payload_main(const ChildContext& c) noexcept {
@@ -118,7 +115,9 @@ void set_all_signals(int how_mask, bool default_handlers) noexcept {
     if (::dup2(src[i], i) < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
   int keep[] = {0, 1, 2, rw};
   close_all_but(keep, 4);
-  set_all_signals(SIG_UNBLOCK, true);
+  // execve resets the init's handlers (caught -> default); a signal caught in
+  // between is re-raised by forward_signal with the default action.
+  unblock_all_signals();
   int err = ENOENT;
   for (size_t i = 0; i < c.ncandidates; ++i) {
     ::execve(c.candidates[i], c.argv, c.envp);
@@ -195,7 +194,7 @@ void set_all_signals(int how_mask, bool default_handlers) noexcept {
     int keep[] = {c.status_w};
     close_all_but(keep, 1);
   }
-  set_all_signals(SIG_UNBLOCK, false);
+  unblock_all_signals();
   for (;;) {
     int status = 0;
     pid_t w = ::waitpid(-1, &status, __WALL);
@@ -490,6 +489,7 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   o.cgroup_.reset();
   reaped_ = std::exchange(o.reaped_, true);
   wait_status_ = o.wait_status_;
+  max_rss_ = o.max_rss_;
   return *this;
 }
 
@@ -521,12 +521,14 @@ Status Spawned::kill() {
 Result<int> Spawned::reap() {
   if (reaped_) return wait_status_;
   siginfo_t info{};
+  struct rusage ru {};
+  // The raw syscall: it also returns the rusage of the init and of every
+  // descendant it reaped, a peak memory figure where no cgroup keeps one.
   for (;;) {
-    if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
-                 WEXITED | __WALL) == 0)
-      break;
+    if (::syscall(SYS_waitid, P_PIDFD, pidfd_.get(), &info, WEXITED | __WALL, &ru) == 0) break;
     if (errno != EINTR) return fail(sys_error("waitid"));
   }
+  max_rss_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
   reaped_ = true;
   int st = 0;
   ssize_t n;
@@ -545,8 +547,15 @@ Result<int> Spawned::reap() {
 }
 
 Result<cgroups::Usage> Spawned::usage() const {
-  if (!cgroup_) return cgroups::Usage{};
-  return cgroup_->usage();
+  cgroups::Usage u;
+  if (cgroup_) {
+    auto r = cgroup_->usage();
+    if (!r) return fail(r.error());
+    u = *r;
+  }
+  // Without a memory cgroup: the largest resident set of any process.
+  if (u.memory_peak == 0) u.memory_peak = max_rss_;
+  return u;
 }
 
 Status Spawned::release() {

@@ -106,7 +106,8 @@ class Spawned {
   // exited counts as the payload killed by that signal.
   Result<int> reap();
   bool reaped() const { return reaped_; }
-  // Usage of the whole tree (from its cgroup); call after reap().
+  // Usage of the whole tree (from its cgroup; peak memory from the largest
+  // process when no memory cgroup counts it); call after reap().
   Result<cgroups::Usage> usage() const;
   // Removes the cgroup (after reap). Idempotent.
   Status release();
@@ -120,6 +121,7 @@ class Spawned {
   std::optional<cgroups::Cgroup> cgroup_;
   bool reaped_ = false;
   int wait_status_ = 0;
+  uint64_t max_rss_ = 0;
 };
 
 // Runs command in a new instance of sandbox. With a null manager the process

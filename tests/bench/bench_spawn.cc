@@ -26,7 +26,9 @@ void report(const char* name, std::vector<double> ms) {
   std::sort(ms.begin(), ms.end());
   double sum = 0;
   for (double v : ms) sum += v;
-  auto pct = [&](double p) { return ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))]; };
+  auto pct = [&](double p) {
+    return ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))];
+  };
   std::printf("%s runs=%zu p50_ms=%.3f p99_ms=%.3f mean_ms=%.3f\n", name, ms.size(), pct(0.50),
               pct(0.99), sum / ms.size());
 }

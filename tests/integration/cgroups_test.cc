@@ -132,7 +132,7 @@ Child spawn(Cgroup& cg, std::function<int()> body, bool use_clone3 = true, bool 
   c.pid = pid;
   c.go = std::move(p->write);
   if (attach && (cg.needs_attach() || !via_clone3)) {
-    auto s = cg.attach(pid);
+    auto s = cg.attach(pid, via_clone3);
     EXPECT_TRUE(s) << s.error().what();
   }
   return c;
@@ -330,7 +330,8 @@ TEST_F(Cgroups, CreateWritesLimitsAndDestroyRemoves) {
     EXPECT_EQ(trim(slurp(cpu + "/cpu.cfs_period_us")), "100000");
     // crun's mapping: 2 + (200 - 1) * 262142 / 9999 = 5219.
     EXPECT_EQ(trim(slurp(cpu + "/cpu.shares")), "5219");
-    EXPECT_FALSE(find_path(*cg, "cpuacct").empty());
+    // CPU time: cpuacct only where no cgroup2 tree counts it (Legacy).
+    EXPECT_EQ(find_path(*cg, "cpuacct").empty(), mgr_->layout() == Layout::Hybrid);
     if (mgr_->layout() == Layout::Hybrid) {
       EXPECT_FALSE(find_path(*cg, "").empty());
     }
@@ -345,13 +346,19 @@ TEST_F(Cgroups, CreateWritesLimitsAndDestroyRemoves) {
 TEST_F(Cgroups, NoLimitsMakesOnlyWhatIsNeeded) {
   auto cg = mgr_->create({});
   ASSERT_TRUE(cg) << cg.error().what();
-  // Without limits: no pids or cpu directory on v1, still memory+cpuacct for stats.
-  if (mgr_->layout() != Layout::Unified) {
+  // Without limits: no pids or cpu directory on v1. Hybrid needs no v1
+  // directory at all (no attach, no migration: CPU time from the cgroup2
+  // tree); Legacy keeps memory+cpuacct for stats and freezer to kill.
+  if (mgr_->layout() == Layout::Hybrid) {
+    EXPECT_FALSE(cg->needs_attach());
+    EXPECT_EQ(cg->paths().size(), 1u);
+  }
+  if (mgr_->layout() == Layout::Legacy) {
     EXPECT_TRUE(find_path(*cg, "pids").empty());
     EXPECT_TRUE(find_path(*cg, "cpu").empty());
     EXPECT_FALSE(find_path(*cg, "memory").empty());
     EXPECT_FALSE(find_path(*cg, "cpuacct").empty());
-    EXPECT_EQ(find_path(*cg, "freezer").empty(), mgr_->layout() == Layout::Hybrid);
+    EXPECT_FALSE(find_path(*cg, "freezer").empty());
   }
   auto paths = cg->paths();
   { Cgroup moved = std::move(*cg); }  // destructor removes it

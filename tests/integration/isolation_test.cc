@@ -32,7 +32,8 @@ TEST(Isolation, PayloadRunsUnderItsOwnInit) {
 }
 
 TEST(Isolation, OnlyLoopbackAndItIsUp) {
-  auto r = run_ok(base_config(), {"/bin/sh", "-c", "grep : /proc/net/dev | cut -d: -f1 | tr -d ' '"});
+  auto r =
+      run_ok(base_config(), {"/bin/sh", "-c", "grep : /proc/net/dev | cut -d: -f1 | tr -d ' '"});
   EXPECT_EQ(r.out, "lo\n");
   // A TCP connection to 127.0.0.1 works only when lo is up.
   EXPECT_EQ(run_ok(base_config(), {"/probe/cloister_probe", "loopback"}).out, "loopback ok\n");
@@ -45,7 +46,9 @@ std::string host_ns(const char* kind) {
 }
 
 TEST(Isolation, OwnNamespacesHostNetworkWhenAsked) {
-  auto r = run_ok(base_config(), {"/bin/sh", "-c", "for n in pid mnt ipc uts cgroup net; do readlink /proc/self/ns/$n; done"});
+  auto r = run_ok(
+      base_config(),
+      {"/bin/sh", "-c", "for n in pid mnt ipc uts cgroup net; do readlink /proc/self/ns/$n; done"});
   std::istringstream in(r.out);
   std::string line;
   for (const char* kind : {"pid", "mnt", "ipc", "uts", "cgroup", "net"}) {

@@ -1,15 +1,15 @@
 // cloister_probe: runs inside a sandbox during the integration tests and
 // reports what it can see and do, one "key value" line per fact.
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sched.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>

@@ -94,7 +94,8 @@ TEST(VmSmoke, RootEnablesMemoryPidsCpu) {
   std::string controllers = read_file(std::string(kRoot) + "/cgroup.controllers");
   std::string subtree = read_file(std::string(kRoot) + "/cgroup.subtree_control");
   for (const char* c : {"memory", "pids", "cpu"}) {
-    EXPECT_TRUE(has_word(controllers, c)) << c << " missing from cgroup.controllers: " << controllers;
+    EXPECT_TRUE(has_word(controllers, c))
+        << c << " missing from cgroup.controllers: " << controllers;
     EXPECT_TRUE(has_word(subtree, c)) << c << " missing from cgroup.subtree_control: " << subtree;
   }
   EXPECT_EQ(controllers, subtree) << "the harness enables every available controller at the root";
@@ -141,7 +142,8 @@ TEST(VmSmoke, ChildCgroupMemoryMaxIsEnforced) {
 TEST(VmSmoke, NoInternalProcessRuleInOwnCgroup) {
   ASSERT_TRUE(in_vm()) << "cloister_vm_guest runs inside the VM only (tests/vm/run.sh)";
   std::string own = own_cgroup();
-  ASSERT_NE(own, "/") << "the harness starts tests in a child cgroup (run.sh without --cgroup root)";
+  ASSERT_NE(own, "/")
+      << "the harness starts tests in a child cgroup (run.sh without --cgroup root)";
   const std::string dir = std::string(kRoot) + own;
   const std::string leaf = dir + "/vmsmoke-leaf";
 
