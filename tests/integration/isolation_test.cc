@@ -190,6 +190,24 @@ TEST(Limits, MemoryHogIsOomKilled) {
   EXPECT_LE(r.status.peak_memory, 34u << 20);
 }
 
+// tests/bench/bench_minmem.cc measured 340 KiB as the smallest memory_limit
+// at which `true` runs in the host executor here (docs/cgroups.md); with a
+// MiB of margin it must always run, and far below it must fail cleanly.
+TEST(Limits, TrueRunsUnderATinyMemoryLimit) {
+  auto cfg = base_config();
+  cfg.memory_limit = (340 << 10) + (1 << 20);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(run(cfg, {"/bin/true"}).status.exit_code, 0);
+  cfg.memory_limit = 64 << 10;
+  auto p = make_process(cfg, {"/bin/true"});
+  auto s = p->start();
+  if (s) {
+    auto st = p->wait();
+    ASSERT_TRUE(st);
+    EXPECT_TRUE(st->oom_killed);
+    EXPECT_NE(st->exit_code, 0);
+  }
+}
+
 TEST(Limits, ForkLoopStopsAtPidsLimit) {
   auto cfg = base_config();
   cfg.pids_limit = 16;

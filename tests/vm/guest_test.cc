@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -162,4 +163,25 @@ TEST(VmSmoke, NoInternalProcessRuleInOwnCgroup) {
   ASSERT_EQ(write_file(dir + "/cgroup.procs", "0"), 0);
   EXPECT_EQ(rmdir(leaf.c_str()), 0) << strerror(errno);
   EXPECT_EQ(own_cgroup(), own);
+}
+
+// cloister_vm_guest [GTEST ARGS] [--then COMMAND ARGS...]: after its own tests
+// pass it execs COMMAND in the same process, so that the command starts in
+// the cgroup the harness chose with no shell left behind in it (a shell
+// there would break the no-internal-process checks).
+int main(int argc, char** argv) {
+  int then = argc;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--then") {
+      then = i;
+      break;
+    }
+  int gargc = then;
+  ::testing::InitGoogleTest(&gargc, argv);
+  int rc = RUN_ALL_TESTS();
+  if (rc != 0 || then + 1 >= argc) return rc;
+  std::fflush(stdout);
+  execv(argv[then + 1], argv + then + 1);
+  std::fprintf(stderr, "exec %s: %s\n", argv[then + 1], std::strerror(errno));
+  return 127;
 }

@@ -33,6 +33,7 @@ echo; echo "CLOISTER-VM: init started at uptime $(up)s"
 
 # Defaults, overridden by /cmd.conf (from run.sh).
 CGROUP=test     # cgroup (below the root) the command starts in; "root" = the root cgroup
+KEEP=""         # host paths under /tmp, /run or /var/tmp to keep visible
 HOSTNAME=cloister-vm
 [ -f /cmd.conf ] && . /cmd.conf
 [ -f /cmd.sh ] || fail "no /cmd.sh in the initramfs (start the VM with tests/vm/run.sh)"
@@ -69,9 +70,21 @@ mount -t devtmpfs devtmpfs /host/dev || fail "mount /host/dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /host/dev/pts || fail "mount /host/dev/pts"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /host/dev/shm || fail "mount /host/dev/shm"
+# The host's view of the directories about to be covered stays reachable
+# here, so that paths the command needs (KEEP) can be bound back on top.
+mkdir -p /hostview
+mount -o bind /host /hostview || fail "bind /host /hostview"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /host/tmp || fail "mount /host/tmp"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /host/run || fail "mount /host/run"
 [ -d /host/var/tmp ] && { mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp || fail "mount /host/var/tmp"; }
+for keep in $KEEP; do
+  case $keep in
+    /tmp/*|/run/*|/var/tmp/*)
+      [ -d "/host$keep" ] && continue  # already bound (a parent was kept)
+      mkdir -p "/host$keep" && mount -o bind "/hostview$keep" "/host$keep" \
+        || fail "bind $keep back over the guest's tmpfs" ;;
+  esac
+done
 [ -d /host/var/lib/cloister ] && { mount -t tmpfs -o mode=755 tmpfs /host/var/lib/cloister || fail "mount /host/var/lib/cloister"; }
 
 # A pure cgroup2 hierarchy, mounted as systemd mounts it.

@@ -127,6 +127,9 @@ q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 } > "$tmp/cmd.sh"
 {
   echo "CGROUP=$(q "$cgroup")"
+  # Host paths the command needs that the guest's own tmpfs mounts (/tmp,
+  # /run, /var/tmp) would hide: a clone of the repository under /tmp, say.
+  printf 'KEEP='; q "$REPO $(cd "$build_dir" && pwd -P) $cwd"; echo
 } > "$tmp/cmd.conf"
 (cd "$tmp" && printf '%s\n' cmd.sh cmd.conf | cpio -o -H newc --quiet -R 0:0 > extra.cpio)
 # The kernel unpacks concatenated (compressed or not) cpio archives in order.
