@@ -565,7 +565,9 @@ class Parser {
 
  private:
   static std::string quoted_note(const Field& f) {
-    return f.node.IsScalar() && !is_plain(f.node) ? " (a quoted string)" : "";
+    if (!f.node.IsScalar() || is_plain(f.node)) return "";
+    if (f.node.Tag() == "!") return " (a quoted string)";
+    return " (tagged " + f.node.Tag() + ")";
   }
 
   std::string source_;
@@ -804,7 +806,9 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
   if (group) {
     if (all_digits(*group)) {
       auto g = parse_decimal(*group);
-      if (!g || *g > kMaxId) return fail(p.error(f, "gid " + quote(*group) + " is out of range"));
+      if (!g || *g > kMaxId)
+        return fail(p.error(f, "gid " + quote(*group) + " must be a decimal number from 0 to " +
+                                   std::to_string(kMaxId)));
       gid = static_cast<gid_t>(*g);
     } else if (auto g = lookup_group(*group)) {
       gid = *g;
@@ -814,7 +818,9 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
   }
   if (all_digits(user)) {
     auto u = parse_decimal(user);
-    if (!u || *u > kMaxId) return fail(p.error(f, "uid " + quote(user) + " is out of range"));
+    if (!u || *u > kMaxId)
+      return fail(p.error(f, "uid " + quote(user) + " must be a decimal number from 0 to " +
+                                 std::to_string(kMaxId)));
     id.uid = static_cast<uid_t>(*u);
     id.gid = gid ? *gid : static_cast<gid_t>(*u);
   } else {
@@ -995,7 +1001,8 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
   auto n = string(name->value);
   if (!n) return fail(n.error());
   if (!valid_executor_name(*n))
-    return fail(error(name->value, "expected 1 to 64 of A-Z a-z 0-9 _ . : -, got " + quote(*n)));
+    return fail(error(name->value,
+                      "expected 1 to 64 characters from A-Z a-z 0-9 _ . : -, got " + quote(*n)));
   b.cfg.name = std::move(*n);
 
   if (find_entry(*entries, "timeout") && find_entry(*entries, "default_timeout"))
