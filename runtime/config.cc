@@ -17,6 +17,7 @@
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include <limits>
 #include <map>
 #include <span>
+#include <sstream>
 #include <unordered_map>
 
 #include "isolate/capabilities.h"
@@ -1094,6 +1096,49 @@ Result<Config> Parser::document(const YAML::Node& root) const {
   return config;
 }
 
+// Counts documents without building nodes.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// One document per file. This walks the events of at most two documents
+// before anything is built, because yaml-cpp 0.7 never gets past a stray ','
+// before the first node: it yields empty documents forever without consuming
+// it (YAML::LoadAll then allocates until the process dies, YAML::Load returns
+// an empty document). Two documents starting at the same offset are that.
+Status check_documents(const Parser& parser, const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser events(in);
+  DocumentStarts starts;
+  while (starts.marks.size() < 2 && events.HandleNextDocument(starts)) {
+  }
+  if (starts.marks.size() < 2) return {};
+  const YAML::Mark& second = starts.marks[1];
+  if (second.pos == starts.marks[0].pos) {
+    std::string what = "unexpected ";
+    if (second.pos >= 0 && static_cast<size_t>(second.pos) < text.size())
+      what += quote(text.substr(static_cast<size_t>(second.pos), 1));
+    else
+      what += "token";
+    what += " (column " + std::to_string(second.column + 1) + ")";
+    return fail(parser.error(second.line + 1, "yaml", what));
+  }
+  return fail(parser.error(second.line + 1, "(top level)", "only one YAML document is allowed"));
+}
+
 }  // namespace
 
 const ExecutorConfig* Config::find(std::string_view name) const {
@@ -1105,11 +1150,9 @@ const ExecutorConfig* Config::find(std::string_view name) const {
 Result<Config> parse_config(std::string_view yaml, const std::string& source) {
   Parser parser(source);
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml));
-    if (docs.size() > 1)
-      return fail(
-          parser.error(line_of(docs[1], 1), "(top level)", "only one YAML document is allowed"));
-    return parser.document(docs.empty() ? YAML::Node() : docs[0]);
+    const std::string text(yaml);
+    if (auto s = check_documents(parser, text); !s) return fail(s.error());
+    return parser.document(YAML::Load(text));
   } catch (const YAML::Exception& e) {
     // yaml-cpp may notice a missing ']' at the end of input, one line past
     // the last one: point at the last line instead.

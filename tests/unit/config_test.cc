@@ -446,8 +446,9 @@ const BadCase kBadCases[] = {
      "column"},
     {"MergeKey", "executors:\n  - name: a\n    <<: {pids_limit: 1}\n", 3, "executors[0][\"<<\"]",
      "merge keys are not supported"},
-    {"TwoDocuments", "executors:\n  - name: a\n---\nexecutors: []\n", 4, "(top level)",
+    {"TwoDocuments", "executors:\n  - name: a\n---\nexecutors: []\n", 3, "(top level)",
      "only one YAML document"},
+    {"StrayComma", "# a comment\n, executors: []\n", 2, "yaml", "unexpected \",\" (column 1)"},
     {"ExecutorNotMapping", "executors:\n  - shell\n", 2, "executors[0]", "expected a mapping"},
     // name and kind.
     {"NameMissing", "executors:\n  - kind: host\n", 2, "executors[0].name", "required"},
