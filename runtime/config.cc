@@ -17,6 +17,7 @@
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include <limits>
 #include <map>
 #include <span>
+#include <sstream>
 #include <unordered_map>
 
 #include "isolate/capabilities.h"
@@ -565,7 +567,9 @@ class Parser {
 
  private:
   static std::string quoted_note(const Field& f) {
-    return f.node.IsScalar() && !is_plain(f.node) ? " (a quoted string)" : "";
+    if (!f.node.IsScalar() || is_plain(f.node)) return "";
+    if (f.node.Tag() == "!") return " (a quoted string)";
+    return " (tagged " + f.node.Tag() + ")";
   }
 
   std::string source_;
@@ -804,7 +808,9 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
   if (group) {
     if (all_digits(*group)) {
       auto g = parse_decimal(*group);
-      if (!g || *g > kMaxId) return fail(p.error(f, "gid " + quote(*group) + " is out of range"));
+      if (!g || *g > kMaxId)
+        return fail(p.error(f, "gid " + quote(*group) + " must be a decimal number from 0 to " +
+                                   std::to_string(kMaxId)));
       gid = static_cast<gid_t>(*g);
     } else if (auto g = lookup_group(*group)) {
       gid = *g;
@@ -814,7 +820,9 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
   }
   if (all_digits(user)) {
     auto u = parse_decimal(user);
-    if (!u || *u > kMaxId) return fail(p.error(f, "uid " + quote(user) + " is out of range"));
+    if (!u || *u > kMaxId)
+      return fail(p.error(f, "uid " + quote(user) + " must be a decimal number from 0 to " +
+                                 std::to_string(kMaxId)));
     id.uid = static_cast<uid_t>(*u);
     id.gid = gid ? *gid : static_cast<gid_t>(*u);
   } else {
@@ -995,7 +1003,8 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
   auto n = string(name->value);
   if (!n) return fail(n.error());
   if (!valid_executor_name(*n))
-    return fail(error(name->value, "expected 1 to 64 of A-Z a-z 0-9 _ . : -, got " + quote(*n)));
+    return fail(error(name->value,
+                      "expected 1 to 64 characters from A-Z a-z 0-9 _ . : -, got " + quote(*n)));
   b.cfg.name = std::move(*n);
 
   if (find_entry(*entries, "timeout") && find_entry(*entries, "default_timeout"))
@@ -1087,6 +1096,49 @@ Result<Config> Parser::document(const YAML::Node& root) const {
   return config;
 }
 
+// Counts documents without building nodes.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// One document per file. This walks the events of at most two documents
+// before anything is built, because yaml-cpp 0.7 never gets past a stray ','
+// before the first node: it yields empty documents forever without consuming
+// it (YAML::LoadAll then allocates until the process dies, YAML::Load returns
+// an empty document). Two documents starting at the same offset are that.
+Status check_documents(const Parser& parser, const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser events(in);
+  DocumentStarts starts;
+  while (starts.marks.size() < 2 && events.HandleNextDocument(starts)) {
+  }
+  if (starts.marks.size() < 2) return {};
+  const YAML::Mark& second = starts.marks[1];
+  if (second.pos == starts.marks[0].pos) {
+    std::string what = "unexpected ";
+    if (second.pos >= 0 && static_cast<size_t>(second.pos) < text.size())
+      what += quote(text.substr(static_cast<size_t>(second.pos), 1));
+    else
+      what += "token";
+    what += " (column " + std::to_string(second.column + 1) + ")";
+    return fail(parser.error(second.line + 1, "yaml", what));
+  }
+  return fail(parser.error(second.line + 1, "(top level)", "only one YAML document is allowed"));
+}
+
 }  // namespace
 
 const ExecutorConfig* Config::find(std::string_view name) const {
@@ -1098,11 +1150,9 @@ const ExecutorConfig* Config::find(std::string_view name) const {
 Result<Config> parse_config(std::string_view yaml, const std::string& source) {
   Parser parser(source);
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml));
-    if (docs.size() > 1)
-      return fail(
-          parser.error(line_of(docs[1], 1), "(top level)", "only one YAML document is allowed"));
-    return parser.document(docs.empty() ? YAML::Node() : docs[0]);
+    const std::string text(yaml);
+    if (auto s = check_documents(parser, text); !s) return fail(s.error());
+    return parser.document(YAML::Load(text));
   } catch (const YAML::Exception& e) {
     // yaml-cpp may notice a missing ']' at the end of input, one line past
     // the last one: point at the last line instead.
