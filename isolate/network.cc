@@ -8,7 +8,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sched.h>
+
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 namespace cloister::network {
 
@@ -55,6 +62,78 @@ int LoopbackUp::apply() const noexcept {
   }
   ::close(fd);
   return err;
+}
+
+struct NetnsPool::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Fd> ready;
+  int target = 2;
+  bool broken = false;  // unshare(CLONE_NEWNET) failed: no pool on this host
+  bool started = false;
+  LoopbackUp lo;
+};
+
+NetnsPool& NetnsPool::get() {
+  static NetnsPool* pool = [] {
+    auto* p = new NetnsPool;  // never destroyed: its thread runs to the end
+    p->state_ = new State;
+    return p;
+  }();
+  return *pool;
+}
+
+void NetnsPool::set_target(int n) {
+  std::lock_guard lk(state_->mu);
+  state_->target = n;
+  while (static_cast<int>(state_->ready.size()) > n) state_->ready.pop_front();
+  state_->cv.notify_all();
+}
+
+Fd NetnsPool::take() {
+  State& st = *state_;
+  std::unique_lock lk(st.mu);
+  if (st.broken) return Fd();
+  if (!st.started) {
+    auto lo = LoopbackUp::prepare();
+    if (!lo) {
+      st.broken = true;
+      return Fd();
+    }
+    st.lo = std::move(*lo);
+    st.started = true;
+    std::thread([&st] {
+      // Namespaces are made by unsharing this thread's own and going back.
+      Fd home(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+      std::unique_lock lk(st.mu);
+      for (;;) {
+        st.cv.wait(lk, [&] { return static_cast<int>(st.ready.size()) < st.target; });
+        lk.unlock();
+        Fd ns;
+        bool ok = home && ::unshare(CLONE_NEWNET) == 0;
+        if (ok) {
+          ns = Fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+          ok = ns && st.lo.apply() == 0;
+          if (::setns(home.get(), CLONE_NEWNET) != 0) ::abort();  // cannot go home: unsafe to go on
+        }
+        lk.lock();
+        if (!ok) {
+          st.broken = true;
+          st.ready.clear();
+          return;
+        }
+        st.ready.push_back(std::move(ns));
+      }
+    }).detach();
+  }
+  if (st.ready.empty()) {
+    st.cv.notify_all();
+    return Fd();
+  }
+  Fd ns = std::move(st.ready.front());
+  st.ready.pop_front();
+  st.cv.notify_all();
+  return ns;
 }
 
 }  // namespace cloister::network

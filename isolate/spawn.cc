@@ -43,7 +43,8 @@ struct ChildContext {
   const SpawnSpec* spec;
   const mounts::MountPlan* mounts;
   const seccomp::Filter* filter;
-  const network::LoopbackUp* loopback;
+  const network::LoopbackUp* loopback;  // bring lo up in a new namespace
+  int netns;                            // or join this fresh one (pool)
   char* const* argv;
   char* const* envp;
   const char* const* candidates;  // paths to try for argv[0], in order
@@ -133,12 +134,16 @@ void unblock_all_signals() noexcept {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   ::prctl(PR_SET_NAME, "cloister-init", 0, 0, 0);
   {
-    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w,
-                  c.go_r,     c.devnull,  0,          1,          2};
-    close_all_but(keep, 10);
+    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w, c.go_r,
+                  c.devnull,  c.netns,    0,          1,          2};
+    close_all_but(keep, static_cast<int>(std::size(keep)));
   }
-  if (c.loopback)
+  if (c.netns >= 0) {
+    if (::setns(c.netns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
+    ::close(c.netns);
+  } else if (c.loopback) {
     if (int e = c.loopback->apply()) report_and_exit(rw, SpawnStep::Loopback, e);
+  }
   int failed_op = -1;
   if (int e = c.mounts->execute(&failed_op)) report_and_exit(rw, SpawnStep::Mounts, e, failed_op);
   if (int e = namespaces::set_hostname(c.hostname)) report_and_exit(rw, SpawnStep::Hostname, e);
@@ -306,7 +311,7 @@ std::string_view step_name(SpawnStep step) {
     case SpawnStep::Signals:
       return "signals";
     case SpawnStep::Loopback:
-      return "bring up lo";
+      return "network namespace";
     case SpawnStep::Mounts:
       return "mounts";
     case SpawnStep::Hostname:
@@ -396,6 +401,11 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   ctx.mounts = &sb.mounts_;
   ctx.filter = &sb.filter_;
   ctx.loopback = sb.loopback_ ? &*sb.loopback_ : nullptr;
+  uint64_t clone_flags = sb.clone_flags_;
+  Fd netns;
+  if (clone_flags & CLONE_NEWNET) netns = network::NetnsPool::get().take();
+  if (netns) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
+  ctx.netns = netns.get();
   ctx.argv = argv.data();
   ctx.envp = envp.data();
   ctx.candidates = cand_ptrs.data();
@@ -415,7 +425,7 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   int clone_errno = 0;
   auto do_clone = [&] {
     clone_args args{};
-    args.flags = sb.clone_flags_ | CLONE_PIDFD;
+    args.flags = clone_flags | CLONE_PIDFD;
     args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
     // No exit signal: an embedding program's SIGCHLD handling or
     // waitpid(-1) never sees (or reaps) the sandbox; we wait on the pidfd.

@@ -56,9 +56,10 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 50; ++i) ok += true_runs(hi);
   for (int i = 0; i < 50; ++i) ok_margin += true_runs(hi + (1 << 20));
   auto m = cgroups::Manager::shared();
-  std::printf("smallest memory_limit for true in the host executor (%s): %llu KiB; %d/50 runs ok "
-              "there, %d/50 with 1 MiB more\n",
-              m ? std::string(cgroups::layout_name((*m)->layout())).c_str() : "?",
-              static_cast<unsigned long long>(hi >> 10), ok, ok_margin);
+  std::printf(
+      "smallest memory_limit for true in the host executor (%s): %llu KiB; %d/50 runs ok "
+      "there, %d/50 with 1 MiB more\n",
+      m ? std::string(cgroups::layout_name((*m)->layout())).c_str() : "?",
+      static_cast<unsigned long long>(hi >> 10), ok, ok_margin);
   return 0;
 }

@@ -902,7 +902,6 @@ bool true_runs_with(Manager& m, uint64_t limit) {
   return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-
 TEST_F(Cgroups, SmallestMemoryLimitRuns) {
   ASSERT_GT(kSmallestMemoryLimit, 0u);
   // Runs at the measured figure with a margin (what gets charged - page

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "isolate/network.h"
 #include "runtime/executor.h"
 #include "test_support.h"
 
@@ -24,6 +25,13 @@ using namespace cloister::testing;
 using namespace std::chrono_literals;
 
 namespace {
+
+// The command line of the grandchildren `cloister_probe sleepers` leaves
+// behind (NUL-separated, as in /proc/PID/cmdline).
+constexpr std::string_view kSleeperCmdline{
+    "sleep\0"
+    "8123.25",
+    13};
 
 TEST(Isolation, PayloadRunsUnderItsOwnInit) {
   auto r = run_ok(base_config(),
@@ -37,6 +45,36 @@ TEST(Isolation, OnlyLoopbackAndItIsUp) {
   EXPECT_EQ(r.out, "lo\n");
   // A TCP connection to 127.0.0.1 works only when lo is up.
   EXPECT_EQ(run_ok(base_config(), {"/probe/cloister_probe", "loopback"}).out, "loopback ok\n");
+}
+
+// Both ways to a sandbox's network namespace: made by clone3(CLONE_NEWNET)
+// in the child, and joined from the pool of ready ones.
+TEST(Isolation, FreshNetworkNamespaceWithAndWithoutThePool) {
+  auto& pool = network::NetnsPool::get();
+  for (int target : {0, 2}) {
+    pool.set_target(target);
+    // Four alive at once: namespace inode numbers are unique among live ones.
+    std::set<std::string> seen;
+    std::vector<std::unique_ptr<Process>> alive;
+    for (int i = 0; i < 4; ++i) {
+      if (target) std::this_thread::sleep_for(20ms);  // let the pool refill
+      auto p = make_process(
+          base_config(),
+          {"/bin/sh", "-c", "readlink /proc/self/ns/net; grep -c : /proc/net/dev; cat"}, true);
+      ASSERT_TRUE(p->start());
+      std::string out;
+      while (std::count(out.begin(), out.end(), '\n') < 2) out += p->read(Stream::Stdout).value();
+      EXPECT_TRUE(out.ends_with("\n1\n")) << out;  // lo only
+      seen.insert(out.substr(0, out.find('\n')));
+      EXPECT_EQ(run_ok(base_config(), {"/probe/cloister_probe", "loopback"}).out, "loopback ok\n");
+      alive.push_back(std::move(p));
+    }
+    for (auto& p : alive) {
+      ASSERT_TRUE(p->write_stdin(""));
+      EXPECT_EQ(p->wait()->exit_code, 0);
+    }
+    EXPECT_EQ(seen.size(), 4u) << "a network namespace was used twice";
+  }
 }
 
 std::string host_ns(const char* kind) {
@@ -231,13 +269,19 @@ TEST(Limits, CpuQuotaThrottles) {
 }
 
 TEST(Limits, TimeoutKillsGrandchildren) {
-  auto r = run(base_config(), {"/probe/cloister_probe", "sleepers", "3"}, 1s);
-  EXPECT_TRUE(r.status.timed_out);
-  EXPECT_EQ(r.status.code(), 124);
-  EXPECT_EQ(r.out, "started 3\n");
-  EXPECT_EQ(count_host_processes("sleep\0"
-                                 "1000"),
-            0);
+  // Long enough for the sleepers to start even under emulation (tests/vm).
+  auto p = make_process(base_config(), {"/probe/cloister_probe", "sleepers", "3"}, false, "", 3s);
+  ASSERT_TRUE(p->start());
+  EXPECT_EQ(p->read(Stream::Stdout).value(), "started 3\n");
+  // The grandchildren exec sleep on their own time: wait until one shows.
+  for (int i = 0; i < 200 && count_host_processes(kSleeperCmdline) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_GE(count_host_processes(kSleeperCmdline), 1);
+  auto st = p->wait();
+  ASSERT_TRUE(st);
+  EXPECT_TRUE(st->timed_out);
+  EXPECT_EQ(st->code(), 124);
+  EXPECT_EQ(count_host_processes(kSleeperCmdline), 0);
 }
 
 TEST(ProcessApi, StdinRoundTripWithEof) {
@@ -447,9 +491,7 @@ TEST(Executor, ManyProcessesLeaveNothingBehind) {
     ASSERT_TRUE((*p)->start());
     EXPECT_EQ((*p)->read(Stream::Stdout).value(), "started 2\n");
   }
-  EXPECT_EQ(count_host_processes("sleep\0"
-                                 "1000"),
-            0);
+  EXPECT_EQ(count_host_processes(kSleeperCmdline), 0);
 }
 
 }  // namespace

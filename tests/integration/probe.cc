@@ -102,7 +102,7 @@ int sleepers(int n) {
     if (::fork() == 0) {
       ::setsid();
       if (::fork() == 0) {
-        ::execl("/bin/sleep", "sleep", "1000", nullptr);
+        ::execl("/bin/sleep", "sleep", "8123.25", nullptr);  // a value the tests look for
         _exit(1);
       }
       _exit(0);
