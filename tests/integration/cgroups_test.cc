@@ -747,7 +747,17 @@ class ScratchRoot {
   bool mount_cgroup2(const std::string& dir) {
     std::string at = dir.empty() ? root_ : root_ + "/" + dir;
     if (at != root_ && ::mkdir(at.c_str(), 0755) != 0) return false;
-    if (::mount("cgroup2", at.c_str(), "cgroup2", 0, nullptr) != 0) return false;
+    // A bind of the host's cgroup2 mount, not a new mount: cgroup2 has one
+    // superblock, and mounting it again with other options would change the
+    // options of the host's hierarchy (nsdelegate, memory_recursiveprot).
+    std::string host;
+    for (const char* c : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"})
+      if (is_cgroup2(c)) host = c;
+    if (host.empty()) {
+      errno = ENOENT;
+      return false;
+    }
+    if (::mount(host.c_str(), at.c_str(), nullptr, MS_BIND, nullptr) != 0) return false;
     mounts_.push_back(at);
     return true;
   }
