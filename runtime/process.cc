@@ -79,6 +79,55 @@ class Watchdog {
 
 constexpr size_t kReadChunk = 64 * 1024;
 
+// Reads and drops what payloads write past their output cap, until EOF.
+class Drainer {
+ public:
+  static Drainer& get() {
+    static Drainer* d = new Drainer;  // never destroyed, like the Watchdog
+    return *d;
+  }
+  void add(Fd fd) {
+    {
+      std::lock_guard lk(mu_);
+      fds_.push_back(std::move(fd));
+    }
+    (void)write_nosigpipe(wake_.write.get(), "x", 1);
+  }
+
+ private:
+  Drainer() {
+    auto p = make_pipe(O_NONBLOCK);
+    if (p) wake_ = std::move(*p);
+    std::thread([this] { loop(); }).detach();
+  }
+  void loop() {
+    std::vector<char> buf(kReadChunk);
+    for (;;) {
+      std::vector<pollfd> pfds{{wake_.read.get(), POLLIN, 0}};
+      {
+        std::lock_guard lk(mu_);
+        for (const auto& f : fds_) pfds.push_back({f.get(), POLLIN, 0});
+      }
+      if (::poll(pfds.data(), pfds.size(), -1) < 0) continue;
+      if (pfds[0].revents) while (::read(wake_.read.get(), buf.data(), buf.size()) > 0) {}
+      std::lock_guard lk(mu_);
+      for (size_t i = 1; i < pfds.size(); ++i) {
+        if (!pfds[i].revents) continue;
+        ssize_t n = ::read(pfds[i].fd, buf.data(), buf.size());
+        if (n > 0 || (n < 0 && errno == EINTR)) continue;
+        for (auto it = fds_.begin(); it != fds_.end(); ++it)
+          if (it->get() == pfds[i].fd) {
+            fds_.erase(it);
+            break;
+          }
+      }
+    }
+  }
+  std::mutex mu_;
+  std::vector<Fd> fds_;
+  Pipe wake_;
+};
+
 }  // namespace
 
 int ExitStatus::code() const {
@@ -87,7 +136,16 @@ int ExitStatus::code() const {
   return 128 + signal;
 }
 
-Process::Process(ProcessSetup setup) : setup_(std::move(setup)) {}
+Process::Process(ProcessSetup setup) : setup_(std::move(setup)) {
+  out_cap_.limit = setup_.stdout_limit;
+  err_cap_.limit = setup_.stderr_limit;
+}
+
+ExitStatus Process::with_flags(ExitStatus st) const {
+  st.stdout_truncated = out_cap_.truncated;
+  st.stderr_truncated = err_cap_.truncated;
+  return st;
+}
 
 Process::~Process() {
   if (started_ && !status_) close(true);
@@ -112,7 +170,15 @@ Status Process::start() {
   Stdio stdio{in_pipe.read.get(), out_pipe.write.get(), err_pipe.write.get()};
   started_at_ = std::chrono::steady_clock::now();
   auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
-  if (!s) return fail(s.error());
+  if (!s) {
+    // A process that never ran gives its limit slots back; it cannot be
+    // started again without them.
+    if (!setup_.slots.empty()) {
+      setup_.slots.clear();
+      closed_ = true;
+    }
+    return fail(s.error());
+  }
   spawned_.emplace(std::move(*s));
   started_ = true;
   in_ = std::move(in_pipe.write);
@@ -154,7 +220,7 @@ Status Process::write_stdin(std::string_view data) {
   return {};
 }
 
-Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu) {
+Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   std::lock_guard lk(mu);
   if (!started_) return fail(invalid("read before start"));
   if (!fd) return std::string();
@@ -165,12 +231,21 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu) {
     if (n < 0) return fail(sys_error("read output"));
     if (n == 0) fd.reset();
     buf.resize(static_cast<size_t>(n));
+    if (cap.limit > 0 && cap.seen + buf.size() > cap.limit) {
+      // Past the cap: keep what fits, end the stream for the reader, and let
+      // the drainer swallow the rest so the payload runs on undisturbed.
+      buf.resize(static_cast<size_t>(cap.limit - cap.seen));
+      cap.truncated = true;
+      Drainer::get().add(std::move(fd));
+    }
+    cap.seen += buf.size();
     return buf;
   }
 }
 
 Result<std::string> Process::read(Stream stream) {
-  return stream == Stream::Stdout ? read_fd(out_, out_mu_) : read_fd(err_, err_mu_);
+  return stream == Stream::Stdout ? read_fd(out_, out_mu_, out_cap_)
+                                  : read_fd(err_, err_mu_, err_cap_);
 }
 
 Result<std::optional<Chunk>> Process::read() {
@@ -208,7 +283,7 @@ int Process::pidfd() const {
 }
 
 Result<ExitStatus> Process::finish() {
-  if (status_) return *status_;
+  if (status_) return with_flags(*status_);
   auto raw = spawned_->reap();
   if (!raw) return fail(raw.error());
   if (watch_) {
@@ -230,13 +305,15 @@ Result<ExitStatus> Process::finish() {
   }
   if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
   status_ = st;
-  return st;
+  // The process has ended: its places in the concurrency limits are free.
+  setup_.slots.clear();
+  return with_flags(st);
 }
 
 Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
   std::lock_guard lk(state_mu_);
   if (!started_) return fail(invalid("wait before start"));
-  if (status_) return *status_;
+  if (status_) return with_flags(*status_);
   pollfd p{spawned_->pidfd(), POLLIN, 0};
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -271,6 +348,7 @@ Status Process::close(bool force) {
     std::lock_guard lk(state_mu_);
     if (!started_ || status_) {
       closed_ = true;
+      setup_.slots.clear();
       in_.reset();
       return {};
     }
