@@ -50,9 +50,9 @@ struct ChildContext {
   const char* const* candidates;  // paths to try for argv[0], in order
   size_t ncandidates;
   const char* work_dir;
-  const char* beneath;      // policy: enter work_dir beneath this dir, or null
-  const char* beneath_rest; // work_dir relative to it ("." for itself)
-  int exec_fd;              // policy: exec this fd, or -1
+  const char* beneath;       // policy: enter work_dir beneath this dir, or null
+  const char* beneath_rest;  // work_dir relative to it ("." for itself)
+  int exec_fd;               // policy: exec this fd, or -1
   bool exec_fd_inherit;
   const char* hostname;
   int stdio[3];
@@ -447,7 +447,8 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
     const std::string& b = cmd.work_dir_beneath;
     if (cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
       return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
-    if (cmd.work_dir.size() > b.size()) beneath_rest = cmd.work_dir.substr(b == "/" ? 1 : b.size() + 1);
+    if (cmd.work_dir.size() > b.size())
+      beneath_rest = cmd.work_dir.substr(b == "/" ? 1 : b.size() + 1);
     ctx.beneath = b.c_str();
     ctx.beneath_rest = beneath_rest.c_str();
   }

@@ -1114,9 +1114,9 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
                       "also have shell: true"));
   if (b.allowed_dirs) {
     if (auto in = policy::check_work_dir(pol.allowed_dirs, b.cfg.default_work_dir); !in)
-      return fail(error(b.work_dir ? *b.work_dir : *b.allowed_dirs,
-                        "default_work_dir " + quote(b.cfg.default_work_dir) +
-                            " is outside allowed_dirs"));
+      return fail(
+          error(b.work_dir ? *b.work_dir : *b.allowed_dirs,
+                "default_work_dir " + quote(b.cfg.default_work_dir) + " is outside allowed_dirs"));
   }
   if (b.whitelist && !pol.shell) {
     // An entry sh would read as more than words can never match an argv.
@@ -1201,9 +1201,9 @@ Result<Config> Parser::document(const YAML::Node& root) const {
 Status Parser::callers(const Field& f, Config& config) const {
   auto items = sequence(f);
   if (!items) return fail(items.error());
-  static constexpr std::string_view kKeys[] = {
-      "users",          "groups",         "exec.get",      "exec.run",
-      "session.attach", "session.signal", "session.remove", "max_processes"};
+  static constexpr std::string_view kKeys[] = {"users",          "groups",         "exec.get",
+                                               "exec.run",       "session.attach", "session.signal",
+                                               "session.remove", "max_processes"};
   auto rules = std::make_shared<policy::CallerRules>();
   for (const auto& item : *items) {
     auto entries = mapping(item, kKeys);

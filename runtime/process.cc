@@ -109,7 +109,9 @@ class Drainer {
         for (const auto& f : fds_) pfds.push_back({f.get(), POLLIN, 0});
       }
       if (::poll(pfds.data(), pfds.size(), -1) < 0) continue;
-      if (pfds[0].revents) while (::read(wake_.read.get(), buf.data(), buf.size()) > 0) {}
+      if (pfds[0].revents)
+        while (::read(wake_.read.get(), buf.data(), buf.size()) > 0) {
+        }
       std::lock_guard lk(mu_);
       for (size_t i = 1; i < pfds.size(); ++i) {
         if (!pfds[i].revents) continue;
