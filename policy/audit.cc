@@ -20,29 +20,28 @@ constexpr size_t kMaxArgvShown = 8192;  // an audit line stays a line
 struct State {
   std::mutex mu;
   AuditSink sink = AuditSink::Auto;
-  bool sink_from_env = false;
   std::string socket = "/run/systemd/journal/socket";
   std::function<void(const AuditRecord&)> hook;
 };
 
 State& state() {
-  static State* s = [] {
-    auto* st = new State;  // never destroyed: audit may run during exit
-    if (const char* env = std::getenv("CLOISTER_AUDIT")) {
-      std::string_view v(env);
-      st->sink_from_env = true;
-      if (v == "journal")
-        st->sink = AuditSink::Journal;
-      else if (v == "stderr")
-        st->sink = AuditSink::Stderr;
-      else if (v == "off")
-        st->sink = AuditSink::Off;
-      else
-        st->sink_from_env = false;
-    }
-    return st;
-  }();
+  static State* s = new State;  // never destroyed: audit may run during exit
   return *s;
+}
+
+// Auto: CLOISTER_AUDIT when it names a sink, else journald under systemd,
+// else stderr.
+AuditSink resolve_auto(const std::string& socket) {
+  if (const char* env = std::getenv("CLOISTER_AUDIT")) {
+    std::string_view v(env);
+    if (v == "journal") return AuditSink::Journal;
+    if (v == "stderr") return AuditSink::Stderr;
+    if (v == "off") return AuditSink::Off;
+  }
+  struct stat sb {};
+  bool under_systemd = std::getenv("JOURNAL_STREAM") != nullptr ||
+                       (::stat(socket.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode));
+  return under_systemd ? AuditSink::Journal : AuditSink::Stderr;
 }
 
 // key=value with the value quoted when it holds blanks, quotes or controls.
@@ -155,7 +154,6 @@ Status journal_send(const std::string& socket_path,
 void set_audit_sink(AuditSink sink) {
   std::lock_guard lk(state().mu);
   state().sink = sink;
-  state().sink_from_env = false;
 }
 
 void set_journal_socket(std::string path) {
@@ -180,13 +178,8 @@ void audit(const AuditRecord& r) {
     hook = st.hook;
   }
   if (hook) hook(r);
+  if (sink == AuditSink::Auto) sink = resolve_auto(socket);
   if (sink == AuditSink::Off) return;
-  if (sink == AuditSink::Auto) {
-    struct stat sb {};
-    bool under_systemd = std::getenv("JOURNAL_STREAM") != nullptr ||
-                         (::stat(socket.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode));
-    sink = under_systemd ? AuditSink::Journal : AuditSink::Stderr;
-  }
   if (sink == AuditSink::Journal && journal_send(socket, audit_fields(r))) return;
   std::string line = format_audit_line(r) + "\n";
   (void)write_all(STDERR_FILENO, line);

@@ -2,7 +2,8 @@
 // record: who (uid, gid, groups, pid), the action, the executor, the argv,
 // the outcome and why.
 //
-// Sinks (CLOISTER_AUDIT=auto|journal|stderr|off overrides, auto by default):
+// Sinks (set_audit_sink; Auto by default, where CLOISTER_AUDIT=journal|stderr|off
+// in the environment decides, else journal under systemd, else stderr):
 //   journal  journald's native protocol, written here (no libsystemd: the CLI
 //            stays static and fast) as one datagram to
 //            /run/systemd/journal/socket with MESSAGE= and CLOISTER_* fields;

@@ -79,7 +79,9 @@ class Watchdog {
 
 constexpr size_t kReadChunk = 64 * 1024;
 
-// Reads and drops what payloads write past their output cap, until EOF.
+// Reads and drops what payloads write past their output cap, until EOF. Its
+// thread runs only while there is something to drain, and holds no fd of
+// its own.
 class Drainer {
  public:
   static Drainer& get() {
@@ -87,47 +89,41 @@ class Drainer {
     return *d;
   }
   void add(Fd fd) {
-    {
-      std::lock_guard lk(mu_);
-      fds_.push_back(std::move(fd));
+    std::lock_guard lk(mu_);
+    fds_.push_back(std::move(fd));
+    if (!running_) {
+      running_ = true;
+      std::thread([this] { loop(); }).detach();
     }
-    (void)write_nosigpipe(wake_.write.get(), "x", 1);
   }
 
  private:
-  Drainer() {
-    auto p = make_pipe(O_NONBLOCK);
-    if (p) wake_ = std::move(*p);
-    std::thread([this] { loop(); }).detach();
-  }
   void loop() {
     std::vector<char> buf(kReadChunk);
     for (;;) {
-      std::vector<pollfd> pfds{{wake_.read.get(), POLLIN, 0}};
+      std::vector<pollfd> pfds;
       {
         std::lock_guard lk(mu_);
+        if (fds_.empty()) {
+          running_ = false;
+          return;
+        }
         for (const auto& f : fds_) pfds.push_back({f.get(), POLLIN, 0});
       }
-      if (::poll(pfds.data(), pfds.size(), -1) < 0) continue;
-      if (pfds[0].revents)
-        while (::read(wake_.read.get(), buf.data(), buf.size()) > 0) {
-        }
+      // A short timeout picks up fds added meanwhile.
+      if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
       std::lock_guard lk(mu_);
-      for (size_t i = 1; i < pfds.size(); ++i) {
-        if (!pfds[i].revents) continue;
-        ssize_t n = ::read(pfds[i].fd, buf.data(), buf.size());
+      for (const auto& p : pfds) {
+        if (!p.revents) continue;
+        ssize_t n = ::read(p.fd, buf.data(), buf.size());
         if (n > 0 || (n < 0 && errno == EINTR)) continue;
-        for (auto it = fds_.begin(); it != fds_.end(); ++it)
-          if (it->get() == pfds[i].fd) {
-            fds_.erase(it);
-            break;
-          }
+        std::erase_if(fds_, [&](const Fd& f) { return f.get() == p.fd; });
       }
     }
   }
   std::mutex mu_;
   std::vector<Fd> fds_;
-  Pipe wake_;
+  bool running_ = false;
 };
 
 }  // namespace
