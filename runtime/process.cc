@@ -222,6 +222,12 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   std::lock_guard lk(mu);
   if (!started_) return fail(invalid("read before start"));
   if (!fd) return std::string();
+  if (cap.truncated) {
+    // The kept part was returned by the previous call: the stream ends here
+    // for the reader, and the drainer swallows the rest.
+    Drainer::get().add(std::move(fd));
+    return std::string();
+  }
   std::string buf(kReadChunk, '\0');
   for (;;) {
     ssize_t n = ::read(fd.get(), buf.data(), buf.size());
@@ -230,11 +236,14 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
     if (n == 0) fd.reset();
     buf.resize(static_cast<size_t>(n));
     if (cap.limit > 0 && cap.seen + buf.size() > cap.limit) {
-      // Past the cap: keep what fits, end the stream for the reader, and let
-      // the drainer swallow the rest so the payload runs on undisturbed.
+      // Past the cap: keep what fits; the next call ends the stream (so that
+      // a caller polling the fd is told, as at any EOF, by a read).
       buf.resize(static_cast<size_t>(cap.limit - cap.seen));
       cap.truncated = true;
-      Drainer::get().add(std::move(fd));
+      if (buf.empty()) {
+        Drainer::get().add(std::move(fd));
+        return buf;
+      }
     }
     cap.seen += buf.size();
     return buf;
