@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -808,3 +809,27 @@ TEST(PolicyConfig, Errors) {
 }
 
 }  // namespace
+
+// The example configs of docs/policy.md load as written (with a real
+// directory for the ToastStunt executables).
+TEST(PolicyDocs, ExamplesLoad) {
+  std::ifstream in(std::string(CLOISTER_SOURCE_DIR) + "/docs/policy.md");
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  TempDir t;
+  int loaded = 0;
+  size_t pos = 0;
+  while ((pos = doc.find("```yaml\n", pos)) != std::string::npos) {
+    size_t start = pos + 8;
+    size_t end = doc.find("```", start);
+    ASSERT_NE(end, std::string::npos);
+    std::string yaml = doc.substr(start, end - start);
+    pos = end + 3;
+    if (yaml.find("executors:") == std::string::npos) continue;
+    for (size_t at; (at = yaml.find("/srv/moo/executables")) != std::string::npos;)
+      yaml.replace(at, 20, t.path);
+    auto c = parse_config(yaml, "policy.md");
+    EXPECT_TRUE(c) << c.error().what() << "\n" << yaml;
+    ++loaded;
+  }
+  EXPECT_EQ(loaded, 4);
+}
