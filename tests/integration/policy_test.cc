@@ -533,6 +533,29 @@ TEST(PolicyOutput, CapsTruncateWithoutHurtingThePayload) {
   EXPECT_TRUE(over->status.stderr_truncated);
 }
 
+// The CLI pumps capped streams to its own stdout: it must end, exit with the
+// payload's status and say the output was truncated.
+TEST(PolicyOutput, CliStopsAtTheCapAndSaysSo) {
+  TempDir t;
+  const std::string config = t.path + "/cloister.yaml";
+  write_text(config,
+             "executors:\n  - name: capped\n    default_env: {PATH: /usr/bin:/bin}\n"
+             "    output_limit: {stdout: 100, stderr: 1k}\n");
+  const std::string script = t.path + "/run.sh";
+  write_text(script, "timeout 20 env CLOISTER_AUDIT=off " + std::string(CLOISTER_BIN_DIR) +
+                         "/cloister exec -c " + config +
+                         " -x capped -- /bin/sh -c 'head -c 5000000 /dev/zero; exit 3' 2>" +
+                         t.path + "/err | wc -c\necho \"exit=${PIPESTATUS[0]}\"\n");
+  FILE* f = ::popen(("bash " + script).c_str(), "r");
+  std::string out;
+  char buf[256];
+  while (size_t n = std::fread(buf, 1, sizeof buf, f)) out.append(buf, n);
+  ::pclose(f);
+  EXPECT_EQ(out, "100\nexit=3\n");
+  EXPECT_NE(read_text(t.path + "/err").find("cloister: LIMIT: output truncated"), std::string::npos)
+      << read_text(t.path + "/err");
+}
+
 TEST(PolicyAudit, EveryExecDecisionIsRecorded) {
   AuditCapture audit;
   auto cfg = base_config();
