@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -237,6 +238,22 @@ TEST(PolicyPattern, ArgvTable) {
     ASSERT_TRUE(p) << c.pattern << ": " << p.error().what();
     EXPECT_EQ(p->matches(c.argv), c.match) << c.pattern << " vs " << argv_json(c.argv);
   }
+}
+
+// A hostile argument must not make matching explode (backtracking globs are
+// exponential in the number of stars).
+TEST(PolicyPattern, LongArgumentsMatchInLinearTime) {
+  auto p = Pattern::parse("x *a*a*a*a*a*a*b");
+  ASSERT_TRUE(p);
+  const std::string arg(128 * 1024, 'a');
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(p->matches(Argv{"x", arg}));
+  EXPECT_FALSE(p->matches_shell("x " + arg));
+  EXPECT_TRUE(p->matches(Argv{"x", arg + "b"}));
+  auto prefix = Pattern::parse("*a*a*a*a**");
+  ASSERT_TRUE(prefix);
+  EXPECT_FALSE(prefix->matches(Argv{std::string(64 * 1024, 'b')}));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
 }
 
 TEST(PolicyPattern, BadPatterns) {
