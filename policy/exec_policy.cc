@@ -60,6 +60,9 @@ Result<ExecGrant> decide_exec(const ExecutorPolicy& p, const std::vector<std::st
   auto dir = check_work_dir(p.allowed_dirs, in.work_dir);
   if (!dir) return fail(dir.error());
   g.work_dir_beneath = std::move(*dir);
+  if (!g.work_dir_beneath.empty())
+    if (auto s = precheck_work_dir(in.host_mounts, g.work_dir_beneath, in.work_dir); !s)
+      return fail(s.error());
 
   // 7. Limits, last: a refused command takes no slot.
   auto slot =

@@ -52,6 +52,7 @@ struct ExecInput {
   std::string command;                 // or this
   std::string work_dir;                // normalized absolute sandbox path
   std::vector<std::string> env_names;  // variables the caller sets
+  std::vector<HostMount> host_mounts;  // the sandbox view's host-backed mounts
 };
 
 struct ExecGrant {

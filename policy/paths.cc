@@ -21,6 +21,58 @@ Result<std::string> check_work_dir(const std::vector<std::string>& allowed,
   return fail(invalid("work dir " + work_dir + " is outside the executor's allowed_dirs"));
 }
 
+namespace {
+
+bool below(const std::string& path, const std::string& dir) {
+  return path == dir || dir == "/" ||
+         (path.size() > dir.size() && path.starts_with(dir) && path[dir.size()] == '/');
+}
+
+const HostMount* covering(const std::vector<HostMount>& mounts, const std::string& path) {
+  const HostMount* best = nullptr;
+  for (const auto& m : mounts)
+    if (below(path, m.target) && (!best || m.target.size() > best->target.size())) best = &m;
+  return best;
+}
+
+std::string relative(const std::string& path, const std::string& dir) {
+  if (path == dir) return ".";
+  return path.substr(dir == "/" ? 1 : dir.size() + 1);
+}
+
+int openat2_dir(int dirfd, const std::string& path, uint64_t resolve) {
+  open_how how{};
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = resolve;
+  int fd;
+  do fd = static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
+  while (fd < 0 && errno == EAGAIN);
+  return fd;
+}
+
+}  // namespace
+
+Status precheck_work_dir(const std::vector<HostMount>& mounts, const std::string& allowed,
+                         const std::string& wd) {
+  const HostMount* m = covering(mounts, allowed);
+  if (!m || covering(mounts, wd) != m) return {};
+  Fd root(openat2_dir(AT_FDCWD, m->source, 0));
+  if (!root) return {};
+  Fd dir(openat2_dir(root.get(), relative(allowed, m->target),
+                     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS));
+  if (!dir) {
+    if (errno == ELOOP || errno == EXDEV)
+      return fail(
+          make_error(ErrorKind::Invalid, "allowed dir " + allowed + " is a symlink", errno));
+    return {};
+  }
+  Fd w(openat2_dir(dir.get(), relative(wd, allowed), RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS));
+  if (!w && (errno == ELOOP || errno == EXDEV))
+    return fail(make_error(ErrorKind::Invalid,
+                           "work dir " + wd + " leads out of allowed dir " + allowed, errno));
+  return {};
+}
+
 Status check_executable_name(std::string_view name) {
   auto bad = [&](std::string_view why) {
     return fail(invalid("executable '" + std::string(name) + "': " + std::string(why)));

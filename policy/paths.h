@@ -5,7 +5,9 @@
 //
 // allowed_dirs (Luminarys shell.allowed_dirs) are paths INSIDE the sandbox,
 // like the work dir they bound. The parent checks the work dir lexically
-// (INVALID when it is not at or below one of them); the sandbox's init then
+// (INVALID when it is not at or below one of them) and, where a host path
+// backs it, resolves it early on the host (precheck_work_dir); the sandbox's
+// init then
 // enters it with openat2(allowed dir, rest, RESOLVE_BENEATH |
 // RESOLVE_NO_MAGICLINKS) after pivot_root, in the sandbox's own view, and
 // fchdir()s to the result. The check is the use: no host path mapping and
@@ -36,6 +38,22 @@ namespace cloister::policy {
 // returns "".
 Result<std::string> check_work_dir(const std::vector<std::string>& allowed,
                                    const std::string& work_dir);
+
+// A mount of the sandbox view with a host path behind it (a volume, or a
+// host path seen at the same place).
+struct HostMount {
+  std::string target;  // sandbox path
+  std::string source;  // host path
+};
+
+// The same resolution as the sandbox's init does, done early on the host
+// through the mount that backs the allowed dir, so that the common refusal
+// (a symlink leading out) is an INVALID from exec(), decided and audited
+// with the rest. Where no host path backs the dir (tmpfs), it lies under a
+// different mount than the work dir, or a path does not exist yet, it
+// passes: the init's check at start stays the authority.
+Status precheck_work_dir(const std::vector<HostMount>& mounts, const std::string& allowed_dir,
+                         const std::string& work_dir);
 
 // ToastStunt's path rules for argv[0] in an executables_dir executor.
 Status check_executable_name(std::string_view name);

@@ -80,6 +80,10 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   in.command = std::move(req.command);
   in.work_dir = *wd;
   for (const auto& kv : req.env) in.env_names.push_back(kv.first);
+  if (!config_.policy.allowed_dirs.empty()) {
+    for (const auto& p : config_.host_paths) in.host_mounts.push_back({p, p});
+    for (const auto& v : config_.volumes) in.host_mounts.push_back({v.target, v.source});
+  }
   auto grant = policy::authorize_exec(config_.policy, config_.command_whitelist, in);
   if (!grant) return fail(grant.error());
   setup.command.work_dir = *wd;

@@ -307,19 +307,69 @@ TEST(PolicyDirs, SymlinkSwappedAfterTheCheckNeverLeadsOut) {
   });
   int inside = 0, refused = 0;
   for (int i = 0; i < 60; ++i) {
-    auto r = run_request(*e, argv({"/bin/pwd", "-P"}, "/data/project/flip"));
-    if (!r) {
-      EXPECT_EQ(r.error().kind, ErrorKind::Invalid) << r.error().what();
+    auto p = e->exec(argv({"/bin/pwd", "-P"}, "/data/project/flip"));
+    if (!p) {  // the early check on the host saw the link leading out
+      EXPECT_EQ(p.error().kind, ErrorKind::Invalid) << p.error().what();
+      ++refused;
+      std::this_thread::sleep_for(1ms);
+      continue;
+    }
+    std::this_thread::sleep_for(1ms);  // let the link flip after the check
+    auto s = (*p)->start();
+    if (!s) {  // the sandbox's own resolution refused it
+      EXPECT_EQ(s.error().kind, ErrorKind::Invalid) << s.error().what();
       ++refused;
       continue;
     }
-    EXPECT_EQ(r->out, "/data/project/sub\n");
+    RunResult r = collect(**p);
+    ASSERT_TRUE((*p)->wait());
+    EXPECT_EQ(r.out, "/data/project/sub\n");
     ++inside;
   }
   stop = true;
   flipper.join();
   EXPECT_GT(inside + refused, 0);
   std::printf("allowed_dirs race: %d inside, %d refused\n", inside, refused);
+}
+
+// Deterministic TOCTOU: the link is swapped between exec() (the check) and
+// start(). The sandbox resolves the work dir itself, beneath the allowed dir.
+TEST(PolicyDirs, SwapBetweenExecAndStartIsRefused) {
+  DirsFixture f;
+  auto e = make(f.cfg);
+  ASSERT_TRUE(e);
+  const std::string link = f.t.path + "/project/swap";
+  ::symlink("sub", link.c_str());
+  auto p = e->exec(argv({"/bin/pwd", "-P"}, "/data/project/swap"));
+  ASSERT_TRUE(p) << p.error().what();
+  ::unlink(link.c_str());
+  ::symlink("../secret", link.c_str());
+  auto s = (*p)->start();
+  ASSERT_FALSE(s) << "started in " << collect(**p).out;
+  EXPECT_EQ(s.error().kind, ErrorKind::Invalid);
+  EXPECT_NE(s.error().message.find("leads out of allowed dir /data/project"), std::string::npos)
+      << s.error().what();
+}
+
+// The same for executables_dir: what was checked at exec() runs at start().
+TEST(PolicyExecutables, SwapBetweenExecAndStartRunsTheCheckedFile) {
+  ExecutablesFixture f;
+  auto e = make(f.config());
+  ASSERT_TRUE(e);
+  const std::string tool = f.dir + "/swap";
+  ::symlink("good", tool.c_str());
+  auto p = e->exec(argv({"swap"}));
+  ASSERT_TRUE(p) << p.error().what();
+  ::unlink(tool.c_str());
+  ::symlink("../outside/evil", tool.c_str());
+  ASSERT_TRUE((*p)->start());
+  RunResult r = collect(**p);
+  ASSERT_TRUE((*p)->wait());
+  EXPECT_EQ(r.out, "good\n");
+  // Swapped before the check, it is refused.
+  auto q = e->exec(argv({"swap"}));
+  ASSERT_FALSE(q);
+  EXPECT_EQ(q.error().kind, ErrorKind::Invalid);
 }
 
 // Runs fn in a child that has become nobody:nogroup; its result byte comes
