@@ -81,6 +81,20 @@ Result<ExecGrant> decide_exec(const ExecutorPolicy& p, const std::vector<std::st
 
 }  // namespace
 
+void audit_start_failure(const ExecInput& in, const std::vector<std::string>& argv,
+                         const Error& error) {
+  AuditRecord rec;
+  rec.allowed = false;
+  rec.caller = in.caller;
+  rec.action = "exec.start";
+  rec.executor = in.executor;
+  rec.argv = argv;
+  rec.detail = "work_dir=" + in.work_dir;
+  rec.kind = std::string(kind_name(error.kind));
+  rec.reason = error.what();
+  audit(rec);
+}
+
 Result<ExecGrant> authorize_exec(const ExecutorPolicy& p, const std::vector<std::string>& whitelist,
                                  const ExecInput& in) {
   CommandText text;

@@ -62,6 +62,11 @@ struct ExecGrant {
   std::vector<Slot> slots;               // held while the process runs
 };
 
+// The audit record of a start that failed after an allowed decision (the
+// sandbox refused the work dir, the exec failed): action "exec.start".
+void audit_start_failure(const ExecInput& input, const std::vector<std::string>& argv,
+                         const Error& error);
+
 Result<ExecGrant> authorize_exec(const ExecutorPolicy& policy,
                                  const std::vector<std::string>& command_whitelist,
                                  const ExecInput& input);

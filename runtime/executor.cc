@@ -95,6 +95,10 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
     setup.exec_file = std::move(grant->executable->fd);
   }
   setup.slots = std::move(grant->slots);
+  in.argv = setup.command.argv;
+  setup.on_start_failure = [in = std::move(in)](const Error& e) {
+    policy::audit_start_failure(in, in.argv, e);
+  };
   setup.stdout_limit = config_.policy.stdout_limit;
   setup.stderr_limit = config_.policy.stderr_limit;
   return std::make_unique<Process>(std::move(setup));

@@ -169,6 +169,7 @@ Status Process::start() {
   started_at_ = std::chrono::steady_clock::now();
   auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
   if (!s) {
+    if (setup_.on_start_failure) setup_.on_start_failure(s.error());
     // A process that never ran gives its limit slots back; it cannot be
     // started again without them.
     if (!setup_.slots.empty()) {

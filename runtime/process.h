@@ -34,6 +34,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -84,6 +85,9 @@ struct ProcessSetup {
   std::vector<policy::Slot> slots;
   uint64_t stdout_limit = 0;
   uint64_t stderr_limit = 0;
+  // Told when start() fails, so that a refusal made inside the sandbox (a
+  // work dir leading out of allowed_dirs) is audited like the others.
+  std::function<void(const Error&)> on_start_failure;
 };
 
 class Process {

@@ -335,6 +335,7 @@ TEST(PolicyDirs, SymlinkSwappedAfterTheCheckNeverLeadsOut) {
 // Deterministic TOCTOU: the link is swapped between exec() (the check) and
 // start(). The sandbox resolves the work dir itself, beneath the allowed dir.
 TEST(PolicyDirs, SwapBetweenExecAndStartIsRefused) {
+  AuditCapture audit;
   DirsFixture f;
   auto e = make(f.cfg);
   ASSERT_TRUE(e);
@@ -349,6 +350,14 @@ TEST(PolicyDirs, SwapBetweenExecAndStartIsRefused) {
   EXPECT_EQ(s.error().kind, ErrorKind::Invalid);
   EXPECT_NE(s.error().message.find("leads out of allowed dir /data/project"), std::string::npos)
       << s.error().what();
+  // Both decisions are audited: allowed at exec(), refused at start().
+  std::lock_guard lk(audit.mu);
+  ASSERT_EQ(audit.records.size(), 2u);
+  EXPECT_TRUE(audit.records[0].allowed);
+  EXPECT_FALSE(audit.records[1].allowed);
+  EXPECT_EQ(audit.records[1].action, "exec.start");
+  EXPECT_EQ(audit.records[1].kind, "INVALID");
+  EXPECT_EQ(audit.records[1].argv, (std::vector<std::string>{"/bin/pwd", "-P"}));
 }
 
 // The same for executables_dir: what was checked at exec() runs at start().
