@@ -39,6 +39,8 @@ std::string hex_byte(unsigned char c) {
 Status scan(std::string_view s, std::vector<std::string>* words) {
   std::string cur;
   bool in_word = false;
+  bool quoted = false;  // the current word has quoted parts
+  size_t nwords = 0;
   auto op = [](std::string_view name) {
     return fail(invalid("shell operator '" + std::string(name) +
                         "' in command string (commands run without a shell)"));
@@ -51,9 +53,13 @@ Status scan(std::string_view s, std::vector<std::string>* words) {
     return fail(invalid("control byte " + hex_byte(c) + " in command string"));
   };
   auto end_word = [&] {
-    if (in_word && words) words->push_back(std::move(cur));
+    if (in_word) {
+      ++nwords;
+      if (words) words->push_back(std::move(cur));
+    }
     cur.clear();
     in_word = false;
+    quoted = false;
   };
   for (size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
@@ -90,12 +96,22 @@ Status scan(std::string_view s, std::vector<std::string>* words) {
       case '#':
         if (!in_word) return op("#");  // sh reads the rest of the line as a comment
         break;
+      case '=':
+        // NAME=value as the first word is an assignment to sh, not a command.
+        if (nwords == 0 && !quoted && !cur.empty() && is_name_start(cur[0]) &&
+            std::all_of(cur.begin(), cur.end(), [](char ch) {
+              return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+            }))
+          return fail(invalid("variable assignment '" + cur +
+                              "=' in command string (set variables through env)"));
+        break;
       default:
         if (u == 0) return fail(invalid("NUL byte in command string"));
         if (u < 0x20 || u == 0x7f) return control(u);
         break;
     }
     in_word = true;
+    if (c == '\\' || c == '\'' || c == '"') quoted = true;
     if (c == '\\') {
       if (i + 1 >= s.size()) return fail(invalid("command string ends with a backslash"));
       if (next == '\n') return op("newline");

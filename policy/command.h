@@ -8,6 +8,7 @@
 //   operators      ; & && | || < > >> ( ) ` $( and a newline
 //   expansions     $NAME ${...} $'...' $"..." (sh would substitute them)
 //   comments       a word starting with an unquoted #
+//   assignments    NAME=value as the first word (sh would set a variable)
 //   control bytes  NUL, CR and the other C0 bytes but tab, and DEL
 // Glob characters (* ? [) and ~ are passed literally: a program receives
 // exactly the words the string spells.
