@@ -20,7 +20,9 @@
 // cap; at the first byte beyond it the stream ends for the reader (EOF) with
 // truncated(stream) set, and what the payload writes afterwards is drained
 // and dropped by a thread of the library, so the payload never blocks on a
-// full pipe nor dies of SIGPIPE. ExitStatus carries the flags too.
+// full pipe nor dies of SIGPIPE. ExitStatus carries the flags too. As at
+// any EOF, the stream's fd (stdout_fd()/stderr_fd()) is then -1: an event
+// loop deregisters it when read(stream) returns "".
 //
 // Timeouts are enforced by a watchdog thread of the library, whether or not
 // anyone calls into the Process: at the deadline the whole tree is killed
