@@ -1,6 +1,7 @@
 #include "isolate/spawn.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
@@ -50,6 +51,10 @@ struct ChildContext {
   const char* const* candidates;  // paths to try for argv[0], in order
   size_t ncandidates;
   const char* work_dir;
+  const char* beneath;       // policy: enter work_dir beneath this dir, or null
+  const char* beneath_rest;  // work_dir relative to it ("." for itself)
+  int exec_fd;               // policy: exec this fd, or -1
+  bool exec_fd_inherit;
   const char* hostname;
   int stdio[3];
   int report_w;
@@ -112,13 +117,25 @@ void unblock_all_signals() noexcept {
     src[i] = ::fcntl(from, F_DUPFD_CLOEXEC, 3);
     if (src[i] < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
   }
+  int xfd = -1;
+  if (c.exec_fd >= 0) {
+    // Above 0-2, like the stdio sources; CLOEXEC unless a script needs it.
+    xfd = ::fcntl(c.exec_fd, F_DUPFD_CLOEXEC, 3);
+    if (xfd < 0 || (c.exec_fd_inherit && ::fcntl(xfd, F_SETFD, 0) != 0))
+      report_and_exit(rw, SpawnStep::Exec, errno);
+  }
   for (int i = 0; i < 3; ++i)
     if (::dup2(src[i], i) < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
-  int keep[] = {0, 1, 2, rw};
-  close_all_but(keep, 4);
+  int keep[] = {0, 1, 2, rw, xfd};
+  close_all_but(keep, 5);
   // execve resets the init's handlers (caught -> default); a signal caught in
   // between is re-raised by forward_signal with the default action.
   unblock_all_signals();
+  if (xfd >= 0) {
+    // The very file the policy checked (policy/paths.h), never a path.
+    ::syscall(SYS_execveat, xfd, "", c.argv, c.envp, AT_EMPTY_PATH);
+    report_and_exit(rw, SpawnStep::Exec, errno);
+  }
   int err = ENOENT;
   for (size_t i = 0; i < c.ncandidates; ++i) {
     ::execve(c.candidates[i], c.argv, c.envp);
@@ -135,7 +152,7 @@ void unblock_all_signals() noexcept {
   ::prctl(PR_SET_NAME, "cloister-init", 0, 0, 0);
   {
     int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w, c.go_r,
-                  c.devnull,  c.netns,    0,          1,          2};
+                  c.devnull,  c.netns,    c.exec_fd,  0,          1,          2};
     close_all_but(keep, static_cast<int>(std::size(keep)));
   }
   if (c.netns >= 0) {
@@ -169,7 +186,24 @@ void unblock_all_signals() noexcept {
     report_and_exit(rw, SpawnStep::Uid, errno);
   if (int e = capabilities::apply(c.spec->capabilities))
     report_and_exit(rw, SpawnStep::Capabilities, e);
-  if (::chdir(c.work_dir) != 0) report_and_exit(rw, SpawnStep::WorkDir, errno);
+  if (c.beneath) {
+    // In the sandbox's own view, after pivot_root: the check is the use.
+    open_how how{};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int root = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, c.beneath, &how, sizeof how));
+    if (root < 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 1);
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    int wd;
+    do wd = static_cast<int>(::syscall(SYS_openat2, root, c.beneath_rest, &how, sizeof how));
+    while (wd < 0 && errno == EAGAIN);
+    if (wd < 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 2);
+    if (::fchdir(wd) != 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 2);
+    ::close(wd);
+    ::close(root);
+  } else if (::chdir(c.work_dir) != 0) {
+    report_and_exit(rw, SpawnStep::WorkDir, errno);
+  }
 
   // The parent lets us go once this process is in all its cgroups (v1
   // controllers need the parent to write our pid); the setup above ran
@@ -292,6 +326,13 @@ Error describe_failure(const Command& cmd, const Report& r) {
   if (step == SpawnStep::WorkDir && r.err == ENOENT)
     e = make_error(ErrorKind::NotFound,
                    "work dir " + cmd.work_dir + " does not exist in the sandbox", r.err);
+  if (step == SpawnStep::WorkDir && !cmd.work_dir_beneath.empty() &&
+      (r.err == EXDEV || r.err == ELOOP))
+    e = make_error(ErrorKind::Invalid,
+                   r.detail == 1 ? "allowed dir " + cmd.work_dir_beneath + " is a symlink"
+                                 : "work dir " + cmd.work_dir + " leads out of allowed dir " +
+                                       cmd.work_dir_beneath,
+                   r.err);
   if (step == SpawnStep::Exec) {
     e.at_exec = true;
     if (r.err == ENOENT) e.message = "command '" + cmd.argv[0] + "' not found";
@@ -411,6 +452,18 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   ctx.candidates = cand_ptrs.data();
   ctx.ncandidates = cand_ptrs.size();
   ctx.work_dir = cmd.work_dir.c_str();
+  std::string beneath_rest = ".";
+  if (!cmd.work_dir_beneath.empty()) {
+    const std::string& b = cmd.work_dir_beneath;
+    if (cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
+      return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
+    if (cmd.work_dir.size() > b.size())
+      beneath_rest = cmd.work_dir.substr(b == "/" ? 1 : b.size() + 1);
+    ctx.beneath = b.c_str();
+    ctx.beneath_rest = beneath_rest.c_str();
+  }
+  ctx.exec_fd = cmd.exec_fd;
+  ctx.exec_fd_inherit = cmd.exec_fd_inherit;
   ctx.hostname = sb.spec_.hostname.c_str();
   ctx.stdio[0] = stdio.in;
   ctx.stdio[1] = stdio.out;

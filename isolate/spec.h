@@ -62,6 +62,17 @@ struct Command {
   std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH
   std::vector<std::string> env;   // "KEY=VALUE", exactly what the payload sees
   std::string work_dir = "/";
+
+  // Policy hooks (policy/paths.h), both optional:
+  // exec_fd >= 0: the payload execs this file (execveat(fd, "",
+  // AT_EMPTY_PATH)) instead of looking argv[0] up; the caller owns the fd.
+  // exec_fd_inherit keeps it open across the exec (a script's interpreter
+  // reads /dev/fd/N).
+  int exec_fd = -1;
+  bool exec_fd_inherit = false;
+  // Non-empty: work_dir is entered by openat2(work_dir_beneath, rest,
+  // RESOLVE_BENEATH) inside the sandbox, so no symlink leads out of it.
+  std::string work_dir_beneath;
 };
 
 }  // namespace cloister

@@ -157,7 +157,10 @@ constexpr std::pair<std::string_view, std::string_view> kKeyHints[] = {
     {"workdir", "default_work_dir"},
     {"working_dir", "default_work_dir"},
     {"cwd", "default_work_dir"},
-    {"allowlist", "command_whitelist"},
+    {"patterns", "allowlist"},
+    {"allowed_commands", "allowlist"},
+    {"executables", "executables_dir"},
+    {"max_output", "output_limit"},
     {"whitelist", "command_whitelist"},
     {"mem_limit", "memory_limit"},
     {"memory", "memory_limit"},
@@ -564,6 +567,7 @@ class Parser {
   Result<Config> document(const YAML::Node& root) const;
   Status executors(const Field& f, Config& config) const;
   Result<ExecutorConfig> executor(const Field& f) const;
+  Status callers(const Field& f, Config& config) const;
 
  private:
   static std::string quoted_note(const Field& f) {
@@ -586,6 +590,10 @@ struct Building {
   bool masked_paths_given = false;
   const Field* cap_add = nullptr;
   const Field* cap_drop = nullptr;
+  const Field* allowed_dirs = nullptr;
+  const Field* executables_dir = nullptr;
+  const Field* work_dir = nullptr;
+  const Field* whitelist = nullptr;
   // Mount target -> "<kind> at line N", across tmpfs and volumes.
   std::map<std::string, std::string> targets;
 };
@@ -609,6 +617,7 @@ Status parse_kind(const Parser& p, const Field& f, Building& b) {
 }
 
 Status parse_work_dir(const Parser& p, const Field& f, Building& b) {
+  b.work_dir = &f;
   return assign(p.path(f), b.cfg.default_work_dir);
 }
 
@@ -628,6 +637,7 @@ Status parse_env(const Parser& p, const Field& f, Building& b) {
 }
 
 Status parse_whitelist(const Parser& p, const Field& f, Building& b) {
+  b.whitelist = &f;
   auto items = p.sequence(f);
   if (!items) return fail(items.error());
   if (items->empty())
@@ -941,6 +951,77 @@ Status parse_seccomp(const Parser& p, const Field& f, Building& b) {
   return {};
 }
 
+// --- Policy fields (docs/policy.md) ---------------------------------------
+
+constexpr uint64_t kMaxProcesses = 1000000;
+
+Status parse_shell(const Parser& p, const Field& f, Building& b) {
+  return assign(p.boolean(f), b.cfg.policy.shell);
+}
+
+Status parse_allowlist(const Parser& p, const Field& f, Building& b) {
+  auto items = p.sequence(f);
+  if (!items) return fail(items.error());
+  if (items->empty())
+    return fail(p.error(f,
+                        "an empty allowlist would allow nothing; remove the field to allow every "
+                        "command"));
+  for (const auto& item : *items) {
+    auto s = p.string(item);
+    if (!s) return fail(s.error());
+    auto pattern = policy::Pattern::parse(*s);
+    if (!pattern) return fail(p.error(item, pattern.error().message));
+    b.cfg.policy.allowlist.push_back(std::move(*pattern));
+  }
+  return {};
+}
+
+Status parse_allowed_dirs(const Parser& p, const Field& f, Building& b) {
+  auto dirs = p.path_list(f, false);
+  if (!dirs) return fail(dirs.error());
+  if (dirs->empty())
+    return fail(p.error(f, "an empty allowed_dirs would allow no work dir; remove the field"));
+  b.cfg.policy.allowed_dirs = std::move(*dirs);
+  b.allowed_dirs = &f;
+  return {};
+}
+
+Status parse_executables_dir(const Parser& p, const Field& f, Building& b) {
+  auto dir = p.path(f);
+  if (!dir) return fail(dir.error());
+  struct stat st {};
+  if (::stat(dir->c_str(), &st) != 0)
+    return fail(p.error(f, "host directory " + quote(*dir) + ": " + std::strerror(errno)));
+  if (!S_ISDIR(st.st_mode))
+    return fail(p.error(f, "host path " + quote(*dir) + " is not a directory"));
+  b.cfg.policy.executables_dir = std::move(*dir);
+  b.executables_dir = &f;
+  return {};
+}
+
+Status parse_max_processes(const Parser& p, const Field& f, Building& b) {
+  return assign(p.integer(f, kMaxProcesses, "0 = unlimited"), b.cfg.policy.max_processes);
+}
+
+// output_limit: 1m (each stream), or {stdout: 1m, stderr: 64k}.
+Status parse_output_limit(const Parser& p, const Field& f, Building& b) {
+  if (!f.node.IsMap()) {
+    auto v = p.byte_size(f);
+    if (!v) return fail(v.error());
+    b.cfg.policy.stdout_limit = b.cfg.policy.stderr_limit = *v;
+    return {};
+  }
+  static constexpr std::string_view kKeys[] = {"stdout", "stderr"};
+  auto entries = p.mapping(f, kKeys);
+  if (!entries) return fail(entries.error());
+  for (const auto& e : *entries) {
+    auto v = p.byte_size(e.value);
+    if (!v) return fail(v.error());
+    (e.key == "stdout" ? b.cfg.policy.stdout_limit : b.cfg.policy.stderr_limit) = *v;
+  }
+  return {};
+}
+
 Status parse_timeout(const Parser& p, const Field& f, Building& b) {
   return assign(p.duration(f), b.cfg.default_timeout);
 }
@@ -977,6 +1058,12 @@ constexpr FieldRule kExecutorFields[] = {
     {"seccomp_profile", parse_seccomp},
     {"timeout", parse_timeout},
     {"default_timeout", parse_timeout},
+    {"shell", parse_shell},
+    {"allowlist", parse_allowlist},
+    {"allowed_dirs", parse_allowed_dirs},
+    {"executables_dir", parse_executables_dir},
+    {"max_processes", parse_max_processes},
+    {"output_limit", parse_output_limit},
     {"image", container_only},
     {"host", container_only},
     {"auto_remove", container_only},
@@ -1028,6 +1115,26 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
   if (!caps) return fail(error(f, caps.error().what()));
   b.cfg.capabilities = *caps;
 
+  // Policy cross-field checks.
+  const auto& pol = b.cfg.policy;
+  if (pol.shell && b.executables_dir)
+    return fail(error(*b.executables_dir,
+                      "an executables_dir executor runs argv[0] from that directory; it cannot "
+                      "also have shell: true"));
+  if (b.allowed_dirs) {
+    if (auto in = policy::check_work_dir(pol.allowed_dirs, b.cfg.default_work_dir); !in)
+      return fail(
+          error(b.work_dir ? *b.work_dir : *b.allowed_dirs,
+                "default_work_dir " + quote(b.cfg.default_work_dir) + " is outside allowed_dirs"));
+  }
+  if (b.whitelist && !pol.shell) {
+    // An entry sh would read as more than words can never match an argv.
+    auto items = sequence(*b.whitelist);
+    for (size_t i = 0; items && i < items->size(); ++i)
+      if (auto w = policy::split_command(b.cfg.command_whitelist[i]); !w)
+        return fail(error((*items)[i], w.error().message + " (an entry that can never match)"));
+  }
+
   if (!b.host_paths_given) b.cfg.host_paths = kDefaultHostPaths;
   if (!b.masked_paths_given) b.cfg.masked_paths = kDefaultMaskedPaths;
   return std::move(b.cfg);
@@ -1063,6 +1170,7 @@ struct Section {
 
 constexpr Section kSections[] = {
     {"executors", true, &Parser::executors},
+    {"callers", false, &Parser::callers},
 };
 
 constexpr auto kSectionKeys = [] {
@@ -1093,6 +1201,7 @@ Result<Config> Parser::document(const YAML::Node& root) const {
     }
     if (auto s = (this->*section.parse)(e->value, config); !s) return fail(s.error());
   }
+  for (auto& e : config.executors) e.policy.callers = config.callers;
   return config;
 }
 
@@ -1137,6 +1246,79 @@ Status check_documents(const Parser& parser, const std::string& text) {
     return fail(parser.error(second.line + 1, "yaml", what));
   }
   return fail(parser.error(second.line + 1, "(top level)", "only one YAML document is allowed"));
+}
+
+// callers: a list of rules, each naming users and/or groups and granting
+// permissions (policy/caller.h).
+Status Parser::callers(const Field& f, Config& config) const {
+  auto items = sequence(f);
+  if (!items) return fail(items.error());
+  static constexpr std::string_view kKeys[] = {"users",          "groups",         "exec.get",
+                                               "exec.run",       "session.attach", "session.signal",
+                                               "session.remove", "max_processes"};
+  auto rules = std::make_shared<policy::CallerRules>();
+  for (const auto& item : *items) {
+    auto entries = mapping(item, kKeys);
+    if (!entries) return fail(entries.error());
+    policy::CallerRules::Rule r;
+    r.origin = source_ + ":" + std::to_string(item.line);
+    for (const auto& e : *entries) {
+      if (e.key == "users" || e.key == "groups") {
+        auto list = sequence(e.value);
+        if (!list) return fail(list.error());
+        for (const auto& id : *list) {
+          auto s = string(id);
+          if (!s) return fail(s.error());
+          const bool user = e.key == "users";
+          if (all_digits(*s)) {
+            auto v = parse_decimal(*s);
+            if (!v || *v > kMaxId) return fail(error(id, "id " + quote(*s) + " is out of range"));
+            (user ? r.uids : r.gids).push_back(static_cast<uint32_t>(*v));
+          } else if (user) {
+            auto pw = lookup_user(*s);
+            if (!pw) return fail(error(id, "user " + quote(*s) + " not found on this host"));
+            r.uids.push_back(pw->uid);
+          } else {
+            auto g = lookup_group(*s);
+            if (!g) return fail(error(id, "group " + quote(*s) + " not found on this host"));
+            r.gids.push_back(*g);
+          }
+        }
+      } else if (e.key == "exec.get") {
+        auto names = string_list(e.value);
+        if (!names) return fail(names.error());
+        for (const auto& n : *names)
+          if (n != "*" && !config.find(n))
+            return fail(error(e.value, "no executor named " + quote(n) + " (or \"*\" for all)"));
+        r.executors = std::move(*names);
+      } else if (e.key == "exec.run") {
+        auto list = sequence(e.value);
+        if (!list) return fail(list.error());
+        for (const auto& item2 : *list) {
+          auto s = string(item2);
+          if (!s) return fail(s.error());
+          auto pattern = policy::Pattern::parse(*s);
+          if (!pattern) return fail(error(item2, pattern.error().message));
+          r.run.push_back(std::move(*pattern));
+        }
+      } else if (e.key == "max_processes") {
+        auto v = integer(e.value, kMaxProcesses, "0 = unlimited");
+        if (!v) return fail(v.error());
+        r.max_processes = *v;
+      } else {
+        auto v = boolean(e.value);
+        if (!v) return fail(v.error());
+        (e.key == "session.attach"   ? r.session_attach
+         : e.key == "session.signal" ? r.session_signal
+                                     : r.session_remove) = *v;
+      }
+    }
+    if (r.uids.empty() && r.gids.empty())
+      return fail(error(item, "a rule needs users or groups (who it applies to)"));
+    rules->rules.push_back(std::move(r));
+  }
+  config.callers = std::move(rules);
+  return {};
 }
 
 }  // namespace

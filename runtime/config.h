@@ -16,6 +16,7 @@
 
 #include "isolate/error.h"
 #include "isolate/spec.h"
+#include "policy/exec_policy.h"
 
 namespace cloister {
 
@@ -47,6 +48,9 @@ struct ExecutorConfig {
   std::string seccomp_profile;                   // "" = built-in default
   std::chrono::milliseconds default_timeout{0};  // 0 = none
   std::string image;                             // container executors (not supported yet)
+  // shell, allowlist, allowed_dirs, executables_dir, max_processes,
+  // output_limit and the config's callers rules (docs/policy.md).
+  policy::ExecutorPolicy policy;
 };
 
 inline const std::vector<std::string> kDefaultHostPaths = {
@@ -58,6 +62,9 @@ inline const std::vector<std::string> kDefaultMaskedPaths = {
 struct Config {
   std::string path;
   std::vector<ExecutorConfig> executors;
+  // The `callers:` section; null when absent (then only root may run). Every
+  // executor's policy.callers points here.
+  std::shared_ptr<const policy::CallerRules> callers;
 
   const ExecutorConfig* find(std::string_view name) const;
 };

@@ -1,7 +1,7 @@
 #include "runtime/executor.h"
 
 #include "isolate/mounts.h"
-#include "policy/command.h"
+#include "policy/exec_policy.h"
 
 namespace cloister {
 
@@ -56,19 +56,6 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.timeout = req.timeout.count() > 0 ? req.timeout : config_.default_timeout;
   if (req.timeout.count() < 0) return fail(invalid("timeout is negative"));
 
-  if (!req.argv.empty() && !req.command.empty())
-    return fail(invalid("give either argv or a command string, not both"));
-  if (req.argv.empty()) {
-    auto words = policy::split_command(req.command);
-    if (!words) return fail(words.error());
-    req.argv = std::move(*words);
-  }
-  if (req.argv.empty() || req.argv[0].empty()) return fail(invalid("empty command"));
-  for (const auto& a : req.argv)
-    if (a.find('\0') != std::string::npos) return fail(invalid("NUL byte in an argument"));
-  if (auto w = policy::check_whitelist(config_.command_whitelist, req.argv); !w)
-    return fail(w.error());
-
   // A clean environment: the executor's defaults, then the call's values.
   std::vector<std::pair<std::string, std::string>> env = config_.default_env;
   for (auto& [k, v] : req.env) {
@@ -84,8 +71,36 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
 
   auto wd = mounts::normalize_path(req.work_dir.empty() ? config_.default_work_dir : req.work_dir);
   if (!wd) return fail(wd.error().wrap("work dir"));
+
+  // Every policy rule, decided and audited in one place.
+  policy::ExecInput in;
+  in.executor = config_.name;
+  in.caller = req.caller ? std::move(*req.caller) : policy::Caller::self();
+  in.argv = std::move(req.argv);
+  in.command = std::move(req.command);
+  in.work_dir = *wd;
+  for (const auto& kv : req.env) in.env_names.push_back(kv.first);
+  if (!config_.policy.allowed_dirs.empty()) {
+    for (const auto& p : config_.host_paths) in.host_mounts.push_back({p, p});
+    for (const auto& v : config_.volumes) in.host_mounts.push_back({v.target, v.source});
+  }
+  auto grant = policy::authorize_exec(config_.policy, config_.command_whitelist, in);
+  if (!grant) return fail(grant.error());
   setup.command.work_dir = *wd;
-  setup.command.argv = std::move(req.argv);
+  setup.command.work_dir_beneath = std::move(grant->work_dir_beneath);
+  setup.command.argv = std::move(grant->argv);
+  if (grant->executable) {
+    setup.command.exec_fd = grant->executable->fd.get();
+    setup.command.exec_fd_inherit = grant->executable->script;
+    setup.exec_file = std::move(grant->executable->fd);
+  }
+  setup.slots = std::move(grant->slots);
+  in.argv = setup.command.argv;
+  setup.on_start_failure = [in = std::move(in)](const Error& e) {
+    policy::audit_start_failure(in, in.argv, e);
+  };
+  setup.stdout_limit = config_.policy.stdout_limit;
+  setup.stderr_limit = config_.policy.stderr_limit;
   return std::make_unique<Process>(std::move(setup));
 }
 

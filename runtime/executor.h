@@ -6,13 +6,16 @@
 //   auto shell = Executor::create(*config->find("shell"));
 //   auto proc = (*shell)->exec({.command = "git status", .work_dir = "/app"});
 //
-// exec() checks the command against the executor's rules (command_whitelist:
-// PERMISSION_DENIED when not listed) and builds the environment: only the
+// exec() asks the policy (policy/exec_policy.h) - caller permissions, command
+// form, command_whitelist/allowlist, executables_dir, allowed_dirs, limits -
+// with the request's caller, or the process's own credentials when none is
+// given, and audits the decision. It builds the environment: only the
 // executor's default_env plus the call's env, nothing inherited.
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +35,9 @@ struct ExecRequest {
   std::string work_dir;                                  // "" = default_work_dir
   bool stdin_open = false;                               // false: /dev/null
   std::chrono::milliseconds timeout{0};                  // 0 = executor default
+  // Who asks: the service sets the peer's credentials (policy::peer_caller);
+  // unset = the calling process's own (policy::Caller::self()).
+  std::optional<policy::Caller> caller;
 };
 
 class Executor {

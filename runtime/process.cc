@@ -79,6 +79,53 @@ class Watchdog {
 
 constexpr size_t kReadChunk = 64 * 1024;
 
+// Reads and drops what payloads write past their output cap, until EOF. Its
+// thread runs only while there is something to drain, and holds no fd of
+// its own.
+class Drainer {
+ public:
+  static Drainer& get() {
+    static Drainer* d = new Drainer;  // never destroyed, like the Watchdog
+    return *d;
+  }
+  void add(Fd fd) {
+    std::lock_guard lk(mu_);
+    fds_.push_back(std::move(fd));
+    if (!running_) {
+      running_ = true;
+      std::thread([this] { loop(); }).detach();
+    }
+  }
+
+ private:
+  void loop() {
+    std::vector<char> buf(kReadChunk);
+    for (;;) {
+      std::vector<pollfd> pfds;
+      {
+        std::lock_guard lk(mu_);
+        if (fds_.empty()) {
+          running_ = false;
+          return;
+        }
+        for (const auto& f : fds_) pfds.push_back({f.get(), POLLIN, 0});
+      }
+      // A short timeout picks up fds added meanwhile.
+      if (::poll(pfds.data(), pfds.size(), 50) <= 0) continue;
+      std::lock_guard lk(mu_);
+      for (const auto& p : pfds) {
+        if (!p.revents) continue;
+        ssize_t n = ::read(p.fd, buf.data(), buf.size());
+        if (n > 0 || (n < 0 && errno == EINTR)) continue;
+        std::erase_if(fds_, [&](const Fd& f) { return f.get() == p.fd; });
+      }
+    }
+  }
+  std::mutex mu_;
+  std::vector<Fd> fds_;
+  bool running_ = false;
+};
+
 }  // namespace
 
 int ExitStatus::code() const {
@@ -87,7 +134,16 @@ int ExitStatus::code() const {
   return 128 + signal;
 }
 
-Process::Process(ProcessSetup setup) : setup_(std::move(setup)) {}
+Process::Process(ProcessSetup setup) : setup_(std::move(setup)) {
+  out_cap_.limit = setup_.stdout_limit;
+  err_cap_.limit = setup_.stderr_limit;
+}
+
+ExitStatus Process::with_flags(ExitStatus st) const {
+  st.stdout_truncated = out_cap_.truncated;
+  st.stderr_truncated = err_cap_.truncated;
+  return st;
+}
 
 Process::~Process() {
   if (started_ && !status_) close(true);
@@ -112,7 +168,16 @@ Status Process::start() {
   Stdio stdio{in_pipe.read.get(), out_pipe.write.get(), err_pipe.write.get()};
   started_at_ = std::chrono::steady_clock::now();
   auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
-  if (!s) return fail(s.error());
+  if (!s) {
+    if (setup_.on_start_failure) setup_.on_start_failure(s.error());
+    // A process that never ran gives its limit slots back; it cannot be
+    // started again without them.
+    if (!setup_.slots.empty()) {
+      setup_.slots.clear();
+      closed_ = true;
+    }
+    return fail(s.error());
+  }
   spawned_.emplace(std::move(*s));
   started_ = true;
   in_ = std::move(in_pipe.write);
@@ -154,10 +219,16 @@ Status Process::write_stdin(std::string_view data) {
   return {};
 }
 
-Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu) {
+Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   std::lock_guard lk(mu);
   if (!started_) return fail(invalid("read before start"));
   if (!fd) return std::string();
+  if (cap.truncated) {
+    // The kept part was returned by the previous call: the stream ends here
+    // for the reader, and the drainer swallows the rest.
+    Drainer::get().add(std::move(fd));
+    return std::string();
+  }
   std::string buf(kReadChunk, '\0');
   for (;;) {
     ssize_t n = ::read(fd.get(), buf.data(), buf.size());
@@ -165,12 +236,24 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu) {
     if (n < 0) return fail(sys_error("read output"));
     if (n == 0) fd.reset();
     buf.resize(static_cast<size_t>(n));
+    if (cap.limit > 0 && cap.seen + buf.size() > cap.limit) {
+      // Past the cap: keep what fits; the next call ends the stream (so that
+      // a caller polling the fd is told, as at any EOF, by a read).
+      buf.resize(static_cast<size_t>(cap.limit - cap.seen));
+      cap.truncated = true;
+      if (buf.empty()) {
+        Drainer::get().add(std::move(fd));
+        return buf;
+      }
+    }
+    cap.seen += buf.size();
     return buf;
   }
 }
 
 Result<std::string> Process::read(Stream stream) {
-  return stream == Stream::Stdout ? read_fd(out_, out_mu_) : read_fd(err_, err_mu_);
+  return stream == Stream::Stdout ? read_fd(out_, out_mu_, out_cap_)
+                                  : read_fd(err_, err_mu_, err_cap_);
 }
 
 Result<std::optional<Chunk>> Process::read() {
@@ -208,7 +291,7 @@ int Process::pidfd() const {
 }
 
 Result<ExitStatus> Process::finish() {
-  if (status_) return *status_;
+  if (status_) return with_flags(*status_);
   auto raw = spawned_->reap();
   if (!raw) return fail(raw.error());
   if (watch_) {
@@ -230,13 +313,15 @@ Result<ExitStatus> Process::finish() {
   }
   if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
   status_ = st;
-  return st;
+  // The process has ended: its places in the concurrency limits are free.
+  setup_.slots.clear();
+  return with_flags(st);
 }
 
 Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
   std::lock_guard lk(state_mu_);
   if (!started_) return fail(invalid("wait before start"));
-  if (status_) return *status_;
+  if (status_) return with_flags(*status_);
   pollfd p{spawned_->pidfd(), POLLIN, 0};
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -271,6 +356,7 @@ Status Process::close(bool force) {
     std::lock_guard lk(state_mu_);
     if (!started_ || status_) {
       closed_ = true;
+      setup_.slots.clear();
       in_.reset();
       return {};
     }

@@ -16,6 +16,14 @@
 // both streams (read(), or one thread per stream) while it runs. The fds are
 // exposed for event loops. Data still in the pipes stays readable after exit.
 //
+// Output caps (the executor's output_limit): each stream keeps at most its
+// cap; at the first byte beyond it the stream ends for the reader (EOF) with
+// truncated(stream) set, and what the payload writes afterwards is drained
+// and dropped by a thread of the library, so the payload never blocks on a
+// full pipe nor dies of SIGPIPE. ExitStatus carries the flags too. As at
+// any EOF, the stream's fd (stdout_fd()/stderr_fd()) is then -1: an event
+// loop deregisters it when read(stream) returns "".
+//
 // Timeouts are enforced by a watchdog thread of the library, whether or not
 // anyone calls into the Process: at the deadline the whole tree is killed
 // and wait() reports timed_out.
@@ -28,6 +36,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,6 +46,7 @@
 #include "isolate/error.h"
 #include "isolate/fd.h"
 #include "isolate/spawn.h"
+#include "policy/limits.h"
 
 namespace cloister {
 
@@ -55,6 +65,8 @@ struct ExitStatus {
   std::chrono::microseconds cpu_time{0};  // user + system of the whole tree
   uint64_t peak_memory = 0;               // bytes, whole tree (0 if unknown)
   std::chrono::microseconds wall_time{0};
+  bool stdout_truncated = false;  // output beyond the stream's cap was dropped
+  bool stderr_truncated = false;
 
   bool exited() const { return exit_code >= 0; }
   // The shell's convention: the exit code, 128 + signal, 124 on timeout.
@@ -68,6 +80,16 @@ struct ProcessSetup {
   Command command;
   bool stdin_open = false;  // false: the payload reads /dev/null
   std::chrono::milliseconds timeout{0};
+  // Policy (policy/exec_policy.h): the file command.exec_fd refers to, the
+  // limit slots held until the process ends, and the per-stream output caps
+  // (0 = none).
+  Fd exec_file;
+  std::vector<policy::Slot> slots;
+  uint64_t stdout_limit = 0;
+  uint64_t stderr_limit = 0;
+  // Told when start() fails, so that a refusal made inside the sandbox (a
+  // work dir leading out of allowed_dirs) is audited like the others.
+  std::function<void(const Error&)> on_start_failure;
 };
 
 class Process {
@@ -107,12 +129,21 @@ class Process {
   int stderr_fd() const { return err_.get(); }
   int stdin_fd() const { return in_.get(); }
   int pidfd() const;
+  bool truncated(Stream stream) const {
+    return stream == Stream::Stdout ? out_cap_.truncated : err_cap_.truncated;
+  }
 
   struct Watch;  // shared with the timeout watchdog
 
  private:
   Result<ExitStatus> finish();  // reap and collect; called once the init exited
-  Result<std::string> read_fd(Fd& fd, std::mutex& mu);
+  struct Cap {
+    uint64_t limit = 0;  // 0 = none
+    uint64_t seen = 0;
+    std::atomic<bool> truncated{false};
+  };
+  Result<std::string> read_fd(Fd& fd, std::mutex& mu, Cap& cap);
+  ExitStatus with_flags(ExitStatus st) const;
 
   ProcessSetup setup_;
   std::optional<Spawned> spawned_;
@@ -124,6 +155,7 @@ class Process {
   std::optional<ExitStatus> status_;
   std::chrono::steady_clock::time_point started_at_;
   std::chrono::milliseconds grace_{5000};
+  Cap out_cap_, err_cap_;
 };
 
 }  // namespace cloister

@@ -33,6 +33,7 @@ struct ExecOptions {
   bool interactive = false;
   double timeout = 0;
   std::vector<std::string> argv;
+  std::string command;  // a command string instead of argv (policy/command.h)
 };
 
 int run_exec(const ExecOptions& o) {
@@ -47,6 +48,7 @@ int run_exec(const ExecOptions& o) {
 
   ExecRequest req;
   req.argv = o.argv;
+  req.command = o.command;
   req.work_dir = o.work_dir;
   req.stdin_open = o.interactive;
   req.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
@@ -64,6 +66,11 @@ int run_exec(const ExecOptions& o) {
   if (!status) return report(status.error());
   if (status->timed_out)
     std::fprintf(stderr, "cloister: TIMEOUT: command killed after %.3g s\n", o.timeout);
+  if (status->stdout_truncated || status->stderr_truncated)
+    std::fprintf(stderr, "cloister: LIMIT: output truncated at the executor's output_limit (%s)\n",
+                 status->stdout_truncated && status->stderr_truncated ? "stdout, stderr"
+                 : status->stdout_truncated                           ? "stdout"
+                                                                      : "stderr");
   return status->code();
 }
 
@@ -87,7 +94,15 @@ int main(int argc, char** argv) {
   sub->add_flag("-i,--interactive", exec.interactive, "forward stdin to the command");
   sub->add_option("--timeout", exec.timeout, "kill the command after SECONDS")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("argv", exec.argv, "the command and its arguments (after --)")->required();
+  auto* command = sub->add_option(
+      "--command", exec.command,
+      "a command string instead of argv: split without a shell, or run by /bin/sh -c in a "
+      "shell executor");
+  sub->add_option("argv", exec.argv, "the command and its arguments (after --)")->excludes(command);
+  sub->callback([&] {
+    if (exec.argv.empty() && exec.command.empty())
+      throw CLI::ValidationError("argv", "give the command (after --) or --command");
+  });
 
   try {
     app.parse(argc, argv);
