@@ -1,6 +1,7 @@
 #include "isolate/mounts.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -83,6 +84,31 @@ struct Entry {
   std::string what;     // for errors: "volume /a:/b"
 };
 
+// Container roots: the type of `path` in the merged image (the top-most layer
+// that has it; an overlay whiteout means absent), or 0 when absent. Lookups
+// never follow a symlink (RESOLVE_NO_SYMLINKS): a layer whose parent
+// components are not plain directories simply does not count.
+mode_t image_lookup(const std::vector<std::string>& layers, const std::string& path) {
+  const std::string rel = path == "/" ? std::string(".") : path.substr(1);
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    int dir = ::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) continue;
+    struct open_how how {};
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    long fd = ::syscall(SYS_openat2, dir, rel.c_str(), &how, sizeof how);
+    ::close(dir);
+    if (fd < 0) continue;
+    struct stat st;
+    int rc = ::fstat(static_cast<int>(fd), &st);
+    ::close(static_cast<int>(fd));
+    if (rc != 0) continue;
+    if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) return 0;
+    return st.st_mode;
+  }
+  return 0;
+}
+
 }  // namespace
 
 Result<std::string> normalize_path(const std::string& path) {
@@ -158,7 +184,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     return {};
   };
 
-  for (const auto& p : spec.host_paths) {
+  const bool image = spec.image_root.has_value();
+  for (const auto& p : image ? std::vector<std::string>{} : spec.host_paths) {
     auto n = normalize_path(p);
     if (!n) return fail(n.error().wrap("host path"));
     struct stat st;
@@ -231,6 +258,34 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "mode=0755";
   }
+  if (image) {
+    // The overlay's upper and work dirs live on the stage tmpfs, and the
+    // overlay is mounted over that same tmpfs: the kernel resolves the
+    // option paths at mount time, so the tmpfs stays reachable through the
+    // overlay only, and goes when the sandbox's mount namespace does.
+    const auto& layers = spec.image_root->layers;
+    if (layers.empty()) return fail(invalid("image root: no layers"));
+    std::string lower;
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      auto n = normalize_path(*it);
+      if (!n) return fail(n.error().wrap("image layer"));
+      if (n->find_first_of(":,\\") != std::string::npos)
+        return fail(invalid("image layer path " + *n + " contains ':', ',' or '\\'"));
+      struct stat st;
+      if (::stat(n->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return fail(sys_error("image layer " + *n));
+      if (!lower.empty()) lower += ':';
+      lower += *n;
+    }
+    op(OpKind::Mkdir, std::string(kStage) + "/.upper").mode = 0755;
+    op(OpKind::Mkdir, std::string(kStage) + "/.work").mode = 0700;
+    Op& o = op(OpKind::Overlay, kStage);
+    o.flags = MS_NOSUID | MS_NODEV;
+    o.data = "lowerdir=" + lower + ",upperdir=" + kStage + "/.upper,workdir=" + kStage + "/.work";
+    if (o.data.size() >= 4000)
+      return fail(make_error(ErrorKind::Limit, "image root: too many layers for one overlay mount (" +
+                                                   std::to_string(layers.size()) + ")"));
+  }
 
   std::set<std::string> dirs{"/"};  // directories known to exist in the new root
   // The nearest entry strictly above `target`, if any.
@@ -263,6 +318,18 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       // On the root tmpfs or a configured tmpfs: create the path.
       std::string dir;
       size_t pos = 1;
+      if (image && !above) {
+        // In the image: no component may be a symlink of the image, since
+        // the child creates and mounts on these paths before pivot_root.
+        for (size_t k = 1; k <= e.target.size(); ++k) {
+          if (k != e.target.size() && e.target[k] != '/') continue;
+          mode_t m = image_lookup(spec.image_root->layers, e.target.substr(0, k));
+          if (m != 0 && !S_ISDIR(m) && (k != e.target.size() || e.is_dir || S_ISLNK(m)))
+            return fail(invalid(e.what + ": " + e.target.substr(0, k) + " is " +
+                                (S_ISLNK(m) ? "a symlink" : "not a directory") +
+                                " in the image"));
+        }
+      }
       for (;;) {
         size_t slash = e.target.find('/', pos);
         if (slash == std::string::npos) break;
@@ -439,6 +506,9 @@ int MountPlan::execute(int* failed_op) const noexcept {
         rc = ::mount_setattr(AT_FDCWD, path, 0, &attr, sizeof attr);
         break;
       }
+      case OpKind::Overlay:
+        rc = ::mount("overlay", path, "overlay", o.flags, o.data.c_str());
+        break;
       case OpKind::PivotRoot:
         // pivot_root(".", ".") stacks the old root on the new one; detaching
         // it leaves the new root alone, with no directory to hold the old.
@@ -496,6 +566,8 @@ std::string MountPlan::describe(int index) const {
       return "make the root read-only";
     case OpKind::PivotRoot:
       return "pivot_root";
+    case OpKind::Overlay:
+      return "mount the image's overlay root";
   }
   return "mount";
 }

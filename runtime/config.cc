@@ -32,6 +32,7 @@
 
 #include "isolate/capabilities.h"
 #include "isolate/fd.h"
+#include "oci/reference.h"
 
 namespace cloister {
 namespace {
@@ -561,6 +562,7 @@ class Parser {
 
   Result<Config> document(const YAML::Node& root) const;
   Status executors(const Field& f, Config& config) const;
+  Status images(const Field& f, Config& config) const;
   Result<ExecutorConfig> executor(const Field& f) const;
 
  private:
@@ -599,9 +601,11 @@ Status parse_kind(const Parser& p, const Field& f, Building& b) {
     b.cfg.kind = ExecutorKind::Host;
     return {};
   }
-  if (*s == "container" || *s == "exec.docker")
-    return fail(p.error(f, "kind " + quote(*s) + ": container executors are not supported yet"));
-  return fail(p.error(f, "expected host (or exec.native), got " + quote(*s)));
+  if (*s == "container" || *s == "exec.docker") {
+    b.cfg.kind = ExecutorKind::Container;
+    return {};
+  }
+  return fail(p.error(f, "expected host (exec.native) or container (exec.docker), got " + quote(*s)));
 }
 
 Status parse_work_dir(const Parser& p, const Field& f, Building& b) {
@@ -938,10 +942,31 @@ Status parse_timeout(const Parser& p, const Field& f, Building& b) {
 }
 
 // Fields of Wippy's exec.docker that only mean something for a container.
-Status container_only(const Parser& p, const Field& f, Building&) {
-  return fail(p.error(f,
-                      "only valid for container executors (kind: container), which are not "
-                      "supported yet"));
+Status container_only(const Parser& p, const Field& f, Building& b) {
+  if (b.cfg.kind != ExecutorKind::Container)
+    return fail(p.error(f, "only valid for container executors (kind: container)"));
+  return {};
+}
+
+Status parse_image(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  auto ref = oci::parse_reference(*s);
+  if (!ref) return fail(p.error(f, ref.error().what()));
+  b.cfg.image = ref->str();
+  return {};
+}
+
+Status parse_auto_remove(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  return assign(p.boolean(f), b.cfg.auto_remove);
+}
+
+// Wippy's docker host URL: there is no daemon to talk to.
+Status parse_docker_host(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  return fail(p.error(f, "cloister runs containers itself: there is no Docker host to name"));
 }
 
 // "name" and "kind" are read first, by Parser::executor; the rest in file order.
@@ -969,9 +994,9 @@ constexpr FieldRule kExecutorFields[] = {
     {"seccomp_profile", parse_seccomp},
     {"timeout", parse_timeout},
     {"default_timeout", parse_timeout},
-    {"image", container_only},
-    {"host", container_only},
-    {"auto_remove", container_only},
+    {"image", parse_image},
+    {"host", parse_docker_host},
+    {"auto_remove", parse_auto_remove},
 };
 
 constexpr auto kExecutorKeys = [] {
@@ -1019,6 +1044,14 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
   if (!caps) return fail(error(f, caps.error().what()));
   b.cfg.capabilities = *caps;
 
+  if (b.cfg.kind == ExecutorKind::Container) {
+    if (b.cfg.image.empty()) return fail(error(f.line, child_path(f.path, "image"),
+                                               "required for a container executor"));
+    if (b.host_paths_given || b.masked_paths_given)
+      return fail(error(f, "host_paths and masked_paths are for host executors: a container's "
+                           "root is its image"));
+    return std::move(b.cfg);
+  }
   if (!b.host_paths_given) b.cfg.host_paths = kDefaultHostPaths;
   if (!b.masked_paths_given) b.cfg.masked_paths = kDefaultMaskedPaths;
   return std::move(b.cfg);
@@ -1043,6 +1076,16 @@ Status Parser::executors(const Field& f, Config& config) const {
   return {};
 }
 
+// The images section (oci/): `images: { state_dir: /var/lib/cloister }`.
+Status Parser::images(const Field& f, Config& config) const {
+  constexpr std::array<std::string_view, 1> kKeys = {"state_dir"};
+  auto entries = mapping(f, kKeys);
+  if (!entries) return fail(entries.error());
+  if (const Entry* e = find_entry(*entries, "state_dir"))
+    if (auto s = assign(path(e->value), config.images.state_dir); !s) return s;
+  return {};
+}
+
 // ---------------------------------------------------------------------------
 // Top-level sections.
 
@@ -1054,6 +1097,7 @@ struct Section {
 
 constexpr Section kSections[] = {
     {"executors", true, &Parser::executors},
+    {"images", false, &Parser::images},
 };
 
 constexpr auto kSectionKeys = [] {
@@ -1084,6 +1128,8 @@ Result<Config> Parser::document(const YAML::Node& root) const {
     }
     if (auto s = (this->*section.parse)(e->value, config); !s) return fail(s.error());
   }
+  for (auto& e : config.executors)
+    if (e.kind == ExecutorKind::Container) e.state_dir = config.images.state_dir;
   return config;
 }
 

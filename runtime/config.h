@@ -46,7 +46,10 @@ struct ExecutorConfig {
   std::vector<rlimits::Limit> rlimits;
   std::string seccomp_profile;                   // "" = built-in default
   std::chrono::milliseconds default_timeout{0};  // 0 = none
-  std::string image;                             // container executors (not supported yet)
+  // Container executors (kind: container / exec.docker), see docs/oci.md.
+  std::string image;        // a reference, normalised (docker.io/library/alpine:latest)
+  bool auto_remove = true;  // accepted for seed compatibility: nothing outlives a process
+  std::string state_dir;    // the image store; from the images section, "" = default
 };
 
 inline const std::vector<std::string> kDefaultHostPaths = {
@@ -55,9 +58,15 @@ inline const std::vector<std::string> kDefaultMaskedPaths = {
     "/etc/shadow",  "/etc/gshadow",   "/etc/shadow-", "/etc/gshadow-",
     "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh",     "/etc/ssl/private"};
 
+// The `images:` section: where the image store lives (oci/store.h).
+struct ImagesConfig {
+  std::string state_dir;  // "" = /var/lib/cloister
+};
+
 struct Config {
   std::string path;
   std::vector<ExecutorConfig> executors;
+  ImagesConfig images;
 
   const ExecutorConfig* find(std::string_view name) const;
 };
