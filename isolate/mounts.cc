@@ -253,40 +253,52 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.slot = slot_of[i] = slots++;
     o.attr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0);
   }
+  // Container roots: each layer is cloned now too (it may lie below the
+  // stage, /tmp), moved to a short path on the stage tmpfs, and the overlay
+  // is mounted over that same tmpfs. The kernel resolves the overlay's
+  // option paths at mount time, so the tmpfs (upper dir, layer mounts) stays
+  // reachable through the overlay only, and goes with the sandbox's mount
+  // namespace. The short paths also keep the option string small.
+  std::vector<int> layer_slots;
+  if (image) {
+    const auto& layers = spec.image_root->layers;
+    if (layers.empty()) return fail(invalid("image root: no layers"));
+    if (layers.size() > 256) return fail(make_error(ErrorKind::Limit, "image root: over 256 layers"));
+    for (const auto& l : layers) {
+      auto n = normalize_path(l);
+      if (!n) return fail(n.error().wrap("image layer"));
+      struct stat st;
+      if (::stat(n->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return fail(sys_error("image layer " + *n));
+      Op& o = op(OpKind::CloneTree);
+      o.src = *n;
+      o.slot = slots++;
+      o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+      layer_slots.push_back(o.slot);
+    }
+  }
   {
     Op& o = op(OpKind::Tmpfs, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "mode=0755";
   }
   if (image) {
-    // The overlay's upper and work dirs live on the stage tmpfs, and the
-    // overlay is mounted over that same tmpfs: the kernel resolves the
-    // option paths at mount time, so the tmpfs stays reachable through the
-    // overlay only, and goes when the sandbox's mount namespace does.
-    const auto& layers = spec.image_root->layers;
-    if (layers.empty()) return fail(invalid("image root: no layers"));
+    const std::string base = std::string(kStage) + "/.l";
+    op(OpKind::Mkdir, base).mode = 0700;
     std::string lower;
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-      auto n = normalize_path(*it);
-      if (!n) return fail(n.error().wrap("image layer"));
-      if (n->find_first_of(":,\\") != std::string::npos)
-        return fail(invalid("image layer path " + *n + " contains ':', ',' or '\\'"));
-      struct stat st;
-      if (::stat(n->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        return fail(sys_error("image layer " + *n));
+    for (size_t i = layer_slots.size(); i-- > 0;) {
+      const std::string at = base + "/" + std::to_string(i);
+      op(OpKind::Mkdir, at).mode = 0755;
+      op(OpKind::MoveTree, at).slot = layer_slots[i];
       if (!lower.empty()) lower += ':';
-      lower += *n;
+      lower += at;
     }
     op(OpKind::Mkdir, std::string(kStage) + "/.upper").mode = 0755;
     op(OpKind::Mkdir, std::string(kStage) + "/.work").mode = 0700;
     Op& o = op(OpKind::Overlay, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "lowerdir=" + lower + ",upperdir=" + kStage + "/.upper,workdir=" + kStage + "/.work";
-    if (o.data.size() >= 4000)
-      return fail(make_error(ErrorKind::Limit, "image root: too many layers for one overlay mount (" +
-                                                   std::to_string(layers.size()) + ")"));
   }
-
   std::set<std::string> dirs{"/"};  // directories known to exist in the new root
   // The nearest entry strictly above `target`, if any.
   auto parent_entry = [&](size_t upto, const std::string& target) -> const Entry* {

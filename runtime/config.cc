@@ -802,6 +802,12 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
       colon == std::string::npos ? std::nullopt : std::optional(s->substr(colon + 1));
   if (user.empty() || (group && (group->empty() || group->find(':') != std::string::npos)))
     return fail(p.error(f, expected));
+  // A container's users are the image's: resolved against its /etc/passwd
+  // when the executor is created (oci/container.h).
+  if (b.cfg.kind == ExecutorKind::Container) {
+    b.cfg.user = *s;
+    return {};
+  }
 
   Identity id;
   std::optional<gid_t> gid;

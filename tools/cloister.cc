@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "oci/load.h"
+#include "oci/reference.h"
+#include "oci/store.h"
 #include "runtime/config.h"
 #include "runtime/executor.h"
 #include "runtime/pump.h"
@@ -30,6 +33,7 @@ struct ExecOptions {
   std::string executor;
   std::vector<std::string> env;
   std::string work_dir;
+  std::string state_dir;  // overrides the config's images.state_dir
   bool interactive = false;
   double timeout = 0;
   std::vector<std::string> argv;
@@ -42,7 +46,9 @@ int run_exec(const ExecOptions& o) {
   if (!ec)
     return report(
         make_error(ErrorKind::NotFound, "no executor named '" + o.executor + "' in " + o.config));
-  auto executor = Executor::create(*ec);
+  ExecutorConfig chosen = *ec;
+  if (!o.state_dir.empty()) chosen.state_dir = o.state_dir;
+  auto executor = Executor::create(chosen);
   if (!executor) return report(executor.error());
 
   ExecRequest req;
@@ -67,6 +73,81 @@ int run_exec(const ExecOptions& o) {
   return status->code();
 }
 
+// --- image verbs (oci/): load, images, rmi, prune ---
+
+std::string human_bytes(uint64_t n) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1000 && u < 4) v /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+Result<oci::Store> open_store(const std::string& state_dir) {
+  return oci::Store::open(state_dir.empty() ? oci::kDefaultStateDir : state_dir);
+}
+
+int run_load(const std::string& state_dir, const std::string& path, const std::string& name) {
+  auto store = open_store(state_dir);
+  if (!store) return report(store.error());
+  oci::ImportOptions opt;
+  opt.layer_done = [](size_t i, const oci::Descriptor& d, bool cached) {
+    std::fprintf(stderr, "layer %zu %s: %s\n", i, d.digest.str().substr(0, 19).c_str(),
+                 cached ? "already present" : "applied");
+  };
+  auto images = oci::load_images(*store, path, name, opt);
+  if (!images) return report(images.error());
+  for (const auto& r : *images)
+    std::printf("loaded %s (%s)\n", r.reference.c_str(), r.manifest.str().c_str());
+  return 0;
+}
+
+int run_images(const std::string& state_dir) {
+  auto store = open_store(state_dir);
+  if (!store) return report(store.error());
+  auto images = store->list_images();
+  if (!images) return report(images.error());
+  std::printf("%-50s %-19s %6s %10s\n", "REFERENCE", "MANIFEST", "LAYERS", "SIZE");
+  for (const auto& r : *images)
+    std::printf("%-50s %-19s %6zu %10s\n", r.reference.c_str(),
+                r.manifest.str().substr(0, 19).c_str(), r.chain_ids.size(),
+                human_bytes(r.size).c_str());
+  auto used = store->disk_usage();
+  if (used) std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
+  return 0;
+}
+
+int run_rmi(const std::string& state_dir, const std::vector<std::string>& refs) {
+  auto store = open_store(state_dir);
+  if (!store) return report(store.error());
+  auto lock = store->lock(true);
+  if (!lock) return report(lock.error());
+  for (const auto& r : refs) {
+    auto ref = oci::parse_reference(r);
+    if (!ref) return report(ref.error());
+    if (auto s = store->remove_image(ref->str()); !s) return report(s.error());
+    std::printf("removed %s\n", ref->str().c_str());
+  }
+  return 0;
+}
+
+int run_prune(const std::string& state_dir) {
+  auto store = open_store(state_dir);
+  if (!store) return report(store.error());
+  auto lock = store->lock(true);
+  if (!lock) return report(lock.error());
+  auto r = store->prune();
+  if (!r) return report(r.error());
+  std::printf("removed %d blobs, %d layers, %d staging entries: %s freed\n", r->blobs, r->layers,
+              r->staging, human_bytes(r->bytes).c_str());
+  auto used = store->disk_usage();
+  if (used) std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
+  return 0;
+}
+// --- end image verbs ---
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,6 +169,20 @@ int main(int argc, char** argv) {
   sub->add_option("--timeout", exec.timeout, "kill the command after SECONDS")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("argv", exec.argv, "the command and its arguments (after --)")->required();
+  sub->add_option("--state-dir", exec.state_dir, "image store (container executors)");
+
+  // Image verbs (oci/).
+  std::string state_dir, load_path, load_name;
+  std::vector<std::string> rmi_refs;
+  auto* load = app.add_subcommand("load", "import an OCI image layout directory or OCI archive");
+  load->add_option("path", load_path, "layout directory or .tar archive")->required();
+  load->add_option("--name,-n", load_name, "reference to store the image under");
+  auto* images = app.add_subcommand("images", "list the images in the store and its disk use");
+  auto* rmi = app.add_subcommand("rmi", "remove image records (prune frees their layers)");
+  rmi->add_option("reference", rmi_refs, "image reference")->required();
+  auto* prune = app.add_subcommand("prune", "remove blobs and layers no image uses");
+  for (auto* c : {load, images, rmi, prune})
+    c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
   try {
     app.parse(argc, argv);
@@ -97,5 +192,9 @@ int main(int argc, char** argv) {
     return 125;
   }
   if (sub->parsed()) return run_exec(exec);
+  if (load->parsed()) return run_load(state_dir, load_path, load_name);
+  if (images->parsed()) return run_images(state_dir);
+  if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
+  if (prune->parsed()) return run_prune(state_dir);
   return 125;
 }

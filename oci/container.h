@@ -1,0 +1,34 @@
+// What the container executor needs from an image: its layer directories
+// (for SpawnSpec::image_root), the defaults of its config, and its users.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "isolate/error.h"
+#include "isolate/spec.h"
+#include "oci/image.h"
+
+namespace cloister::oci {
+
+struct ContainerImage {
+  std::string reference;
+  std::vector<std::string> layer_dirs;  // bottom to top
+  ImageConfig config;
+};
+
+// Opens the store at state_dir ("" = kDefaultStateDir) and resolves the
+// image. NotFound when it was neither pulled nor loaded.
+Result<ContainerImage> open_container_image(const std::string& state_dir,
+                                            const std::string& reference);
+
+// "uid[:gid]" or "name[:group]" resolved against the image's own
+// /etc/passwd and /etc/group (the top-most layer that has them); "" = 0:0.
+Result<Identity> image_user(const std::vector<std::string>& layer_dirs, const std::string& user);
+
+// Reads a small file of the merged image (top-most layer wins, whiteouts and
+// symlinks count as absent). NotFound when no layer has it.
+Result<std::string> read_image_file(const std::vector<std::string>& layer_dirs,
+                                    const std::string& path);
+
+}  // namespace cloister::oci
