@@ -5,12 +5,15 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <map>
+#include <mutex>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "oci/load.h"
 #include "oci/reference.h"
+#include "oci/registry.h"
 #include "oci/store.h"
 #include "runtime/config.h"
 #include "runtime/executor.h"
@@ -146,6 +149,46 @@ int run_prune(const std::string& state_dir) {
   if (used) std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
   return 0;
 }
+int run_pull(const std::string& state_dir, const std::string& reference,
+             const oci::RegistryOptions& ropt) {
+  auto store = open_store(state_dir);
+  if (!store) return report(store.error());
+  // Progress: a status line on a TTY, JSON lines otherwise (stderr).
+  const bool tty = ::isatty(STDERR_FILENO);
+  std::mutex mu;
+  std::map<size_t, std::pair<uint64_t, uint64_t>> layers;  // done, total
+  std::map<size_t, uint64_t> last_reported;
+  oci::ImportOptions opt;
+  opt.progress = [&](size_t i, uint64_t done, uint64_t total) {
+    std::lock_guard g(mu);
+    layers[i] = {done, total};
+    auto& last = last_reported[i];
+    if (done == last || (done - last < (1u << 20) && done != total)) return;
+    last = done;
+    if (tty) {
+      uint64_t d = 0, t = 0;
+      for (auto& [k, v] : layers) d += v.first, t += v.second;
+      std::fprintf(stderr, "\r%zu layer(s): %s / %s   ", layers.size(), human_bytes(d).c_str(),
+                   human_bytes(t).c_str());
+    } else {
+      std::fprintf(stderr, "{\"event\":\"progress\",\"layer\":%zu,\"bytes\":%llu,\"total\":%llu}\n", i,
+                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+    }
+  };
+  opt.layer_done = [&](size_t i, const oci::Descriptor& d, bool cached) {
+    std::lock_guard g(mu);
+    if (tty)
+      std::fprintf(stderr, "\rlayer %zu %s %s\n", i, d.digest.str().substr(0, 19).c_str(),
+                   cached ? "already present" : "done");
+    else
+      std::fprintf(stderr, "{\"event\":\"layer\",\"layer\":%zu,\"digest\":\"%s\",\"cached\":%s}\n", i,
+                   d.digest.str().c_str(), cached ? "true" : "false");
+  };
+  auto rec = oci::pull_image(*store, reference, ropt, opt);
+  if (!rec) return report(rec.error());
+  std::printf("pulled %s (%s)\n", rec->reference.c_str(), rec->manifest.str().c_str());
+  return 0;
+}
 // --- end image verbs ---
 
 }  // namespace
@@ -181,7 +224,13 @@ int main(int argc, char** argv) {
   auto* rmi = app.add_subcommand("rmi", "remove image records (prune frees their layers)");
   rmi->add_option("reference", rmi_refs, "image reference")->required();
   auto* prune = app.add_subcommand("prune", "remove blobs and layers no image uses");
-  for (auto* c : {load, images, rmi, prune})
+  std::string pull_ref;
+  oci::RegistryOptions ropt;
+  auto* pull = app.add_subcommand("pull", "pull an image from a registry into the store");
+  pull->add_option("reference", pull_ref, "image reference")->required();
+  pull->add_option("--insecure", ropt.insecure, "registry host[:port] reachable over plain HTTP");
+  pull->add_option("--auth-file", ropt.auth_file, "credentials file (auth.json format)");
+  for (auto* c : {load, images, rmi, prune, pull})
     c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
   try {
@@ -196,5 +245,6 @@ int main(int argc, char** argv) {
   if (images->parsed()) return run_images(state_dir);
   if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
   if (prune->parsed()) return run_prune(state_dir);
+  if (pull->parsed()) return run_pull(state_dir, pull_ref, ropt);
   return 125;
 }

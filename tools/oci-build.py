@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--platforms", default="")
     ap.add_argument("--attestation", action="store_true")
     ap.add_argument("--archive")
+    ap.add_argument("--push", help="http://HOST:PORT/REPO:TAG (the OCI distribution push API)")
+    ap.add_argument("--user-pass", help="USER:PASS for basic auth when pushing")
     a = ap.parse_args()
     os.makedirs(os.path.join(a.out, "blobs", "sha256"), exist_ok=True)
     def put(b):
@@ -105,7 +107,39 @@ def main():
         with tarfile.open(a.archive, "w") as t:
             for n in ["oci-layout", "index.json", "blobs"]:
                 t.add(os.path.join(a.out, n), n)
+    if a.push:
+        push(a.out, top, a.push, a.user_pass)
     print(top["digest"])
+
+def push(layout, top, target, user_pass):
+    import base64, urllib.request
+    base, _, rest = target.rpartition("//")[2].partition("/")
+    repo, _, tag = rest.rpartition(":")
+    url = "http://" + base
+    hdr = {}
+    if user_pass:
+        hdr["Authorization"] = "Basic " + base64.b64encode(user_pass.encode()).decode()
+    def req(method, u, data=None, headers=None):
+        r = urllib.request.Request(u, data=data, method=method, headers={**hdr, **(headers or {})})
+        return urllib.request.urlopen(r)
+    blobdir = os.path.join(layout, "blobs", "sha256")
+    def blob(d):
+        with open(os.path.join(blobdir, d[7:]), "rb") as f: return f.read()
+    def put_blob(d):
+        loc = req("POST", url + "/v2/%s/blobs/uploads/" % repo).headers["Location"]
+        if loc.startswith("/"): loc = url + loc
+        req("PUT", loc + ("&" if "?" in loc else "?") + "digest=" + d, blob(d),
+            {"Content-Type": "application/octet-stream"})
+    def put_manifest(desc, ref):
+        body = blob(desc["digest"])
+        doc = json.loads(body)
+        if "manifests" in doc:
+            for m in doc["manifests"]: put_manifest(m, m["digest"])
+        else:
+            put_blob(doc["config"]["digest"])
+            for l in doc["layers"]: put_blob(l["digest"])
+        req("PUT", url + "/v2/%s/manifests/%s" % (repo, ref), body, {"Content-Type": desc["mediaType"]})
+    put_manifest(top, tag)
 
 if __name__ == "__main__":
     main()
