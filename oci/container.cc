@@ -47,10 +47,16 @@ std::vector<std::string> find_line(const std::string& text, std::string_view key
 }  // namespace
 
 Result<ContainerImage> open_container_image(const std::string& state_dir,
-                                            const std::string& reference) {
+                                            const std::string& reference, bool pull,
+                                            const RegistryOptions& registry) {
   auto store = Store::open(state_dir.empty() ? kDefaultStateDir : state_dir);
   if (!store) return fail(store.error());
   auto img = resolve_image(*store, reference);
+  if (!img && img.error().kind == ErrorKind::NotFound && pull) {
+    auto pulled = pull_image(*store, reference, registry, {});
+    if (!pulled) return fail(pulled.error());
+    img = resolve_image(*store, reference);
+  }
   if (!img) return fail(img.error());
   ContainerImage c;
   c.reference = img->record.reference;

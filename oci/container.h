@@ -8,6 +8,7 @@
 #include "isolate/error.h"
 #include "isolate/spec.h"
 #include "oci/image.h"
+#include "oci/registry.h"
 
 namespace cloister::oci {
 
@@ -18,9 +19,11 @@ struct ContainerImage {
 };
 
 // Opens the store at state_dir ("" = kDefaultStateDir) and resolves the
-// image. NotFound when it was neither pulled nor loaded.
+// image; one missing from the store is pulled first (with `registry`) when
+// `pull` is set.
 Result<ContainerImage> open_container_image(const std::string& state_dir,
-                                            const std::string& reference);
+                                            const std::string& reference, bool pull = false,
+                                            const RegistryOptions& registry = {});
 
 // "uid[:gid]" or "name[:group]" resolved against the image's own
 // /etc/passwd and /etc/group (the top-most layer that has them); "" = 0:0.

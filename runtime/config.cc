@@ -1084,11 +1084,25 @@ Status Parser::executors(const Field& f, Config& config) const {
 
 // The images section (oci/): `images: { state_dir: /var/lib/cloister }`.
 Status Parser::images(const Field& f, Config& config) const {
-  constexpr std::array<std::string_view, 1> kKeys = {"state_dir"};
+  constexpr std::array<std::string_view, 3> kKeys = {"state_dir", "insecure_registries",
+                                                     "auth_file"};
   auto entries = mapping(f, kKeys);
   if (!entries) return fail(entries.error());
   if (const Entry* e = find_entry(*entries, "state_dir"))
     if (auto s = assign(path(e->value), config.images.state_dir); !s) return s;
+  if (const Entry* e = find_entry(*entries, "auth_file"))
+    if (auto s = assign(path(e->value), config.images.auth_file); !s) return s;
+  if (const Entry* e = find_entry(*entries, "insecure_registries")) {
+    auto items = sequence(e->value);
+    if (!items) return fail(items.error());
+    for (const auto& item : *items) {
+      auto host = string(item);
+      if (!host) return fail(host.error());
+      if (host->empty() || host->find_first_of("/ \t") != std::string::npos)
+        return fail(error(item, "expected host[:port], got " + quote(*host)));
+      config.images.insecure_registries.push_back(std::move(*host));
+    }
+  }
   return {};
 }
 
@@ -1135,7 +1149,11 @@ Result<Config> Parser::document(const YAML::Node& root) const {
     if (auto s = (this->*section.parse)(e->value, config); !s) return fail(s.error());
   }
   for (auto& e : config.executors)
-    if (e.kind == ExecutorKind::Container) e.state_dir = config.images.state_dir;
+    if (e.kind == ExecutorKind::Container) {
+      e.state_dir = config.images.state_dir;
+      e.insecure_registries = config.images.insecure_registries;
+      e.auth_file = config.images.auth_file;
+    }
   return config;
 }
 

@@ -50,6 +50,10 @@ struct ExecutorConfig {
   std::string image;        // a reference, normalised (docker.io/library/alpine:latest)
   bool auto_remove = true;  // accepted for seed compatibility: nothing outlives a process
   std::string state_dir;    // the image store; from the images section, "" = default
+  // From the images section: an image missing from the store is pulled when
+  // the executor is created (loopback registries are always insecure).
+  std::vector<std::string> insecure_registries;
+  std::string auth_file;  // "" = the default credential search
 };
 
 inline const std::vector<std::string> kDefaultHostPaths = {
@@ -60,7 +64,9 @@ inline const std::vector<std::string> kDefaultMaskedPaths = {
 
 // The `images:` section: where the image store lives (oci/store.h).
 struct ImagesConfig {
-  std::string state_dir;  // "" = /var/lib/cloister
+  std::string state_dir;                     // "" = /var/lib/cloister
+  std::vector<std::string> insecure_registries;  // host[:port] reachable over plain HTTP
+  std::string auth_file;                     // "" = the default credential search
 };
 
 struct Config {

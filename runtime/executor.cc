@@ -14,7 +14,11 @@ constexpr const char* kContainerPath =
 // The container part of lowering: the image's layers as the root, its user
 // unless the executor names one, its config's defaults.
 Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out) {
-  auto img = oci::open_container_image(c.state_dir, c.image);
+  // Pulled on first use when missing from the store.
+  oci::RegistryOptions registry;
+  registry.insecure = c.insecure_registries;
+  registry.auth_file = c.auth_file;
+  auto img = oci::open_container_image(c.state_dir, c.image, true, registry);
   if (!img) return fail(img.error().wrap("image " + c.image));
   s.image_root = ImageRoot{img->layer_dirs};
   s.host_paths.clear();

@@ -176,6 +176,20 @@ TEST_F(Registry, AnonymousIndexWithAttestationThenRun) {
   EXPECT_EQ(fresh, 0);
 }
 
+TEST_F(Registry, ExecutorPullsOnFirstUse) {
+  ExecutorConfig c;
+  c.name = "box";
+  c.kind = ExecutorKind::Container;
+  c.image = ref(anon, "test/bb:multi");
+  c.state_dir = store_dir.path;
+  EXPECT_EQ(run_ok(c, {}).out, "hello\n");
+  auto store = oci::Store::open(store_dir.path);
+  auto images = store->list_images();
+  ASSERT_TRUE(images);
+  ASSERT_EQ(images->size(), 1u);
+  EXPECT_EQ((*images)[0].reference, ref(anon, "test/bb:multi"));
+}
+
 TEST_F(Registry, BasicAuth) {
   auto store = oci::Store::open(store_dir.path);
   oci::RegistryOptions ro;
