@@ -263,7 +263,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
-    if (layers.size() > 256) return fail(make_error(ErrorKind::Limit, "image root: over 256 layers"));
+    if (layers.size() > 256)
+      return fail(make_error(ErrorKind::Limit, "image root: over 256 layers"));
     for (const auto& l : layers) {
       auto n = normalize_path(l);
       if (!n) return fail(n.error().wrap("image layer"));
@@ -338,8 +339,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
           mode_t m = image_lookup(spec.image_root->layers, e.target.substr(0, k));
           if (m != 0 && !S_ISDIR(m) && (k != e.target.size() || e.is_dir || S_ISLNK(m)))
             return fail(invalid(e.what + ": " + e.target.substr(0, k) + " is " +
-                                (S_ISLNK(m) ? "a symlink" : "not a directory") +
-                                " in the image"));
+                                (S_ISLNK(m) ? "a symlink" : "not a directory") + " in the image"));
         }
       }
       for (;;) {

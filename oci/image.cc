@@ -64,14 +64,20 @@ Platform host_platform() {
   ::uname(&u);
   std::string m = u.machine;
   Platform p{"linux", m, ""};
-  if (m == "x86_64") p.architecture = "amd64";
-  else if (m == "aarch64") p.architecture = "arm64", p.variant = "v8";
-  else if (m == "i686" || m == "i386") p.architecture = "386";
-  else if (m.starts_with("armv7")) p.architecture = "arm", p.variant = "v7";
+  if (m == "x86_64")
+    p.architecture = "amd64";
+  else if (m == "aarch64")
+    p.architecture = "arm64", p.variant = "v8";
+  else if (m == "i686" || m == "i386")
+    p.architecture = "386";
+  else if (m.starts_with("armv7"))
+    p.architecture = "arm", p.variant = "v7";
   return p;
 }
 
-bool is_index_type(std::string_view t) { return t == media::kOciIndex || t == media::kDockerList; }
+bool is_index_type(std::string_view t) {
+  return t == media::kOciIndex || t == media::kDockerList;
+}
 bool is_manifest_type(std::string_view t) {
   return t == media::kOciManifest || t == media::kDockerManifest;
 }
@@ -182,14 +188,12 @@ Result<Descriptor> select_platform(const Index& index, const Platform& want) {
     if (p.os != want.os || p.architecture != want.architecture) continue;
     if (!want.variant.empty() && !p.variant.empty() && p.variant != want.variant) continue;
     // An exact variant beats an unspecified one.
-    if (!best || (p.variant == want.variant && best->platform->variant != want.variant))
-      best = &d;
+    if (!best || (p.variant == want.variant && best->platform->variant != want.variant)) best = &d;
   }
   if (!best)
-    return fail(make_error(ErrorKind::NotFound,
-                           "no manifest for " + want.os + "/" + want.architecture +
-                               " in the index (offered: " +
-                               (offered.empty() ? "none" : offered) + ")"));
+    return fail(make_error(ErrorKind::NotFound, "no manifest for " + want.os + "/" +
+                                                    want.architecture + " in the index (offered: " +
+                                                    (offered.empty() ? "none" : offered) + ")"));
   return *best;
 }
 

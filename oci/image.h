@@ -91,7 +91,7 @@ class BlobSource {
 
 struct ImportOptions {
   Platform platform = host_platform();
-  int parallel = 3;             // layers fetched and applied at once
+  int parallel = 3;                        // layers fetched and applied at once
   uint64_t max_layer_bytes = 16ull << 30;  // uncompressed, per layer
   bool allow_devices = false;
   // (layer index, compressed bytes so far, layer size); called from worker threads.

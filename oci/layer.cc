@@ -141,8 +141,8 @@ class Applier {
         return hardlink(e, pfd, name);
       case '3':
       case '4':
-        if (!opt_.allow_devices) return fail(make_error(ErrorKind::PermissionDenied,
-                                                        "device nodes are not allowed"));
+        if (!opt_.allow_devices)
+          return fail(make_error(ErrorKind::PermissionDenied, "device nodes are not allowed"));
         [[fallthrough]];
       case '6': {
         if (auto s = replace(pfd, name); !s) return s;
@@ -218,8 +218,8 @@ class Applier {
 
   Status regular(TarReader& tar, const TarEntry& e, int pfd, const std::string& name) {
     if (auto s = replace(pfd, name); !s) return s;
-    int fd = ::openat(pfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                      0600);
+    int fd =
+        ::openat(pfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return fail(sys_error("create"));
     Fd f(fd);
     for (;;) {
@@ -338,11 +338,11 @@ Result<ApplyResult> apply_layer(ByteStream& in, int root_fd, const ApplyOptions&
     return fail(invalid("layer: size " + std::to_string(r.compressed_size) + ", expected " +
                         std::to_string(*opt.expect_size)));
   if (opt.expect_digest && r.digest != *opt.expect_digest)
-    return fail(invalid("layer: digest " + r.digest.str() + ", expected " +
-                        opt.expect_digest->str()));
+    return fail(
+        invalid("layer: digest " + r.digest.str() + ", expected " + opt.expect_digest->str()));
   if (opt.expect_diff_id && r.diff_id != *opt.expect_diff_id)
-    return fail(invalid("layer: diff_id " + r.diff_id.str() + ", expected " +
-                        opt.expect_diff_id->str()));
+    return fail(
+        invalid("layer: diff_id " + r.diff_id.str() + ", expected " + opt.expect_diff_id->str()));
   return r;
 }
 

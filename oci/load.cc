@@ -33,7 +33,8 @@ class LayoutSource : public BlobSource {
     if (text.size() != d.size)
       return fail(invalid("blob " + d.digest.str() + ": size " + std::to_string(text.size()) +
                           ", expected " + std::to_string(d.size)));
-    if (sha256_of(text) != d.digest) return fail(invalid("blob " + d.digest.str() + ": digest mismatch"));
+    if (sha256_of(text) != d.digest)
+      return fail(invalid("blob " + d.digest.str() + ": digest mismatch"));
     return text;
   }
 
@@ -139,8 +140,8 @@ Result<std::vector<ImageRecord>> load_images(const Store& store, const std::stri
   if (::stat(path.c_str(), &st) != 0) return fail(sys_error("load " + path));
   if (S_ISDIR(st.st_mode)) return load_layout(store, path, name, opt);
   // An archive: stage its layout in the store, load it, remove the staging.
-  const std::string stage = store.root() + "/tmp/load-" + std::to_string(::getpid()) + "-" +
-                            std::to_string(st.st_ino);
+  const std::string stage =
+      store.root() + "/tmp/load-" + std::to_string(::getpid()) + "-" + std::to_string(st.st_ino);
   if (::mkdir(stage.c_str(), 0700) != 0) return fail(sys_error("mkdir " + stage));
   auto result = [&]() -> Result<std::vector<ImageRecord>> {
     if (auto s = extract_layout(path, stage); !s) return fail(s.error().wrap("load"));

@@ -7,7 +7,9 @@ namespace {
 
 constexpr size_t kMaxReference = 512;
 
-bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool lower_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
 
 // A path component: [a-z0-9]+ separated by '.', '_', '__' or runs of '-'.
 bool valid_component(std::string_view c) {
@@ -31,8 +33,8 @@ bool valid_tag(std::string_view t) {
   if (t.empty() || t.size() > 128) return false;
   for (size_t i = 0; i < t.size(); ++i) {
     char c = t[i];
-    bool word = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '_';
+    bool word =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     if (!word && (i == 0 || (c != '.' && c != '-'))) return false;
   }
   return true;
@@ -41,8 +43,8 @@ bool valid_tag(std::string_view t) {
 bool valid_host(std::string_view h) {
   if (h.empty()) return false;
   for (char c : h)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '-' || c == ':' || c == '[' || c == ']'))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '-' || c == ':' || c == '[' || c == ']'))
       return false;
   auto colon = h.rfind(':');
   if (colon != std::string_view::npos && h.find(']') == std::string_view::npos) {
@@ -100,8 +102,7 @@ Result<Reference> parse_reference(std::string_view text) {
       rest = rest.substr(first_slash + 1);
     }
   }
-  if (r.registry.empty() || r.registry == "index.docker.io" ||
-      r.registry == "registry-1.docker.io")
+  if (r.registry.empty() || r.registry == "index.docker.io" || r.registry == "registry-1.docker.io")
     r.registry = "docker.io";
   if (rest.empty()) return fail(invalid(shown + ": no repository"));
   size_t i = 0;
@@ -110,8 +111,9 @@ Result<Reference> parse_reference(std::string_view text) {
     if (j == std::string_view::npos) j = rest.size();
     if (!valid_component(rest.substr(i, j - i)))
       return fail(invalid(shown + ": bad repository component '" +
-                          std::string(rest.substr(i, j - i)) + "' (lowercase letters, digits, "
-                                                               "'.', '_', '-')"));
+                          std::string(rest.substr(i, j - i)) +
+                          "' (lowercase letters, digits, "
+                          "'.', '_', '-')"));
     i = j + 1;
   }
   r.repository = std::string(rest);

@@ -54,8 +54,7 @@ Result<const CurlApi*> curl_api() {
     api.easy_getinfo = reinterpret_cast<decltype(api.easy_getinfo)>(sym("curl_easy_getinfo"));
     api.easy_cleanup = reinterpret_cast<decltype(api.easy_cleanup)>(sym("curl_easy_cleanup"));
     api.slist_append = reinterpret_cast<decltype(api.slist_append)>(sym("curl_slist_append"));
-    api.slist_free_all =
-        reinterpret_cast<decltype(api.slist_free_all)>(sym("curl_slist_free_all"));
+    api.slist_free_all = reinterpret_cast<decltype(api.slist_free_all)>(sym("curl_slist_free_all"));
     api.easy_strerror = reinterpret_cast<decltype(api.easy_strerror)>(sym("curl_easy_strerror"));
     if (!api.global_init || !api.easy_init || !api.easy_setopt || !api.easy_perform ||
         !api.easy_getinfo || !api.easy_cleanup || !api.slist_append || !api.slist_free_all ||
@@ -135,7 +134,8 @@ size_t on_header(char* data, size_t size, size_t n, void* p) {
     std::string name = lower(std::string(line.substr(0, colon)));
     std::string_view v = line.substr(colon + 1);
     while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+    while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' '))
+      v.remove_suffix(1);
     t->resp->headers[name] = std::string(v);
   }
   return size * n;
@@ -156,8 +156,8 @@ size_t on_body(char* data, size_t size, size_t n, void* p) {
 }
 
 Result<Response> http_get(const std::string& url, const std::vector<std::string>& headers,
-                          Sink sink = nullptr,
-                          size_t max_body = kMaxConfigBytes, bool allow_http = false) {
+                          Sink sink = nullptr, size_t max_body = kMaxConfigBytes,
+                          bool allow_http = false) {
   auto api = curl_api();
   if (!api) return fail(api.error());
   const CurlApi& c = **api;
@@ -190,8 +190,9 @@ Result<Response> http_get(const std::string& url, const std::vector<std::string>
   c.slist_free_all(hl);
   if (t.too_big) return fail(make_error(ErrorKind::Limit, "GET " + url + ": response too large"));
   if (rc != CURLE_OK)
-    return fail(make_error(rc == CURLE_OPERATION_TIMEDOUT ? ErrorKind::Timeout : ErrorKind::Internal,
-                           "GET " + url + ": " + c.easy_strerror(rc)));
+    return fail(
+        make_error(rc == CURLE_OPERATION_TIMEDOUT ? ErrorKind::Timeout : ErrorKind::Internal,
+                   "GET " + url + ": " + c.easy_strerror(rc)));
   return resp;
 }
 
@@ -248,7 +249,8 @@ Result<Credentials> find_credentials(const std::string& registry, const std::str
   }
   std::vector<std::string> keys = {registry, "https://" + registry, "http://" + registry};
   if (registry == "docker.io")
-    keys.insert(keys.end(), {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"});
+    keys.insert(keys.end(),
+                {"https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"});
   for (const auto& f : files) {
     auto text = read_file(f);
     if (!text) continue;
@@ -326,8 +328,7 @@ class Endpoint {
 
   // GET with authorization; a 401 runs the challenge once and retries.
   Result<Response> get(const std::string& path, std::vector<std::string> headers,
-                       Sink sink = nullptr,
-                       size_t max_body = kMaxConfigBytes) {
+                       Sink sink = nullptr, size_t max_body = kMaxConfigBytes) {
     for (int round = 0; round < 2; ++round) {
       std::vector<std::string> h = headers;
       {
@@ -369,7 +370,8 @@ class Endpoint {
     if (!params["service"].empty()) url += "service=" + url_escape(params["service"]) + "&";
     url += "scope=" + url_escape("repository:" + repo_ + ":pull");
     std::vector<std::string> h;
-    if (!creds_.empty()) h.push_back("Authorization: Basic " + base64(creds_.user + ":" + creds_.secret));
+    if (!creds_.empty())
+      h.push_back("Authorization: Basic " + base64(creds_.user + ":" + creds_.secret));
     // The token realm may be plain HTTP only when the registry itself is.
     auto r = http_get(url, h, nullptr, 1 << 20, insecure_);
     if (!r) return fail(r.error().wrap("token"));
@@ -526,9 +528,9 @@ class RegistrySource : public BlobSource {
         continue;
       }
       if (r->status != 200) {
-        last = make_error(r->status == 404 ? ErrorKind::NotFound
+        last = make_error(r->status == 404                       ? ErrorKind::NotFound
                           : r->status == 401 || r->status == 403 ? ErrorKind::PermissionDenied
-                                                                  : ErrorKind::Internal,
+                                                                 : ErrorKind::Internal,
                           ep->host() + ": manifest " + repo_ + ":" + ref + ": " + status_error(*r));
         continue;
       }
@@ -539,7 +541,8 @@ class RegistrySource : public BlobSource {
       d.size = r->body.size();
       d.media_type = *checked;
       if (pinned && d.digest != *pinned)
-        return fail(invalid("manifest digest " + d.digest.str() + " is not the pinned " + pinned->str()));
+        return fail(
+            invalid("manifest digest " + d.digest.str() + " is not the pinned " + pinned->str()));
       cache_[d.digest.str()] = r->body;
       active_ = ep.get();
       return d;
@@ -619,9 +622,8 @@ Result<ImageRecord> pull_image(const Store& store, const std::string& reference,
                                                host, opt));
     }
   const std::string host = ref->registry == "docker.io" ? "registry-1.docker.io" : ref->registry;
-  eps.push_back(std::make_unique<Endpoint>(host, ref->repository,
-                                           insecure(ref->registry, ref->loopback()),
-                                           ref->registry, opt));
+  eps.push_back(std::make_unique<Endpoint>(
+      host, ref->repository, insecure(ref->registry, ref->loopback()), ref->registry, opt));
   RegistrySource source(std::move(eps), ref->repository, opt.retries);
   std::optional<Digest> pinned;
   if (!ref->digest.empty()) pinned = *parse_digest(ref->digest);

@@ -31,9 +31,9 @@
 namespace cloister::oci {
 
 struct RegistryOptions {
-  std::vector<std::string> insecure;                          // host[:port]
-  std::map<std::string, std::vector<std::string>> mirrors;    // registry -> mirrors
-  std::string auth_file;  // "" = the default search list
+  std::vector<std::string> insecure;                        // host[:port]
+  std::map<std::string, std::vector<std::string>> mirrors;  // registry -> mirrors
+  std::string auth_file;                                    // "" = the default search list
   int retries = 4;
   bool loopback_insecure = true;
 };

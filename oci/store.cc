@@ -160,8 +160,8 @@ Result<Store> Store::open(std::string state_dir) {
   if (state_dir.empty() || state_dir[0] != '/')
     return fail(invalid("state dir '" + state_dir + "' is not an absolute path"));
   while (state_dir.size() > 1 && state_dir.back() == '/') state_dir.pop_back();
-  for (const char* sub : {"", "/blobs", "/blobs/sha256", "/layers", "/layers/sha256", "/images",
-                          "/tmp", "/locks"})
+  for (const char* sub :
+       {"", "/blobs", "/blobs/sha256", "/layers", "/layers/sha256", "/images", "/tmp", "/locks"})
     if (auto s = make_dir(state_dir + sub); !s) return fail(s.error().wrap("open store"));
   Store st;
   st.root_ = std::move(state_dir);
@@ -213,8 +213,8 @@ bool Store::has_layer(const Digest& chain) const {
   return ::access((layer_dir(chain) + "/layer.json").c_str(), F_OK) == 0;
 }
 
-Result<bool> Store::ensure_layer(
-    const Digest& chain, const std::function<Result<std::string>(int)>& make) const {
+Result<bool> Store::ensure_layer(const Digest& chain,
+                                 const std::function<Result<std::string>(int)>& make) const {
   if (has_layer(chain)) return false;
   auto lock = FileLock::acquire(root_ + "/locks/layer-" + chain.hex + ".lock", true);
   if (!lock) return fail(lock.error());

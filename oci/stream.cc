@@ -41,8 +41,8 @@ Result<size_t> HashingStream::read(char* buf, size_t len) {
   hash_.update(buf, *n);
   count_ += *n;
   if (count_ > limit_)
-    return fail(make_error(ErrorKind::Limit, what_ + ": more than " + std::to_string(limit_) +
-                                                 " bytes"));
+    return fail(
+        make_error(ErrorKind::Limit, what_ + ": more than " + std::to_string(limit_) + " bytes"));
   return n;
 }
 
@@ -161,7 +161,8 @@ class ZstdStream : public ByteStream {
       ZSTD_inBuffer i{buf_.data(), in_len_, in_pos_};
       last_ = ZSTD_decompressStream(ctx_, &o, &i);
       in_pos_ = i.pos;
-      if (ZSTD_isError(last_)) return fail(invalid(std::string("zstd: ") + ZSTD_getErrorName(last_)));
+      if (ZSTD_isError(last_))
+        return fail(invalid(std::string("zstd: ") + ZSTD_getErrorName(last_)));
     }
     return o.pos;
   }

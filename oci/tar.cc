@@ -34,7 +34,9 @@ Result<uint64_t> parse_number(const char* field, size_t len, const char* what) {
   return v;
 }
 
-std::string field_string(const char* f, size_t len) { return std::string(f, strnlen(f, len)); }
+std::string field_string(const char* f, size_t len) {
+  return std::string(f, strnlen(f, len));
+}
 
 struct Pax {
   bool has_path = false, has_link = false, has_size = false, has_uid = false, has_gid = false,

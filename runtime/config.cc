@@ -605,7 +605,8 @@ Status parse_kind(const Parser& p, const Field& f, Building& b) {
     b.cfg.kind = ExecutorKind::Container;
     return {};
   }
-  return fail(p.error(f, "expected host (exec.native) or container (exec.docker), got " + quote(*s)));
+  return fail(
+      p.error(f, "expected host (exec.native) or container (exec.docker), got " + quote(*s)));
 }
 
 Status parse_work_dir(const Parser& p, const Field& f, Building& b) {
@@ -1051,11 +1052,12 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
   b.cfg.capabilities = *caps;
 
   if (b.cfg.kind == ExecutorKind::Container) {
-    if (b.cfg.image.empty()) return fail(error(f.line, child_path(f.path, "image"),
-                                               "required for a container executor"));
+    if (b.cfg.image.empty())
+      return fail(error(f.line, child_path(f.path, "image"), "required for a container executor"));
     if (b.host_paths_given || b.masked_paths_given)
-      return fail(error(f, "host_paths and masked_paths are for host executors: a container's "
-                           "root is its image"));
+      return fail(error(f,
+                        "host_paths and masked_paths are for host executors: a container's "
+                        "root is its image"));
     return std::move(b.cfg);
   }
   if (!b.host_paths_given) b.cfg.host_paths = kDefaultHostPaths;

@@ -64,9 +64,9 @@ inline const std::vector<std::string> kDefaultMaskedPaths = {
 
 // The `images:` section: where the image store lives (oci/store.h).
 struct ImagesConfig {
-  std::string state_dir;                     // "" = /var/lib/cloister
+  std::string state_dir;                         // "" = /var/lib/cloister
   std::vector<std::string> insecure_registries;  // host[:port] reachable over plain HTTP
-  std::string auth_file;                     // "" = the default credential search
+  std::string auth_file;                         // "" = the default credential search
 };
 
 struct Config {

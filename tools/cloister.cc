@@ -5,9 +5,9 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <iostream>
 #include <map>
 #include <mutex>
-#include <iostream>
 #include <string>
 #include <vector>
 
@@ -118,7 +118,8 @@ int run_images(const std::string& state_dir) {
                 r.manifest.str().substr(0, 19).c_str(), r.chain_ids.size(),
                 human_bytes(r.size).c_str());
   auto used = store->disk_usage();
-  if (used) std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
+  if (used)
+    std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
   return 0;
 }
 
@@ -146,7 +147,8 @@ int run_prune(const std::string& state_dir) {
   std::printf("removed %d blobs, %d layers, %d staging entries: %s freed\n", r->blobs, r->layers,
               r->staging, human_bytes(r->bytes).c_str());
   auto used = store->disk_usage();
-  if (used) std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
+  if (used)
+    std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
   return 0;
 }
 int run_pull(const std::string& state_dir, const std::string& reference,
@@ -171,8 +173,9 @@ int run_pull(const std::string& state_dir, const std::string& reference,
       std::fprintf(stderr, "\r%zu layer(s): %s / %s   ", layers.size(), human_bytes(d).c_str(),
                    human_bytes(t).c_str());
     } else {
-      std::fprintf(stderr, "{\"event\":\"progress\",\"layer\":%zu,\"bytes\":%llu,\"total\":%llu}\n", i,
-                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+      std::fprintf(stderr, "{\"event\":\"progress\",\"layer\":%zu,\"bytes\":%llu,\"total\":%llu}\n",
+                   i, static_cast<unsigned long long>(done),
+                   static_cast<unsigned long long>(total));
     }
   };
   opt.layer_done = [&](size_t i, const oci::Descriptor& d, bool cached) {
@@ -181,8 +184,8 @@ int run_pull(const std::string& state_dir, const std::string& reference,
       std::fprintf(stderr, "\rlayer %zu %s %s\n", i, d.digest.str().substr(0, 19).c_str(),
                    cached ? "already present" : "done");
     else
-      std::fprintf(stderr, "{\"event\":\"layer\",\"layer\":%zu,\"digest\":\"%s\",\"cached\":%s}\n", i,
-                   d.digest.str().c_str(), cached ? "true" : "false");
+      std::fprintf(stderr, "{\"event\":\"layer\",\"layer\":%zu,\"digest\":\"%s\",\"cached\":%s}\n",
+                   i, d.digest.str().c_str(), cached ? "true" : "false");
   };
   auto rec = oci::pull_image(*store, reference, ropt, opt);
   if (!rec) return report(rec.error());

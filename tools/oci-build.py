@@ -15,12 +15,17 @@ import argparse, gzip, hashlib, io, json, os, subprocess, sys, tarfile
 
 def sha(b): return "sha256:" + hashlib.sha256(b).hexdigest()
 
+KEEP_OWNERS = False
+EXCLUDE = set()
+
 def layer_tar(d):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         def add(path, arc):
+            if arc in EXCLUDE: return
             ti = t.gettarinfo(path, arc)
-            ti.uid = ti.gid = 0; ti.uname = ti.gname = ""; ti.mtime = 0
+            if not KEEP_OWNERS: ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""; ti.mtime = 0
             if ti.isreg():
                 with open(path, "rb") as f: t.addfile(ti, f)
             else:
@@ -51,7 +56,12 @@ def main():
     ap.add_argument("--archive")
     ap.add_argument("--push", help="http://HOST:PORT/REPO:TAG (the OCI distribution push API)")
     ap.add_argument("--user-pass", help="USER:PASS for basic auth when pushing")
+    ap.add_argument("--keep-owners", action="store_true", help="keep uid/gid (default 0:0)")
+    ap.add_argument("--exclude", action="append", default=[], help="skip this path (relative)")
     a = ap.parse_args()
+    global KEEP_OWNERS
+    KEEP_OWNERS = a.keep_owners
+    EXCLUDE.update(a.exclude)
     os.makedirs(os.path.join(a.out, "blobs", "sha256"), exist_ok=True)
     def put(b):
         d = sha(b)

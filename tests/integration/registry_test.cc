@@ -90,7 +90,8 @@ class Registry : public ::testing::Test {
        "cp /bin/busybox l1/bin/; for c in sh cat ls echo; do ln -s busybox l1/bin/$c; done;"
        "echo keep > l1/etc/old; echo hello > l2/etc/motd; touch l2/etc/.wh.old;"
        "echo bad-layer-bytes > bad/etc/bad;"
-       "python3 " CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py keys " + d +
+       "python3 " CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py keys " +
+       d +
        ";printf 'tester:%s\\n' \"$(python3 -c \"import crypt;print(crypt.crypt('secret',"
        "crypt.mksalt(crypt.METHOD_BLOWFISH)))\" 2>/dev/null)\" > htpasswd");
     anon = free_port();
@@ -100,35 +101,40 @@ class Registry : public ::testing::Test {
     auto config = [&](int port, const std::string& auth) {
       std::string p = d + "/reg-" + std::to_string(port) + ".yml";
       std::ofstream(p) << "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                          "    rootdirectory: " << d << "/storage\nhttp:\n  addr: 127.0.0.1:"
-                       << port << "\n" << auth;
+                          "    rootdirectory: "
+                       << d << "/storage\nhttp:\n  addr: 127.0.0.1:" << port << "\n"
+                       << auth;
       return p;
     };
     pids->push_back(start({"docker-registry", "serve", config(anon, "")}, d + "/anon.log"));
-    pids->push_back(start({"docker-registry", "serve",
-                           config(basic, "auth:\n  htpasswd:\n    realm: test\n    path: " + d +
-                                             "/htpasswd\n")},
-                          d + "/basic.log"));
+    pids->push_back(start(
+        {"docker-registry", "serve",
+         config(basic, "auth:\n  htpasswd:\n    realm: test\n    path: " + d + "/htpasswd\n")},
+        d + "/basic.log"));
     pids->push_back(start(
         {"docker-registry", "serve",
          config(bearer, "auth:\n  token:\n    realm: http://127.0.0.1:" + std::to_string(token) +
                             "/token\n    service: cloister-registry\n    issuer: cloister-test\n"
-                            "    rootcertbundle: " + d + "/cert.pem\n")},
+                            "    rootcertbundle: " +
+                            d + "/cert.pem\n")},
         d + "/bearer.log"));
-    pids->push_back(start({"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py",
-                           "token", std::to_string(token), d + "/key.pem", d + "/cert.pem",
-                           "cloister-registry"},
-                          d + "/token.log"));
+    pids->push_back(
+        start({"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py", "token",
+               std::to_string(token), d + "/key.pem", d + "/cert.pem", "cloister-registry"},
+              d + "/token.log"));
     for (int p : {anon, basic, bearer, token}) ASSERT_TRUE(wait_port(p)) << "port " << p;
     const std::string build = "python3 " CLOISTER_SOURCE_DIR "/tools/oci-build.py ";
     const std::string push = " --push http://127.0.0.1:" + std::to_string(anon);
-    sh("set -e; cd " + d + ";" + build + "multi --ref x --layer l1:gzip --layer l2:zstd "
-       "--cmd '[\"cat\",\"/etc/motd\"]' --platforms linux/amd64,linux/arm64 --attestation" + push +
-       "/test/bb:multi >/dev/null;" + build + "bad --ref x --layer bad:gzip" + push +
+    sh("set -e; cd " + d + ";" + build +
+       "multi --ref x --layer l1:gzip --layer l2:zstd "
+       "--cmd '[\"cat\",\"/etc/motd\"]' --platforms linux/amd64,linux/arm64 --attestation" +
+       push + "/test/bb:multi >/dev/null;" + build + "bad --ref x --layer bad:gzip" + push +
        "/test/bad:1 >/dev/null");
     // Corrupt the stored layer of test/bad: same size, one byte changed.
-    sh("cd " + d + " && f=$(find storage -path '*blobs*' -name data -size -2k | while read f; do "
-       "if gzip -t \"$f\" 2>/dev/null && gzip -dc \"$f\" | grep -q bad-layer-bytes; then echo $f; fi; done) && "
+    sh("cd " + d +
+       " && f=$(find storage -path '*blobs*' -name data -size -2k | while read f; do "
+       "if gzip -t \"$f\" 2>/dev/null && gzip -dc \"$f\" | grep -q bad-layer-bytes; then echo $f; "
+       "fi; done) && "
        "test -n \"$f\" && printf 'X' | dd of=\"$f\" bs=1 seek=20 conv=notrunc 2>/dev/null");
   }
   static void TearDownTestSuite() {
@@ -229,10 +235,10 @@ TEST_F(Registry, CorruptBlobRefusedAndNothingKept) {
 
 TEST_F(Registry, InterruptedPullResumes) {
   const int port = free_port();
-  pid_t proxy = start({"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py",
-                       "flaky", std::to_string(port), "http://127.0.0.1:" + std::to_string(anon),
-                       "100000"},
-                      dir->path + "/flaky.log");
+  pid_t proxy =
+      start({"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py", "flaky",
+             std::to_string(port), "http://127.0.0.1:" + std::to_string(anon), "100000"},
+            dir->path + "/flaky.log");
   ASSERT_TRUE(wait_port(port));
   auto store = oci::Store::open(store_dir.path);
   auto r = oci::pull_image(*store, "127.0.0.1:" + std::to_string(port) + "/test/bb:multi", {}, {});

@@ -81,7 +81,10 @@ class TarBuilder {
     octal(h + 136, 12, 0);
     h[156] = type;
     std::memcpy(h + 157, link.data(), std::min<size_t>(link.size(), 100));
-    std::memcpy(h + 257, "ustar\0" "00", 8);
+    std::memcpy(h + 257,
+                "ustar\0"
+                "00",
+                8);
     octal(h + 329, 8, major);
     octal(h + 337, 8, minor);
     std::memset(h + 148, ' ', 8);
@@ -143,7 +146,9 @@ class Apply : public ::testing::Test {
     std::ofstream(sentinel + "/file") << "original";
     before = listing();
   }
-  std::string listing() { return run("cd '" + sentinel + "' && find . -printf '%p %s %m\\n' | sort && cat file"); }
+  std::string listing() {
+    return run("cd '" + sentinel + "' && find . -printf '%p %s %m\\n' | sort && cat file");
+  }
   Result<ApplyResult> apply(const std::string& tar, ApplyOptions o = {}) {
     std::string blob = gzip(tar);
     MemoryStream in(blob);
@@ -187,7 +192,8 @@ TEST(OciReference, Normalises) {
   EXPECT_EQ(r->manifest_ref(), dig);
   EXPECT_TRUE(parse_reference("127.0.0.1:5000/x")->loopback());
   EXPECT_FALSE(parse_reference("example.com/x")->loopback());
-  for (const char* bad : {"", "UPPER", "a//b", "a:", "a@sha256:12", "-a", "a:tag!", "host:99999x/a"})
+  for (const char* bad :
+       {"", "UPPER", "a//b", "a:", "a@sha256:12", "-a", "a:tag!", "host:99999x/a"})
     EXPECT_FALSE(parse_reference(bad)) << bad;
 }
 
@@ -195,13 +201,15 @@ TEST(OciImage, PlatformSelectionSkipsAttestations) {
   const std::string d1 = "sha256:" + std::string(64, '1'), d2 = "sha256:" + std::string(64, '2'),
                     d3 = "sha256:" + std::string(64, '3');
   std::string idx = R"({"schemaVersion":2,"manifests":[
-    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" + d3 +
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+                    d3 +
                     R"(","size":1,"platform":{"os":"unknown","architecture":"unknown"},
      "annotations":{"vnd.docker.reference.type":"attestation-manifest"}},
-    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" + d1 +
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+                    d1 +
                     R"(","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}},
-    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" + d2 +
-                    R"(","size":1,"platform":{"os":"linux","architecture":"amd64"}}]})";
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+                    d2 + R"(","size":1,"platform":{"os":"linux","architecture":"amd64"}}]})";
   auto i = parse_index(idx);
   ASSERT_TRUE(i) << i.error().what();
   auto pick = select_platform(*i, {"linux", "amd64", ""});
@@ -222,8 +230,12 @@ TEST_F(Apply, GoodLayerWithWhiteoutsOpaqueSetuidAndXattrs) {
   t.dir("etc").file("etc/motd", "hi\n").dir("data");
   t.add("data/.wh..wh..opq", {});
   t.add(".wh.gone", {});
-  t.add("bin/su", {.data = "x", .mode = 04755, .uid = 1000, .gid = 1000,
-                   .xattrs = {{"user.keep", "1"}, {"trusted.evil", "1"}, {"security.selinux", "x"}}});
+  t.add("bin/su",
+        {.data = "x",
+         .mode = 04755,
+         .uid = 1000,
+         .gid = 1000,
+         .xattrs = {{"user.keep", "1"}, {"trusted.evil", "1"}, {"security.selinux", "x"}}});
   t.hardlink("bin/su2", "bin/su");
   t.symlink("abs", "/etc/motd");
   auto r = apply(t.finish());
@@ -308,8 +320,9 @@ TEST_F(Apply, DeviceNodesRefusedUnlessAllowed) {
   refused(TarBuilder().add("dev/sda", {.type = '4', .major = 8, .minor = 0}).finish(), "dev/sda");
   ApplyOptions o;
   o.allow_devices = true;
-  ASSERT_TRUE(apply(TarBuilder().add("dev/null", {.type = '3', .mode = 0666, .major = 1,
-                                                  .minor = 3}).finish(), o));
+  ASSERT_TRUE(apply(
+      TarBuilder().add("dev/null", {.type = '3', .mode = 0666, .major = 1, .minor = 3}).finish(),
+      o));
 }
 
 TEST_F(Apply, DecompressionBombStopped) {
@@ -417,11 +430,12 @@ TEST(OciImport, MediaTypeMismatchAndBadLayerRefused) {
   auto cfg = src.put(R"({"rootfs":{"type":"layers","diff_ids":[")" + sha256_of(tar).str() +
                          R"("]},"config":{"Cmd":["sh"]}})",
                      media::kOciConfig);
-  auto manifest_text = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":")" +
-                       std::string(media::kOciConfig) + R"(","digest":")" + cfg.digest.str() +
-                       R"(","size":)" + std::to_string(cfg.size) +
-                       R"(},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":")" +
-                       layer.digest.str() + R"(","size":)" + std::to_string(layer.size) + "}]}";
+  auto manifest_text =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":")" +
+      std::string(media::kOciConfig) + R"(","digest":")" + cfg.digest.str() + R"(","size":)" +
+      std::to_string(cfg.size) +
+      R"(},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":")" +
+      layer.digest.str() + R"(","size":)" + std::to_string(layer.size) + "}]}";
   auto m = src.put(manifest_text, media::kOciManifest);
   Descriptor wrong = m;
   wrong.media_type = media::kOciIndex;
