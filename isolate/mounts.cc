@@ -260,7 +260,16 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   // reachable through the overlay only, and goes with the sandbox's mount
   // namespace. The short paths also keep the option string small.
   std::vector<int> layer_slots;
-  if (image) {
+  int merged_slot = -1;
+  if (image && !spec.image_root->merged.empty()) {
+    // Without overlayfs: the merged copy, read-only (mount points must exist in it).
+    auto n = normalize_path(spec.image_root->merged);
+    if (!n) return fail(n.error().wrap("merged image root"));
+    Op& o = op(OpKind::CloneTree);
+    o.src = *n;
+    o.slot = merged_slot = slots++;
+    o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
     if (layers.size() > 256)
@@ -283,7 +292,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "mode=0755";
   }
-  if (image) {
+  if (merged_slot >= 0) {
+    op(OpKind::MoveTree, kStage).slot = merged_slot;
+  } else if (image) {
     const std::string base = std::string(kStage) + "/.l";
     op(OpKind::Mkdir, base).mode = 0700;
     std::string lower;

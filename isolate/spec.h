@@ -41,6 +41,9 @@ struct Identity {
 // upper only receives the mount points, then the overlay is made read-only.
 struct ImageRoot {
   std::vector<std::string> layers;  // absolute host directories, bottom to top
+  // Set where overlayfs is unavailable: the image merged into one directory
+  // (oci/container.h), bound read-only as the root instead of the overlay.
+  std::string merged;
 };
 
 // The sandbox: everything but the command. Executors build one per executor

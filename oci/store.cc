@@ -346,6 +346,16 @@ Result<Store::PruneResult> Store::prune() const {
     if (auto s = remove_tree(p); !s) return fail(s.error());
     ++res.layers;
   }
+  // Merged snapshots (the no-overlayfs fallback) are keyed by top chain id.
+  for (const auto& n : list_dir(root_ + "/snapshots")) {
+    bool used = false;
+    for (const auto& r : *images) used |= !r.chain_ids.empty() && r.chain_ids.back().hex == n;
+    if (used) continue;
+    const std::string p = root_ + "/snapshots/" + n;
+    res.bytes += usage(p);
+    if (auto s = remove_tree(p); !s) return fail(s.error());
+    ++res.layers;
+  }
   for (const auto& n : list_dir(root_ + "/tmp")) {
     const std::string p = root_ + "/tmp/" + n;
     res.bytes += usage(p);

@@ -20,7 +20,14 @@ Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out
   registry.auth_file = c.auth_file;
   auto img = oci::open_container_image(c.state_dir, c.image, true, registry);
   if (!img) return fail(img.error().wrap("image " + c.image));
-  s.image_root = ImageRoot{img->layer_dirs};
+  s.image_root = ImageRoot{img->layer_dirs, ""};
+  if (!oci::overlay_available()) {
+    if (!c.read_only_rootfs)
+      return fail(invalid("read_only_rootfs: false needs overlayfs, which this kernel lacks"));
+    auto merged = oci::merged_rootfs(c.state_dir, *img);
+    if (!merged) return fail(merged.error().wrap("image " + c.image));
+    s.image_root->merged = *merged;
+  }
   s.host_paths.clear();
   s.masked_paths.clear();
   auto id = oci::image_user(img->layer_dirs, c.user ? *c.user : img->config.user);

@@ -173,3 +173,24 @@ TEST_F(Container, CliLoadAndExec) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Container, CopyingFallbackWithoutOverlay) {
+  // As on a kernel without overlayfs: the layers are merged once into a
+  // snapshot in the store and bound read-only as the root.
+  ::setenv("CLOISTER_NO_OVERLAY", "1", 1);
+  auto cfg = config();
+  cfg.user = "root";
+  auto r =
+      run(cfg, {"cat /etc/motd; ls /opt; ls /etc; readlink /link; grep -c overlay /proc/mounts"});
+  EXPECT_EQ(r.out, "hello\nc\ngroup\nmotd\npasswd\n/etc\n0\n") << r.err;
+  cfg.read_only_rootfs = false;
+  auto e = Executor::create(cfg);
+  ::unsetenv("CLOISTER_NO_OVERLAY");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().what().find("needs overlayfs"), std::string::npos) << e.error().what();
+  EXPECT_EQ(shell("ls " + *state + "/snapshots | wc -l"), "1\n");
+}
+
+}  // namespace
