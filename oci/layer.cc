@@ -125,12 +125,16 @@ class Applier {
         if (e.linkname.empty() || e.linkname.size() > kMaxPath ||
             e.linkname.find('\0') != std::string::npos)
           return fail(invalid("bad symlink target"));
-        if (auto s = replace(pfd, name); !s) return s;
         // The target text is stored as is: it is only ever resolved inside
         // the container's root, never by us (every lookup here is
-        // RESOLVE_IN_ROOT or does not follow).
-        if (::symlinkat(e.linkname.c_str(), pfd, name.c_str()) != 0)
-          return fail(sys_error("symlink"));
+        // RESOLVE_IN_ROOT or does not follow). symlinkat never follows an
+        // existing name: EEXIST, then replace.
+        if (::symlinkat(e.linkname.c_str(), pfd, name.c_str()) != 0) {
+          if (errno != EEXIST) return fail(sys_error("symlink"));
+          if (auto s = replace(pfd, name); !s) return s;
+          if (::symlinkat(e.linkname.c_str(), pfd, name.c_str()) != 0)
+            return fail(sys_error("symlink"));
+        }
         if (::fchownat(pfd, name.c_str(), e.uid, e.gid, AT_SYMLINK_NOFOLLOW) != 0)
           return fail(sys_error("chown symlink"));
         struct timespec ts[2] = {{e.mtime, 0}, {e.mtime, 0}};
@@ -232,13 +236,18 @@ class Applier {
   }
 
   Status directory(const TarEntry& e, int pfd, const std::string& name) {
-    struct stat st;
-    bool exists = ::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
-    if (exists && !S_ISDIR(st.st_mode)) {
-      if (auto s = remove_entry(pfd, name); !s) return s;
-      exists = false;
+    // mkdirat first (the common case: a fresh directory); on EEXIST an
+    // existing directory is kept, anything else replaced.
+    if (::mkdirat(pfd, name.c_str(), 0700) != 0) {
+      if (errno != EEXIST) return fail(sys_error("mkdir"));
+      struct stat st;
+      if (::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return fail(sys_error("stat"));
+      if (!S_ISDIR(st.st_mode)) {
+        if (auto s = remove_entry(pfd, name); !s) return s;
+        if (::mkdirat(pfd, name.c_str(), 0700) != 0) return fail(sys_error("mkdir"));
+      }
     }
-    if (!exists && ::mkdirat(pfd, name.c_str(), 0700) != 0) return fail(sys_error("mkdir"));
     int fd = ::openat(pfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return fail(sys_error("open directory"));
     Fd d(fd);
