@@ -9,6 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLOISTER=${CLOISTER:-$PWD/build/bin/cloister}
+for tool in docker-registry podman skopeo umoci runc debootstrap hyperfine curl python3; do
+  command -v $tool >/dev/null || {
+    echo "oci.sh: $tool missing: apt-get install docker-registry podman skopeo umoci runc debootstrap hyperfine" >&2
+    exit 1
+  }
+done
 CACHE=/var/cache/cloister-bench
 PORT=${PORT:-5077}
 RUNS=${RUNS:-5}
