@@ -14,6 +14,7 @@ constexpr const char* kContainerPath =
 // The container part of lowering: the image's layers as the root, its user
 // unless the executor names one, its config's defaults.
 Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out) {
+  if (c.image.empty()) return fail(invalid("a container executor needs an image"));
   // Pulled on first use when missing from the store.
   oci::RegistryOptions registry;
   registry.insecure = c.insecure_registries;
