@@ -1086,8 +1086,8 @@ Status Parser::executors(const Field& f, Config& config) const {
 
 // The images section (oci/): `images: { state_dir: /var/lib/cloister }`.
 Status Parser::images(const Field& f, Config& config) const {
-  constexpr std::array<std::string_view, 3> kKeys = {"state_dir", "insecure_registries",
-                                                     "auth_file"};
+  constexpr std::array<std::string_view, 4> kKeys = {"state_dir", "insecure_registries",
+                                                     "auth_file", "mirrors"};
   auto entries = mapping(f, kKeys);
   if (!entries) return fail(entries.error());
   if (const Entry* e = find_entry(*entries, "state_dir"))
@@ -1103,6 +1103,23 @@ Status Parser::images(const Field& f, Config& config) const {
       if (host->empty() || host->find_first_of("/ \t") != std::string::npos)
         return fail(error(item, "expected host[:port], got " + quote(*host)));
       config.images.insecure_registries.push_back(std::move(*host));
+    }
+  }
+  if (const Entry* e = find_entry(*entries, "mirrors")) {
+    auto regs = mapping(e->value);
+    if (!regs) return fail(regs.error());
+    for (const auto& r : *regs) {
+      auto items = sequence(r.value);
+      if (!items) return fail(items.error());
+      std::vector<std::string> hosts;
+      for (const auto& item : *items) {
+        auto host = string(item);
+        if (!host) return fail(host.error());
+        if (host->empty() || host->find_first_of("/ \t") != std::string::npos)
+          return fail(error(item, "expected host[:port], got " + quote(*host)));
+        hosts.push_back(std::move(*host));
+      }
+      config.images.mirrors.emplace_back(r.key, std::move(hosts));
     }
   }
   return {};
@@ -1155,6 +1172,7 @@ Result<Config> Parser::document(const YAML::Node& root) const {
       e.state_dir = config.images.state_dir;
       e.insecure_registries = config.images.insecure_registries;
       e.auth_file = config.images.auth_file;
+      e.mirrors = config.images.mirrors;
     }
   return config;
 }

@@ -54,6 +54,7 @@ struct ExecutorConfig {
   // the executor is created (loopback registries are always insecure).
   std::vector<std::string> insecure_registries;
   std::string auth_file;  // "" = the default credential search
+  std::vector<std::pair<std::string, std::vector<std::string>>> mirrors;  // registry -> hosts
 };
 
 inline const std::vector<std::string> kDefaultHostPaths = {
@@ -67,6 +68,8 @@ struct ImagesConfig {
   std::string state_dir;                         // "" = /var/lib/cloister
   std::vector<std::string> insecure_registries;  // host[:port] reachable over plain HTTP
   std::string auth_file;                         // "" = the default credential search
+  // registry -> mirror hosts, tried in order before it: { docker.io: [mirror.lan:5000] }
+  std::vector<std::pair<std::string, std::vector<std::string>>> mirrors;
 };
 
 struct Config {

@@ -19,6 +19,7 @@ Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out
   oci::RegistryOptions registry;
   registry.insecure = c.insecure_registries;
   registry.auth_file = c.auth_file;
+  for (const auto& [reg, hosts] : c.mirrors) registry.mirrors[reg] = hosts;
   auto img = oci::open_container_image(c.state_dir, c.image, true, registry);
   if (!img) return fail(img.error().wrap("image " + c.image));
   s.image_root = ImageRoot{img->layer_dirs, ""};

@@ -233,6 +233,8 @@ int main(int argc, char** argv) {
   pull->add_option("reference", pull_ref, "image reference")->required();
   pull->add_option("--insecure", ropt.insecure, "registry host[:port] reachable over plain HTTP");
   pull->add_option("--auth-file", ropt.auth_file, "credentials file (auth.json format)");
+  std::vector<std::string> mirrors;
+  pull->add_option("--mirror", mirrors, "REGISTRY=HOST[:PORT]: try HOST before REGISTRY");
   for (auto* c : {load, images, rmi, prune, pull})
     c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
@@ -248,6 +250,14 @@ int main(int argc, char** argv) {
   if (images->parsed()) return run_images(state_dir);
   if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
   if (prune->parsed()) return run_prune(state_dir);
-  if (pull->parsed()) return run_pull(state_dir, pull_ref, ropt);
+  if (pull->parsed()) {
+    for (const auto& m : mirrors) {
+      auto eq = m.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == m.size())
+        return report(invalid("--mirror expects REGISTRY=HOST, got '" + m + "'"));
+      ropt.mirrors[m.substr(0, eq)].push_back(m.substr(eq + 1));
+    }
+    return run_pull(state_dir, pull_ref, ropt);
+  }
   return 125;
 }

@@ -196,6 +196,18 @@ TEST_F(Registry, ExecutorPullsOnFirstUse) {
   EXPECT_EQ((*images)[0].reference, ref(anon, "test/bb:multi"));
 }
 
+TEST_F(Registry, MirrorTriedFirst) {
+  // registry.invalid does not resolve: only the mirror can answer.
+  auto store = oci::Store::open(store_dir.path);
+  oci::RegistryOptions ro;
+  ro.mirrors["registry.invalid:5000"] = {"127.0.0.1:" + std::to_string(anon)};
+  auto r = oci::pull_image(*store, "registry.invalid:5000/test/bb:multi", ro, {});
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ(r->reference, "registry.invalid:5000/test/bb:multi");
+  ro.mirrors.clear();
+  EXPECT_FALSE(oci::pull_image(*store, "registry.invalid:5000/test/bb:other", ro, {}));
+}
+
 TEST_F(Registry, BasicAuth) {
   auto store = oci::Store::open(store_dir.path);
   oci::RegistryOptions ro;

@@ -165,11 +165,16 @@ TEST(Config, ContainerKinds) {
     EXPECT_EQ(e.user, std::optional<std::string>("nobody"));  // resolved in the image
     EXPECT_TRUE(e.host_paths.empty());
   }
-  auto c = parse("images:\n  insecure_registries: [reg.local:5000]\n  auth_file: /etc/a.json\n"
-                 "executors:\n  - name: box\n    kind: container\n    image: busybox\n");
+  auto c = parse(
+      "images:\n  insecure_registries: [reg.local:5000]\n  auth_file: /etc/a.json\n"
+      "  mirrors: { docker.io: [m1.lan, m2.lan:5000] }\n"
+      "executors:\n  - name: box\n    kind: container\n    image: busybox\n");
   ASSERT_TRUE(c) << c.error().what();
   EXPECT_EQ(c->executors[0].insecure_registries, std::vector<std::string>{"reg.local:5000"});
   EXPECT_EQ(c->executors[0].auth_file, "/etc/a.json");
+  ASSERT_EQ(c->executors[0].mirrors.size(), 1u);
+  EXPECT_EQ(c->executors[0].mirrors[0].first, "docker.io");
+  EXPECT_EQ(c->executors[0].mirrors[0].second, (std::vector<std::string>{"m1.lan", "m2.lan:5000"}));
   auto bad = parse("images:\n  insecure_registries: [\"http://x/\"]\nexecutors:\n  - name: a\n");
   ASSERT_FALSE(bad);
   EXPECT_NE(bad.error().message.find("test.yaml:2: images.insecure_registries[0]"),
