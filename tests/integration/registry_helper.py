@@ -8,6 +8,11 @@
       that cuts the first response of each blob after CUT bytes and answers
       Range requests from then on by passing them through.
   registry_helper.py keys DIR                      writes DIR/key.pem, DIR/cert.pem
+  registry_helper.py redirect PORT SINKPORT UPSTREAM BLOBS LOG
+      a front on 127.0.0.1:PORT passing requests (with Authorization) to
+      UPSTREAM, except blob GETs, answered 307 to http://127.0.0.2:SINKPORT;
+      the sink serves them from BLOBS (an anonymous registry) and appends the
+      Authorization header it received (or "none") to LOG.
 """
 import base64, http.server, json, socketserver, sys, time, urllib.request, uuid
 
@@ -91,5 +96,42 @@ def flaky(port, upstream, cut):
     socketserver.TCPServer.allow_reuse_address = True
     with socketserver.ThreadingTCPServer(("127.0.0.1", int(port)), H) as s: s.serve_forever()
 
+def redirect(port, sinkport, upstream, blobs, log):
+    import threading
+    def passthrough(h, base, extra=None):
+        hdrs = {k: v for k, v in h.headers.items() if k.lower() in ("authorization", "accept", "range")}
+        try:
+            r = urllib.request.urlopen(urllib.request.Request(base + h.path, headers=hdrs))
+            status, body, rh = r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            status, body, rh = e.code, e.read(), e.headers
+        h.send_response(status)
+        for k in ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "Content-Range"):
+            if rh.get(k): h.send_header(k, rh.get(k))
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    class Front(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *a): pass
+        def do_GET(self):
+            if "/blobs/sha256:" in self.path and self.headers.get("Authorization"):
+                self.send_response(307)
+                self.send_header("Location", "http://127.0.0.2:%s%s" % (sinkport, self.path))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            passthrough(self, upstream)
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *a): pass
+        def do_GET(self):
+            with open(log, "a") as f: f.write((self.headers.get("Authorization") or "none") + "\n")
+            passthrough(self, blobs)
+    socketserver.TCPServer.allow_reuse_address = True
+    sink = socketserver.ThreadingTCPServer(("127.0.0.2", int(sinkport)), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    with socketserver.ThreadingTCPServer(("127.0.0.1", int(port)), Front) as s: s.serve_forever()
+
 if __name__ == "__main__":
-    {"token": token, "flaky": flaky, "keys": keys}[sys.argv[1]](*sys.argv[2:])
+    {"token": token, "flaky": flaky, "keys": keys, "redirect": redirect}[sys.argv[1]](*sys.argv[2:])

@@ -259,6 +259,29 @@ TEST_F(Registry, InterruptedPullResumes) {
   ASSERT_TRUE(r) << r.error().what();
 }
 
+TEST_F(Registry, RedirectDoesNotLeakAuthorization) {
+  // Blobs of the basic-auth registry redirect to another host (127.0.0.2):
+  // the credentials must not follow.
+  const int front = free_port(), sink = free_port();
+  const std::string log = dir->path + "/sink.log";
+  pid_t helper = start(
+      {"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py", "redirect",
+       std::to_string(front), std::to_string(sink), "http://127.0.0.1:" + std::to_string(basic),
+       "http://127.0.0.1:" + std::to_string(anon), log},
+      dir->path + "/redirect.log");
+  ASSERT_TRUE(wait_port(front));
+  auto store = oci::Store::open(store_dir.path);
+  oci::RegistryOptions ro;
+  ro.auth_file = auth_file(front, "tester:secret");
+  auto r = oci::pull_image(*store, ref(front, "test/bb:multi"), ro, {});
+  ::kill(helper, SIGTERM);
+  ::waitpid(helper, nullptr, 0);
+  ASSERT_TRUE(r) << r.error().what();
+  std::string seen = read_text(log);
+  EXPECT_FALSE(seen.empty()) << "no blob went through the redirect";
+  EXPECT_EQ(seen.find("Basic"), std::string::npos) << seen;
+}
+
 TEST_F(Registry, ConcurrentPullsShareTheWork) {
   std::atomic<int> fresh{0}, ok{0};
   auto pull = [&] {
