@@ -109,7 +109,7 @@ class Applier {
       if (name == kWhiteout || name.starts_with(".wh.."))
         return fail(invalid("reserved whiteout name"));
       std::string target = name.substr(kWhiteout.size());
-      if (auto s = remove_entry(pfd, target); !s) return s;
+      if (auto s = replace(pfd, target); !s) return s;  // drops a cached parent below it
       if (::mknodat(pfd, target.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0)
         return fail(sys_error("create whiteout"));
       return {};

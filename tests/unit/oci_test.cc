@@ -258,6 +258,20 @@ TEST_F(Apply, GoodLayerWithWhiteoutsOpaqueSetuidAndXattrs) {
   EXPECT_EQ(r->diff_id, sha256_of(t.finish()));
 }
 
+TEST_F(Apply, WhiteoutOfACachedParentIsSeen) {
+  // a/b is the cached parent when its whiteout arrives; a later a/b/y must
+  // not land in the removed directory unseen.
+  auto r = apply(TarBuilder()
+                     .dir("a")
+                     .dir("a/b")
+                     .file("a/b/x", "1")
+                     .add("a/.wh.b", {})
+                     .file("a/b/y", "2")
+                     .finish());
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().what().find("a/b/y"), std::string::npos) << r.error().what();
+}
+
 TEST_F(Apply, PathTraversalRefused) {
   refused(TarBuilder().file("../sentinel/file", "pwned").finish(), "../sentinel/file");
   refused(TarBuilder().file("a/../../sentinel/x", "pwned").finish(), "a/../../sentinel/x");
