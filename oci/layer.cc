@@ -201,7 +201,8 @@ class Applier {
   Status replace(int pfd, const std::string& name) {
     struct stat st;
     if (::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
-      cached_.reset();  // a cached parent may lie below it
+      cached_path_
+          .clear();  // a cached parent may lie below it (closed at the next lookup: pfd may be it)
     return remove_entry(pfd, name);
   }
 

@@ -272,6 +272,24 @@ TEST_F(Apply, WhiteoutOfACachedParentIsSeen) {
   EXPECT_NE(r.error().what().find("a/b/y"), std::string::npos) << r.error().what();
 }
 
+TEST_F(Apply, LaterEntriesReplaceEarlierOnes) {
+  // A directory replaced by a file, a file by a directory, a file by a symlink.
+  auto r = apply(TarBuilder()
+                     .dir("d")
+                     .dir("d/sub")
+                     .file("d/sub/x", "1")
+                     .file("d/sub", "now a file")
+                     .file("f", "1")
+                     .dir("f")
+                     .file("f/in", "2")
+                     .file("s", "1")
+                     .symlink("s", "f")
+                     .finish());
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ(run("cat '" + root + "/d/sub' '" + root + "/f/in'; readlink '" + root + "/s'"),
+            "now a file2f\n");
+}
+
 TEST_F(Apply, PathTraversalRefused) {
   refused(TarBuilder().file("../sentinel/file", "pwned").finish(), "../sentinel/file");
   refused(TarBuilder().file("a/../../sentinel/x", "pwned").finish(), "a/../../sentinel/x");
