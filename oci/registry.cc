@@ -366,6 +366,8 @@ class Endpoint {
 
  private:
   Status authenticate(const std::string& challenge) {
+    // Layer threads may meet a 401 together (an expired token): one at a time.
+    std::lock_guard auth_guard(auth_mu_);
     auto [scheme, params] = parse_challenge(challenge);
     if (!creds_loaded_) {
       auto c = find_credentials(cred_key_, opt_.auth_file);
@@ -409,7 +411,7 @@ class Endpoint {
   bool insecure_;
   std::string cred_key_;
   const RegistryOptions& opt_;
-  std::mutex mu_;
+  std::mutex mu_, auth_mu_;
   std::string authorization_;
   bool creds_loaded_ = false;
   Credentials creds_;
