@@ -4,9 +4,10 @@
   registry_helper.py token PORT KEY CERT SERVICE   a bearer token service: signs
       RS256 JWTs carrying the cert in x5c, as docker-registry's token auth
       expects (rootcertbundle = CERT); requires basic auth user:pass "tok:en".
-  registry_helper.py flaky PORT UPSTREAM CUT       an HTTP proxy to UPSTREAM
-      that cuts the first response of each blob after CUT bytes and answers
-      Range requests from then on by passing them through.
+  registry_helper.py flaky PORT UPSTREAM CUT [pass|drop]   an HTTP proxy to
+      UPSTREAM that cuts the first response of each blob after CUT bytes;
+      Range headers of the retries are passed through (206) or dropped (the
+      upstream then answers 200 with the whole blob); each is logged to stderr.
   registry_helper.py keys DIR                      writes DIR/key.pem, DIR/cert.pem
   registry_helper.py redirect PORT SINKPORT UPSTREAM BLOBS LOG
       a front on 127.0.0.1:PORT passing requests (with Authorization) to
@@ -67,14 +68,17 @@ def token(port, keyfile, certfile, service):
     socketserver.TCPServer.allow_reuse_address = True
     with socketserver.ThreadingTCPServer(("127.0.0.1", int(port)), H) as s: s.serve_forever()
 
-def flaky(port, upstream, cut):
+def flaky(port, upstream, cut, ranges="pass"):
     cut = int(cut)
+    keep = ("authorization", "accept", "range") if ranges == "pass" else ("authorization", "accept")
     seen = set()
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         def log_message(self, *a): pass
         def do_GET(self):
-            hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept", "range")}
+            hdrs = {k: v for k, v in self.headers.items() if k.lower() in keep}
+            if self.headers.get("Range"):
+                with open("/dev/stderr", "w") as f: f.write("range %s %s\n" % (ranges, self.headers["Range"]))
             req = urllib.request.Request(upstream + self.path, headers=hdrs)
             try:
                 r = urllib.request.urlopen(req)
