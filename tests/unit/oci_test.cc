@@ -480,15 +480,38 @@ TEST(OciImport, MediaTypeMismatchAndBadLayerRefused) {
   auto resolved = resolve_image(*store, "localhost/x:1");
   ASSERT_TRUE(resolved) << resolved.error().what();
   EXPECT_EQ(resolved->config.cmd, std::vector<std::string>{"sh"});
+  // Nested indexes: index -> index (with an attestation) -> manifest.
+  const std::string inner =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+      m.digest.str() + R"(","size":)" + std::to_string(m.size) +
+      R"(,"platform":{"os":"unknown","architecture":"unknown"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+      m.digest.str() + R"(","size":)" + std::to_string(m.size) +
+      R"(,"platform":{"os":"linux","architecture":")" + host_platform().architecture + R"("}}]})";
+  auto in = src.put(inner, media::kOciIndex);
+  const std::string outer =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":")" +
+      in.digest.str() + R"(","size":)" + std::to_string(in.size) +
+      R"(,"platform":{"os":"linux","architecture":")" + host_platform().architecture + R"("}}]})";
+  auto out = src.put(outer, media::kOciIndex);
+  auto nested = import_image(*store, src, out, "localhost/x:nested", {});
+  ASSERT_TRUE(nested) << nested.error().what();
+  EXPECT_EQ(nested->manifest, m.digest);
+  ASSERT_TRUE(store->remove_image("localhost/x:nested"));
+  // A descriptor whose size is wrong is refused before the document is used.
+  Descriptor short_m = m;
+  short_m.size -= 1;
+  EXPECT_FALSE(import_image(*store, src, short_m, "localhost/x:short", {}));
+
   // prune keeps what the record uses, rmi + prune frees it.
   auto p = store->prune();
   ASSERT_TRUE(p);
   EXPECT_EQ(p->layers, 0);
+  EXPECT_EQ(p->blobs, 2);  // the two indexes of the removed nested record
   ASSERT_TRUE(store->remove_image("localhost/x:1"));
   p = store->prune();
   ASSERT_TRUE(p);
   EXPECT_EQ(p->layers, 1);
-  EXPECT_EQ(p->blobs, 2);
+  EXPECT_EQ(p->blobs, 2);  // manifest and config
 }
 
 }  // namespace
