@@ -8,6 +8,8 @@
       UPSTREAM that cuts the first response of each blob after CUT bytes;
       Range headers of the retries are passed through (206) or dropped (the
       upstream then answers 200 with the whole blob); each is logged to stderr.
+  registry_helper.py retype PORT UPSTREAM TYPE     a proxy that answers every
+      manifest with Content-Type TYPE.
   registry_helper.py keys DIR                      writes DIR/key.pem, DIR/cert.pem
   registry_helper.py redirect PORT SINKPORT UPSTREAM BLOBS LOG
       a front on 127.0.0.1:PORT passing requests (with Authorization) to
@@ -137,5 +139,26 @@ def redirect(port, sinkport, upstream, blobs, log):
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     with socketserver.ThreadingTCPServer(("127.0.0.1", int(port)), Front) as s: s.serve_forever()
 
+def retype(port, upstream, ctype):
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *a): pass
+        def do_GET(self):
+            hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept", "range")}
+            try:
+                r = urllib.request.urlopen(urllib.request.Request(upstream + self.path, headers=hdrs))
+                status, body, rh = r.status, r.read(), r.headers
+            except urllib.error.HTTPError as e:
+                status, body, rh = e.code, e.read(), e.headers
+            self.send_response(status)
+            ct = ctype if "/manifests/" in self.path else rh.get("Content-Type")
+            if ct: self.send_header("Content-Type", ct)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    socketserver.TCPServer.allow_reuse_address = True
+    with socketserver.ThreadingTCPServer(("127.0.0.1", int(port)), H) as s: s.serve_forever()
+
 if __name__ == "__main__":
-    {"token": token, "flaky": flaky, "keys": keys, "redirect": redirect}[sys.argv[1]](*sys.argv[2:])
+    {"token": token, "flaky": flaky, "keys": keys, "redirect": redirect,
+     "retype": retype}[sys.argv[1]](*sys.argv[2:])

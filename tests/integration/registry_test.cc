@@ -272,6 +272,25 @@ TEST_F(Registry, InterruptedPullResumes) {
   }
 }
 
+TEST_F(Registry, ManifestContentTypeMismatchRefused) {
+  const int port = free_port();
+  pid_t proxy = start({"python3", CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py",
+                       "retype", std::to_string(port), "http://127.0.0.1:" + std::to_string(anon),
+                       "application/vnd.docker.distribution.manifest.v2+json"},
+                      dir->path + "/retype.log");
+  ASSERT_TRUE(wait_port(port));
+  auto store = oci::Store::open(store_dir.path);
+  auto r = oci::pull_image(*store, "127.0.0.1:" + std::to_string(port) + "/test/bb:multi", {}, {});
+  ::kill(proxy, SIGTERM);
+  ::waitpid(proxy, nullptr, 0);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().what().find("does not match Content-Type"), std::string::npos)
+      << r.error().what();
+  EXPECT_EQ(sh("ls -A " + store_dir.path + "/layers/sha256 " + store_dir.path +
+               "/images | grep -v : | grep -c . || true"),
+            "0\n");
+}
+
 TEST_F(Registry, RedirectDoesNotLeakAuthorization) {
   // Blobs of the basic-auth registry redirect to another host (127.0.0.2):
   // the credentials must not follow.
