@@ -160,6 +160,23 @@ int run_pull(const std::string& state_dir, const std::string& reference,
   std::mutex mu;
   std::map<size_t, std::pair<uint64_t, uint64_t>> layers;  // done, total
   std::map<size_t, uint64_t> last_reported;
+  std::map<size_t, std::string> states;
+  int drawn = 0;
+  // One bar per layer, redrawn in place (cursor up over the previous ones).
+  auto redraw = [&] {
+    if (drawn) std::fprintf(stderr, "\033[%dA", drawn);
+    for (auto& [k, v] : layers) {
+      const int width = 30;
+      int fill = v.second ? static_cast<int>(width * v.first / v.second) : width;
+      std::string bar(static_cast<size_t>(fill), '#');
+      bar.resize(width, '-');
+      auto st = states.find(k);
+      std::fprintf(stderr, "\r\033[Klayer %-3zu [%s] %9s / %-9s %s\n", k, bar.c_str(),
+                   human_bytes(v.first).c_str(), human_bytes(v.second).c_str(),
+                   st == states.end() ? "" : st->second.c_str());
+    }
+    drawn = static_cast<int>(layers.size());
+  };
   oci::ImportOptions opt;
   opt.progress = [&](size_t i, uint64_t done, uint64_t total) {
     std::lock_guard g(mu);
@@ -168,10 +185,7 @@ int run_pull(const std::string& state_dir, const std::string& reference,
     if (done == last || (done - last < (1u << 20) && done != total)) return;
     last = done;
     if (tty) {
-      uint64_t d = 0, t = 0;
-      for (auto& [k, v] : layers) d += v.first, t += v.second;
-      std::fprintf(stderr, "\r%zu layer(s): %s / %s   ", layers.size(), human_bytes(d).c_str(),
-                   human_bytes(t).c_str());
+      redraw();
     } else {
       std::fprintf(stderr, "{\"event\":\"progress\",\"layer\":%zu,\"bytes\":%llu,\"total\":%llu}\n",
                    i, static_cast<unsigned long long>(done),
@@ -180,9 +194,10 @@ int run_pull(const std::string& state_dir, const std::string& reference,
   };
   opt.layer_done = [&](size_t i, const oci::Descriptor& d, bool cached) {
     std::lock_guard g(mu);
+    states[i] = cached ? "already present" : "done";
+    if (layers[i].second == 0) layers[i] = {d.size, d.size};
     if (tty)
-      std::fprintf(stderr, "\rlayer %zu %s %s\n", i, d.digest.str().substr(0, 19).c_str(),
-                   cached ? "already present" : "done");
+      redraw();
     else
       std::fprintf(stderr, "{\"event\":\"layer\",\"layer\":%zu,\"digest\":\"%s\",\"cached\":%s}\n",
                    i, d.digest.str().c_str(), cached ? "true" : "false");
