@@ -68,7 +68,10 @@ class TarBuilder {
     return std::to_string(len) + rec;
   }
   static void octal(char* f, size_t n, uint64_t v) {
-    std::snprintf(f, n, "%0*llo", static_cast<int>(n - 1), static_cast<unsigned long long>(v));
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%0*llo", static_cast<int>(n - 1),
+                  static_cast<unsigned long long>(v));
+    std::memcpy(f, buf, n - 1);  // the field's last byte stays NUL
   }
   void header(const std::string& name, char type, uint64_t size, unsigned mode, unsigned uid,
               unsigned gid, const std::string& link, unsigned major, unsigned minor) {
