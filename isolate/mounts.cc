@@ -13,6 +13,8 @@
 #include <cstring>
 #include <set>
 
+#include "isolate/fd.h"
+
 namespace cloister::mounts {
 namespace {
 
@@ -91,18 +93,14 @@ struct Entry {
 mode_t image_lookup(const std::vector<std::string>& layers, const std::string& path) {
   const std::string rel = path == "/" ? std::string(".") : path.substr(1);
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-    int dir = ::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0) continue;
+    Fd dir(::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) continue;
     struct open_how how {};
     how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
-    long fd = ::syscall(SYS_openat2, dir, rel.c_str(), &how, sizeof how);
-    ::close(dir);
-    if (fd < 0) continue;
+    Fd fd(static_cast<int>(::syscall(SYS_openat2, dir.get(), rel.c_str(), &how, sizeof how)));
     struct stat st;
-    int rc = ::fstat(static_cast<int>(fd), &st);
-    ::close(static_cast<int>(fd));
-    if (rc != 0) continue;
+    if (!fd || ::fstat(fd.get(), &st) != 0) continue;
     if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) return 0;
     return st.st_mode;
   }
