@@ -1,6 +1,7 @@
 #include "isolate/mounts.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -11,6 +12,8 @@
 #include <array>
 #include <cstring>
 #include <set>
+
+#include "isolate/fd.h"
 
 namespace cloister::mounts {
 namespace {
@@ -82,6 +85,27 @@ struct Entry {
   std::string options;  // Tmpfs
   std::string what;     // for errors: "volume /a:/b"
 };
+
+// Container roots: the type of `path` in the merged image (the top-most layer
+// that has it; an overlay whiteout means absent), or 0 when absent. Lookups
+// never follow a symlink (RESOLVE_NO_SYMLINKS): a layer whose parent
+// components are not plain directories simply does not count.
+mode_t image_lookup(const std::vector<std::string>& layers, const std::string& path) {
+  const std::string rel = path == "/" ? std::string(".") : path.substr(1);
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    Fd dir(::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) continue;
+    struct open_how how {};
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    Fd fd(static_cast<int>(::syscall(SYS_openat2, dir.get(), rel.c_str(), &how, sizeof how)));
+    struct stat st;
+    if (!fd || ::fstat(fd.get(), &st) != 0) continue;
+    if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) return 0;
+    return st.st_mode;
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -158,7 +182,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     return {};
   };
 
-  for (const auto& p : spec.host_paths) {
+  const bool image = spec.image_root.has_value();
+  for (const auto& p : image ? std::vector<std::string>{} : spec.host_paths) {
     auto n = normalize_path(p);
     if (!n) return fail(n.error().wrap("host path"));
     struct stat st;
@@ -226,12 +251,64 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.slot = slot_of[i] = slots++;
     o.attr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0);
   }
+  // Container roots: each layer is cloned now too (it may lie below the
+  // stage, /tmp), moved to a short path on the stage tmpfs, and the overlay
+  // is mounted over that same tmpfs. The kernel resolves the overlay's
+  // option paths at mount time, so the tmpfs (upper dir, layer mounts) stays
+  // reachable through the overlay only, and goes with the sandbox's mount
+  // namespace. The short paths also keep the option string small.
+  std::vector<int> layer_slots;
+  int merged_slot = -1;
+  if (image && !spec.image_root->merged.empty()) {
+    // Without overlayfs: the merged copy, read-only (mount points must exist in it).
+    auto n = normalize_path(spec.image_root->merged);
+    if (!n) return fail(n.error().wrap("merged image root"));
+    Op& o = op(OpKind::CloneTree);
+    o.src = *n;
+    o.slot = merged_slot = slots++;
+    o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  } else if (image) {
+    const auto& layers = spec.image_root->layers;
+    if (layers.empty()) return fail(invalid("image root: no layers"));
+    if (layers.size() > 256)
+      return fail(make_error(ErrorKind::Limit, "image root: over 256 layers"));
+    for (const auto& l : layers) {
+      auto n = normalize_path(l);
+      if (!n) return fail(n.error().wrap("image layer"));
+      struct stat st;
+      if (::stat(n->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return fail(sys_error("image layer " + *n));
+      Op& o = op(OpKind::CloneTree);
+      o.src = *n;
+      o.slot = slots++;
+      o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+      layer_slots.push_back(o.slot);
+    }
+  }
   {
     Op& o = op(OpKind::Tmpfs, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "mode=0755";
   }
-
+  if (merged_slot >= 0) {
+    op(OpKind::MoveTree, kStage).slot = merged_slot;
+  } else if (image) {
+    const std::string base = std::string(kStage) + "/.l";
+    op(OpKind::Mkdir, base).mode = 0700;
+    std::string lower;
+    for (size_t i = layer_slots.size(); i-- > 0;) {
+      const std::string at = base + "/" + std::to_string(i);
+      op(OpKind::Mkdir, at).mode = 0755;
+      op(OpKind::MoveTree, at).slot = layer_slots[i];
+      if (!lower.empty()) lower += ':';
+      lower += at;
+    }
+    op(OpKind::Mkdir, std::string(kStage) + "/.upper").mode = 0755;
+    op(OpKind::Mkdir, std::string(kStage) + "/.work").mode = 0700;
+    Op& o = op(OpKind::Overlay, kStage);
+    o.flags = MS_NOSUID | MS_NODEV;
+    o.data = "lowerdir=" + lower + ",upperdir=" + kStage + "/.upper,workdir=" + kStage + "/.work";
+  }
   std::set<std::string> dirs{"/"};  // directories known to exist in the new root
   // The nearest entry strictly above `target`, if any.
   auto parent_entry = [&](size_t upto, const std::string& target) -> const Entry* {
@@ -263,6 +340,17 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       // On the root tmpfs or a configured tmpfs: create the path.
       std::string dir;
       size_t pos = 1;
+      if (image && !above) {
+        // In the image: no component may be a symlink of the image, since
+        // the child creates and mounts on these paths before pivot_root.
+        for (size_t k = 1; k <= e.target.size(); ++k) {
+          if (k != e.target.size() && e.target[k] != '/') continue;
+          mode_t m = image_lookup(spec.image_root->layers, e.target.substr(0, k));
+          if (m != 0 && !S_ISDIR(m) && (k != e.target.size() || e.is_dir || S_ISLNK(m)))
+            return fail(invalid(e.what + ": " + e.target.substr(0, k) + " is " +
+                                (S_ISLNK(m) ? "a symlink" : "not a directory") + " in the image"));
+        }
+      }
       for (;;) {
         size_t slash = e.target.find('/', pos);
         if (slash == std::string::npos) break;
@@ -439,6 +527,9 @@ int MountPlan::execute(int* failed_op) const noexcept {
         rc = ::mount_setattr(AT_FDCWD, path, 0, &attr, sizeof attr);
         break;
       }
+      case OpKind::Overlay:
+        rc = ::mount("overlay", path, "overlay", o.flags, o.data.c_str());
+        break;
       case OpKind::PivotRoot:
         // pivot_root(".", ".") stacks the old root on the new one; detaching
         // it leaves the new root alone, with no directory to hold the old.
@@ -496,6 +587,8 @@ std::string MountPlan::describe(int index) const {
       return "make the root read-only";
     case OpKind::PivotRoot:
       return "pivot_root";
+    case OpKind::Overlay:
+      return "mount the image's overlay root";
   }
   return "mount";
 }

@@ -19,6 +19,12 @@
 //   /dev              a small tmpfs: null zero full random urandom tty, a
 //                     private devpts (ptmx), shm, fd/std* links; no host device
 // then pivot_root, the old root detached, and the work dir entered.
+//
+// With spec.image_root (containers) the root is instead an overlayfs of the
+// image's layers over an upper dir on a fresh tmpfs, host_paths and
+// masked_paths are ignored, and every mount point created in it is checked in
+// the parent not to cross a symlink of the image (which, before pivot_root,
+// would resolve on the host).
 #pragma once
 
 #include <sys/types.h>
@@ -61,6 +67,7 @@ class MountPlan {
     Devpts,        // mount a new devpts instance at path
     SetReadOnly,   // mount_setattr(path, RDONLY), not recursive
     PivotRoot,     // chdir path, pivot_root(".", "."), detach the old root
+    Overlay,       // mount overlay at path with data (lowerdir, upperdir, workdir)
   };
 
   struct Op {

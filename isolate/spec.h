@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,17 @@ struct Identity {
   std::vector<gid_t> groups;  // supplementary groups; empty = none
 };
 
+// Container executor view (oci/): the new root is an overlay of an image's
+// unpacked layers with a fresh upper directory on a per-process tmpfs, so
+// preparing it costs the same for any image size. When read_only_rootfs the
+// upper only receives the mount points, then the overlay is made read-only.
+struct ImageRoot {
+  std::vector<std::string> layers;  // absolute host directories, bottom to top
+  // Set where overlayfs is unavailable: the image merged into one directory
+  // (oci/container.h), bound read-only as the root instead of the overlay.
+  std::string merged;
+};
+
 // The sandbox: everything but the command. Executors build one per executor
 // and reuse it (prepared once) for every command they run.
 struct SpawnSpec {
@@ -48,6 +60,9 @@ struct SpawnSpec {
   std::vector<BindMount> volumes;
   std::vector<TmpfsMount> tmpfs;
   bool read_only_rootfs = true;  // the new root itself (not /tmp, volumes, tmpfs)
+  // Set for containers: the root is the image (host_paths and masked_paths
+  // are then ignored; volumes, tmpfs, /proc, /dev and /tmp apply on top).
+  std::optional<ImageRoot> image_root;
 
   bool no_new_privileges = true;
   uint64_t capabilities = 0;  // bit set of capabilities kept

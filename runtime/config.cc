@@ -34,6 +34,7 @@
 
 #include "isolate/capabilities.h"
 #include "isolate/fd.h"
+#include "oci/reference.h"
 
 namespace cloister {
 namespace {
@@ -566,6 +567,7 @@ class Parser {
 
   Result<Config> document(const YAML::Node& root) const;
   Status executors(const Field& f, Config& config) const;
+  Status images(const Field& f, Config& config) const;
   Result<ExecutorConfig> executor(const Field& f) const;
   Status callers(const Field& f, Config& config) const;
 
@@ -611,9 +613,12 @@ Status parse_kind(const Parser& p, const Field& f, Building& b) {
     b.cfg.kind = ExecutorKind::Host;
     return {};
   }
-  if (*s == "container" || *s == "exec.docker")
-    return fail(p.error(f, "kind " + quote(*s) + ": container executors are not supported yet"));
-  return fail(p.error(f, "expected host (or exec.native), got " + quote(*s)));
+  if (*s == "container" || *s == "exec.docker") {
+    b.cfg.kind = ExecutorKind::Container;
+    return {};
+  }
+  return fail(
+      p.error(f, "expected host (exec.native) or container (exec.docker), got " + quote(*s)));
 }
 
 Status parse_work_dir(const Parser& p, const Field& f, Building& b) {
@@ -812,6 +817,12 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
       colon == std::string::npos ? std::nullopt : std::optional(s->substr(colon + 1));
   if (user.empty() || (group && (group->empty() || group->find(':') != std::string::npos)))
     return fail(p.error(f, expected));
+  // A container's users are the image's: resolved against its /etc/passwd
+  // when the executor is created (oci/container.h).
+  if (b.cfg.kind == ExecutorKind::Container) {
+    b.cfg.user = *s;
+    return {};
+  }
 
   Identity id;
   std::optional<gid_t> gid;
@@ -1027,10 +1038,31 @@ Status parse_timeout(const Parser& p, const Field& f, Building& b) {
 }
 
 // Fields of Wippy's exec.docker that only mean something for a container.
-Status container_only(const Parser& p, const Field& f, Building&) {
-  return fail(p.error(f,
-                      "only valid for container executors (kind: container), which are not "
-                      "supported yet"));
+Status container_only(const Parser& p, const Field& f, Building& b) {
+  if (b.cfg.kind != ExecutorKind::Container)
+    return fail(p.error(f, "only valid for container executors (kind: container)"));
+  return {};
+}
+
+Status parse_image(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  auto ref = oci::parse_reference(*s);
+  if (!ref) return fail(p.error(f, ref.error().what()));
+  b.cfg.image = ref->str();
+  return {};
+}
+
+Status parse_auto_remove(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  return assign(p.boolean(f), b.cfg.auto_remove);
+}
+
+// Wippy's docker host URL: there is no daemon to talk to.
+Status parse_docker_host(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  return fail(p.error(f, "cloister runs containers itself: there is no Docker host to name"));
 }
 
 // "name" and "kind" are read first, by Parser::executor; the rest in file order.
@@ -1064,9 +1096,9 @@ constexpr FieldRule kExecutorFields[] = {
     {"executables_dir", parse_executables_dir},
     {"max_processes", parse_max_processes},
     {"output_limit", parse_output_limit},
-    {"image", container_only},
-    {"host", container_only},
-    {"auto_remove", container_only},
+    {"image", parse_image},
+    {"host", parse_docker_host},
+    {"auto_remove", parse_auto_remove},
 };
 
 constexpr auto kExecutorKeys = [] {
@@ -1135,6 +1167,15 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
         return fail(error((*items)[i], w.error().message + " (an entry that can never match)"));
   }
 
+  if (b.cfg.kind == ExecutorKind::Container) {
+    if (b.cfg.image.empty())
+      return fail(error(f.line, child_path(f.path, "image"), "required for a container executor"));
+    if (b.host_paths_given || b.masked_paths_given)
+      return fail(error(f,
+                        "host_paths and masked_paths are for host executors: a container's "
+                        "root is its image"));
+    return std::move(b.cfg);
+  }
   if (!b.host_paths_given) b.cfg.host_paths = kDefaultHostPaths;
   if (!b.masked_paths_given) b.cfg.masked_paths = kDefaultMaskedPaths;
   return std::move(b.cfg);
@@ -1159,6 +1200,47 @@ Status Parser::executors(const Field& f, Config& config) const {
   return {};
 }
 
+// The images section (oci/): `images: { state_dir: /var/lib/cloister }`.
+Status Parser::images(const Field& f, Config& config) const {
+  constexpr std::array<std::string_view, 4> kKeys = {"state_dir", "insecure_registries",
+                                                     "auth_file", "mirrors"};
+  auto entries = mapping(f, kKeys);
+  if (!entries) return fail(entries.error());
+  if (const Entry* e = find_entry(*entries, "state_dir"))
+    if (auto s = assign(path(e->value), config.images.state_dir); !s) return s;
+  if (const Entry* e = find_entry(*entries, "auth_file"))
+    if (auto s = assign(path(e->value), config.images.auth_file); !s) return s;
+  if (const Entry* e = find_entry(*entries, "insecure_registries")) {
+    auto items = sequence(e->value);
+    if (!items) return fail(items.error());
+    for (const auto& item : *items) {
+      auto host = string(item);
+      if (!host) return fail(host.error());
+      if (host->empty() || host->find_first_of("/ \t") != std::string::npos)
+        return fail(error(item, "expected host[:port], got " + quote(*host)));
+      config.images.insecure_registries.push_back(std::move(*host));
+    }
+  }
+  if (const Entry* e = find_entry(*entries, "mirrors")) {
+    auto regs = mapping(e->value);
+    if (!regs) return fail(regs.error());
+    for (const auto& r : *regs) {
+      auto items = sequence(r.value);
+      if (!items) return fail(items.error());
+      std::vector<std::string> hosts;
+      for (const auto& item : *items) {
+        auto host = string(item);
+        if (!host) return fail(host.error());
+        if (host->empty() || host->find_first_of("/ \t") != std::string::npos)
+          return fail(error(item, "expected host[:port], got " + quote(*host)));
+        hosts.push_back(std::move(*host));
+      }
+      config.images.mirrors.emplace_back(r.key, std::move(hosts));
+    }
+  }
+  return {};
+}
+
 // ---------------------------------------------------------------------------
 // Top-level sections.
 
@@ -1171,6 +1253,7 @@ struct Section {
 constexpr Section kSections[] = {
     {"executors", true, &Parser::executors},
     {"callers", false, &Parser::callers},
+    {"images", false, &Parser::images},
 };
 
 constexpr auto kSectionKeys = [] {
@@ -1201,7 +1284,15 @@ Result<Config> Parser::document(const YAML::Node& root) const {
     }
     if (auto s = (this->*section.parse)(e->value, config); !s) return fail(s.error());
   }
-  for (auto& e : config.executors) e.policy.callers = config.callers;
+  for (auto& e : config.executors) {
+    e.policy.callers = config.callers;
+    if (e.kind == ExecutorKind::Container) {
+      e.state_dir = config.images.state_dir;
+      e.insecure_registries = config.images.insecure_registries;
+      e.auth_file = config.images.auth_file;
+      e.mirrors = config.images.mirrors;
+    }
+  }
   return config;
 }
 

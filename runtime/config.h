@@ -47,10 +47,18 @@ struct ExecutorConfig {
   std::vector<rlimits::Limit> rlimits;
   std::string seccomp_profile;                   // "" = built-in default
   std::chrono::milliseconds default_timeout{0};  // 0 = none
-  std::string image;                             // container executors (not supported yet)
   // shell, allowlist, allowed_dirs, executables_dir, max_processes,
   // output_limit and the config's callers rules (docs/policy.md).
   policy::ExecutorPolicy policy;
+  // Container executors (kind: container / exec.docker), see docs/oci.md.
+  std::string image;        // a reference, normalised (docker.io/library/alpine:latest)
+  bool auto_remove = true;  // accepted for seed compatibility: nothing outlives a process
+  std::string state_dir;    // the image store; from the images section, "" = default
+  // From the images section: an image missing from the store is pulled when
+  // the executor is created (loopback registries are always insecure).
+  std::vector<std::string> insecure_registries;
+  std::string auth_file;  // "" = the default credential search
+  std::vector<std::pair<std::string, std::vector<std::string>>> mirrors;  // registry -> hosts
 };
 
 inline const std::vector<std::string> kDefaultHostPaths = {
@@ -59,12 +67,22 @@ inline const std::vector<std::string> kDefaultMaskedPaths = {
     "/etc/shadow",  "/etc/gshadow",   "/etc/shadow-", "/etc/gshadow-",
     "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh",     "/etc/ssl/private"};
 
+// The `images:` section: where the image store lives (oci/store.h).
+struct ImagesConfig {
+  std::string state_dir;                         // "" = /var/lib/cloister
+  std::vector<std::string> insecure_registries;  // host[:port] reachable over plain HTTP
+  std::string auth_file;                         // "" = the default credential search
+  // registry -> mirror hosts, tried in order before it: { docker.io: [mirror.lan:5000] }
+  std::vector<std::pair<std::string, std::vector<std::string>>> mirrors;
+};
+
 struct Config {
   std::string path;
   std::vector<ExecutorConfig> executors;
   // The `callers:` section; null when absent (then only root may run). Every
   // executor's policy.callers points here.
   std::shared_ptr<const policy::CallerRules> callers;
+  ImagesConfig images;
 
   const ExecutorConfig* find(std::string_view name) const;
 };

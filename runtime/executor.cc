@@ -1,13 +1,56 @@
 #include "runtime/executor.h"
 
 #include "isolate/mounts.h"
+#include "oci/container.h"
 #include "policy/exec_policy.h"
 
 namespace cloister {
 
-Result<SpawnSpec> lower_executor(const ExecutorConfig& c) {
-  if (c.kind == ExecutorKind::Container)
-    return fail(invalid("executor '" + c.name + "': container executors are not supported yet"));
+namespace {
+
+constexpr const char* kContainerPath =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// The container part of lowering: the image's layers as the root, its user
+// unless the executor names one, its config's defaults.
+Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out) {
+  if (c.image.empty()) return fail(invalid("a container executor needs an image"));
+  // Pulled on first use when missing from the store.
+  oci::RegistryOptions registry;
+  registry.insecure = c.insecure_registries;
+  registry.auth_file = c.auth_file;
+  for (const auto& [reg, hosts] : c.mirrors) registry.mirrors[reg] = hosts;
+  auto img = oci::open_container_image(c.state_dir, c.image, true, registry);
+  if (!img) return fail(img.error().wrap("image " + c.image));
+  s.image_root = ImageRoot{img->layer_dirs, ""};
+  if (!oci::overlay_available()) {
+    if (!c.read_only_rootfs)
+      return fail(invalid("read_only_rootfs: false needs overlayfs, which this kernel lacks"));
+    auto merged = oci::merged_rootfs(c.state_dir, *img);
+    if (!merged) return fail(merged.error().wrap("image " + c.image));
+    s.image_root->merged = *merged;
+  }
+  s.host_paths.clear();
+  s.masked_paths.clear();
+  auto id = oci::image_user(img->layer_dirs, c.user ? *c.user : img->config.user);
+  if (!id) return fail(id.error().wrap("image " + c.image));
+  s.user = std::move(*id);
+  if (out) {
+    for (const auto& kv : img->config.env) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) continue;
+      out->env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+    }
+    out->entrypoint = img->config.entrypoint;
+    out->cmd = img->config.cmd;
+    out->work_dir = img->config.working_dir;
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) {
   SpawnSpec s;
   s.hostname = c.hostname;
   s.network = c.network_mode;
@@ -24,13 +67,17 @@ Result<SpawnSpec> lower_executor(const ExecutorConfig& c) {
   s.limits.memory_max = c.memory_limit;
   s.limits.cpu_quota = c.cpu_quota;
   s.limits.pids_max = c.pids_limit;
+  if (c.kind == ExecutorKind::Container)
+    if (auto st = lower_container(c, s, image); !st)
+      return fail(st.error().wrap("executor '" + c.name + "'"));
   return s;
 }
 
 Result<std::shared_ptr<Executor>> Executor::create(const ExecutorConfig& config,
                                                    std::shared_ptr<cgroups::Manager> cgroups) {
   const std::string ctx = "executor '" + config.name + "'";
-  auto spec = lower_executor(config);
+  ImageDefaults image;
+  auto spec = lower_executor(config, &image);
   if (!spec) return fail(spec.error());
   auto sandbox = Sandbox::prepare(*spec);
   if (!sandbox) return fail(sandbox.error().wrap(ctx));
@@ -45,6 +92,7 @@ Result<std::shared_ptr<Executor>> Executor::create(const ExecutorConfig& config,
   e->config_ = config;
   e->sandbox_ = std::move(*sandbox);
   e->cgroups_ = std::move(cgroups);
+  if (config.kind == ExecutorKind::Container) e->image_ = std::move(image);
   return e;
 }
 
@@ -56,8 +104,23 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.timeout = req.timeout.count() > 0 ? req.timeout : config_.default_timeout;
   if (req.timeout.count() < 0) return fail(invalid("timeout is negative"));
 
-  // A clean environment: the executor's defaults, then the call's values.
+  // A clean environment: the image's (containers), the executor's defaults,
+  // then the call's values.
   std::vector<std::pair<std::string, std::string>> env = config_.default_env;
+  if (image_) {
+    std::vector<std::pair<std::string, std::string>> base = image_->env;
+    bool has_path = false;
+    for (const auto& kv : base) has_path |= kv.first == "PATH";
+    if (!has_path) base.emplace_back("PATH", kContainerPath);
+    std::vector<std::pair<std::string, std::string>> merged;
+    for (auto& kv : base) {
+      bool overridden = false;
+      for (const auto& e : env) overridden |= e.first == kv.first;
+      if (!overridden) merged.push_back(std::move(kv));
+    }
+    merged.insert(merged.end(), env.begin(), env.end());
+    env = std::move(merged);
+  }
   for (auto& [k, v] : req.env) {
     if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos ||
         v.find('\0') != std::string::npos)
@@ -69,8 +132,17 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   }
   for (auto& [k, v] : env) setup.command.env.push_back(k + "=" + v);
 
-  auto wd = mounts::normalize_path(req.work_dir.empty() ? config_.default_work_dir : req.work_dir);
+  std::string work_dir = req.work_dir.empty() ? config_.default_work_dir : req.work_dir;
+  // A container's executor that sets no work dir (the default "/") gets the
+  // image's WorkingDir.
+  if (image_ && req.work_dir.empty() && config_.default_work_dir == "/" &&
+      !image_->work_dir.empty())
+    work_dir = image_->work_dir;
+  auto wd = mounts::normalize_path(work_dir);
   if (!wd) return fail(wd.error().wrap("work dir"));
+
+  // A container without a command runs its image's Cmd.
+  if (image_ && req.argv.empty() && req.command.empty()) req.argv = image_->cmd;
 
   // Every policy rule, decided and audited in one place.
   policy::ExecInput in;
@@ -89,6 +161,10 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.command.work_dir = *wd;
   setup.command.work_dir_beneath = std::move(grant->work_dir_beneath);
   setup.command.argv = std::move(grant->argv);
+  // The image's Entrypoint runs the (checked) command as its arguments.
+  if (image_ && !image_->entrypoint.empty())
+    setup.command.argv.insert(setup.command.argv.begin(), image_->entrypoint.begin(),
+                              image_->entrypoint.end());
   if (grant->executable) {
     setup.command.exec_fd = grant->executable->fd.get();
     setup.command.exec_fd_inherit = grant->executable->script;

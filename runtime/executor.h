@@ -40,6 +40,15 @@ struct ExecRequest {
   std::optional<policy::Caller> caller;
 };
 
+// Container executors: what the image's config gives, used under the
+// executor's settings and the call's (docker semantics: argv = Entrypoint +
+// (the call's argv, else Cmd)).
+struct ImageDefaults {
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::string> entrypoint, cmd;
+  std::string work_dir;
+};
+
 class Executor {
  public:
   // cgroups: the manager to create process cgroups with; null = the shared
@@ -58,9 +67,12 @@ class Executor {
   ExecutorConfig config_;
   std::shared_ptr<const Sandbox> sandbox_;
   std::shared_ptr<cgroups::Manager> cgroups_;
+  std::optional<ImageDefaults> image_;  // container executors
 };
 
-// The SpawnSpec an executor config describes.
-Result<SpawnSpec> lower_executor(const ExecutorConfig& config);
+// The SpawnSpec an executor config describes. For a container executor the
+// image is resolved in the store (config.state_dir) and, when `image` is not
+// null, its config's defaults returned there.
+Result<SpawnSpec> lower_executor(const ExecutorConfig& config, ImageDefaults* image = nullptr);
 
 }  // namespace cloister

@@ -28,3 +28,34 @@ show $CLOISTER exec -c $CONFIG -x shell --timeout 1 -- sh -c 'sleep 30 & sleep 3
 show $CLOISTER exec -c $CONFIG -x shell -- no-such-command
 show $CLOISTER exec -c $CONFIG -x shell -- sh -c 'exit 42'
 show $CLOISTER exec -c $CONFIG -x net -- sh -c 'id; grep CapEff /proc/self/status; grep -c : /proc/net/dev'
+
+# --- OCI images (oci/): an image built here from busybox-static, no registry.
+# `busybox --install -s` into a directory, tools/oci-build.py packs it into an
+# OCI layout (and archive), `cloister load` imports it, and a container runs.
+DEMO=$(mktemp -d /tmp/cloister-demo-oci.XXXXXX)
+trap 'rm -rf "$DEMO"' EXIT
+mkdir -p "$DEMO/rootfs/bin" "$DEMO/rootfs/etc" "$DEMO/rootfs/root"
+cp "$(command -v busybox)" "$DEMO/rootfs/bin/busybox"
+# Inside the rootfs, so that the links say /bin/busybox, not a host path.
+chroot "$DEMO/rootfs" /bin/busybox --install -s /bin
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$DEMO/rootfs/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$DEMO/rootfs/etc/group"
+echo "hello from an OCI image" > "$DEMO/rootfs/etc/motd"
+python3 tools/oci-build.py "$DEMO/layout" --ref localhost/demo/busybox:latest \
+  --layer "$DEMO/rootfs:gzip" --cmd '["sh"]' --archive "$DEMO/busybox.tar" >/dev/null
+cat > "$DEMO/cloister.yaml" <<YAML
+images:
+  state_dir: $DEMO/store
+executors:
+  - name: box
+    kind: container
+    image: localhost/demo/busybox:latest
+    network_mode: none
+    read_only_rootfs: true
+    user: nobody
+    tmpfs: { /tmp: "rw,noexec,nosuid,size=16m" }
+YAML
+show $CLOISTER load --state-dir "$DEMO/store" "$DEMO/busybox.tar"
+show $CLOISTER images --state-dir "$DEMO/store"
+show $CLOISTER exec -c "$DEMO/cloister.yaml" -x box -- sh -c 'cat /etc/motd; id; ls /; touch /x'
+show $CLOISTER exec -c "$DEMO/cloister.yaml" -x box -- sh -c 'echo $$; ps; grep -c : /proc/net/dev'

@@ -465,10 +465,10 @@ TEST(Executor, BadSpecsAreRefusedBeforeAnythingRuns) {
   EXPECT_NE(e.error().message.find("/usr/nonexistent-mountpoint"), std::string::npos);
 
   cfg = base_config();
-  cfg.kind = ExecutorKind::Container;
+  cfg.kind = ExecutorKind::Container;  // without an image
   e = Executor::create(cfg);
   ASSERT_FALSE(e);
-  EXPECT_NE(e.error().message.find("not supported yet"), std::string::npos);
+  EXPECT_NE(e.error().message.find("needs an image"), std::string::npos) << e.error().message;
 }
 
 TEST(Executor, ManyProcessesLeaveNothingBehind) {

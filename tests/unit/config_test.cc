@@ -150,16 +150,36 @@ TEST(Config, KindAliasExecNative) {
   EXPECT_EQ(c->executors[1].kind, ExecutorKind::Host);
 }
 
-TEST(Config, ContainerKindsRefused) {
+TEST(Config, ContainerKinds) {
   for (const char* kind : {"container", "exec.docker"}) {
-    auto c = parse(std::string("executors:\n  - name: box\n    kind: ") + kind +
-                   "\n    image: busybox\n");
-    ASSERT_FALSE(c) << kind;
-    EXPECT_EQ(c.error().kind, ErrorKind::Invalid);
-    EXPECT_EQ(c.error().message.rfind("test.yaml:3: executors[0].kind: ", 0), 0u)
-        << c.error().message;
-    EXPECT_NE(c.error().message.find("not supported yet"), std::string::npos);
+    auto c = parse(std::string("images:\n  state_dir: /srv/images\nexecutors:\n  - name: box\n"
+                               "    kind: ") +
+                   kind +
+                   "\n    image: busybox\n    user: nobody\n    auto_remove: true\n"
+                   "    volumes: [\"/tmp:/data:ro\"]\n");
+    ASSERT_TRUE(c) << kind << ": " << c.error().what();
+    const auto& e = c->executors[0];
+    EXPECT_EQ(e.kind, ExecutorKind::Container);
+    EXPECT_EQ(e.image, "docker.io/library/busybox:latest");
+    EXPECT_EQ(e.state_dir, "/srv/images");
+    EXPECT_EQ(e.user, std::optional<std::string>("nobody"));  // resolved in the image
+    EXPECT_TRUE(e.host_paths.empty());
   }
+  auto c = parse(
+      "images:\n  insecure_registries: [reg.local:5000]\n  auth_file: /etc/a.json\n"
+      "  mirrors: { docker.io: [m1.lan, m2.lan:5000] }\n"
+      "executors:\n  - name: box\n    kind: container\n    image: busybox\n");
+  ASSERT_TRUE(c) << c.error().what();
+  EXPECT_EQ(c->executors[0].insecure_registries, std::vector<std::string>{"reg.local:5000"});
+  EXPECT_EQ(c->executors[0].auth_file, "/etc/a.json");
+  ASSERT_EQ(c->executors[0].mirrors.size(), 1u);
+  EXPECT_EQ(c->executors[0].mirrors[0].first, "docker.io");
+  EXPECT_EQ(c->executors[0].mirrors[0].second, (std::vector<std::string>{"m1.lan", "m2.lan:5000"}));
+  auto bad = parse("images:\n  insecure_registries: [\"http://x/\"]\nexecutors:\n  - name: a\n");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("test.yaml:2: images.insecure_registries[0]"),
+            std::string::npos)
+      << bad.error().message;
 }
 
 TEST(Config, WippyExecutorBlockParses) {
@@ -459,12 +479,15 @@ const BadCase kBadCases[] = {
      "expected a string, got nothing"},
     {"NameDuplicate", "executors:\n  - name: a\n  - name: b\n  - name: a\n", 4, "executors[2].name",
      "duplicate executor name \"a\" (first at line 2)"},
-    {"KindContainer", "executors:\n  - name: a\n    kind: container\n    image: busybox\n", 3,
-     "executors[0].kind", "not supported yet"},
-    {"KindDocker", "executors:\n  - name: a\n    kind: exec.docker\n", 3, "executors[0].kind",
-     "not supported yet"},
+    {"ContainerBadImage", "executors:\n  - name: a\n    kind: container\n    image: Bad/Name\n", 4,
+     "executors[0].image", "bad repository component"},
+    {"KindDockerNoImage", "executors:\n  - name: a\n    kind: exec.docker\n", 2,
+     "executors[0].image", "required for a container executor"},
+    {"ContainerHostPaths",
+     "executors:\n  - name: a\n    kind: container\n    image: x\n    host_paths: [/usr]\n", 2,
+     "executors[0]", "host_paths and masked_paths are for host executors"},
     {"KindUnknown", "executors:\n  - name: a\n    kind: vm\n", 3, "executors[0].kind",
-     "expected host (or exec.native), got \"vm\""},
+     "expected host (exec.native) or container (exec.docker), got \"vm\""},
     {"ImageOnHost", one("    image: busybox\n"), 4, "executors[0].image",
      "only valid for container executors"},
     {"DuplicateKey", one("    pids_limit: 1\n    pids_limit: 2\n"), 5, "executors[0].pids_limit",

@@ -1,0 +1,74 @@
+// Pull streams of bytes: the pipeline of a layer is
+//   source (fd, HTTP body) -> HashingStream (compressed digest, size cap)
+//   -> decompressor (gzip/zstd, in-process) -> HashingStream (diff_id, cap)
+//   -> TarReader -> apply
+// so every byte is looked at once, with no temp file and no second pass.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "isolate/error.h"
+#include "oci/digest.h"
+
+namespace cloister::oci {
+
+class ByteStream {
+ public:
+  virtual ~ByteStream() = default;
+  // Up to len bytes; 0 only at the end of the stream.
+  virtual Result<size_t> read(char* buf, size_t len) = 0;
+  // Reads until the end, discarding. Returns the number of bytes read.
+  Result<uint64_t> drain();
+};
+
+// Reads an fd (not owned).
+class FdStream : public ByteStream {
+ public:
+  explicit FdStream(int fd) : fd_(fd) {}
+  Result<size_t> read(char* buf, size_t len) override;
+
+ private:
+  int fd_;
+};
+
+// Reads a string held elsewhere.
+class MemoryStream : public ByteStream {
+ public:
+  explicit MemoryStream(std::string_view data) : data_(data) {}
+  Result<size_t> read(char* buf, size_t len) override;
+
+ private:
+  std::string_view data_;
+};
+
+// Passes bytes through, hashing and counting them; fails with Limit once
+// more than `limit` bytes went by (`what` names the limit in the error).
+class HashingStream : public ByteStream {
+ public:
+  HashingStream(ByteStream& inner, uint64_t limit, std::string what)
+      : inner_(inner), limit_(limit), what_(std::move(what)) {}
+  Result<size_t> read(char* buf, size_t len) override;
+  uint64_t count() const { return count_; }
+  Digest finish() { return hash_.finish(); }
+
+ private:
+  ByteStream& inner_;
+  Sha256 hash_;
+  uint64_t count_ = 0;
+  uint64_t limit_;
+  std::string what_;
+};
+
+enum class Compression { None, Gzip, Zstd };
+std::string_view compression_name(Compression c);
+// From the first bytes of a blob (gzip 1f 8b, zstd 28 b5 2f fd, else none).
+Compression sniff_compression(std::string_view head);
+
+// A decompressing view of `inner`; None passes bytes through.
+std::unique_ptr<ByteStream> decompress(ByteStream& inner, Compression c);
+
+}  // namespace cloister::oci

@@ -1,0 +1,196 @@
+// Integration tests of the container executor: an image built by the test
+// from busybox-static (tools/oci-build.py, three layers, a deletion and an
+// opaque directory, gzip and zstd), loaded into a temporary store with
+// oci::load_images, run through the library and through `cloister exec`.
+// The same isolation checks as for the host executor, seen from inside.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "oci/load.h"
+#include "runtime/executor.h"
+#include "test_support.h"
+
+using namespace cloister;
+using namespace cloister::testing;
+
+namespace {
+
+std::string shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
+  int rc = p ? ::pclose(p) : -1;
+  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+  return out;
+}
+
+class Container : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir = new TempDir;
+    const std::string d = dir->path;
+    // Layer 1: busybox, passwd, /opt/{a,b}, /etc/removed. Layer 2 (zstd):
+    // /etc/motd. Layer 3: deletes /etc/removed, makes /opt opaque with /opt/c,
+    // and a /link -> /etc symlink.
+    shell(
+        "set -e; cd " + d +
+        "; mkdir -p l1/bin l1/etc l1/opt l1/work l1/proc l1/dev l1/tmp l2/etc l3/etc l3/opt;"
+        "cp /bin/busybox l1/bin/; for c in sh ls cat echo id pwd touch env sleep ps hostname "
+        "grep cut tr wc readlink mount stat; do ln -s busybox l1/bin/$c; done;"
+        "printf 'root:x:0:0::/root:/bin/sh\\napp:x:1234:2345::/work:/bin/sh\\n' > l1/etc/passwd;"
+        "printf 'root:x:0:\\napp:x:2345:\\n' > l1/etc/group;"
+        "echo a > l1/opt/a; echo b > l1/opt/b; echo bye > l1/etc/removed;"
+        "echo hello > l2/etc/motd; touch l3/etc/.wh.removed l3/opt/.wh..wh..opq; echo c > l3/opt/c;"
+        "ln -s /etc l3/link;"
+        "python3 " CLOISTER_SOURCE_DIR
+        "/tools/oci-build.py layout --ref localhost/test/bb:1 "
+        "--layer l1:gzip --layer l2:zstd --layer l3:none --entrypoint '[\"/bin/sh\",\"-c\"]' "
+        "--cmd '[\"echo from-cmd\"]' --env PATH=/bin --env FROM_IMAGE=1 --env OVER=image "
+        "--workdir /work --user app >/dev/null");
+    state = new std::string(d + "/store");
+    auto store = oci::Store::open(*state);
+    ASSERT_TRUE(store) << store.error().what();
+    auto r = oci::load_images(*store, d + "/layout", "");
+    ASSERT_TRUE(r) << r.error().what();
+  }
+  static void TearDownTestSuite() {
+    delete dir;
+    delete state;
+  }
+  static ExecutorConfig config() {
+    ExecutorConfig c;
+    c.name = "box";
+    c.kind = ExecutorKind::Container;
+    c.image = "localhost/test/bb:1";
+    c.state_dir = *state;
+    return c;
+  }
+  static inline TempDir* dir = nullptr;
+  static inline std::string* state = nullptr;
+};
+
+TEST_F(Container, ImageDefaultsEntrypointCmdEnvUserWorkdir) {
+  auto r = run_ok(config(), {});
+  EXPECT_EQ(r.out, "from-cmd\n");
+  auto cfg = config();
+  cfg.default_env = {{"OVER", "executor"}};
+  r = run_ok(cfg, {"echo $FROM_IMAGE $OVER; id -u; id -g; pwd"});
+  EXPECT_EQ(r.out, "1 executor\n1234\n2345\n/work\n");
+  cfg.user = "root";
+  EXPECT_EQ(run_ok(cfg, {"id -u"}).out, "0\n");
+}
+
+TEST_F(Container, LayersWhiteoutsAndOpaqueDirectories) {
+  auto r = run_ok(config(), {"cat /etc/motd; ls /opt; ls /etc; readlink /link"});
+  EXPECT_EQ(r.out, "hello\nc\ngroup\nmotd\npasswd\n/etc\n");
+}
+
+TEST_F(Container, IsolatedLikeTheHostExecutor) {
+  auto cfg = config();
+  cfg.user = "root";
+  auto r = run_ok(cfg, {"echo $$; cat /proc/1/comm; hostname; grep : /proc/net/dev | cut -d: -f1 "
+                        "| tr -d ' '; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status "
+                        "| tr -d '\\t'; ls /usr 2>&1 | wc -l; ls /dev"});
+  EXPECT_EQ(r.out,
+            "2\ncloister-init\ncloister\nlo\nCapEff:0000000000000000\nNoNewPrivs:1\nSeccomp:2\n1\n"
+            "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
+  // The root is read-only; /tmp is a tmpfs.
+  r = run(cfg, {"touch /x"});
+  EXPECT_NE(r.status.exit_code, 0);
+  EXPECT_NE(r.err.find("Read-only file system"), std::string::npos) << r.err;
+  EXPECT_EQ(run_ok(cfg, {"touch /tmp/x && echo ok"}).out, "ok\n");
+}
+
+TEST_F(Container, WritableRootIsPerProcessAndLeavesTheStoreAlone) {
+  auto cfg = config();
+  cfg.user = "root";
+  cfg.read_only_rootfs = false;
+  EXPECT_EQ(
+      run_ok(cfg, {"echo new-4f1d > /etc/motd; rm /opt/c; cat /etc/motd; ls /opt | wc -l"}).out,
+      "new-4f1d\n0\n");
+  EXPECT_EQ(run_ok(cfg, {"cat /etc/motd; ls /opt"}).out, "hello\nc\n");
+  EXPECT_EQ(shell("cat " + dir->path + "/l2/etc/motd"), "hello\n");
+  EXPECT_EQ(shell("grep -rl new-4f1d " + *state + "/layers | wc -l"), "0\n");
+}
+
+TEST_F(Container, VolumesAndTmpfsOnTop) {
+  TempDir host;
+  write_text(host.path + "/in", "from-host\n");
+  auto cfg = config();
+  cfg.user = "root";
+  cfg.volumes.push_back({host.path, "/data/vol", false});
+  cfg.tmpfs.push_back({"/scratch", "size=1m"});
+  auto r = run_ok(cfg, {"cat /data/vol/in; echo out > /data/vol/out; touch /scratch/s && echo s"});
+  EXPECT_EQ(r.out, "from-host\ns\n");
+  EXPECT_EQ(read_text(host.path + "/out"), "out\n");
+}
+
+TEST_F(Container, MountPointThroughAnImageSymlinkRefused) {
+  // /link is a symlink to /etc in the image: mounting on /link/x would be
+  // resolved on the host before pivot_root.
+  TempDir host;
+  auto cfg = config();
+  cfg.volumes.push_back({host.path, "/link/x", true});
+  auto e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().what().find("/link is a symlink in the image"), std::string::npos)
+      << e.error().what();
+}
+
+TEST_F(Container, MissingImageFailsNamingIt) {
+  // Not in the store, and the pull on first use finds no registry there.
+  auto cfg = config();
+  cfg.image = "127.0.0.1:1/test/absent:1";
+  auto e = Executor::create(cfg);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().what().find("127.0.0.1:1/test/absent:1"), std::string::npos)
+      << e.error().what();
+}
+
+TEST_F(Container, CliLoadAndExec) {
+  const std::string d = dir->path;
+  shell("cd " + d + " && tar -cf bb.tar -C layout oci-layout index.json blobs");
+  std::string out = shell(std::string(CLOISTER_BIN_DIR) + "/cloister load --state-dir " + d +
+                          "/cli-store --name localhost/cli:1 " + d + "/bb.tar");
+  EXPECT_NE(out.find("loaded localhost/cli:1"), std::string::npos) << out;
+  write_text(d + "/c.yaml", "images:\n  state_dir: " + d +
+                                "/cli-store\nexecutors:\n  - name: box\n    kind: exec.docker\n"
+                                "    image: localhost/cli:1\n    user: \"0\"\n");
+  EXPECT_EQ(shell(std::string(CLOISTER_BIN_DIR) + "/cloister exec -c " + d +
+                  "/c.yaml -x box -- 'cat /etc/motd'"),
+            "hello\n");
+  out = shell(std::string(CLOISTER_BIN_DIR) + "/cloister images --state-dir " + d + "/cli-store");
+  EXPECT_NE(out.find("localhost/cli:1"), std::string::npos) << out;
+  shell(std::string(CLOISTER_BIN_DIR) + "/cloister rmi --state-dir " + d +
+        "/cli-store localhost/cli:1");
+  out = shell(std::string(CLOISTER_BIN_DIR) + "/cloister prune --state-dir " + d + "/cli-store");
+  EXPECT_NE(out.find("3 layers"), std::string::npos) << out;
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(Container, CopyingFallbackWithoutOverlay) {
+  // As on a kernel without overlayfs: the layers are merged once into a
+  // snapshot in the store and bound read-only as the root.
+  ::setenv("CLOISTER_NO_OVERLAY", "1", 1);
+  auto cfg = config();
+  cfg.user = "root";
+  auto r =
+      run(cfg, {"cat /etc/motd; ls /opt; ls /etc; readlink /link; grep -c overlay /proc/mounts"});
+  EXPECT_EQ(r.out, "hello\nc\ngroup\nmotd\npasswd\n/etc\n0\n") << r.err;
+  cfg.read_only_rootfs = false;
+  auto e = Executor::create(cfg);
+  ::unsetenv("CLOISTER_NO_OVERLAY");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().what().find("needs overlayfs"), std::string::npos) << e.error().what();
+  EXPECT_EQ(shell("ls " + *state + "/snapshots | wc -l"), "1\n");
+}
+
+}  // namespace
