@@ -71,6 +71,7 @@ struct NetnsPool::State {
   int target = 2;
   bool broken = false;  // unshare(CLONE_NEWNET) failed: no pool on this host
   bool started = false;
+  int requests = 0;
   LoopbackUp lo;
 };
 
@@ -95,6 +96,9 @@ Fd NetnsPool::take() {
   std::unique_lock lk(st.mu);
   if (st.broken) return Fd();
   if (!st.started) {
+    // A process that starts one sandbox (a `cloister exec`) would only pay
+    // for namespaces it never uses: the pool starts with the second.
+    if (++st.requests < 2 || st.target == 0) return Fd();
     auto lo = LoopbackUp::prepare();
     if (!lo) {
       st.broken = true;

@@ -32,7 +32,8 @@ class NetnsPool {
  public:
   static NetnsPool& get();
   // A fresh namespace, or an empty Fd when none is ready (the caller then
-  // creates one with CLONE_NEWNET). Starts the pool's thread on first use.
+  // creates one with CLONE_NEWNET). The pool's thread starts on the second
+  // call: a process that starts one sandbox never pays for it.
   Fd take();
   // How many namespaces are kept ready; 0 turns the pool off (tests).
   void set_target(int n);
