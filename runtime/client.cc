@@ -142,8 +142,7 @@ Result<std::optional<Connection::Message>> Connection::read_frame(std::chrono::m
     if (timeout.count() >= 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return std::optional<Message>();
-      ms = static_cast<int>(left.count());
+      ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
     pollfd p{fd_.get(), POLLIN, 0};
     int n = ::poll(&p, 1, ms);
