@@ -273,7 +273,25 @@ struct Server::Impl {
   }
 
   // --- attachments: pull session output into connection queues
+  //
+  // fill() queues output up to the high-water mark and says whether more is
+  // waiting; pump() alternates fill and flush until the socket is full (the
+  // queue stays non-empty, EPOLLOUT brings us back) or nothing is left.
   void pump(Conn& c) {
+    for (int round = 0; round < 16; ++round) {
+      bool more = fill(c);
+      flush(c);
+      if (!more || c.closing) return;
+      if (c.queued() > 0) return;  // EPOLLOUT is armed
+    }
+    // Still more after many rounds: come back when writable, fairly.
+    if (!c.want_out) {
+      c.want_out = true;
+      update_conn_events(c);
+    }
+  }
+  bool fill(Conn& c) {
+    bool more = false;
     for (auto it = c.attached.begin(); it != c.attached.end();) {
       auto& a = it->second;
       auto se = sessions.find(a.session);
@@ -328,10 +346,11 @@ struct Server::Impl {
         se->second.conns.erase(c.id);
         it = c.attached.erase(it);
       } else {
+        more |= c.queued() >= kHighWater;
         ++it;
       }
     }
-    flush(c);
+    return more;
   }
   void pump_session(SessionEntry& e) {
     for (uint64_t cid : std::vector<uint64_t>(e.conns.begin(), e.conns.end())) {
@@ -340,19 +359,22 @@ struct Server::Impl {
     }
   }
 
-  // Backpressure: reading stream i now would evict bytes an attached reader
-  // has not had yet.
-  bool must_pause(SessionEntry& e, int i) {
+  // Backpressure: how many bytes of stream i may be read now without
+  // evicting bytes an attached reader has not had yet (0 = pause).
+  size_t room(SessionEntry& e, int i) {
     const RingBuffer& rb = e.s->buffer(i);
+    size_t r = kDataChunk;
     for (uint64_t cid : e.conns) {
       auto it = conns.find(cid);
       if (it == conns.end()) continue;
       auto a = it->second->attached.find(e.s->id());
       if (a == it->second->attached.end()) continue;
-      if (a->second.next[i] + rb.capacity() <= rb.end() + kDataChunk) return true;
+      uint64_t unsent = rb.end() - std::max(a->second.next[i], rb.start());
+      r = std::min<uint64_t>(r, rb.capacity() - unsent);
     }
-    return false;
+    return r;
   }
+  bool must_pause(SessionEntry& e, int i) { return room(e, i) == 0; }
   void resume_if_caught_up(SessionEntry& e) {
     for (int i = 0; i < 2; ++i) {
       if (!e.paused[i] || must_pause(e, i)) continue;
@@ -371,7 +393,7 @@ struct Server::Impl {
       ep(EPOLL_CTL_MOD, e.s->output_fd(i), 0, tag(i == 0 ? kOut : kErr, sid));
       return;
     }
-    e.s->pull(i);
+    e.s->pull(i, room(e, i));
     if (e.s->output_eof(i) && e.registered[i]) {
       ep_del(e.s->output_fd(i));
       e.registered[i] = false;
@@ -763,6 +785,9 @@ struct Server::Impl {
         if (!e.run_session) list.push_back(session_json(e));
       return reply_ok(c, id, {{"sessions", list}});
     }
+    static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
+                                                      "resize", "wait",   "remove"};
+    if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
     auto found = find(j);
     if (!found) return reply_err(c, id, found.error());
     SessionEntry& e = **found;

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 namespace cloister {
 namespace {
 constexpr size_t kPullChunk = 64 * 1024;
@@ -33,10 +35,10 @@ int Session::output_fd(int i) const {
   return i == 0 ? process_->stdout_fd() : process_->stderr_fd();
 }
 
-size_t Session::pull(int i) {
-  if (eof_[i]) return 0;
+size_t Session::pull(int i, size_t max) {
+  if (eof_[i] || max == 0) return 0;
   char buf[kPullChunk];
-  ssize_t n = ::read(output_fd(i), buf, sizeof buf);
+  ssize_t n = ::read(output_fd(i), buf, std::min(max, sizeof buf));
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
   if (n <= 0) {  // EOF, or EIO from a pty master whose slave is gone
     eof_[i] = true;

@@ -55,9 +55,9 @@ class Session {
   bool output_eof(int i) const { return eof_[i]; }
   uint64_t discarded(int i) const { return discarded_[i]; }  // past max_output
 
-  // Reads once from stream i (non-blocking). Returns the bytes read (0 on
-  // EAGAIN); marks EOF on end of stream or error.
-  size_t pull(int i);
+  // Reads once, at most max bytes, from stream i (non-blocking). Returns the
+  // bytes read (0 on EAGAIN); marks EOF on end of stream or error.
+  size_t pull(int i, size_t max);
 
   // Stdin: queued and written as the payload reads.
   int stdin_fd() const { return process_->stdin_fd(); }
