@@ -441,9 +441,11 @@ struct Server::Impl {
         if (p->run) remove_after = true;
         p = c->pending.erase(p);
       }
-      flush(*c);
     }
+    // A run's session is gone before its answer leaves: a client that saw
+    // the reply never sees the session's fds or cgroup.
     if (remove_after) remove_session(sid);
+    for (auto& [cid, c] : conns) flush(*c);
   }
   void answer(Conn& c, Pending& p, SessionEntry& e) {
     Session& s = *e.s;
