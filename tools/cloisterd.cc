@@ -3,6 +3,8 @@
 // server's event loop (runtime/server.h) until SIGTERM.
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -65,6 +67,13 @@ int main(int argc, char** argv) {
       return fail_with(invalid("the socket from systemd is not a listening Unix stream socket"));
     listener = Fd(SD_LISTEN_FDS_START);
     ::fcntl(listener.get(), F_SETFD, FD_CLOEXEC);
+    // The socket's group (SocketGroup=) is the group whose members may call.
+    sockaddr_un addr{};
+    socklen_t len = sizeof addr;
+    struct stat st {};
+    if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+        addr.sun_path[0] && ::stat(addr.sun_path, &st) == 0)
+      config->service.socket_gid = st.st_gid;
     log_line("listening on the socket from systemd");
   } else {
     auto fd = listen_unix(config->service.socket, config->service.socket_mode,
