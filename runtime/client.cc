@@ -114,7 +114,8 @@ Status Connection::send_stdin(uint64_t session, std::string_view data) {
   return {};
 }
 
-Result<std::optional<Connection::Message>> Connection::read_frame(std::chrono::milliseconds timeout) {
+Result<std::optional<Connection::Message>> Connection::read_frame(
+    std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     auto f = dec_.next();
@@ -195,7 +196,7 @@ Result<json> Connection::call(json request, std::span<const int> fds) {
 // RemoteExecutor / RemoteProcess
 
 Result<std::shared_ptr<RemoteExecutor>> RemoteExecutor::connect(const std::string& socket,
-                                                               const std::string& executor) {
+                                                                const std::string& executor) {
   auto c = Connection::connect(socket);
   if (!c) return fail(c.error());
   auto list = (*c)->call({{"op", "executors"}});
@@ -208,7 +209,8 @@ Result<std::shared_ptr<RemoteExecutor>> RemoteExecutor::connect(const std::strin
       r->executor_ = executor;
       return r;
     }
-  return fail(make_error(ErrorKind::NotFound, "cloisterd has no executor named '" + executor + "'"));
+  return fail(
+      make_error(ErrorKind::NotFound, "cloisterd has no executor named '" + executor + "'"));
 }
 
 Result<std::unique_ptr<RemoteProcess>> RemoteExecutor::exec(ExecRequest request) const {
@@ -216,7 +218,8 @@ Result<std::unique_ptr<RemoteProcess>> RemoteExecutor::exec(ExecRequest request)
     return fail(invalid("give either argv or a command string, not both"));
   if (request.argv.empty() && request.command.empty()) return fail(invalid("empty command"));
   if (request.timeout.count() < 0) return fail(invalid("timeout is negative"));
-  if (request.passed_stdio && request.pty) return fail(invalid("give either passed stdio or a pty"));
+  if (request.passed_stdio && request.pty)
+    return fail(invalid("give either passed stdio or a pty"));
   return std::make_unique<RemoteProcess>(socket_, executor_, std::move(request));
 }
 
@@ -369,7 +372,9 @@ Result<ExitStatus> RemoteProcess::wait_for(std::chrono::milliseconds timeout) {
   return *status_;
 }
 
-Result<ExitStatus> RemoteProcess::wait() { return wait_for(-1ms); }
+Result<ExitStatus> RemoteProcess::wait() {
+  return wait_for(-1ms);
+}
 
 Status RemoteProcess::signal(int sig) {
   if (!started()) return fail(invalid("signal before start"));

@@ -41,7 +41,9 @@ constexpr const char* kServerName = "cloisterd 0.1.0";
 
 // epoll tags: kind in the top byte, an id below.
 enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin };
-uint64_t tag(Kind k, uint64_t id) { return (static_cast<uint64_t>(k) << 56) | id; }
+uint64_t tag(Kind k, uint64_t id) {
+  return (static_cast<uint64_t>(k) << 56) | id;
+}
 
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -77,8 +79,8 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
 // A signal given as a number or a name ("TERM", "SIGTERM").
 std::optional<int> signal_from(const json& v) {
   static const std::pair<const char*, int> kNames[] = {
-      {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
-      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"CONT", SIGCONT},
+      {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT},   {"KILL", SIGKILL},
+      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM},   {"CONT", SIGCONT},
       {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
       {"PIPE", SIGPIPE}};
   if (v.is_number_integer()) {
@@ -268,7 +270,8 @@ struct Server::Impl {
     }
   }
   void update_conn_events(Conn& c) {
-    uint32_t ev = (c.reading ? uint32_t{EPOLLIN} : 0u) | (c.want_out ? uint32_t{EPOLLOUT} : 0u) | EPOLLRDHUP;
+    uint32_t ev =
+        (c.reading ? uint32_t{EPOLLIN} : 0u) | (c.want_out ? uint32_t{EPOLLOUT} : 0u) | EPOLLRDHUP;
     ep(EPOLL_CTL_MOD, c.fd.get(), ev, tag(kConn, c.id));
   }
 
@@ -313,14 +316,14 @@ struct Server::Impl {
         }
         while (a.next[i] < rb.end() && c.queued() < kHighWater) {
           std::string chunk = rb.read(a.next[i], kDataChunk);
-          (void)proto::encode_data(a.session, static_cast<proto::StreamId>(i + 1), a.next[i],
-                                   chunk, c.out, sc.max_frame);
+          (void)proto::encode_data(a.session, static_cast<proto::StreamId>(i + 1), a.next[i], chunk,
+                                   c.out, sc.max_frame);
           a.next[i] += chunk.size();
         }
         if (a.next[i] == rb.end() && s.output_eof(i) && !a.eof_sent[i]) {
           a.eof_sent[i] = true;
-          json ev = {{"event", "eof"}, {"session", a.session}, {"stream", name},
-                     {"offset", rb.end()}};
+          json ev = {
+              {"event", "eof"}, {"session", a.session}, {"stream", name}, {"offset", rb.end()}};
           if (s.discarded(i)) ev["discarded"] = s.discarded(i);
           send_json(c, ev);
         }
@@ -511,8 +514,9 @@ struct Server::Impl {
       c->owns.erase(sid);
       for (auto p = c->pending.begin(); p != c->pending.end();) {
         if (p->session == sid) {
-          reply_err(*c, p->id,
-                    make_error(ErrorKind::NotFound, "session " + std::to_string(sid) + " was removed"));
+          reply_err(
+              *c, p->id,
+              make_error(ErrorKind::NotFound, "session " + std::to_string(sid) + " was removed"));
           p = c->pending.erase(p);
         } else {
           ++p;
@@ -614,7 +618,8 @@ struct Server::Impl {
     if (running >= sc.max_sessions)
       return fail(make_error(ErrorKind::Limit, "the service runs " + std::to_string(running) +
                                                    " sessions, the maximum (max_sessions)"));
-    if (sc.max_sessions_per_executor && running_by_executor[*exname] >= sc.max_sessions_per_executor)
+    if (sc.max_sessions_per_executor &&
+        running_by_executor[*exname] >= sc.max_sessions_per_executor)
       return fail(make_error(ErrorKind::Limit, "executor '" + *exname +
                                                    "' runs its maximum of sessions "
                                                    "(max_sessions_per_executor)"));
@@ -758,7 +763,8 @@ struct Server::Impl {
           try {
             p.grep.emplace(*grep, std::regex::ECMAScript);
           } catch (const std::regex_error& ex) {
-            return reply_err(c, id, invalid("grep: bad regular expression: " + std::string(ex.what())));
+            return reply_err(c, id,
+                             invalid("grep: bad regular expression: " + std::string(ex.what())));
           }
         }
       }
@@ -802,11 +808,12 @@ struct Server::Impl {
       if (j.contains("follow") && !j["follow"].is_boolean())
         return reply_err(c, id, invalid("follow must be a boolean"));
       attach(c, sid, j);
-      reply_ok(c, id, {{"session", sid},
-                       {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
-                       {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
-                       {"pty", s.spec().pty},
-                       {"state", s.finished() ? "exited" : "running"}});
+      reply_ok(c, id,
+               {{"session", sid},
+                {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
+                {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
+                {"pty", s.spec().pty},
+                {"state", s.finished() ? "exited" : "running"}});
       return pump(c);
     }
     if (op == "detach") {
@@ -835,7 +842,8 @@ struct Server::Impl {
       if (!rows || !cols || *rows == 0 || *cols == 0 || *rows > 65535 || *cols > 65535)
         return reply_err(c, id, invalid("rows and cols must be integers from 1 to 65535"));
       if (s.exited()) return reply_ok(c, id);  // too late to matter
-      auto st = s.process().resize(static_cast<unsigned short>(*rows), static_cast<unsigned short>(*cols));
+      auto st = s.process().resize(static_cast<unsigned short>(*rows),
+                                   static_cast<unsigned short>(*cols));
       if (!st) return reply_err(c, id, st.error());
       return reply_ok(c, id);
     }
@@ -854,8 +862,9 @@ struct Server::Impl {
       auto force = Req{j}.flag("force");
       if (!force) return reply_err(c, id, force.error());
       if (!s.finished() && !*force)
-        return reply_err(c, id, invalid("session " + std::to_string(sid) +
-                                        " is still running (kill it, or remove with force)"));
+        return reply_err(c, id,
+                         invalid("session " + std::to_string(sid) +
+                                 " is still running (kill it, or remove with force)"));
       reply_ok(c, id);
       remove_session(sid);
       return;
@@ -918,7 +927,8 @@ struct Server::Impl {
       Fd f(fd);
       if (conns.size() >= sc.max_clients) {
         std::string out;
-        json e = {{"id", nullptr}, {"ok", false},
+        json e = {{"id", nullptr},
+                  {"ok", false},
                   {"error", error_json(make_error(ErrorKind::Limit, "too many clients"))}};
         (void)proto::encode(proto::FrameType::Control, dump(e), out);
         (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
@@ -1048,8 +1058,10 @@ struct Server::Impl {
     const auto now = Clock::now();
     std::vector<uint64_t> drop;
     for (auto& [cid, c] : conns) {
-      if (c->closing && c->queued() == 0) drop.push_back(cid);
-      else if (!c->hello && now - c->created > sc.hello_timeout) drop.push_back(cid);
+      if (c->closing && c->queued() == 0)
+        drop.push_back(cid);
+      else if (!c->hello && now - c->created > sc.hello_timeout)
+        drop.push_back(cid);
       else if (c->attached.empty() && c->pending.empty() && now - c->last_frame > sc.idle_timeout)
         drop.push_back(cid);
       for (auto p = c->pending.begin(); p != c->pending.end();) {
@@ -1087,8 +1099,9 @@ struct Server::Impl {
     ep_del(listener.get());
     listener.reset();
     if (!unlink_path.empty()) ::unlink(unlink_path.c_str());
-    stop_deadline = Clock::now() + (sc.shutdown == ShutdownMode::Wait ? sc.shutdown_grace
-                                                                      : std::chrono::milliseconds(0));
+    stop_deadline =
+        Clock::now() +
+        (sc.shutdown == ShutdownMode::Wait ? sc.shutdown_grace : std::chrono::milliseconds(0));
   }
 
   Status run() {
@@ -1184,10 +1197,15 @@ Result<Fd> listen_unix(const std::string& path, uint32_t mode, uint32_t gid) {
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 
-void Server::set_logger(std::function<void(const std::string&)> log) { impl_->log = std::move(log); }
-void Server::set_ready(std::function<void()> ready) { impl_->ready = std::move(ready); }
+void Server::set_logger(std::function<void(const std::string&)> log) {
+  impl_->log = std::move(log);
+}
+void Server::set_ready(std::function<void()> ready) {
+  impl_->ready = std::move(ready);
+}
 
-Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener, std::string unlink_path) {
+Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
+                                               std::string unlink_path) {
   auto impl = std::make_unique<Impl>();
   impl->config = std::move(config);
   impl->sc = impl->config.service;
@@ -1201,7 +1219,8 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener, std::
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
-  for (const auto& ec : impl->config.executors) impl->executors.emplace(ec.name, Executor::create(ec));
+  for (const auto& ec : impl->config.executors)
+    impl->executors.emplace(ec.name, Executor::create(ec));
   impl->epoll = Fd(::epoll_create1(EPOLL_CLOEXEC));
   if (!impl->epoll) return fail(sys_error("epoll_create1"));
   sigset_t set;
@@ -1216,6 +1235,8 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener, std::
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
-Status Server::run() { return impl_->run(); }
+Status Server::run() {
+  return impl_->run();
+}
 
 }  // namespace cloister

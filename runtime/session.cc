@@ -59,7 +59,8 @@ size_t Session::pull(int i, size_t max) {
 }
 
 Status Session::queue_stdin(std::string_view data) {
-  if (!stdin_open()) return fail(invalid("stdin of session " + std::to_string(id()) + " is closed"));
+  if (!stdin_open())
+    return fail(invalid("stdin of session " + std::to_string(id()) + " is closed"));
   stdin_.append(data);
   return {};
 }

@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   Fd listener;
   std::string unlink_path;
   int n = ::sd_listen_fds(1);
-  if (n > 1) return fail_with(invalid("systemd passed " + std::to_string(n) + " sockets; want one"));
+  if (n > 1)
+    return fail_with(invalid("systemd passed " + std::to_string(n) + " sockets; want one"));
   if (n == 1) {
     if (::sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, nullptr, 0) <= 0)
       return fail_with(invalid("the socket from systemd is not a listening Unix stream socket"));

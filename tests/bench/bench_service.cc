@@ -127,7 +127,10 @@ void throughput(const std::string& socket, uint64_t bytes) {
 int main(int argc, char** argv) {
   if (argc != 4) die("usage: bench_service latency|throughput SOCKET N");
   std::string mode = argv[1];
-  if (mode == "latency") latency(argv[2], std::atoi(argv[3]));
-  else if (mode == "throughput") throughput(argv[2], std::strtoull(argv[3], nullptr, 10));
-  else die("unknown mode " + mode);
+  if (mode == "latency")
+    latency(argv[2], std::atoi(argv[3]));
+  else if (mode == "throughput")
+    throughput(argv[2], std::strtoull(argv[3], nullptr, 10));
+  else
+    die("unknown mode " + mode);
 }

@@ -31,10 +31,14 @@ inline std::string service_config(const std::string& dir, const std::string& ext
          "    kind: host\n"
          "    default_env: { PATH: /usr/bin:/bin }\n"
          "    tmpfs: { /tmp: \"rw,size=16m\" }\n"
-         "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"
+         "    volumes: [\"" CLOISTER_BIN_DIR
+         ":/probe:ro\"]\n"
          "service:\n"
-         "  socket: " + dir + "/cloister.sock\n"
-         "  log_dir: " + dir + "/logs\n" + extra_service;
+         "  socket: " +
+         dir +
+         "/cloister.sock\n"
+         "  log_dir: " +
+         dir + "/logs\n" + extra_service;
 }
 
 // cloisterd started on a fresh temporary socket; stopped with SIGTERM (and
@@ -60,7 +64,8 @@ class Daemon {
           std::string_view(*e).rfind("LISTEN_", 0) != 0)
         env.push_back(*e);
     env.push_back(nullptr);
-    EXPECT_EQ(::posix_spawn(&pid, bin.c_str(), &fa, nullptr, const_cast<char**>(argv), env.data()), 0);
+    EXPECT_EQ(::posix_spawn(&pid, bin.c_str(), &fa, nullptr, const_cast<char**>(argv), env.data()),
+              0);
     posix_spawn_file_actions_destroy(&fa);
     for (int i = 0; i < 500; ++i) {  // up to 5 s for the socket
       if (auto c = Connection::connect(socket)) return;

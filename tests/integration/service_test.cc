@@ -38,13 +38,15 @@ TEST(Service, RunExitCodesMatchExec) {
     EXPECT_EQ(sh(exec + cmd), want) << cmd;
   }
   std::string out;
-  EXPECT_EQ(sh(kCli + " --socket " + d.socket + " run --timeout 0.3 shell -- sleep 5 2>&1", &out), 124);
+  EXPECT_EQ(sh(kCli + " --socket " + d.socket + " run --timeout 0.3 shell -- sleep 5 2>&1", &out),
+            124);
   EXPECT_NE(out.find("TIMEOUT"), std::string::npos) << out;
   EXPECT_EQ(sh(kCli + " --socket " + d.socket + " run nope -- true 2>&1", &out), 125);
   EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
   EXPECT_EQ(out.find('\n'), out.size() - 1) << "one error line: " << out;
   // Output goes straight to our stdio (passed fds), stdin with -i.
-  EXPECT_EQ(sh("echo abc | " + kCli + " --socket " + d.socket + " run -i shell -- tr a-z A-Z", &out), 0);
+  EXPECT_EQ(
+      sh("echo abc | " + kCli + " --socket " + d.socket + " run -i shell -- tr a-z A-Z", &out), 0);
   EXPECT_EQ(out, "ABC\n");
   // No service: 125 and the cause.
   EXPECT_EQ(sh(kCli + " --socket " + d.dir.path + "/none.sock run shell -- true 2>&1", &out), 125);
@@ -55,7 +57,10 @@ TEST(Service, DetachPsLogsAttachKillWaitRm) {
   Daemon d;
   const std::string cli = kCli + " --socket " + d.socket + " ";
   std::string id;
-  ASSERT_EQ(sh(cli + "run -d -i shell -- sh -c 'echo one; echo two >&2; read x; echo got $x; exit 4'", &id), 0);
+  ASSERT_EQ(
+      sh(cli + "run -d -i shell -- sh -c 'echo one; echo two >&2; read x; echo got $x; exit 4'",
+         &id),
+      0);
   id.pop_back();
   std::string out;
   ASSERT_EQ(sh(cli + "--json ps", &out), 0);
@@ -160,8 +165,11 @@ TEST(Service, PtyWithResize) {
 TEST(Service, RunOpWithTailAndGrep) {
   Daemon d;
   auto c = connect_ok(d.socket);
-  auto r = c->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"seq", "1", "100"}},
-                    {"grep", "^[0-9]*7$"}, {"tail", 3}});
+  auto r = c->call({{"op", "run"},
+                    {"executor", "shell"},
+                    {"argv", {"seq", "1", "100"}},
+                    {"grep", "^[0-9]*7$"},
+                    {"tail", 3}});
   ASSERT_TRUE(r) << r.error().what();
   EXPECT_EQ((*r)["stdout"], "77\n87\n97\n");
   EXPECT_EQ((*r)["status"]["exit_code"], 0);
@@ -178,7 +186,8 @@ TEST(Service, RunOpWithTailAndGrep) {
 TEST(Service, BadClientsAreAnsweredOrDroppedWhileOthersAreServed) {
   Daemon d("  hello_timeout: 1s\n");
   auto good = connect_ok(d.socket);
-  auto flood = good->send({{"op", "start"}, {"executor", "shell"},
+  auto flood = good->send({{"op", "start"},
+                           {"executor", "shell"},
                            {"argv", {"sh", "-c", "while :; do echo flood; done"}}});
   ASSERT_TRUE(flood);
 
@@ -220,7 +229,8 @@ TEST(Service, BadClientsAreAnsweredOrDroppedWhileOthersAreServed) {
     raw_reply(fd.get());
     raw_send(fd.get(), std::string("\x7f\xff\xff\xff\x01", 5) + std::string(1000, 'x'));
     auto r = json::parse(raw_reply(fd.get()));
-    EXPECT_NE(r["error"]["message"].get<std::string>().find("exceeds the maximum"), std::string::npos);
+    EXPECT_NE(r["error"]["message"].get<std::string>().find("exceeds the maximum"),
+              std::string::npos);
     EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
   }
   {  // an unknown frame type: the same
@@ -286,7 +296,9 @@ TEST(Service, FloodWithoutReaderStaysBoundedAndReattachSaysWhatWasEvicted) {
   auto c = connect_ok(d.socket);
   const uint64_t rss0 = rss_kib(d.pid);
   const int n = 3'000'000;  // about 21 MiB of output, 80 times the buffer
-  auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true},
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
                     {"argv", {"seq", "1", std::to_string(n)}}});
   ASSERT_TRUE(r) << r.error().what();
   uint64_t sid = (*r)["session"];
@@ -297,7 +309,8 @@ TEST(Service, FloodWithoutReaderStaysBoundedAndReattachSaysWhatWasEvicted) {
   EXPECT_LT(rss1, rss0 + 8 * 1024) << "service RSS grew from " << rss0 << " to " << rss1 << " KiB";
 
   auto a = connect_ok(d.socket);
-  auto at = a->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
+  auto at =
+      a->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
   ASSERT_TRUE(at);
   EXPECT_EQ((*at)["stdout"]["end"], want.size());
   const uint64_t start = (*at)["stdout"]["start"];
@@ -349,7 +362,9 @@ TEST(Service, AttachedReaderGetsBackpressureNotLoss) {
 TEST(Service, ReattachResumesAtTheOffset) {
   Daemon d;
   auto c = connect_ok(d.socket);
-  auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true},
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
                     {"argv", {"sh", "-c", "seq 1 1000; sleep 0.5; seq 1001 2000"}}});
   ASSERT_TRUE(r);
   uint64_t sid = (*r)["session"];
@@ -389,7 +404,8 @@ TEST(Service, ConcurrencyLimitsAnswerLimit) {
   Daemon d("  max_sessions: 3\n  max_sessions_per_caller: 2\n");
   auto c = connect_ok(d.socket);
   auto start = [&] {
-    return c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
+    return c->call(
+        {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
   };
   auto a = start(), b = start(), x = start();
   ASSERT_TRUE(a && b);
@@ -414,11 +430,13 @@ TEST(Service, MaxRunAfterDisconnect) {
   ASSERT_TRUE(w) << w.error().what();
   EXPECT_EQ((*w)["status"]["signal"], SIGKILL);
   // Detached sessions are not limited by it.
-  auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
+  auto r = c->call(
+      {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
   std::this_thread::sleep_for(600ms);
   auto l = c->call({{"op", "list"}});
   bool running = false;
-  for (auto& s : (*l)["sessions"]) running |= s["session"] == (*r)["session"] && s["state"] == "running";
+  for (auto& s : (*l)["sessions"])
+    running |= s["session"] == (*r)["session"] && s["state"] == "running";
   EXPECT_TRUE(running);
 }
 
@@ -427,7 +445,8 @@ TEST(Service, SigtermEndsSessionsRemovesCgroupsAndSocket) {
   auto c = connect_ok(d.socket);
   std::vector<pid_t> pids;
   for (int i = 0; i < 3; ++i) {
-    auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "100"}}});
+    auto r = c->call(
+        {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "100"}}});
     ASSERT_TRUE(r);
     pids.push_back((*r)["pid"]);
   }
@@ -444,13 +463,19 @@ TEST(Service, Kill9LeavesNoSessionProcess) {
   auto c = connect_ok(d.socket);
   std::vector<pid_t> pids;
   for (int i = 0; i < 4; ++i) {
-    auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"detached", i % 2 == 0},
+    auto r = c->call({{"op", "start"},
+                      {"executor", "shell"},
+                      {"detached", i % 2 == 0},
                       {"argv", {"sh", "-c", "sleep 999.25 & sleep 999.25 & yes > /dev/null"}}});
     ASSERT_TRUE(r);
     pids.push_back((*r)["pid"]);
   }
-  const std::string_view payload("sleep\0" "999.25", 13);
-  for (int i = 0; i < 200 && count_host_processes(payload) < 8; ++i) std::this_thread::sleep_for(10ms);
+  const std::string_view payload(
+      "sleep\0"
+      "999.25",
+      13);
+  for (int i = 0; i < 200 && count_host_processes(payload) < 8; ++i)
+    std::this_thread::sleep_for(10ms);
   ASSERT_EQ(count_host_processes(payload), 8);
   d.stop(SIGKILL);
   // The inits die with the service (PR_SET_PDEATHSIG), their namespaces with

@@ -23,7 +23,8 @@ int count_cgroups(const std::string& prefix) {
   if (!m) return 0;
   for (const auto& base : (*m)->base_paths()) {
     DIR* d = ::opendir(base.c_str());
-    while (dirent* e = d ? ::readdir(d) : nullptr) n += std::string(e->d_name).rfind(prefix, 0) == 0;
+    while (dirent* e = d ? ::readdir(d) : nullptr)
+      n += std::string(e->d_name).rfind(prefix, 0) == 0;
     if (d) ::closedir(d);
   }
   return n;
@@ -40,8 +41,11 @@ TEST(ServiceScale, ThousandConcurrentSessions) {
   std::vector<uint64_t> sessions;
   for (auto& c : clients) {
     for (int i = 0; i < kSessions / 4; ++i)
-      ASSERT_TRUE(c->send({{"op", "start"}, {"executor", "shell"}, {"detached", true},
-                           {"stdin", true}, {"argv", {"sh", "-c", "read x; echo $x"}}}));
+      ASSERT_TRUE(c->send({{"op", "start"},
+                           {"executor", "shell"},
+                           {"detached", true},
+                           {"stdin", true},
+                           {"argv", {"sh", "-c", "read x; echo $x"}}}));
   }
   for (auto& c : clients) {
     for (int i = 0; i < kSessions / 4;) {

@@ -18,7 +18,8 @@ TEST(FrameCodec, LayoutIsBigEndianLengthTypeBody) {
   ASSERT_TRUE(proto::encode(proto::FrameType::Control, "{}", out));
   EXPECT_EQ(out, std::string("\0\0\0\2\1{}", 7));
   out.clear();
-  ASSERT_TRUE(proto::encode_data(0x0102030405060708ULL, proto::StreamId::Stderr, 0x1122, "hi", out));
+  ASSERT_TRUE(
+      proto::encode_data(0x0102030405060708ULL, proto::StreamId::Stderr, 0x1122, "hi", out));
   EXPECT_EQ(out, std::string("\0\0\0\x13\2"
                              "\1\2\3\4\5\6\7\x08"
                              "\2"
@@ -92,7 +93,7 @@ TEST(RingBuffer, OffsetsAndEviction) {
   EXPECT_EQ(rb.append("ghijk"), 1u);  // 11 bytes into 10: "a" is evicted
   EXPECT_EQ(rb.start(), 1u);
   EXPECT_EQ(rb.read(1, 100), "bcdefghijk");
-  EXPECT_EQ(rb.read(0, 5), "");  // evicted: nothing, the caller checks start()
+  EXPECT_EQ(rb.read(0, 5), "");                // evicted: nothing, the caller checks start()
   EXPECT_EQ(rb.append("0123456789XYZ"), 13u);  // larger than the capacity: its tail stays
   EXPECT_EQ(rb.start(), 14u);
   EXPECT_EQ(rb.end(), 24u);
@@ -153,10 +154,12 @@ TEST(ServiceConfig, ErrorsNameFileLineAndField) {
     auto c = parse_config("executors:\n  - name: a\nservice:\n" + service, "s.yaml");
     return c ? std::string("(accepted)") : c.error().message;
   };
-  EXPECT_EQ(err("  buffer_size: lots\n"),
-            "s.yaml:4: service.buffer_size: expected a byte size (integer or 512m/1g), got \"lots\"");
+  EXPECT_EQ(
+      err("  buffer_size: lots\n"),
+      "s.yaml:4: service.buffer_size: expected a byte size (integer or 512m/1g), got \"lots\"");
   EXPECT_EQ(err("  buffer_size: 1k\n"), "s.yaml:4: service.buffer_size: must be between 4k and 1g");
-  EXPECT_EQ(err("  shutdown: later\n"), "s.yaml:4: service.shutdown: expected kill or wait, got \"later\"");
+  EXPECT_EQ(err("  shutdown: later\n"),
+            "s.yaml:4: service.shutdown: expected kill or wait, got \"later\"");
   EXPECT_EQ(err("  socket_mode: 660\n"),
             "s.yaml:4: service.socket_mode: expected an octal mode like 0660, got \"660\"");
   EXPECT_EQ(err("  socket_group: no-such-group-xyz\n"),
