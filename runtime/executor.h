@@ -33,8 +33,8 @@ struct ExecRequest {
   std::string work_dir;                                  // "" = default_work_dir
   bool stdin_open = false;                               // false: /dev/null
   std::chrono::milliseconds timeout{0};                  // 0 = executor default
-  std::shared_ptr<PassedStdio> passed_stdio;  // the caller's fds as 0/1/2 (process.h)
-  std::optional<PtyRequest> pty;              // a terminal instead of pipes
+  std::shared_ptr<PassedStdio> passed_stdio;             // the caller's fds as 0/1/2 (process.h)
+  std::optional<PtyRequest> pty;                         // a terminal instead of pipes
 };
 
 class Executor {

@@ -75,7 +75,6 @@ int run_exec(const ExecOptions& o) {
   return status->code();
 }
 
-
 // ---------------------------------------------------------------------------
 // Service verbs (through cloisterd).
 
@@ -196,7 +195,8 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
         int s = static_cast<int>(si.ssi_signo);
         if (s == SIGWINCH) {
           if (auto ws = window_size(STDIN_FILENO); ws && pty)
-            (void)c.send({{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+            (void)c.send(
+                {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
         } else if (forward_signals) {
           (void)c.send({{"op", "signal"}, {"session", sid}, {"signal", s}});
         } else {
@@ -220,11 +220,14 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
 }
 
 int finish(const ExitStatus& st, double timeout) {
-  if (st.timed_out) std::fprintf(stderr, "cloister: TIMEOUT: command killed after %.3g s\n", timeout);
+  if (st.timed_out)
+    std::fprintf(stderr, "cloister: TIMEOUT: command killed after %.3g s\n", timeout);
   return st.code();
 }
 
-Result<std::unique_ptr<Connection>> dial(const Global& g) { return Connection::connect(g.socket); }
+Result<std::unique_ptr<Connection>> dial(const Global& g) {
+  return Connection::connect(g.socket);
+}
 
 int run_service(const Global& g, const RunOptions& o) {
   auto c = dial(g);
@@ -285,7 +288,8 @@ int run_service(const Global& g, const RunOptions& o) {
     if (!m && m.error().kind != ErrorKind::Timeout) return report(m.error());
     if (m) {
       const json& j = m->control;
-      if (!m->data && j.value("id", json()).is_number_unsigned() && j["id"].get<uint64_t>() == *wait_id) {
+      if (!m->data && j.value("id", json()).is_number_unsigned() &&
+          j["id"].get<uint64_t>() == *wait_id) {
         if (!j.value("ok", false)) return report(error_from_json(j["error"]));
         (void)(*c)->call({{"op", "remove"}, {"session", sid}});
         return finish(status_from_json(j["status"]), o.timeout);
@@ -344,22 +348,25 @@ int verb_executors(const Global& g) {
   }
   for (auto& e : (*r)["executors"])
     std::printf("%-16s %s\n", e.value("name", "").c_str(),
-                e.value("available", false) ? e.value("kind", "").c_str()
-                                            : ("unavailable: " + error_from_json(e["error"]).what()).c_str());
+                e.value("available", false)
+                    ? e.value("kind", "").c_str()
+                    : ("unavailable: " + error_from_json(e["error"]).what()).c_str());
   return 0;
 }
 
 int verb_attach(const Global& g, uint64_t sid, bool interactive) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
+  auto r =
+      (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
   if (!r) return report(r.error());
   const bool pty = (*r).value("pty", false);
   std::optional<RawTerminal> raw;
   if (pty) {
     raw.emplace(STDIN_FILENO);
     if (auto ws = window_size(STDIN_FILENO))
-      (void)(*c)->send({{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+      (void)(*c)->send(
+          {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
   }
   auto end = stream_session(**c, sid, interactive || pty, pty, true);
   raw.reset();
@@ -371,8 +378,11 @@ int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
   auto c = dial(g);
   if (!c) return report(c.error());
   if (tail == 0) {
-    auto r = (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0},
-                         {"stderr_offset", 0}, {"follow", follow}});
+    auto r = (*c)->call({{"op", "attach"},
+                         {"session", sid},
+                         {"stdout_offset", 0},
+                         {"stderr_offset", 0},
+                         {"follow", follow}});
     if (!r) return report(r.error());
     auto end = stream_session(**c, sid, false, false, false);
     if (!end) return report(end.error());
@@ -380,8 +390,11 @@ int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
   }
   // --tail: collect what is buffered, print the last lines of each stream,
   // then follow from where the replay ended.
-  auto r = (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0},
-                       {"stderr_offset", 0}, {"follow", false}});
+  auto r = (*c)->call({{"op", "attach"},
+                       {"session", sid},
+                       {"stdout_offset", 0},
+                       {"stderr_offset", 0},
+                       {"follow", false}});
   if (!r) return report(r.error());
   std::string text[2];
   uint64_t ends[2] = {0, 0};
@@ -411,8 +424,8 @@ int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
     (void)write_all(i == 0 ? STDOUT_FILENO : STDERR_FILENO, std::string_view(text[i]).substr(at));
   }
   if (!follow) return 0;
-  auto f = (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", ends[0]},
-                       {"stderr_offset", ends[1]}});
+  auto f = (*c)->call(
+      {{"op", "attach"}, {"session", sid}, {"stdout_offset", ends[0]}, {"stderr_offset", ends[1]}});
   if (!f) return report(f.error());
   auto end = stream_session(**c, sid, false, false, false);
   if (!end) return report(end.error());
@@ -480,7 +493,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("-w,--workdir", run.work_dir, "working directory inside the sandbox");
   run_cmd->add_option("--timeout", run.timeout, "kill the command after SECONDS")
       ->check(CLI::NonNegativeNumber);
-  run_cmd->add_option("--log-file", run.log_file, "also write the output to this file (in log_dir)");
+  run_cmd->add_option("--log-file", run.log_file,
+                      "also write the output to this file (in log_dir)");
   run_cmd->add_option("executor", run.executor, "executor name")->required();
   run_cmd->add_option("argv", run.argv, "the command and its arguments (after --)")->required();
   app.add_subcommand("ps", "list sessions");
@@ -489,7 +503,8 @@ int main(int argc, char** argv) {
   bool follow = false, interactive = false, force = false;
   size_t tail = 0;
   std::string sig = "TERM";
-  auto* attach_cmd = app.add_subcommand("attach", "show a session's output from the start, then live");
+  auto* attach_cmd =
+      app.add_subcommand("attach", "show a session's output from the start, then live");
   attach_cmd->add_option("session", sid)->required();
   attach_cmd->add_flag("-i,--interactive", interactive, "forward stdin (closed at our EOF)");
   auto* logs_cmd = app.add_subcommand("logs", "print a session's buffered output");
@@ -525,6 +540,7 @@ int main(int argc, char** argv) {
     return verb_simple(global, req);
   }
   if (wait_cmd->parsed()) return verb_wait(global, sid);
-  if (rm_cmd->parsed()) return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
+  if (rm_cmd->parsed())
+    return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;
 }
