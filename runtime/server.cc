@@ -214,7 +214,7 @@ struct Server::Impl {
   std::map<std::string, size_t> running_by_executor;
   std::map<uid_t, size_t> running_by_uid;
   bool stopping = false;
-  Clock::time_point stop_deadline;
+  Clock::time_point stop_deadline, last_tick;
 
   // --- epoll helpers
   void ep(int op, int fd, uint32_t events, uint64_t t) {
@@ -1056,6 +1056,10 @@ struct Server::Impl {
   // retention of finished sessions.
   void tick() {
     const auto now = Clock::now();
+    // Timers are coarse (100 ms): a busy loop must not walk every session
+    // and connection per event.
+    if (now - last_tick < std::chrono::milliseconds(100)) return;
+    last_tick = now;
     std::vector<uint64_t> drop;
     for (auto& [cid, c] : conns) {
       if (c->closing && c->queued() == 0)

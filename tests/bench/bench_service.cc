@@ -96,7 +96,8 @@ void throughput(const std::string& socket, uint64_t bytes) {
     stdio->in = Fd(::dup(devnull->get()));
     stdio->out = Fd(::dup(pipe->write.get()));
     stdio->err = Fd(::dup(devnull->get()));
-    auto p = (*ex)->exec({.argv = {"head", "-c", count, "/dev/zero"}, .passed_stdio = stdio});
+    auto p =
+        (*ex)->exec({.argv = {"head", "-c", count, "/dev/zero"}, .passed_stdio = std::move(stdio)});
     auto t0 = Clock::now();
     if (!(*p)->start()) die("start passed");
     pipe->write.reset();
