@@ -68,4 +68,4 @@ show $CLOISTER rm "$sid"
 step "kill -TERM cloisterd"
 kill -TERM $svc_pid && wait $svc_pid
 cat "$svc/cloisterd.log"
-echo "left behind: $(ls "$svc" | grep -c sock) sockets, $(pgrep -c -P $svc_pid 2>/dev/null || echo 0) children"
+echo "left behind: $(find "$svc" -type s | wc -l) sockets, $(pgrep -c -P $svc_pid || true) children"
