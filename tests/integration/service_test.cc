@@ -162,6 +162,20 @@ TEST(Service, PtyWithResize) {
   EXPECT_EQ((*p)->wait()->exit_code, 0);
 }
 
+TEST(Service, CliRunWithTerminal) {
+  if (sh("command -v script") != 0)
+    GTEST_SKIP() << "script(1) is needed to give the CLI a terminal";
+  Daemon d;
+  std::string out;
+  // script(1) gives the CLI a terminal; -t gives the command one of its own.
+  int rc = sh("printf 'echo typed\\nexit 6\\n' | script -qec \"" + kCli + " --socket " + d.socket +
+                  " run -t shell -- sh -c 'test -t 0 && echo tty; stty size; exec sh'\" /dev/null",
+              &out);
+  EXPECT_EQ(rc, 6) << out;
+  EXPECT_NE(out.find("tty"), std::string::npos) << out;
+  EXPECT_NE(out.find("typed"), std::string::npos) << out;
+}
+
 TEST(Service, RunOpWithTailAndGrep) {
   Daemon d;
   auto c = connect_ok(d.socket);
@@ -456,6 +470,30 @@ TEST(Service, SigtermEndsSessionsRemovesCgroupsAndSocket) {
     EXPECT_NE(read_text("/proc/" + std::to_string(p) + "/comm"), "cloister-init\n")
         << "session init " << p << " survived";
   EXPECT_NE(::access(d.socket.c_str(), F_OK), 0) << "socket left behind";
+}
+
+TEST(Service, SigtermWithShutdownWaitLetsSessionsFinish) {
+  Daemon d("  shutdown: wait\n  shutdown_grace: 10s\n");
+  auto c = connect_ok(d.socket);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"log_file", "finish.log"},
+                    {"argv", {"sh", "-c", "sleep 0.5; echo finished"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  auto t0 = std::chrono::steady_clock::now();
+  ::kill(d.pid, SIGTERM);
+  // Still serving the connections it has, but starting nothing new.
+  std::this_thread::sleep_for(100ms);
+  auto refused = c->call({{"op", "start"}, {"executor", "shell"}, {"argv", {"true"}}});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind, ErrorKind::Limit);
+  int st = d.stop(0);  // reap only
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_GE(took, 400ms);
+  EXPECT_LT(took, 5s) << "it should not wait for the whole grace period";
+  EXPECT_EQ(read_text(d.dir.path + "/logs/finish.log"), "finished\n");
 }
 
 TEST(Service, Kill9LeavesNoSessionProcess) {
