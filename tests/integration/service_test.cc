@@ -2,6 +2,7 @@
 // driven through the client library, the CLI and raw frames.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -294,6 +295,26 @@ TEST(Service, BadClientsAreAnsweredOrDroppedWhileOthersAreServed) {
   EXPECT_TRUE(flood_runs) << "the session survives its clients";
   ASSERT_TRUE(good->call({{"op", "remove"}, {"session", 1}, {"force", true}}));
   EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+TEST(Service, CallersOutsideTheGroupAreRefused) {
+  // A world-writable socket, so that the check left is SO_PEERCRED's.
+  Daemon d("  socket_mode: \"0666\"\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+    auto c = Connection::connect(d.socket);
+    if (c) ::_exit(11);
+    ::_exit(c.error().kind == ErrorKind::PermissionDenied &&
+                    c.error().message.find("nor in the socket's group") != std::string::npos
+                ? 0
+                : 12);
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_TRUE(Connection::connect(d.socket)) << "root is always allowed";
 }
 
 // --- buffers, eviction, reattach ---------------------------------------------
