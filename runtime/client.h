@@ -18,6 +18,11 @@
 // payload back (backpressure) while this client is attached. Destroying a
 // RemoteProcess that still runs kills the session's whole tree and removes
 // it, as ~Process does; detach() instead leaves it running in the service.
+//
+// Memory: output that arrives while the caller is in wait(), signal() or
+// another call is kept in this client until read() takes it, as a Process's
+// pipes would hold it - except that it is not bounded by 64 KiB. Read while
+// the payload runs, or detach and attach later, for unbounded output.
 #pragma once
 
 #include <sys/types.h>
