@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -57,6 +58,7 @@ struct ChildContext {
   bool exec_fd_inherit;
   const char* hostname;
   int stdio[3];
+  bool controlling_tty;  // stdin is a pty slave: make it the controlling terminal
   int report_w;
   int status_w;
   int go_r;
@@ -126,6 +128,10 @@ void unblock_all_signals() noexcept {
   }
   for (int i = 0; i < 3; ++i)
     if (::dup2(src[i], i) < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
+  // A new session has no controlling terminal; a pty slave on 0 becomes it,
+  // so that job control, ^C and SIGWINCH reach the payload.
+  if (c.controlling_tty && ::ioctl(0, TIOCSCTTY, 0) < 0)
+    report_and_exit(rw, SpawnStep::Stdio, errno, 0);
   int keep[] = {0, 1, 2, rw, xfd};
   close_all_but(keep, 5);
   // execve resets the init's handlers (caught -> default); a signal caught in
@@ -468,6 +474,7 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   ctx.stdio[0] = stdio.in;
   ctx.stdio[1] = stdio.out;
   ctx.stdio[2] = stdio.err;
+  ctx.controlling_tty = stdio.controlling_tty;
   ctx.report_w = report->write.get();
   ctx.status_w = status->write.get();
   ctx.go_r = go->read.get();

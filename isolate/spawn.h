@@ -67,6 +67,9 @@ struct Stdio {
   int in = -1;
   int out = -1;
   int err = -1;
+  // in is a pty slave: the payload makes it its controlling terminal
+  // (TIOCSCTTY after setsid).
+  bool controlling_tty = false;
 };
 
 // A sandbox description compiled for spawning: immutable, shareable between

@@ -570,6 +570,7 @@ class Parser {
   Status images(const Field& f, Config& config) const;
   Result<ExecutorConfig> executor(const Field& f) const;
   Status callers(const Field& f, Config& config) const;
+  Status service(const Field& f, Config& config) const;
 
  private:
   static std::string quoted_note(const Field& f) {
@@ -1242,6 +1243,150 @@ Status Parser::images(const Field& f, Config& config) const {
 }
 
 // ---------------------------------------------------------------------------
+// The service section (cloisterd). Its own table; fields in file order.
+
+using ServiceHandler = Status (*)(const Parser&, const Field&, ServiceConfig&);
+struct ServiceRule {
+  std::string_view key;
+  ServiceHandler handle;
+};
+
+Status service_socket(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto s = p.path(f);
+  if (!s) return fail(s.error());
+  // sun_path holds 108 bytes with the NUL.
+  if (s->size() > 107) return fail(p.error(f, "socket path is longer than 107 bytes"));
+  c.socket = std::move(*s);
+  return {};
+}
+Status service_group(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  if (auto gid = parse_decimal(*s); gid && *gid <= kMaxId) {
+    c.socket_gid = static_cast<uint32_t>(*gid);
+  } else if (auto g = lookup_group(*s)) {
+    c.socket_gid = *g;
+  } else {
+    return fail(p.error(f, "no group named " + quote(*s)));
+  }
+  c.socket_group = std::move(*s);
+  return {};
+}
+Status service_mode(const Parser& p, const Field& f, ServiceConfig& c) {
+  if (f.node.IsScalar()) {
+    const std::string& s = f.node.Scalar();
+    if (!s.empty() && s.size() <= 4 && s[0] == '0' &&
+        std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '7'; })) {
+      c.socket_mode = static_cast<uint32_t>(std::stoul(s, nullptr, 8));
+      if ((c.socket_mode & 0600) != 0600)
+        return fail(p.error(f, "the owner (root) needs read and write: at least 0600"));
+      return {};
+    }
+  }
+  return fail(p.error(f, "expected an octal mode like 0660, got " + describe(f.node)));
+}
+Status service_buffer(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto v = p.byte_size(f);
+  if (!v) return fail(v.error());
+  if (*v < 4 * KiB || *v > GiB) return fail(p.error(f, "must be between 4k and 1g"));
+  c.buffer_size = *v;
+  return {};
+}
+Status service_log_dir(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.path(f), c.log_dir);
+}
+Status service_retention(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.duration(f), c.retention);
+}
+Status service_max_run(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.duration(f), c.max_run_after_disconnect);
+}
+Status service_max_sessions(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto v = p.integer(f, 1'000'000);
+  if (!v) return fail(v.error());
+  if (*v == 0) return fail(p.error(f, "must be at least 1"));
+  c.max_sessions = *v;
+  return {};
+}
+Status service_per_executor(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.integer(f, 1'000'000, "0 = no limit"), c.max_sessions_per_executor);
+}
+Status service_per_caller(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.integer(f, 1'000'000, "0 = no limit"), c.max_sessions_per_caller);
+}
+Status service_max_clients(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto v = p.integer(f, 1'000'000);
+  if (!v) return fail(v.error());
+  if (*v == 0) return fail(p.error(f, "must be at least 1"));
+  c.max_clients = *v;
+  return {};
+}
+Status service_max_frame(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto v = p.byte_size(f);
+  if (!v) return fail(v.error());
+  if (*v < 64 * KiB || *v > 64 * MiB) return fail(p.error(f, "must be between 64k and 64m"));
+  c.max_frame = *v;
+  return {};
+}
+Status service_hello_timeout(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.duration(f), c.hello_timeout);
+}
+Status service_idle_timeout(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.duration(f), c.idle_timeout);
+}
+Status service_shutdown(const Parser& p, const Field& f, ServiceConfig& c) {
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  if (*s == "kill") {
+    c.shutdown = ShutdownMode::Kill;
+  } else if (*s == "wait") {
+    c.shutdown = ShutdownMode::Wait;
+  } else {
+    return fail(p.error(f, "expected kill or wait, got " + quote(*s)));
+  }
+  return {};
+}
+Status service_grace(const Parser& p, const Field& f, ServiceConfig& c) {
+  return assign(p.duration(f), c.shutdown_grace);
+}
+
+constexpr ServiceRule kServiceFields[] = {
+    {"socket", service_socket},
+    {"socket_group", service_group},
+    {"socket_mode", service_mode},
+    {"buffer_size", service_buffer},
+    {"log_dir", service_log_dir},
+    {"retention", service_retention},
+    {"max_run_after_disconnect", service_max_run},
+    {"max_sessions", service_max_sessions},
+    {"max_sessions_per_executor", service_per_executor},
+    {"max_sessions_per_caller", service_per_caller},
+    {"max_clients", service_max_clients},
+    {"max_frame", service_max_frame},
+    {"hello_timeout", service_hello_timeout},
+    {"idle_timeout", service_idle_timeout},
+    {"shutdown", service_shutdown},
+    {"shutdown_grace", service_grace},
+};
+
+constexpr auto kServiceKeys = [] {
+  std::array<std::string_view, std::size(kServiceFields)> keys{};
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = kServiceFields[i].key;
+  return keys;
+}();
+
+Status Parser::service(const Field& f, Config& config) const {
+  auto entries = mapping(f, kServiceKeys);
+  if (!entries) return fail(entries.error());
+  for (const auto& e : *entries) {
+    auto rule = std::find_if(std::begin(kServiceFields), std::end(kServiceFields),
+                             [&](const ServiceRule& r) { return r.key == e.key; });
+    if (auto s = rule->handle(*this, e.value, config.service); !s) return fail(s.error());
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------------------
 // Top-level sections.
 
 struct Section {
@@ -1254,6 +1399,7 @@ constexpr Section kSections[] = {
     {"executors", true, &Parser::executors},
     {"callers", false, &Parser::callers},
     {"images", false, &Parser::images},
+    {"service", false, &Parser::service},
 };
 
 constexpr auto kSectionKeys = [] {

@@ -75,6 +75,31 @@ struct ImagesConfig {
   // registry -> mirror hosts, tried in order before it: { docker.io: [mirror.lan:5000] }
   std::vector<std::pair<std::string, std::vector<std::string>>> mirrors;
 };
+// --- service: (cloisterd) ---------------------------------------------------
+enum class ShutdownMode { Kill, Wait };
+
+// The `service:` section: cloisterd's socket, buffers, retention and limits.
+// Every field has a default, so the section may be absent.
+struct ServiceConfig {
+  std::string socket = "/run/cloister/cloister.sock";
+  std::string socket_group;                   // "" = the socket keeps root's group
+  uint32_t socket_gid = 0;                    // resolved from socket_group
+  uint32_t socket_mode = 0660;                // octal in YAML ("0660")
+  uint64_t buffer_size = 1 << 20;             // per output stream of a session
+  std::string log_dir = "/var/log/cloister";  // log files of sessions live here
+  std::chrono::milliseconds retention{std::chrono::minutes(10)};  // finished sessions
+  std::chrono::milliseconds max_run_after_disconnect{0};          // 0 = no limit
+  uint64_t max_sessions = 1024;                                   // running at once, all callers
+  uint64_t max_sessions_per_executor = 0;                         // 0 = no limit of its own
+  uint64_t max_sessions_per_caller = 0;  // per uid; 0 = no limit of its own
+  uint64_t max_clients = 1024;           // connections at once
+  uint64_t max_frame = 1 << 20;          // bytes of a frame's body
+  std::chrono::milliseconds hello_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};  // no frame at all
+  ShutdownMode shutdown = ShutdownMode::Kill;  // SIGTERM: kill sessions, or wait
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(10)};
+};
+// --- end service ----------------------------------------------------------
 
 struct Config {
   std::string path;
@@ -83,6 +108,7 @@ struct Config {
   // executor's policy.callers points here.
   std::shared_ptr<const policy::CallerRules> callers;
   ImagesConfig images;
+  ServiceConfig service;
 
   const ExecutorConfig* find(std::string_view name) const;
 };

@@ -101,6 +101,9 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.sandbox = sandbox_;
   setup.cgroups = cgroups_;
   setup.stdin_open = req.stdin_open;
+  if (req.passed_stdio && req.pty) return fail(invalid("give either passed stdio or a pty"));
+  setup.passed_stdio = std::move(req.passed_stdio);
+  setup.pty = req.pty;
   setup.timeout = req.timeout.count() > 0 ? req.timeout : config_.default_timeout;
   if (req.timeout.count() < 0) return fail(invalid("timeout is negative"));
 

@@ -35,6 +35,8 @@ struct ExecRequest {
   std::string work_dir;                                  // "" = default_work_dir
   bool stdin_open = false;                               // false: /dev/null
   std::chrono::milliseconds timeout{0};                  // 0 = executor default
+  std::shared_ptr<PassedStdio> passed_stdio;             // the caller's fds as 0/1/2 (process.h)
+  std::optional<PtyRequest> pty;                         // a terminal instead of pipes
   // Who asks: the service sets the peer's credentials (policy::peer_caller);
   // unset = the calling process's own (policy::Caller::self()).
   std::optional<policy::Caller> caller;

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -154,18 +156,35 @@ Status Process::start() {
   if (started_) return fail(invalid("process already started"));
   if (closed_) return fail(invalid("process was closed"));
   Pipe in_pipe, out_pipe, err_pipe;
-  if (setup_.stdin_open) {
-    auto p = make_pipe();
-    if (!p) return fail(p.error());
-    in_pipe = std::move(*p);
+  Fd master, slave;
+  Stdio stdio;
+  if (setup_.passed_stdio) {
+    stdio = {setup_.passed_stdio->in.get(), setup_.passed_stdio->out.get(),
+             setup_.passed_stdio->err.get()};
+  } else if (setup_.pty) {
+    int m = -1, sl = -1;
+    winsize ws{setup_.pty->rows, setup_.pty->cols, 0, 0};
+    if (::openpty(&m, &sl, nullptr, nullptr, &ws) != 0) return fail(sys_error("openpty"));
+    master = Fd(m);
+    slave = Fd(sl);
+    // openpty has no O_CLOEXEC flag.
+    if (::fcntl(m, F_SETFD, FD_CLOEXEC) != 0 || ::fcntl(sl, F_SETFD, FD_CLOEXEC) != 0)
+      return fail(sys_error("pty cloexec"));
+    stdio = {sl, sl, sl, true};
+  } else {
+    if (setup_.stdin_open) {
+      auto p = make_pipe();
+      if (!p) return fail(p.error());
+      in_pipe = std::move(*p);
+    }
+    auto o = make_pipe();
+    auto e = make_pipe();
+    if (!o || !e) return fail(o ? e.error() : o.error());
+    out_pipe = std::move(*o);
+    err_pipe = std::move(*e);
+    stdio = {in_pipe.read.get(), out_pipe.write.get(), err_pipe.write.get()};
   }
-  auto o = make_pipe();
-  auto e = make_pipe();
-  if (!o || !e) return fail(o ? e.error() : o.error());
-  out_pipe = std::move(*o);
-  err_pipe = std::move(*e);
 
-  Stdio stdio{in_pipe.read.get(), out_pipe.write.get(), err_pipe.write.get()};
   started_at_ = std::chrono::steady_clock::now();
   auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
   if (!s) {
@@ -180,9 +199,19 @@ Status Process::start() {
   }
   spawned_.emplace(std::move(*s));
   started_ = true;
-  in_ = std::move(in_pipe.write);
-  out_ = std::move(out_pipe.read);
-  err_ = std::move(err_pipe.read);
+  setup_.passed_stdio.reset();  // the payload has its own copies
+  if (master) {
+    in_ = Fd(::fcntl(master.get(), F_DUPFD_CLOEXEC, 3));
+    if (!in_) {
+      close(true);
+      return fail(sys_error("dup pty master"));
+    }
+    out_ = std::move(master);
+  } else {
+    in_ = std::move(in_pipe.write);
+    out_ = std::move(out_pipe.read);
+    err_ = std::move(err_pipe.read);
+  }
 
   if (setup_.timeout.count() > 0) {
     watch_ = std::make_shared<Watch>();
@@ -201,8 +230,16 @@ Status Process::write_stdin(std::string_view data) {
   std::lock_guard lk(in_mu_);
   if (!started_) return fail(invalid("write_stdin before start"));
   if (closed_) return fail(invalid("write_stdin after close"));
-  if (!setup_.stdin_open) return fail(invalid("stdin was not opened for this process"));
+  if (!setup_.stdin_open && !setup_.pty)
+    return fail(invalid("stdin was not opened for this process"));
   if (!in_) return fail(invalid("write_stdin after stdin was closed"));
+  if (data.empty() && setup_.pty) {
+    // A terminal has no half-close: send its EOF character (VEOF, ^D).
+    termios t{};
+    char eof = ::tcgetattr(in_.get(), &t) == 0 ? static_cast<char>(t.c_cc[VEOF]) : '\x04';
+    if (write_nosigpipe(in_.get(), &eof, 1) != 1) return fail(sys_error("write pty EOF"));
+    return {};
+  }
   if (data.empty()) {
     in_.reset();
     return {};
@@ -233,6 +270,8 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   for (;;) {
     ssize_t n = ::read(fd.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
+    // A pty master reads EIO once the last slave is closed: that is its EOF.
+    if (n < 0 && errno == EIO && setup_.pty) n = 0;
     if (n < 0) return fail(sys_error("read output"));
     if (n == 0) fd.reset();
     buf.resize(static_cast<size_t>(n));
@@ -275,6 +314,15 @@ Result<std::optional<Chunk>> Process::read() {
       // EOF on this stream: poll the other one.
     }
   }
+}
+
+Status Process::resize(unsigned short rows, unsigned short cols) {
+  std::lock_guard lk(in_mu_);
+  if (!setup_.pty) return fail(invalid("resize: the process has no terminal"));
+  if (!started_ || !out_) return fail(invalid("resize: the terminal is closed"));
+  winsize ws{rows, cols, 0, 0};
+  if (::ioctl(out_.get(), TIOCSWINSZ, &ws) != 0) return fail(sys_error("TIOCSWINSZ"));
+  return {};
 }
 
 bool Process::running() const {

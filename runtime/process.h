@@ -73,6 +73,18 @@ struct ExitStatus {
   int code() const;
 };
 
+// Stdio fds the caller owns and hands over (e.g. received from a client with
+// SCM_RIGHTS): the payload gets them as 0, 1 and 2 (an empty Fd = /dev/null)
+// and the Process has no output of its own to read.
+struct PassedStdio {
+  Fd in, out, err;
+};
+
+// A terminal for the payload instead of pipes.
+struct PtyRequest {
+  unsigned short rows = 24, cols = 80;
+};
+
 // What start() needs; filled in by Executor::exec.
 struct ProcessSetup {
   std::shared_ptr<const Sandbox> sandbox;
@@ -90,6 +102,12 @@ struct ProcessSetup {
   // Told when start() fails, so that a refusal made inside the sandbox (a
   // work dir leading out of allowed_dirs) is audited like the others.
   std::function<void(const Error&)> on_start_failure;
+  // At most one of these two. With a pty the payload's 0/1/2 are the slave
+  // (its controlling terminal); stdout_fd() is the master, which carries
+  // stdout and stderr merged, and write_stdin writes to it (an empty write
+  // sends the terminal's EOF character). stderr_fd() is -1.
+  std::shared_ptr<PassedStdio> passed_stdio;
+  std::optional<PtyRequest> pty;
 };
 
 class Process {
@@ -121,6 +139,11 @@ class Process {
   // stdin. Idempotent; a Process never started is just marked closed.
   Status close(bool force = false);
   void set_close_grace(std::chrono::milliseconds grace) { grace_ = grace; }
+
+  // Sets the pty's window size (TIOCSWINSZ; the payload gets SIGWINCH).
+  // INVALID without a pty.
+  Status resize(unsigned short rows, unsigned short cols);
+  bool has_pty() const { return setup_.pty.has_value(); }
 
   bool started() const { return started_; }
   bool running() const;

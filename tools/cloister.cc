@@ -1,6 +1,13 @@
 // cloister: the command-line client. Each verb is a thin layer over
-// libcloister; `exec` runs a command in-process through the library.
+// libcloister; `exec` runs a command in-process through the library, the
+// service verbs (run, ps, attach, logs, kill, wait, rm, executors) go through
+// cloisterd with the client library (runtime/client.h).
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +22,7 @@
 #include "oci/reference.h"
 #include "oci/registry.h"
 #include "oci/store.h"
+#include "runtime/client.h"
 #include "runtime/config.h"
 #include "runtime/executor.h"
 #include "runtime/pump.h"
@@ -216,6 +224,387 @@ int run_pull(const std::string& state_dir, const std::string& reference,
 }
 // --- end image verbs ---
 
+// ---------------------------------------------------------------------------
+// Service verbs (through cloisterd).
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+struct Global {
+  std::string socket = default_socket_path();
+  bool json = false;
+};
+
+struct RunOptions {
+  bool detach = false, interactive = false, tty = false;
+  std::vector<std::string> env;
+  std::string work_dir, log_file, executor;
+  double timeout = 0;
+  std::vector<std::string> argv;
+};
+
+void print_json(const json& j) {
+  std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+}
+
+// The terminal in raw mode for as long as this lives.
+class RawTerminal {
+ public:
+  explicit RawTerminal(int fd) : fd_(fd) {
+    if (!::isatty(fd) || ::tcgetattr(fd, &saved_) != 0) return;
+    termios raw = saved_;
+    ::cfmakeraw(&raw);
+    active_ = ::tcsetattr(fd, TCSANOW, &raw) == 0;
+  }
+  ~RawTerminal() {
+    if (active_) ::tcsetattr(fd_, TCSANOW, &saved_);
+  }
+
+ private:
+  int fd_;
+  termios saved_{};
+  bool active_ = false;
+};
+
+std::optional<PtyRequest> window_size(int fd) {
+  winsize ws{};
+  if (::ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0) return std::nullopt;
+  return PtyRequest{ws.ws_row, ws.ws_col};
+}
+
+// Signals the CLI forwards to a session, taken through a signalfd.
+struct SignalFd {
+  sigset_t set{};
+  Fd fd;
+  SignalFd() {
+    sigemptyset(&set);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    fd = Fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  }
+};
+
+// What a stream loop ends with.
+struct StreamEnd {
+  std::optional<ExitStatus> status;
+  bool ended = false;  // "end" of a non-following logs
+};
+
+// Copies a session's output to our stdout/stderr until it exits (or, with
+// follow=false, until the buffered output is replayed); forwards stdin and
+// signals while it runs.
+Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin, bool pty,
+                                 bool forward_signals) {
+  SignalFd sig;
+  bool stdin_open = forward_stdin;
+  StreamEnd end;
+  for (;;) {
+    for (;;) {
+      auto m = c.next(0ms);
+      if (!m) {
+        if (m.error().kind == ErrorKind::Timeout) break;
+        return fail(m.error());
+      }
+      if (m->data) {
+        if (m->session == sid)
+          (void)write_all(m->stream == protocol::StreamId::Stderr ? STDERR_FILENO : STDOUT_FILENO,
+                          m->bytes);
+        continue;
+      }
+      const json& j = m->control;
+      const std::string ev = j.value("event", "");
+      if (j.contains("ok") && !j.value("ok", true))
+        std::fprintf(stderr, "cloister: %s\n",
+                     error_from_json(j.value("error", json::object())).what().c_str());
+      if (j.value("session", uint64_t{0}) != sid && ev != "shutdown") continue;
+      if (ev == "evicted")
+        std::fprintf(stderr, "cloister: %s bytes %llu-%llu were evicted before they were read\n",
+                     j.value("stream", "").c_str(),
+                     static_cast<unsigned long long>(j.value("from", uint64_t{0})),
+                     static_cast<unsigned long long>(j.value("to", uint64_t{0})));
+      if (ev == "exit") {
+        if (j.contains("error")) return fail(error_from_json(j["error"]));
+        end.status = status_from_json(j["status"]);
+        return end;
+      }
+      if (ev == "end") {
+        end.ended = true;
+        return end;
+      }
+      if (ev == "removed" || ev == "shutdown")
+        return fail(internal("the session was removed (service " + ev + ")"));
+    }
+    pollfd p[3] = {{c.fd(), POLLIN, 0},
+                   {sig.fd.get(), POLLIN, 0},
+                   {stdin_open ? STDIN_FILENO : -1, POLLIN, 0}};
+    if (::poll(p, 3, -1) < 0 && errno != EINTR) return fail(sys_error("poll"));
+    if (p[1].revents & POLLIN) {
+      signalfd_siginfo si;
+      while (::read(sig.fd.get(), &si, sizeof si) == sizeof si) {
+        int s = static_cast<int>(si.ssi_signo);
+        if (s == SIGWINCH) {
+          if (auto ws = window_size(STDIN_FILENO); ws && pty)
+            (void)c.send(
+                {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+        } else if (forward_signals) {
+          (void)c.send({{"op", "signal"}, {"session", sid}, {"signal", s}});
+        } else {
+          return end;  // logs -f: ^C stops following
+        }
+      }
+    }
+    if (p[2].revents & (POLLIN | POLLHUP | POLLERR)) {
+      char buf[65536];
+      ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+      if (n > 0) {
+        if (auto s = c.send_stdin(sid, std::string_view(buf, static_cast<size_t>(n))); !s)
+          return fail(s.error());
+      } else if (n == 0 || errno != EINTR) {
+        stdin_open = false;
+        // A terminal session keeps its stdin: our EOF is not its EOF.
+        if (!pty) (void)c.send({{"op", "close_stdin"}, {"session", sid}});
+      }
+    }
+  }
+}
+
+int finish(const ExitStatus& st, double timeout) {
+  if (st.timed_out)
+    std::fprintf(stderr, "cloister: TIMEOUT: command killed after %.3g s\n", timeout);
+  return st.code();
+}
+
+Result<std::unique_ptr<Connection>> dial(const Global& g) {
+  return Connection::connect(g.socket);
+}
+
+int run_service(const Global& g, const RunOptions& o) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  json req = {{"op", "start"}, {"executor", o.executor}, {"argv", o.argv}};
+  json env = json::object();
+  for (const auto& kv : o.env) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return report(invalid("-e expects KEY=VALUE, got '" + kv + "'"));
+    env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  req["env"] = env;
+  if (!o.work_dir.empty()) req["work_dir"] = o.work_dir;
+  if (o.timeout > 0) req["timeout_ms"] = static_cast<int64_t>(o.timeout * 1000);
+  if (!o.log_file.empty()) req["log_file"] = o.log_file;
+  req["stdin"] = o.interactive;
+  req["detached"] = o.detach;
+  std::optional<PtyRequest> pty;
+  if (o.tty) pty = window_size(STDIN_FILENO).value_or(PtyRequest{});
+  if (pty) req["pty"] = {{"rows", pty->rows}, {"cols", pty->cols}};
+
+  if (o.detach) {
+    auto r = (*c)->call(req);
+    if (!r) return report(r.error());
+    if (g.json)
+      print_json({{"session", (*r)["session"]}, {"pid", (*r)["pid"]}});
+    else
+      std::printf("%llu\n", static_cast<unsigned long long>((*r)["session"].get<uint64_t>()));
+    return 0;
+  }
+  if (pty) {
+    RawTerminal raw(STDIN_FILENO);
+    auto r = (*c)->call(req);
+    if (!r) return report(r.error());
+    uint64_t sid = (*r)["session"].get<uint64_t>();
+    auto end = stream_session(**c, sid, true, true, true);
+    if (!end) return report(end.error());
+    (void)(*c)->call({{"op", "remove"}, {"session", sid}});
+    return end->status ? finish(*end->status, o.timeout) : 0;
+  }
+  // Attached without a terminal: our own stdio goes to the payload with
+  // SCM_RIGHTS, so output reaches the terminal or pipe directly.
+  auto devnull = open_fd("/dev/null", O_RDWR);
+  if (!devnull) return report(devnull.error());
+  int fds[3] = {o.interactive ? STDIN_FILENO : devnull->get(), STDOUT_FILENO, STDERR_FILENO};
+  req["stdio"] = "passed";
+  req["stdin"] = false;
+  SignalFd sig;
+  auto r = (*c)->call(req, fds);
+  if (!r) return report(r.error());
+  uint64_t sid = (*r)["session"].get<uint64_t>();
+  auto wait_id = (*c)->send({{"op", "wait"}, {"session", sid}});
+  if (!wait_id) return report(wait_id.error());
+  for (;;) {
+    pollfd p[2] = {{(*c)->fd(), POLLIN, 0}, {sig.fd.get(), POLLIN, 0}};
+    auto m = (*c)->next(0ms);
+    if (!m && m.error().kind != ErrorKind::Timeout) return report(m.error());
+    if (m) {
+      const json& j = m->control;
+      if (!m->data && j.value("id", json()).is_number_unsigned() &&
+          j["id"].get<uint64_t>() == *wait_id) {
+        if (!j.value("ok", false)) return report(error_from_json(j["error"]));
+        (void)(*c)->call({{"op", "remove"}, {"session", sid}});
+        return finish(status_from_json(j["status"]), o.timeout);
+      }
+      if (!m->data && j.value("event", "") == "shutdown")
+        return report(internal("the service shut down"));
+      continue;
+    }
+    if (::poll(p, 2, -1) < 0 && errno != EINTR) return report(sys_error("poll"));
+    if (p[1].revents & POLLIN) {
+      signalfd_siginfo si;
+      while (::read(sig.fd.get(), &si, sizeof si) == sizeof si)
+        if (si.ssi_signo != SIGWINCH)
+          (void)(*c)->send({{"op", "signal"}, {"session", sid}, {"signal", si.ssi_signo}});
+    }
+  }
+}
+
+std::string fmt_status(const json& e) {
+  if (e.is_null()) return "-";
+  if (e.value("timed_out", false)) return "timeout";
+  if (e.value("signal", 0) > 0) return "signal " + std::to_string(e.value("signal", 0));
+  return "exit " + std::to_string(e.value("exit_code", -1));
+}
+
+int verb_ps(const Global& g) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "list"}});
+  if (!r) return report(r.error());
+  if (g.json) {
+    print_json((*r)["sessions"]);
+    return 0;
+  }
+  std::printf("%-8s %-12s %-8s %-8s %-20s %-10s %s\n", "SESSION", "EXECUTOR", "PID", "STATE",
+              "STARTED", "EXIT", "COMMAND");
+  for (auto& s : (*r)["sessions"]) {
+    std::string cmd;
+    for (auto& a : s["argv"]) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
+    std::printf("%-8llu %-12s %-8d %-8s %-20s %-10s %s\n",
+                static_cast<unsigned long long>(s["session"].get<uint64_t>()),
+                s.value("executor", "").c_str(), s.value("pid", -1), s.value("state", "").c_str(),
+                s.value("started_at", "").c_str(), fmt_status(s["exit"]).c_str(), cmd.c_str());
+  }
+  return 0;
+}
+
+int verb_executors(const Global& g) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "executors"}});
+  if (!r) return report(r.error());
+  if (g.json) {
+    print_json((*r)["executors"]);
+    return 0;
+  }
+  for (auto& e : (*r)["executors"])
+    std::printf("%-16s %s\n", e.value("name", "").c_str(),
+                e.value("available", false)
+                    ? e.value("kind", "").c_str()
+                    : ("unavailable: " + error_from_json(e["error"]).what()).c_str());
+  return 0;
+}
+
+int verb_attach(const Global& g, uint64_t sid, bool interactive) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r =
+      (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
+  if (!r) return report(r.error());
+  const bool pty = (*r).value("pty", false);
+  std::optional<RawTerminal> raw;
+  if (pty) {
+    raw.emplace(STDIN_FILENO);
+    if (auto ws = window_size(STDIN_FILENO))
+      (void)(*c)->send(
+          {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+  }
+  auto end = stream_session(**c, sid, interactive || pty, pty, true);
+  raw.reset();
+  if (!end) return report(end.error());
+  return end->status ? end->status->code() : 0;
+}
+
+int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  if (tail == 0) {
+    auto r = (*c)->call({{"op", "attach"},
+                         {"session", sid},
+                         {"stdout_offset", 0},
+                         {"stderr_offset", 0},
+                         {"follow", follow}});
+    if (!r) return report(r.error());
+    auto end = stream_session(**c, sid, false, false, false);
+    if (!end) return report(end.error());
+    return 0;
+  }
+  // --tail: collect what is buffered, print the last lines of each stream,
+  // then follow from where the replay ended.
+  auto r = (*c)->call({{"op", "attach"},
+                       {"session", sid},
+                       {"stdout_offset", 0},
+                       {"stderr_offset", 0},
+                       {"follow", false}});
+  if (!r) return report(r.error());
+  std::string text[2];
+  uint64_t ends[2] = {0, 0};
+  for (bool done = false; !done;) {
+    auto m = (*c)->next();
+    if (!m) return report(m.error());
+    if (m->data) {
+      text[m->stream == protocol::StreamId::Stderr ? 1 : 0] += m->bytes;
+      continue;
+    }
+    const std::string ev = m->control.value("event", "");
+    if (ev == "end") {
+      ends[0] = m->control.value("stdout", uint64_t{0});
+      ends[1] = m->control.value("stderr", uint64_t{0});
+      done = true;
+    } else if (ev == "exit") {
+      done = true;
+      follow = false;
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    size_t at = text[i].size(), lines = 0;
+    if (!text[i].empty() && text[i].back() == '\n') --at;
+    while (at > 0 && lines < tail)
+      if (text[i][--at] == '\n') ++lines;
+    if (lines == tail && at > 0) ++at;
+    (void)write_all(i == 0 ? STDOUT_FILENO : STDERR_FILENO, std::string_view(text[i]).substr(at));
+  }
+  if (!follow) return 0;
+  auto f = (*c)->call(
+      {{"op", "attach"}, {"session", sid}, {"stdout_offset", ends[0]}, {"stderr_offset", ends[1]}});
+  if (!f) return report(f.error());
+  auto end = stream_session(**c, sid, false, false, false);
+  if (!end) return report(end.error());
+  return 0;
+}
+
+int verb_simple(const Global& g, json req) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call(std::move(req));
+  if (!r) return report(r.error());
+  if (g.json) print_json({{"ok", true}});
+  return 0;
+}
+
+int verb_wait(const Global& g, uint64_t sid) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "wait"}, {"session", sid}});
+  if (!r) return report(r.error());
+  if (g.json) print_json((*r)["status"]);
+  return status_from_json((*r)["status"]).code();
+}
+
+int kill_signal(const std::string& s) {
+  if (!s.empty() && std::all_of(s.begin(), s.end(), ::isdigit)) return std::stoi(s);
+  return -1;
+}
+// --- end service verbs ------------------------------------------------------
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -268,6 +657,48 @@ int main(int argc, char** argv) {
   for (auto* c : {load, images, rmi, prune, pull})
     c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
+  // Service verbs.
+  Global global;
+  app.add_option("--socket", global.socket, "cloisterd's socket ($CLOISTER_SOCKET)")
+      ->capture_default_str();
+  app.add_flag("--json", global.json, "machine-readable output");
+  app.fallthrough();  // --socket and --json also after the verb
+  RunOptions run;
+  auto* run_cmd = app.add_subcommand("run", "run a command through cloisterd");
+  run_cmd->add_flag("-d,--detach", run.detach, "start in the background, print the session id");
+  run_cmd->add_flag("-i,--interactive", run.interactive, "forward stdin to the command");
+  run_cmd->add_flag("-t,--tty", run.tty, "give the command a terminal");
+  run_cmd->add_option("-e,--env", run.env, "environment variable KEY=VALUE (repeatable)");
+  run_cmd->add_option("-w,--workdir", run.work_dir, "working directory inside the sandbox");
+  run_cmd->add_option("--timeout", run.timeout, "kill the command after SECONDS")
+      ->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--log-file", run.log_file,
+                      "also write the output to this file (in log_dir)");
+  run_cmd->add_option("executor", run.executor, "executor name")->required();
+  run_cmd->add_option("argv", run.argv, "the command and its arguments (after --)")->required();
+  app.add_subcommand("ps", "list sessions");
+  app.add_subcommand("executors", "list the service's executors");
+  uint64_t sid = 0;
+  bool follow = false, interactive = false, force = false;
+  size_t tail = 0;
+  std::string sig = "TERM";
+  auto* attach_cmd =
+      app.add_subcommand("attach", "show a session's output from the start, then live");
+  attach_cmd->add_option("session", sid)->required();
+  attach_cmd->add_flag("-i,--interactive", interactive, "forward stdin (closed at our EOF)");
+  auto* logs_cmd = app.add_subcommand("logs", "print a session's buffered output");
+  logs_cmd->add_option("session", sid)->required();
+  logs_cmd->add_flag("-f,--follow", follow, "then follow it live");
+  logs_cmd->add_option("--tail", tail, "only the last N lines of each stream");
+  auto* kill_cmd = app.add_subcommand("kill", "send a signal to a session (TERM by default)");
+  kill_cmd->add_option("session", sid)->required();
+  kill_cmd->add_option("-s,--signal", sig, "signal name or number")->capture_default_str();
+  auto* wait_cmd = app.add_subcommand("wait", "wait for a session; exit with its code");
+  wait_cmd->add_option("session", sid)->required();
+  auto* rm_cmd = app.add_subcommand("rm", "remove a finished session");
+  rm_cmd->add_option("session", sid)->required();
+  rm_cmd->add_flag("-f,--force", force, "kill it first if it still runs");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -289,5 +720,19 @@ int main(int argc, char** argv) {
     }
     return run_pull(state_dir, pull_ref, ropt);
   }
+  if (run_cmd->parsed()) return run_service(global, run);
+  if (app.got_subcommand("ps")) return verb_ps(global);
+  if (app.got_subcommand("executors")) return verb_executors(global);
+  if (attach_cmd->parsed()) return verb_attach(global, sid, interactive);
+  if (logs_cmd->parsed()) return verb_logs(global, sid, follow, tail);
+  if (kill_cmd->parsed()) {
+    json req = {{"op", "signal"}, {"session", sid}};
+    int n = kill_signal(sig);
+    req["signal"] = n > 0 ? json(n) : json(sig);
+    return verb_simple(global, req);
+  }
+  if (wait_cmd->parsed()) return verb_wait(global, sid);
+  if (rm_cmd->parsed())
+    return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;
 }

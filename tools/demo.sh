@@ -29,11 +29,52 @@ show $CLOISTER exec -c $CONFIG -x shell -- no-such-command
 show $CLOISTER exec -c $CONFIG -x shell -- sh -c 'exit 42'
 show $CLOISTER exec -c $CONFIG -x net -- sh -c 'id; grep CapEff /proc/self/status; grep -c : /proc/net/dev'
 
+# --- The service: cloisterd on a temporary socket -------------------------------
+# run (attached: exit codes as exec), a detached session, ps, logs, attach,
+# kill; then SIGTERM stops the service and removes its sessions' cgroups.
+CLOISTERD=build/bin/cloisterd
+svc=$(mktemp -d /tmp/cloister-demo-XXXXXX)
+sed -n '/^executors:/,$p' $CONFIG > "$svc/cloister.yaml"
+cat >> "$svc/cloister.yaml" <<YAML
+service:
+  socket: $svc/cloister.sock
+  log_dir: $svc/logs
+YAML
+step "$CLOISTERD --config $svc/cloister.yaml &"
+$CLOISTERD --config "$svc/cloister.yaml" 2> "$svc/cloisterd.log" &
+svc_pid=$!
+stop_service() {
+  kill -TERM $svc_pid 2>/dev/null && wait $svc_pid 2>/dev/null || true
+  rm -rf "$svc"
+}
+trap stop_service EXIT
+for _ in $(seq 100); do [ -S "$svc/cloister.sock" ] && break; sleep 0.05; done
+export CLOISTER_SOCKET=$svc/cloister.sock
+show $CLOISTER executors
+show $CLOISTER run shell -- sh -c 'echo "through the service: $(hostname)"; exit 3'
+step "$CLOISTER run -d shell -- sh -c 'for i in 1 2 3 4 5; do echo tick \$i; sleep 0.4; done; echo done'"
+sid=$($CLOISTER run -d --log-file demo.log shell -- sh -c 'for i in 1 2 3 4 5; do echo tick $i; sleep 0.4; done; echo done')
+echo "$sid"
+long=$($CLOISTER run -d shell -- sleep 300)
+show $CLOISTER ps
+sleep 0.5
+show $CLOISTER logs "$sid"
+show $CLOISTER attach "$sid"
+show $CLOISTER logs --tail 2 "$sid"
+show $CLOISTER kill -s KILL "$long"
+show $CLOISTER wait "$long"
+show $CLOISTER ps
+show $CLOISTER rm "$sid"
+step "kill -TERM cloisterd"
+kill -TERM $svc_pid && wait $svc_pid
+cat "$svc/cloisterd.log"
+echo "left behind: $(find "$svc" -type s | wc -l) sockets, $(pgrep -c -P $svc_pid || true) children"
+
 # --- OCI images (oci/): an image built here from busybox-static, no registry.
 # `busybox --install -s` into a directory, tools/oci-build.py packs it into an
 # OCI layout (and archive), `cloister load` imports it, and a container runs.
 DEMO=$(mktemp -d /tmp/cloister-demo-oci.XXXXXX)
-trap 'rm -rf "$DEMO"' EXIT
+trap 'stop_service; rm -rf "$DEMO"' EXIT
 mkdir -p "$DEMO/rootfs/bin" "$DEMO/rootfs/etc" "$DEMO/rootfs/root"
 cp "$(command -v busybox)" "$DEMO/rootfs/bin/busybox"
 # Inside the rootfs, so that the links say /bin/busybox, not a host path.

@@ -4,6 +4,8 @@
 #   integration  real namespaces, cgroups and seccomp on this host (root)
 #   vm           the cgroup and isolation tests again inside a qemu guest
 #                with a pure cgroup-v2 hierarchy (tests/vm/README.md)
+#   slow         cloisterd at scale: 1,000 concurrent and 10,000 sequential
+#                sessions (about 1.5 min; docs/benchmarks.md, Service section)
 # Set CLOISTER_TEST_LABELS to run only some groups, e.g. "unit|integration".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-labels=${CLOISTER_TEST_LABELS:-unit|integration|vm}
+labels=${CLOISTER_TEST_LABELS:-unit|integration|vm|slow}
 start=$(date +%s)
 ctest --test-dir build -L "$labels" --output-on-failure --timeout 1500 -j1
 echo "test.sh: all groups ($labels) passed in $(( $(date +%s) - start )) s"

@@ -405,7 +405,7 @@ TEST(Config, UnknownKeyAtEachLevel) {
     std::string prefix;
   };
   const Case cases[] = {
-      {"executors:\n  - name: a\nservice: {}\n", "test.yaml:3: service: unknown field"},
+      {"executors:\n  - name: a\ndaemon: {}\n", "test.yaml:3: daemon: unknown field"},
       {"executors:\n  - name: a\n    memroy_limit: 1\n",
        "test.yaml:3: executors[0].memroy_limit: unknown field (did you mean memory_limit?)"},
       {"executors:\n  - name: a\n    cwd: /x\n",
@@ -457,7 +457,7 @@ const BadCase kBadCases[] = {
     {"ExecutorsEmpty", "executors: []\n", 1, "executors", "at least one executor"},
     {"ExecutorsNotList", "executors:\n  shell: {}\n", 2, "executors", "expected a list"},
     {"TopLevelList", "- a\n- b\n", 1, "(top level)", "expected a mapping"},
-    {"UnknownSection", "executors:\n  - name: a\nservice:\n  socket: /run/x\n", 3, "service",
+    {"UnknownSection", "executors:\n  - name: a\ndaemon:\n  socket: /run/x\n", 3, "daemon",
      "unknown field"},
     {"SyntaxError", "executors:\n  - name: a\n    cap_drop: [ALL\n", 3, "yaml", "column"},
     {"SyntaxErrorMidFile", "executors:\n  - name: a\n    kind: host: x\n  - name: b\n", 3, "yaml",

@@ -1,0 +1,414 @@
+#include "runtime/client.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace cloister {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+namespace proto = protocol;
+
+std::string default_socket_path() {
+  const char* env = ::getenv("CLOISTER_SOCKET");
+  return env && *env ? env : "/run/cloister/cloister.sock";
+}
+
+Error error_from_json(const json& e) {
+  Error err;
+  err.kind = ErrorKind::Internal;
+  std::string kind = e.value("kind", std::string("INTERNAL"));
+  for (auto k : {ErrorKind::Invalid, ErrorKind::PermissionDenied, ErrorKind::NotFound,
+                 ErrorKind::Limit, ErrorKind::Timeout, ErrorKind::Internal})
+    if (kind_name(k) == kind) err.kind = k;
+  // The message already carries the strerror text: keep code 0 so that
+  // what() does not repeat it; the errno travels in the message.
+  err.message = e.value("message", std::string("(no message)"));
+  err.at_exec = e.value("at_exec", false);
+  return err;
+}
+
+ExitStatus status_from_json(const json& s) {
+  ExitStatus st;
+  st.exit_code = s.value("exit_code", -1);
+  st.signal = s.value("signal", 0);
+  st.oom_killed = s.value("oom_killed", false);
+  st.timed_out = s.value("timed_out", false);
+  st.cpu_time = std::chrono::microseconds(s.value("cpu_time_us", int64_t{0}));
+  st.peak_memory = s.value("peak_memory", uint64_t{0});
+  st.wall_time = std::chrono::microseconds(s.value("wall_time_us", int64_t{0}));
+  return st;
+}
+
+// ---------------------------------------------------------------------------
+// Connection
+
+Result<std::unique_ptr<Connection>> Connection::connect(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return fail(invalid("socket path too long: " + path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  auto c = std::make_unique<Connection>();
+  c->fd_ = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!c->fd_) return fail(sys_error("socket"));
+  if (::connect(c->fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    return fail(sys_error("connect to cloisterd at " + path));
+  auto h = c->call({{"op", "hello"}, {"versions", {proto::kVersion}}, {"client", "libcloister"}});
+  if (!h) return fail(h.error().wrap("hello"));
+  c->hello_ = *h;
+  c->max_frame_ = h->value("max_frame", proto::kDefaultMaxFrame);
+  c->dec_.set_max_frame(c->max_frame_);
+  return c;
+}
+
+Result<uint64_t> Connection::send(json request, std::span<const int> fds) {
+  const uint64_t id = next_id_++;
+  request["id"] = id;
+  std::string out;
+  if (auto s = proto::encode(proto::FrameType::Control,
+                             request.dump(-1, ' ', false, json::error_handler_t::replace), out,
+                             max_frame_);
+      !s)
+    return fail(s.error());
+  size_t done = 0;
+  while (done < out.size()) {
+    iovec iov{out.data() + done, out.size() - done};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+    if (done == 0 && !fds.empty()) {
+      if (fds.size() > 8) return fail(invalid("at most 8 fds per frame"));
+      msg.msg_control = cbuf;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+      cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+    }
+    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(sys_error("send to cloisterd"));
+    done += static_cast<size_t>(n);
+  }
+  return id;
+}
+
+Status Connection::send_stdin(uint64_t session, std::string_view data) {
+  const size_t room = max_frame_ - proto::kDataHeaderSize;
+  while (!data.empty()) {
+    std::string out;
+    auto piece = data.substr(0, room);
+    if (auto s = proto::encode_data(session, proto::StreamId::Stdin, 0, piece, out, max_frame_); !s)
+      return s;
+    if (auto s = write_all(fd_.get(), out); !s) return fail(s.error().wrap("send stdin"));
+    data.remove_prefix(piece.size());
+  }
+  return {};
+}
+
+Result<std::optional<Connection::Message>> Connection::read_frame(
+    std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto f = dec_.next();
+    if (!f) return fail(f.error().wrap("from cloisterd"));
+    if (*f) {
+      Message m;
+      if ((*f)->type == proto::FrameType::Control) {
+        try {
+          m.control = json::parse((*f)->body);
+        } catch (const std::exception& e) {
+          return fail(internal(std::string("cloisterd sent invalid JSON: ") + e.what()));
+        }
+      } else {
+        auto d = proto::decode_data((*f)->body);
+        if (!d) return fail(d.error());
+        m.data = true;
+        m.session = d->session;
+        m.stream = d->stream;
+        m.offset = d->offset;
+        m.bytes = std::string(d->bytes);
+      }
+      return std::optional<Message>(std::move(m));
+    }
+    int ms = -1;
+    if (timeout.count() >= 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    pollfd p{fd_.get(), POLLIN, 0};
+    int n = ::poll(&p, 1, ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(sys_error("poll cloisterd socket"));
+    if (n == 0) return std::optional<Message>();
+    char buf[65536];
+    ssize_t r = ::read(fd_.get(), buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return fail(sys_error("read from cloisterd"));
+    if (r == 0) return fail(make_error(ErrorKind::Internal, "cloisterd closed the connection"));
+    dec_.feed(std::string_view(buf, static_cast<size_t>(r)));
+  }
+}
+
+Result<Connection::Message> Connection::next(std::chrono::milliseconds timeout) {
+  if (!queued_.empty()) {
+    Message m = std::move(queued_.front());
+    queued_.pop_front();
+    return m;
+  }
+  auto m = read_frame(timeout);
+  if (!m) return fail(m.error());
+  if (!*m) return fail(make_error(ErrorKind::Timeout, "no message from cloisterd"));
+  return std::move(**m);
+}
+
+Result<json> Connection::call(json request, std::span<const int> fds) {
+  auto id = send(std::move(request), fds);
+  if (!id) return fail(id.error());
+  for (;;) {
+    auto m = read_frame(std::chrono::milliseconds(-1));
+    if (!m) return fail(m.error());
+    if (!*m) continue;
+    Message& msg = **m;
+    if (!msg.data && msg.control.contains("ok")) {
+      const json& rid = msg.control["id"];
+      if (rid.is_number_unsigned() && rid.get<uint64_t>() == *id) {
+        if (msg.control.value("ok", false)) return msg.control;
+        return fail(error_from_json(msg.control.value("error", json::object())));
+      }
+      if (rid.is_null() && !msg.control.value("ok", true))  // the service refused the frame
+        return fail(error_from_json(msg.control.value("error", json::object())));
+    }
+    queued_.push_back(std::move(msg));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// RemoteExecutor / RemoteProcess
+
+Result<std::shared_ptr<RemoteExecutor>> RemoteExecutor::connect(const std::string& socket,
+                                                                const std::string& executor) {
+  auto c = Connection::connect(socket);
+  if (!c) return fail(c.error());
+  auto list = (*c)->call({{"op", "executors"}});
+  if (!list) return fail(list.error());
+  for (auto& e : (*list)["executors"])
+    if (e.value("name", "") == executor) {
+      if (!e.value("available", false)) return fail(error_from_json(e["error"]));
+      auto r = std::make_shared<RemoteExecutor>();
+      r->socket_ = socket;
+      r->executor_ = executor;
+      return r;
+    }
+  return fail(
+      make_error(ErrorKind::NotFound, "cloisterd has no executor named '" + executor + "'"));
+}
+
+Result<std::unique_ptr<RemoteProcess>> RemoteExecutor::exec(ExecRequest request) const {
+  if (!request.argv.empty() && !request.command.empty())
+    return fail(invalid("give either argv or a command string, not both"));
+  if (request.argv.empty() && request.command.empty()) return fail(invalid("empty command"));
+  if (request.timeout.count() < 0) return fail(invalid("timeout is negative"));
+  if (request.passed_stdio && request.pty)
+    return fail(invalid("give either passed stdio or a pty"));
+  return std::make_unique<RemoteProcess>(socket_, executor_, std::move(request));
+}
+
+RemoteProcess::RemoteProcess(std::string socket, std::string executor, ExecRequest request)
+    : socket_(std::move(socket)), executor_(std::move(executor)), request_(std::move(request)) {}
+
+RemoteProcess::~RemoteProcess() {
+  if (started() && conn_ && !detached_) {
+    if (!status_) (void)conn_->call({{"op", "signal"}, {"session", session_}, {"signal", SIGKILL}});
+    (void)conn_->call({{"op", "remove"}, {"session", session_}, {"force", true}});
+  }
+}
+
+Status RemoteProcess::start() {
+  if (started()) return fail(invalid("process already started"));
+  auto c = Connection::connect(socket_);
+  if (!c) return fail(c.error());
+  conn_ = std::move(*c);
+  json req = {{"op", "start"}, {"executor", executor_}, {"stdin", request_.stdin_open}};
+  if (!request_.argv.empty()) req["argv"] = request_.argv;
+  if (!request_.command.empty()) req["command"] = request_.command;
+  json env = json::object();
+  for (auto& [k, v] : request_.env) env[k] = v;
+  req["env"] = env;
+  if (!request_.work_dir.empty()) req["work_dir"] = request_.work_dir;
+  if (request_.timeout.count() > 0) req["timeout_ms"] = request_.timeout.count();
+  if (request_.pty) req["pty"] = {{"rows", request_.pty->rows}, {"cols", request_.pty->cols}};
+  std::vector<int> fds;
+  if (request_.passed_stdio) {
+    req["stdio"] = "passed";
+    auto& p = *request_.passed_stdio;
+    for (const Fd* f : {&p.in, &p.out, &p.err}) fds.push_back(f->get() >= 0 ? f->get() : -1);
+    // /dev/null stands in for an absent fd: SCM_RIGHTS cannot carry -1.
+    static Fd devnull = [] {
+      auto f = open_fd("/dev/null", O_RDWR);
+      return f ? std::move(*f) : Fd();
+    }();
+    for (int& f : fds)
+      if (f < 0) f = devnull.get();
+    eof_[0] = eof_[1] = true;  // no output comes through the socket
+  }
+  auto r = conn_->call(req, fds);
+  if (!r) return fail(r.error());
+  session_ = (*r)["session"].get<uint64_t>();
+  pid_ = (*r).value("pid", -1);
+  request_.passed_stdio.reset();
+  if (request_.pty) eof_[1] = true;  // a terminal merges stderr into stdout
+  return {};
+}
+
+Status RemoteProcess::take(Connection::Message m) {
+  if (m.data) {
+    if (m.session != session_) return {};
+    Stream s = m.stream == proto::StreamId::Stderr ? Stream::Stderr : Stream::Stdout;
+    if (!m.bytes.empty()) chunks_.push_back(Chunk{s, std::move(m.bytes)});
+    return {};
+  }
+  const json& j = m.control;
+  const std::string ev = j.value("event", "");
+  if (j.value("session", uint64_t{0}) != session_ && ev != "shutdown") return {};
+  if (ev == "eof") {
+    eof_[j.value("stream", "") == "stderr" ? 1 : 0] = true;
+  } else if (ev == "evicted") {
+    evicted_ += j.value("to", uint64_t{0}) - j.value("from", uint64_t{0});
+  } else if (ev == "exit") {
+    eof_[0] = eof_[1] = true;
+    if (j.contains("error")) return fail(error_from_json(j["error"]));
+    status_ = status_from_json(j["status"]);
+  } else if (ev == "removed" || ev == "shutdown") {
+    eof_[0] = eof_[1] = true;
+    if (!status_) return fail(internal("the session was removed by the service"));
+  } else if (ev == "error") {
+    return fail(error_from_json(j.value("error", json::object())));
+  }
+  return {};
+}
+
+Result<bool> RemoteProcess::pump_one(std::chrono::milliseconds timeout) {
+  auto m = conn_->next(timeout);
+  if (!m) {
+    if (m.error().kind == ErrorKind::Timeout) return false;
+    return fail(m.error());
+  }
+  if (auto s = take(std::move(*m)); !s) return fail(s.error());
+  return true;
+}
+
+Result<std::optional<Chunk>> RemoteProcess::read() {
+  if (!started()) return fail(invalid("read before start"));
+  for (;;) {
+    if (!chunks_.empty()) {
+      Chunk c = std::move(chunks_.front());
+      chunks_.pop_front();
+      return std::optional<Chunk>(std::move(c));
+    }
+    if (eof_[0] && eof_[1]) return std::optional<Chunk>();
+    if (auto r = pump_one(-1ms); !r) return fail(r.error());
+  }
+}
+
+Result<std::string> RemoteProcess::read(Stream stream) {
+  if (!started()) return fail(invalid("read before start"));
+  const int i = stream == Stream::Stdout ? 0 : 1;
+  for (;;) {
+    for (auto it = chunks_.begin(); it != chunks_.end(); ++it)
+      if (it->stream == stream) {
+        std::string d = std::move(it->data);
+        chunks_.erase(it);
+        return d;
+      }
+    if (eof_[i]) return std::string();
+    if (auto r = pump_one(-1ms); !r) return fail(r.error());
+  }
+}
+
+Status RemoteProcess::write_stdin(std::string_view data) {
+  if (!started()) return fail(invalid("write_stdin before start"));
+  if (!request_.stdin_open && !request_.pty)
+    return fail(invalid("stdin was not opened for this process"));
+  if (data.empty()) {
+    auto r = conn_->call({{"op", "close_stdin"}, {"session", session_}});
+    if (!r) return fail(r.error());
+    return {};
+  }
+  return conn_->send_stdin(session_, data);
+}
+
+Result<ExitStatus> RemoteProcess::wait_for(std::chrono::milliseconds timeout) {
+  if (!started()) return fail(invalid("wait before start"));
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  // With passed stdio nothing is streamed: ask for the status instead.
+  if (!status_ && eof_[0] && eof_[1] && !detached_) {
+    json req = {{"op", "wait"}, {"session", session_}};
+    if (timeout.count() >= 0) req["timeout_ms"] = std::max<int64_t>(1, timeout.count());
+    auto r = conn_->call(req);
+    if (!r) return fail(r.error());
+    status_ = status_from_json((*r)["status"]);
+    return *status_;
+  }
+  // Output that arrives meanwhile is kept for read().
+  while (!status_) {
+    auto left = timeout.count() < 0 ? -1ms
+                                    : std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          deadline - std::chrono::steady_clock::now());
+    if (timeout.count() >= 0 && left.count() <= 0)
+      return fail(make_error(ErrorKind::Timeout, "process still running"));
+    auto r = pump_one(left);
+    if (!r) return fail(r.error());
+  }
+  return *status_;
+}
+
+Result<ExitStatus> RemoteProcess::wait() {
+  return wait_for(-1ms);
+}
+
+Status RemoteProcess::signal(int sig) {
+  if (!started()) return fail(invalid("signal before start"));
+  if (status_) return fail(invalid("signal after the process exited"));
+  auto r = conn_->call({{"op", "signal"}, {"session", session_}, {"signal", sig}});
+  if (!r) return fail(r.error());
+  return {};
+}
+
+Status RemoteProcess::resize(unsigned short rows, unsigned short cols) {
+  if (!started()) return fail(invalid("resize before start"));
+  auto r = conn_->call({{"op", "resize"}, {"session", session_}, {"rows", rows}, {"cols", cols}});
+  if (!r) return fail(r.error());
+  return {};
+}
+
+Status RemoteProcess::close(bool force) {
+  if (!started() || status_) return {};
+  if (!force) {
+    (void)signal(SIGTERM);
+    if (wait_for(grace_)) return {};
+  }
+  if (!status_) (void)conn_->call({{"op", "signal"}, {"session", session_}, {"signal", SIGKILL}});
+  auto r = wait();
+  if (!r) return fail(r.error());
+  return {};
+}
+
+Status RemoteProcess::detach() {
+  if (!started()) return fail(invalid("detach before start"));
+  auto r = conn_->call({{"op", "detach"}, {"session", session_}});
+  if (!r) return fail(r.error());
+  detached_ = true;
+  return {};
+}
+
+}  // namespace cloister

@@ -1,0 +1,1246 @@
+#include "runtime/server.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <unordered_map>
+
+#include "runtime/executor.h"
+#include "runtime/protocol.h"
+#include "runtime/session.h"
+
+namespace cloister {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+namespace proto = protocol;
+
+namespace {
+
+constexpr size_t kHighWater = 256 * 1024;  // queued output per connection
+constexpr size_t kDataChunk = 64 * 1024;   // bytes per data frame
+constexpr size_t kStdinHighWater = 1 << 20;
+constexpr size_t kMaxFdsQueued = 16;
+constexpr const char* kServerName = "cloisterd 0.1.0";
+
+// epoll tags: kind in the top byte, an id below.
+enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin };
+uint64_t tag(Kind k, uint64_t id) {
+  return (static_cast<uint64_t>(k) << 56) | id;
+}
+
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+json status_json(const ExitStatus& s) {
+  return json{{"exit_code", s.exit_code},
+              {"signal", s.signal},
+              {"code", s.code()},
+              {"oom_killed", s.oom_killed},
+              {"timed_out", s.timed_out},
+              {"cpu_time_us", s.cpu_time.count()},
+              {"peak_memory", s.peak_memory},
+              {"wall_time_us", s.wall_time.count()}};
+}
+
+json error_json(const Error& e) {
+  return json{{"kind", std::string(kind_name(e.kind))},
+              {"message", e.what()},
+              {"errno", e.code},
+              {"at_exec", e.at_exec}};
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// A signal given as a number or a name ("TERM", "SIGTERM").
+std::optional<int> signal_from(const json& v) {
+  static const std::pair<const char*, int> kNames[] = {
+      {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT},   {"KILL", SIGKILL},
+      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM},   {"CONT", SIGCONT},
+      {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
+      {"PIPE", SIGPIPE}};
+  if (v.is_number_integer()) {
+    int n = v.get<int>();
+    if (n > 0 && n < NSIG) return n;
+    return std::nullopt;
+  }
+  if (!v.is_string()) return std::nullopt;
+  std::string s = v.get<std::string>();
+  if (s.rfind("SIG", 0) == 0) s = s.substr(3);
+  for (auto& [name, n] : kNames)
+    if (s == name) return n;
+  return std::nullopt;
+}
+
+bool caller_in_group(uid_t uid, gid_t gid, gid_t want) {
+  if (uid == 0 || gid == want) return true;
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* out = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &out) != 0 || !out) return false;
+  int n = 64;
+  std::vector<gid_t> groups(static_cast<size_t>(n));
+  if (::getgrouplist(pw.pw_name, gid, groups.data(), &n) < 0) {
+    groups.resize(static_cast<size_t>(n));
+    if (::getgrouplist(pw.pw_name, gid, groups.data(), &n) < 0) return false;
+  }
+  groups.resize(static_cast<size_t>(n));
+  return std::find(groups.begin(), groups.end(), want) != groups.end();
+}
+
+// A request field, checked: INVALID names the field.
+struct Req {
+  const json& j;
+  Result<std::string> str(const char* k, bool required = false) const {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null()) {
+      if (required) return fail(invalid(std::string("field '") + k + "' is required"));
+      return std::string();
+    }
+    if (!it->is_string()) return fail(invalid(std::string("field '") + k + "' must be a string"));
+    return it->get<std::string>();
+  }
+  Result<uint64_t> num(const char* k, uint64_t dflt) const {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return dflt;
+    if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0))
+      return fail(invalid(std::string("field '") + k + "' must be a non-negative integer"));
+    return it->get<uint64_t>();
+  }
+  Result<bool> flag(const char* k) const {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null()) return false;
+    if (!it->is_boolean()) return fail(invalid(std::string("field '") + k + "' must be a boolean"));
+    return it->get<bool>();
+  }
+  Result<uint64_t> session() const {
+    auto it = j.find("session");
+    if (it == j.end() || !it->is_number_unsigned())
+      return fail(invalid("field 'session' (a session id) is required"));
+    return it->get<uint64_t>();
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Attachment {
+  uint64_t session = 0;
+  uint64_t next[2] = {0, 0};
+  bool eof_sent[2] = {false, false};
+  bool exit_sent = false;
+  bool follow = true;  // false: replay what is buffered, then "end"
+};
+
+struct Pending {  // a wait or run answered when the session finishes
+  json id;
+  uint64_t session = 0;
+  bool run = false;
+  size_t tail = 0;
+  std::optional<std::regex> grep;
+  uint64_t max_output = 0;
+  std::optional<Clock::time_point> deadline;  // wait's timeout
+};
+
+struct Conn {
+  uint64_t id = 0;
+  Fd fd;
+  ucred cred{};
+  bool allowed = false;
+  bool hello = false;
+  bool closing = false;  // close once the output is flushed
+  bool want_out = false;
+  bool reading = true;
+  proto::Decoder dec;
+  std::string out;
+  size_t out_pos = 0;
+  std::deque<Fd> fds;  // received with SCM_RIGHTS, not yet claimed
+  std::map<uint64_t, Attachment> attached;
+  std::vector<Pending> pending;
+  std::set<uint64_t> owns;  // sessions this client started attached
+  Clock::time_point created, last_frame;
+  size_t queued() const { return out.size() - out_pos; }
+};
+
+struct SessionEntry {
+  std::unique_ptr<Session> s;
+  std::set<uint64_t> conns;  // attached connections
+  bool paused[2] = {false, false};
+  bool registered[2] = {false, false};
+  bool stdin_registered = false;
+  std::set<uint64_t> stdin_waiters;  // connections paused on a full stdin queue
+  bool counted = true;               // in the running counts
+  bool finished_handled = false;
+  bool run_session = false;  // made by op run: removed once answered
+};
+
+struct Server::Impl {
+  Config config;
+  ServiceConfig sc;
+  Fd listener, epoll, sigfd;
+  std::string unlink_path;
+  std::function<void(const std::string&)> log = [](const std::string&) {};
+  std::function<void()> ready = [] {};
+  std::map<std::string, Result<std::shared_ptr<Executor>>> executors;
+  std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
+  std::map<uint64_t, SessionEntry> sessions;
+  uint64_t next_conn = 1, next_session = 1;
+  size_t running = 0;
+  std::map<std::string, size_t> running_by_executor;
+  std::map<uid_t, size_t> running_by_uid;
+  bool stopping = false;
+  Clock::time_point stop_deadline, last_tick;
+
+  // --- epoll helpers
+  void ep(int op, int fd, uint32_t events, uint64_t t) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = t;
+    ::epoll_ctl(epoll.get(), op, fd, &ev);
+  }
+  void ep_del(int fd) { ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr); }
+
+  // --- output to a connection
+  void send_json(Conn& c, const json& j) {
+    std::string body = dump(j);
+    if (!proto::encode(proto::FrameType::Control, body, c.out, sc.max_frame)) {
+      json e = {{"event", "error"},
+                {"error", error_json(make_error(ErrorKind::Internal, "reply too large"))}};
+      if (j.contains("id")) e = {{"id", j["id"]}, {"ok", false}, {"error", e["error"]}};
+      (void)proto::encode(proto::FrameType::Control, dump(e), c.out, sc.max_frame);
+    }
+  }
+  void reply_ok(Conn& c, const json& id, json body = json::object()) {
+    body["id"] = id;
+    body["ok"] = true;
+    send_json(c, body);
+  }
+  void reply_err(Conn& c, const json& id, const Error& e) {
+    send_json(c, json{{"id", id}, {"ok", false}, {"error", error_json(e)}});
+  }
+  void flush(Conn& c) {
+    while (c.queued() > 0) {
+      ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_pos, c.queued(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      if (n < 0) {  // the peer is gone
+        c.out.clear();
+        c.out_pos = 0;
+        c.closing = true;
+        return;
+      }
+      c.out_pos += static_cast<size_t>(n);
+    }
+    if (c.out_pos == c.out.size()) {
+      c.out.clear();
+      c.out_pos = 0;
+    } else if (c.out_pos > (1 << 20)) {
+      c.out.erase(0, c.out_pos);
+      c.out_pos = 0;
+    }
+    bool want = c.queued() > 0;
+    if (want != c.want_out) {
+      c.want_out = want;
+      update_conn_events(c);
+    }
+  }
+  void update_conn_events(Conn& c) {
+    uint32_t ev =
+        (c.reading ? uint32_t{EPOLLIN} : 0u) | (c.want_out ? uint32_t{EPOLLOUT} : 0u) | EPOLLRDHUP;
+    ep(EPOLL_CTL_MOD, c.fd.get(), ev, tag(kConn, c.id));
+  }
+
+  // --- attachments: pull session output into connection queues
+  //
+  // fill() queues output up to the high-water mark and says whether more is
+  // waiting; pump() alternates fill and flush until the socket is full (the
+  // queue stays non-empty, EPOLLOUT brings us back) or nothing is left.
+  void pump(Conn& c) {
+    for (int round = 0; round < 16; ++round) {
+      bool more = fill(c);
+      flush(c);
+      if (!more || c.closing) return;
+      if (c.queued() > 0) return;  // EPOLLOUT is armed
+    }
+    // Still more after many rounds: come back when writable, fairly.
+    if (!c.want_out) {
+      c.want_out = true;
+      update_conn_events(c);
+    }
+  }
+  bool fill(Conn& c) {
+    bool more = false;
+    for (auto it = c.attached.begin(); it != c.attached.end();) {
+      auto& a = it->second;
+      auto se = sessions.find(a.session);
+      if (se == sessions.end()) {
+        it = c.attached.erase(it);
+        continue;
+      }
+      Session& s = *se->second.s;
+      for (int i = 0; i < 2 && c.queued() < kHighWater; ++i) {
+        RingBuffer& rb = s.buffer(i);
+        auto name = i == 0 ? "stdout" : "stderr";
+        if (a.next[i] < rb.start()) {
+          send_json(c, {{"event", "evicted"},
+                        {"session", a.session},
+                        {"stream", name},
+                        {"from", a.next[i]},
+                        {"to", rb.start()}});
+          a.next[i] = rb.start();
+        }
+        while (a.next[i] < rb.end() && c.queued() < kHighWater) {
+          std::string chunk = rb.read(a.next[i], kDataChunk);
+          (void)proto::encode_data(a.session, static_cast<proto::StreamId>(i + 1), a.next[i], chunk,
+                                   c.out, sc.max_frame);
+          a.next[i] += chunk.size();
+        }
+        if (a.next[i] == rb.end() && s.output_eof(i) && !a.eof_sent[i]) {
+          a.eof_sent[i] = true;
+          json ev = {
+              {"event", "eof"}, {"session", a.session}, {"stream", name}, {"offset", rb.end()}};
+          if (s.discarded(i)) ev["discarded"] = s.discarded(i);
+          send_json(c, ev);
+        }
+      }
+      resume_if_caught_up(se->second);
+      bool done = false;
+      if (a.eof_sent[0] && a.eof_sent[1] && s.finished() && !a.exit_sent) {
+        a.exit_sent = true;
+        json ev = {{"event", "exit"}, {"session", a.session}};
+        if (s.status()) ev["status"] = status_json(*s.status());
+        if (s.reap_error()) ev["error"] = error_json(*s.reap_error());
+        send_json(c, ev);
+        done = true;
+      } else if (!a.follow && c.queued() < kHighWater && a.next[0] == s.buffer(0).end() &&
+                 a.next[1] == s.buffer(1).end()) {
+        send_json(c, {{"event", "end"},
+                      {"session", a.session},
+                      {"stdout", s.buffer(0).end()},
+                      {"stderr", s.buffer(1).end()}});
+        done = true;
+      }
+      if (done) {
+        se->second.conns.erase(c.id);
+        it = c.attached.erase(it);
+      } else {
+        more |= c.queued() >= kHighWater;
+        ++it;
+      }
+    }
+    return more;
+  }
+  void pump_session(SessionEntry& e) {
+    for (uint64_t cid : std::vector<uint64_t>(e.conns.begin(), e.conns.end())) {
+      auto it = conns.find(cid);
+      if (it != conns.end()) pump(*it->second);
+    }
+  }
+
+  // Backpressure: how many bytes of stream i may be read now without
+  // evicting bytes an attached reader has not had yet (0 = pause).
+  size_t room(SessionEntry& e, int i) {
+    const RingBuffer& rb = e.s->buffer(i);
+    size_t r = kDataChunk;
+    for (uint64_t cid : e.conns) {
+      auto it = conns.find(cid);
+      if (it == conns.end()) continue;
+      auto a = it->second->attached.find(e.s->id());
+      if (a == it->second->attached.end()) continue;
+      uint64_t unsent = rb.end() - std::max(a->second.next[i], rb.start());
+      r = std::min<uint64_t>(r, rb.capacity() - unsent);
+    }
+    return r;
+  }
+  bool must_pause(SessionEntry& e, int i) { return room(e, i) == 0; }
+  void resume_if_caught_up(SessionEntry& e) {
+    for (int i = 0; i < 2; ++i) {
+      if (!e.paused[i] || must_pause(e, i)) continue;
+      e.paused[i] = false;
+      ep(EPOLL_CTL_MOD, e.s->output_fd(i), EPOLLIN, tag(i == 0 ? kOut : kErr, e.s->id()));
+    }
+  }
+
+  // --- sessions
+  void on_output(uint64_t sid, int i) {
+    auto it = sessions.find(sid);
+    if (it == sessions.end()) return;
+    SessionEntry& e = it->second;
+    if (must_pause(e, i)) {
+      e.paused[i] = true;
+      ep(EPOLL_CTL_MOD, e.s->output_fd(i), 0, tag(i == 0 ? kOut : kErr, sid));
+      return;
+    }
+    e.s->pull(i, room(e, i));
+    if (e.s->output_eof(i) && e.registered[i]) {
+      ep_del(e.s->output_fd(i));
+      e.registered[i] = false;
+    }
+    pump_session(e);
+    check_finished(e);
+  }
+  void on_exit(uint64_t sid) {
+    auto it = sessions.find(sid);
+    if (it == sessions.end()) return;
+    SessionEntry& e = it->second;
+    ep_del(e.s->process().pidfd());
+    e.s->reap();
+    uncount(e);
+    check_finished(e);
+  }
+  void uncount(SessionEntry& e) {
+    if (!e.counted) return;
+    e.counted = false;
+    --running;
+    --running_by_executor[e.s->spec().executor];
+    --running_by_uid[e.s->spec().owner];
+  }
+  void check_finished(SessionEntry& e) {
+    if (e.finished_handled || !e.s->finished()) return;
+    e.finished_handled = true;
+    e.s->finished_at = Clock::now();
+    if (e.stdin_registered) {
+      ep_del(e.s->stdin_fd());
+      e.stdin_registered = false;
+    }
+    for (uint64_t w : e.stdin_waiters) resume_reading(w);
+    e.stdin_waiters.clear();
+    pump_session(e);
+    // Answer waits and runs.
+    const uint64_t sid = e.s->id();
+    bool remove_after = false;
+    for (auto& [cid, c] : conns) {
+      for (auto p = c->pending.begin(); p != c->pending.end();) {
+        if (p->session != sid) {
+          ++p;
+          continue;
+        }
+        answer(*c, *p, e);
+        if (p->run) remove_after = true;
+        p = c->pending.erase(p);
+      }
+    }
+    // A run's session is gone before its answer leaves: a client that saw
+    // the reply never sees the session's fds or cgroup.
+    if (remove_after) remove_session(sid);
+    for (auto& [cid, c] : conns) flush(*c);
+  }
+  void answer(Conn& c, Pending& p, SessionEntry& e) {
+    Session& s = *e.s;
+    if (s.reap_error()) return reply_err(c, p.id, *s.reap_error());
+    json r = {{"session", s.id()}, {"status", status_json(*s.status())}};
+    if (p.run) {
+      uint64_t cap = p.max_output;
+      for (;;) {
+        for (int i = 0; i < 2; ++i) {
+          const char* name = i == 0 ? "stdout" : "stderr";
+          RingBuffer& rb = s.buffer(i);
+          std::string text = rb.read(rb.start(), rb.size());
+          bool truncated = rb.start() > 0 || s.discarded(i) > 0;
+          if (p.grep || p.tail) {
+            std::vector<std::string> lines;
+            size_t at = 0;
+            while (at < text.size()) {
+              size_t nl = text.find('\n', at);
+              size_t end = nl == std::string::npos ? text.size() : nl + 1;
+              std::string line = text.substr(at, end - at);
+              at = end;
+              std::string bare = line.back() == '\n' ? line.substr(0, line.size() - 1) : line;
+              if (p.grep && !std::regex_search(bare, *p.grep)) continue;
+              lines.push_back(std::move(line));
+            }
+            if (p.tail && lines.size() > p.tail)
+              lines.erase(lines.begin(), lines.end() - static_cast<ptrdiff_t>(p.tail));
+            text.clear();
+            for (auto& l : lines) text += l;
+          }
+          if (text.size() > cap) {
+            text = text.substr(text.size() - cap);  // the end matters most
+            truncated = true;
+          }
+          r[name] = text;
+          r[std::string(name) + "_truncated"] = truncated;
+          r[std::string(name) + "_bytes"] = rb.end() + s.discarded(i);
+        }
+        if (dump(r).size() + 64 <= sc.max_frame || cap == 0) break;
+        cap /= 2;
+      }
+    }
+    reply_ok(c, p.id, r);
+  }
+  void remove_session(uint64_t sid) {
+    auto it = sessions.find(sid);
+    if (it == sessions.end()) return;
+    SessionEntry& e = it->second;
+    for (int i = 0; i < 2; ++i)
+      if (e.registered[i]) ep_del(e.s->output_fd(i));
+    if (e.stdin_registered) ep_del(e.s->stdin_fd());
+    if (!e.s->exited()) ep_del(e.s->process().pidfd());
+    uncount(e);
+    for (uint64_t cid : e.conns) {
+      auto c = conns.find(cid);
+      if (c == conns.end()) continue;
+      c->second->attached.erase(sid);
+      send_json(*c->second, {{"event", "removed"}, {"session", sid}});
+      flush(*c->second);
+    }
+    for (uint64_t w : e.stdin_waiters) resume_reading(w);
+    for (auto& [cid, c] : conns) {
+      c->owns.erase(sid);
+      for (auto p = c->pending.begin(); p != c->pending.end();) {
+        if (p->session == sid) {
+          reply_err(
+              *c, p->id,
+              make_error(ErrorKind::NotFound, "session " + std::to_string(sid) + " was removed"));
+          p = c->pending.erase(p);
+        } else {
+          ++p;
+        }
+      }
+    }
+    sessions.erase(it);  // ~Session kills and reaps a running tree, removes its cgroup
+  }
+  void resume_reading(uint64_t cid) {
+    auto it = conns.find(cid);
+    if (it == conns.end() || it->second->reading) return;
+    it->second->reading = true;
+    update_conn_events(*it->second);
+  }
+
+  // --- ops
+  Result<std::shared_ptr<Executor>> executor(const std::string& name) {
+    auto it = executors.find(name);
+    if (it == executors.end())
+      return fail(make_error(ErrorKind::NotFound, "no executor named '" + name + "'"));
+    return it->second;
+  }
+
+  Result<uint64_t> start(Conn& c, const json& j, bool run) {
+    if (stopping) return fail(make_error(ErrorKind::Limit, "the service is shutting down"));
+    Req r{j};
+    auto exname = r.str("executor", true);
+    if (!exname) return fail(exname.error());
+    auto ex = executor(*exname);
+    if (!ex) return fail(ex.error());
+    ExecRequest req;
+    if (auto it = j.find("argv"); it != j.end() && !it->is_null()) {
+      if (!it->is_array()) return fail(invalid("field 'argv' must be a list of strings"));
+      for (auto& a : *it) {
+        if (!a.is_string()) return fail(invalid("field 'argv' must be a list of strings"));
+        req.argv.push_back(a.get<std::string>());
+      }
+    }
+    auto command = r.str("command");
+    if (!command) return fail(command.error());
+    req.command = *command;
+    if (auto it = j.find("env"); it != j.end() && !it->is_null()) {
+      if (!it->is_object()) return fail(invalid("field 'env' must be an object of strings"));
+      for (auto& [k, v] : it->items()) {
+        if (!v.is_string()) return fail(invalid("env '" + k + "' must be a string"));
+        req.env.emplace_back(k, v.get<std::string>());
+      }
+    }
+    auto wd = r.str("work_dir");
+    auto stdin_open = r.flag("stdin");
+    auto timeout = r.num("timeout_ms", 0);
+    auto detached = r.flag("detached");
+    auto max_output = r.num("max_output", 0);
+    auto log_file = r.str("log_file");
+    auto stdio = r.str("stdio");
+    if (!wd) return fail(wd.error());
+    if (!stdin_open) return fail(stdin_open.error());
+    if (!timeout) return fail(timeout.error());
+    if (!detached) return fail(detached.error());
+    if (!max_output) return fail(max_output.error());
+    if (!log_file) return fail(log_file.error());
+    if (!stdio) return fail(stdio.error());
+    req.work_dir = *wd;
+    req.stdin_open = *stdin_open;
+    req.timeout = std::chrono::milliseconds(static_cast<int64_t>(*timeout));
+    if (auto it = j.find("pty"); it != j.end() && !it->is_null() && !run) {
+      if (!it->is_object()) return fail(invalid("field 'pty' must be {rows, cols}"));
+      Req pr{*it};
+      auto rows = pr.num("rows", 24), cols = pr.num("cols", 80);
+      if (!rows || !cols || *rows > 65535 || *cols > 65535)
+        return fail(invalid("pty rows and cols must be integers up to 65535"));
+      req.pty = PtyRequest{static_cast<unsigned short>(*rows), static_cast<unsigned short>(*cols)};
+    }
+    SessionSpec spec;
+    if (*stdio == "passed" && !run) {
+      if (c.fds.size() < 3)
+        return fail(invalid("stdio \"passed\" needs 3 fds sent with SCM_RIGHTS on this frame"));
+      auto p = std::make_shared<PassedStdio>();
+      p->in = std::move(c.fds[0]);
+      p->out = std::move(c.fds[1]);
+      p->err = std::move(c.fds[2]);
+      c.fds.erase(c.fds.begin(), c.fds.begin() + 3);
+      req.passed_stdio = std::move(p);
+      spec.passed_stdio = true;
+    } else if (!stdio->empty() && *stdio != "pipes") {
+      return fail(invalid("field 'stdio' must be \"pipes\" or \"passed\""));
+    }
+    if (!log_file->empty()) {
+      if (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == "..")
+        return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
+      ::mkdir(sc.log_dir.c_str(), 0750);
+      auto fd = open_fd(sc.log_dir + "/" + *log_file,
+                        O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0640);
+      if (!fd) return fail(fd.error().wrap("log file"));
+      spec.log = std::move(*fd);
+    }
+    // Limits, before anything forks.
+    const uid_t uid = c.cred.uid;
+    if (running >= sc.max_sessions)
+      return fail(make_error(ErrorKind::Limit, "the service runs " + std::to_string(running) +
+                                                   " sessions, the maximum (max_sessions)"));
+    if (sc.max_sessions_per_executor &&
+        running_by_executor[*exname] >= sc.max_sessions_per_executor)
+      return fail(make_error(ErrorKind::Limit, "executor '" + *exname +
+                                                   "' runs its maximum of sessions "
+                                                   "(max_sessions_per_executor)"));
+    if (sc.max_sessions_per_caller && running_by_uid[uid] >= sc.max_sessions_per_caller)
+      return fail(make_error(ErrorKind::Limit, "uid " + std::to_string(uid) +
+                                                   " runs its maximum of sessions "
+                                                   "(max_sessions_per_caller)"));
+    auto argv_copy = req.argv;
+    auto proc = (*ex)->exec(std::move(req));
+    if (!proc) return fail(proc.error());
+    if (auto s = (*proc)->start(); !s) return fail(s.error());
+    spec.id = next_session++;
+    spec.executor = *exname;
+    spec.argv = argv_copy.empty() ? std::vector<std::string>{*command} : argv_copy;
+    spec.owner = uid;
+    spec.detached = *detached;
+    spec.pty = j.contains("pty") && !j["pty"].is_null() && !run;
+    spec.buffer_size = sc.buffer_size;
+    spec.max_output = *max_output;
+    const uint64_t sid = spec.id;
+    SessionEntry& e = sessions[sid];
+    e.s = std::make_unique<Session>(std::move(spec), std::move(*proc));
+    e.run_session = run;
+    ++running;
+    ++running_by_executor[*exname];
+    ++running_by_uid[uid];
+    for (int i = 0; i < 2; ++i)
+      if (e.s->output_fd(i) >= 0 && !e.s->output_eof(i)) {
+        ep(EPOLL_CTL_ADD, e.s->output_fd(i), EPOLLIN, tag(i == 0 ? kOut : kErr, sid));
+        e.registered[i] = true;
+      }
+    ep(EPOLL_CTL_ADD, e.s->process().pidfd(), EPOLLIN, tag(kPid, sid));
+    return sid;
+  }
+
+  void attach(Conn& c, uint64_t sid, const json& j) {
+    SessionEntry& e = sessions[sid];
+    Attachment a;
+    a.session = sid;
+    if (j.contains("stdout_offset")) a.next[0] = j.value("stdout_offset", uint64_t{0});
+    if (j.contains("stderr_offset")) a.next[1] = j.value("stderr_offset", uint64_t{0});
+    a.follow = j.value("follow", true);
+    for (int i = 0; i < 2; ++i) a.next[i] = std::min(a.next[i], e.s->buffer(i).end());
+    c.attached[sid] = a;
+    e.conns.insert(c.id);
+  }
+
+  json session_json(SessionEntry& e) {
+    Session& s = *e.s;
+    json j = {{"session", s.id()},
+              {"executor", s.spec().executor},
+              {"argv", s.spec().argv},
+              {"pid", s.process().pid()},
+              {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")},
+              {"started_at", iso_time(s.started_wall)},
+              {"owner_uid", s.spec().owner},
+              {"detached", s.spec().detached},
+              {"pty", s.spec().pty},
+              {"attached", e.conns.size()},
+              {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
+              {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}}};
+    j["exit"] = s.status() ? status_json(*s.status()) : json(nullptr);
+    return j;
+  }
+
+  Result<SessionEntry*> find(const json& j) {
+    auto sid = Req{j}.session();
+    if (!sid) return fail(sid.error());
+    auto it = sessions.find(*sid);
+    if (it == sessions.end() || it->second.run_session)
+      return fail(make_error(ErrorKind::NotFound, "no session " + std::to_string(*sid)));
+    return &it->second;
+  }
+
+  void handle_control(Conn& c, const std::string& body) {
+    json j;
+    try {
+      j = json::parse(body);
+    } catch (const std::exception& ex) {
+      return reply_err(c, nullptr, invalid(std::string("invalid JSON: ") + ex.what()));
+    }
+    if (!j.is_object()) return reply_err(c, nullptr, invalid("a control frame is a JSON object"));
+    json id = j.contains("id") ? j["id"] : json(nullptr);
+    if (!id.is_null() && !id.is_number_unsigned() && !id.is_string())
+      return reply_err(c, nullptr, invalid("'id' must be a non-negative integer or a string"));
+    auto opit = j.find("op");
+    if (opit == j.end() || !opit->is_string())
+      return reply_err(c, id, invalid("field 'op' (a string) is required"));
+    const std::string op = opit->get<std::string>();
+    if (op == "hello") {
+      if (!c.allowed) {
+        reply_err(c, id,
+                  make_error(ErrorKind::PermissionDenied,
+                             "uid " + std::to_string(c.cred.uid) +
+                                 " is neither root nor in the socket's group"));
+        c.closing = true;
+        return;
+      }
+      bool common = false;
+      if (auto v = j.find("versions"); v != j.end() && v->is_array())
+        for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
+      if (!common) {
+        reply_err(c, id, invalid("no common protocol version: the server speaks [1]"));
+        c.closing = true;
+        return;
+      }
+      c.hello = true;
+      return reply_ok(c, id,
+                      {{"version", proto::kVersion},
+                       {"server", kServerName},
+                       {"max_frame", sc.max_frame},
+                       {"keepalive_ms", sc.idle_timeout.count() / 2},
+                       {"uid", c.cred.uid}});
+    }
+    if (!c.hello) return reply_err(c, id, invalid("send hello first"));
+    if (op == "ping") return reply_ok(c, id);
+    if (op == "executors") {
+      json list = json::array();
+      for (auto& [name, ex] : executors) {
+        json e = {{"name", name}, {"available", ex.has_value()}};
+        if (ex) e["kind"] = (*ex)->config().kind == ExecutorKind::Host ? "host" : "container";
+        if (!ex) e["error"] = error_json(ex.error());
+        list.push_back(e);
+      }
+      return reply_ok(c, id, {{"executors", list}});
+    }
+    if (op == "start" || op == "run") {
+      const bool run = op == "run";
+      Pending p;
+      if (run) {
+        Req r{j};
+        auto tail = r.num("tail", 0);
+        auto cap = r.num("max_output", 64 * 1024);
+        auto grep = r.str("grep");
+        if (!tail) return reply_err(c, id, tail.error());
+        if (!cap) return reply_err(c, id, cap.error());
+        if (!grep) return reply_err(c, id, grep.error());
+        p.tail = *tail;
+        p.max_output = std::min<uint64_t>(*cap, sc.max_frame / 2);
+        if (!grep->empty()) {
+          try {
+            p.grep.emplace(*grep, std::regex::ECMAScript);
+          } catch (const std::regex_error& ex) {
+            return reply_err(c, id,
+                             invalid("grep: bad regular expression: " + std::string(ex.what())));
+          }
+        }
+      }
+      auto sid = start(c, j, run);
+      c.fds.clear();  // unclaimed fds are not kept
+      if (!sid) return reply_err(c, id, sid.error());
+      SessionEntry& e = sessions[*sid];
+      if (run) {
+        p.id = id;
+        p.session = *sid;
+        p.run = true;
+        c.pending.push_back(std::move(p));
+        return;
+      }
+      reply_ok(c, id, {{"session", *sid}, {"pid", e.s->process().pid()}});
+      if (!e.s->spec().detached) {
+        c.owns.insert(*sid);
+        if (!e.s->spec().passed_stdio) attach(c, *sid, json::object());
+        pump(c);
+      }
+      return;
+    }
+    if (op == "list") {
+      json list = json::array();
+      for (auto& [sid, e] : sessions)
+        if (!e.run_session) list.push_back(session_json(e));
+      return reply_ok(c, id, {{"sessions", list}});
+    }
+    static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
+                                                      "resize", "wait",   "remove"};
+    if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
+    auto found = find(j);
+    if (!found) return reply_err(c, id, found.error());
+    SessionEntry& e = **found;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    if (op == "attach") {
+      for (const char* k : {"stdout_offset", "stderr_offset"})
+        if (j.contains(k) && !j[k].is_number_unsigned())
+          return reply_err(c, id, invalid(std::string(k) + " must be a non-negative integer"));
+      if (j.contains("follow") && !j["follow"].is_boolean())
+        return reply_err(c, id, invalid("follow must be a boolean"));
+      attach(c, sid, j);
+      reply_ok(c, id,
+               {{"session", sid},
+                {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
+                {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
+                {"pty", s.spec().pty},
+                {"state", s.finished() ? "exited" : "running"}});
+      return pump(c);
+    }
+    if (op == "detach") {
+      c.attached.erase(sid);
+      e.conns.erase(c.id);
+      c.owns.erase(sid);
+      resume_if_caught_up(e);
+      return reply_ok(c, id);
+    }
+    if (op == "close_stdin") {
+      if (!s.stdin_open()) return reply_err(c, id, invalid("stdin is not open"));
+      s.close_stdin();
+      service_stdin(e);
+      return reply_ok(c, id);
+    }
+    if (op == "signal") {
+      auto sig = signal_from(j.value("signal", json(SIGTERM)));
+      if (!sig) return reply_err(c, id, invalid("unknown signal"));
+      if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
+      if (auto st = s.process().signal(*sig); !st) return reply_err(c, id, st.error());
+      return reply_ok(c, id);
+    }
+    if (op == "resize") {
+      Req r{j};
+      auto rows = r.num("rows", 0), cols = r.num("cols", 0);
+      if (!rows || !cols || *rows == 0 || *cols == 0 || *rows > 65535 || *cols > 65535)
+        return reply_err(c, id, invalid("rows and cols must be integers from 1 to 65535"));
+      if (s.exited()) return reply_ok(c, id);  // too late to matter
+      auto st = s.process().resize(static_cast<unsigned short>(*rows),
+                                   static_cast<unsigned short>(*cols));
+      if (!st) return reply_err(c, id, st.error());
+      return reply_ok(c, id);
+    }
+    if (op == "wait") {
+      Pending p;
+      p.id = id;
+      p.session = sid;
+      auto t = Req{j}.num("timeout_ms", 0);
+      if (!t) return reply_err(c, id, t.error());
+      if (s.finished()) return answer(c, p, e);
+      if (*t > 0) p.deadline = Clock::now() + std::chrono::milliseconds(*t);
+      c.pending.push_back(std::move(p));
+      return;
+    }
+    if (op == "remove") {
+      auto force = Req{j}.flag("force");
+      if (!force) return reply_err(c, id, force.error());
+      if (!s.finished() && !*force)
+        return reply_err(c, id,
+                         invalid("session " + std::to_string(sid) +
+                                 " is still running (kill it, or remove with force)"));
+      reply_ok(c, id);
+      remove_session(sid);
+      return;
+    }
+    reply_err(c, id, invalid("unknown op '" + op + "'"));
+  }
+
+  void service_stdin(SessionEntry& e) {
+    bool empty = e.s->flush_stdin();
+    int fd = e.s->stdin_fd();
+    if (!empty && !e.stdin_registered && fd >= 0) {
+      ep(EPOLL_CTL_ADD, fd, EPOLLOUT, tag(kStdin, e.s->id()));
+      e.stdin_registered = true;
+    } else if (empty && e.stdin_registered) {
+      ep_del(fd);
+      e.stdin_registered = false;
+    }
+    if (e.s->stdin_queued() < kStdinHighWater) {
+      for (uint64_t w : e.stdin_waiters) resume_reading(w);
+      e.stdin_waiters.clear();
+    }
+  }
+
+  void handle_data(Conn& c, const std::string& body) {
+    auto d = proto::decode_data(body);
+    if (!d) {
+      send_json(c, {{"event", "error"}, {"error", error_json(d.error())}});
+      return;
+    }
+    auto it = sessions.find(d->session);
+    Error err;
+    if (d->stream != proto::StreamId::Stdin)
+      err = invalid("clients send stdin data frames only");
+    else if (it == sessions.end() || it->second.run_session)
+      err = make_error(ErrorKind::NotFound, "no session " + std::to_string(d->session));
+    else if (auto q = it->second.s->queue_stdin(d->bytes); !q)
+      err = q.error();
+    else {
+      SessionEntry& e = it->second;
+      service_stdin(e);
+      if (e.s->stdin_queued() >= kStdinHighWater) {  // backpressure on this client
+        e.stdin_waiters.insert(c.id);
+        c.reading = false;
+        update_conn_events(c);
+      }
+      return;
+    }
+    send_json(c, {{"event", "error"}, {"session", d->session}, {"error", error_json(err)}});
+  }
+
+  // --- connections
+  void accept_all() {
+    for (;;) {
+      int fd = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) log("accept: " + std::string(std::strerror(errno)));
+        return;
+      }
+      Fd f(fd);
+      if (conns.size() >= sc.max_clients) {
+        std::string out;
+        json e = {{"id", nullptr},
+                  {"ok", false},
+                  {"error", error_json(make_error(ErrorKind::Limit, "too many clients"))}};
+        (void)proto::encode(proto::FrameType::Control, dump(e), out);
+        (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+        continue;
+      }
+      auto c = std::make_unique<Conn>();
+      c->id = next_conn++;
+      c->fd = std::move(f);
+      socklen_t len = sizeof c->cred;
+      ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len);
+      c->allowed = caller_in_group(c->cred.uid, c->cred.gid, sc.socket_gid);
+      c->dec.set_max_frame(static_cast<uint32_t>(sc.max_frame));
+      c->created = c->last_frame = Clock::now();
+      ep(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, tag(kConn, c->id));
+      conns.emplace(c->id, std::move(c));
+    }
+  }
+
+  void close_conn(uint64_t cid) {
+    auto it = conns.find(cid);
+    if (it == conns.end()) return;
+    Conn& c = *it->second;
+    ep_del(c.fd.get());
+    for (auto& [sid, a] : c.attached) {
+      auto se = sessions.find(sid);
+      if (se == sessions.end()) continue;
+      se->second.conns.erase(cid);
+      se->second.stdin_waiters.erase(cid);
+      resume_if_caught_up(se->second);
+    }
+    // Sessions started attached by this client may run on for
+    // max_run_after_disconnect (0 = without limit).
+    for (uint64_t sid : c.owns) {
+      auto se = sessions.find(sid);
+      if (se == sessions.end() || se->second.s->exited()) continue;
+      if (sc.max_run_after_disconnect.count() > 0)
+        se->second.s->kill_at = Clock::now() + sc.max_run_after_disconnect;
+    }
+    // A pending run is never answered now: it ends with its client.
+    for (auto& p : c.pending)
+      if (p.run) {
+        auto se = sessions.find(p.session);
+        if (se != sessions.end()) {
+          if (!se->second.s->exited()) (void)se->second.s->process().signal(SIGKILL);
+          se->second.run_session = false;  // listed, retained like any other
+        }
+      }
+    conns.erase(it);
+  }
+
+  void on_conn(uint64_t cid, uint32_t events) {
+    auto it = conns.find(cid);
+    if (it == conns.end()) return;
+    Conn& c = *it->second;
+    if (events & EPOLLOUT) {
+      flush(c);
+      pump(c);
+    }
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) && c.reading) {
+      char buf[65536];
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+      size_t total = 0;
+      bool eof = false;
+      while (total < 4 * sizeof buf && c.reading && !c.closing) {
+        iovec iov{buf, sizeof buf};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf;
+        msg.msg_controllen = sizeof cbuf;
+        ssize_t n = ::recvmsg(c.fd.get(), &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) break;
+        for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+          if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+          size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+          for (size_t i = 0; i < nfd; ++i) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            Fd owned(fd);
+            if (c.fds.size() < kMaxFdsQueued) c.fds.push_back(std::move(owned));
+          }
+        }
+        if (n <= 0) {
+          eof = true;
+          break;
+        }
+        total += static_cast<size_t>(n);
+        c.last_frame = Clock::now();
+        c.dec.feed(std::string_view(buf, static_cast<size_t>(n)));
+        for (;;) {
+          auto f = c.dec.next();
+          if (!f) {  // framing is lost: answer once and end the connection
+            reply_err(c, nullptr, f.error());
+            c.closing = true;
+            break;
+          }
+          if (!*f) break;
+          if ((*f)->type == proto::FrameType::Control) {
+            handle_control(c, (*f)->body);
+          } else if (!c.hello) {
+            reply_err(c, nullptr, invalid("send hello first"));
+          } else {
+            handle_data(c, (*f)->body);
+          }
+          if (c.closing || !c.reading) break;
+        }
+        if (c.fds.size() > 0 && c.dec.buffered() == 0) c.fds.clear();
+      }
+      flush(c);
+      if (eof) {
+        close_conn(cid);
+        return;
+      }
+    }
+    if (c.closing) {
+      flush(c);
+      if (c.queued() == 0 || (events & (EPOLLHUP | EPOLLERR))) close_conn(cid);
+    } else if ((events & (EPOLLHUP | EPOLLERR)) && !(events & EPOLLIN)) {
+      close_conn(cid);
+    }
+  }
+
+  // Timers: hello/idle timeouts, wait timeouts, max_run_after_disconnect,
+  // retention of finished sessions.
+  void tick() {
+    const auto now = Clock::now();
+    // Timers are coarse (100 ms): a busy loop must not walk every session
+    // and connection per event.
+    if (now - last_tick < std::chrono::milliseconds(100)) return;
+    last_tick = now;
+    std::vector<uint64_t> drop;
+    for (auto& [cid, c] : conns) {
+      if (c->closing && c->queued() == 0)
+        drop.push_back(cid);
+      else if (!c->hello && now - c->created > sc.hello_timeout)
+        drop.push_back(cid);
+      else if (c->attached.empty() && c->pending.empty() && now - c->last_frame > sc.idle_timeout)
+        drop.push_back(cid);
+      for (auto p = c->pending.begin(); p != c->pending.end();) {
+        if (p->deadline && *p->deadline <= now) {
+          reply_err(*c, p->id, make_error(ErrorKind::Timeout, "session still running"));
+          p = c->pending.erase(p);
+        } else {
+          ++p;
+        }
+      }
+      flush(*c);
+    }
+    for (uint64_t cid : drop) {
+      log("dropping client " + std::to_string(cid) + " (silent, idle or closing)");
+      close_conn(cid);
+    }
+    std::vector<uint64_t> expired;
+    for (auto& [sid, e] : sessions) {
+      if (e.s->kill_at && *e.s->kill_at <= now && !e.s->exited()) {
+        e.s->kill_at.reset();
+        log("session " + std::to_string(sid) + ": max_run_after_disconnect reached, killing");
+        (void)e.s->process().signal(SIGKILL);
+      }
+      if (e.finished_handled && e.conns.empty() && !e.run_session &&
+          now - e.s->finished_at >= sc.retention)
+        expired.push_back(sid);
+    }
+    for (uint64_t sid : expired) remove_session(sid);
+  }
+
+  void begin_stop() {
+    if (stopping) return;
+    stopping = true;
+    log("stopping: no longer accepting");
+    ep_del(listener.get());
+    listener.reset();
+    if (!unlink_path.empty()) ::unlink(unlink_path.c_str());
+    stop_deadline =
+        Clock::now() +
+        (sc.shutdown == ShutdownMode::Wait ? sc.shutdown_grace : std::chrono::milliseconds(0));
+  }
+
+  Status run() {
+    ready();
+    epoll_event evs[64];
+    for (;;) {
+      if (stopping && (running == 0 || Clock::now() >= stop_deadline)) break;
+      int n = ::epoll_wait(epoll.get(), evs, 64, 100);
+      if (n < 0 && errno != EINTR) return fail(sys_error("epoll_wait"));
+      for (int i = 0; i < n; ++i) {
+        uint64_t t = evs[i].data.u64;
+        uint64_t id = t & ((1ULL << 56) - 1);
+        switch (static_cast<Kind>(t >> 56)) {
+          case kListen:
+            if (!stopping) accept_all();
+            break;
+          case kSignal: {
+            signalfd_siginfo si;
+            while (::read(sigfd.get(), &si, sizeof si) == sizeof si) begin_stop();
+            break;
+          }
+          case kConn:
+            on_conn(id, evs[i].events);
+            break;
+          case kOut:
+            on_output(id, 0);
+            break;
+          case kErr:
+            on_output(id, 1);
+            break;
+          case kPid:
+            on_exit(id);
+            break;
+          case kStdin: {
+            auto it = sessions.find(id);
+            if (it != sessions.end()) service_stdin(it->second);
+            break;
+          }
+        }
+      }
+      tick();
+    }
+    // Shutdown: end what still runs, tell the clients, remove every session
+    // (which reaps it and removes its cgroup).
+    for (auto& [sid, e] : sessions)
+      if (!e.s->exited()) (void)e.s->process().signal(SIGKILL);
+    std::vector<uint64_t> ids;
+    for (auto& [sid, e] : sessions) ids.push_back(sid);
+    for (uint64_t sid : ids) remove_session(sid);
+    for (auto& [cid, c] : conns) {
+      send_json(*c, {{"event", "shutdown"}});
+      flush(*c);
+    }
+    conns.clear();
+    log("stopped");
+    return {};
+  }
+};
+
+// ---------------------------------------------------------------------------
+
+Result<Fd> listen_unix(const std::string& path, uint32_t mode, uint32_t gid) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return fail(invalid("socket path too long: " + path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return fail(sys_error("socket"));
+  // A socket file nobody accepts on is left over: replace it. A live one
+  // belongs to another service.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return fail(invalid(path + " exists and is not a socket"));
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
+      return fail(make_error(ErrorKind::Limit, "another service listens on " + path));
+    ::unlink(path.c_str());
+  }
+  auto dir = path.substr(0, path.rfind('/'));
+  if (!dir.empty()) ::mkdir(dir.c_str(), 0755);
+  // Bind with a umask that leaves nobody but us access until chmod/chown.
+  mode_t old = ::umask(0177);
+  int rc = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0) return fail(sys_error("bind " + path));
+  if (::chown(path.c_str(), 0, gid) != 0 && ::geteuid() == 0)
+    return fail(sys_error("chown " + path));
+  if (::chmod(path.c_str(), mode) != 0) return fail(sys_error("chmod " + path));
+  if (::listen(fd.get(), 1024) != 0) return fail(sys_error("listen " + path));
+  return fd;
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+void Server::set_logger(std::function<void(const std::string&)> log) {
+  impl_->log = std::move(log);
+}
+void Server::set_ready(std::function<void()> ready) {
+  impl_->ready = std::move(ready);
+}
+
+Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
+                                               std::string unlink_path) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = std::move(config);
+  impl->sc = impl->config.service;
+  impl->unlink_path = std::move(unlink_path);
+  impl->listener = std::move(listener);
+  ::fcntl(impl->listener.get(), F_SETFL, ::fcntl(impl->listener.get(), F_GETFL) | O_NONBLOCK);
+  // Every session holds several fds (pipes, pidfd, cgroup): use the whole
+  // hard limit.
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  for (const auto& ec : impl->config.executors)
+    impl->executors.emplace(ec.name, Executor::create(ec));
+  impl->epoll = Fd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!impl->epoll) return fail(sys_error("epoll_create1"));
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  impl->sigfd = Fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!impl->sigfd) return fail(sys_error("signalfd"));
+  impl->ep(EPOLL_CTL_ADD, impl->listener.get(), EPOLLIN, tag(kListen, 0));
+  impl->ep(EPOLL_CTL_ADD, impl->sigfd.get(), EPOLLIN, tag(kSignal, 0));
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Status Server::run() {
+  return impl_->run();
+}
+
+}  // namespace cloister

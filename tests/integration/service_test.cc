@@ -1,0 +1,558 @@
+// Integration tests of cloisterd: the real binary on a temporary socket,
+// driven through the client library, the CLI and raw frames.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "isolate/cgroups.h"
+#include "runtime/client.h"
+#include "service_support.h"
+
+using namespace cloister;
+using namespace cloister::testing;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kCli = CLOISTER_BIN_DIR "/cloister";
+
+// --- the CLI: attached `run` exits exactly as `cloister exec` ---------------
+
+TEST(Service, RunExitCodesMatchExec) {
+  Daemon d;
+  const std::string run = kCli + " --socket " + d.socket + " run shell -- ";
+  const std::string exec = kCli + " exec -c " + d.config + " -x shell -- ";
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"true", 0},
+      {"sh -c 'exit 3'", 3},
+      {"sh -c 'kill -9 $$'", 137},
+      {"no-such-command", 127},
+      {"/etc/hostname", 126},
+  };
+  for (auto& [cmd, want] : cases) {
+    EXPECT_EQ(sh(run + cmd), want) << cmd;
+    EXPECT_EQ(sh(exec + cmd), want) << cmd;
+  }
+  std::string out;
+  EXPECT_EQ(sh(kCli + " --socket " + d.socket + " run --timeout 0.3 shell -- sleep 5 2>&1", &out),
+            124);
+  EXPECT_NE(out.find("TIMEOUT"), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " --socket " + d.socket + " run nope -- true 2>&1", &out), 125);
+  EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
+  EXPECT_EQ(out.find('\n'), out.size() - 1) << "one error line: " << out;
+  // Output goes straight to our stdio (passed fds), stdin with -i.
+  EXPECT_EQ(
+      sh("echo abc | " + kCli + " --socket " + d.socket + " run -i shell -- tr a-z A-Z", &out), 0);
+  EXPECT_EQ(out, "ABC\n");
+  // No service: 125 and the cause.
+  EXPECT_EQ(sh(kCli + " --socket " + d.dir.path + "/none.sock run shell -- true 2>&1", &out), 125);
+  EXPECT_NE(out.find("connect"), std::string::npos) << out;
+}
+
+TEST(Service, DetachPsLogsAttachKillWaitRm) {
+  Daemon d;
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  std::string id;
+  ASSERT_EQ(
+      sh(cli + "run -d -i shell -- sh -c 'echo one; echo two >&2; read x; echo got $x; exit 4'",
+         &id),
+      0);
+  id.pop_back();
+  std::string out;
+  ASSERT_EQ(sh(cli + "--json ps", &out), 0);
+  auto list = json::parse(out);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["session"].get<uint64_t>(), std::stoull(id));
+  EXPECT_EQ(list[0]["state"], "running");
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(sh(cli + "logs " + id + " 2>/dev/null", &out), 0);
+  EXPECT_EQ(out, "one\n");
+  EXPECT_EQ(sh(cli + "logs " + id + " 2>&1 >/dev/null", &out), 0);
+  EXPECT_EQ(out, "two\n");
+  // attach -i: our stdin reaches the session, the exit code is the session's.
+  EXPECT_EQ(sh("echo hello | " + cli + "attach -i " + id + " 2>/dev/null", &out), 4);
+  EXPECT_EQ(out, "one\ngot hello\n");
+  EXPECT_EQ(sh(cli + "wait " + id), 4);
+  EXPECT_EQ(sh(cli + "logs --tail 1 " + id + " 2>/dev/null", &out), 0);
+  EXPECT_EQ(out, "got hello\n");
+  EXPECT_EQ(sh(cli + "rm " + id), 0);
+  EXPECT_EQ(sh(cli + "wait " + id), 125);
+
+  ASSERT_EQ(sh(cli + "run -d shell -- sleep 100", &id), 0);
+  id.pop_back();
+  EXPECT_EQ(sh(cli + "rm " + id), 125) << "removing a running session needs -f";
+  EXPECT_EQ(sh(cli + "kill -s KILL " + id), 0);
+  EXPECT_EQ(sh(cli + "wait " + id), 137);
+  EXPECT_EQ(sh(cli + "rm " + id), 0);
+}
+
+// --- the client library: the Process model over the socket ------------------
+
+TEST(Service, RemoteProcessMirrorsProcess) {
+  Daemon d;
+  auto ex = RemoteExecutor::connect(d.socket, "shell");
+  ASSERT_TRUE(ex) << ex.error().what();
+  auto p = (*ex)->exec({.argv = {"sh", "-c", "cat; echo bye >&2; exit 5"}, .stdin_open = true});
+  ASSERT_TRUE(p);
+  ASSERT_TRUE((*p)->start());
+  EXPECT_GT((*p)->pid(), 0);
+  ASSERT_TRUE((*p)->write_stdin("ping\n"));
+  ASSERT_TRUE((*p)->write_stdin(""));
+  std::string out, err;
+  for (;;) {
+    auto c = (*p)->read();
+    ASSERT_TRUE(c) << c.error().what();
+    if (!*c) break;
+    ((*c)->stream == Stream::Stdout ? out : err) += (*c)->data;
+  }
+  EXPECT_EQ(out, "ping\n");
+  EXPECT_EQ(err, "bye\n");
+  auto st = (*p)->wait();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->exit_code, 5);
+  EXPECT_EQ((*p)->evicted(), 0u);
+
+  // Errors keep their kind and at_exec, as in-process.
+  auto q = (*ex)->exec({.argv = {"no-such-command"}});
+  auto s = (*q)->start();
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().kind, ErrorKind::NotFound);
+  EXPECT_TRUE(s.error().at_exec);
+
+  // Timeouts and signals.
+  auto t = (*ex)->exec({.argv = {"sleep", "10"}, .timeout = 200ms});
+  ASSERT_TRUE((*t)->start());
+  auto ts = (*t)->wait();
+  ASSERT_TRUE(ts);
+  EXPECT_TRUE(ts->timed_out);
+  EXPECT_EQ(ts->code(), 124);
+  auto k = (*ex)->exec({.argv = {"sleep", "10"}});
+  ASSERT_TRUE((*k)->start());
+  ASSERT_TRUE((*k)->signal(SIGTERM));
+  EXPECT_EQ((*k)->wait()->signal, SIGTERM);
+}
+
+TEST(Service, PtyWithResize) {
+  Daemon d;
+  auto ex = RemoteExecutor::connect(d.socket, "shell");
+  ASSERT_TRUE(ex);
+  auto p = (*ex)->exec({.argv = {"sh", "-c", "test -t 0 && echo tty; stty size; read x; stty size"},
+                        .pty = PtyRequest{30, 100}});
+  ASSERT_TRUE((*p)->start());
+  std::string out;
+  while (out.find("30 100") == std::string::npos) {
+    auto c = (*p)->read();
+    ASSERT_TRUE(c && *c) << out;
+    out += (*c)->data;
+  }
+  ASSERT_TRUE((*p)->resize(40, 120));
+  ASSERT_TRUE((*p)->write_stdin("go\n"));
+  for (;;) {
+    auto c = (*p)->read();
+    ASSERT_TRUE(c);
+    if (!*c) break;
+    out += (*c)->data;
+  }
+  EXPECT_NE(out.find("tty"), std::string::npos) << out;
+  EXPECT_NE(out.find("40 120"), std::string::npos) << out;
+  EXPECT_EQ((*p)->wait()->exit_code, 0);
+}
+
+TEST(Service, CliRunWithTerminal) {
+  if (sh("command -v script") != 0)
+    GTEST_SKIP() << "script(1) is needed to give the CLI a terminal";
+  Daemon d;
+  std::string out;
+  // script(1) gives the CLI a terminal; -t gives the command one of its own.
+  int rc = sh("printf 'echo typed\\nexit 6\\n' | script -qec \"" + kCli + " --socket " + d.socket +
+                  " run -t shell -- sh -c 'test -t 0 && echo tty; stty size; exec sh'\" /dev/null",
+              &out);
+  EXPECT_EQ(rc, 6) << out;
+  EXPECT_NE(out.find("tty"), std::string::npos) << out;
+  EXPECT_NE(out.find("typed"), std::string::npos) << out;
+}
+
+TEST(Service, RunOpWithTailAndGrep) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  auto r = c->call({{"op", "run"},
+                    {"executor", "shell"},
+                    {"argv", {"seq", "1", "100"}},
+                    {"grep", "^[0-9]*7$"},
+                    {"tail", 3}});
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ((*r)["stdout"], "77\n87\n97\n");
+  EXPECT_EQ((*r)["status"]["exit_code"], 0);
+  EXPECT_EQ((*r)["stdout_bytes"], 292);
+  auto bad = c->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}, {"grep", "("}});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().kind, ErrorKind::Invalid);
+  // A run session is gone once answered.
+  EXPECT_EQ((*c->call({{"op", "list"}}))["sessions"].size(), 0u);
+}
+
+// --- hostile and broken clients ----------------------------------------------
+
+TEST(Service, BadClientsAreAnsweredOrDroppedWhileOthersAreServed) {
+  Daemon d("  hello_timeout: 1s\n");
+  auto good = connect_ok(d.socket);
+  auto flood = good->send({{"op", "start"},
+                           {"executor", "shell"},
+                           {"argv", {"sh", "-c", "while :; do echo flood; done"}}});
+  ASSERT_TRUE(flood);
+
+  auto served = [&] {
+    auto r = good->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "ok"}}});
+    return r && (*r)["stdout"] == "ok\n";
+  };
+  const std::string hello = control_frame(R"({"id":1,"op":"hello","versions":[1]})");
+
+  {  // invalid JSON: an error reply, and the connection stays usable
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), hello);
+    EXPECT_NE(raw_reply(fd.get()).find("\"ok\":true"), std::string::npos);
+    raw_send(fd.get(), control_frame("{not json"));
+    auto r = json::parse(raw_reply(fd.get()));
+    EXPECT_EQ(r["error"]["kind"], "INVALID");
+    raw_send(fd.get(), control_frame(R"({"id":2,"op":"no_such_op"})"));
+    r = json::parse(raw_reply(fd.get()));
+    EXPECT_EQ(r["id"], 2);
+    EXPECT_EQ(r["error"]["kind"], "INVALID");
+    EXPECT_NE(r["error"]["message"].get<std::string>().find("unknown op"), std::string::npos);
+    raw_send(fd.get(), control_frame(R"([1,2,3])"));
+    EXPECT_EQ(json::parse(raw_reply(fd.get()))["error"]["kind"], "INVALID");
+    raw_send(fd.get(), control_frame(R"({"id":3,"op":"ping"})"));
+    EXPECT_EQ(json::parse(raw_reply(fd.get()))["ok"], true);
+  }
+  EXPECT_TRUE(served());
+  {  // ops before hello are refused; the connection stays
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), control_frame(R"({"id":1,"op":"list"})"));
+    EXPECT_NE(raw_reply(fd.get()).find("send hello first"), std::string::npos);
+    raw_send(fd.get(), control_frame(R"({"id":2,"op":"hello","versions":[99]})"));
+    EXPECT_NE(raw_reply(fd.get()).find("no common protocol version"), std::string::npos);
+    EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
+  }
+  {  // an oversize frame: one error, then the connection ends
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), hello);
+    raw_reply(fd.get());
+    raw_send(fd.get(), std::string("\x7f\xff\xff\xff\x01", 5) + std::string(1000, 'x'));
+    auto r = json::parse(raw_reply(fd.get()));
+    EXPECT_NE(r["error"]["message"].get<std::string>().find("exceeds the maximum"),
+              std::string::npos);
+    EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
+  }
+  {  // an unknown frame type: the same
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), std::string("\0\0\0\2\x09{}", 7));
+    EXPECT_NE(raw_reply(fd.get()).find("unknown frame type"), std::string::npos);
+    EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
+  }
+  {  // a short data frame and data for a session that does not exist
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), hello);
+    raw_reply(fd.get());
+    std::string bad;
+    ASSERT_TRUE(protocol::encode(protocol::FrameType::Data, "abc", bad));
+    raw_send(fd.get(), bad);
+    EXPECT_NE(raw_reply(fd.get()).find("shorter than its 17-byte header"), std::string::npos);
+    std::string stray;
+    ASSERT_TRUE(protocol::encode_data(999, protocol::StreamId::Stdin, 0, "x", stray));
+    raw_send(fd.get(), stray);
+    EXPECT_NE(raw_reply(fd.get()).find("NOT_FOUND"), std::string::npos);
+  }
+  EXPECT_TRUE(served());
+  {  // a half-sent frame, then silence; and a client that never says hello
+    Fd half = raw_connect(d.socket);
+    raw_send(half.get(), std::string("\0\0\1\0\x01{\"op\"", 11));
+    Fd silent = raw_connect(d.socket);
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(served());
+    EXPECT_TRUE(closed_by_peer(silent.get(), 5000)) << "silent client not dropped";
+    EXPECT_TRUE(closed_by_peer(half.get(), 5000)) << "half-frame client not dropped";
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 900ms);
+  }
+  {  // a client that vanishes mid-stream of a flood
+    auto c = connect_ok(d.socket);
+    auto r = c->call({{"op", "attach"}, {"session", 1}});
+    ASSERT_TRUE(r) << r.error().what();
+    for (int i = 0; i < 10; ++i) {
+      auto m = c->next(5000ms);
+      ASSERT_TRUE(m) << m.error().what();
+    }
+  }  // closed here, with megabytes in flight
+  EXPECT_TRUE(served());
+  auto list = good->call({{"op", "list"}});
+  ASSERT_TRUE(list);
+  bool flood_runs = false;
+  for (auto& s : (*list)["sessions"]) flood_runs |= s["session"] == 1 && s["state"] == "running";
+  EXPECT_TRUE(flood_runs) << "the session survives its clients";
+  ASSERT_TRUE(good->call({{"op", "remove"}, {"session", 1}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+TEST(Service, CallersOutsideTheGroupAreRefused) {
+  // A world-writable socket, so that the check left is SO_PEERCRED's.
+  Daemon d("  socket_mode: \"0666\"\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+    auto c = Connection::connect(d.socket);
+    if (c) ::_exit(11);
+    ::_exit(c.error().kind == ErrorKind::PermissionDenied &&
+                    c.error().message.find("nor in the socket's group") != std::string::npos
+                ? 0
+                : 12);
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_TRUE(Connection::connect(d.socket)) << "root is always allowed";
+}
+
+// --- buffers, eviction, reattach ---------------------------------------------
+
+// `seq 1 N` as the service should have buffered it.
+std::string seq_text(int n) {
+  std::string s;
+  for (int i = 1; i <= n; ++i) s += std::to_string(i) + "\n";
+  return s;
+}
+
+TEST(Service, FloodWithoutReaderStaysBoundedAndReattachSaysWhatWasEvicted) {
+  Daemon d("  buffer_size: 256k\n");
+  auto c = connect_ok(d.socket);
+  const uint64_t rss0 = rss_kib(d.pid);
+  const int n = 3'000'000;  // about 21 MiB of output, 80 times the buffer
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"argv", {"seq", "1", std::to_string(n)}}});
+  ASSERT_TRUE(r) << r.error().what();
+  uint64_t sid = (*r)["session"];
+  auto w = c->call({{"op", "wait"}, {"session", sid}});
+  ASSERT_TRUE(w) << w.error().what();
+  const std::string want = seq_text(n);
+  const uint64_t rss1 = rss_kib(d.pid);
+  EXPECT_LT(rss1, rss0 + 8 * 1024) << "service RSS grew from " << rss0 << " to " << rss1 << " KiB";
+
+  auto a = connect_ok(d.socket);
+  auto at =
+      a->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
+  ASSERT_TRUE(at);
+  EXPECT_EQ((*at)["stdout"]["end"], want.size());
+  const uint64_t start = (*at)["stdout"]["start"];
+  EXPECT_EQ(start, want.size() - 256 * 1024);
+  bool evicted_seen = false, exit_seen = false;
+  uint64_t next = 0;
+  while (!exit_seen) {
+    auto m = a->next(5000ms);
+    ASSERT_TRUE(m) << m.error().what();
+    if (m->data) {
+      ASSERT_TRUE(evicted_seen) << "data before the eviction notice";
+      ASSERT_EQ(m->offset, next) << "out of order or duplicated";
+      ASSERT_EQ(m->bytes, want.substr(m->offset, m->bytes.size()));
+      next += m->bytes.size();
+      continue;
+    }
+    auto ev = m->control.value("event", "");
+    if (ev == "evicted" && m->control["stream"] == "stdout") {
+      EXPECT_EQ(m->control["from"], 0);
+      EXPECT_EQ(m->control["to"], start);
+      evicted_seen = true;
+      next = start;
+    }
+    if (ev == "exit") {
+      exit_seen = true;
+      EXPECT_EQ(m->control["status"]["exit_code"], 0);
+    }
+  }
+  EXPECT_EQ(next, want.size());
+}
+
+TEST(Service, AttachedReaderGetsBackpressureNotLoss) {
+  Daemon d("  buffer_size: 64k\n");
+  auto ex = RemoteExecutor::connect(d.socket, "shell");
+  auto p = (*ex)->exec({.argv = {"seq", "1", "500000"}});
+  ASSERT_TRUE((*p)->start());
+  std::this_thread::sleep_for(500ms);  // a slow reader: the payload must wait for it
+  std::string out;
+  for (;;) {
+    auto c = (*p)->read();
+    ASSERT_TRUE(c) << c.error().what();
+    if (!*c) break;
+    out += (*c)->data;
+  }
+  EXPECT_EQ((*p)->evicted(), 0u);
+  EXPECT_EQ(out, seq_text(500000));
+}
+
+TEST(Service, ReattachResumesAtTheOffset) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"argv", {"sh", "-c", "seq 1 1000; sleep 0.5; seq 1001 2000"}}});
+  ASSERT_TRUE(r);
+  uint64_t sid = (*r)["session"];
+  std::string got;
+  {
+    auto a = connect_ok(d.socket);
+    ASSERT_TRUE(a->call({{"op", "attach"}, {"session", sid}}));
+    while (got.size() < 1000) {
+      auto m = a->next(5000ms);
+      ASSERT_TRUE(m);
+      if (m->data) {
+        ASSERT_EQ(m->offset, got.size());
+        got += m->bytes;
+      }
+    }
+  }  // gone mid-stream
+  auto b = connect_ok(d.socket);
+  ASSERT_TRUE(b->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", got.size()}}));
+  for (;;) {
+    auto m = b->next(5000ms);
+    ASSERT_TRUE(m);
+    if (m->data) {
+      ASSERT_EQ(m->offset, got.size());
+      got += m->bytes;
+    } else if (m->control.value("event", "") == "exit") {
+      break;
+    } else {
+      EXPECT_NE(m->control.value("event", ""), "evicted");
+    }
+  }
+  EXPECT_EQ(got, seq_text(2000));
+}
+
+// --- limits, disconnects, shutdown, kill -9 ----------------------------------
+
+TEST(Service, ConcurrencyLimitsAnswerLimit) {
+  Daemon d("  max_sessions: 3\n  max_sessions_per_caller: 2\n");
+  auto c = connect_ok(d.socket);
+  auto start = [&] {
+    return c->call(
+        {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
+  };
+  auto a = start(), b = start(), x = start();
+  ASSERT_TRUE(a && b);
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error().kind, ErrorKind::Limit);
+  EXPECT_NE(x.error().message.find("max_sessions_per_caller"), std::string::npos);
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", (*a)["session"]}, {"force", true}}));
+  EXPECT_TRUE(start());
+}
+
+TEST(Service, MaxRunAfterDisconnect) {
+  Daemon d("  max_run_after_disconnect: 300ms\n");
+  uint64_t sid = 0;
+  {
+    auto c = connect_ok(d.socket);
+    auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"argv", {"sleep", "30"}}});
+    ASSERT_TRUE(r);
+    sid = (*r)["session"];
+  }
+  auto c = connect_ok(d.socket);
+  auto w = c->call({{"op", "wait"}, {"session", sid}, {"timeout_ms", 5000}});
+  ASSERT_TRUE(w) << w.error().what();
+  EXPECT_EQ((*w)["status"]["signal"], SIGKILL);
+  // Detached sessions are not limited by it.
+  auto r = c->call(
+      {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
+  std::this_thread::sleep_for(600ms);
+  auto l = c->call({{"op", "list"}});
+  bool running = false;
+  for (auto& s : (*l)["sessions"])
+    running |= s["session"] == (*r)["session"] && s["state"] == "running";
+  EXPECT_TRUE(running);
+}
+
+TEST(Service, SigtermEndsSessionsRemovesCgroupsAndSocket) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 3; ++i) {
+    auto r = c->call(
+        {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "100"}}});
+    ASSERT_TRUE(r);
+    pids.push_back((*r)["pid"]);
+  }
+  int st = d.stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  for (pid_t p : pids)
+    EXPECT_NE(read_text("/proc/" + std::to_string(p) + "/comm"), "cloister-init\n")
+        << "session init " << p << " survived";
+  EXPECT_NE(::access(d.socket.c_str(), F_OK), 0) << "socket left behind";
+}
+
+TEST(Service, SigtermWithShutdownWaitLetsSessionsFinish) {
+  Daemon d("  shutdown: wait\n  shutdown_grace: 10s\n");
+  auto c = connect_ok(d.socket);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"log_file", "finish.log"},
+                    {"argv", {"sh", "-c", "sleep 0.5; echo finished"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  auto t0 = std::chrono::steady_clock::now();
+  ::kill(d.pid, SIGTERM);
+  // Still serving the connections it has, but starting nothing new.
+  std::this_thread::sleep_for(100ms);
+  auto refused = c->call({{"op", "start"}, {"executor", "shell"}, {"argv", {"true"}}});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind, ErrorKind::Limit);
+  int st = d.stop(0);  // reap only
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_GE(took, 400ms);
+  EXPECT_LT(took, 5s) << "it should not wait for the whole grace period";
+  EXPECT_EQ(read_text(d.dir.path + "/logs/finish.log"), "finished\n");
+}
+
+TEST(Service, Kill9LeavesNoSessionProcess) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 4; ++i) {
+    auto r = c->call({{"op", "start"},
+                      {"executor", "shell"},
+                      {"detached", i % 2 == 0},
+                      {"argv", {"sh", "-c", "sleep 999.25 & sleep 999.25 & yes > /dev/null"}}});
+    ASSERT_TRUE(r);
+    pids.push_back((*r)["pid"]);
+  }
+  const std::string_view payload(
+      "sleep\0"
+      "999.25",
+      13);
+  for (int i = 0; i < 200 && count_host_processes(payload) < 8; ++i)
+    std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(count_host_processes(payload), 8);
+  d.stop(SIGKILL);
+  // The inits die with the service (PR_SET_PDEATHSIG), their namespaces with
+  // them. Dead inits are reaped by the host's init: allow it a moment.
+  auto alive = [&] {
+    int n = 0;
+    for (pid_t p : pids)
+      n += read_text("/proc/" + std::to_string(p) + "/comm") == "cloister-init\n";
+    return n;
+  };
+  for (int i = 0; i < 300 && (alive() > 0 || count_host_processes(payload) > 0); ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(alive(), 0);
+  EXPECT_EQ(count_host_processes(payload), 0);
+  // Its cgroups are stale now; the next runtime removes them.
+  auto m = cgroups::Manager::shared();
+  ASSERT_TRUE(m);
+  EXPECT_TRUE((*m)->cleanup_stale());
+}
+
+}  // namespace
