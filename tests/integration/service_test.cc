@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -315,6 +316,33 @@ TEST(Service, CallersOutsideTheGroupAreRefused) {
   ::waitpid(child, &st, 0);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
   EXPECT_TRUE(Connection::connect(d.socket)) << "root is always allowed";
+}
+
+TEST(Service, RandomBytesNeverTakeTheServiceDown) {
+  Daemon d;
+  const int fds0 = count_fds(d.pid);
+  std::mt19937 rng(1234);
+  for (int i = 0; i < 300; ++i) {
+    Fd fd = raw_connect(d.socket);
+    std::string junk;
+    // Half start with a valid hello, so that the junk reaches the ops.
+    if (i % 2) junk = control_frame(R"({"id":1,"op":"hello","versions":[1]})");
+    size_t n = rng() % 200;
+    for (size_t k = 0; k < n; ++k) junk += static_cast<char>(rng() % 256);
+    if (i % 3 == 0)  // a plausible header with a random type and JSON-ish body
+      junk += std::string("\0\0\0\x05", 4) + static_cast<char>(rng() % 4) + "{\"op\"";
+    (void)write_nosigpipe(fd.get(), junk.data(), junk.size());
+  }  // each closed at once, in whatever state
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto r = c->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "alive"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ((*r)["stdout"], "alive\n");
+  c.reset();
+  // Every junk connection is closed by the service: its fds are back where they were.
+  for (int i = 0; i < 200 && count_fds(d.pid) != fds0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(count_fds(d.pid), fds0);
+  EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
 // --- buffers, eviction, reattach ---------------------------------------------
