@@ -154,7 +154,9 @@ void unblock_all_signals() noexcept {
 // The payload's stack until its execve (each init has its own copy).
 alignas(64) char g_payload_stack[64 * 1024];
 
-int payload_entry(void* arg) { payload_main(*static_cast<const ChildContext*>(arg)); }
+int payload_entry(void* arg) {
+  payload_main(*static_cast<const ChildContext*>(arg));
+}
 
 [[noreturn]] void init_main(const ChildContext& c) noexcept {
   const int rw = c.report_w;

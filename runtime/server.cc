@@ -21,6 +21,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "policy/caller.h"
 #include "runtime/executor.h"
 #include "runtime/protocol.h"
 #include "runtime/session.h"
@@ -171,6 +172,7 @@ struct Conn {
   uint64_t id = 0;
   Fd fd;
   ucred cred{};
+  policy::Caller caller;  // SO_PEERCRED and SO_PEERGROUPS, for the policy
   bool allowed = false;
   bool hello = false;
   bool closing = false;  // close once the output is flushed
@@ -628,6 +630,7 @@ struct Server::Impl {
                                                    " runs its maximum of sessions "
                                                    "(max_sessions_per_caller)"));
     auto argv_copy = req.argv;
+    req.caller = c.caller;  // exec.get, exec.run and limits are checked against it
     auto proc = (*ex)->exec(std::move(req));
     if (!proc) return fail(proc.error());
     if (auto s = (*proc)->start(); !s) return fail(s.error());
@@ -685,6 +688,27 @@ struct Server::Impl {
     return j;
   }
 
+  // Sessions started by others need session.attach / signal / remove
+  // (docs/policy.md); one's own sessions are always one's own.
+  Status may(const Conn& c, const Session& s, policy::Action action) {
+    if (s.spec().owner == c.caller.uid) return {};
+    policy::Request r;
+    r.action = action;
+    r.executor = s.spec().executor;
+    r.session_owner = s.spec().owner;
+    auto d = policy::authorize(config.callers.get(), c.caller, r);
+    if (!d) return fail(d.error());
+    return {};
+  }
+  bool may_see(const Conn& c, const Session& s) {
+    if (s.spec().owner == c.caller.uid) return true;
+    policy::Request r;
+    r.action = policy::Action::SessionAttach;
+    r.executor = s.spec().executor;
+    r.session_owner = s.spec().owner;
+    return policy::decide(config.callers.get(), c.caller, r).allowed;
+  }
+
   Result<SessionEntry*> find(const json& j) {
     auto sid = Req{j}.session();
     if (!sid) return fail(sid.error());
@@ -739,6 +763,10 @@ struct Server::Impl {
     if (op == "executors") {
       json list = json::array();
       for (auto& [name, ex] : executors) {
+        policy::Request r;
+        r.action = policy::Action::ExecGet;
+        r.executor = name;
+        if (!policy::decide(config.callers.get(), c.caller, r).allowed) continue;  // exec.get
         json e = {{"name", name}, {"available", ex.has_value()}};
         if (ex) e["kind"] = (*ex)->config().kind == ExecutorKind::Host ? "host" : "container";
         if (!ex) e["error"] = error_json(ex.error());
@@ -790,7 +818,7 @@ struct Server::Impl {
     if (op == "list") {
       json list = json::array();
       for (auto& [sid, e] : sessions)
-        if (!e.run_session) list.push_back(session_json(e));
+        if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
       return reply_ok(c, id, {{"sessions", list}});
     }
     static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
@@ -801,6 +829,10 @@ struct Server::Impl {
     SessionEntry& e = **found;
     Session& s = *e.s;
     const uint64_t sid = s.id();
+    const policy::Action needed = op == "signal" || op == "resize" ? policy::Action::SessionSignal
+                                  : op == "remove"                 ? policy::Action::SessionRemove
+                                                                   : policy::Action::SessionAttach;
+    if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
     if (op == "attach") {
       for (const char* k : {"stdout_offset", "stderr_offset"})
         if (j.contains(k) && !j[k].is_number_unsigned())
@@ -900,6 +932,8 @@ struct Server::Impl {
       err = invalid("clients send stdin data frames only");
     else if (it == sessions.end() || it->second.run_session)
       err = make_error(ErrorKind::NotFound, "no session " + std::to_string(d->session));
+    else if (auto ok = may(c, *it->second.s, policy::Action::SessionAttach); !ok)
+      err = ok.error();
     else if (auto q = it->second.s->queue_stdin(d->bytes); !q)
       err = q.error();
     else {
@@ -940,6 +974,10 @@ struct Server::Impl {
       socklen_t len = sizeof c->cred;
       ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len);
       c->allowed = caller_in_group(c->cred.uid, c->cred.gid, sc.socket_gid);
+      if (auto pc = policy::peer_caller(fd))
+        c->caller = std::move(*pc);
+      else
+        c->caller = policy::Caller{c->cred.uid, c->cred.gid, {}, c->cred.pid};
       c->dec.set_max_frame(static_cast<uint32_t>(sc.max_frame));
       c->created = c->last_frame = Clock::now();
       ep(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, tag(kConn, c->id));

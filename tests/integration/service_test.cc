@@ -584,3 +584,52 @@ TEST(Service, Kill9LeavesNoSessionProcess) {
 }
 
 }  // namespace
+
+// The service decides with the policy (docs/policy.md) for the peer's
+// credentials: exec.get/exec.run for starts, session.* for others' sessions.
+TEST(Service, CallerRulesApplyToPeers) {
+  Daemon d(
+      "  socket_group: nogroup\n"
+      "callers:\n"
+      "  - users: [nobody]\n"
+      "    exec.get: [shell]\n"
+      "    exec.run: [\"echo **\"]\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto root = connect_ok(d.socket);
+  ASSERT_TRUE(root);
+  auto started = root->call(
+      {{"op", "start"}, {"executor", "shell"}, {"argv", {"sleep", "100"}}, {"detached", true}});
+  ASSERT_TRUE(started) << started.error().what();
+  const uint64_t root_session = (*started)["session"];
+
+  // As nobody: each check is one bit of the exit code, so a failure says which.
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(100);
+    auto c = Connection::connect(d.socket);
+    if (!c) ::_exit(101);
+    int bad = 0;
+    auto ok = (*c)->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "hi"}}});
+    if (!ok || (*ok)["stdout"] != "hi\n") bad |= 1;
+    auto denied = (*c)->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"id"}}});
+    if (denied || denied.error().kind != ErrorKind::PermissionDenied) bad |= 2;
+    auto sig = (*c)->call({{"op", "signal"}, {"session", root_session}, {"signal", 9}});
+    if (sig || sig.error().kind != ErrorKind::PermissionDenied) bad |= 4;
+    auto list = (*c)->call({{"op", "list"}});
+    if (!list || !(*list)["sessions"].empty()) bad |= 8;
+    auto rm = (*c)->call({{"op", "remove"}, {"session", root_session}, {"force", true}});
+    if (rm || rm.error().kind != ErrorKind::PermissionDenied) bad |= 16;
+    ::_exit(bad);
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st)) << st;
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "failed checks (bits): " << WEXITSTATUS(st) << "\n" << d.log();
+  // Root's session is untouched, and root sees it.
+  auto list = root->call({{"op", "list"}});
+  ASSERT_TRUE(list);
+  ASSERT_EQ((*list)["sessions"].size(), 1u);
+  EXPECT_EQ((*list)["sessions"][0]["state"], "running");
+  ASSERT_TRUE(root->call({{"op", "remove"}, {"session", root_session}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
