@@ -60,6 +60,9 @@ int run_exec(const ExecOptions& o) {
         make_error(ErrorKind::NotFound, "no executor named '" + o.executor + "' in " + o.config));
   ExecutorConfig chosen = *ec;
   if (!o.state_dir.empty()) chosen.state_dir = o.state_dir;
+  // A container runs its image's Cmd when given none; a host executor needs one.
+  if (o.argv.empty() && o.command.empty() && ec->kind != ExecutorKind::Container)
+    return report(invalid("give the command (after --) or --command"));
   auto executor = Executor::create(chosen);
   if (!executor) return report(executor.error());
 
@@ -630,10 +633,6 @@ int main(int argc, char** argv) {
       "a command string instead of argv: split without a shell, or run by /bin/sh -c in a "
       "shell executor");
   sub->add_option("argv", exec.argv, "the command and its arguments (after --)")->excludes(command);
-  sub->callback([&] {
-    if (exec.argv.empty() && exec.command.empty())
-      throw CLI::ValidationError("argv", "give the command (after --) or --command");
-  });
   sub->add_option("--state-dir", exec.state_dir, "image store (container executors)");
 
   // Image verbs (oci/).

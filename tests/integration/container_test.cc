@@ -164,6 +164,9 @@ TEST_F(Container, CliLoadAndExec) {
   EXPECT_EQ(shell(std::string(CLOISTER_BIN_DIR) + "/cloister exec -c " + d +
                   "/c.yaml -x box -- 'cat /etc/motd'"),
             "hello\n");
+  // No command: the image's Entrypoint and Cmd, through the CLI too.
+  EXPECT_EQ(shell(std::string(CLOISTER_BIN_DIR) + "/cloister exec -c " + d + "/c.yaml -x box"),
+            "from-cmd\n");
   out = shell(std::string(CLOISTER_BIN_DIR) + "/cloister images --state-dir " + d + "/cli-store");
   EXPECT_NE(out.find("localhost/cli:1"), std::string::npos) << out;
   shell(std::string(CLOISTER_BIN_DIR) + "/cloister rmi --state-dir " + d +
