@@ -391,7 +391,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
           if (S_ISDIR(st.st_mode)) {
             Op& o = op(OpKind::Tmpfs, staged(std::string(p)));
             o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
-            o.data = "size=0,mode=0555";
+            o.data = "mode=0555";  // read-only: nothing is ever written
             o.optional = true;
           } else {
             Op& o = op(OpKind::BindFile, staged(std::string(p)));
@@ -439,7 +439,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (S_ISDIR(st.st_mode)) {
       Op& o = op(OpKind::Tmpfs, staged(*n));
       o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
-      o.data = "size=0,mode=0555";
+      o.data = "mode=0555";  // read-only: nothing is ever written
     } else {
       op(OpKind::BindFile, staged(*n)).src = "/dev/null";
     }

@@ -41,7 +41,6 @@ constexpr int kSetupFailedExit = 125;
 
 // Everything the child reads, laid out before the clone.
 struct ChildContext {
-  const Sandbox* sandbox;
   const SpawnSpec* spec;
   const mounts::MountPlan* mounts;
   const seccomp::Filter* filter;
@@ -453,7 +452,6 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   if (!devnull) return fail(devnull.error());
 
   ChildContext ctx{};
-  ctx.sandbox = &sb;
   ctx.spec = &sb.spec_;
   ctx.mounts = &sb.mounts_;
   ctx.filter = &sb.filter_;
