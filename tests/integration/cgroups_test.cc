@@ -216,6 +216,28 @@ void sleep_forever() {
   for (;;) ::pause();
 }
 
+// A child in cg that forks a grandchild; both sleep until killed. The
+// grandchild's pid comes back through *grandchild (-1 on failure).
+Child spawn_with_grandchild(Cgroup& cg, pid_t* grandchild) {
+  *grandchild = -1;
+  auto report = make_pipe();
+  if (!report) return Child{};
+  int wfd = report->write.get();
+  Child c = spawn(cg, [wfd] {
+    pid_t gc = ::fork();
+    if (gc == 0) sleep_forever();
+    if (::write(wfd, &gc, sizeof gc) != sizeof gc) return 1;
+    sleep_forever();
+    return 0;
+  });
+  if (c.pid <= 0) return c;
+  report->write.reset();
+  c.release();
+  if (::read(report->read.get(), grandchild, sizeof *grandchild) != sizeof *grandchild)
+    *grandchild = -1;
+  return c;
+}
+
 class Cgroups : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -436,21 +458,9 @@ TEST_F(Cgroups, KillKillsTreeAndSparesRuntime) {
   auto own_before = proc_cgroups(::getpid());
   auto cg = mgr_->create({});
   ASSERT_TRUE(cg) << cg.error().what();
-  auto report = make_pipe();
-  ASSERT_TRUE(report);
-  int wfd = report->write.get();
-  Child c = spawn(*cg, [wfd] {
-    pid_t gc = ::fork();
-    if (gc == 0) sleep_forever();
-    if (::write(wfd, &gc, sizeof gc) != sizeof gc) return 1;
-    sleep_forever();
-    return 0;
-  });
-  ASSERT_GT(c.pid, 0);
-  report->write.reset();
-  c.release();
   pid_t gc = -1;
-  ASSERT_EQ(::read(report->read.get(), &gc, sizeof gc), static_cast<ssize_t>(sizeof gc));
+  Child c = spawn_with_grandchild(*cg, &gc);
+  ASSERT_GT(c.pid, 0);
   ASSERT_GT(gc, 0);
   expect_member(gc, *cg, mgr_->layout());
 
@@ -820,21 +830,10 @@ TEST_F(Cgroups, KillOnScratchLayout) {
     for (const auto& p : cg->paths()) has_freezer |= p.find("/freezer/") != std::string::npos;
     EXPECT_TRUE(has_freezer);
   }
-  auto report = make_pipe();
-  ASSERT_TRUE(report);
-  int wfd = report->write.get();
-  Child c = spawn(*cg, [wfd] {
-    pid_t gc = ::fork();
-    if (gc == 0) sleep_forever();
-    if (::write(wfd, &gc, sizeof gc) != sizeof gc) return 1;
-    sleep_forever();
-    return 0;
-  });
-  ASSERT_GT(c.pid, 0);
-  report->write.reset();
-  c.release();
   pid_t gc = -1;
-  ASSERT_EQ(::read(report->read.get(), &gc, sizeof gc), static_cast<ssize_t>(sizeof gc));
+  Child c = spawn_with_grandchild(*cg, &gc);
+  ASSERT_GT(c.pid, 0);
+  ASSERT_GT(gc, 0);
   auto s = cg->kill();
   ASSERT_TRUE(s) << s.error().what();
   int st = wait_status(c.pid);

@@ -19,16 +19,6 @@ using namespace cloister::testing;
 
 namespace {
 
-std::string shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
-  int rc = p ? ::pclose(p) : -1;
-  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
-  return out;
-}
-
 class Container : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

@@ -14,27 +14,8 @@
 
 namespace {
 
+using cloister::testing::count_fds;
 using cloister::testing::read_text;
-
-// Open fds of this process, but for the network namespaces the library keeps
-// (network::NetnsPool: its own home namespace and at most two ready or being
-// made), which come and go on their own.
-int count_fds(int* netns = nullptr) {
-  int n = 0, ns = 0;
-  DIR* d = ::opendir("/proc/self/fd");
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    if (e->d_name[0] == '.') continue;
-    char target[64] = {};
-    ::readlink((std::string("/proc/self/fd/") + e->d_name).c_str(), target, sizeof target - 1);
-    if (std::string(target).starts_with("net:["))
-      ++ns;
-    else
-      ++n;
-  }
-  if (d) ::closedir(d);
-  if (netns) *netns = ns;
-  return n - 1;  // the directory's own fd
-}
 
 int count_entries(const std::string& dir) {
   int n = 0;
@@ -65,12 +46,12 @@ std::vector<std::string> cloister_cgroups() {
 class LeakCheck : public ::testing::Environment {
  public:
   void SetUp() override {
-    fds_ = count_fds();
+    fds_ = count_fds(::getpid());
     mounts_ = read_text("/proc/self/mountinfo");
   }
   void TearDown() override {
     int netns = 0;
-    EXPECT_EQ(count_fds(&netns), fds_) << "fds leaked by the tests";
+    EXPECT_EQ(count_fds(::getpid(), &netns), fds_) << "fds leaked by the tests";
     EXPECT_LE(netns, 3) << "more network namespaces held than the pool keeps";
     EXPECT_EQ(read_text("/proc/self/mountinfo"), mounts_) << "mounts changed on the host";
     // Sandbox inits are our children; those of other runtimes are not ours.

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../as_nobody.h"
 #include "policy/audit.h"
 #include "runtime/executor.h"
 #include "test_support.h"
@@ -379,32 +380,6 @@ TEST(PolicyExecutables, SwapBetweenExecAndStartRunsTheCheckedFile) {
   auto q = e->exec(argv({"swap"}));
   ASSERT_FALSE(q);
   EXPECT_EQ(q.error().kind, ErrorKind::Invalid);
-}
-
-// Runs fn in a child that has become nobody:nogroup; its result byte comes
-// back through a pipe.
-char as_nobody(const std::function<char()>& fn) {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) return 'E';
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(p[0]);
-    gid_t none[] = {65534};
-    char r = 'E';
-    if (::syscall(SYS_setgroups, 1, none) == 0 &&
-        ::syscall(SYS_setresgid, 65534, 65534, 65534) == 0 &&
-        ::syscall(SYS_setresuid, kNobody, kNobody, kNobody) == 0)
-      r = fn();
-    (void)!::write(p[1], &r, 1);
-    ::_exit(0);
-  }
-  ::close(p[1]);
-  char r = 'E';
-  if (::read(p[0], &r, 1) != 1) r = 'E';
-  ::close(p[0]);
-  int st;
-  ::waitpid(pid, &st, 0);
-  return r;
 }
 
 char kind_letter(const Error& e) {

@@ -28,16 +28,6 @@ using namespace cloister::testing;
 
 namespace {
 
-std::string sh(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
-  int rc = p ? ::pclose(p) : -1;
-  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
-  return out;
-}
-
 int free_port() {
   int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
@@ -85,15 +75,15 @@ class Registry : public ::testing::Test {
   static void SetUpTestSuite() {
     dir = new TempDir;
     const std::string d = dir->path;
-    sh("set -e; cd " + d +
-       "; mkdir -p l1/bin l1/etc l1/tmp l1/proc l1/dev l2/etc l2/gone bad/etc;"
-       "cp /bin/busybox l1/bin/; for c in sh cat ls echo; do ln -s busybox l1/bin/$c; done;"
-       "echo keep > l1/etc/old; echo hello > l2/etc/motd; touch l2/etc/.wh.old;"
-       "echo bad-layer-bytes > bad/etc/bad;"
-       "python3 " CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py keys " +
-       d +
-       ";printf 'tester:%s\\n' \"$(python3 -c \"import crypt;print(crypt.crypt('secret',"
-       "crypt.mksalt(crypt.METHOD_BLOWFISH)))\" 2>/dev/null)\" > htpasswd");
+    shell("set -e; cd " + d +
+          "; mkdir -p l1/bin l1/etc l1/tmp l1/proc l1/dev l2/etc l2/gone bad/etc;"
+          "cp /bin/busybox l1/bin/; for c in sh cat ls echo; do ln -s busybox l1/bin/$c; done;"
+          "echo keep > l1/etc/old; echo hello > l2/etc/motd; touch l2/etc/.wh.old;"
+          "echo bad-layer-bytes > bad/etc/bad;"
+          "python3 " CLOISTER_SOURCE_DIR "/tests/integration/registry_helper.py keys " +
+          d +
+          ";printf 'tester:%s\\n' \"$(python3 -c \"import crypt;print(crypt.crypt('secret',"
+          "crypt.mksalt(crypt.METHOD_BLOWFISH)))\" 2>/dev/null)\" > htpasswd");
     anon = free_port();
     basic = free_port();
     bearer = free_port();
@@ -125,17 +115,18 @@ class Registry : public ::testing::Test {
     for (int p : {anon, basic, bearer, token}) ASSERT_TRUE(wait_port(p)) << "port " << p;
     const std::string build = "python3 " CLOISTER_SOURCE_DIR "/tools/oci-build.py ";
     const std::string push = " --push http://127.0.0.1:" + std::to_string(anon);
-    sh("set -e; cd " + d + ";" + build +
-       "multi --ref x --layer l1:gzip --layer l2:zstd "
-       "--cmd '[\"cat\",\"/etc/motd\"]' --platforms linux/amd64,linux/arm64 --attestation" +
-       push + "/test/bb:multi >/dev/null;" + build + "bad --ref x --layer bad:gzip" + push +
-       "/test/bad:1 >/dev/null");
+    shell("set -e; cd " + d + ";" + build +
+          "multi --ref x --layer l1:gzip --layer l2:zstd "
+          "--cmd '[\"cat\",\"/etc/motd\"]' --platforms linux/amd64,linux/arm64 --attestation" +
+          push + "/test/bb:multi >/dev/null;" + build + "bad --ref x --layer bad:gzip" + push +
+          "/test/bad:1 >/dev/null");
     // Corrupt the stored layer of test/bad: same size, one byte changed.
-    sh("cd " + d +
-       " && f=$(find storage -path '*blobs*' -name data -size -2k | while read f; do "
-       "if gzip -t \"$f\" 2>/dev/null && gzip -dc \"$f\" | grep -q bad-layer-bytes; then echo $f; "
-       "fi; done) && "
-       "test -n \"$f\" && printf 'X' | dd of=\"$f\" bs=1 seek=20 conv=notrunc 2>/dev/null");
+    shell(
+        "cd " + d +
+        " && f=$(find storage -path '*blobs*' -name data -size -2k | while read f; do "
+        "if gzip -t \"$f\" 2>/dev/null && gzip -dc \"$f\" | grep -q bad-layer-bytes; then echo $f; "
+        "fi; done) && "
+        "test -n \"$f\" && printf 'X' | dd of=\"$f\" bs=1 seek=20 conv=notrunc 2>/dev/null");
   }
   static void TearDownTestSuite() {
     for (pid_t p : *pids) {
@@ -150,7 +141,7 @@ class Registry : public ::testing::Test {
   }
   std::string auth_file(int port, const std::string& userpass) {
     std::string p = dir->path + "/auth-" + std::to_string(port) + ".json";
-    std::string b64 = sh("printf %s '" + userpass + "' | base64 -w0");
+    std::string b64 = shell("printf %s '" + userpass + "' | base64 -w0");
     std::ofstream(p) << "{\"auths\":{\"127.0.0.1:" << port << "\":{\"auth\":\"" << b64 << "\"}}}";
     return p;
   }
@@ -240,8 +231,8 @@ TEST_F(Registry, CorruptBlobRefusedAndNothingKept) {
   auto r = oci::pull_image(*store, ref(anon, "test/bad:1"), {}, {});
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().what().find("layer"), std::string::npos) << r.error().what();
-  EXPECT_EQ(sh("ls -A " + store_dir.path + "/layers/sha256 " + store_dir.path + "/tmp " +
-               store_dir.path + "/images | grep -v : | grep -c . || true"),
+  EXPECT_EQ(shell("ls -A " + store_dir.path + "/layers/sha256 " + store_dir.path + "/tmp " +
+                  store_dir.path + "/images | grep -v : | grep -c . || true"),
             "0\n");
 }
 
@@ -286,8 +277,8 @@ TEST_F(Registry, ManifestContentTypeMismatchRefused) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().what().find("does not match Content-Type"), std::string::npos)
       << r.error().what();
-  EXPECT_EQ(sh("ls -A " + store_dir.path + "/layers/sha256 " + store_dir.path +
-               "/images | grep -v : | grep -c . || true"),
+  EXPECT_EQ(shell("ls -A " + store_dir.path + "/layers/sha256 " + store_dir.path +
+                  "/images | grep -v : | grep -c . || true"),
             "0\n");
 }
 

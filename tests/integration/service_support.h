@@ -151,22 +151,6 @@ inline bool closed_by_peer(int fd, int timeout_ms) {
   }
 }
 
-// Open fds of a process, but for network namespaces: the library keeps a few
-// ready (network::NetnsPool), and their number moves on its own.
-inline int count_fds(pid_t pid) {
-  int n = 0;
-  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  DIR* d = ::opendir(dir.c_str());
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    if (e->d_name[0] == '.') continue;
-    char target[64] = {};
-    ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    if (!std::string_view(target).starts_with("net:[")) ++n;
-  }
-  if (d) ::closedir(d);
-  return n;
-}
-
 inline uint64_t rss_kib(pid_t pid) {
   std::string s = read_text("/proc/" + std::to_string(pid) + "/status");
   auto at = s.find("VmRSS:");

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -101,6 +102,38 @@ struct TempDir {
   }
   ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
 };
+
+// Open fds of a process, but for network namespaces: the library keeps a few
+// (network::NetnsPool: its home namespace and up to two ready or being made),
+// and their number moves on its own. *netns gets how many those were.
+inline int count_fds(pid_t pid, int* netns = nullptr) {
+  int n = 0, ns = 0;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  const int own = d ? ::dirfd(d) : -1;
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    if (e->d_name[0] == '.') continue;
+    if (pid == ::getpid() && std::atoi(e->d_name) == own) continue;
+    char target[64] = {};
+    ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    (std::string_view(target).starts_with("net:[") ? ns : n)++;
+  }
+  if (d) ::closedir(d);
+  if (netns) *netns = ns;
+  return n;
+}
+
+// Runs a shell command on the host (not in a sandbox) and returns its
+// stdout; a non-zero exit fails the test.
+inline std::string shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
+  int rc = p ? ::pclose(p) : -1;
+  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+  return out;
+}
 
 // Processes on the host whose command line (NUL-separated) starts with cmdline.
 inline int count_host_processes(std::string_view cmdline) {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "../as_nobody.h"
 #include "policy/audit.h"
 #include "policy/caller.h"
 #include "policy/command.h"
@@ -31,6 +32,7 @@
 
 using namespace cloister;
 using namespace cloister::policy;
+using cloister::testing::as_nobody;
 
 namespace {
 
@@ -523,32 +525,6 @@ TEST(PolicyCallers, SelfAndPeer) {
   ::close(sv[0]);
   ::close(sv[1]);
   EXPECT_FALSE(peer_caller(-1));
-}
-
-// Runs fn in a child that has become nobody:nogroup; fn's result byte comes
-// back through a pipe.
-int as_nobody(const std::function<int()>& fn) {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) return -1;
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(p[0]);
-    gid_t none[] = {65534};
-    char r = 'E';
-    if (::syscall(SYS_setgroups, 1, none) == 0 &&
-        ::syscall(SYS_setresgid, 65534, 65534, 65534) == 0 &&
-        ::syscall(SYS_setresuid, kNobody, kNobody, kNobody) == 0)
-      r = static_cast<char>(fn());
-    (void)!::write(p[1], &r, 1);
-    ::_exit(0);
-  }
-  ::close(p[1]);
-  char r = 'E';
-  if (::read(p[0], &r, 1) != 1) r = 'E';
-  ::close(p[0]);
-  int st;
-  ::waitpid(pid, &st, 0);
-  return r;
 }
 
 TEST(PolicyCallers, EveryVerbDeniedToNobody) {
