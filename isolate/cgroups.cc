@@ -544,6 +544,7 @@ struct Manager::Impl {
   // by the per-process cgroups, and why others are not.
   std::vector<std::string> v2_enabled;
   std::string v2_note;
+  std::once_flag stale_once;
 
   const Hierarchy* v1_for(std::string_view ctl) const {
     for (const auto& h : v1)
@@ -946,8 +947,6 @@ Result<std::shared_ptr<Manager>> Manager::open(const Options& opts) {
   im->opts = opts;
   if (auto s = im->detect(); !s) return fail(s.error().wrap("cgroups"));
   if (auto s = im->prepare_bases(); !s) return fail(s.error().wrap("cgroups: prepare base"));
-  // Best effort: a leftover we cannot remove must not stop new sandboxes.
-  (void)im->cleanup_stale();
   return std::make_shared<Manager>(std::move(im));
 }
 
@@ -982,6 +981,11 @@ Result<Cgroup> Manager::create(const Limits& limits) {
 
 Status Manager::cleanup_stale() {
   return with_context(impl_->cleanup_stale(), "cgroups");
+}
+
+void Manager::cleanup_stale_once() {
+  // Best effort: a leftover we cannot remove must not stop new sandboxes.
+  std::call_once(impl_->stale_once, [this] { (void)impl_->cleanup_stale(); });
 }
 
 std::vector<std::string> Manager::base_paths() const {

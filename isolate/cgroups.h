@@ -28,7 +28,8 @@
 // first moves itself into the leaf "<own>/cloister.runtime" (no-internal-
 // process rule). Per process cgroups are named "<runtime pid>-<seq>" so that
 // a later run can tell leftovers of a dead runtime from the live ones of
-// another, and remove them (cleanup_stale, also run by open()).
+// another, and remove them (cleanup_stale; spawn() runs it once per manager, while its first child
+// sets itself up).
 //
 // Threads: Manager is safe to share; create() may run concurrently. A Cgroup
 // is used by one thread at a time. Blocking: kill()/destroy() wait up to 5 s
@@ -124,6 +125,9 @@ class Manager {
   // ("<pid>-<seq>" whose pid does not exist), killing what is inside. Other
   // names and live runtimes' cgroups are never touched.
   Status cleanup_stale();
+  // cleanup_stale() the first time only, best effort: spawn() calls it while
+  // its child sets itself up, where it costs the caller no time.
+  void cleanup_stale_once();
   // Absolute base directories, one per hierarchy in use.
   std::vector<std::string> base_paths() const;
 

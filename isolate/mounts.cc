@@ -12,6 +12,7 @@
 #include <array>
 #include <cstring>
 #include <set>
+#include <thread>
 
 #include "isolate/fd.h"
 
@@ -394,8 +395,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
             o.data = "mode=0555";  // read-only: nothing is ever written
             o.optional = true;
           } else {
+            // The sandbox's own null device (/dev comes first): the same
+            // source whether or not the root is built from a template.
             Op& o = op(OpKind::BindFile, staged(std::string(p)));
-            o.src = "/dev/null";
+            o.src = staged("/dev/null");
             o.optional = true;
           }
         }
@@ -414,7 +417,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         }
         op(OpKind::Mkdir, staged("/dev/pts")).mode = 0755;
         op(OpKind::Devpts, staged("/dev/pts")).data = "newinstance,ptmxmode=0666,mode=0620,gid=5";
-        op(OpKind::Mkdir, staged("/dev/shm")).mode = 01777;
+        // Only a mount point: the tmpfs on it brings its own mode.
+        op(OpKind::Mkdir, staged("/dev/shm")).mode = 0755;
         Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
         shm.flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
         shm.data = "mode=1777";
@@ -448,17 +452,90 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
   op(OpKind::PivotRoot, kStage);
   plan.slots_.assign(static_cast<size_t>(slots), -1);
+  if (spec.read_only_rootfs) {
+    std::vector<std::string> own;  // staged targets each sandbox mounts afresh
+    for (const auto& e : entries)
+      if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev)
+        own.push_back(staged(e.target));
+    plan.split_for_template(own);
+  }
   return plan;
 }
 
-int MountPlan::execute(int* failed_op) const noexcept {
+void MountPlan::split_for_template(const std::vector<std::string>& own) {
+  std::vector<Op> fixed, per;
+  per.push_back(Op{OpKind::EnterTemplate});
+  const size_t stage_len = std::strlen(kStage);
+  for (const auto& o : ops_) {
+    bool mine = false;
+    for (const auto& t : own) {
+      if (o.path == t && (o.kind == OpKind::Mkdir || o.kind == OpKind::Touch)) break;
+      if (o.path == t || o.path.starts_with(t + "/")) {
+        mine = true;
+        break;
+      }
+    }
+    if (!mine) {
+      fixed.push_back(o);  // PivotRoot last: the template's root is the sandbox's
+    } else if (o.kind == OpKind::MoveTree || o.kind == OpKind::CloneTree) {
+      return;  // a bind inside a per-sandbox tmpfs: no template
+    } else {
+      // Run in the template's namespace, whose root is the stage.
+      per.push_back(o);
+      per.back().path = o.path.substr(stage_len);
+      if (o.kind == OpKind::BindFile && o.src.starts_with(std::string(kStage) + "/"))
+        per.back().src = o.src.substr(stage_len);
+    }
+  }
+  template_ops_ = std::move(fixed);
+  spawn_ops_ = std::move(per);
+}
+
+Result<MountTemplate> MountPlan::build_template() const {
+  if (!templatable()) return fail(invalid("this mount plan has no template"));
+  // On a thread of its own: unsharing the mount namespace (and with it the
+  // fs struct) must not touch the caller's threads. The thread's namespace
+  // outlives it through the fd.
+  Result<MountTemplate> out = fail(internal("template not built"));
+  std::thread([&] {
+    if (::unshare(CLONE_FS | CLONE_NEWNS) != 0) {
+      out = fail(sys_error("unshare a mount namespace for the template"));
+      return;
+    }
+    Fd ns(::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC));
+    if (!ns) {
+      out = fail(sys_error("open the template's mount namespace"));
+      return;
+    }
+    std::vector<int> slots(slots_.size(), -1);
+    int failed = -1;
+    if (int e = run(template_ops_, slots.data(), &failed, nullptr)) {
+      out = fail(sys_error("mount template: " + describe_op(template_ops_, failed), e));
+      return;
+    }
+    Fd root(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!root) {
+      out = fail(sys_error("open the template's root"));
+      return;
+    }
+    out = MountTemplate{std::move(ns), std::move(root)};
+  }).join();
+  return out;
+}
+
+int MountPlan::execute(int* failed_op, const MountTemplate* tpl) const noexcept {
+  if (tpl) return run(spawn_ops_, slots_.data(), failed_op, tpl);
+  return run(ops_, slots_.data(), failed_op, nullptr);
+}
+
+int MountPlan::run(const std::vector<Op>& ops, int* slots, int* failed_op,
+                   const MountTemplate* tpl) const noexcept {
   const mode_t old_umask = ::umask(0);
   int err = 0;
   size_t i = 0;
-  for (; i < ops_.size() && err == 0; ++i) {
-    const Op& o = ops_[i];
+  for (; i < ops.size() && err == 0; ++i) {
+    const Op& o = ops[i];
     const char* path = o.path.c_str();
-    if (o.optional && ::access(path, F_OK) != 0) continue;
     int rc = 0;
     switch (o.kind) {
       case OpKind::MakePrivate:
@@ -471,14 +548,14 @@ int MountPlan::execute(int* failed_op) const noexcept {
           rc = -1;
           break;
         }
-        slots_[static_cast<size_t>(o.slot)] = fd;
+        slots[o.slot] = fd;
         struct mount_attr attr {};
         attr.attr_set = o.attr;
         rc = ::mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
         break;
       }
       case OpKind::MoveTree: {
-        int& fd = slots_[static_cast<size_t>(o.slot)];
+        int& fd = slots[o.slot];
         rc = ::move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
         ::close(fd);
         fd = -1;
@@ -530,6 +607,17 @@ int MountPlan::execute(int* failed_op) const noexcept {
       case OpKind::Overlay:
         rc = ::mount("overlay", path, "overlay", o.flags, o.data.c_str());
         break;
+      case OpKind::EnterTemplate:
+        // Into the template's namespace, onto its root (chroot: setns lands
+        // on the namespace's root mount, which is not it), then a copy of it
+        // of our own, which takes our root and cwd along: the per-sandbox
+        // mounts stay ours.
+        rc = ::setns(tpl->ns.get(), CLONE_NEWNS);
+        if (rc == 0) rc = ::fchdir(tpl->root.get());
+        if (rc == 0) rc = ::chroot(".");
+        if (rc == 0) rc = ::unshare(CLONE_NEWNS);
+        if (rc == 0) rc = ::chdir("/");
+        break;
       case OpKind::PivotRoot:
         // pivot_root(".", ".") stacks the old root on the new one; detaching
         // it leaves the new root alone, with no directory to hold the old.
@@ -539,20 +627,30 @@ int MountPlan::execute(int* failed_op) const noexcept {
         if (rc == 0) rc = ::chdir("/");
         break;
     }
-    if (rc != 0) {
+    // An optional op whose path is missing is skipped: the failure tells,
+    // with no lookup of its own beforehand.
+    if (rc != 0 && !(o.optional && errno == ENOENT)) {
       err = errno;
       if (failed_op) *failed_op = static_cast<int>(i);
     }
   }
   ::umask(old_umask);
-  for (int& fd : slots_)
-    if (fd >= 0) ::close(fd);
+  for (size_t k = 0; k < slots_.size(); ++k)
+    if (slots[k] >= 0) {
+      ::close(slots[k]);
+      slots[k] = -1;
+    }
   return err;
 }
 
-std::string MountPlan::describe(int index) const {
-  if (index < 0 || static_cast<size_t>(index) >= ops_.size()) return "mount";
-  const Op& o = ops_[static_cast<size_t>(index)];
+std::string MountPlan::describe(int index, bool templated) const {
+  return describe_op(templated ? spawn_ops_ : ops_, index);
+}
+
+std::string describe_op(const std::vector<MountPlan::Op>& ops, int index) {
+  using OpKind = MountPlan::OpKind;
+  if (index < 0 || static_cast<size_t>(index) >= ops.size()) return "mount";
+  const MountPlan::Op& o = ops[static_cast<size_t>(index)];
   auto shown = [](const std::string& p) {
     std::string s =
         p.compare(0, std::strlen(kStage), kStage) == 0 ? p.substr(std::strlen(kStage)) : p;
@@ -589,6 +687,8 @@ std::string MountPlan::describe(int index) const {
       return "pivot_root";
     case OpKind::Overlay:
       return "mount the image's overlay root";
+    case OpKind::EnterTemplate:
+      return "enter the mount template";
   }
   return "mount";
 }

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -64,15 +65,64 @@ int LoopbackUp::apply() const noexcept {
   return err;
 }
 
+Result<Fd> make_netns(const LoopbackUp& lo) {
+  Fd home(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!home) return fail(sys_error("open /proc/thread-self/ns/net"));
+  if (::unshare(CLONE_NEWNET) != 0) return fail(sys_error("unshare(CLONE_NEWNET)"));
+  Fd ns(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  int err = ns ? lo.apply() : errno;
+  if (::setns(home.get(), CLONE_NEWNET) != 0) ::abort();  // cannot go home: unsafe to go on
+  if (err) return fail(sys_error(ns ? "bring lo up" : "open the new network namespace", err));
+  return ns;
+}
+
 struct NetnsPool::State {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Fd> ready;
-  int target = 2;
+  int target = 2;  // kept ready once the pool runs
+  int active = 0;  // kept ready now: 0 until the second take, then target
+  bool making = false;
   bool broken = false;  // unshare(CLONE_NEWNET) failed: no pool on this host
   bool started = false;
   int requests = 0;
   LoopbackUp lo;
+
+  // Under mu. False when the pool cannot run here.
+  bool start() {
+    if (started) return true;
+    auto l = LoopbackUp::prepare();
+    if (!l) {
+      broken = true;
+      return false;
+    }
+    lo = std::move(*l);
+    started = true;
+    std::thread([this] { run(); }).detach();
+    return true;
+  }
+
+  void run() {
+    std::unique_lock lk(mu);
+    for (;;) {
+      cv.wait(lk, [&] { return static_cast<int>(ready.size()) < std::min(active, target); });
+      making = true;
+      lk.unlock();
+      auto made = make_netns(lo);
+      bool ok = made.has_value();
+      Fd ns = ok ? std::move(*made) : Fd();
+      lk.lock();
+      making = false;
+      if (!ok) {
+        broken = true;
+        ready.clear();
+        cv.notify_all();
+        return;
+      }
+      ready.push_back(std::move(ns));
+      cv.notify_all();
+    }
+  }
 };
 
 NetnsPool& NetnsPool::get() {
@@ -94,48 +144,18 @@ void NetnsPool::set_target(int n) {
 Fd NetnsPool::take() {
   State& st = *state_;
   std::unique_lock lk(st.mu);
-  if (st.broken) return Fd();
-  if (!st.started) {
-    // A process that starts one sandbox (a `cloister exec`) would only pay
-    // for namespaces it never uses: the pool starts with the second.
-    if (++st.requests < 2 || st.target == 0) return Fd();
-    auto lo = LoopbackUp::prepare();
-    if (!lo) {
-      st.broken = true;
-      return Fd();
-    }
-    st.lo = std::move(*lo);
-    st.started = true;
-    std::thread([&st] {
-      // Namespaces are made by unsharing this thread's own and going back.
-      Fd home(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-      std::unique_lock lk(st.mu);
-      for (;;) {
-        st.cv.wait(lk, [&] { return static_cast<int>(st.ready.size()) < st.target; });
-        lk.unlock();
-        Fd ns;
-        bool ok = home && ::unshare(CLONE_NEWNET) == 0;
-        if (ok) {
-          ns = Fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-          ok = ns && st.lo.apply() == 0;
-          if (::setns(home.get(), CLONE_NEWNET) != 0) ::abort();  // cannot go home: unsafe to go on
-        }
-        lk.lock();
-        if (!ok) {
-          st.broken = true;
-          st.ready.clear();
-          return;
-        }
-        st.ready.push_back(std::move(ns));
-      }
-    }).detach();
+  if (st.broken || st.target == 0) return Fd();
+  // A process that starts one sandbox (a `cloister exec`) would only pay for
+  // namespaces it never uses: the pool runs at full size from the second.
+  if (++st.requests < 2) return Fd();
+  if (!st.start()) return Fd();
+  st.active = st.target;
+  st.cv.wait(lk, [&] { return !st.ready.empty() || !st.making || st.broken; });
+  Fd ns;
+  if (!st.ready.empty()) {
+    ns = std::move(st.ready.front());
+    st.ready.pop_front();
   }
-  if (st.ready.empty()) {
-    st.cv.notify_all();
-    return Fd();
-  }
-  Fd ns = std::move(st.ready.front());
-  st.ready.pop_front();
   st.cv.notify_all();
   return ns;
 }

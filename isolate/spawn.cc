@@ -9,11 +9,13 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -35,6 +37,13 @@ struct Report {
   int32_t detail;
 };
 
+// What the init tells the parent when its payload exits.
+struct InitStatus {
+  int32_t wait_status;
+  int32_t alone;        // no other process is left in the sandbox
+  int64_t max_rss_kib;  // the largest resident set among the reaped processes
+};
+
 // Exit code of a child that failed before exec; the parent reads the reason
 // from the report pipe, so the value only has to be recognisable in ps.
 constexpr int kSetupFailedExit = 125;
@@ -44,8 +53,7 @@ struct ChildContext {
   const SpawnSpec* spec;
   const mounts::MountPlan* mounts;
   const seccomp::Filter* filter;
-  const network::LoopbackUp* loopback;  // bring lo up in a new namespace
-  int netns;                            // or join this fresh one (pool)
+  int netns;  // join this fresh network namespace (pool), or -1
   char* const* argv;
   char* const* envp;
   const char* const* candidates;  // paths to try for argv[0], in order
@@ -60,8 +68,9 @@ struct ChildContext {
   bool controlling_tty;  // stdin is a pty slave: make it the controlling terminal
   int report_w;
   int status_w;
-  int go_r;
+  int go_r;     // the parent's go (with a network namespace to join), or -1
   int devnull;  // host /dev/null, opened before the clone
+  const mounts::MountTemplate* mount_template;  // or null: the full plan
 };
 
 // The init's view of its payload, for the signal handler.
@@ -163,22 +172,54 @@ int payload_entry(void* arg) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   ::prctl(PR_SET_NAME, "cloister-init", 0, 0, 0);
   {
-    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w, c.go_r,
-                  c.devnull,  c.netns,    c.exec_fd,  0,          1,          2};
+    const int tpl_ns = c.mount_template ? c.mount_template->ns.get() : -1;
+    const int tpl_root = c.mount_template ? c.mount_template->root.get() : -1;
+    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w, c.go_r, c.devnull,
+                  c.netns,    c.exec_fd,  tpl_ns,     tpl_root,   0,          1,      2};
     close_all_but(keep, static_cast<int>(std::size(keep)));
   }
   if (c.netns >= 0) {
     if (::setns(c.netns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
     ::close(c.netns);
-  } else if (c.loopback) {
-    if (int e = c.loopback->apply()) report_and_exit(rw, SpawnStep::Loopback, e);
   }
   int failed_op = -1;
-  if (int e = c.mounts->execute(&failed_op)) report_and_exit(rw, SpawnStep::Mounts, e, failed_op);
+  if (int e = c.mounts->execute(&failed_op, c.mount_template))
+    report_and_exit(rw, SpawnStep::Mounts, e, failed_op);
+  if (c.mount_template) {
+    ::close(c.mount_template->ns.get());
+    ::close(c.mount_template->root.get());
+  }
   if (int e = namespaces::set_hostname(c.hostname)) report_and_exit(rw, SpawnStep::Hostname, e);
   for (size_t i = 0; i < c.spec->rlimits.size(); ++i)
     if (int e = rlimits::apply(c.spec->rlimits[i]))
       report_and_exit(rw, SpawnStep::Rlimits, e, static_cast<int>(i));
+  // The parent lets us go once this process is in all its cgroups (v1
+  // controllers need the parent to write our pid) and, unless the pool had
+  // one, with the network namespace it made meanwhile: both ran while we set
+  // up the mounts. EOF instead means the parent failed or is gone. Before
+  // the bounding set, seccomp and the uid change: setns needs what they take.
+  if (c.go_r >= 0) {
+    char go;
+    iovec iov{&go, 1};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    ssize_t got;
+    do got = ::recvmsg(c.go_r, &m, MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    if (got != 1) ::_exit(kSetupFailedExit);
+    ::close(c.go_r);
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      int ns;
+      std::memcpy(&ns, CMSG_DATA(cm), sizeof ns);
+      if (::setns(ns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
+      ::close(ns);
+    }
+  }
   if (int e = capabilities::drop_bounding(c.spec->capabilities))
     report_and_exit(rw, SpawnStep::BoundingSet, e);
   if (c.spec->no_new_privileges && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
@@ -217,16 +258,6 @@ int payload_entry(void* arg) {
     report_and_exit(rw, SpawnStep::WorkDir, errno);
   }
 
-  // The parent lets us go once this process is in all its cgroups (v1
-  // controllers need the parent to write our pid); the setup above ran
-  // meanwhile. EOF instead means the parent is gone.
-  char go;
-  ssize_t n;
-  do n = ::read(c.go_r, &go, 1);
-  while (n < 0 && errno == EINTR);
-  if (n != 1) ::_exit(kSetupFailedExit);
-  ::close(c.go_r);
-
   // Handlers first, then the fork, then unblock: a signal that arrives in
   // between is held, not lost, and finds g_payload set.
   struct sigaction sa {};
@@ -257,7 +288,19 @@ int payload_entry(void* arg) {
       ::_exit(kSetupFailedExit);  // ECHILD: cannot happen while the payload lives
     }
     if (w == g_payload) {
-      do n = ::write(c.status_w, &status, sizeof status);
+      InitStatus msg{};
+      msg.wait_status = status;
+      // Zombies first; then ECHILD means nothing but this init is left in
+      // the namespace, and the parent may report the exit before our own
+      // exit has torn the namespaces down.
+      while ((w = ::waitpid(-1, &status, WNOHANG | __WALL)) > 0) {
+      }
+      msg.alone = w < 0 && errno == ECHILD;
+      struct rusage ru {};
+      ::getrusage(RUSAGE_CHILDREN, &ru);
+      msg.max_rss_kib = ru.ru_maxrss;
+      ssize_t n;
+      do n = ::write(c.status_w, &msg, sizeof msg);
       while (n < 0 && errno == EINTR);
       // Exiting as PID 1 kills whatever the payload left behind.
       ::_exit(0);
@@ -400,6 +443,30 @@ std::string_view step_name(SpawnStep step) {
   return "unknown step";
 }
 
+std::shared_ptr<const mounts::MountTemplate> Sandbox::mount_template() const {
+  if (!mounts_.templatable()) return nullptr;
+  std::lock_guard lk(template_mu_);
+  if (template_broken_ || ++template_uses_ < 2) return nullptr;
+  if (template_) {
+    // Any mount or unmount on the host since the last look: the template's
+    // copies of the host trees may be stale.
+    pollfd p{mountinfo_.get(), POLLPRI, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLPRI | POLLERR))) template_.reset();
+  }
+  if (!template_) {
+    // Opened before the build: a change in between is seen at the next spawn.
+    if (!mountinfo_) mountinfo_ = Fd(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    auto t = mountinfo_ ? mounts_.build_template() : fail(sys_error("open /proc/self/mountinfo"));
+    if (!t) {
+      // The full plan works everywhere; the template is only faster.
+      template_broken_ = true;
+      return nullptr;
+    }
+    template_ = std::make_shared<const mounts::MountTemplate>(std::move(*t));
+  }
+  return template_;
+}
+
 Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   auto sb = std::make_shared<Sandbox>();
   sb->spec_ = spec;
@@ -446,8 +513,26 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
 
   auto report = make_pipe();
   auto status = make_pipe();
-  auto go = make_pipe();
-  if (!report || !status || !go) return fail(internal("spawn pipes", EMFILE));
+  uint64_t clone_flags = sb.clone_flags_;
+  // A fresh network namespace from the pool, or one we make while the child
+  // sets up its mounts (not CLONE_NEWNET, which would make it first).
+  Fd netns;
+  bool make_netns = false;
+  if (clone_flags & CLONE_NEWNET) {
+    netns = network::NetnsPool::get().take();
+    make_netns = !netns;
+    clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
+  }
+  const bool attach = out.cgroup_ && out.cgroup_->needs_attach();
+  Fd go_r, go_w;
+  if (attach || make_netns) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      return fail(sys_error("socketpair"));
+    go_r = Fd(sv[0]);
+    go_w = Fd(sv[1]);
+  }
+  if (!report || !status) return fail(internal("spawn pipes", EMFILE));
   auto devnull = open_fd("/dev/null", O_RDWR);
   if (!devnull) return fail(devnull.error());
 
@@ -455,11 +540,6 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   ctx.spec = &sb.spec_;
   ctx.mounts = &sb.mounts_;
   ctx.filter = &sb.filter_;
-  ctx.loopback = sb.loopback_ ? &*sb.loopback_ : nullptr;
-  uint64_t clone_flags = sb.clone_flags_;
-  Fd netns;
-  if (clone_flags & CLONE_NEWNET) netns = network::NetnsPool::get().take();
-  if (netns) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
   ctx.netns = netns.get();
   ctx.argv = argv.data();
   ctx.envp = envp.data();
@@ -485,8 +565,13 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   ctx.controlling_tty = stdio.controlling_tty;
   ctx.report_w = report->write.get();
   ctx.status_w = status->write.get();
-  ctx.go_r = go->read.get();
+  ctx.go_r = go_r.get();
   ctx.devnull = devnull->get();
+  std::shared_ptr<const mounts::MountTemplate> mount_template = sb.mount_template();
+  ctx.mount_template = mount_template.get();
+  // The child enters the template's namespace and unshares its own copy: a
+  // copy of the host's from the clone would only be detached again.
+  if (mount_template) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
 
   int pidfd = -1;
   long pid = -1;
@@ -522,16 +607,40 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   out.status_ = std::move(status->read);
   report->write.reset();
   status->write.reset();
-  go->read.reset();
+  go_r.reset();
+  netns.reset();
 
   // From here a failure must not leave the child behind: ~Spawned kills and
   // reaps it and removes the cgroup. The child sets itself up while we
-  // attach it; it waits for "go" only before it forks the payload, and
-  // exits if the go pipe closes without one.
+  // attach it (v1 controllers); it waits for "go" only before it forks the
+  // payload, and exits if the go pipe closes without one.
   Status attached;
-  if (out.cgroup_ && out.cgroup_->needs_attach()) attached = out.cgroup_->attach(out.pid_);
-  if (attached) (void)write_nosigpipe(go->write.get(), "g", 1);  // EPIPE: it failed already
-  go->write.reset();
+  if (attach) attached = out.cgroup_->attach(out.pid_);
+  Result<Fd> made = Fd();
+  if (make_netns) made = network::make_netns(*sb.loopback_);
+  if (go_w && attached && made) {
+    char go = 'g';
+    iovec iov{&go, 1};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (*made) {
+      m.msg_control = cbuf;
+      m.msg_controllen = sizeof cbuf;
+      cmsghdr* cm = CMSG_FIRSTHDR(&m);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      int fd = made->get();
+      std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    // EPIPE: the child failed already; its report says why.
+    (void)::sendmsg(go_w.get(), &m, MSG_NOSIGNAL);
+  }
+  go_w.reset();
+  // Our time is free until the child has set itself up.
+  if (cgroups) cgroups->cleanup_stale_once();
 
   Report r{};
   size_t got = 0;
@@ -544,12 +653,13 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   if (got == sizeof r) {
     Error e = describe_failure(cmd, r);
     if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
-      e = sys_error("mounts: " + sb.mounts_.describe(r.detail), r.err);
+      e = sys_error("mounts: " + sb.mounts_.describe(r.detail, mount_template != nullptr), r.err);
     out.reap();
     return fail(std::move(e));
   }
   if (got != 0) return fail(internal("short report from the sandbox"));
   if (!attached) return fail(attached.error().wrap("cgroup attach"));
+  if (!made) return fail(made.error().wrap("network namespace"));
   return out;
 }
 
@@ -566,6 +676,9 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   cgroup_ = std::move(o.cgroup_);
   o.cgroup_.reset();
   reaped_ = std::exchange(o.reaped_, true);
+  exit_read_ = o.exit_read_;
+  got_message_ = o.got_message_;
+  alone_ = o.alone_;
   wait_status_ = o.wait_status_;
   max_rss_ = o.max_rss_;
   return *this;
@@ -596,32 +709,116 @@ Status Spawned::kill() {
   return {};
 }
 
+bool Spawned::read_exit() {
+  if (exit_read_) return alone_;
+  if (!status_) return false;
+  InitStatus msg{};
+  ssize_t n;
+  do n = ::read(status_.get(), &msg, sizeof msg);
+  while (n < 0 && errno == EINTR);
+  status_.reset();
+  exit_read_ = true;
+  if (n != static_cast<ssize_t>(sizeof msg)) return false;  // the init died first
+  got_message_ = true;
+  wait_status_ = msg.wait_status;
+  max_rss_ = static_cast<uint64_t>(msg.max_rss_kib) * 1024;
+  alone_ = msg.alone != 0;
+  return alone_;
+}
+
 Result<int> Spawned::reap() {
   if (reaped_) return wait_status_;
   siginfo_t info{};
   struct rusage ru {};
   // The raw syscall: it also returns the rusage of the init and of every
-  // descendant it reaped, a peak memory figure where no cgroup keeps one.
+  // descendant it reaped, a peak memory figure for when the init could not
+  // send its own.
   for (;;) {
     if (::syscall(SYS_waitid, P_PIDFD, pidfd_.get(), &info, WEXITED | __WALL, &ru) == 0) break;
     if (errno != EINTR) return fail(sys_error("waitid"));
   }
-  max_rss_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
   reaped_ = true;
-  int st = 0;
-  ssize_t n;
-  do n = ::read(status_.get(), &st, sizeof st);
-  while (n < 0 && errno == EINTR);
-  if (n == sizeof st) {
-    wait_status_ = st;
-  } else if (info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED) {
+  read_exit();
+  if (got_message_) return wait_status_;
+  max_rss_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  if (info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED) {
     wait_status_ = info.si_status & 0x7f;  // as if the payload got the init's signal
   } else {
     // The init exited before its payload did: it failed during setup.
     wait_status_ = (info.si_status & 0xff) << 8;
   }
-  status_.reset();
   return wait_status_;
+}
+
+namespace {
+
+// The library's reaper: one thread, running only while it has sandboxes
+// whose inits are on their way out.
+class Reaper {
+ public:
+  static Reaper& get() {
+    static Reaper* r = new Reaper;  // never destroyed: may outlive statics
+    return *r;
+  }
+  void add(Spawned s) {
+    std::lock_guard lk(mu_);
+    pending_.push_back(std::make_unique<Spawned>(std::move(s)));
+    if (!running_) {
+      running_ = true;
+      std::thread([this] { loop(); }).detach();
+    }
+  }
+  void drain() {
+    std::unique_lock lk(mu_);
+    idle_.wait(lk, [&] { return pending_.empty() && !running_; });
+  }
+
+ private:
+  void loop() {
+    std::unique_lock lk(mu_);
+    while (!pending_.empty()) {
+      std::unique_ptr<Spawned> s = std::move(pending_.front());
+      pending_.pop_front();
+      lk.unlock();
+      // Blocks until this init is gone (it exits by itself: it is alone).
+      (void)s->reap();
+      (void)s->release();
+      s.reset();
+      lk.lock();
+    }
+    running_ = false;
+    idle_.notify_all();
+  }
+  std::mutex mu_;
+  std::condition_variable idle_;
+  std::deque<std::unique_ptr<Spawned>> pending_;
+  bool running_ = false;
+};
+
+}  // namespace
+
+std::atomic<bool> g_background_teardown{true};
+
+void Spawned::set_background_teardown(bool on) {
+  g_background_teardown = on;
+}
+
+void Spawned::retire(Spawned&& s) {
+  if (s.pid_ <= 0 || s.reaped_ || !s.alone_) {
+    Spawned gone = std::move(s);  // killed and reaped by its destructor
+    return;
+  }
+  if (!g_background_teardown) {
+    // The init is on its way out by itself: a kill would only wait longer.
+    (void)s.reap();
+    (void)s.release();
+    return;
+  }
+  Reaper::get().add(std::move(s));
+}
+
+void Spawned::drain_retired() {
+  Reaper::get().drain();
 }
 
 Result<cgroups::Usage> Spawned::usage() const {

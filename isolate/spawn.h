@@ -18,12 +18,16 @@
 // in the namespace.
 //
 // Successful exec is seen by the parent as EOF on the report pipe, so spawn()
-// returns only once the command runs (or has failed to start).
+// returns only once the command runs (or has failed to start). The init
+// tells whether it is alone when the payload exits; the caller can then take
+// the exit status at once and leave the init's exit (the teardown of the
+// namespaces, half a millisecond or more) to a reaper thread (retire()).
 #pragma once
 
 #include <sys/types.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -83,8 +87,18 @@ class Sandbox {
   friend class Spawned;
   friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
                                      cgroups::Manager*);
+  // The mount template (MountPlan::build_template), from the second spawn on
+  // (a one-shot caller never pays for building it) and rebuilt when the
+  // host's mount table changes; null when the plan has none.
+  std::shared_ptr<const mounts::MountTemplate> mount_template() const;
+
   SpawnSpec spec_;
   mounts::MountPlan mounts_;
+  mutable std::mutex template_mu_;
+  mutable std::shared_ptr<const mounts::MountTemplate> template_;
+  mutable Fd mountinfo_;  // polled for changes of the host's mount table
+  mutable int template_uses_ = 0;
+  mutable bool template_broken_ = false;
   seccomp::Filter filter_;
   std::optional<network::LoopbackUp> loopback_;
   uint64_t clone_flags_ = 0;
@@ -109,11 +123,38 @@ class Spawned {
   // exited counts as the payload killed by that signal.
   Result<int> reap();
   bool reaped() const { return reaped_; }
+  // Readable when the init has news: the payload's exit, or EOF when the
+  // init died first. -1 once read.
+  int status_fd() const { return status_.get(); }
+  // Call when status_fd() is readable. True when the payload has exited and
+  // nothing else is left in the sandbox: its status is final (exit_status())
+  // and only the init's own exit, which tears the namespaces down, remains;
+  // retire() leaves that to the reaper thread. False: wait for the pidfd.
+  bool read_exit();
+  // The payload's exit status is known: reaped, or a true read_exit().
+  bool exited() const { return reaped_ || alone_; }
+  // The payload's raw wait status, after reap() or a true read_exit().
+  int exit_status() const { return wait_status_; }
   // Usage of the whole tree (from its cgroup; peak memory from the largest
-  // process when no memory cgroup counts it); call after reap().
+  // process when no memory cgroup counts it); call after reap() or a true
+  // read_exit().
   Result<cgroups::Usage> usage() const;
   // Removes the cgroup (after reap). Idempotent.
   Status release();
+  // Hands a sandbox whose exit was read (read_exit()) to the library's reaper
+  // thread, which reaps the init and removes the cgroup once the init is
+  // gone: the teardown of its namespaces then costs the caller nothing.
+  // Anything else is killed and reaped here, as by the destructor.
+  static void retire(Spawned&& s);
+  // Blocks until the reaper has finished every sandbox retired so far: after
+  // it no init and no cgroup of theirs is left (tests, and programs about to
+  // exit).
+  static void drain_retired();
+  // Off: retire() finishes the teardown itself, on the caller's thread. For
+  // a program that starts one sandbox and exits (`cloister exec`): it has to
+  // wait for the teardown anyway, and its first thread would cost more than
+  // the wait (its page faults and exit then involve the other CPUs).
+  static void set_background_teardown(bool on);
 
  private:
   friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&, cgroups::Manager*);
@@ -123,6 +164,9 @@ class Spawned {
   Fd status_;  // the init writes the payload's wait status here
   std::optional<cgroups::Cgroup> cgroup_;
   bool reaped_ = false;
+  bool exit_read_ = false;    // the status pipe was read
+  bool got_message_ = false;  // and held the init's message
+  bool alone_ = false;
   int wait_status_ = 0;
   uint64_t max_rss_ = 0;
 };

@@ -149,6 +149,8 @@ ExitStatus Process::with_flags(ExitStatus st) const {
 
 Process::~Process() {
   if (started_ && !status_) close(true);
+  // After an exit read from the init (finish()), its teardown goes on without us.
+  if (spawned_) Spawned::retire(std::move(*spawned_));
 }
 
 Status Process::start() {
@@ -340,8 +342,9 @@ int Process::pidfd() const {
 
 Result<ExitStatus> Process::finish() {
   if (status_) return with_flags(*status_);
-  auto raw = spawned_->reap();
-  if (!raw) return fail(raw.error());
+  if (!spawned_->exited())
+    if (auto r = spawned_->reap(); !r) return fail(r.error());
+  int raw = spawned_->exit_status();
   if (watch_) {
     Watchdog::get().cancel(watch_);
     watch_->pidfd.reset();
@@ -349,17 +352,19 @@ Result<ExitStatus> Process::finish() {
   ExitStatus st;
   st.wall_time = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - started_at_);
-  if (WIFEXITED(*raw))
-    st.exit_code = WEXITSTATUS(*raw);
-  else if (WIFSIGNALED(*raw))
-    st.signal = WTERMSIG(*raw);
+  if (WIFEXITED(raw))
+    st.exit_code = WEXITSTATUS(raw);
+  else if (WIFSIGNALED(raw))
+    st.signal = WTERMSIG(raw);
   st.timed_out = watch_ && watch_->timed_out;
   if (auto u = spawned_->usage()) {
     st.cpu_time = std::chrono::microseconds(u->cpu_usec);
     st.peak_memory = u->memory_peak;
     st.oom_killed = u->oom_kills > 0 && st.signal == SIGKILL;
   }
-  if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
+  // Without a reap, the cgroup goes with the init, on the reaper's thread.
+  if (spawned_->reaped())
+    if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
   status_ = st;
   // The process has ended: its places in the concurrency limits are free.
   setup_.slots.clear();
@@ -370,7 +375,6 @@ Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
   std::lock_guard lk(state_mu_);
   if (!started_) return fail(invalid("wait before start"));
   if (status_) return with_flags(*status_);
-  pollfd p{spawned_->pidfd(), POLLIN, 0};
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     int ms = -1;
@@ -379,10 +383,14 @@ Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
           deadline - std::chrono::steady_clock::now());
       ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
-    int n = ::poll(&p, 1, ms);
+    // The init's word on its payload's exit comes before its own exit (and
+    // the teardown of its namespaces); poll skips the fd once it is read.
+    pollfd p[2] = {{spawned_->pidfd(), POLLIN, 0}, {spawned_->status_fd(), POLLIN, 0}};
+    int n = ::poll(p, 2, ms);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail(sys_error("poll pidfd"));
     if (n == 0) return fail(make_error(ErrorKind::Timeout, "process still running"));
+    if (p[1].revents && !p[0].revents && !spawned_->read_exit()) continue;
     return finish();
   }
 }

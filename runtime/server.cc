@@ -1198,6 +1198,8 @@ struct Server::Impl {
       flush(*c);
     }
     conns.clear();
+    // Removed sessions may leave their sandboxes' last teardown to the reaper.
+    Spawned::drain_retired();
     log("stopped");
     return {};
   }
@@ -1263,6 +1265,8 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
   }
   for (const auto& ec : impl->config.executors)
     impl->executors.emplace(ec.name, Executor::create(ec));
+  // What a crashed predecessor left goes now, not at the first session.
+  if (auto m = cgroups::Manager::shared()) (*m)->cleanup_stale_once();
   impl->epoll = Fd(::epoll_create1(EPOLL_CLOEXEC));
   if (!impl->epoll) return fail(sys_error("epoll_create1"));
   sigset_t set;

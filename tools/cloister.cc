@@ -52,6 +52,8 @@ struct ExecOptions {
 };
 
 int run_exec(const ExecOptions& o) {
+  // One sandbox, then exit: no thread for its teardown.
+  Spawned::set_background_teardown(false);
   auto config = load_config(o.config);
   if (!config) return report(config.error());
   const ExecutorConfig* ec = config->find(o.executor);
@@ -83,6 +85,8 @@ int run_exec(const ExecOptions& o) {
   if (auto s = (*process)->start(); !s) return report(s.error());
   auto status = pump(**process, o.interactive ? STDIN_FILENO : -1, STDOUT_FILENO, STDERR_FILENO,
                      {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH});
+  // The sandbox's teardown (its init's exit, its cgroup) ends here, before we do.
+  process->reset();
   if (!status) return report(status.error());
   if (status->timed_out)
     std::fprintf(stderr, "cloister: TIMEOUT: command killed after %.3g s\n", o.timeout);

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include "oci/load.h"
@@ -94,6 +96,38 @@ TEST_F(Container, IsolatedLikeTheHostExecutor) {
   EXPECT_NE(r.status.exit_code, 0);
   EXPECT_NE(r.err.find("Read-only file system"), std::string::npos) << r.err;
   EXPECT_EQ(run_ok(cfg, {"touch /tmp/x && echo ok"}).out, "ok\n");
+}
+
+// From its second sandbox on, a read-only container root comes from the
+// executor's mount template: the same mounts, and a /tmp of its own.
+TEST_F(Container, MountTemplateGivesTheSameRoot) {
+  auto cfg = config();
+  cfg.user = "root";
+  cfg.tmpfs.push_back({"/scratch", "size=1m"});
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  auto view = [&](const std::string& cmd) {
+    ExecRequest req;
+    req.argv = {cmd};
+    auto p = (*exec)->exec(std::move(req));
+    EXPECT_TRUE(p) << p.error().what();
+    if (!p || !(*p)->start()) return std::multiset<std::string>{"start failed"};
+    RunResult r = collect(**p);
+    EXPECT_EQ((*p)->wait()->exit_code, 0) << r.err;
+    std::multiset<std::string> lines;  // mount order differs; the set may not
+    std::istringstream in(r.out);
+    for (std::string l; std::getline(in, l);) lines.insert(l);
+    return lines;
+  };
+  const std::string cmd =
+      "cut -d' ' -f5,6 /proc/self/mountinfo; cut -d- -f2- /proc/self/mountinfo | cut -d' ' -f2,4; "
+      "ls / /dev /tmp /opt; cat /etc/motd; touch /x 2>/dev/null || echo root-ro; "
+      "echo t > /tmp/t && echo tmp-rw";
+  auto first = view(cmd);
+  EXPECT_EQ(first.count("root-ro"), 1u);
+  EXPECT_EQ(first.count("tmp-rw"), 1u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(view(cmd), first) << "sandbox " << i + 2;
+  EXPECT_EQ(view("ls /tmp /scratch | wc -l"), (std::multiset<std::string>{"3"}));
 }
 
 TEST_F(Container, WritableRootIsPerProcessAndLeavesTheStoreAlone) {

@@ -494,4 +494,105 @@ TEST(Executor, ManyProcessesLeaveNothingBehind) {
   EXPECT_EQ(count_host_processes(kSleeperCmdline), 0);
 }
 
+// Runs argv through one executor and returns what it printed.
+RunResult run_on(const Executor& exec, std::vector<std::string> argv) {
+  ExecRequest req;
+  req.argv = std::move(argv);
+  auto p = exec.exec(std::move(req));
+  EXPECT_TRUE(p) << p.error().what();
+  if (!p) return {};
+  auto s = (*p)->start();
+  EXPECT_TRUE(s) << s.error().what();
+  if (!s) return {};
+  RunResult r = collect(**p);
+  auto st = (*p)->wait();
+  EXPECT_TRUE(st) << st.error().what();
+  if (st) r.status = *st;
+  return r;
+}
+
+// What a sandbox sees of its own root, mounts included (without the mount
+// ids, which differ), plus what it may write and what is masked.
+constexpr const char* kRootView =
+    "cut -d' ' -f5,6 /proc/self/mountinfo | sort; "
+    "grep -o ' - .*' /proc/self/mountinfo | sort; "
+    "ls -A / /dev /tmp /etc/ssh; "
+    "wc -c < /etc/shadow; wc -c < /proc/keys; "
+    "echo x > /tmp/f && echo tmp-rw; echo x > /dev/f && echo dev-rw; "
+    "touch /f 2>/dev/null || echo root-ro; touch /usr/f 2>/dev/null || echo usr-ro; "
+    "echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || echo sys-ro; "
+    "cat /proc/1/comm; hostname; grep : /proc/net/dev | cut -d: -f1";
+
+// From its second sandbox on, an executor starts from a mount template
+// (MountPlan::build_template) instead of building the root again: what the
+// sandbox sees must not change, and what it writes stays its own.
+TEST(Isolation, MountTemplateGivesTheSameRoot) {
+  TempDir vol;
+  auto cfg = base_config();
+  cfg.volumes.push_back({vol.path, "/data", true});
+  cfg.tmpfs.push_back({"/scratch", "size=1m"});
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  auto first = run_on(**exec, {"/bin/sh", "-c", kRootView});  // the full plan
+  EXPECT_EQ(first.status.exit_code, 0) << first.err;
+  EXPECT_NE(first.out.find("tmp-rw\ndev-rw\nroot-ro\nusr-ro\nsys-ro\ncloister-init\n"),
+            std::string::npos)
+      << first.out;
+  for (int i = 0; i < 3; ++i) {
+    auto again = run_on(**exec, {"/bin/sh", "-c", kRootView});  // the template
+    EXPECT_EQ(again.out, first.out) << "sandbox " << i + 2 << " differs";
+    EXPECT_EQ(again.err, first.err);
+  }
+  // Writable places are each sandbox's own, not the template's.
+  auto mark = run_on(**exec, {"/bin/sh", "-c", "echo a > /tmp/m; echo b > /scratch/m; echo ok"});
+  EXPECT_EQ(mark.out, "ok\n") << mark.err;
+  auto look = run_on(**exec, {"/bin/sh", "-c", "ls -A /tmp /scratch; echo end"});
+  EXPECT_EQ(look.out, "/scratch:\n\n/tmp:\nend\n") << look.err;
+}
+
+// The template holds copies of the host's trees: a mount on the host after
+// it was built must reach the next sandbox all the same.
+TEST(Isolation, MountTemplateFollowsHostMounts) {
+  TempDir vol;
+  ASSERT_EQ(::mkdir((vol.path + "/sub").c_str(), 0755), 0);
+  auto cfg = base_config();
+  cfg.volumes.push_back({vol.path, "/data", true});
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 2; ++i)  // the second builds the template
+    EXPECT_EQ(run_on(**exec, {"/bin/ls", "-A", "/data/sub"}).out, "");
+  shell("mount -t tmpfs none '" + vol.path + "/sub' && echo new > '" + vol.path + "/sub/f'");
+  auto seen = run_on(**exec, {"/bin/cat", "/data/sub/f"});
+  shell("umount '" + vol.path + "/sub'");
+  EXPECT_EQ(seen.out, "new\n") << seen.err;
+  EXPECT_EQ(run_on(**exec, {"/bin/ls", "-A", "/data/sub"}).out, "");
+}
+
+// wait() returns at the payload's exit when nothing else is left in the
+// sandbox; the init's own exit is finished by the reaper. When the payload
+// leaves processes behind, wait() returns only once they are gone.
+TEST(ProcessApi, WaitReturnsWhenNothingIsLeft) {
+  auto exec = Executor::create(base_config());
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 3; ++i) {
+    auto r = run_on(**exec, {"/bin/sh", "-c", "sleep 8123.25 & echo started"});
+    EXPECT_EQ(r.out, "started\n");
+    EXPECT_EQ(r.status.exit_code, 0);
+    EXPECT_EQ(count_host_processes(kSleeperCmdline), 0) << "a leftover outlived wait()";
+  }
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
+  Spawned::drain_retired();
+  int inits = 0;
+  const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    std::string dir = std::string("/proc/") + e->d_name;
+    if (read_text(dir + "/comm") == "cloister-init\n" &&
+        read_text(dir + "/status").find(ppid) != std::string::npos)
+      ++inits;
+  }
+  if (d) ::closedir(d);
+  EXPECT_EQ(inits, 0) << "inits left after drain_retired()";
+}
+
 }  // namespace

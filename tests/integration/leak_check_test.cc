@@ -10,21 +10,13 @@
 #include <vector>
 
 #include "isolate/cgroups.h"
+#include "isolate/spawn.h"
 #include "test_support.h"
 
 namespace {
 
 using cloister::testing::count_fds;
 using cloister::testing::read_text;
-
-int count_entries(const std::string& dir) {
-  int n = 0;
-  DIR* d = ::opendir(dir.c_str());
-  while (dirent* e = d ? ::readdir(d) : nullptr)
-    if (e->d_name[0] != '.') ++n;
-  if (d) ::closedir(d);
-  return n;
-}
 
 std::vector<std::string> cloister_cgroups() {
   std::vector<std::string> left;
@@ -50,6 +42,8 @@ class LeakCheck : public ::testing::Environment {
     mounts_ = read_text("/proc/self/mountinfo");
   }
   void TearDown() override {
+    // Sandboxes whose exit was read early finish their teardown there.
+    cloister::Spawned::drain_retired();
     int netns = 0;
     EXPECT_EQ(count_fds(::getpid(), &netns), fds_) << "fds leaked by the tests";
     EXPECT_LE(netns, 3) << "more network namespaces held than the pool keeps";
