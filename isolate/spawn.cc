@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -44,11 +45,33 @@ struct InitStatus {
   int64_t max_rss_kib;  // the largest resident set among the reaped processes
 };
 
+// The command, sent to an init that has set itself up: this header (with the
+// fds as SCM_RIGHTS: stdin, stdout, stderr, exec fd, those present), then
+// body_len bytes of NUL-terminated strings: argv, envp, the exec candidates,
+// work_dir, beneath, beneath_rest.
+struct CallHeader {
+  uint32_t magic;
+  uint32_t body_len;
+  uint32_t argc, envc, ncand;
+  uint32_t flags;
+};
+constexpr uint32_t kCallMagic = 0x636c7331;  // "cls1"
+constexpr uint32_t kCallStdin = 1, kCallStdout = 2, kCallStderr = 4, kCallExecFd = 8,
+                   kCallExecFdInherit = 16, kCallTty = 32, kCallBeneath = 64;
+constexpr uint32_t kMaxCallBody = 64u << 20;
+
+// The nice value of the library's background work (warm inits being set
+// up, network namespaces made ahead, sandboxes tearing down): it must not take
+// the CPU from sandboxes that are starting or running.
+constexpr int kBackgroundNice = 19;
+
 // Exit code of a child that failed before exec; the parent reads the reason
 // from the report pipe, so the value only has to be recognisable in ps.
 constexpr int kSetupFailedExit = 125;
 
-// Everything the child reads, laid out before the clone.
+// Everything the child reads: the sandbox's part laid out before the clone,
+// the command's part (argv to controlling_tty) filled in by the init from the
+// parent's message.
 struct ChildContext {
   const SpawnSpec* spec;
   const mounts::MountPlan* mounts;
@@ -68,8 +91,9 @@ struct ChildContext {
   bool controlling_tty;  // stdin is a pty slave: make it the controlling terminal
   int report_w;
   int status_w;
-  int go_r;     // the parent's go (with a network namespace to join), or -1
-  int devnull;  // host /dev/null, opened before the clone
+  int ctl;       // the parent's go, then the command (CallHeader)
+  bool wait_go;  // a go comes first (cgroup attach, a network namespace to join)
+  int devnull;   // host /dev/null, opened before the clone
   const mounts::MountTemplate* mount_template;  // or null: the full plan
 };
 
@@ -166,7 +190,88 @@ int payload_entry(void* arg) {
   payload_main(*static_cast<const ChildContext*>(arg));
 }
 
-[[noreturn]] void init_main(const ChildContext& c) noexcept {
+// Reads exactly n bytes; false on EOF or error.
+bool read_full(int fd, char* p, size_t n) noexcept {
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// The init's side of CallHeader: fills the command's part of c. Returns 0 or
+// errno (EPROTO for a malformed message).
+int receive_call(ChildContext& c) noexcept {
+  CallHeader h{};
+  int fds[4] = {-1, -1, -1, -1};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)];
+  iovec iov{&h, sizeof h};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = sizeof cbuf;
+  ssize_t got;
+  do got = ::recvmsg(c.ctl, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  while (got < 0 && errno == EINTR);
+  if (got < 0) return errno;
+  if (got != static_cast<ssize_t>(sizeof h)) return EPIPE;  // the parent gave up
+  size_t nfds = 0;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm))
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      if (nfds > 4) return EPROTO;
+      std::memcpy(fds, CMSG_DATA(cm), nfds * sizeof(int));
+    }
+  if (h.magic != kCallMagic || h.body_len > kMaxCallBody || h.argc == 0 ||
+      static_cast<size_t>(__builtin_popcount(h.flags & 15)) != nfds)
+    return EPROTO;
+  const size_t nstr = size_t{h.argc} + h.envc + h.ncand + 3;
+  const size_t ptrs = (size_t{h.argc} + 1 + h.envc + 1 + h.ncand) * sizeof(char*);
+  void* mem = ::mmap(nullptr, ptrs + h.body_len + 1, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return errno;
+  char** vec = static_cast<char**>(mem);
+  char* body = static_cast<char*>(mem) + ptrs;
+  if (!read_full(c.ctl, body, h.body_len)) return EPIPE;
+  body[h.body_len] = '\0';
+  const char* strs[8];  // work_dir, beneath, beneath_rest
+  size_t off = 0, v = 0;
+  for (size_t i = 0; i < nstr; ++i) {
+    if (off >= h.body_len) return EPROTO;
+    char* str = body + off;
+    off += ::strlen(str) + 1;
+    if (off > h.body_len) return EPROTO;
+    if (i == h.argc) vec[v++] = nullptr;                   // end of argv
+    if (i == size_t{h.argc} + h.envc) vec[v++] = nullptr;  // end of envp
+    if (i < nstr - 3)
+      vec[v++] = str;
+    else
+      strs[i - (nstr - 3)] = str;
+  }
+  c.argv = vec;
+  c.envp = vec + h.argc + 1;
+  c.candidates = const_cast<const char* const*>(vec + h.argc + 1 + h.envc + 1);
+  c.ncandidates = h.ncand;
+  c.work_dir = strs[0];
+  c.beneath = (h.flags & kCallBeneath) ? strs[1] : nullptr;
+  c.beneath_rest = strs[2];
+  size_t k = 0;
+  c.stdio[0] = (h.flags & kCallStdin) ? fds[k++] : -1;
+  c.stdio[1] = (h.flags & kCallStdout) ? fds[k++] : -1;
+  c.stdio[2] = (h.flags & kCallStderr) ? fds[k++] : -1;
+  c.exec_fd = (h.flags & kCallExecFd) ? fds[k++] : -1;
+  c.exec_fd_inherit = h.flags & kCallExecFdInherit;
+  c.controlling_tty = h.flags & kCallTty;
+  return 0;
+}
+
+[[noreturn]] void init_main(const ChildContext& parent_view) noexcept {
+  // Our own copy: the command's part is filled in below.
+  ChildContext c = parent_view;
   const int rw = c.report_w;
   // Signals stay blocked (from the parent) until our own handlers are set.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -174,8 +279,7 @@ int payload_entry(void* arg) {
   {
     const int tpl_ns = c.mount_template ? c.mount_template->ns.get() : -1;
     const int tpl_root = c.mount_template ? c.mount_template->root.get() : -1;
-    int keep[] = {c.stdio[0], c.stdio[1], c.stdio[2], c.report_w, c.status_w, c.go_r, c.devnull,
-                  c.netns,    c.exec_fd,  tpl_ns,     tpl_root,   0,          1,      2};
+    int keep[] = {c.report_w, c.status_w, c.ctl, c.devnull, c.netns, tpl_ns, tpl_root, 0, 1, 2};
     close_all_but(keep, static_cast<int>(std::size(keep)));
   }
   if (c.netns >= 0) {
@@ -198,7 +302,7 @@ int payload_entry(void* arg) {
   // one, with the network namespace it made meanwhile: both ran while we set
   // up the mounts. EOF instead means the parent failed or is gone. Before
   // the bounding set, seccomp and the uid change: setns needs what they take.
-  if (c.go_r >= 0) {
+  if (c.wait_go) {
     char go;
     iovec iov{&go, 1};
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
@@ -208,10 +312,9 @@ int payload_entry(void* arg) {
     m.msg_control = cbuf;
     m.msg_controllen = sizeof cbuf;
     ssize_t got;
-    do got = ::recvmsg(c.go_r, &m, MSG_CMSG_CLOEXEC);
+    do got = ::recvmsg(c.ctl, &m, MSG_CMSG_CLOEXEC);
     while (got < 0 && errno == EINTR);
     if (got != 1) ::_exit(kSetupFailedExit);
-    ::close(c.go_r);
     cmsghdr* cm = CMSG_FIRSTHDR(&m);
     if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
       int ns;
@@ -239,6 +342,13 @@ int payload_entry(void* arg) {
     report_and_exit(rw, SpawnStep::Uid, errno);
   if (int e = capabilities::apply(c.spec->capabilities))
     report_and_exit(rw, SpawnStep::Capabilities, e);
+  // Set up: now the command. A warm init (Sandbox's pool) waits here for its
+  // caller; EOF means the sandbox was dropped unused.
+  if (int e = receive_call(c)) {
+    if (e == EPIPE) ::_exit(kSetupFailedExit);
+    report_and_exit(rw, SpawnStep::Command, e);
+  }
+  ::close(c.ctl);
   if (c.beneath) {
     // In the sandbox's own view, after pivot_root: the check is the use.
     open_how how{};
@@ -302,11 +412,18 @@ int payload_entry(void* arg) {
       ssize_t n;
       do n = ::write(c.status_w, &msg, sizeof msg);
       while (n < 0 && errno == EINTR);
+      // Our exit tears the namespaces down, which nobody waits for when we
+      // are alone: background work.
+      if (msg.alone) ::setpriority(PRIO_PROCESS, 0, kBackgroundNice);
       // Exiting as PID 1 kills whatever the payload left behind.
       ::_exit(0);
     }
   }
 }
+
+// True on the library's own threads that live as long as the process: they
+// may clone sandboxes themselves (PR_SET_PDEATHSIG follows the cloning thread).
+thread_local bool t_long_lived = false;
 
 // Runs fn on one long-lived thread: PR_SET_PDEATHSIG fires when the thread
 // that cloned exits, and an embedding daemon may call from short-lived ones.
@@ -330,6 +447,7 @@ class SpawnerThread {
  private:
   SpawnerThread() {
     std::thread([this] {
+      t_long_lived = true;
       for (;;) {
         std::packaged_task<void()> task;
         {
@@ -407,6 +525,8 @@ std::string_view step_name(SpawnStep step) {
       return "none";
     case SpawnStep::WaitParent:
       return "wait for parent";
+    case SpawnStep::Command:
+      return "receive the command";
     case SpawnStep::Signals:
       return "signals";
     case SpawnStep::Loopback:
@@ -443,26 +563,35 @@ std::string_view step_name(SpawnStep step) {
   return "unknown step";
 }
 
-std::shared_ptr<const mounts::MountTemplate> Sandbox::mount_template() const {
-  if (!mounts_.templatable()) return nullptr;
+uint64_t Sandbox::mount_generation_locked() const {
+  // Any mount or unmount on the host since the last look (POLLPRI on the
+  // mount table) makes copies of the host's trees taken before it stale.
+  if (!mountinfo_) mountinfo_ = Fd(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+  pollfd p{mountinfo_.get(), POLLPRI, 0};
+  if (!mountinfo_ || (::poll(&p, 1, 0) == 1 && (p.revents & (POLLPRI | POLLERR)))) ++mount_gen_;
+  return mount_gen_;
+}
+
+uint64_t Sandbox::mount_generation() const {
   std::lock_guard lk(template_mu_);
-  if (template_broken_ || ++template_uses_ < 2) return nullptr;
-  if (template_) {
-    // Any mount or unmount on the host since the last look: the template's
-    // copies of the host trees may be stale.
-    pollfd p{mountinfo_.get(), POLLPRI, 0};
-    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLPRI | POLLERR))) template_.reset();
-  }
+  return mount_generation_locked();
+}
+
+std::shared_ptr<const mounts::MountTemplate> Sandbox::mount_template(uint64_t* gen) const {
+  std::lock_guard lk(template_mu_);
+  // Read before a build: a change during it is seen at the next look.
+  *gen = mount_generation_locked();
+  if (!mounts_.templatable() || template_broken_ || ++template_uses_ < 2) return nullptr;
+  if (template_ && template_gen_ != *gen) template_.reset();
   if (!template_) {
-    // Opened before the build: a change in between is seen at the next spawn.
-    if (!mountinfo_) mountinfo_ = Fd(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
-    auto t = mountinfo_ ? mounts_.build_template() : fail(sys_error("open /proc/self/mountinfo"));
+    auto t = mounts_.build_template();
     if (!t) {
       // The full plan works everywhere; the template is only faster.
       template_broken_ = true;
       return nullptr;
     }
     template_ = std::make_shared<const mounts::MountTemplate>(std::move(*t));
+    template_gen_ = *gen;
   }
   return template_;
 }
@@ -486,34 +615,40 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   return std::shared_ptr<const Sandbox>(std::move(sb));
 }
 
-Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
-                      cgroups::Manager* cgroups) {
-  if (cmd.argv.empty() || cmd.argv[0].empty()) return fail(invalid("empty command"));
-  if (cmd.work_dir.empty() || cmd.work_dir[0] != '/')
-    return fail(invalid("work dir '" + cmd.work_dir + "' is not an absolute path"));
-
-  // Everything the child touches is allocated here.
-  std::vector<char*> argv, envp;
-  for (const auto& a : cmd.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (const auto& e : cmd.env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  std::vector<std::string> cand = exec_candidates(cmd);
-  std::vector<const char*> cand_ptrs;
-  for (const auto& c : cand) cand_ptrs.push_back(c.c_str());
-
+// An init cloned and setting itself up, not given its command yet: made per
+// spawn, or ahead of time for the sandbox's pool (Sandbox::take_warm).
+struct PendingInit {
   Spawned out;
+  Fd report;  // read end: EOF at the payload's exec, or a Report
+  Fd ctl;     // the parent's end of the init's control socket
+  bool templated = false;
+  bool background = false;  // cloned by the prestart thread, at its priority
+  uint64_t mount_gen = 0;   // Sandbox::mount_generation() when cloned
+  const cgroups::Manager* manager = nullptr;
+  Status attached;
+  Status netns_made;
+};
+
+// Clones an init, with its cgroup, and lets it go (cgroup attach, a network
+// namespace): everything but the command.
+Result<std::unique_ptr<PendingInit>> clone_init(
+    const SpawnSpec& spec, const mounts::MountPlan& plan, const seccomp::Filter& filter,
+    const network::LoopbackUp* loopback, uint64_t clone_flags,
+    std::shared_ptr<const mounts::MountTemplate> tpl, cgroups::Manager* cgroups) {
+  auto p = std::make_unique<PendingInit>();
+  p->manager = cgroups;
+  Spawned& out = p->out;
   if (cgroups) {
-    auto cg = cgroups->create(sb.spec_.limits);
+    auto cg = cgroups->create(spec.limits);
     if (!cg) return fail(cg.error().wrap("cgroup"));
     out.cgroup_.emplace(std::move(*cg));
-  } else if (!sb.spec_.limits.empty()) {
+  } else if (!spec.limits.empty()) {
     return fail(invalid("limits are set but no cgroup manager is available"));
   }
 
   auto report = make_pipe();
   auto status = make_pipe();
-  uint64_t clone_flags = sb.clone_flags_;
+  if (!report || !status) return fail(internal("spawn pipes", EMFILE));
   // A fresh network namespace from the pool, or one we make while the child
   // sets up its mounts (not CLONE_NEWNET, which would make it first).
   Fd netns;
@@ -524,54 +659,32 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
   }
   const bool attach = out.cgroup_ && out.cgroup_->needs_attach();
-  Fd go_r, go_w;
-  if (attach || make_netns) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-      return fail(sys_error("socketpair"));
-    go_r = Fd(sv[0]);
-    go_w = Fd(sv[1]);
-  }
-  if (!report || !status) return fail(internal("spawn pipes", EMFILE));
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return fail(sys_error("socketpair"));
+  Fd ctl_child(sv[0]);
+  p->ctl = Fd(sv[1]);
   auto devnull = open_fd("/dev/null", O_RDWR);
   if (!devnull) return fail(devnull.error());
 
   ChildContext ctx{};
-  ctx.spec = &sb.spec_;
-  ctx.mounts = &sb.mounts_;
-  ctx.filter = &sb.filter_;
+  ctx.spec = &spec;
+  ctx.mounts = &plan;
+  ctx.filter = &filter;
   ctx.netns = netns.get();
-  ctx.argv = argv.data();
-  ctx.envp = envp.data();
-  ctx.candidates = cand_ptrs.data();
-  ctx.ncandidates = cand_ptrs.size();
-  ctx.work_dir = cmd.work_dir.c_str();
-  std::string beneath_rest = ".";
-  if (!cmd.work_dir_beneath.empty()) {
-    const std::string& b = cmd.work_dir_beneath;
-    if (cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
-      return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
-    if (cmd.work_dir.size() > b.size())
-      beneath_rest = cmd.work_dir.substr(b == "/" ? 1 : b.size() + 1);
-    ctx.beneath = b.c_str();
-    ctx.beneath_rest = beneath_rest.c_str();
-  }
-  ctx.exec_fd = cmd.exec_fd;
-  ctx.exec_fd_inherit = cmd.exec_fd_inherit;
-  ctx.hostname = sb.spec_.hostname.c_str();
-  ctx.stdio[0] = stdio.in;
-  ctx.stdio[1] = stdio.out;
-  ctx.stdio[2] = stdio.err;
-  ctx.controlling_tty = stdio.controlling_tty;
+  ctx.exec_fd = -1;
+  ctx.stdio[0] = ctx.stdio[1] = ctx.stdio[2] = -1;
+  ctx.hostname = spec.hostname.c_str();
   ctx.report_w = report->write.get();
   ctx.status_w = status->write.get();
-  ctx.go_r = go_r.get();
+  ctx.ctl = ctl_child.get();
+  ctx.wait_go = attach || make_netns;
   ctx.devnull = devnull->get();
-  std::shared_ptr<const mounts::MountTemplate> mount_template = sb.mount_template();
-  ctx.mount_template = mount_template.get();
+  ctx.mount_template = tpl.get();
+  p->templated = tpl != nullptr;
   // The child enters the template's namespace and unshares its own copy: a
   // copy of the host's from the clone would only be detached again.
-  if (mount_template) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
+  if (tpl) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
 
   int pidfd = -1;
   long pid = -1;
@@ -597,7 +710,7 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
     clone_errno = errno;
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   };
-  if (::gettid() == ::getpid())
+  if (::gettid() == ::getpid() || t_long_lived)
     do_clone();
   else
     SpawnerThread::get().run(do_clone);
@@ -605,20 +718,18 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   out.pid_ = static_cast<pid_t>(pid);
   out.pidfd_ = Fd(pidfd);
   out.status_ = std::move(status->read);
-  report->write.reset();
-  status->write.reset();
-  go_r.reset();
-  netns.reset();
+  p->report = std::move(report->read);
 
   // From here a failure must not leave the child behind: ~Spawned kills and
   // reaps it and removes the cgroup. The child sets itself up while we
-  // attach it (v1 controllers); it waits for "go" only before it forks the
-  // payload, and exits if the go pipe closes without one.
-  Status attached;
-  if (attach) attached = out.cgroup_->attach(out.pid_);
+  // attach it (v1 controllers) and make its network namespace; it waits for
+  // "go" only before it drops its privileges, and exits if the control
+  // socket closes without one.
+  if (attach) p->attached = out.cgroup_->attach(out.pid_);
   Result<Fd> made = Fd();
-  if (make_netns) made = network::make_netns(*sb.loopback_);
-  if (go_w && attached && made) {
+  if (make_netns) made = network::make_netns(*loopback);
+  if (!made) p->netns_made = fail(made.error());
+  if (ctx.wait_go && p->attached && made) {
     char go = 'g';
     iovec iov{&go, 1};
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
@@ -636,31 +747,229 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
       std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
     }
     // EPIPE: the child failed already; its report says why.
-    (void)::sendmsg(go_w.get(), &m, MSG_NOSIGNAL);
+    (void)::sendmsg(p->ctl.get(), &m, MSG_NOSIGNAL);
   }
-  go_w.reset();
   // Our time is free until the child has set itself up.
   if (cgroups) cgroups->cleanup_stale_once();
+  return p;
+}
+
+// Sends the command to a pending init and waits until it runs (EOF on the
+// report pipe at the payload's exec) or has failed.
+Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
+                             const Stdio& stdio) {
+  // Header first, with the fds; then the strings.
+  std::vector<std::string> cand = exec_candidates(cmd);
+  std::string beneath_rest = ".";
+  const std::string& b = cmd.work_dir_beneath;
+  if (!b.empty() && cmd.work_dir.size() > b.size())
+    beneath_rest = cmd.work_dir.substr(b == "/" ? 1 : b.size() + 1);
+  std::string body;
+  for (const auto& a : cmd.argv) body.append(a).push_back('\0');
+  for (const auto& e : cmd.env) body.append(e).push_back('\0');
+  for (const auto& c : cand) body.append(c).push_back('\0');
+  body.append(cmd.work_dir).push_back('\0');
+  body.append(b).push_back('\0');
+  body.append(beneath_rest).push_back('\0');
+  if (body.size() > kMaxCallBody)
+    return fail(make_error(ErrorKind::Limit, "command and environment exceed 64 MiB"));
+  CallHeader h{kCallMagic,
+               static_cast<uint32_t>(body.size()),
+               static_cast<uint32_t>(cmd.argv.size()),
+               static_cast<uint32_t>(cmd.env.size()),
+               static_cast<uint32_t>(cand.size()),
+               0};
+  int fds[4];
+  size_t nfds = 0;
+  auto add = [&](int fd, uint32_t flag) {
+    if (fd < 0) return;
+    fds[nfds++] = fd;
+    h.flags |= flag;
+  };
+  add(stdio.in, kCallStdin);
+  add(stdio.out, kCallStdout);
+  add(stdio.err, kCallStderr);
+  add(cmd.exec_fd, kCallExecFd);
+  if (cmd.exec_fd >= 0 && cmd.exec_fd_inherit) h.flags |= kCallExecFdInherit;
+  if (stdio.controlling_tty) h.flags |= kCallTty;
+  if (!b.empty()) h.flags |= kCallBeneath;
+  iovec iov{&h, sizeof h};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  if (nfds) {
+    m.msg_control = cbuf;
+    m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    std::memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+  }
+  // A warm init was set up at background priority: the command runs at ours.
+  if (p.background) {
+    errno = 0;
+    int nice = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+    if (errno == 0) ::setpriority(PRIO_PROCESS, static_cast<id_t>(p.out.pid_), nice);
+  }
+  // A send that fails means the init is gone: its report (below) says why.
+  ssize_t n;
+  do n = ::sendmsg(p.ctl.get(), &m, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n == static_cast<ssize_t>(sizeof h))
+    for (size_t off = 0; off < body.size();) {
+      ssize_t w = write_nosigpipe(p.ctl.get(), body.data() + off, body.size() - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+  p.ctl.reset();
 
   Report r{};
   size_t got = 0;
   while (got < sizeof r) {
-    ssize_t n = ::read(report->read.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<size_t>(n);
+    ssize_t k = ::read(p.report.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    got += static_cast<size_t>(k);
   }
   if (got == sizeof r) {
     Error e = describe_failure(cmd, r);
     if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
-      e = sys_error("mounts: " + sb.mounts_.describe(r.detail, mount_template != nullptr), r.err);
-    out.reap();
+      e = sys_error("mounts: " + sb.mounts().describe(r.detail, p.templated), r.err);
+    p.out.reap();
     return fail(std::move(e));
   }
   if (got != 0) return fail(internal("short report from the sandbox"));
-  if (!attached) return fail(attached.error().wrap("cgroup attach"));
-  if (!made) return fail(made.error().wrap("network namespace"));
-  return out;
+  if (!p.attached) return fail(p.attached.error().wrap("cgroup attach"));
+  if (!p.netns_made) return fail(p.netns_made.error().wrap("network namespace"));
+  if (n != static_cast<ssize_t>(sizeof h)) return fail(sys_error("send the command", EPIPE));
+  return std::move(p.out);
+}
+
+// The thread that makes warm inits, one at a time, for every sandbox that
+// asks (Sandbox::refill).
+class Prestarter {
+ public:
+  static Prestarter& get() {
+    static Prestarter* p = new Prestarter;  // never destroyed: its inits follow it
+    return *p;
+  }
+  // Returns once nothing is queued or being made.
+  void drain() {
+    std::unique_lock lk(mu_);
+    idle_.wait(lk, [&] { return queue_.empty() && !busy_; });
+  }
+  void request(std::weak_ptr<const Sandbox> sb, std::shared_ptr<cgroups::Manager> cgroups) {
+    {
+      std::lock_guard lk(mu_);
+      queue_.emplace_back(std::move(sb), std::move(cgroups));
+      if (!started_) {
+        started_ = true;
+        std::thread([this] { loop(); }).detach();
+      }
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void loop() {
+    t_long_lived = true;
+    // Background work: it gets what the callers leave of the CPUs. The inits
+    // cloned here inherit it until their command comes (give_command).
+    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kBackgroundNice);
+    std::unique_lock lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return !queue_.empty(); });
+      auto [weak, cgroups] = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lk.unlock();
+      if (auto sb = weak.lock()) {
+        bool need;
+        {
+          std::lock_guard wl(sb->warm_mu_);
+          need = !sb->warm_ && !sb->warming_;
+          sb->warming_ = need;
+        }
+        if (need) {
+          // A failure here is left for the next spawn, which starts its own
+          // init and reports the error to its caller.
+          auto p = sb->start_init(cgroups.get());
+          std::lock_guard wl(sb->warm_mu_);
+          if (p) {
+            (*p)->background = true;
+            sb->warm_ = std::move(*p);
+          }
+          sb->warming_ = false;
+          sb->warm_cv_.notify_all();
+        }
+      }
+      // The last owner may be us: the sandbox (and its warm init) goes here.
+      cgroups.reset();
+      weak.reset();
+      lk.lock();
+      busy_ = false;
+      if (queue_.empty()) idle_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_, idle_;
+  bool busy_ = false;
+  std::deque<std::pair<std::weak_ptr<const Sandbox>, std::shared_ptr<cgroups::Manager>>> queue_;
+  bool started_ = false;
+};
+
+Sandbox::Sandbox() = default;
+Sandbox::~Sandbox() = default;  // a warm init is killed, reaped and its cgroup removed
+
+std::unique_ptr<PendingInit> Sandbox::take_warm(const cgroups::Manager* cgroups) const {
+  std::unique_lock lk(warm_mu_);
+  ++spawns_;
+  // One being cloned is nearer to ready than one we would clone now.
+  warm_cv_.wait(lk, [&] { return !warming_; });
+  // Its mounts copied the host's trees when it was made: after a mount on
+  // the host since, it goes (killed and reaped) and a new one starts.
+  if (warm_ && warm_->mount_gen != mount_generation()) warm_.reset();
+  if (warm_ && warm_->manager == cgroups) return std::move(warm_);
+  return nullptr;
+}
+
+void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
+  {
+    std::lock_guard lk(warm_mu_);
+    // A process that starts one sandbox never pays for a second.
+    if (spawns_ < 2 || warm_ || warming_) return;
+  }
+  Prestarter::get().request(weak_from_this(), cgroups);
+}
+
+Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgroups) const {
+  uint64_t gen = 0;
+  auto tpl = mount_template(&gen);
+  auto p = clone_init(spec_, mounts_, filter_, loopback_ ? &*loopback_ : nullptr, clone_flags_,
+                      std::move(tpl), cgroups);
+  if (p) (*p)->mount_gen = gen;
+  return p;
+}
+
+Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                      const std::shared_ptr<cgroups::Manager>& cgroups) {
+  if (cmd.argv.empty() || cmd.argv[0].empty()) return fail(invalid("empty command"));
+  if (cmd.work_dir.empty() || cmd.work_dir[0] != '/')
+    return fail(invalid("work dir '" + cmd.work_dir + "' is not an absolute path"));
+  const std::string& b = cmd.work_dir_beneath;
+  if (!b.empty() && cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
+    return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
+
+  std::unique_ptr<PendingInit> p = sb.take_warm(cgroups.get());
+  if (!p) {
+    auto cold = sb.start_init(cgroups.get());
+    if (!cold) return fail(cold.error());
+    p = std::move(*cold);
+  }
+  return give_command(*p, sb, cmd, stdio);
 }
 
 Spawned& Spawned::operator=(Spawned&& o) noexcept {
@@ -818,6 +1127,7 @@ void Spawned::retire(Spawned&& s) {
 }
 
 void Spawned::drain_retired() {
+  Prestarter::get().drain();
   Reaper::get().drain();
 }
 

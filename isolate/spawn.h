@@ -26,6 +26,7 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -47,6 +48,7 @@ namespace cloister {
 enum class SpawnStep : int32_t {
   None = 0,
   WaitParent,
+  Command,
   Signals,
   Loopback,
   Mounts,
@@ -76,29 +78,63 @@ struct Stdio {
   bool controlling_tty = false;
 };
 
+struct PendingInit;
+
 // A sandbox description compiled for spawning: immutable, shareable between
 // threads, reused for every command of an executor.
-class Sandbox {
+//
+// From its second spawn on, a sandbox keeps one init ready ("warm"): cloned
+// and set up (namespaces, mounts, cgroup, credentials, seccomp) by a thread
+// of the library while the previous command runs, waiting only for its
+// command. A spawn then sends the command and the stdio fds over the init's
+// control socket and is done once the payload execs. The warm init is
+// killed when the sandbox goes (its last Executor and Process).
+class Sandbox : public std::enable_shared_from_this<Sandbox> {
  public:
   static Result<std::shared_ptr<const Sandbox>> prepare(const SpawnSpec& spec);
   const SpawnSpec& spec() const { return spec_; }
+  const mounts::MountPlan& mounts() const { return mounts_; }
+  Sandbox();
+  ~Sandbox();
 
  private:
   friend class Spawned;
   friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
-                                     cgroups::Manager*);
+                                     const std::shared_ptr<cgroups::Manager>&);
   // The mount template (MountPlan::build_template), from the second spawn on
   // (a one-shot caller never pays for building it) and rebuilt when the
   // host's mount table changes; null when the plan has none.
-  std::shared_ptr<const mounts::MountTemplate> mount_template() const;
+  std::shared_ptr<const mounts::MountTemplate> mount_template(uint64_t* gen) const;
+  // Counts the changes of the host's mount table seen so far.
+  uint64_t mount_generation() const;
+  uint64_t mount_generation_locked() const;
+  // Clones an init and lets it set itself up; its command comes later.
+  Result<std::unique_ptr<PendingInit>> start_init(cgroups::Manager* cgroups) const;
+  // The warm init, if there is one for this cgroup manager.
+  std::unique_ptr<PendingInit> take_warm(const cgroups::Manager* cgroups) const;
+  friend class Prestarter;
 
+ public:
+  // Asks the library's prestart thread for a warm init, from the second
+  // spawn on. Called when a payload has exited: the init then sets itself up
+  // while nothing of ours runs, rather than slowing the payload down.
+  void refill(const std::shared_ptr<cgroups::Manager>& cgroups) const;
+
+ private:
   SpawnSpec spec_;
   mounts::MountPlan mounts_;
   mutable std::mutex template_mu_;
   mutable std::shared_ptr<const mounts::MountTemplate> template_;
   mutable Fd mountinfo_;  // polled for changes of the host's mount table
   mutable int template_uses_ = 0;
+  mutable uint64_t mount_gen_ = 0;
+  mutable uint64_t template_gen_ = 0;
   mutable bool template_broken_ = false;
+  mutable std::mutex warm_mu_;
+  mutable std::unique_ptr<PendingInit> warm_;
+  mutable bool warming_ = false;  // the prestart thread is cloning one
+  mutable std::condition_variable warm_cv_;
+  mutable int spawns_ = 0;
   seccomp::Filter filter_;
   std::optional<network::LoopbackUp> loopback_;
   uint64_t clone_flags_ = 0;
@@ -146,9 +182,10 @@ class Spawned {
   // gone: the teardown of its namespaces then costs the caller nothing.
   // Anything else is killed and reaped here, as by the destructor.
   static void retire(Spawned&& s);
-  // Blocks until the reaper has finished every sandbox retired so far: after
-  // it no init and no cgroup of theirs is left (tests, and programs about to
-  // exit).
+  // Blocks until the reaper has finished every sandbox retired so far, and
+  // the prestart thread is idle: after it no init and no cgroup of theirs is
+  // left, nor of sandboxes (Executors) already dropped (tests, and programs
+  // about to exit).
   static void drain_retired();
   // Off: retire() finishes the teardown itself, on the caller's thread. For
   // a program that starts one sandbox and exits (`cloister exec`): it has to
@@ -157,7 +194,14 @@ class Spawned {
   static void set_background_teardown(bool on);
 
  private:
-  friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&, cgroups::Manager*);
+  friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
+                               const std::shared_ptr<cgroups::Manager>&);
+  friend struct PendingInit;
+  friend Result<std::unique_ptr<PendingInit>> clone_init(
+      const SpawnSpec&, const mounts::MountPlan&, const seccomp::Filter&,
+      const network::LoopbackUp*, uint64_t, std::shared_ptr<const mounts::MountTemplate>,
+      cgroups::Manager*);
+  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
   Spawned() = default;
   pid_t pid_ = -1;
   Fd pidfd_;
@@ -177,6 +221,14 @@ class Spawned {
 // any thread but the main one, because the death signal follows the thread
 // that cloned.
 Result<Spawned> spawn(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
-                      cgroups::Manager* cgroups);
+                      const std::shared_ptr<cgroups::Manager>& cgroups);
+
+// The library's internals behind spawn(), declared for friendship.
+Result<std::unique_ptr<PendingInit>> clone_init(const SpawnSpec&, const mounts::MountPlan&,
+                                                const seccomp::Filter&, const network::LoopbackUp*,
+                                                uint64_t,
+                                                std::shared_ptr<const mounts::MountTemplate>,
+                                                cgroups::Manager*);
+Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
 
 }  // namespace cloister

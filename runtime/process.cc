@@ -188,7 +188,7 @@ Status Process::start() {
   }
 
   started_at_ = std::chrono::steady_clock::now();
-  auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups.get());
+  auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups);
   if (!s) {
     if (setup_.on_start_failure) setup_.on_start_failure(s.error());
     // A process that never ran gives its limit slots back; it cannot be
@@ -366,6 +366,8 @@ Result<ExitStatus> Process::finish() {
   if (spawned_->reaped())
     if (auto r = spawned_->release(); !r) return fail(r.error().wrap("remove cgroup"));
   status_ = st;
+  // The executor's next sandbox can set itself up now.
+  setup_.sandbox->refill(setup_.cgroups);
   // The process has ended: its places in the concurrency limits are free.
   setup_.slots.clear();
   return with_flags(st);

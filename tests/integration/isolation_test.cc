@@ -568,6 +568,65 @@ TEST(Isolation, MountTemplateFollowsHostMounts) {
   EXPECT_EQ(run_on(**exec, {"/bin/ls", "-A", "/data/sub"}).out, "");
 }
 
+// The host's own sandbox inits that are children of this process.
+int own_inits() {
+  int inits = 0;
+  const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    std::string dir = std::string("/proc/") + e->d_name;
+    if (read_text(dir + "/comm") == "cloister-init\n" &&
+        read_text(dir + "/status").find(ppid) != std::string::npos)
+      ++inits;
+  }
+  if (d) ::closedir(d);
+  return inits;
+}
+
+// From an executor's second sandbox on, the next one is set up ahead of time
+// (a warm init) and gets its command over a socket: each command must still
+// get its own argv, environment, work dir and stdio, and its failures.
+TEST(ProcessApi, WarmInitsRunEachCommandAsItsOwn) {
+  auto exec = Executor::create(base_config());
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 6; ++i) {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "echo \"$0 $1 $V $(pwd)\"; read x; echo \"got $x\" >&2",
+                "a" + std::to_string(i), std::string(i * 3000, 'x').substr(0, 3)};
+    req.env = {{"V", "v" + std::to_string(i)}};
+    req.work_dir = i % 2 ? "/usr" : "/tmp";
+    req.stdin_open = true;
+    auto p = (*exec)->exec(std::move(req));
+    ASSERT_TRUE(p) << p.error().what();
+    ASSERT_TRUE((*p)->start());
+    ASSERT_TRUE((*p)->write_stdin("in" + std::to_string(i) + "\n"));
+    ASSERT_TRUE((*p)->write_stdin(""));
+    RunResult r = collect(**p);
+    auto st = (*p)->wait();
+    ASSERT_TRUE(st);
+    EXPECT_EQ(st->exit_code, 0);
+    EXPECT_EQ(r.out, "a" + std::to_string(i) + " " + (i ? "xxx" : "") + " v" + std::to_string(i) +
+                         " " + (i % 2 ? "/usr" : "/tmp") + "\n");
+    EXPECT_EQ(r.err, "got in" + std::to_string(i) + "\n");
+  }
+  // Failures come back through a warm init as through a cold one.
+  for (int i = 0; i < 2; ++i) {
+    ExecRequest req;
+    req.argv = {"/no/such/cmd"};
+    auto p = (*exec)->exec(std::move(req));
+    ASSERT_TRUE(p);
+    auto s = (*p)->start();
+    ASSERT_FALSE(s);
+    EXPECT_EQ(s.error().kind, ErrorKind::NotFound) << s.error().what();
+    EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
+  }
+  Spawned::drain_retired();
+  EXPECT_EQ(own_inits(), 1) << "one warm init waits for the executor's next command";
+  exec->reset();  // the executor goes, and its warm init with it
+  Spawned::drain_retired();
+  EXPECT_EQ(own_inits(), 0);
+}
+
 // wait() returns at the payload's exit when nothing else is left in the
 // sandbox; the init's own exit is finished by the reaper. When the payload
 // leaves processes behind, wait() returns only once they are gone.
@@ -581,18 +640,9 @@ TEST(ProcessApi, WaitReturnsWhenNothingIsLeft) {
     EXPECT_EQ(count_host_processes(kSleeperCmdline), 0) << "a leftover outlived wait()";
   }
   for (int i = 0; i < 5; ++i) EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
+  exec->reset();
   Spawned::drain_retired();
-  int inits = 0;
-  const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
-  DIR* d = ::opendir("/proc");
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    std::string dir = std::string("/proc/") + e->d_name;
-    if (read_text(dir + "/comm") == "cloister-init\n" &&
-        read_text(dir + "/status").find(ppid) != std::string::npos)
-      ++inits;
-  }
-  if (d) ::closedir(d);
-  EXPECT_EQ(inits, 0) << "inits left after drain_retired()";
+  EXPECT_EQ(own_inits(), 0) << "inits left after drain_retired()";
 }
 
 }  // namespace
