@@ -1,6 +1,9 @@
 // cloisterd benchmarks through the client library (tests/bench/service.sh
 // runs them next to the CLI, bwrap and a raw pipe):
-//   latency <socket> <runs>       start->exit of /bin/true, RemoteProcess
+//   latency <socket> <runs> [executor] [gap_ms]
+//                                 start->exit of /bin/true, RemoteProcess
+//                                 (executor "bench" by default; gap_ms of
+//                                 idle before each run, 0 by default)
 //   throughput <socket> <bytes>   stdout of `head -c BYTES /dev/zero`:
 //                                 through the socket (data frames), through
 //                                 passed fds (SCM_RIGHTS, a pipe we read), and
@@ -31,11 +34,12 @@ namespace {
   std::exit(1);
 }
 
-void latency(const std::string& socket, int runs) {
-  auto ex = RemoteExecutor::connect(socket, "bench");
+void latency(const std::string& socket, int runs, const std::string& executor, int gap_ms) {
+  auto ex = RemoteExecutor::connect(socket, executor);
   if (!ex) die(ex.error().what());
   std::vector<double> ms;
   for (int i = 0; i < runs + 20; ++i) {
+    if (gap_ms) std::this_thread::sleep_for(std::chrono::milliseconds(gap_ms));
     auto t0 = Clock::now();
     auto p = (*ex)->exec({.argv = {"/bin/true"}});
     if (!p || !(*p)->start()) die("start");
@@ -126,10 +130,12 @@ void throughput(const std::string& socket, uint64_t bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) die("usage: bench_service latency|throughput SOCKET N");
+  if (argc < 4 || argc > 6)
+    die("usage: bench_service latency SOCKET RUNS [EXECUTOR] [GAP_MS] | throughput SOCKET BYTES");
   std::string mode = argv[1];
   if (mode == "latency")
-    latency(argv[2], std::atoi(argv[3]));
+    latency(argv[2], std::atoi(argv[3]), argc > 4 ? argv[4] : "bench",
+            argc > 5 ? std::atoi(argv[5]) : 0);
   else if (mode == "throughput")
     throughput(argv[2], std::strtoull(argv[3], nullptr, 10));
   else

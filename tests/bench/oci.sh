@@ -21,8 +21,10 @@ RUNS=${RUNS:-5}
 REF=127.0.0.1:$PORT/bench/debian:bookworm
 WORK=$(mktemp -d /tmp/cloister-bench-oci.XXXXXX)
 REG_PID=
+DAEMON_PID=
 cleanup() {
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null || true
+  [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
   runc delete -f bench-oci >/dev/null 2>&1 || true
   podman rmi -f "$REF" >/dev/null 2>&1 || true
   rm -rf "$WORK"
@@ -85,10 +87,36 @@ executors:
     kind: container
     image: $REF
     read_only_rootfs: true
+service:
+  socket: $WORK/cloister.sock
+  log_dir: $WORK/logs
 YAML
+# The same executor in cloisterd: its sandboxes come from the executor's
+# mount template and warm init (docs/architecture.md).
+"$(dirname "$CLOISTER")/cloisterd" --config $WORK/c.yaml 2>$WORK/cloisterd.log &
+DAEMON_PID=$!
+for _ in $(seq 100); do [ -S $WORK/cloister.sock ] && break; sleep 0.05; done
 # `podman run` is not compared: on this host (no CAP_SYS_RESOURCE) its runc
 # fails to apply podman's default rlimits (NOFILE, then NPROC with --ulimit).
-hyperfine -N -w 5 -r $((RUNS * 10)) --export-markdown $WORK/start.md \
+hyperfine -N -w 5 -r $((RUNS * 10)) --export-markdown $WORK/start.md --export-json $WORK/start.json \
   "$CLOISTER exec -c $WORK/c.yaml -x deb -- /bin/true" \
+  "$CLOISTER --socket $WORK/cloister.sock run deb -- /bin/true" \
   "runc run -b $WORK/bundle bench-oci"
 cat $WORK/start.md
+# Through the client library, as a daemon embedding cloister would start
+# containers: back to back, and 5 ms apart.
+"$(dirname "$CLOISTER")/cloister_bench_service" latency $WORK/cloister.sock $((RUNS * 20)) deb > $WORK/lib.txt
+"$(dirname "$CLOISTER")/cloister_bench_service" latency $WORK/cloister.sock $((RUNS * 20)) deb 5 > $WORK/lib5.txt
+kill -TERM $DAEMON_PID; wait $DAEMON_PID 2>/dev/null || true
+python3 - $WORK/start.json $WORK/lib.txt $WORK/lib5.txt <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))["results"]
+med = lambda r: sorted(r["times"])[len(r["times"]) // 2] * 1000
+runc = med(res[2])
+print(f"runc run p50 {runc:.2f} ms; cloister exec p50 {med(res[0]):.2f} ms ({runc / med(res[0]):.1f}x);"
+      f" cloister run p50 {med(res[1]):.2f} ms ({runc / med(res[1]):.1f}x)")
+for path, label in ((sys.argv[2], "back to back"), (sys.argv[3], "5 ms apart")):
+    kv = dict(x.split("=") for x in open(path).read().split()[1:])
+    p50 = float(kv["p50_ms"])
+    print(f"client library ({label}): p50 {p50:.2f} ms, p99 {float(kv['p99_ms']):.2f} ms ({runc / p50:.1f}x faster than runc run)")
+PY

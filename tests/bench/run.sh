@@ -2,7 +2,8 @@
 # Start->exit latency of `true`, side by side in one run:
 #   cloister exec (CLI, full isolation), bwrap, unshare, plain fork+exec
 #   (through hyperfine), and the library call against fork+exec in-process
-#   (cloister_bench_spawn). Prints p50/p99 per method and the ratios.
+#   (cloister_bench_spawn: back to back, then 5 ms apart, which lets a warm
+#   sandbox get ready between runs). Prints p50/p99 per method and the ratios.
 # Usage: tests/bench/run.sh [RUNS]   (default 500; needs root and a build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,12 +40,13 @@ for line in open(sys.argv[2]):
     f = line.split()
     kv = dict(x.split("=") for x in f[1:])
     rows.append((f[0] + " (in-process)", float(kv["p50_ms"]), float(kv["p99_ms"]), int(kv["runs"])))
-print(f"| {'method':28} | {'p50 ms':>8} | {'p99 ms':>8} | runs |")
-print(f"|{'-'*30}|{'-'*10}|{'-'*10}|------|")
+print(f"| {'method':34} | {'p50 ms':>8} | {'p99 ms':>8} | runs |")
+print(f"|{'-'*36}|{'-'*10}|{'-'*10}|------|")
 for name, p50, p99, n in rows:
-    print(f"| {name:28} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
+    print(f"| {name:34} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
 d = {r[0]: r for r in rows}
 print()
 print(f"cloister exec p50 / bwrap p50 = {d['cloister exec'][1] / d['bwrap'][1]:.2f}")
-print(f"libcloister p50 / fork+exec p50 (in-process) = {d['libcloister (in-process)'][1] / d['fork+exec (in-process)'][1]:.2f}")
+print(f"libcloister p50 / fork+exec p50 (in-process, back to back) = {d['libcloister (in-process)'][1] / d['fork+exec (in-process)'][1]:.2f}")
+print(f"libcloister p50 / fork+exec p50 (in-process, 5 ms apart) = {d['libcloister-spaced (in-process)'][1] / d['fork+exec-spaced (in-process)'][1]:.2f}")
 PY

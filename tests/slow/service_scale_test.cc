@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "../integration/service_support.h"
 
@@ -93,8 +94,11 @@ TEST(ServiceScale, ThousandConcurrentSessions) {
   std::printf("1000 concurrent: started in %lld ms (%d running at once), all done in %lld ms\n",
               static_cast<long long>(ms(started - t0)), running,
               static_cast<long long>(ms(done - t0)));
-  EXPECT_EQ(count_cgroups(std::to_string(d.pid) + "-"), 0);
+  // What is left is at most the executor's warm sandbox (its next one, set
+  // up ahead); the daemon takes it along when it stops.
+  EXPECT_LE(count_cgroups(std::to_string(d.pid) + "-"), 1);
   EXPECT_EQ(d.stop(), 0);
+  EXPECT_EQ(count_cgroups(std::to_string(d.pid) + "-"), 0);
 }
 
 TEST(ServiceScale, TenThousandSequentialSessionsDoNotGrow) {
@@ -107,6 +111,9 @@ TEST(ServiceScale, TenThousandSequentialSessionsDoNotGrow) {
   };
   // Warm up (allocator arenas, lazily opened files), then measure.
   for (int i = 0; i < 200; ++i) one(i);
+  // Let the daemon's background work (the warm sandbox being set up, the
+  // last teardown) finish before each count.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const int fds0 = count_fds(d.pid);
   const uint64_t rss0 = rss_kib(d.pid);
   const int kRuns = 10'000;
@@ -116,6 +123,7 @@ TEST(ServiceScale, TenThousandSequentialSessionsDoNotGrow) {
     if (HasFatalFailure()) return;
   }
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const int fds1 = count_fds(d.pid);
   const uint64_t rss1 = rss_kib(d.pid);
   std::printf("10000 sequential: %.1f s (%.2f ms each); fds %d -> %d; RSS %llu -> %llu KiB\n", secs,
@@ -123,8 +131,11 @@ TEST(ServiceScale, TenThousandSequentialSessionsDoNotGrow) {
               static_cast<unsigned long long>(rss1));
   EXPECT_EQ(fds1, fds0);
   EXPECT_LT(rss1, rss0 + 2048) << "RSS grew by more than 2 MiB";
-  EXPECT_EQ(count_cgroups(std::to_string(d.pid) + "-"), 0);
+  EXPECT_LE(count_cgroups(std::to_string(d.pid) + "-"), 1) << "more than the warm sandbox";
   EXPECT_EQ((*c->call({{"op", "list"}}))["sessions"].size(), 0u);
+  c.reset();
+  EXPECT_EQ(d.stop(), 0);
+  EXPECT_EQ(count_cgroups(std::to_string(d.pid) + "-"), 0);
 }
 
 }  // namespace
