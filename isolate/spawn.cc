@@ -65,6 +65,9 @@ constexpr uint32_t kMaxCallBody = 64u << 20;
 // the CPU from sandboxes that are starting or running.
 constexpr int kBackgroundNice = 19;
 
+// Spawned::set_background_teardown.
+std::atomic<bool> g_background_teardown{true};
+
 // Exit code of a child that failed before exec; the parent reads the reason
 // from the report pipe, so the value only has to be recognisable in ps.
 constexpr int kSetupFailedExit = 125;
@@ -91,9 +94,10 @@ struct ChildContext {
   bool controlling_tty;  // stdin is a pty slave: make it the controlling terminal
   int report_w;
   int status_w;
-  int ctl;       // the parent's go, then the command (CallHeader)
-  bool wait_go;  // a go comes first (cgroup attach, a network namespace to join)
-  int devnull;   // host /dev/null, opened before the clone
+  int ctl;               // the parent's go, then the command (CallHeader)
+  bool wait_go;          // a go comes first (cgroup attach, a network namespace to join)
+  int devnull;           // host /dev/null, opened before the clone
+  bool background_exit;  // the caller leaves our exit to its reaper thread
   const mounts::MountTemplate* mount_template;  // or null: the full plan
 };
 
@@ -414,7 +418,7 @@ int receive_call(ChildContext& c) noexcept {
       while (n < 0 && errno == EINTR);
       // Our exit tears the namespaces down, which nobody waits for when we
       // are alone: background work.
-      if (msg.alone) ::setpriority(PRIO_PROCESS, 0, kBackgroundNice);
+      if (msg.alone && c.background_exit) ::setpriority(PRIO_PROCESS, 0, kBackgroundNice);
       // Exiting as PID 1 kills whatever the payload left behind.
       ::_exit(0);
     }
@@ -680,6 +684,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(
   ctx.ctl = ctl_child.get();
   ctx.wait_go = attach || make_netns;
   ctx.devnull = devnull->get();
+  ctx.background_exit = g_background_teardown;
   ctx.mount_template = tpl.get();
   p->templated = tpl != nullptr;
   // The child enters the template's namespace and unshares its own copy: a
@@ -1105,8 +1110,6 @@ class Reaper {
 };
 
 }  // namespace
-
-std::atomic<bool> g_background_teardown{true};
 
 void Spawned::set_background_teardown(bool on) {
   g_background_teardown = on;

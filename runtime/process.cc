@@ -339,6 +339,10 @@ pid_t Process::pid() const {
 int Process::pidfd() const {
   return spawned_ ? spawned_->pidfd() : -1;
 }
+int Process::exit_fd() const {
+  if (!spawned_) return -1;
+  return spawned_->status_fd() >= 0 ? spawned_->status_fd() : spawned_->pidfd();
+}
 
 Result<ExitStatus> Process::finish() {
   if (status_) return with_flags(*status_);

@@ -152,6 +152,11 @@ class Process {
   int stderr_fd() const { return err_.get(); }
   int stdin_fd() const { return in_.get(); }
   int pidfd() const;
+  // For an event loop: readable when wait_for(0) may have news. The init's
+  // status pipe while it is unread (the payload's exit, before the sandbox's
+  // teardown), the pidfd after that. Ask again after a wait_for(0) that timed
+  // out: the fd may have changed.
+  int exit_fd() const;
   bool truncated(Stream stream) const {
     return stream == Stream::Stdout ? out_cap_.truncated : err_cap_.truncated;
   }

@@ -199,6 +199,7 @@ struct SessionEntry {
   bool counted = true;               // in the running counts
   bool finished_handled = false;
   bool run_session = false;  // made by op run: removed once answered
+  int exit_fd = -1;          // registered for kPid: Process::exit_fd()
 };
 
 struct Server::Impl {
@@ -410,8 +411,15 @@ struct Server::Impl {
     auto it = sessions.find(sid);
     if (it == sessions.end()) return;
     SessionEntry& e = it->second;
-    ep_del(e.s->process().pidfd());
-    e.s->reap();
+    ep_del(e.exit_fd);
+    if (!e.s->try_reap()) {
+      // The payload exited but left processes behind: the init's own exit,
+      // which takes them along, is the news now.
+      e.exit_fd = e.s->process().exit_fd();
+      ep(EPOLL_CTL_ADD, e.exit_fd, EPOLLIN, tag(kPid, sid));
+      return;
+    }
+    e.exit_fd = -1;
     uncount(e);
     check_finished(e);
   }
@@ -502,7 +510,7 @@ struct Server::Impl {
     for (int i = 0; i < 2; ++i)
       if (e.registered[i]) ep_del(e.s->output_fd(i));
     if (e.stdin_registered) ep_del(e.s->stdin_fd());
-    if (!e.s->exited()) ep_del(e.s->process().pidfd());
+    if (!e.s->exited()) ep_del(e.exit_fd);
     uncount(e);
     for (uint64_t cid : e.conns) {
       auto c = conns.find(cid);
@@ -654,7 +662,8 @@ struct Server::Impl {
         ep(EPOLL_CTL_ADD, e.s->output_fd(i), EPOLLIN, tag(i == 0 ? kOut : kErr, sid));
         e.registered[i] = true;
       }
-    ep(EPOLL_CTL_ADD, e.s->process().pidfd(), EPOLLIN, tag(kPid, sid));
+    e.exit_fd = e.s->process().exit_fd();
+    ep(EPOLL_CTL_ADD, e.exit_fd, EPOLLIN, tag(kPid, sid));
     return sid;
   }
 

@@ -103,4 +103,16 @@ void Session::reap() {
   finished_at = std::chrono::steady_clock::now();
 }
 
+bool Session::try_reap() {
+  if (exited()) return true;
+  auto st = process_->wait_for(std::chrono::milliseconds(0));
+  if (!st && st.error().kind == ErrorKind::Timeout) return false;  // still running
+  if (st)
+    status_ = *st;
+  else
+    reap_error_ = st.error();
+  finished_at = std::chrono::steady_clock::now();
+  return true;
+}
+
 }  // namespace cloister

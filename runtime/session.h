@@ -68,8 +68,10 @@ class Session {
   // Writes what is queued; true when the queue is empty afterwards.
   bool flush_stdin();
 
-  // Exit: reap once the pidfd is readable.
+  // Exit: reap (blocking), or try to once process().exit_fd() is readable;
+  // try_reap() is true when the session has exited.
   void reap();
+  bool try_reap();
   bool exited() const { return status_.has_value() || reap_error_.has_value(); }
   // Exited and both output streams drained: the exit event may be sent.
   bool finished() const { return exited() && eof_[0] && eof_[1]; }

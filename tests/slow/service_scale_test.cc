@@ -94,8 +94,15 @@ TEST(ServiceScale, ThousandConcurrentSessions) {
   std::printf("1000 concurrent: started in %lld ms (%d running at once), all done in %lld ms\n",
               static_cast<long long>(ms(started - t0)), running,
               static_cast<long long>(ms(done - t0)));
-  // What is left is at most the executor's warm sandbox (its next one, set
-  // up ahead); the daemon takes it along when it stops.
+  // The sandboxes' teardown runs in the background once their exits are
+  // reported; what is left after it is at most the executor's warm sandbox
+  // (its next one, set up ahead), which the daemon takes along when it stops.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (count_cgroups(std::to_string(d.pid) + "-") > 1 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::printf("torn down %lld ms after the last exit was reported\n",
+              static_cast<long long>(ms(std::chrono::steady_clock::now() - done)));
   EXPECT_LE(count_cgroups(std::to_string(d.pid) + "-"), 1);
   EXPECT_EQ(d.stop(), 0);
   EXPECT_EQ(count_cgroups(std::to_string(d.pid) + "-"), 0);
