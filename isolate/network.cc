@@ -145,6 +145,16 @@ void NetnsPool::set_target(int n) {
   state_->cv.notify_all();
 }
 
+void NetnsPool::wait_idle() {
+  State& st = *state_;
+  std::unique_lock lk(st.mu);
+  // Not making, and nothing about to be made: full, off or broken.
+  st.cv.wait(lk, [&] {
+    return !st.making &&
+           (st.broken || static_cast<int>(st.ready.size()) >= std::min(st.active, st.target));
+  });
+}
+
 Fd NetnsPool::take() {
   State& st = *state_;
   std::unique_lock lk(st.mu);

@@ -46,6 +46,10 @@ class NetnsPool {
   Fd take();
   // How many namespaces are kept ready; 0 turns the pool off (tests).
   void set_target(int n);
+  // Returns once the pool is full (or off) and no namespace is being made:
+  // making one holds a netlink socket for a moment (tests that count fds
+  // wait for this).
+  void wait_idle();
 
  private:
   NetnsPool() = default;

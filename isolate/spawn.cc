@@ -583,9 +583,15 @@ uint64_t Sandbox::mount_generation() const {
 
 std::shared_ptr<const mounts::MountTemplate> Sandbox::mount_template(uint64_t* gen) const {
   std::lock_guard lk(template_mu_);
+  // A one-shot caller keeps nothing open: no template, no watch on the
+  // mount table (nor warm inits, which start with the second spawn).
+  if (++template_uses_ < 2) {
+    *gen = mount_gen_;
+    return nullptr;
+  }
   // Read before a build: a change during it is seen at the next look.
   *gen = mount_generation_locked();
-  if (!mounts_.templatable() || template_broken_ || ++template_uses_ < 2) return nullptr;
+  if (!mounts_.templatable() || template_broken_) return nullptr;
   if (template_ && template_gen_ != *gen) template_.reset();
   if (!template_) {
     auto t = mounts_.build_template();
@@ -1132,6 +1138,7 @@ void Spawned::retire(Spawned&& s) {
 void Spawned::drain_retired() {
   Prestarter::get().drain();
   Reaper::get().drain();
+  network::NetnsPool::get().wait_idle();
 }
 
 Result<cgroups::Usage> Spawned::usage() const {

@@ -183,9 +183,10 @@ class Spawned {
   // Anything else is killed and reaped here, as by the destructor.
   static void retire(Spawned&& s);
   // Blocks until the reaper has finished every sandbox retired so far, and
-  // the prestart thread is idle: after it no init and no cgroup of theirs is
-  // left, nor of sandboxes (Executors) already dropped (tests, and programs
-  // about to exit).
+  // the prestart thread and the network namespace pool are idle: after it no
+  // init and no cgroup of theirs is left, nor of sandboxes (Executors)
+  // already dropped, and no fd of the library's is in flight (tests, and
+  // programs about to exit).
   static void drain_retired();
   // Off: retire() finishes the teardown itself, on the caller's thread. For
   // a program that starts one sandbox and exits (`cloister exec`): it has to
