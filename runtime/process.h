@@ -127,7 +127,11 @@ class Process {
   // Next chunk of one stream; an empty string at EOF.
   Result<std::string> read(Stream stream);
 
-  // Blocks until the payload has exited (or was killed); repeatable.
+  // Blocks until the payload has exited (or was killed); repeatable. When it
+  // returns, no process of the sandbox is left running: either the init said
+  // it was alone at the payload's exit (its own exit, the namespaces'
+  // teardown and the cgroup's removal then finish on the library's reaper
+  // thread; Spawned::drain_retired() waits for them), or the init is gone.
   Result<ExitStatus> wait();
   // As wait(), but gives up after `timeout` with a TIMEOUT error.
   Result<ExitStatus> wait_for(std::chrono::milliseconds timeout);
