@@ -194,6 +194,30 @@ int payload_entry(void* arg) {
   payload_main(*static_cast<const ChildContext*>(arg));
 }
 
+// One message of len bytes (all of them: MSG_WAITALL) with up to maxfds fds
+// (SCM_RIGHTS, received close-on-exec) into fds; *nfds gets their number.
+// Returns the bytes read (0 at EOF), or -1 with errno; async-signal-safe.
+ssize_t recv_with_fds(int sock, void* buf, size_t len, int* fds, size_t maxfds,
+                      size_t* nfds) noexcept {
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(4 * sizeof(int))];
+  iovec iov{buf, len};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = CMSG_SPACE(maxfds * sizeof(int));
+  ssize_t got;
+  do got = ::recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  while (got < 0 && errno == EINTR);
+  *nfds = 0;
+  for (cmsghdr* cm = got >= 0 ? CMSG_FIRSTHDR(&m) : nullptr; cm; cm = CMSG_NXTHDR(&m, cm))
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      *nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      std::memcpy(fds, CMSG_DATA(cm), *nfds * sizeof(int));
+    }
+  return got;
+}
+
 // Reads exactly n bytes; false on EOF or error.
 bool read_full(int fd, char* p, size_t n) noexcept {
   while (n > 0) {
@@ -211,25 +235,10 @@ bool read_full(int fd, char* p, size_t n) noexcept {
 int receive_call(ChildContext& c) noexcept {
   CallHeader h{};
   int fds[4] = {-1, -1, -1, -1};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)];
-  iovec iov{&h, sizeof h};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = cbuf;
-  m.msg_controllen = sizeof cbuf;
-  ssize_t got;
-  do got = ::recvmsg(c.ctl, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-  while (got < 0 && errno == EINTR);
+  size_t nfds = 0;
+  ssize_t got = recv_with_fds(c.ctl, &h, sizeof h, fds, 4, &nfds);
   if (got < 0) return errno;
   if (got != static_cast<ssize_t>(sizeof h)) return EPIPE;  // the parent gave up
-  size_t nfds = 0;
-  for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm))
-    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-      nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      if (nfds > 4) return EPROTO;
-      std::memcpy(fds, CMSG_DATA(cm), nfds * sizeof(int));
-    }
   if (h.magic != kCallMagic || h.body_len > kMaxCallBody || h.argc == 0 ||
       static_cast<size_t>(__builtin_popcount(h.flags & 15)) != nfds)
     return EPROTO;
@@ -308,21 +317,10 @@ int receive_call(ChildContext& c) noexcept {
   // the bounding set, seccomp and the uid change: setns needs what they take.
   if (c.wait_go) {
     char go;
-    iovec iov{&go, 1};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    ssize_t got;
-    do got = ::recvmsg(c.ctl, &m, MSG_CMSG_CLOEXEC);
-    while (got < 0 && errno == EINTR);
-    if (got != 1) ::_exit(kSetupFailedExit);
-    cmsghdr* cm = CMSG_FIRSTHDR(&m);
-    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-      int ns;
-      std::memcpy(&ns, CMSG_DATA(cm), sizeof ns);
+    int ns = -1;
+    size_t nfds = 0;
+    if (recv_with_fds(c.ctl, &go, 1, &ns, 1, &nfds) != 1) ::_exit(kSetupFailedExit);
+    if (nfds == 1) {
       if (::setns(ns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
       ::close(ns);
     }
@@ -639,6 +637,33 @@ struct PendingInit {
   Status netns_made;
 };
 
+namespace {
+
+// Sends len bytes with the nfds fds (SCM_RIGHTS); no SIGPIPE. Returns what
+// sendmsg returns.
+ssize_t send_with_fds(int sock, const void* buf, size_t len, const int* fds, size_t nfds) {
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(4 * sizeof(int))] = {};
+  iovec iov{const_cast<void*>(buf), len};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  if (nfds) {
+    m.msg_control = cbuf;
+    m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    std::memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+  }
+  ssize_t n;
+  do n = ::sendmsg(sock, &m, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+}  // namespace
+
 // Clones an init, with its cgroup, and lets it go (cgroup attach, a network
 // namespace): everything but the command.
 Result<std::unique_ptr<PendingInit>> clone_init(
@@ -741,24 +766,9 @@ Result<std::unique_ptr<PendingInit>> clone_init(
   if (make_netns) made = network::make_netns(*loopback);
   if (!made) p->netns_made = fail(made.error());
   if (ctx.wait_go && p->attached && made) {
-    char go = 'g';
-    iovec iov{&go, 1};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    if (*made) {
-      m.msg_control = cbuf;
-      m.msg_controllen = sizeof cbuf;
-      cmsghdr* cm = CMSG_FIRSTHDR(&m);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int));
-      int fd = made->get();
-      std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    }
+    const int ns = made->get();
     // EPIPE: the child failed already; its report says why.
-    (void)::sendmsg(p->ctl.get(), &m, MSG_NOSIGNAL);
+    (void)send_with_fds(p->ctl.get(), "g", 1, &ns, *made ? 1 : 0);
   }
   // Our time is free until the child has set itself up.
   if (cgroups) cgroups->cleanup_stale_once();
@@ -804,20 +814,6 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   if (cmd.exec_fd >= 0 && cmd.exec_fd_inherit) h.flags |= kCallExecFdInherit;
   if (stdio.controlling_tty) h.flags |= kCallTty;
   if (!b.empty()) h.flags |= kCallBeneath;
-  iovec iov{&h, sizeof h};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)] = {};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  if (nfds) {
-    m.msg_control = cbuf;
-    m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-    cmsghdr* cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    std::memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-  }
   // A warm init was set up at background priority: the command runs at ours.
   if (p.background) {
     errno = 0;
@@ -825,9 +821,7 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     if (errno == 0) ::setpriority(PRIO_PROCESS, static_cast<id_t>(p.out.pid_), nice);
   }
   // A send that fails means the init is gone: its report (below) says why.
-  ssize_t n;
-  do n = ::sendmsg(p.ctl.get(), &m, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = send_with_fds(p.ctl.get(), &h, sizeof h, fds, nfds);
   if (n == static_cast<ssize_t>(sizeof h))
     for (size_t off = 0; off < body.size();) {
       ssize_t w = write_nosigpipe(p.ctl.get(), body.data() + off, body.size() - off);

@@ -3,19 +3,23 @@
 //
 // Parent, before the clone (Sandbox::prepare, once per executor): validate
 // the spec, compile seccomp to BPF, build the mount plan and the netlink
-// request for lo. Per spawn: create the process's cgroup, build argv/envp and
-// the exec candidates, then clone3(CLONE_PIDFD | CLONE_INTO_CGROUP |
-// CLONE_NEW{PID,NS,IPC,UTS,CGROUP[,NET]}).
+// request for lo. Per spawn: take the executor's warm init, or create the
+// process's cgroup and clone3(CLONE_PIDFD | CLONE_INTO_CGROUP |
+// CLONE_NEW{PID,IPC,UTS,CGROUP}, and CLONE_NEWNS without a mount template),
+// making its network namespace meanwhile unless the pool had one. Then send
+// it the command (argv, envp, exec candidates, work dir, stdio fds) over its
+// control socket.
 //
 // Child (PID 1 of its pid namespace), async-signal-safe steps only, each
 // failure reported to the parent as {step, errno, detail} over a close-on-exec
-// pipe: death signal, wait for the parent (cgroup attach), lo up, mounts and
-// pivot_root, hostname, rlimits, bounding set, no_new_privs, seccomp, groups,
-// gid, uid, capabilities, work dir. Then it forks the payload (which takes its
-// stdio, closes every other fd and execs) and stays behind as init: it reaps
-// zombies, forwards signals to the payload and, when the payload exits, hands
-// its wait status to the parent and exits, which takes down everything else
-// in the namespace.
+// pipe: death signal, the pool's network namespace, mounts and pivot_root (or
+// the template), hostname, rlimits, the parent's go (cgroup attach, its
+// network namespace), bounding set, no_new_privs, seccomp, groups, gid, uid,
+// capabilities, the command, work dir. Then it forks the payload (which takes
+// its stdio, closes every other fd and execs) and stays behind as init: it
+// reaps zombies, forwards signals to the payload and, when the payload exits,
+// hands its wait status to the parent and exits, which takes down everything
+// else in the namespace.
 //
 // Successful exec is seen by the parent as EOF on the report pipe, so spawn()
 // returns only once the command runs (or has failed to start). The init

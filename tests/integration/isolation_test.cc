@@ -568,21 +568,6 @@ TEST(Isolation, MountTemplateFollowsHostMounts) {
   EXPECT_EQ(run_on(**exec, {"/bin/ls", "-A", "/data/sub"}).out, "");
 }
 
-// The host's own sandbox inits that are children of this process.
-int own_inits() {
-  int inits = 0;
-  const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
-  DIR* d = ::opendir("/proc");
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    std::string dir = std::string("/proc/") + e->d_name;
-    if (read_text(dir + "/comm") == "cloister-init\n" &&
-        read_text(dir + "/status").find(ppid) != std::string::npos)
-      ++inits;
-  }
-  if (d) ::closedir(d);
-  return inits;
-}
-
 // From an executor's second sandbox on, the next one is set up ahead of time
 // (a warm init) and gets its command over a socket: each command must still
 // get its own argv, environment, work dir and stdio, and its failures.
@@ -621,10 +606,10 @@ TEST(ProcessApi, WarmInitsRunEachCommandAsItsOwn) {
     EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
   }
   Spawned::drain_retired();
-  EXPECT_EQ(own_inits(), 1) << "one warm init waits for the executor's next command";
+  EXPECT_EQ(count_own_inits(), 1) << "one warm init waits for the executor's next command";
   exec->reset();  // the executor goes, and its warm init with it
   Spawned::drain_retired();
-  EXPECT_EQ(own_inits(), 0);
+  EXPECT_EQ(count_own_inits(), 0);
 }
 
 // wait() returns at the payload's exit when nothing else is left in the
@@ -642,7 +627,7 @@ TEST(ProcessApi, WaitReturnsWhenNothingIsLeft) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
   exec->reset();
   Spawned::drain_retired();
-  EXPECT_EQ(own_inits(), 0) << "inits left after drain_retired()";
+  EXPECT_EQ(count_own_inits(), 0) << "inits left after drain_retired()";
 }
 
 }  // namespace

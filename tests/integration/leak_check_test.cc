@@ -48,18 +48,7 @@ class LeakCheck : public ::testing::Environment {
     EXPECT_EQ(count_fds(::getpid(), &netns), fds_) << "fds leaked by the tests";
     EXPECT_LE(netns, 3) << "more network namespaces held than the pool keeps";
     EXPECT_EQ(read_text("/proc/self/mountinfo"), mounts_) << "mounts changed on the host";
-    // Sandbox inits are our children; those of other runtimes are not ours.
-    int inits = 0;
-    const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
-    DIR* d = ::opendir("/proc");
-    while (dirent* e = d ? ::readdir(d) : nullptr) {
-      std::string dir = std::string("/proc/") + e->d_name;
-      if (read_text(dir + "/comm") == "cloister-init\n" &&
-          read_text(dir + "/status").find(ppid) != std::string::npos)
-        ++inits;
-    }
-    if (d) ::closedir(d);
-    EXPECT_EQ(inits, 0) << "sandbox inits left running";
+    EXPECT_EQ(cloister::testing::count_own_inits(), 0) << "sandbox inits left running";
     auto left = cloister_cgroups();
     EXPECT_TRUE(left.empty()) << "cgroups left: " << (left.empty() ? "" : left[0]);
   }

@@ -135,6 +135,22 @@ inline std::string shell(const std::string& cmd) {
   return out;
 }
 
+// Sandbox inits that are children of this process (those of other runtimes
+// on the host are not ours).
+inline int count_own_inits() {
+  int inits = 0;
+  const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    std::string dir = std::string("/proc/") + e->d_name;
+    if (read_text(dir + "/comm") == "cloister-init\n" &&
+        read_text(dir + "/status").find(ppid) != std::string::npos)
+      ++inits;
+  }
+  if (d) ::closedir(d);
+  return inits;
+}
+
 // Processes on the host whose command line (NUL-separated) starts with cmdline.
 inline int count_host_processes(std::string_view cmdline) {
   int n = 0;
