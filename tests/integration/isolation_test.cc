@@ -33,6 +33,23 @@ constexpr std::string_view kSleeperCmdline{
     "8123.25",
     13};
 
+// Runs argv through one executor and returns what it printed.
+RunResult run_on(const Executor& exec, std::vector<std::string> argv) {
+  ExecRequest req;
+  req.argv = std::move(argv);
+  auto p = exec.exec(std::move(req));
+  EXPECT_TRUE(p) << p.error().what();
+  if (!p) return {};
+  auto s = (*p)->start();
+  EXPECT_TRUE(s) << s.error().what();
+  if (!s) return {};
+  RunResult r = collect(**p);
+  auto st = (*p)->wait();
+  EXPECT_TRUE(st) << st.error().what();
+  if (st) r.status = *st;
+  return r;
+}
+
 TEST(Isolation, PayloadRunsUnderItsOwnInit) {
   auto r = run_ok(base_config(),
                   {"/bin/sh", "-c", "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"});
@@ -256,6 +273,27 @@ TEST(Limits, ForkLoopStopsAtPidsLimit) {
   EXPECT_LT(made, 16);
   EXPECT_GT(made, 5);
   EXPECT_STREQ(err, "EAGAIN");
+}
+
+// Warm sandboxes are set up with the executor's limits ahead of time (v1
+// controllers here: the pid written by the prestart thread): each one holds
+// them as a cold one does.
+TEST(Limits, WarmSandboxesKeepTheLimits) {
+  auto cfg = base_config();
+  cfg.pids_limit = 16;
+  cfg.memory_limit = 32 << 20;
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 4; ++i) {
+    auto r = run_on(**exec, {"/probe/cloister_probe", "forks", "200"});
+    int made = -1;
+    char err[32] = {};
+    ASSERT_EQ(std::sscanf(r.out.c_str(), "forked %d %31s", &made, err), 2) << r.out;
+    EXPECT_LT(made, 16) << "sandbox " << i + 1;
+    EXPECT_STREQ(err, "EAGAIN");
+    auto hog = run_on(**exec, {"/probe/cloister_probe", "hog", "256"});
+    EXPECT_TRUE(hog.status.oom_killed) << "sandbox " << i + 1 << ": " << hog.err;
+  }
 }
 
 TEST(Limits, CpuQuotaThrottles) {
@@ -492,23 +530,6 @@ TEST(Executor, ManyProcessesLeaveNothingBehind) {
     EXPECT_EQ((*p)->read(Stream::Stdout).value(), "started 2\n");
   }
   EXPECT_EQ(count_host_processes(kSleeperCmdline), 0);
-}
-
-// Runs argv through one executor and returns what it printed.
-RunResult run_on(const Executor& exec, std::vector<std::string> argv) {
-  ExecRequest req;
-  req.argv = std::move(argv);
-  auto p = exec.exec(std::move(req));
-  EXPECT_TRUE(p) << p.error().what();
-  if (!p) return {};
-  auto s = (*p)->start();
-  EXPECT_TRUE(s) << s.error().what();
-  if (!s) return {};
-  RunResult r = collect(**p);
-  auto st = (*p)->wait();
-  EXPECT_TRUE(st) << st.error().what();
-  if (st) r.status = *st;
-  return r;
 }
 
 // What a sandbox sees of its own root, mounts included (without the mount
