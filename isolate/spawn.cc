@@ -251,7 +251,7 @@ int receive_call(ChildContext& c) noexcept {
   char* body = static_cast<char*>(mem) + ptrs;
   if (!read_full(c.ctl, body, h.body_len)) return EPIPE;
   body[h.body_len] = '\0';
-  const char* strs[8];  // work_dir, beneath, beneath_rest
+  const char* strs[3];  // work_dir, beneath, beneath_rest
   size_t off = 0, v = 0;
   for (size_t i = 0; i < nstr; ++i) {
     if (off >= h.body_len) return EPROTO;
@@ -525,8 +525,6 @@ std::string_view step_name(SpawnStep step) {
   switch (step) {
     case SpawnStep::None:
       return "none";
-    case SpawnStep::WaitParent:
-      return "wait for parent";
     case SpawnStep::Command:
       return "receive the command";
     case SpawnStep::Signals:

@@ -51,7 +51,6 @@ namespace cloister {
 // The steps of the child, in order; reported with errno when one fails.
 enum class SpawnStep : int32_t {
   None = 0,
-  WaitParent,
   Command,
   Signals,
   Loopback,
