@@ -222,9 +222,15 @@ class Applier {
   }
 
   Status regular(TarReader& tar, const TarEntry& e, int pfd, const std::string& name) {
-    if (auto s = replace(pfd, name); !s) return s;
-    int fd =
-        ::openat(pfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    // O_EXCL never follows or reuses what is there (a symlink included):
+    // EEXIST, then replace. Trying the create first spares the common case,
+    // a new name, two lookups.
+    constexpr int kCreate = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    int fd = ::openat(pfd, name.c_str(), kCreate, 0600);
+    if (fd < 0 && errno == EEXIST) {
+      if (auto s = replace(pfd, name); !s) return s;
+      fd = ::openat(pfd, name.c_str(), kCreate, 0600);
+    }
     if (fd < 0) return fail(sys_error("create"));
     Fd f(fd);
     for (;;) {
@@ -323,7 +329,10 @@ Result<ApplyResult> apply_layer(ByteStream& in, int root_fd, const ApplyOptions&
   } progress(compressed, opt);
   auto raw = decompress(progress, opt.compression);
   HashingStream plain(*raw, opt.max_uncompressed, "uncompressed layer");
-  TarReader tar(plain);
+  // Download, both digests and decompression on one thread, the apply's
+  // system calls on this one.
+  ReadAheadStream ahead(plain);
+  TarReader tar(ahead);
   Applier applier(root_fd, opt);
   ApplyResult r;
   TarEntry e;
@@ -338,7 +347,7 @@ Result<ApplyResult> apply_layer(ByteStream& in, int root_fd, const ApplyOptions&
       return fail(s.error().wrap("layer entry '" + e.path.substr(0, 256) + "'"));
   }
   // The rest of both streams still counts towards the digests.
-  if (auto n = plain.drain(); !n) return fail(n.error().wrap("layer"));
+  if (auto n = ahead.drain(); !n) return fail(n.error().wrap("layer"));
   if (auto n = progress.drain(); !n) return fail(n.error().wrap("layer"));
   r.digest = compressed.finish();
   r.diff_id = plain.finish();

@@ -200,6 +200,9 @@ Result<Response> http_get(const std::string& url, const std::vector<std::string>
   c.easy_setopt(curl, CURLOPT_USERAGENT, "cloister/0.1");
   c.easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
   c.easy_setopt(curl, CURLOPT_HEADERDATA, &t);
+  // Blob bodies in large pieces: fewer reads, pipe writes and wake-ups of
+  // the thread that inflates them (curl caps this at 512 KiB).
+  if (t.sink) c.easy_setopt(curl, CURLOPT_BUFFERSIZE, 512L * 1024);
   c.easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
   c.easy_setopt(curl, CURLOPT_WRITEDATA, &t);
   CURLcode rc = c.easy_perform(curl);
@@ -447,6 +450,9 @@ class BlobStream : public ByteStream {
     if (!p) return fail(p.error());
     read_ = std::move(p->read);
     write_ = std::move(p->write);
+    // A larger pipe lets the transfer run ahead of the reader (best effort:
+    // an unprivileged caller may be capped by fs.pipe-max-size).
+    ::fcntl(write_.get(), F_SETPIPE_SZ, 1 << 20);
     thread_ = std::thread([this] { run(); });
     return {};
   }

@@ -5,11 +5,16 @@
 // so every byte is looked at once, with no temp file and no second pass.
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 #include "isolate/error.h"
 #include "oci/digest.h"
@@ -61,6 +66,41 @@ class HashingStream : public ByteStream {
   uint64_t count_ = 0;
   uint64_t limit_;
   std::string what_;
+};
+
+// Reads `inner` on a thread of its own, up to `depth` chunks ahead of the
+// reader, so that what `inner` does (download, hashing, decompression) runs
+// on one core while the reader's work (a tar apply's system calls) runs on
+// another. `inner` belongs to the thread from the first read() until read()
+// returns 0 or an error, or the destructor stops it; the thread is joined
+// then, so the caller may use `inner` (its digests, drain()) afterwards.
+class ReadAheadStream : public ByteStream {
+ public:
+  explicit ReadAheadStream(ByteStream& inner, size_t chunk = 1 << 20, size_t depth = 4);
+  ~ReadAheadStream() override;
+  ReadAheadStream(const ReadAheadStream&) = delete;
+  ReadAheadStream& operator=(const ReadAheadStream&) = delete;
+  Result<size_t> read(char* buf, size_t len) override;
+
+ private:
+  struct Chunk {
+    std::unique_ptr<char[]> data;
+    size_t len = 0;
+  };
+  void produce();
+  void join();
+
+  ByteStream& inner_;
+  const size_t chunk_;
+  std::vector<Chunk> ring_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t head_ = 0, tail_ = 0, filled_ = 0;  // guarded by mu_
+  bool done_ = false, stop_ = false;          // guarded by mu_
+  std::optional<Error> error_;                // guarded by mu_
+  bool started_ = false, holding_ = false;    // the reader's own
+  size_t pos_ = 0;                            // the reader's offset in ring_[head_]
+  std::thread thread_;
 };
 
 enum class Compression { None, Gzip, Zstd };

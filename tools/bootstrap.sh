@@ -11,9 +11,9 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libsystemd-dev libgtest-dev
   util-linux iproute2 procps
 )
-# oci/: layer decompression and digests, the registry client, and what the
-# image tests and the demo use (a real registry, busybox-static, zstd, python3).
-PACKAGES+=(zlib1g-dev libzstd-dev libssl-dev libcurl4-openssl-dev docker-registry busybox-static
+# oci/: layer decompression (isa-l, zstd) and digests, the registry client,
+# and what the image tests (zlib makes their gzip layers) and the demo use (a real registry, busybox-static, zstd, python3).
+PACKAGES+=(zlib1g-dev libisal-dev libzstd-dev libssl-dev libcurl4-openssl-dev docker-registry busybox-static
   zstd python3 python3-cryptography)
 # Peers for the side-by-side benchmarks and tests.
 PACKAGES+=(bubblewrap hyperfine)

@@ -22,11 +22,16 @@ REF=127.0.0.1:$PORT/bench/debian:bookworm
 WORK=$(mktemp -d /tmp/cloister-bench-oci.XXXXXX)
 REG_PID=
 DAEMON_PID=
+FS=$WORK/fs
+PODMAN="podman --root $FS/podman --runroot $FS/podman-run"
 cleanup() {
   [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null || true
   [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
   runc delete -f bench-oci >/dev/null 2>&1 || true
-  podman rmi -f "$REF" >/dev/null 2>&1 || true
+  if mountpoint -q "$FS"; then
+    $PODMAN rmi -af >/dev/null 2>&1 || true
+    umount "$FS" 2>/dev/null || umount -l "$FS"
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -57,23 +62,43 @@ python3 tools/oci-build.py $CACHE/layout --ref $REF --layer $CACHE/debian:gzip -
 blob=$(find $CACHE/layout/blobs -size +1M -printf '%s\n' | head -1)
 echo "image: $REF, layer $((blob / 1000000)) MB gzip, $(find $CACHE/debian | wc -l) files"
 
+# Every tool unpacks onto one fresh ext4 made with mkfs's defaults (so with a
+# journal), on a loop device. This VM's root filesystem has no journal, and
+# ext4 without one will not reuse an inode freed in the last minute: every
+# new inode scans past those (recently_deleted() in fs/ext4/ialloc.c), which
+# after each run's `rm -rf` or `rmi` of 6,768 files is quadratic, and took
+# most of all three tools' time (docs/benchmarks.md).
+truncate -s 8G $WORK/fs.img
+mkfs.ext4 -q -F $WORK/fs.img
+mkdir -p $FS
+mount -o loop $WORK/fs.img $FS
+$PODMAN info >/dev/null  # podman's one-time storage set-up, not timed
+
 echo "== pull + unpack"
-hyperfine -N -r "$RUNS" --export-markdown $WORK/pull.md \
-  --prepare "rm -rf $WORK/store" \
-  "$CLOISTER pull --state-dir $WORK/store $REF" \
-  --prepare "podman rmi -f $REF" \
-  "podman pull -q --tls-verify=false $REF" \
-  --prepare "rm -rf $WORK/oci $WORK/bundle" \
-  "sh -c 'skopeo copy -q --src-tls-verify=false docker://$REF oci:$WORK/oci:bench && umoci unpack --image $WORK/oci:bench $WORK/bundle >/dev/null'"
+hyperfine -N -r "$RUNS" --export-markdown $WORK/pull.md --export-json $WORK/pull.json \
+  --prepare "rm -rf $FS/store" \
+  "$CLOISTER pull --state-dir $FS/store $REF" \
+  --prepare "$PODMAN rmi -f $REF" \
+  "$PODMAN pull -q --tls-verify=false $REF" \
+  --prepare "rm -rf $FS/oci $FS/bundle" \
+  "sh -c 'skopeo copy -q --src-tls-verify=false docker://$REF oci:$FS/oci:bench && umoci unpack --image $FS/oci:bench $FS/bundle >/dev/null'"
 cat $WORK/pull.md
+python3 - $WORK/pull.json <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))["results"]
+mean = lambda r: r["mean"]
+print(f"pull: podman / cloister {mean(res[1]) / mean(res[0]):.2f}x by the means,"
+      f" {res[1]['min'] / res[0]['min']:.2f}x by the minima;"
+      f" skopeo+umoci / cloister {mean(res[2]) / mean(res[0]):.2f}x")
+PY
 
 echo "== start -> exit (/bin/true)"
-$CLOISTER pull --state-dir $WORK/store $REF >/dev/null 2>&1
-rm -rf $WORK/oci $WORK/bundle
-skopeo copy -q --src-tls-verify=false docker://$REF oci:$WORK/oci:bench
-umoci unpack --image $WORK/oci:bench $WORK/bundle >/dev/null
+$CLOISTER pull --state-dir $FS/store $REF >/dev/null 2>&1
+rm -rf $FS/oci $FS/bundle
+skopeo copy -q --src-tls-verify=false docker://$REF oci:$FS/oci:bench
+umoci unpack --image $FS/oci:bench $FS/bundle >/dev/null
 # runc: the same rootfs, read-only, no network namespace sharing, /bin/true.
-python3 - $WORK/bundle/config.json <<'PY'
+python3 - $FS/bundle/config.json <<'PY'
 import json, sys
 p = sys.argv[1]; c = json.load(open(p))
 c["process"]["args"] = ["/bin/true"]; c["process"]["terminal"] = False
@@ -81,7 +106,7 @@ c["root"]["readonly"] = True
 json.dump(c, open(p, "w"))
 PY
 cat > $WORK/c.yaml <<YAML
-images: { state_dir: $WORK/store }
+images: { state_dir: $FS/store }
 executors:
   - name: deb
     kind: container
@@ -101,7 +126,7 @@ for _ in $(seq 100); do [ -S $WORK/cloister.sock ] && break; sleep 0.05; done
 hyperfine -N -w 5 -r $((RUNS * 10)) --export-markdown $WORK/start.md --export-json $WORK/start.json \
   "$CLOISTER exec -c $WORK/c.yaml -x deb -- /bin/true" \
   "$CLOISTER --socket $WORK/cloister.sock run deb -- /bin/true" \
-  "runc run -b $WORK/bundle bench-oci"
+  "runc run -b $FS/bundle bench-oci"
 cat $WORK/start.md
 # Through the client library, as a daemon embedding cloister would start
 # containers: back to back, and 5 ms apart.
