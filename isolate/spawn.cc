@@ -1073,38 +1073,46 @@ class Reaper {
     return *r;
   }
   void add(Spawned s) {
-    std::lock_guard lk(mu_);
-    pending_.push_back(std::make_unique<Spawned>(std::move(s)));
-    if (!running_) {
-      running_ = true;
-      std::thread([this] { loop(); }).detach();
+    {
+      std::lock_guard lk(mu_);
+      pending_.push_back(std::make_unique<Spawned>(std::move(s)));
+      // Started once and kept: a thread made and ended per sandbox cost more
+      // than the teardown it ran.
+      if (!started_) {
+        started_ = true;
+        std::thread([this] { loop(); }).detach();
+      }
     }
+    work_.notify_one();
   }
   void drain() {
     std::unique_lock lk(mu_);
-    idle_.wait(lk, [&] { return pending_.empty() && !running_; });
+    idle_.wait(lk, [&] { return pending_.empty() && !busy_; });
   }
 
  private:
   void loop() {
     std::unique_lock lk(mu_);
-    while (!pending_.empty()) {
+    for (;;) {
+      work_.wait(lk, [&] { return !pending_.empty(); });
       std::unique_ptr<Spawned> s = std::move(pending_.front());
       pending_.pop_front();
+      busy_ = true;
       lk.unlock();
       // Blocks until this init is gone (it exits by itself: it is alone).
       (void)s->reap();
       (void)s->release();
       s.reset();
       lk.lock();
+      busy_ = false;
+      if (pending_.empty()) idle_.notify_all();
     }
-    running_ = false;
-    idle_.notify_all();
   }
   std::mutex mu_;
-  std::condition_variable idle_;
+  std::condition_variable work_, idle_;
   std::deque<std::unique_ptr<Spawned>> pending_;
-  bool running_ = false;
+  bool started_ = false;
+  bool busy_ = false;
 };
 
 }  // namespace
