@@ -115,7 +115,8 @@ Result<size_t> ReadAheadStream::read(char* buf, size_t len) {
     try {
       thread_ = std::thread([this] { produce(); });
     } catch (const std::system_error& e) {
-      return fail(make_error(ErrorKind::Limit, "cannot start a read-ahead thread", e.code().value()));
+      return fail(
+          make_error(ErrorKind::Limit, "cannot start a read-ahead thread", e.code().value()));
     }
   }
   if (len == 0) return 0;

@@ -96,10 +96,10 @@ class ReadAheadStream : public ByteStream {
   std::mutex mu_;
   std::condition_variable cv_;
   size_t head_ = 0, tail_ = 0, filled_ = 0;  // guarded by mu_
-  bool done_ = false, stop_ = false;          // guarded by mu_
-  std::optional<Error> error_;                // guarded by mu_
-  bool started_ = false, holding_ = false;    // the reader's own
-  size_t pos_ = 0;                            // the reader's offset in ring_[head_]
+  bool done_ = false, stop_ = false;         // guarded by mu_
+  std::optional<Error> error_;               // guarded by mu_
+  bool started_ = false, holding_ = false;   // the reader's own
+  size_t pos_ = 0;                           // the reader's offset in ring_[head_]
   std::thread thread_;
 };
 

@@ -109,8 +109,8 @@ TEST(OciGzip, DecodesWholeStreamsAndConcatenatedMembers) {
 TEST(OciGzip, RefusesTruncatedCorruptAndTrailingData) {
   const std::string a = sample(300000, 3);
   const std::string blob = gzip_member(a);
-  for (size_t cut : {size_t{1}, size_t{9}, size_t{10}, blob.size() / 2, blob.size() - 8,
-                     blob.size() - 1}) {
+  for (size_t cut :
+       {size_t{1}, size_t{9}, size_t{10}, blob.size() / 2, blob.size() - 8, blob.size() - 1}) {
     auto r = gunzip(blob.substr(0, cut));
     ASSERT_FALSE(r) << "cut at " << cut;
     EXPECT_EQ(r.error().kind, ErrorKind::Invalid) << r.error().what();
@@ -171,9 +171,7 @@ TEST(OciReadAhead, PassesTheInnerErrorAfterTheDataBeforeIt) {
 TEST(OciReadAhead, StopsWhenDroppedEarly) {
   const std::string data = sample(8 << 20, 7);
   Pieces inner(data, false);
-  {
-    ReadAheadStream never(inner);
-  }
+  { ReadAheadStream never(inner); }
   EXPECT_EQ(inner.reads, 0);
   {
     // The reader takes one byte and leaves: the thread is blocked on a full
