@@ -8,7 +8,6 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -17,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "gzip_member.h"
 #include "isolate/fd.h"
 #include "oci/image.h"
 #include "oci/layer.h"
@@ -104,17 +104,7 @@ class TarBuilder {
 };
 
 std::string gzip(const std::string& in) {
-  z_stream z{};
-  deflateInit2(&z, 6, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY);
-  std::string out(deflateBound(&z, in.size()) + 64, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
+  return cloister::testing::gzip_member(in);
 }
 
 std::string run(const std::string& cmd) {

@@ -1,7 +1,6 @@
 // oci/stream: the gzip decoder (isa-l) and the read-ahead thread that the
 // layer apply reads through.
 #include <gtest/gtest.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,26 +8,14 @@
 #include <random>
 #include <string>
 
+#include "gzip_member.h"
 #include "oci/stream.h"
 
 using namespace cloister;
 using namespace cloister::oci;
+using cloister::testing::gzip_member;
 
 namespace {
-
-std::string gzip_member(const std::string& in, int level = 6) {
-  z_stream z{};
-  deflateInit2(&z, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY);
-  std::string out(deflateBound(&z, in.size()) + 64, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
 
 // Half compressible text, half random bytes: both deflate block kinds.
 std::string sample(size_t n, unsigned seed) {
