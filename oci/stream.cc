@@ -82,7 +82,8 @@ void ReadAheadStream::produce() {
     size_t got = 0;
     bool end = false;
     std::optional<Error> err;
-    while (got < chunk_) {
+    // A reader that left stops the filling between two reads of `inner`.
+    while (got < chunk_ && !stop_.load(std::memory_order_relaxed)) {
       auto n = inner_.read(c.data.get() + got, chunk_ - got);
       if (!n) {
         err = n.error();

@@ -5,6 +5,7 @@
 // so every byte is looked at once, with no temp file and no second pass.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -96,7 +97,8 @@ class ReadAheadStream : public ByteStream {
   std::mutex mu_;
   std::condition_variable cv_;
   size_t head_ = 0, tail_ = 0, filled_ = 0;  // guarded by mu_
-  bool done_ = false, stop_ = false;         // guarded by mu_
+  bool done_ = false;                        // guarded by mu_
+  std::atomic<bool> stop_ = false;           // set (under mu_) by the destructor
   std::optional<Error> error_;               // guarded by mu_
   bool started_ = false, holding_ = false;   // the reader's own
   size_t pos_ = 0;                           // the reader's offset in ring_[head_]
