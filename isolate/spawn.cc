@@ -890,23 +890,25 @@ class Prestarter {
       busy_ = true;
       lk.unlock();
       if (auto sb = weak.lock()) {
-        bool need;
-        {
-          std::lock_guard wl(sb->warm_mu_);
-          need = !sb->warm_ && !sb->warming_;
-          sb->warming_ = need;
-        }
-        if (need) {
+        for (;;) {
+          bool need;
+          {
+            std::lock_guard wl(sb->warm_mu_);
+            need = sb->warm_.size() < Sandbox::kWarmInits && !sb->warming_;
+            sb->warming_ = need;
+          }
+          if (!need) break;
           // A failure here is left for the next spawn, which starts its own
           // init and reports the error to its caller.
           auto p = sb->start_init(cgroups.get());
           std::lock_guard wl(sb->warm_mu_);
           if (p) {
             (*p)->background = true;
-            sb->warm_ = std::move(*p);
+            sb->warm_.push_back(std::move(*p));
           }
           sb->warming_ = false;
           sb->warm_cv_.notify_all();
+          if (!p) break;
         }
       }
       // The last owner may be us: the sandbox (and its warm init) goes here.
@@ -931,11 +933,18 @@ std::unique_ptr<PendingInit> Sandbox::take_warm(const cgroups::Manager* cgroups)
   std::unique_lock lk(warm_mu_);
   ++spawns_;
   // One being cloned is nearer to ready than one we would clone now.
-  warm_cv_.wait(lk, [&] { return !warming_; });
-  // Its mounts copied the host's trees when it was made: after a mount on
-  // the host since, it goes (killed and reaped) and a new one starts.
-  if (warm_ && warm_->mount_gen != mount_generation()) warm_.reset();
-  if (warm_ && warm_->manager == cgroups) return std::move(warm_);
+  warm_cv_.wait(lk, [&] { return !warm_.empty() || !warming_; });
+  // Their mounts copied the host's trees when they were made: after a mount
+  // on the host since, they go (killed and reaped) and new ones start.
+  if (warm_.empty()) return nullptr;  // (a one-shot caller never opens the mount table)
+  const uint64_t gen = mount_generation();
+  while (!warm_.empty() && warm_.front()->mount_gen != gen) warm_.pop_front();
+  for (auto it = warm_.begin(); it != warm_.end(); ++it)
+    if ((*it)->manager == cgroups) {
+      auto p = std::move(*it);
+      warm_.erase(it);
+      return p;
+    }
   return nullptr;
 }
 
@@ -943,7 +952,7 @@ void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
   {
     std::lock_guard lk(warm_mu_);
     // A process that starts one sandbox never pays for a second.
-    if (spawns_ < 2 || warm_ || warming_) return;
+    if (spawns_ < 2 || warm_.size() >= Sandbox::kWarmInits || warming_) return;
   }
   Prestarter::get().request(weak_from_this(), cgroups);
 }

@@ -627,8 +627,9 @@ TEST(ProcessApi, WarmInitsRunEachCommandAsItsOwn) {
     EXPECT_EQ(run_on(**exec, {"/bin/true"}).status.exit_code, 0);
   }
   Spawned::drain_retired();
-  EXPECT_EQ(count_own_inits(), 1) << "one warm init waits for the executor's next command";
-  exec->reset();  // the executor goes, and its warm init with it
+  EXPECT_EQ(count_own_inits(), static_cast<int>(Sandbox::kWarmInits))
+      << "the warm inits wait for the executor's next commands";
+  exec->reset();  // the executor goes, and its warm inits with it
   Spawned::drain_retired();
   EXPECT_EQ(count_own_inits(), 0);
 }
