@@ -111,8 +111,7 @@ Result<uint64_t> resolve(const std::vector<std::string>& add,
   return keep;
 }
 
-int drop_bounding(uint64_t keep) noexcept {
-  const int last = last_cap();
+int drop_bounding(uint64_t keep, int last) noexcept {
   for (int c = 0; c <= last; ++c) {
     if (keep & (1ULL << c)) continue;
     if (::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL) return errno;
@@ -120,7 +119,7 @@ int drop_bounding(uint64_t keep) noexcept {
   return 0;
 }
 
-int apply(uint64_t keep) noexcept {
+int apply(uint64_t keep, int last) noexcept {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
   for (int i = 0; i < 2; ++i) {
@@ -129,7 +128,6 @@ int apply(uint64_t keep) noexcept {
   }
   if (::syscall(SYS_capset, &hdr, data) != 0) return errno;
   if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return errno;
-  const int last = last_cap();
   for (int c = 0; c <= last; ++c)
     if ((keep & (1ULL << c)) && ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) != 0)
       return errno;

@@ -26,9 +26,11 @@ std::string name(int cap);  // "CAP_NET_RAW"
 // nothing beyond cap_add and "ALL" in cap_add means every capability.
 Result<uint64_t> resolve(const std::vector<std::string>& add, const std::vector<std::string>& drop);
 
-// Child side. Needs CAP_SETPCAP for the bounding set; called after the uid
-// change (with PR_SET_KEEPCAPS) so the final sets survive it. Returns 0 or errno.
-int drop_bounding(uint64_t keep) noexcept;
-int apply(uint64_t keep) noexcept;
+// Child side (the init, which gets last from the library: it reads no
+// file). Needs CAP_SETPCAP for the bounding set; apply() is called after the
+// uid change (with PR_SET_KEEPCAPS) so the final sets survive it. Returns 0
+// or errno.
+int drop_bounding(uint64_t keep, int last) noexcept;
+int apply(uint64_t keep, int last) noexcept;
 
 }  // namespace cloister::capabilities

@@ -76,6 +76,9 @@ struct Options {
   std::string base;
   // Root of the cgroup mounts; tests and the VM point this elsewhere.
   std::string mount_root = "/sys/fs/cgroup";
+  // Hosts with v1 controllers: as root, mount a hierarchy with favordynmods
+  // (see Manager::open in cgroups.cc and docs/cgroups.md) unless one has it.
+  bool favor_dynmods = true;
 };
 
 class Cgroup {
@@ -94,6 +97,8 @@ class Cgroup {
   Status attach(pid_t pid, bool entered_v2 = true);
   // SIGKILL every process in the cgroup tree; returns once none is left.
   Status kill();
+  // cgroup.kill where there is one, without waiting for the cgroup to empty.
+  void kill_async();
   // Stats gathered so far; valid after the processes exit and before destroy().
   // cpu from cpuacct.usage (v1) or cpu.stat usage_usec; memory_peak from
   // memory.max_usage_in_bytes (v1) or memory.peak; oom_kills from

@@ -35,9 +35,16 @@ struct Error {
   Error wrap(std::string_view context) const;
 };
 
+// [[nodiscard]]: a result dropped on the floor is an error ignored. Cast to
+// (void) where ignoring one is the intent (best-effort cleanup).
 template <class T>
-using Result = std::expected<T, Error>;
-using Status = std::expected<void, Error>;
+class [[nodiscard]] Result : public std::expected<T, Error> {
+ public:
+  using std::expected<T, Error>::expected;
+  Result(const std::expected<T, Error>& e) : std::expected<T, Error>(e) {}
+  Result(std::expected<T, Error>&& e) : std::expected<T, Error>(std::move(e)) {}
+};
+using Status = Result<void>;
 
 inline std::unexpected<Error> fail(Error e) {
   return std::unexpected<Error>(std::move(e));

@@ -3,9 +3,13 @@
 // leaks into a sandbox or into a process an embedding daemon forks.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "isolate/error.h"
 
@@ -53,5 +57,40 @@ Status write_all(int fd, std::string_view data);
 // gone: a library must not kill its host for that, nor change its signal
 // dispositions. SIGPIPE is blocked in the calling thread for the call.
 ssize_t write_nosigpipe(int fd, const void* data, size_t len);
+
+// --- fds over unix sockets (SCM_RIGHTS) ------------------------------------
+// Both are async-signal-safe (raw syscalls, no allocation): the sandbox's
+// init and the clone child use them as the library does.
+
+// The most fds one message carries (the kernel's SCM_MAX_FD is 253).
+constexpr size_t kMaxPassFds = 250;
+// sendmsg of len bytes with nfds (<= kMaxPassFds) fds attached; MSG_NOSIGNAL,
+// EINTR retried. Returns what sendmsg returns.
+ssize_t send_fds(int sock, const void* buf, size_t len, const int* fds, size_t nfds) noexcept;
+// recvmsg of exactly len bytes (MSG_WAITALL) and up to maxfds (<=
+// kMaxPassFds) fds, received close-on-exec into fds; *nfds gets their
+// number. Returns the bytes read (0 at EOF) or -1 with errno; EMSGSIZE (the
+// fds received are closed) when more fds came than maxfds.
+ssize_t recv_fds(int sock, void* buf, size_t len, int* fds, size_t maxfds, size_t* nfds) noexcept;
+
+// --- openat2 ----------------------------------------------------------------
+// openat2(dirfd, path, flags | O_CLOEXEC, resolve): the one way libcloister
+// resolves a path that someone else may change under it. EAGAIN (a rename
+// racing a RESOLVE_BENEATH/RESOLVE_IN_ROOT walk) is retried. Returns the fd
+// or -1 with errno; async-signal-safe.
+int openat2_raw(int dirfd, const char* path, uint64_t flags, uint64_t resolve,
+                mode_t mode = 0) noexcept;
+Result<Fd> openat2_fd(int dirfd, const std::string& path, uint64_t flags, uint64_t resolve,
+                      mode_t mode = 0);
+
+// --- directories -------------------------------------------------------------
+struct DirEntry {
+  std::string name;    // never "." or ".."
+  unsigned char type;  // DT_* as readdir gives it (DT_UNKNOWN on some filesystems)
+};
+// The entries of the directory open at dirfd (which stays open and keeps its
+// offset), or of the directory at path; a missing directory is NotFound.
+Result<std::vector<DirEntry>> read_dir(int dirfd);
+Result<std::vector<DirEntry>> read_dir(const std::string& path);
 
 }  // namespace cloister

@@ -45,11 +45,15 @@ constexpr FlagWord kFlagWords[] = {
 constexpr std::string_view kDataKeys[] = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"};
 
 // Paths runc hides in /proc (files get /dev/null, directories an empty
-// read-only tmpfs) and those it leaves visible but read-only.
+// read-only tmpfs), then the kernel's page, slab and vmalloc maps, which tell
+// a root payload about the host's memory (the physical layout, other
+// workloads' allocations, kernel addresses), and those it leaves visible but
+// read-only.
 constexpr std::string_view kProcMasked[] = {
     "/proc/kcore",       "/proc/keys",          "/proc/timer_list", "/proc/timer_stats",
     "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi",       "/proc/asound",
-    "/proc/scsi",        "/proc/interrupts"};
+    "/proc/scsi",        "/proc/interrupts",    "/proc/kpageflags", "/proc/kpagecount",
+    "/proc/kpagecgroup", "/proc/slabinfo",      "/proc/vmallocinfo", "/proc/pagetypeinfo"};
 constexpr std::string_view kProcReadOnly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                                               "/proc/sysrq-trigger"};
 
@@ -70,6 +74,46 @@ bool is_under(const std::string& path, const std::string& dir) {
   if (dir == "/") return true;
   return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
          path[dir.size()] == '/';
+}
+
+// The source's path with every symlink resolved (the config may name one on
+// purpose); pinned later with none followed.
+Result<std::string> resolve_source(const std::string& path, const std::string& what) {
+  char* r = ::realpath(path.c_str(), nullptr);
+  if (!r) return fail(sys_error(what + ": resolve " + path));
+  std::string out(r);
+  ::free(r);
+  return out;
+}
+
+// "a=1,b=2" with the keys of over replacing those of base, in base's order.
+std::string merge_tmpfs_data(const std::string& base, const std::string& over) {
+  auto split = [](const std::string& s) {
+    std::vector<std::pair<std::string, std::string>> kv;
+    size_t i = 0;
+    while (i < s.size()) {
+      size_t j = s.find(',', i);
+      if (j == std::string::npos) j = s.size();
+      std::string w = s.substr(i, j - i);
+      auto eq = w.find('=');
+      if (!w.empty()) kv.emplace_back(w.substr(0, eq), eq == std::string::npos ? "" : w.substr(eq + 1));
+      i = j + 1;
+    }
+    return kv;
+  };
+  auto out = split(base);
+  for (auto& [k, v] : split(over)) {
+    bool found = false;
+    for (auto& [bk, bv] : out)
+      if (bk == k) bv = v, found = true;
+    if (!found) out.emplace_back(k, v);
+  }
+  std::string r;
+  for (const auto& [k, v] : out) {
+    if (!r.empty()) r += ',';
+    r += k + "=" + v;
+  }
+  return r;
 }
 
 std::string staged(const std::string& target) {
@@ -96,10 +140,8 @@ mode_t image_lookup(const std::vector<std::string>& layers, const std::string& p
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
     Fd dir(::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!dir) continue;
-    struct open_how how {};
-    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
-    Fd fd(static_cast<int>(::syscall(SYS_openat2, dir.get(), rel.c_str(), &how, sizeof how)));
+    Fd fd(openat2_raw(dir.get(), rel.c_str(), O_PATH | O_NOFOLLOW,
+                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS));
     struct stat st;
     if (!fd || ::fstat(fd.get(), &st) != 0) continue;
     if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) return 0;
@@ -191,6 +233,13 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (::lstat(n->c_str(), &st) != 0) continue;  // absent on this host: nothing to show
     Entry e{Entry::HostTree, *n, *n};
     e.what = "host path " + *n;
+    if (!S_ISLNK(st.st_mode)) {
+      // A symlink above it is followed now, once (the source is pinned
+      // with no symlink followed at every sandbox's start).
+      auto real = resolve_source(*n, e.what);
+      if (!real) return fail(real.error());
+      e.source = *real;
+    }
     if (S_ISLNK(st.st_mode)) {
       char buf[4096];
       ssize_t len = ::readlink(n->c_str(), buf, sizeof buf - 1);
@@ -208,14 +257,34 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!src) return fail(src.error().wrap(what));
     struct stat st;
     if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
-    Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
+    // A source named through a symlink on purpose is followed now, once.
+    auto real = resolve_source(*src, what);
+    if (!real) return fail(real.error());
+    Entry e{Entry::Volume, v.target, *real, v.read_only, S_ISDIR(st.st_mode)};
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
   }
+  // Bounded by default (docs/security.md): the root tmpfs (the writable
+  // root, or a container's upper dir), /tmp and /dev/shm have sizes unless a
+  // tmpfs entry for that very path says otherwise ("size=0" lifts a bound).
+  std::string root_data = kDefaultRootTmpfs;
+  std::string shm_data = kDefaultShmTmpfs;
   bool have_tmp = false;
   for (const auto& t : spec.tmpfs) {
     std::string what = "tmpfs " + t.target;
-    if (auto o = parse_tmpfs_options(t.options); !o) return fail(o.error().wrap(what));
+    auto o = parse_tmpfs_options(t.options);
+    if (!o) return fail(o.error().wrap(what));
+    auto target = normalize_path(t.target);
+    if (!target) return fail(target.error().wrap(what));
+    if (*target == "/" || *target == "/dev/shm") {
+      if (*target == "/" && o->flags != (MS_NOSUID | MS_NODEV))
+        return fail(invalid(what + ": only size, nr_inodes and mode can be set for the root "
+                                   "(read_only_rootfs decides whether it is writable)"));
+      std::string& data = *target == "/" ? root_data : shm_data;
+      // The defaults, overridden key by key.
+      data = merge_tmpfs_data(data, o->data);
+      continue;
+    }
     Entry e{Entry::Tmpfs, t.target};
     e.options = t.options;
     e.what = what;
@@ -224,7 +293,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   }
   if (!have_tmp) {
     Entry e{Entry::Tmpfs, "/tmp"};
-    e.options = "mode=1777";
+    e.options = kDefaultTmpTmpfs;
     e.what = "tmpfs /tmp";
     if (auto s = add(std::move(e)); !s) return fail(s.error());
   }
@@ -239,6 +308,16 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     plan.ops_.back().path = std::move(path);
     return plan.ops_.back();
   };
+  // A CloneTree of a pinned source.
+  auto clone_op = [&](const std::string& source, bool is_dir, uint64_t attr,
+                      const std::string& what) -> Op& {
+    Op& o = op(OpKind::CloneTree);
+    o.src = source;
+    o.attr = attr;
+    o.source = static_cast<int>(plan.sources_.size());
+    plan.sources_.push_back({source, is_dir, attr, what});
+    return o;
+  };
 
   op(OpKind::MakePrivate, "/");
   // Clone every host tree first: from here on the stage covers /tmp.
@@ -247,10 +326,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
     if (e.kind != Entry::HostTree && e.kind != Entry::Volume) continue;
-    Op& o = op(OpKind::CloneTree);
-    o.src = e.source;
+    Op& o = clone_op(e.source, e.is_dir,
+                     MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0),
+                     e.what);
     o.slot = slot_of[i] = slots++;
-    o.attr = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0);
   }
   // Container roots: each layer is cloned now too (it may lie below the
   // stage, /tmp), moved to a short path on the stage tmpfs, and the overlay
@@ -264,10 +343,11 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     // Without overlayfs: the merged copy, read-only (mount points must exist in it).
     auto n = normalize_path(spec.image_root->merged);
     if (!n) return fail(n.error().wrap("merged image root"));
-    Op& o = op(OpKind::CloneTree);
-    o.src = *n;
+    auto real = resolve_source(*n, "merged image root");
+    if (!real) return fail(real.error());
+    Op& o = clone_op(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                     "merged image root " + *n);
     o.slot = merged_slot = slots++;
-    o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
   } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
@@ -279,17 +359,18 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       struct stat st;
       if (::stat(n->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
         return fail(sys_error("image layer " + *n));
-      Op& o = op(OpKind::CloneTree);
-      o.src = *n;
+      auto real = resolve_source(*n, "image layer");
+      if (!real) return fail(real.error());
+      Op& o = clone_op(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                       "image layer " + *n);
       o.slot = slots++;
-      o.attr = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
       layer_slots.push_back(o.slot);
     }
   }
   {
     Op& o = op(OpKind::Tmpfs, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
-    o.data = "mode=0755";
+    o.data = root_data;
   }
   if (merged_slot >= 0) {
     op(OpKind::MoveTree, kStage).slot = merged_slot;
@@ -379,7 +460,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         auto parsed = parse_tmpfs_options(e.options);
         Op& o = op(OpKind::Tmpfs, staged(e.target));
         o.flags = parsed->flags;
-        o.data = parsed->data;
+        o.data = merge_tmpfs_data(kDefaultTmpfsBounds, parsed->data);
         break;
       }
       case Entry::Proc: {
@@ -409,7 +490,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       case Entry::Dev: {
         Op& t = op(OpKind::Tmpfs, staged("/dev"));
         t.flags = MS_NOSUID | MS_NOEXEC;
-        t.data = "mode=0755,size=64k";
+        t.data = "mode=0755,size=64k,nr_inodes=128";
         for (const auto& d : kDevNodes) {
           Op& o = op(OpKind::Mknod, staged("/dev/" + std::string(d.name)));
           o.mode = S_IFCHR | 0666;
@@ -421,7 +502,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         op(OpKind::Mkdir, staged("/dev/shm")).mode = 0755;
         Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
         shm.flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
-        shm.data = "mode=1777";
+        shm.data = shm_data;
         for (const auto& [to, name] : kDevLinks)
           op(OpKind::Symlink, staged("/dev/" + std::string(name))).src = std::string(to);
         break;
@@ -451,7 +532,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
 
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
   op(OpKind::PivotRoot, kStage);
-  plan.slots_.assign(static_cast<size_t>(slots), -1);
+  plan.nslots_ = static_cast<size_t>(slots);
   if (spec.read_only_rootfs) {
     std::vector<std::string> own;  // staged targets each sandbox mounts afresh
     for (const auto& e : entries)
@@ -491,8 +572,60 @@ void MountPlan::split_for_template(const std::vector<std::string>& own) {
   spawn_ops_ = std::move(per);
 }
 
+Result<std::vector<Fd>> MountPlan::make_trees() const {
+  std::vector<Fd> out;
+  out.reserve(sources_.size());
+  for (const auto& src : sources_) {
+    int fd = openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH | O_NOFOLLOW,
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    if (fd < 0) {
+      int e = errno;
+      if (e == ELOOP)
+        return fail(make_error(ErrorKind::Invalid,
+                               src.what + ": source " + src.path +
+                                   " is a symlink or lies below one now (it was not when the "
+                                   "executor was made): not mounted",
+                               e));
+      return fail(sys_error(src.what + ": source " + src.path, e));
+    }
+    Fd pinned(fd);
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return fail(sys_error(src.what + ": stat source " + src.path));
+    if (S_ISDIR(st.st_mode) != src.is_dir)
+      return fail(invalid(src.what + ": source " + src.path + " is no longer a " +
+                          (src.is_dir ? "directory" : "file")));
+    Fd tree(::open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+    if (!tree) return fail(sys_error(src.what + ": clone the tree of " + src.path));
+    struct mount_attr attr {};
+    attr.attr_set = src.attr;
+    if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
+      return fail(sys_error(src.what + ": set the attributes of " + src.path));
+    out.push_back(std::move(tree));
+  }
+  return out;
+}
+
+std::vector<OpView> MountPlan::views_of(const std::vector<Op>& ops) {
+  std::vector<OpView> v;
+  v.reserve(ops.size());
+  auto str = [](const std::string& x) { return x.empty() ? nullptr : x.c_str(); };
+  for (const auto& o : ops)
+    v.push_back(OpView{o.kind, o.optional, o.slot, o.source, o.flags, o.attr, o.mode, o.dev,
+                       str(o.src), o.path.c_str(), str(o.data)});
+  return v;
+}
+
+std::vector<OpView> MountPlan::views(bool templated) const {
+  return views_of(templated ? spawn_ops_ : ops_);
+}
+
 Result<MountTemplate> MountPlan::build_template() const {
   if (!templatable()) return fail(invalid("this mount plan has no template"));
+  auto pinned = make_trees();
+  if (!pinned) return fail(pinned.error());
+  std::vector<int> sources;
+  for (const auto& f : *pinned) sources.push_back(f.get());
+  const std::vector<OpView> ops = views_of(template_ops_);
   // On a thread of its own: unsharing the mount namespace (and with it the
   // fs struct) must not touch the caller's threads. The thread's namespace
   // outlives it through the fd.
@@ -507,9 +640,10 @@ Result<MountTemplate> MountPlan::build_template() const {
       out = fail(sys_error("open the template's mount namespace"));
       return;
     }
-    std::vector<int> slots(slots_.size(), -1);
+    std::vector<int> slots(nslots_, -1);
     int failed = -1;
-    if (int e = run(template_ops_, slots.data(), &failed, nullptr)) {
+    if (int e = run_ops(ops.data(), ops.size(), sources.data(), sources.size(), slots.data(),
+                        slots.size(), -1, -1, &failed)) {
       out = fail(sys_error("mount template: " + describe_op(template_ops_, failed), e));
       return;
     }
@@ -521,126 +655,6 @@ Result<MountTemplate> MountPlan::build_template() const {
     out = MountTemplate{std::move(ns), std::move(root)};
   }).join();
   return out;
-}
-
-int MountPlan::execute(int* failed_op, const MountTemplate* tpl) const noexcept {
-  if (tpl) return run(spawn_ops_, slots_.data(), failed_op, tpl);
-  return run(ops_, slots_.data(), failed_op, nullptr);
-}
-
-int MountPlan::run(const std::vector<Op>& ops, int* slots, int* failed_op,
-                   const MountTemplate* tpl) const noexcept {
-  const mode_t old_umask = ::umask(0);
-  int err = 0;
-  size_t i = 0;
-  for (; i < ops.size() && err == 0; ++i) {
-    const Op& o = ops[i];
-    const char* path = o.path.c_str();
-    int rc = 0;
-    switch (o.kind) {
-      case OpKind::MakePrivate:
-        rc = ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
-        break;
-      case OpKind::CloneTree: {
-        int fd = ::open_tree(AT_FDCWD, o.src.c_str(),
-                             OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-        if (fd < 0) {
-          rc = -1;
-          break;
-        }
-        slots[o.slot] = fd;
-        struct mount_attr attr {};
-        attr.attr_set = o.attr;
-        rc = ::mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
-        break;
-      }
-      case OpKind::MoveTree: {
-        int& fd = slots[o.slot];
-        rc = ::move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
-        ::close(fd);
-        fd = -1;
-        break;
-      }
-      case OpKind::Tmpfs:
-        rc = ::mount("tmpfs", path, "tmpfs", o.flags, o.data.empty() ? nullptr : o.data.c_str());
-        break;
-      case OpKind::Mkdir:
-        rc = ::mkdir(path, o.mode);
-        if (rc != 0 && errno == EEXIST) rc = 0;
-        if (rc == 0 && (o.mode & 07000)) rc = ::chmod(path, o.mode);
-        break;
-      case OpKind::Touch: {
-        int fd = ::open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, o.mode);
-        rc = fd < 0 ? -1 : ::close(fd);
-        break;
-      }
-      case OpKind::Symlink:
-        rc = ::symlink(o.src.c_str(), path);
-        break;
-      case OpKind::BindFile:
-        rc = ::mount(o.src.c_str(), path, nullptr, MS_BIND, nullptr);
-        break;
-      case OpKind::Proc:
-        rc = ::mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
-        break;
-      case OpKind::ReadOnlyBind: {
-        rc = ::mount(path, path, nullptr, MS_BIND | MS_REC, nullptr);
-        if (rc != 0) break;
-        struct mount_attr attr {};
-        attr.attr_set =
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
-        rc = ::mount_setattr(AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr);
-        break;
-      }
-      case OpKind::Mknod:
-        rc = ::mknod(path, o.mode, o.dev);
-        break;
-      case OpKind::Devpts:
-        rc = ::mount("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC, o.data.c_str());
-        break;
-      case OpKind::SetReadOnly: {
-        struct mount_attr attr {};
-        attr.attr_set = MOUNT_ATTR_RDONLY;
-        rc = ::mount_setattr(AT_FDCWD, path, 0, &attr, sizeof attr);
-        break;
-      }
-      case OpKind::Overlay:
-        rc = ::mount("overlay", path, "overlay", o.flags, o.data.c_str());
-        break;
-      case OpKind::EnterTemplate:
-        // Into the template's namespace, onto its root (chroot: setns lands
-        // on the namespace's root mount, which is not it), then a copy of it
-        // of our own, which takes our root and cwd along: the per-sandbox
-        // mounts stay ours.
-        rc = ::setns(tpl->ns.get(), CLONE_NEWNS);
-        if (rc == 0) rc = ::fchdir(tpl->root.get());
-        if (rc == 0) rc = ::chroot(".");
-        if (rc == 0) rc = ::unshare(CLONE_NEWNS);
-        if (rc == 0) rc = ::chdir("/");
-        break;
-      case OpKind::PivotRoot:
-        // pivot_root(".", ".") stacks the old root on the new one; detaching
-        // it leaves the new root alone, with no directory to hold the old.
-        rc = ::chdir(path);
-        if (rc == 0) rc = static_cast<int>(::syscall(SYS_pivot_root, ".", "."));
-        if (rc == 0) rc = ::umount2(".", MNT_DETACH);
-        if (rc == 0) rc = ::chdir("/");
-        break;
-    }
-    // An optional op whose path is missing is skipped: the failure tells,
-    // with no lookup of its own beforehand.
-    if (rc != 0 && !(o.optional && errno == ENOENT)) {
-      err = errno;
-      if (failed_op) *failed_op = static_cast<int>(i);
-    }
-  }
-  ::umask(old_umask);
-  for (size_t k = 0; k < slots_.size(); ++k)
-    if (slots[k] >= 0) {
-      ::close(slots[k]);
-      slots[k] = -1;
-    }
-  return err;
 }
 
 std::string MountPlan::describe(int index, bool templated) const {

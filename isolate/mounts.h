@@ -7,7 +7,8 @@
 // The root the child ends up with:
 //   /                 tmpfs, read-only when read_only_rootfs (the default)
 //   host_paths        the host's trees, bound recursively read-only, nosuid,
-//                     nodev (open_tree + mount_setattr(AT_RECURSIVE)), so no
+//                     nodev (open_tree of the pinned source fd +
+//                     mount_setattr(AT_RECURSIVE)), so no
 //                     submount stays writable; symlinks such as /bin -> usr/bin
 //                     are recreated as symlinks
 //   masked_paths      hidden: /dev/null over files, an empty read-only tmpfs
@@ -39,6 +40,16 @@
 
 namespace cloister::mounts {
 
+// The bounds of the tmpfs mounts every sandbox has, unless a tmpfs entry for
+// the same path says otherwise (docs/security.md). Left alone, a tmpfs may
+// take half the host's RAM, and a sandbox has three. nr_inodes bounds what
+// files cost the kernel besides their data (one inode per 4 KiB of size).
+// Every tmpfs the config names gets kDefaultTmpfsBounds for what it leaves out.
+inline constexpr const char* kDefaultTmpfsBounds = "size=256m,nr_inodes=65536";
+inline constexpr const char* kDefaultRootTmpfs = "mode=0755,size=256m,nr_inodes=65536";
+inline constexpr const char* kDefaultTmpTmpfs = "mode=1777";
+inline constexpr const char* kDefaultShmTmpfs = "mode=1777,size=64m,nr_inodes=16384";
+
 // fstab-style options ("rw,noexec,nosuid,size=64m,mode=1777") split into
 // mount(2) flags and the data string passed to tmpfs.
 struct ParsedOptions {
@@ -59,31 +70,59 @@ struct MountTemplate {
   Fd root;  // O_PATH of its root after pivot_root
 };
 
+enum class OpKind : uint8_t {
+  MakePrivate,    // mount --make-rprivate /
+  CloneTree,      // the detached tree of a source (MountPlan::make_trees) -> slot
+  Tmpfs,          // mount tmpfs at path
+  Mkdir,          // mkdir path (EEXIST is fine)
+  Touch,          // create an empty file at path (a mount point for a file)
+  Symlink,        // symlink(src, path)
+  MoveTree,       // move_mount(slot, path)
+  BindFile,       // mount --bind src path (masking with /dev/null)
+  Proc,           // mount proc at path
+  ReadOnlyBind,   // bind path onto itself, recursively read-only
+  Mknod,          // mknod path mode dev
+  Devpts,         // mount a new devpts instance at path
+  SetReadOnly,    // mount_setattr(path, RDONLY), not recursive
+  PivotRoot,      // chdir path, pivot_root(".", "."), detach the old root
+  Overlay,        // mount overlay at path with data (lowerdir, upperdir, workdir)
+  EnterTemplate,  // setns into the template, chroot to its root, unshare a copy
+  kLast = EnterTemplate,
+};
+
+// One op as the child side runs it: plain values and C strings (pointing
+// into the plan, or into the init's copy of it).
+struct OpView {
+  OpKind kind;
+  bool optional;
+  int slot;
+  int source;  // CloneTree: index into the pinned sources
+  unsigned long flags;
+  uint64_t attr;
+  mode_t mode;
+  dev_t dev;
+  const char* src;  // or null
+  const char* path;
+  const char* data;  // or null
+};
+
+// Child side: runs ops in order (raw syscalls only: async-signal-safe, no
+// allocation). sources are the detached trees (MountPlan::make_trees),
+// slots nslots ints of scratch for cloned trees (all -1, left -1), tpl_ns
+// and tpl_root the template's fds for EnterTemplate (else -1). Returns 0, or
+// errno with *failed_op set to the index of the op that failed.
+int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, int* slots,
+            size_t nslots, int tpl_ns, int tpl_root, int* failed_op) noexcept;
+
 class MountPlan {
  public:
-  enum class OpKind : uint8_t {
-    MakePrivate,    // mount --make-rprivate /
-    CloneTree,      // open_tree(src, CLONE|RECURSIVE) + mount_setattr -> slot
-    Tmpfs,          // mount tmpfs at path
-    Mkdir,          // mkdir path (EEXIST is fine)
-    Touch,          // create an empty file at path (a mount point for a file)
-    Symlink,        // symlink(src, path)
-    MoveTree,       // move_mount(slot, path)
-    BindFile,       // mount --bind src path (masking with /dev/null)
-    Proc,           // mount proc at path
-    ReadOnlyBind,   // bind path onto itself, recursively read-only
-    Mknod,          // mknod path mode dev
-    Devpts,         // mount a new devpts instance at path
-    SetReadOnly,    // mount_setattr(path, RDONLY), not recursive
-    PivotRoot,      // chdir path, pivot_root(".", "."), detach the old root
-    Overlay,        // mount overlay at path with data (lowerdir, upperdir, workdir)
-    EnterTemplate,  // setns into the template, chroot to its root, unshare a copy
-  };
+  using OpKind = mounts::OpKind;
 
   struct Op {
     OpKind kind;
     bool optional = false;  // skip when the path (or source) does not exist
     int slot = -1;          // CloneTree/MoveTree: index into the fd slots
+    int source = -1;        // CloneTree: index into sources()
     unsigned long flags = 0;
     uint64_t attr = 0;  // MOUNT_ATTR_* for CloneTree
     mode_t mode = 0;
@@ -93,12 +132,35 @@ class MountPlan {
     std::string data;
   };
 
+  // A host path the plan mounts: resolved once here (a symlink named in the
+  // config is followed now, on purpose), then pinned per sandbox by
+  // make_trees() with no symlink followed, so that no swap between the
+  // check and the mount changes what is mounted.
+  struct Source {
+    std::string path;  // absolute, no symlink in it when prepared
+    bool is_dir = true;
+    uint64_t attr = 0;  // MOUNT_ATTR_* of its tree
+    std::string what;   // "volume /a:/b", for errors
+  };
+
   static Result<MountPlan> prepare(const SpawnSpec& spec);
 
-  // Child side: runs every op. On failure returns errno and sets *failed_op.
-  // With a template (build_template()), runs only the per-sandbox ops on a
-  // clone of it.
-  int execute(int* failed_op, const struct MountTemplate* tpl = nullptr) const noexcept;
+  // Every source as a detached mount tree, in the caller's mount namespace:
+  // the source pinned with openat2(O_PATH, RESOLVE_NO_SYMLINKS |
+  // RESOLVE_NO_MAGICLINKS), cloned from that fd (open_tree(OPEN_TREE_CLONE |
+  // AT_RECURSIVE)) and given its attributes, recursively (mount_setattr),
+  // so no submount stays writable. The sandbox's init (or the template's
+  // builder) only moves them into place (move_mount). A component swapped
+  // for a symlink since prepare() fails (ELOOP, INVALID) naming the source,
+  // as does a directory replaced by a file or the reverse.
+  Result<std::vector<Fd>> make_trees() const;
+  const std::vector<Source>& sources() const { return sources_; }
+
+  // The ops a sandbox runs: the full plan, or with a template only the
+  // per-sandbox part (starting with EnterTemplate). The views point into
+  // this plan.
+  std::vector<OpView> views(bool templated) const;
+  size_t slot_count() const { return nslots_; }
 
   // For error messages in the parent: "bind /usr -> /usr".
   std::string describe(int op, bool templated = false) const;
@@ -119,16 +181,14 @@ class MountPlan {
   Result<MountTemplate> build_template() const;
 
  private:
-  int run(const std::vector<Op>& ops, int* slots, int* failed_op,
-          const MountTemplate* tpl) const noexcept;
   void split_for_template(const std::vector<std::string>& own);
+  static std::vector<OpView> views_of(const std::vector<Op>& ops);
 
   std::vector<Op> ops_;
   std::vector<Op> template_ops_;  // run once, by build_template()
   std::vector<Op> spawn_ops_;     // run per sandbox on the template's clone
-  // Child-side fds of cloned trees. Only the child's copy of the plan is ever
-  // written (after the clone), so the parent's plan stays shareable.
-  mutable std::vector<int> slots_;
+  std::vector<Source> sources_;
+  size_t nslots_ = 0;
 };
 
 // "mask /etc/shadow": op index of ops, for error messages.

@@ -513,16 +513,4 @@ Result<Filter> load(const std::string& profile) {
   }
 }
 
-int apply(const Filter& filter) noexcept {
-  if (filter.empty()) return 0;
-  const auto& insns = filter.insns();
-  if (insns.size() > BPF_MAXINSNS) return EINVAL;
-  sock_fprog prog{};
-  prog.len = static_cast<unsigned short>(insns.size());
-  prog.filter = const_cast<sock_filter*>(insns.data());
-  // Flags 0: no SECCOMP_FILTER_FLAG_TSYNC, this thread (and its children) only.
-  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return errno;
-  return 0;
-}
-
 }  // namespace cloister::seccomp

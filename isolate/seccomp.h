@@ -10,6 +10,11 @@
 #pragma once
 
 #include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <string>
 #include <string_view>
@@ -37,8 +42,23 @@ Result<Filter> compile(std::string_view profile_json);
 // otherwise a path to a JSON profile. Compiled results are cached per name.
 Result<Filter> load(const std::string& profile);
 
-// Child side: installs the filter (SECCOMP_SET_MODE_FILTER, with TSYNC off).
+int install(const sock_filter* insns, size_t n) noexcept;
+// The same for a compiled filter.
+inline int apply(const Filter& filter) noexcept {
+  return install(filter.insns().data(), filter.insns().size());
+}
+
+// Child side: installs a program (SECCOMP_SET_MODE_FILTER, with TSYNC off:
+// this thread and its children only); none (n == 0) means unconfined.
 // Needs no_new_privs or CAP_SYS_ADMIN. Returns 0 or errno.
-int apply(const Filter& filter) noexcept;
+inline int install(const sock_filter* insns, size_t n) noexcept {
+  if (n == 0) return 0;
+  if (n > BPF_MAXINSNS) return EINVAL;
+  sock_fprog prog{};
+  prog.len = static_cast<unsigned short>(n);
+  prog.filter = const_cast<sock_filter*>(insns);
+  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return errno;
+  return 0;
+}
 
 }  // namespace cloister::seccomp

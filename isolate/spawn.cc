@@ -1,13 +1,11 @@
 #include "isolate/spawn.h"
 
 #include <fcntl.h>
-#include <linux/openat2.h>
+#include <linux/close_range.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -15,416 +13,80 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <future>
-#include <mutex>
 #include <thread>
+#include <type_traits>
 
 #include "isolate/capabilities.h"
+#include "isolate/init_program.h"
 #include "isolate/namespaces.h"
+#include "isolate/pending_init.h"
+#include "isolate/seccomp.h"
+
+// The clone child only execs the init. With CLONE_VM | CLONE_VFORK it
+// shares the caller's memory (no page tables copied, no copy-on-write faults
+// left behind in the caller) and the calling thread sleeps until the exec.
+// clone3 with CLONE_VM needs a stack of its own, which no C function can
+// switch to: this entry does, as glibc's clone does for clone(2).
+//   long cloister_clone3_vm(clone_args*, size_t, void (*fn)(void*), void* arg)
+// returns the child's pid, or -errno; the child runs fn(arg) on args->stack
+// and never returns.
+#if defined(__x86_64__)
+#define CLOISTER_CLONE3_VM 1
+// System calls of the clone child, which shares the caller's memory: no libc
+// (no PLT lookup, no errno), -errno on failure.
+static inline long child_syscall(long n, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                                 long a5 = 0) {
+  register long r10 asm("r10") = a4;
+  register long r8 asm("r8") = a5;
+  long ret;
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(n), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8)
+               : "rcx", "r11", "memory");
+  return ret;
+}
+extern "C" long cloister_clone3_vm(clone_args*, size_t, void (*)(void*), void*);
+asm(".text\n"
+    ".globl cloister_clone3_vm\n"
+    ".hidden cloister_clone3_vm\n"
+    ".type cloister_clone3_vm,@function\n"
+    "cloister_clone3_vm:\n"
+    "  mov %rdx, %r8\n"  // fn and arg: r8 and r9 survive the syscall
+    "  mov %rcx, %r9\n"
+    "  mov $435, %eax\n"  // __NR_clone3
+    "  syscall\n"
+    "  test %rax, %rax\n"
+    "  jz 1f\n"
+    "  ret\n"
+    "1:\n"  // the child, on its own stack (16-byte aligned by the caller)
+    "  xor %ebp, %ebp\n"
+    "  mov %r9, %rdi\n"
+    "  call *%r8\n"
+    "  mov $231, %eax\n"  // __NR_exit_group, should fn ever return
+    "  mov $127, %edi\n"
+    "  syscall\n"
+    "  hlt\n"
+    ".size cloister_clone3_vm, .-cloister_clone3_vm\n");
+#else
+static inline long child_syscall(long n, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                                 long a5 = 0) {
+  long r = ::syscall(n, a1, a2, a3, a4, a5);
+  return r < 0 ? -errno : r;
+}
+#endif
 
 namespace cloister {
 namespace {
 
-// What the child reports when a step fails.
-struct Report {
-  int32_t step;
-  int32_t err;
-  int32_t detail;
-};
-
-// What the init tells the parent when its payload exits.
-struct InitStatus {
-  int32_t wait_status;
-  int32_t alone;        // no other process is left in the sandbox
-  int64_t max_rss_kib;  // the largest resident set among the reaped processes
-};
-
-// The command, sent to an init that has set itself up: this header (with the
-// fds as SCM_RIGHTS: stdin, stdout, stderr, exec fd, those present), then
-// body_len bytes of NUL-terminated strings: argv, envp, the exec candidates,
-// work_dir, beneath, beneath_rest.
-struct CallHeader {
-  uint32_t magic;
-  uint32_t body_len;
-  uint32_t argc, envc, ncand;
-  uint32_t flags;
-};
-constexpr uint32_t kCallMagic = 0x636c7331;  // "cls1"
-constexpr uint32_t kCallStdin = 1, kCallStdout = 2, kCallStderr = 4, kCallExecFd = 8,
-                   kCallExecFdInherit = 16, kCallTty = 32, kCallBeneath = 64;
-constexpr uint32_t kMaxCallBody = 64u << 20;
-
-// The nice value of the library's background work (warm inits being set
-// up, network namespaces made ahead, sandboxes tearing down): it must not take
-// the CPU from sandboxes that are starting or running.
-constexpr int kBackgroundNice = 19;
-
 // Spawned::set_background_teardown.
 std::atomic<bool> g_background_teardown{true};
 
-// Exit code of a child that failed before exec; the parent reads the reason
-// from the report pipe, so the value only has to be recognisable in ps.
-constexpr int kSetupFailedExit = 125;
-
-// Everything the child reads: the sandbox's part laid out before the clone,
-// the command's part (argv to controlling_tty) filled in by the init from the
-// parent's message.
-struct ChildContext {
-  const SpawnSpec* spec;
-  const mounts::MountPlan* mounts;
-  const seccomp::Filter* filter;
-  int netns;  // join this fresh network namespace (pool), or -1
-  char* const* argv;
-  char* const* envp;
-  const char* const* candidates;  // paths to try for argv[0], in order
-  size_t ncandidates;
-  const char* work_dir;
-  const char* beneath;       // policy: enter work_dir beneath this dir, or null
-  const char* beneath_rest;  // work_dir relative to it ("." for itself)
-  int exec_fd;               // policy: exec this fd, or -1
-  bool exec_fd_inherit;
-  const char* hostname;
-  int stdio[3];
-  bool controlling_tty;  // stdin is a pty slave: make it the controlling terminal
-  int report_w;
-  int status_w;
-  int ctl;               // the parent's go, then the command (CallHeader)
-  bool wait_go;          // a go comes first (cgroup attach, a network namespace to join)
-  int devnull;           // host /dev/null, opened before the clone
-  bool background_exit;  // the caller leaves our exit to its reaper thread
-  const mounts::MountTemplate* mount_template;  // or null: the full plan
-};
-
-// The init's view of its payload, for the signal handler.
-volatile pid_t g_payload = -1;
-
-void forward_signal(int sig) {
-  if (g_payload > 0) {
-    ::kill(g_payload, sig);
-    return;
-  }
-  // In the payload before its execve: act as if no handler were installed.
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  ::sigaction(sig, &dfl, nullptr);
-  ::kill(static_cast<pid_t>(::syscall(SYS_getpid)), sig);
-}
-
-[[noreturn]] void report_and_exit(int fd, SpawnStep step, int err, int detail = 0) {
-  Report r{static_cast<int32_t>(step), err, detail};
-  ssize_t n;
-  do n = ::write(fd, &r, sizeof r);
-  while (n < 0 && errno == EINTR);
-  ::_exit(kSetupFailedExit);
-}
-
-// Closes every fd except those in keep (an unsorted, small array).
-void close_all_but(int* keep, int nkeep) noexcept {
-  for (int i = 1; i < nkeep; ++i)  // insertion sort: no allocation
-    for (int j = i; j > 0 && keep[j - 1] > keep[j]; --j) std::swap(keep[j - 1], keep[j]);
-  unsigned lo = 0;
-  for (int i = 0; i < nkeep; ++i) {
-    if (keep[i] < 0) continue;
-    unsigned k = static_cast<unsigned>(keep[i]);
-    if (k > lo) ::syscall(SYS_close_range, lo, k - 1, 0);
-    lo = k + 1;
-  }
-  ::syscall(SYS_close_range, lo, ~0U, 0);
-}
-
-void unblock_all_signals() noexcept {
-  sigset_t none;
-  sigemptyset(&none);
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
-}
-
-[[noreturn]] void payload_main(const ChildContext& c) noexcept {
-  const int rw = c.report_w;
-  ::setsid();
-  // Move the stdio sources out of 0-2 before placing them, in case one of
-  // them already sits on a low number.
-  int src[3];
-  for (int i = 0; i < 3; ++i) {
-    int from = c.stdio[i] >= 0 ? c.stdio[i] : c.devnull;
-    src[i] = ::fcntl(from, F_DUPFD_CLOEXEC, 3);
-    if (src[i] < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
-  }
-  int xfd = -1;
-  if (c.exec_fd >= 0) {
-    // Above 0-2, like the stdio sources; CLOEXEC unless a script needs it.
-    xfd = ::fcntl(c.exec_fd, F_DUPFD_CLOEXEC, 3);
-    if (xfd < 0 || (c.exec_fd_inherit && ::fcntl(xfd, F_SETFD, 0) != 0))
-      report_and_exit(rw, SpawnStep::Exec, errno);
-  }
-  for (int i = 0; i < 3; ++i)
-    if (::dup2(src[i], i) < 0) report_and_exit(rw, SpawnStep::Stdio, errno, i);
-  // A new session has no controlling terminal; a pty slave on 0 becomes it,
-  // so that job control, ^C and SIGWINCH reach the payload.
-  if (c.controlling_tty && ::ioctl(0, TIOCSCTTY, 0) < 0)
-    report_and_exit(rw, SpawnStep::Stdio, errno, 0);
-  int keep[] = {0, 1, 2, rw, xfd};
-  close_all_but(keep, 5);
-  // execve resets the init's handlers (caught -> default); a signal caught in
-  // between is re-raised by forward_signal with the default action.
-  unblock_all_signals();
-  if (xfd >= 0) {
-    // The very file the policy checked (policy/paths.h), never a path.
-    ::syscall(SYS_execveat, xfd, "", c.argv, c.envp, AT_EMPTY_PATH);
-    report_and_exit(rw, SpawnStep::Exec, errno);
-  }
-  int err = ENOENT;
-  for (size_t i = 0; i < c.ncandidates; ++i) {
-    ::execve(c.candidates[i], c.argv, c.envp);
-    // Like execvp: remember that something was found but not executable.
-    if (errno != ENOENT && errno != ENOTDIR) err = errno;
-  }
-  report_and_exit(rw, SpawnStep::Exec, err);
-}
-
-// The payload's stack until its execve (each init has its own copy).
-alignas(64) char g_payload_stack[64 * 1024];
-
-int payload_entry(void* arg) {
-  payload_main(*static_cast<const ChildContext*>(arg));
-}
-
-// One message of len bytes (all of them: MSG_WAITALL) with up to maxfds fds
-// (SCM_RIGHTS, received close-on-exec) into fds; *nfds gets their number.
-// Returns the bytes read (0 at EOF), or -1 with errno; async-signal-safe.
-ssize_t recv_with_fds(int sock, void* buf, size_t len, int* fds, size_t maxfds,
-                      size_t* nfds) noexcept {
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(4 * sizeof(int))];
-  iovec iov{buf, len};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = cbuf;
-  m.msg_controllen = CMSG_SPACE(maxfds * sizeof(int));
-  ssize_t got;
-  do got = ::recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-  while (got < 0 && errno == EINTR);
-  *nfds = 0;
-  for (cmsghdr* cm = got >= 0 ? CMSG_FIRSTHDR(&m) : nullptr; cm; cm = CMSG_NXTHDR(&m, cm))
-    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-      *nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      std::memcpy(fds, CMSG_DATA(cm), *nfds * sizeof(int));
-    }
-  return got;
-}
-
-// Reads exactly n bytes; false on EOF or error.
-bool read_full(int fd, char* p, size_t n) noexcept {
-  while (n > 0) {
-    ssize_t r = ::read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
-// The init's side of CallHeader: fills the command's part of c. Returns 0 or
-// errno (EPROTO for a malformed message).
-int receive_call(ChildContext& c) noexcept {
-  CallHeader h{};
-  int fds[4] = {-1, -1, -1, -1};
-  size_t nfds = 0;
-  ssize_t got = recv_with_fds(c.ctl, &h, sizeof h, fds, 4, &nfds);
-  if (got < 0) return errno;
-  if (got != static_cast<ssize_t>(sizeof h)) return EPIPE;  // the parent gave up
-  if (h.magic != kCallMagic || h.body_len > kMaxCallBody || h.argc == 0 ||
-      static_cast<size_t>(__builtin_popcount(h.flags & 15)) != nfds)
-    return EPROTO;
-  const size_t nstr = size_t{h.argc} + h.envc + h.ncand + 3;
-  const size_t ptrs = (size_t{h.argc} + 1 + h.envc + 1 + h.ncand) * sizeof(char*);
-  void* mem = ::mmap(nullptr, ptrs + h.body_len + 1, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return errno;
-  char** vec = static_cast<char**>(mem);
-  char* body = static_cast<char*>(mem) + ptrs;
-  if (!read_full(c.ctl, body, h.body_len)) return EPIPE;
-  body[h.body_len] = '\0';
-  const char* strs[3];  // work_dir, beneath, beneath_rest
-  size_t off = 0, v = 0;
-  for (size_t i = 0; i < nstr; ++i) {
-    if (off >= h.body_len) return EPROTO;
-    char* str = body + off;
-    off += ::strlen(str) + 1;
-    if (off > h.body_len) return EPROTO;
-    if (i == h.argc) vec[v++] = nullptr;                   // end of argv
-    if (i == size_t{h.argc} + h.envc) vec[v++] = nullptr;  // end of envp
-    if (i < nstr - 3)
-      vec[v++] = str;
-    else
-      strs[i - (nstr - 3)] = str;
-  }
-  c.argv = vec;
-  c.envp = vec + h.argc + 1;
-  c.candidates = const_cast<const char* const*>(vec + h.argc + 1 + h.envc + 1);
-  c.ncandidates = h.ncand;
-  c.work_dir = strs[0];
-  c.beneath = (h.flags & kCallBeneath) ? strs[1] : nullptr;
-  c.beneath_rest = strs[2];
-  size_t k = 0;
-  c.stdio[0] = (h.flags & kCallStdin) ? fds[k++] : -1;
-  c.stdio[1] = (h.flags & kCallStdout) ? fds[k++] : -1;
-  c.stdio[2] = (h.flags & kCallStderr) ? fds[k++] : -1;
-  c.exec_fd = (h.flags & kCallExecFd) ? fds[k++] : -1;
-  c.exec_fd_inherit = h.flags & kCallExecFdInherit;
-  c.controlling_tty = h.flags & kCallTty;
-  return 0;
-}
-
-[[noreturn]] void init_main(const ChildContext& parent_view) noexcept {
-  // Our own copy: the command's part is filled in below.
-  ChildContext c = parent_view;
-  const int rw = c.report_w;
-  // Signals stay blocked (from the parent) until our own handlers are set.
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  ::prctl(PR_SET_NAME, "cloister-init", 0, 0, 0);
-  {
-    const int tpl_ns = c.mount_template ? c.mount_template->ns.get() : -1;
-    const int tpl_root = c.mount_template ? c.mount_template->root.get() : -1;
-    int keep[] = {c.report_w, c.status_w, c.ctl, c.devnull, c.netns, tpl_ns, tpl_root, 0, 1, 2};
-    close_all_but(keep, static_cast<int>(std::size(keep)));
-  }
-  if (c.netns >= 0) {
-    if (::setns(c.netns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
-    ::close(c.netns);
-  }
-  int failed_op = -1;
-  if (int e = c.mounts->execute(&failed_op, c.mount_template))
-    report_and_exit(rw, SpawnStep::Mounts, e, failed_op);
-  if (c.mount_template) {
-    ::close(c.mount_template->ns.get());
-    ::close(c.mount_template->root.get());
-  }
-  if (int e = namespaces::set_hostname(c.hostname)) report_and_exit(rw, SpawnStep::Hostname, e);
-  for (size_t i = 0; i < c.spec->rlimits.size(); ++i)
-    if (int e = rlimits::apply(c.spec->rlimits[i]))
-      report_and_exit(rw, SpawnStep::Rlimits, e, static_cast<int>(i));
-  // The parent lets us go once this process is in all its cgroups (v1
-  // controllers need the parent to write our pid) and, unless the pool had
-  // one, with the network namespace it made meanwhile: both ran while we set
-  // up the mounts. EOF instead means the parent failed or is gone. Before
-  // the bounding set, seccomp and the uid change: setns needs what they take.
-  if (c.wait_go) {
-    char go;
-    int ns = -1;
-    size_t nfds = 0;
-    if (recv_with_fds(c.ctl, &go, 1, &ns, 1, &nfds) != 1) ::_exit(kSetupFailedExit);
-    if (nfds == 1) {
-      if (::setns(ns, CLONE_NEWNET) != 0) report_and_exit(rw, SpawnStep::Loopback, errno);
-      ::close(ns);
-    }
-  }
-  if (int e = capabilities::drop_bounding(c.spec->capabilities))
-    report_and_exit(rw, SpawnStep::BoundingSet, e);
-  if (c.spec->no_new_privileges && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-    report_and_exit(rw, SpawnStep::NoNewPrivs, errno);
-  // Before the uid change: without no_new_privs, installing a filter needs
-  // CAP_SYS_ADMIN, which only uid 0 still has here.
-  if (int e = seccomp::apply(*c.filter)) report_and_exit(rw, SpawnStep::Seccomp, e);
-  // Raw syscalls: glibc's set*id wrappers signal every thread of the parent,
-  // which do not exist in this copy of it.
-  const Identity& id = c.spec->user;
-  ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
-  if (::syscall(SYS_setgroups, id.groups.size(), id.groups.data()) != 0)
-    report_and_exit(rw, SpawnStep::Groups, errno);
-  if (::syscall(SYS_setresgid, id.gid, id.gid, id.gid) != 0)
-    report_and_exit(rw, SpawnStep::Gid, errno);
-  if (::syscall(SYS_setresuid, id.uid, id.uid, id.uid) != 0)
-    report_and_exit(rw, SpawnStep::Uid, errno);
-  if (int e = capabilities::apply(c.spec->capabilities))
-    report_and_exit(rw, SpawnStep::Capabilities, e);
-  // Set up: now the command. A warm init (Sandbox's pool) waits here for its
-  // caller; EOF means the sandbox was dropped unused.
-  if (int e = receive_call(c)) {
-    if (e == EPIPE) ::_exit(kSetupFailedExit);
-    report_and_exit(rw, SpawnStep::Command, e);
-  }
-  ::close(c.ctl);
-  if (c.beneath) {
-    // In the sandbox's own view, after pivot_root: the check is the use.
-    open_how how{};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    int root = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, c.beneath, &how, sizeof how));
-    if (root < 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 1);
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    int wd;
-    do wd = static_cast<int>(::syscall(SYS_openat2, root, c.beneath_rest, &how, sizeof how));
-    while (wd < 0 && errno == EAGAIN);
-    if (wd < 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 2);
-    if (::fchdir(wd) != 0) report_and_exit(rw, SpawnStep::WorkDir, errno, 2);
-    ::close(wd);
-    ::close(root);
-  } else if (::chdir(c.work_dir) != 0) {
-    report_and_exit(rw, SpawnStep::WorkDir, errno);
-  }
-
-  // Handlers first, then the fork, then unblock: a signal that arrives in
-  // between is held, not lost, and finds g_payload set.
-  struct sigaction sa {};
-  sa.sa_handler = forward_signal;
-  sa.sa_flags = SA_RESTART;
-  for (int s = 1; s < NSIG; ++s)
-    if (s != SIGKILL && s != SIGSTOP && s != SIGCHLD) ::sigaction(s, &sa, nullptr);
-  // The payload shares the init's memory until it execs (CLONE_VM, with the
-  // init suspended meanwhile: CLONE_VFORK), so no page table is copied for
-  // it. It runs on a stack of its own and writes nothing the init reads.
-  long child = ::clone(payload_entry, g_payload_stack + sizeof g_payload_stack,
-                       CLONE_VM | CLONE_VFORK | SIGCHLD, const_cast<ChildContext*>(&c));
-  if (child < 0) report_and_exit(rw, SpawnStep::ForkPayload, errno);
-  g_payload = static_cast<pid_t>(child);
-  // The init keeps nothing of the payload's: the parent sees EOF on the
-  // report pipe when the payload execs, and on stdio when the payload's tree
-  // closes it.
-  {
-    int keep[] = {c.status_w};
-    close_all_but(keep, 1);
-  }
-  unblock_all_signals();
-  for (;;) {
-    int status = 0;
-    pid_t w = ::waitpid(-1, &status, __WALL);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      ::_exit(kSetupFailedExit);  // ECHILD: cannot happen while the payload lives
-    }
-    if (w == g_payload) {
-      InitStatus msg{};
-      msg.wait_status = status;
-      // Zombies first; then ECHILD means nothing but this init is left in
-      // the namespace, and the parent may report the exit before our own
-      // exit has torn the namespaces down.
-      while ((w = ::waitpid(-1, &status, WNOHANG | __WALL)) > 0) {
-      }
-      msg.alone = w < 0 && errno == ECHILD;
-      struct rusage ru {};
-      ::getrusage(RUSAGE_CHILDREN, &ru);
-      msg.max_rss_kib = ru.ru_maxrss;
-      ssize_t n;
-      do n = ::write(c.status_w, &msg, sizeof msg);
-      while (n < 0 && errno == EINTR);
-      // Our exit tears the namespaces down, which nobody waits for when we
-      // are alone: background work.
-      if (msg.alone && c.background_exit) ::setpriority(PRIO_PROCESS, 0, kBackgroundNice);
-      // Exiting as PID 1 kills whatever the payload left behind.
-      ::_exit(0);
-    }
-  }
-}
-
-// True on the library's own threads that live as long as the process: they
-// may clone sandboxes themselves (PR_SET_PDEATHSIG follows the cloning thread).
+// True on the library's own threads that live as long as the process.
 thread_local bool t_long_lived = false;
 
 // Runs fn on one long-lived thread: PR_SET_PDEATHSIG fires when the thread
@@ -487,7 +149,7 @@ std::vector<std::string> exec_candidates(const Command& cmd) {
   return out;
 }
 
-Error describe_failure(const Command& cmd, const Report& r) {
+Error describe_failure(const Command& cmd, const wire::Report& r) {
   auto step = static_cast<SpawnStep>(r.step);
   std::string what = std::string(step_name(step));
   switch (step) {
@@ -519,12 +181,139 @@ Error describe_failure(const Command& cmd, const Report& r) {
   return e;
 }
 
+// --- the setup message (init_wire.h) ----------------------------------------
+
+// Encodes everything of the sandbox the init needs, but for the fds and the
+// per-spawn flags (patched into SetupFixed by clone_init).
+std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView>& ops,
+                         size_t nslots, const seccomp::Filter& filter, bool templated) {
+  std::string strings;
+  auto add = [&](const char* s) -> uint32_t {
+    if (!s) return wire::kNoString;
+    auto off = static_cast<uint32_t>(strings.size());
+    strings.append(s);
+    strings.push_back('\0');
+    return off;
+  };
+  wire::SetupFixed fx{};
+  fx.capabilities = spec.capabilities;
+  fx.last_cap = capabilities::last_cap();
+  fx.flags = (spec.no_new_privileges ? wire::kSetupNoNewPrivs : 0) |
+             (templated ? wire::kSetupTemplated : 0);
+  fx.uid = spec.user.uid;
+  fx.gid = spec.user.gid;
+  fx.ngroups = static_cast<uint32_t>(spec.user.groups.size());
+  fx.nrlimits = static_cast<uint32_t>(spec.rlimits.size());
+  fx.nops = static_cast<uint32_t>(ops.size());
+  fx.nfilter = static_cast<uint32_t>(filter.insns().size());
+  fx.nslots = static_cast<uint32_t>(nslots);
+  fx.hostname = add(spec.hostname.c_str());
+  std::vector<wire::WireOp> wops;
+  for (const auto& o : ops) {
+    wire::WireOp w{};
+    w.kind = static_cast<uint8_t>(o.kind);
+    w.optional = o.optional;
+    w.slot = o.slot;
+    w.src_fd = o.source;
+    w.mode = o.mode;
+    w.flags = o.flags;
+    w.attr = o.attr;
+    w.dev = o.dev;
+    w.src = add(o.src);
+    w.path = add(o.path);
+    w.data = add(o.data);
+    wops.push_back(w);
+  }
+  fx.strings_len = static_cast<uint32_t>(strings.size());
+  std::string body;
+  auto put = [&](const void* p, size_t n) { body.append(static_cast<const char*>(p), n); };
+  put(&fx, sizeof fx);
+  for (gid_t g : spec.user.groups) {
+    uint32_t v = g;
+    put(&v, sizeof v);
+  }
+  for (const auto& l : spec.rlimits) {
+    wire::WireRlimit w{l.resource, 0, l.soft, l.hard};
+    put(&w, sizeof w);
+  }
+  put(wops.data(), wops.size() * sizeof(wire::WireOp));
+  put(filter.insns().data(), filter.insns().size() * sizeof(sock_filter));
+  put(strings.data(), strings.size());
+  return body;
+}
+
+// What the clone child needs, laid out before the clone.
+struct ExecArgs {
+  int program;  // the init's sealed memfd
+  int ctl;
+  int report_w;
+  char* const* argv;
+  char* const* envp;
+};
+
+// The clone child: makes ctl and report_w the only fds that survive, and
+// execs the init. It shares the caller's memory (CLONE_VM) until then: raw
+// system calls only, nothing written but the report of a failed exec.
+[[noreturn]] void exec_init(void* arg) noexcept {
+  const ExecArgs& x = *static_cast<const ExecArgs*>(arg);
+  auto l = [](auto v) {
+    if constexpr (std::is_pointer_v<decltype(v)>)
+      return reinterpret_cast<long>(v);
+    else
+      return static_cast<long>(v);
+  };
+  // The caller may be killed at any time from here on: its death kills
+  // the init (and the init's death the namespace). Set before the exec,
+  // which keeps it; the init finds out about a caller gone before this
+  // line by the EOF on its control socket.
+  child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  // Every fd of the caller's, also those it opened without O_CLOEXEC, goes
+  // at the exec; the init's two stay.
+  long r = child_syscall(SYS_close_range, 0, l(~0U), CLOSE_RANGE_CLOEXEC);
+  if (r == 0) r = child_syscall(SYS_fcntl, x.ctl, F_SETFD, 0);
+  if (r == 0) r = child_syscall(SYS_fcntl, x.report_w, F_SETFD, 0);
+  if (r == 0)
+    r = child_syscall(SYS_execveat, x.program, l(""), l(x.argv), l(x.envp), AT_EMPTY_PATH);
+  wire::Report rep{static_cast<int32_t>(SpawnStep::ExecInit), static_cast<int32_t>(-r), 0};
+  child_syscall(SYS_write, x.report_w, l(&rep), sizeof rep);
+  for (;;) child_syscall(SYS_exit_group, wire::kSetupFailedExit);
+}
+
+// Sends the setup: header and body, then the fds in one-byte messages.
+Status send_setup(int ctl, const std::string& body, const std::vector<int>& fds) {
+  wire::SetupHeader h{wire::kSetupMagic, wire::kVersion, static_cast<uint32_t>(body.size()),
+                      static_cast<uint32_t>(fds.size())};
+  std::string msg(reinterpret_cast<const char*>(&h), sizeof h);
+  msg += body;
+  for (size_t off = 0; off < msg.size();) {
+    ssize_t n = write_nosigpipe(ctl, msg.data() + off, msg.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fail(sys_error("send the setup", n < 0 ? errno : EPIPE));
+    off += static_cast<size_t>(n);
+  }
+  for (size_t off = 0; off < fds.size();) {
+    size_t k = std::min(kMaxPassFds, fds.size() - off);
+    if (send_fds(ctl, "F", 1, fds.data() + off, k) != 1)
+      return fail(sys_error("send the setup's fds"));
+    off += k;
+  }
+  return {};
+}
+
 }  // namespace
+
+void mark_long_lived_thread() {
+  t_long_lived = true;
+}
 
 std::string_view step_name(SpawnStep step) {
   switch (step) {
     case SpawnStep::None:
       return "none";
+    case SpawnStep::ExecInit:
+      return "exec the init program";
+    case SpawnStep::Setup:
+      return "receive the setup";
     case SpawnStep::Command:
       return "receive the command";
     case SpawnStep::Signals:
@@ -537,6 +326,10 @@ std::string_view step_name(SpawnStep step) {
       return "hostname";
     case SpawnStep::Rlimits:
       return "rlimits";
+    case SpawnStep::Go:
+      return "wait for the cgroup attach";
+    case SpawnStep::CgroupNs:
+      return "cgroup namespace";
     case SpawnStep::BoundingSet:
       return "capability bounding set";
     case SpawnStep::NoNewPrivs:
@@ -563,44 +356,8 @@ std::string_view step_name(SpawnStep step) {
   return "unknown step";
 }
 
-uint64_t Sandbox::mount_generation_locked() const {
-  // Any mount or unmount on the host since the last look (POLLPRI on the
-  // mount table) makes copies of the host's trees taken before it stale.
-  if (!mountinfo_) mountinfo_ = Fd(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
-  pollfd p{mountinfo_.get(), POLLPRI, 0};
-  if (!mountinfo_ || (::poll(&p, 1, 0) == 1 && (p.revents & (POLLPRI | POLLERR)))) ++mount_gen_;
-  return mount_gen_;
-}
-
-uint64_t Sandbox::mount_generation() const {
-  std::lock_guard lk(template_mu_);
-  return mount_generation_locked();
-}
-
-std::shared_ptr<const mounts::MountTemplate> Sandbox::mount_template(uint64_t* gen) const {
-  std::lock_guard lk(template_mu_);
-  // A one-shot caller keeps nothing open: no template, no watch on the
-  // mount table (nor warm inits, which start with the second spawn).
-  if (++template_uses_ < 2) {
-    *gen = mount_gen_;
-    return nullptr;
-  }
-  // Read before a build: a change during it is seen at the next look.
-  *gen = mount_generation_locked();
-  if (!mounts_.templatable() || template_broken_) return nullptr;
-  if (template_ && template_gen_ != *gen) template_.reset();
-  if (!template_) {
-    auto t = mounts_.build_template();
-    if (!t) {
-      // The full plan works everywhere; the template is only faster.
-      template_broken_ = true;
-      return nullptr;
-    }
-    template_ = std::make_shared<const mounts::MountTemplate>(std::move(*t));
-    template_gen_ = *gen;
-  }
-  return template_;
-}
+Sandbox::Sandbox() = default;
+Sandbox::~Sandbox() = default;  // warm inits are killed, reaped, their cgroups removed
 
 Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   auto sb = std::make_shared<Sandbox>();
@@ -610,7 +367,6 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   sb->mounts_ = std::move(*plan);
   auto filter = seccomp::load(spec.seccomp_profile);
   if (!filter) return fail(filter.error().wrap("seccomp profile"));
-  sb->filter_ = std::move(*filter);
   if (spec.network == NetworkMode::None) {
     auto lo = network::LoopbackUp::prepare();
     if (!lo) return fail(lo.error());
@@ -618,58 +374,44 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   }
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  const size_t nslots = sb->mounts_.slot_count();
+  sb->setup_full_ = encode_setup(spec, sb->mounts_.views(false), nslots, *filter, false);
+  if (sb->mounts_.templatable())
+    sb->setup_templated_ = encode_setup(spec, sb->mounts_.views(true), nslots, *filter, true);
+  if (sb->setup_full_.size() > wire::kMaxBody)
+    return fail(make_error(ErrorKind::Limit, "the sandbox's setup exceeds 64 MiB"));
   return std::shared_ptr<const Sandbox>(std::move(sb));
 }
 
-// An init cloned and setting itself up, not given its command yet: made per
-// spawn, or ahead of time for the sandbox's pool (Sandbox::take_warm).
-struct PendingInit {
-  Spawned out;
-  Fd report;  // read end: EOF at the payload's exec, or a Report
-  Fd ctl;     // the parent's end of the init's control socket
-  bool templated = false;
-  bool background = false;  // cloned by the prestart thread, at its priority
-  uint64_t mount_gen = 0;   // Sandbox::mount_generation() when cloned
-  const cgroups::Manager* manager = nullptr;
-  Status attached;
-  Status netns_made;
-};
-
-namespace {
-
-// Sends len bytes with the nfds fds (SCM_RIGHTS); no SIGPIPE. Returns what
-// sendmsg returns.
-ssize_t send_with_fds(int sock, const void* buf, size_t len, const int* fds, size_t nfds) {
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(4 * sizeof(int))] = {};
-  iovec iov{const_cast<void*>(buf), len};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  if (nfds) {
-    m.msg_control = cbuf;
-    m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-    cmsghdr* cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    std::memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-  }
-  ssize_t n;
-  do n = ::sendmsg(sock, &m, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  return n;
+void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
+  warm_.refill(*this, cgroups);
 }
 
-}  // namespace
+Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgroups) const {
+  return clone_init(*this, cgroups);
+}
 
-// Clones an init, with its cgroup, and lets it go (cgroup attach, a network
-// namespace): everything but the command.
-Result<std::unique_ptr<PendingInit>> clone_init(
-    const SpawnSpec& spec, const mounts::MountPlan& plan, const seccomp::Filter& filter,
-    const network::LoopbackUp* loopback, uint64_t clone_flags,
-    std::shared_ptr<const mounts::MountTemplate> tpl, cgroups::Manager* cgroups) {
+// Clones an init, with its cgroup, sends it its setup and lets it go (cgroup
+// attach, a network namespace): everything but the command.
+Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Manager* cgroups) {
+  const SpawnSpec& spec = sb.spec_;
+  auto program = init_program::fd();
+  if (!program) return fail(program.error());
+  uint64_t gen = 0;
+  std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
+  // Without a template the init mounts the sources itself: pinned and
+  // cloned now, so that what is mounted is what was checked.
+  std::vector<Fd> sources;
+  if (!tpl) {
+    auto pinned = sb.mounts_.make_trees();
+    if (!pinned) return fail(pinned.error().wrap("mount plan"));
+    sources = std::move(*pinned);
+  }
+
   auto p = std::make_unique<PendingInit>();
   p->manager = cgroups;
+  p->mount_gen = gen;
+  p->templated = tpl != nullptr;
   Spawned& out = p->out;
   if (cgroups) {
     auto cg = cgroups->create(spec.limits);
@@ -680,10 +422,12 @@ Result<std::unique_ptr<PendingInit>> clone_init(
   }
 
   auto report = make_pipe();
+  if (!report) return fail(report.error());
   auto status = make_pipe();
-  if (!report || !status) return fail(internal("spawn pipes", EMFILE));
+  if (!status) return fail(status.error());
   // A fresh network namespace from the pool, or one we make while the child
   // sets up its mounts (not CLONE_NEWNET, which would make it first).
+  uint64_t clone_flags = sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
   if (clone_flags & CLONE_NEWNET) {
@@ -691,34 +435,25 @@ Result<std::unique_ptr<PendingInit>> clone_init(
     make_netns = !netns;
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
   }
+  // The init enters its cgroup namespace itself, once it is in every cgroup.
+  clone_flags &= ~static_cast<uint64_t>(CLONE_NEWCGROUP);
+  // The init enters the template's namespace and unshares its own copy: a
+  // copy of the caller's from the clone would only be detached again.
+  if (tpl) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
   const bool attach = out.cgroup_ && out.cgroup_->needs_attach();
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return fail(sys_error("socketpair"));
   Fd ctl_child(sv[0]);
   p->ctl = Fd(sv[1]);
-  auto devnull = open_fd("/dev/null", O_RDWR);
-  if (!devnull) return fail(devnull.error());
 
-  ChildContext ctx{};
-  ctx.spec = &spec;
-  ctx.mounts = &plan;
-  ctx.filter = &filter;
-  ctx.netns = netns.get();
-  ctx.exec_fd = -1;
-  ctx.stdio[0] = ctx.stdio[1] = ctx.stdio[2] = -1;
-  ctx.hostname = spec.hostname.c_str();
-  ctx.report_w = report->write.get();
-  ctx.status_w = status->write.get();
-  ctx.ctl = ctl_child.get();
-  ctx.wait_go = attach || make_netns;
-  ctx.devnull = devnull->get();
-  ctx.background_exit = g_background_teardown;
-  ctx.mount_template = tpl.get();
-  p->templated = tpl != nullptr;
-  // The child enters the template's namespace and unshares its own copy: a
-  // copy of the host's from the clone would only be detached again.
-  if (tpl) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
+  // The init's argv names its two fds; its environment is empty.
+  const std::string ctl_arg = std::to_string(ctl_child.get());
+  const std::string report_arg = std::to_string(report->write.get());
+  char* init_argv[] = {const_cast<char*>("cloister-init"), const_cast<char*>(ctl_arg.c_str()),
+                       const_cast<char*>(report_arg.c_str()), nullptr};
+  char* init_envp[] = {nullptr};
+  ExecArgs x{*program, ctl_child.get(), report->write.get(), init_argv, init_envp};
 
   int pidfd = -1;
   long pid = -1;
@@ -727,21 +462,37 @@ Result<std::unique_ptr<PendingInit>> clone_init(
     clone_args args{};
     args.flags = clone_flags | CLONE_PIDFD;
     args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-    // No exit signal: an embedding program's SIGCHLD handling or
-    // waitpid(-1) never sees (or reaps) the sandbox; we wait on the pidfd.
+    // No exit signal while the child shares our memory. (The kernel makes
+    // it SIGCHLD again once the init has exec'd: reap() copes with an
+    // embedding program that reaps every child.)
     args.exit_signal = 0;
     if (out.cgroup_ && out.cgroup_->clone_fd() >= 0) {
       args.flags |= CLONE_INTO_CGROUP;
       args.cgroup = static_cast<uint64_t>(out.cgroup_->clone_fd());
     }
     // The child starts with every signal blocked so that no handler of the
-    // caller's runs in it; it installs its own before unblocking.
+    // caller's runs in it (nor in the init before it sets its own).
     sigset_t all, old;
     sigfillset(&all);
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
+#ifdef CLOISTER_CLONE3_VM
+    // The child's stack, for the few calls before its exec (this thread
+    // sleeps meanwhile: CLONE_VFORK).
+    alignas(64) char stack[16 * 1024];
+    args.flags |= CLONE_VM | CLONE_VFORK;
+    args.stack = reinterpret_cast<uint64_t>(stack);
+    args.stack_size = sizeof stack;
+    long r = cloister_clone3_vm(&args, sizeof args, exec_init, &x);
+    if (r < 0) {
+      clone_errno = static_cast<int>(-r);
+    } else {
+      pid = r;
+    }
+#else
     pid = ::syscall(SYS_clone3, &args, sizeof args);
-    if (pid == 0) init_main(ctx);
+    if (pid == 0) exec_init(&x);
     clone_errno = errno;
+#endif
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   };
   if (::gettid() == ::getpid() || t_long_lived)
@@ -753,6 +504,36 @@ Result<std::unique_ptr<PendingInit>> clone_init(
   out.pidfd_ = Fd(pidfd);
   out.status_ = std::move(status->read);
   p->report = std::move(report->read);
+  report->write.reset();
+  ctl_child.reset();
+
+  // The setup, with its fds: the status pipe, the pool's network namespace,
+  // the template, the pinned sources. A failure to send means the init is
+  // gone already (its exec failed): its report says why.
+  std::string body = tpl ? sb.setup_templated_ : sb.setup_full_;
+  wire::SetupFixed fx;
+  std::memcpy(&fx, body.data(), sizeof fx);
+  std::vector<int> fds;
+  auto add_fd = [&](int fd) -> int32_t {
+    if (fd < 0) return -1;
+    fds.push_back(fd);
+    return static_cast<int32_t>(fds.size() - 1);
+  };
+  const bool wait_go = attach || make_netns;
+  fx.flags |= (wait_go ? wire::kSetupWaitGo : 0) |
+              (g_background_teardown ? wire::kSetupBackgroundExit : 0);
+  fx.fd_status = add_fd(status->write.get());
+  fx.fd_netns = add_fd(netns.get());
+  fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
+  fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
+  fx.fd_sources = static_cast<int32_t>(fds.size());
+  fx.nsources = static_cast<uint32_t>(sources.size());
+  for (const auto& s : sources) fds.push_back(s.get());
+  std::memcpy(body.data(), &fx, sizeof fx);
+  (void)send_setup(p->ctl.get(), body, fds);
+  status->write.reset();
+  netns.reset();
+  sources.clear();
 
   // From here a failure must not leave the child behind: ~Spawned kills and
   // reaps it and removes the cgroup. The child sets itself up while we
@@ -761,12 +542,12 @@ Result<std::unique_ptr<PendingInit>> clone_init(
   // socket closes without one.
   if (attach) p->attached = out.cgroup_->attach(out.pid_);
   Result<Fd> made = Fd();
-  if (make_netns) made = network::make_netns(*loopback);
+  if (make_netns) made = network::make_netns(*sb.loopback_);
   if (!made) p->netns_made = fail(made.error());
-  if (ctx.wait_go && p->attached && made) {
+  if (wait_go && p->attached && made) {
     const int ns = made->get();
     // EPIPE: the child failed already; its report says why.
-    (void)send_with_fds(p->ctl.get(), "g", 1, &ns, *made ? 1 : 0);
+    (void)send_fds(p->ctl.get(), "g", 1, &ns, *made ? 1 : 0);
   }
   // Our time is free until the child has set itself up.
   if (cgroups) cgroups->cleanup_stale_once();
@@ -790,14 +571,14 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   body.append(cmd.work_dir).push_back('\0');
   body.append(b).push_back('\0');
   body.append(beneath_rest).push_back('\0');
-  if (body.size() > kMaxCallBody)
+  if (body.size() > wire::kMaxBody)
     return fail(make_error(ErrorKind::Limit, "command and environment exceed 64 MiB"));
-  CallHeader h{kCallMagic,
-               static_cast<uint32_t>(body.size()),
-               static_cast<uint32_t>(cmd.argv.size()),
-               static_cast<uint32_t>(cmd.env.size()),
-               static_cast<uint32_t>(cand.size()),
-               0};
+  wire::CallHeader h{wire::kCallMagic,
+                     static_cast<uint32_t>(body.size()),
+                     static_cast<uint32_t>(cmd.argv.size()),
+                     static_cast<uint32_t>(cmd.env.size()),
+                     static_cast<uint32_t>(cand.size()),
+                     0};
   int fds[4];
   size_t nfds = 0;
   auto add = [&](int fd, uint32_t flag) {
@@ -805,13 +586,13 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     fds[nfds++] = fd;
     h.flags |= flag;
   };
-  add(stdio.in, kCallStdin);
-  add(stdio.out, kCallStdout);
-  add(stdio.err, kCallStderr);
-  add(cmd.exec_fd, kCallExecFd);
-  if (cmd.exec_fd >= 0 && cmd.exec_fd_inherit) h.flags |= kCallExecFdInherit;
-  if (stdio.controlling_tty) h.flags |= kCallTty;
-  if (!b.empty()) h.flags |= kCallBeneath;
+  add(stdio.in, wire::kCallStdin);
+  add(stdio.out, wire::kCallStdout);
+  add(stdio.err, wire::kCallStderr);
+  add(cmd.exec_fd, wire::kCallExecFd);
+  if (cmd.exec_fd >= 0 && cmd.exec_fd_inherit) h.flags |= wire::kCallExecFdInherit;
+  if (stdio.controlling_tty) h.flags |= wire::kCallTty;
+  if (!b.empty()) h.flags |= wire::kCallBeneath;
   // A warm init was set up at background priority: the command runs at ours.
   if (p.background) {
     errno = 0;
@@ -819,7 +600,7 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     if (errno == 0) ::setpriority(PRIO_PROCESS, static_cast<id_t>(p.out.pid_), nice);
   }
   // A send that fails means the init is gone: its report (below) says why.
-  ssize_t n = send_with_fds(p.ctl.get(), &h, sizeof h, fds, nfds);
+  ssize_t n = send_fds(p.ctl.get(), &h, sizeof h, fds, nfds);
   if (n == static_cast<ssize_t>(sizeof h))
     for (size_t off = 0; off < body.size();) {
       ssize_t w = write_nosigpipe(p.ctl.get(), body.data() + off, body.size() - off);
@@ -829,7 +610,7 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     }
   p.ctl.reset();
 
-  Report r{};
+  wire::Report r{};
   size_t got = 0;
   while (got < sizeof r) {
     ssize_t k = ::read(p.report.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got);
@@ -840,130 +621,22 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   if (got == sizeof r) {
     Error e = describe_failure(cmd, r);
     if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
-      e = sys_error("mounts: " + sb.mounts().describe(r.detail, p.templated), r.err);
-    p.out.reap();
+      e = sys_error("mounts: " + sb.mounts_.describe(r.detail, p.templated), r.err);
+    p.out.kill_and_reap();
     return fail(std::move(e));
   }
   if (got != 0) return fail(internal("short report from the sandbox"));
+  // EOF: the payload exec'd - or the init died without a word (it exits
+  // with kSetupFailedExit only before its payload exists).
+  siginfo_t info{};
+  if (::waitid(P_PIDFD, static_cast<id_t>(p.out.pidfd_.get()), &info,
+               WEXITED | WNOHANG | WNOWAIT) == 0 &&
+      info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status == wire::kSetupFailedExit)
+    return fail(internal("the sandbox's init ended during its setup"));
   if (!p.attached) return fail(p.attached.error().wrap("cgroup attach"));
   if (!p.netns_made) return fail(p.netns_made.error().wrap("network namespace"));
   if (n != static_cast<ssize_t>(sizeof h)) return fail(sys_error("send the command", EPIPE));
   return std::move(p.out);
-}
-
-// The thread that makes warm inits, one at a time, for every sandbox that
-// asks (Sandbox::refill).
-class Prestarter {
- public:
-  static Prestarter& get() {
-    static Prestarter* p = new Prestarter;  // never destroyed: its inits follow it
-    return *p;
-  }
-  // Returns once nothing is queued or being made.
-  void drain() {
-    std::unique_lock lk(mu_);
-    idle_.wait(lk, [&] { return queue_.empty() && !busy_; });
-  }
-  void request(std::weak_ptr<const Sandbox> sb, std::shared_ptr<cgroups::Manager> cgroups) {
-    {
-      std::lock_guard lk(mu_);
-      queue_.emplace_back(std::move(sb), std::move(cgroups));
-      if (!started_) {
-        started_ = true;
-        std::thread([this] { loop(); }).detach();
-      }
-    }
-    cv_.notify_one();
-  }
-
- private:
-  void loop() {
-    t_long_lived = true;
-    // Background work: it gets what the callers leave of the CPUs. The inits
-    // cloned here inherit it until their command comes (give_command).
-    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kBackgroundNice);
-    std::unique_lock lk(mu_);
-    for (;;) {
-      cv_.wait(lk, [&] { return !queue_.empty(); });
-      auto [weak, cgroups] = std::move(queue_.front());
-      queue_.pop_front();
-      busy_ = true;
-      lk.unlock();
-      if (auto sb = weak.lock()) {
-        for (;;) {
-          bool need;
-          {
-            std::lock_guard wl(sb->warm_mu_);
-            need = sb->warm_.size() < Sandbox::kWarmInits && !sb->warming_;
-            sb->warming_ = need;
-          }
-          if (!need) break;
-          // A failure here is left for the next spawn, which starts its own
-          // init and reports the error to its caller.
-          auto p = sb->start_init(cgroups.get());
-          std::lock_guard wl(sb->warm_mu_);
-          if (p) {
-            (*p)->background = true;
-            sb->warm_.push_back(std::move(*p));
-          }
-          sb->warming_ = false;
-          sb->warm_cv_.notify_all();
-          if (!p) break;
-        }
-      }
-      // The last owner may be us: the sandbox (and its warm init) goes here.
-      cgroups.reset();
-      weak.reset();
-      lk.lock();
-      busy_ = false;
-      if (queue_.empty()) idle_.notify_all();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_, idle_;
-  bool busy_ = false;
-  std::deque<std::pair<std::weak_ptr<const Sandbox>, std::shared_ptr<cgroups::Manager>>> queue_;
-  bool started_ = false;
-};
-
-Sandbox::Sandbox() = default;
-Sandbox::~Sandbox() = default;  // a warm init is killed, reaped and its cgroup removed
-
-std::unique_ptr<PendingInit> Sandbox::take_warm(const cgroups::Manager* cgroups) const {
-  std::unique_lock lk(warm_mu_);
-  ++spawns_;
-  // One being cloned is nearer to ready than one we would clone now.
-  warm_cv_.wait(lk, [&] { return !warm_.empty() || !warming_; });
-  // Their mounts copied the host's trees when they were made: after a mount
-  // on the host since, they go (killed and reaped) and new ones start.
-  if (warm_.empty()) return nullptr;  // (a one-shot caller never opens the mount table)
-  const uint64_t gen = mount_generation();
-  while (!warm_.empty() && warm_.front()->mount_gen != gen) warm_.pop_front();
-  for (auto it = warm_.begin(); it != warm_.end(); ++it)
-    if ((*it)->manager == cgroups) {
-      auto p = std::move(*it);
-      warm_.erase(it);
-      return p;
-    }
-  return nullptr;
-}
-
-void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
-  {
-    std::lock_guard lk(warm_mu_);
-    // A process that starts one sandbox never pays for a second.
-    if (spawns_ < 2 || warm_.size() >= Sandbox::kWarmInits || warming_) return;
-  }
-  Prestarter::get().request(weak_from_this(), cgroups);
-}
-
-Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgroups) const {
-  uint64_t gen = 0;
-  auto tpl = mount_template(&gen);
-  auto p = clone_init(spec_, mounts_, filter_, loopback_ ? &*loopback_ : nullptr, clone_flags_,
-                      std::move(tpl), cgroups);
-  if (p) (*p)->mount_gen = gen;
-  return p;
 }
 
 Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
@@ -975,7 +648,7 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
   if (!b.empty() && cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
     return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
 
-  std::unique_ptr<PendingInit> p = sb.take_warm(cgroups.get());
+  std::unique_ptr<PendingInit> p = sb.warm_.take(cgroups.get(), sb.templates_);
   if (!p) {
     auto cold = sb.start_init(cgroups.get());
     if (!cold) return fail(cold.error());
@@ -986,11 +659,8 @@ Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
 
 Spawned& Spawned::operator=(Spawned&& o) noexcept {
   if (this == &o) return *this;
-  if (pid_ > 0 && !reaped_) {
-    kill();
-    reap();
-  }
-  release();
+  kill_and_reap();
+  (void)release();
   pid_ = std::exchange(o.pid_, -1);
   pidfd_ = std::move(o.pidfd_);
   status_ = std::move(o.status_);
@@ -1006,11 +676,15 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
 }
 
 Spawned::~Spawned() {
+  kill_and_reap();
+  (void)release();
+}
+
+void Spawned::kill_and_reap() noexcept {
   if (pid_ > 0 && !reaped_) {
-    kill();
-    reap();
+    (void)kill();
+    (void)reap();
   }
-  release();
 }
 
 Status Spawned::signal(int sig) {
@@ -1030,10 +704,16 @@ Status Spawned::kill() {
   return {};
 }
 
+void Spawned::end() {
+  if (reaped_) return;
+  ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  if (cgroup_) cgroup_->kill_async();
+}
+
 bool Spawned::read_exit() {
   if (exit_read_) return alone_;
   if (!status_) return false;
-  InitStatus msg{};
+  wire::InitStatus msg{};
   ssize_t n;
   do n = ::read(status_.get(), &msg, sizeof msg);
   while (n < 0 && errno == EINTR);
@@ -1056,6 +736,16 @@ Result<int> Spawned::reap() {
   // send its own.
   for (;;) {
     if (::syscall(SYS_waitid, P_PIDFD, pidfd_.get(), &info, WEXITED | __WALL, &ru) == 0) break;
+    if (errno == ECHILD) {
+      // Reaped by someone else: an embedding program that waits for every
+      // child (waitpid(-1), or SIGCHLD set to SIG_IGN) took the init's exit
+      // (an exec'd child always signals SIGCHLD at exit). The payload's
+      // status, if the init sent it, is still ours.
+      reaped_ = true;
+      read_exit();
+      if (!got_message_) wait_status_ = SIGKILL;
+      return wait_status_;
+    }
     if (errno != EINTR) return fail(sys_error("waitid"));
   }
   reaped_ = true;
@@ -1145,7 +835,7 @@ void Spawned::retire(Spawned&& s) {
 }
 
 void Spawned::drain_retired() {
-  Prestarter::get().drain();
+  WarmPool::drain();
   Reaper::get().drain();
   network::NetnsPool::get().wait_idle();
 }

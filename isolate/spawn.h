@@ -3,35 +3,37 @@
 //
 // Parent, before the clone (Sandbox::prepare, once per executor): validate
 // the spec, compile seccomp to BPF, build the mount plan and the netlink
-// request for lo. Per spawn: take the executor's warm init, or create the
-// process's cgroup and clone3(CLONE_PIDFD | CLONE_INTO_CGROUP |
-// CLONE_NEW{PID,IPC,UTS,CGROUP}, and CLONE_NEWNS without a mount template),
-// making its network namespace meanwhile unless the pool had one. Then send
-// it the command (argv, envp, exec candidates, work dir, stdio fds) over its
-// control socket.
+// request for lo, and encode all of it as the init's setup message
+// (isolate/init_wire.h). Per spawn: take the executor's warm init
+// (isolate/warm_pool.h), or create the process's cgroup, pin the mount
+// sources by fd (unless the mount template, isolate/mount_template.h, serves)
+// and clone3(CLONE_PIDFD | CLONE_INTO_CGROUP | CLONE_VM | CLONE_VFORK |
+// CLONE_NEW{PID,IPC,UTS}, and CLONE_NEWNS without a template). The child of
+// the clone does nothing but exec the init program from its sealed memfd
+// (isolate/init_program.h), with an empty environment and only its two fds:
+// the sandbox's PID 1 is cloister-init (isolate/init.cc), never a copy of the
+// caller. The library sends it its setup, makes its network namespace
+// meanwhile unless the pool had one, attaches it to its v1 cgroups and lets
+// it go; then sends the command (argv, envp, exec candidates, work dir,
+// stdio fds) over its control socket.
 //
-// Child (PID 1 of its pid namespace), async-signal-safe steps only, each
-// failure reported to the parent as {step, errno, detail} over a close-on-exec
-// pipe: death signal, the pool's network namespace, mounts and pivot_root (or
-// the template), hostname, rlimits, the parent's go (cgroup attach, its
-// network namespace), bounding set, no_new_privs, seccomp, groups, gid, uid,
-// capabilities, the command, work dir. Then it forks the payload (which takes
-// its stdio, closes every other fd and execs) and stays behind as init: it
-// reaps zombies, forwards signals to the payload and, when the payload exits,
-// hands its wait status to the parent and exits, which takes down everything
-// else in the namespace.
+// The init's steps, failures reported as {step, errno, detail}, are listed in
+// isolate/init.cc. Successful exec is seen by the parent as EOF on the report
+// pipe, so spawn() returns only once the command runs (or has failed to
+// start).
 //
-// Successful exec is seen by the parent as EOF on the report pipe, so spawn()
-// returns only once the command runs (or has failed to start). The init
-// tells whether it is alone when the payload exits; the caller can then take
-// the exit status at once and leave the init's exit (the teardown of the
-// namespaces, half a millisecond or more) to a reaper thread (retire()).
+// Exits: the init tells the payload's wait status, and whether it is alone,
+// on a pipe only it holds; it is non-dumpable, so the payload can reach
+// neither its memory nor that pipe. The caller may then take the exit
+// status at once, after ending the sandbox (Spawned::end(): SIGKILL to the
+// init, which ends its pid namespace, and cgroup.kill), and leave the
+// init's exit (the teardown of the namespaces, half a millisecond or more)
+// to a reaper thread (retire()).
 #pragma once
 
 #include <sys/types.h>
 
-#include <condition_variable>
-#include <deque>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -42,34 +44,15 @@
 #include "isolate/cgroups.h"
 #include "isolate/error.h"
 #include "isolate/fd.h"
+#include "isolate/init_wire.h"
+#include "isolate/mount_template.h"
 #include "isolate/mounts.h"
 #include "isolate/network.h"
-#include "isolate/seccomp.h"
 #include "isolate/spec.h"
+#include "isolate/warm_pool.h"
 
 namespace cloister {
 
-// The steps of the child, in order; reported with errno when one fails.
-enum class SpawnStep : int32_t {
-  None = 0,
-  Command,
-  Signals,
-  Loopback,
-  Mounts,
-  Hostname,
-  Rlimits,
-  BoundingSet,
-  NoNewPrivs,
-  Seccomp,
-  Groups,
-  Gid,
-  Uid,
-  Capabilities,
-  WorkDir,
-  ForkPayload,
-  Stdio,
-  Exec,
-};
 std::string_view step_name(SpawnStep step);
 
 // The fds the payload gets as 0, 1 and 2; -1 means /dev/null.
@@ -87,11 +70,11 @@ struct PendingInit;
 // A sandbox description compiled for spawning: immutable, shareable between
 // threads, reused for every command of an executor.
 //
-// From its second spawn on, a sandbox keeps one init ready ("warm"): cloned
-// and set up (namespaces, mounts, cgroup, credentials, seccomp) by a thread
-// of the library while the previous command runs, waiting only for its
-// command. A spawn then sends the command and the stdio fds over the init's
-// control socket and is done once the payload execs. The warm init is
+// From its second spawn on, a sandbox keeps warm inits (isolate/warm_pool.h):
+// exec'd and set up (namespaces, mounts, cgroup, credentials, seccomp) by a
+// thread of the library while the previous command runs, waiting only for
+// their command. A spawn then sends the command and the stdio fds over the
+// init's control socket and is done once the payload execs. Warm inits are
 // killed when the sandbox goes (its last Executor and Process).
 class Sandbox : public std::enable_shared_from_this<Sandbox> {
  public:
@@ -101,29 +84,9 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   Sandbox();
   ~Sandbox();
 
- private:
-  friend class Spawned;
-  friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
-                                     const std::shared_ptr<cgroups::Manager>&);
-  // The mount template (MountPlan::build_template), from the second spawn on
-  // (a one-shot caller never pays for building it) and rebuilt when the
-  // host's mount table changes; null when the plan has none.
-  std::shared_ptr<const mounts::MountTemplate> mount_template(uint64_t* gen) const;
-  // Counts the changes of the host's mount table seen so far.
-  uint64_t mount_generation() const;
-  uint64_t mount_generation_locked() const;
-  // Clones an init and lets it set itself up; its command comes later.
-  Result<std::unique_ptr<PendingInit>> start_init(cgroups::Manager* cgroups) const;
-  // A warm init for this cgroup manager, if there is one.
-  std::unique_ptr<PendingInit> take_warm(const cgroups::Manager* cgroups) const;
-  friend class Prestarter;
-
- public:
-  // Warm inits an executor keeps once it has started two sandboxes. Two, so
-  // that a caller starting sandboxes back to back finds one ready while
-  // the one it just took is replaced: with one, every such start waited for
-  // the whole set-up of the next init (0.8 ms at the median here).
-  static constexpr size_t kWarmInits = 2;
+  // Warm inits an executor keeps once it has started two sandboxes
+  // (WarmPool::kInits).
+  static constexpr size_t kWarmInits = WarmPool::kInits;
   // Asks the library's prestart thread to fill the executor's warm inits,
   // from the second spawn on. Called when a payload has exited: the inits
   // then set themselves up while nothing of ours runs, rather than slowing
@@ -131,23 +94,23 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   void refill(const std::shared_ptr<cgroups::Manager>& cgroups) const;
 
  private:
+  friend class Prestarter;
+  friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
+                                     const std::shared_ptr<cgroups::Manager>&);
+  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
+  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
+  // Clones an init and lets it set itself up; its command comes later.
+  Result<std::unique_ptr<PendingInit>> start_init(cgroups::Manager* cgroups) const;
+
   SpawnSpec spec_;
   mounts::MountPlan mounts_;
-  mutable std::mutex template_mu_;
-  mutable std::shared_ptr<const mounts::MountTemplate> template_;
-  mutable Fd mountinfo_;  // polled for changes of the host's mount table
-  mutable int template_uses_ = 0;
-  mutable uint64_t mount_gen_ = 0;
-  mutable uint64_t template_gen_ = 0;
-  mutable bool template_broken_ = false;
-  mutable std::mutex warm_mu_;
-  mutable std::deque<std::unique_ptr<PendingInit>> warm_;
-  mutable bool warming_ = false;  // the prestart thread is cloning one
-  mutable std::condition_variable warm_cv_;
-  mutable int spawns_ = 0;
-  seccomp::Filter filter_;
+  TemplateCache templates_{&mounts_};
+  mutable WarmPool warm_;
   std::optional<network::LoopbackUp> loopback_;
   uint64_t clone_flags_ = 0;
+  // The init's setup body (init_wire.h), encoded once: for the full mount
+  // plan, and for the template's per-sandbox part (empty without one).
+  std::string setup_full_, setup_templated_;
 };
 
 // A running sandbox: its init process and its cgroup.
@@ -162,8 +125,15 @@ class Spawned {
 
   // Sends sig to the payload (through init). SIGKILL kills the whole tree.
   Status signal(int sig);
-  // SIGKILL to every process of the sandbox (init, then its cgroup).
+  // SIGKILL to every process of the sandbox (init, then its cgroup); returns
+  // once the cgroup is empty.
   Status kill();
+  // Ends the sandbox without waiting: SIGKILL to the init (the kernel then
+  // kills every process of its pid namespace, which no payload can leave)
+  // and to the cgroup (cgroup.kill, where there is one). Called before an
+  // exit is reported, so that nothing of the sandbox outlives the report,
+  // whatever the init said.
+  void end();
   // Non-blocking when the init has exited (pidfd readable), blocking otherwise.
   // Returns the payload's raw wait status; an init killed before its payload
   // exited counts as the payload killed by that signal.
@@ -208,12 +178,10 @@ class Spawned {
   friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
                                const std::shared_ptr<cgroups::Manager>&);
   friend struct PendingInit;
-  friend Result<std::unique_ptr<PendingInit>> clone_init(
-      const SpawnSpec&, const mounts::MountPlan&, const seccomp::Filter&,
-      const network::LoopbackUp*, uint64_t, std::shared_ptr<const mounts::MountTemplate>,
-      cgroups::Manager*);
+  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
   friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
   Spawned() = default;
+  void kill_and_reap() noexcept;
   pid_t pid_ = -1;
   Fd pidfd_;
   Fd status_;  // the init writes the payload's wait status here
@@ -235,11 +203,7 @@ Result<Spawned> spawn(const Sandbox& sandbox, const Command& command, const Stdi
                       const std::shared_ptr<cgroups::Manager>& cgroups);
 
 // The library's internals behind spawn(), declared for friendship.
-Result<std::unique_ptr<PendingInit>> clone_init(const SpawnSpec&, const mounts::MountPlan&,
-                                                const seccomp::Filter&, const network::LoopbackUp*,
-                                                uint64_t,
-                                                std::shared_ptr<const mounts::MountTemplate>,
-                                                cgroups::Manager*);
+Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
 Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
 
 }  // namespace cloister

@@ -71,17 +71,10 @@ Status remove_at(int dir, const char* name) {
 
 // Merges the directory src into dst (both fds), never following a symlink.
 Status merge_dir(int src, int dst) {
-  int dup = ::openat(src, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dup < 0) return fail(sys_error("open"));
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return fail(sys_error("fdopendir"));
-  }
+  auto entries = read_dir(src);
+  if (!entries) return fail(entries.error());
   std::vector<std::string> names;
-  while (dirent* e = ::readdir(d))
-    if (std::strcmp(e->d_name, ".") && std::strcmp(e->d_name, "..")) names.emplace_back(e->d_name);
-  ::closedir(d);
+  for (auto& e : *entries) names.push_back(std::move(e.name));
   for (const auto& n : names) {
     const char* name = n.c_str();
     struct stat st;
@@ -202,16 +195,14 @@ Result<std::string> read_image_file(const std::vector<std::string>& layers,
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
     auto dir = open_fd(*it, O_PATH | O_DIRECTORY);
     if (!dir) continue;
-    struct open_how how {};
-    how.flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
-    long fd = ::syscall(SYS_openat2, dir->get(), rel.c_str(), &how, sizeof how);
+    int fd = openat2_raw(dir->get(), rel.c_str(), O_RDONLY | O_NOFOLLOW,
+                         RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
     if (fd < 0) {
       if (errno == ENOENT) continue;
       // A char device (whiteout) or a symlink: absent in the merged view.
       return fail(make_error(ErrorKind::NotFound, path + " is not a regular file in the image"));
     }
-    Fd f(static_cast<int>(fd));
+    Fd f(fd);
     struct stat st;
     if (::fstat(f.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (1 << 20))
       return fail(make_error(ErrorKind::NotFound, path + " is not a small regular file"));

@@ -24,16 +24,6 @@ constexpr size_t kMaxXattrValue = 64 * 1024;
 constexpr std::string_view kWhiteout = ".wh.";
 constexpr std::string_view kOpaque = ".wh..wh..opq";
 
-int openat2_fd(int dirfd, const char* path, uint64_t flags, uint64_t resolve) {
-  struct open_how how {};
-  how.flags = flags | O_CLOEXEC;
-  how.resolve = resolve;
-  for (;;) {
-    long fd = ::syscall(SYS_openat2, dirfd, path, &how, sizeof how);
-    if (fd >= 0 || errno != EAGAIN) return static_cast<int>(fd);
-  }
-}
-
 // "./a//b/" -> {"a","b"}; ".." anywhere is refused; "" / "." / "/" -> {}.
 Result<std::vector<std::string>> split_path(std::string_view p) {
   if (p.size() > kMaxPath) return fail(make_error(ErrorKind::Limit, "path longer than 4095"));
@@ -172,19 +162,19 @@ class Applier {
     if (cached_ && ppath == cached_path_) return cached_.get();
     cached_.reset();
     const uint64_t kResolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    int fd = openat2_fd(root_, ppath.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
+    int fd = openat2_raw(root_, ppath.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
     if (fd < 0 && errno == ENOENT) {
       // Create each missing component below the deepest existing one.
-      Fd cur(openat2_fd(root_, ".", O_RDONLY | O_DIRECTORY, kResolve));
+      Fd cur(openat2_raw(root_, ".", O_RDONLY | O_DIRECTORY, kResolve));
       if (!cur) return fail(sys_error("open layer root"));
       for (size_t i = 0; i + 1 < comps.size(); ++i) {
         const std::string sub = join(comps, i + 1);
-        int next = openat2_fd(root_, sub.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
+        int next = openat2_raw(root_, sub.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
         if (next < 0 && errno == ENOENT) {
           // mkdirat never follows a symlink in its last component.
           if (::mkdirat(cur.get(), comps[i].c_str(), 0755) != 0 && errno != EEXIST)
             return fail(sys_error("create parent " + join(comps, i + 1)));
-          next = openat2_fd(root_, sub.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
+          next = openat2_raw(root_, sub.c_str(), O_RDONLY | O_DIRECTORY, kResolve);
         }
         if (next < 0) return fail(sys_error("open parent " + join(comps, i + 1)));
         cur = Fd(next);
@@ -267,7 +257,7 @@ class Applier {
     if (target->empty()) return fail(invalid("hardlink to the layer root"));
     // The target's parent, resolved inside the layer root (no creation).
     const std::string tparent = join(*target, target->size() - 1);
-    Fd tp(openat2_fd(root_, tparent.c_str(), O_RDONLY | O_DIRECTORY,
+    Fd tp(openat2_raw(root_, tparent.c_str(), O_RDONLY | O_DIRECTORY,
                      RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS));
     if (!tp) return fail(sys_error("hardlink target " + e.linkname));
     struct stat st;
@@ -295,19 +285,10 @@ class Applier {
 }  // namespace
 
 Status remove_tree_contents(int dir_fd) {
-  int dup = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dup < 0) return fail(sys_error("open directory"));
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return fail(sys_error("fdopendir"));
-  }
+  auto entries = read_dir(dir_fd);
+  if (!entries) return fail(entries.error());
   std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n != "." && n != "..") names.emplace_back(n);
-  }
-  ::closedir(d);
+  for (auto& e : *entries) names.push_back(std::move(e.name));
   for (const auto& n : names)
     if (auto s = remove_entry(dir_fd, n); !s) return fail(s.error().wrap(n));
   return {};

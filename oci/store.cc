@@ -25,12 +25,8 @@ Status make_dir(const std::string& p) {
 
 std::vector<std::string> list_dir(const std::string& p) {
   std::vector<std::string> out;
-  DIR* d = ::opendir(p.c_str());
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    std::string_view n = e->d_name;
-    if (n != "." && n != "..") out.emplace_back(n);
-  }
-  if (d) ::closedir(d);
+  if (auto entries = read_dir(p))
+    for (auto& e : *entries) out.push_back(std::move(e.name));
   return out;
 }
 
@@ -147,28 +143,20 @@ Status remove_tree(const std::string& path) {
 
 uint64_t tree_usage(int dir_fd) {
   uint64_t total = 0;
-  int dup = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dup < 0) return 0;
-  DIR* d = ::fdopendir(dup);
-  if (!d) {
-    ::close(dup);
-    return 0;
-  }
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n == "." || n == "..") continue;
+  auto entries = read_dir(dir_fd);
+  if (!entries) return 0;
+  for (const auto& e : *entries) {
     struct stat st;
-    if (::fstatat(dir_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (::fstatat(dir_fd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     total += static_cast<uint64_t>(st.st_blocks) * 512;
     if (S_ISDIR(st.st_mode)) {
-      int sub = ::openat(dir_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int sub = ::openat(dir_fd, e.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (sub >= 0) {
         Fd s(sub);
         total += tree_usage(s.get());
       }
     }
   }
-  ::closedir(d);
   return total;
 }
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -41,13 +42,7 @@ std::string relative(const std::string& path, const std::string& dir) {
 }
 
 int openat2_dir(int dirfd, const std::string& path, uint64_t resolve) {
-  open_how how{};
-  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-  how.resolve = resolve;
-  int fd;
-  do fd = static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
-  while (fd < 0 && errno == EAGAIN);
-  return fd;
+  return openat2_raw(dirfd, path.c_str(), O_PATH | O_DIRECTORY, resolve);
 }
 
 }  // namespace
@@ -96,17 +91,40 @@ Status check_executable_name(std::string_view name) {
   return {};
 }
 
+namespace {
+
+// executables_dir as a private read-only view: a detached clone of its tree
+// (open_tree(OPEN_TREE_CLONE)), recursively read-only, nosuid and nodev. The
+// sandbox execs a file through it, so its /proc/self/exe (and the fd a
+// script keeps) lead to a read-only mount: the payload cannot reopen its own
+// executable for writing and change the host's file (the CVE-2019-5736
+// shape). Without CAP_SYS_ADMIN (an unprivileged caller, whose payloads run
+// as that caller) the directory itself.
+Result<Fd> open_executables_dir(const std::string& dir) {
+  int tree = ::open_tree(AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) {
+    if (errno == EPERM) return open_fd(dir, O_PATH | O_DIRECTORY);
+    return fail(sys_error("open " + dir));
+  }
+  Fd t(tree);
+  struct mount_attr attr {};
+  attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  if (::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
+    return fail(sys_error("make a read-only view of " + dir));
+  struct stat st {};
+  if (::fstat(tree, &st) != 0) return fail(sys_error("stat " + dir));
+  if (!S_ISDIR(st.st_mode)) return fail(make_error(ErrorKind::Invalid, dir + " is not a directory", ENOTDIR));
+  return t;
+}
+
+}  // namespace
+
 Result<Executable> open_executable(const std::string& dir, std::string_view name) {
   if (auto s = check_executable_name(name); !s) return fail(s.error());
-  auto dfd = open_fd(dir, O_PATH | O_DIRECTORY);
+  auto dfd = open_executables_dir(dir);
   if (!dfd) return fail(dfd.error().wrap("executables_dir"));
-  open_how how{};
-  how.flags = O_PATH | O_CLOEXEC;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
   const std::string n(name);
-  int fd;
-  do fd = static_cast<int>(::syscall(SYS_openat2, dfd->get(), n.c_str(), &how, sizeof how));
-  while (fd < 0 && errno == EAGAIN);  // RESOLVE_BENEATH retries on a concurrent rename
+  int fd = openat2_raw(dfd->get(), n.c_str(), O_PATH, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS);
   const std::string shown = "executable '" + n + "'";
   if (fd < 0) {
     int e = errno;

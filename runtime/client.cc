@@ -76,25 +76,12 @@ Result<uint64_t> Connection::send(json request, std::span<const int> fds) {
                              max_frame_);
       !s)
     return fail(s.error());
+  if (fds.size() > 8) return fail(invalid("at most 8 fds per frame"));
   size_t done = 0;
   while (done < out.size()) {
-    iovec iov{out.data() + done, out.size() - done};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 8)];
-    if (done == 0 && !fds.empty()) {
-      if (fds.size() > 8) return fail(invalid("at most 8 fds per frame"));
-      msg.msg_control = cbuf;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
-    }
-    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
+    // The fds go with the frame's first bytes.
+    ssize_t n = send_fds(fd_.get(), out.data() + done, out.size() - done, fds.data(),
+                         done == 0 ? fds.size() : 0);
     if (n < 0) return fail(sys_error("send to cloisterd"));
     done += static_cast<size_t>(n);
   }

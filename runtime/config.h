@@ -22,6 +22,12 @@ namespace cloister {
 
 enum class ExecutorKind { Host, Container };
 
+// Every sandbox is bounded unless its executor lifts a bound explicitly
+// (docs/security.md, "Bounded by default"): processes as podman's default,
+// /dev/shm as Docker's; /tmp and a writable root are tmpfs of
+// isolate/mounts.h's default size.
+constexpr uint64_t kDefaultPidsLimit = 2048;
+
 struct ExecutorConfig {
   std::string name;
   ExecutorKind kind = ExecutorKind::Host;
@@ -31,7 +37,7 @@ struct ExecutorConfig {
   NetworkMode network_mode = NetworkMode::None;
   uint64_t memory_limit = 0;  // bytes, 0 = unlimited
   uint64_t cpu_quota = 0;     // microseconds per 100000, 0 = unlimited
-  uint64_t pids_limit = 0;    // 0 = unlimited
+  uint64_t pids_limit = kDefaultPidsLimit;  // 0 = unlimited (said explicitly)
   bool read_only_rootfs = true;
   bool no_new_privileges = true;
   std::vector<std::string> cap_add;   // validated names

@@ -148,7 +148,7 @@ ExitStatus Process::with_flags(ExitStatus st) const {
 }
 
 Process::~Process() {
-  if (started_ && !status_) close(true);
+  if (started_ && !status_) (void)close(true);
   // After an exit read from the init (finish()), its teardown goes on without us.
   if (spawned_) Spawned::retire(std::move(*spawned_));
 }
@@ -205,7 +205,7 @@ Status Process::start() {
   if (master) {
     in_ = Fd(::fcntl(master.get(), F_DUPFD_CLOEXEC, 3));
     if (!in_) {
-      close(true);
+      (void)close(true);
       return fail(sys_error("dup pty master"));
     }
     out_ = std::move(master);
@@ -219,7 +219,7 @@ Status Process::start() {
     watch_ = std::make_shared<Watch>();
     watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
     if (!watch_->pidfd) {
-      close(true);
+      (void)close(true);
       return fail(sys_error("dup pidfd"));
     }
     watch_->deadline = started_at_ + setup_.timeout;
@@ -349,6 +349,10 @@ Result<ExitStatus> Process::finish() {
   if (!spawned_->exited())
     if (auto r = spawned_->reap(); !r) return fail(r.error());
   int raw = spawned_->exit_status();
+  // Nothing of the sandbox outlives the report, whatever its init said:
+  // SIGKILL to its pid namespace and its cgroup (an init that is alone is
+  // exiting anyway).
+  spawned_->end();
   if (watch_) {
     Watchdog::get().cancel(watch_);
     watch_->pidfd.reset();

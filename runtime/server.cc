@@ -21,6 +21,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "isolate/init_program.h"
 #include "policy/caller.h"
 #include "runtime/executor.h"
 #include "runtime/protocol.h"
@@ -1272,6 +1273,9 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
+  // Every sandbox's init comes from this sealed memfd: a host where it cannot
+  // be made (vm.memfd_noexec=2) runs nothing, which is said now.
+  if (auto prog = init_program::fd(); !prog) return fail(prog.error());
   for (const auto& ec : impl->config.executors)
     impl->executors.emplace(ec.name, Executor::create(ec));
   // What a crashed predecessor left goes now, not at the first session.

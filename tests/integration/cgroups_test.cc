@@ -366,20 +366,19 @@ TEST_F(Cgroups, CreateWritesLimitsAndDestroyRemoves) {
   EXPECT_TRUE(s) << s.error().what();
 }
 
-TEST_F(Cgroups, NoLimitsMakesOnlyWhatIsNeeded) {
+TEST_F(Cgroups, NoLimitsStillAccountsMemoryAndPids) {
   auto cg = mgr_->create({});
   ASSERT_TRUE(cg) << cg.error().what();
-  // Without limits: no pids or cpu directory on v1. Hybrid needs no v1
-  // directory at all (no attach, no migration: CPU time from the cgroup2
-  // tree); Legacy keeps memory+cpuacct for stats and freezer to kill.
-  if (mgr_->layout() == Layout::Hybrid) {
-    EXPECT_FALSE(cg->needs_attach());
-    EXPECT_EQ(cg->paths().size(), 1u);
+  // Without limits: memory and pids directories of its own wherever v1 has
+  // those controllers (accounting: peak memory, OOM kills, process counts),
+  // no cpu directory. Legacy also keeps cpuacct for stats and freezer to kill.
+  if (mgr_->layout() != Layout::Unified) {
+    EXPECT_TRUE(cg->needs_attach());
+    EXPECT_FALSE(find_path(*cg, "memory").empty());
+    EXPECT_FALSE(find_path(*cg, "pids").empty());
+    EXPECT_TRUE(find_path(*cg, "cpu").empty());
   }
   if (mgr_->layout() == Layout::Legacy) {
-    EXPECT_TRUE(find_path(*cg, "pids").empty());
-    EXPECT_TRUE(find_path(*cg, "cpu").empty());
-    EXPECT_FALSE(find_path(*cg, "memory").empty());
     EXPECT_FALSE(find_path(*cg, "cpuacct").empty());
     EXPECT_FALSE(find_path(*cg, "freezer").empty());
   }

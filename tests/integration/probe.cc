@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,7 +36,8 @@ int syscalls() {
   result("umount2", ::umount2("/proc", MNT_DETACH));
   result("unshare", ::unshare(CLONE_NEWNS));
   result("unshare_user", ::unshare(CLONE_NEWUSER));
-  int ns = ::open("/proc/1/ns/mnt", O_RDONLY | O_CLOEXEC);
+  // Our own namespace: the init's (/proc/1/ns) cannot even be opened.
+  int ns = ::open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
   result("setns", ns < 0 ? -1 : ::setns(ns, 0));
   result("ptrace", ::ptrace(PTRACE_ATTACH, 1, nullptr, nullptr));
   result("keyctl", ::syscall(SYS_keyctl, 0 /*KEYCTL_GET_KEYRING_ID*/, -3, 0));
@@ -133,8 +136,57 @@ int loopback() {
 
 }  // namespace
 
+// For the escape suite: reopens an inherited handle of another program's
+// executable for writing, once that program no longer runs.
+int reopen(int fd) {
+  std::string p = "/proc/self/fd/" + std::to_string(fd);
+  for (int flags : {O_WRONLY, O_RDWR, O_WRONLY | O_APPEND}) {
+    int w = ::open(p.c_str(), flags | O_CLOEXEC);
+    std::printf("reopened_exe_write %s\n", w >= 0 ? "ok" : strerrorname_np(errno));
+    if (w >= 0) ::close(w);
+  }
+  return 0;
+}
+
+// For the escape suite: sends its own executable (and its init's, which it
+// cannot get) to a receiver on a unix socket in a shared volume.
+int send_exe(const char* sock) {
+  int fds[2];
+  int n = 0;
+  int self = ::open("/proc/self/exe", O_PATH | O_CLOEXEC);
+  if (self >= 0) fds[n++] = self;
+  int init = ::open("/proc/1/exe", O_PATH | O_CLOEXEC);
+  std::printf("init_exe_path %s\n", init >= 0 ? "ok" : strerrorname_np(errno));
+  if (init >= 0) fds[n++] = init;
+  int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, sock, sizeof a.sun_path - 1);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    std::printf("connect %s\n", strerrorname_np(errno));
+    return 1;
+  }
+  char byte = 'x';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof fds)] = {};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+  cmsghdr* cm = CMSG_FIRSTHDR(&m);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(n * sizeof(int));
+  std::memcpy(CMSG_DATA(cm), fds, n * sizeof(int));
+  std::printf("sent %s\n", ::sendmsg(s, &m, 0) == 1 ? "ok" : strerrorname_np(errno));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "reopen" && argc > 2) return reopen(std::atoi(argv[2]));
+  if (cmd == "send-exe" && argc > 2) return send_exe(argv[2]);
   if (cmd == "syscalls") return syscalls();
   if (cmd == "fds") return fds();
   if (cmd == "loopback") return loopback();

@@ -115,7 +115,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(e.network_mode, NetworkMode::None);
   EXPECT_EQ(e.memory_limit, 0u);
   EXPECT_EQ(e.cpu_quota, 0u);
-  EXPECT_EQ(e.pids_limit, 0u);
+  EXPECT_EQ(e.pids_limit, kDefaultPidsLimit);  // bounded unless lifted
   EXPECT_TRUE(e.read_only_rootfs);
   EXPECT_TRUE(e.no_new_privileges);
   EXPECT_TRUE(e.cap_add.empty());

@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -796,4 +797,50 @@ TEST(SeccompEnforce, ArgumentComparisonsCombineLikeDocker) {
   EXPECT_TRUE(both.reported && both.ret == -1 && both.err == 43) << both;
   Outcome one = run_confined(*f, [] { return ::syscall(SYS_dup3, 500L, 601L, 0L); });
   EXPECT_TRUE(one.reported && one.ret == -1 && one.err == EBADF) << one;
+}
+
+// A NETLINK_KOBJECT_UEVENT socket would receive the host's device events:
+// refused, while other netlink sockets and ordinary families still work.
+TEST(SeccompEnforce, UeventSocketsAreRefused) {
+  const sc::Filter& f = default_filter();
+  auto open_socket = [](int family, int type, int proto) {
+    return [=] {
+      long fd = ::socket(family, type | SOCK_CLOEXEC, proto);
+      if (fd >= 0) ::close(static_cast<int>(fd));
+      return fd >= 0 ? 0L : fd;
+    };
+  };
+  Outcome uevent = run_confined(f, open_socket(AF_NETLINK, SOCK_RAW, NETLINK_KOBJECT_UEVENT));
+  EXPECT_TRUE(uevent.reported && uevent.ret == -1 && uevent.err == EPERM) << uevent;
+  Outcome dgram = run_confined(f, open_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_KOBJECT_UEVENT));
+  EXPECT_TRUE(dgram.reported && dgram.ret == -1 && dgram.err == EPERM) << dgram;
+  Outcome route = run_confined(f, open_socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE));
+  EXPECT_TRUE(route.reported && route.ret == 0) << route;
+  Outcome inet = run_confined(f, open_socket(AF_INET, SOCK_STREAM, 0));
+  EXPECT_TRUE(inet.reported && inet.ret == 0) << inet;
+  Outcome unix_socket = run_confined(f, open_socket(AF_UNIX, SOCK_STREAM, 0));
+  EXPECT_TRUE(unix_socket.reported && unix_socket.ret == 0) << unix_socket;
+}
+
+// The kernel reads only the low 32 bits of socket()'s int arguments: a
+// family or protocol with high bits set must not slip past the rules.
+TEST(SeccompEnforce, SocketArgumentsWithHighBitsAreRefused) {
+  const sc::Filter& f = default_filter();
+  auto raw = [](long family, long type, long proto) {
+    return [=] {
+      long fd = ::syscall(SYS_socket, family, type, proto);
+      if (fd >= 0) ::close(static_cast<int>(fd));
+      return fd >= 0 ? 0L : fd;
+    };
+  };
+  const long high = 1L << 32;
+  Outcome vsock = run_confined(f, raw(high | AF_VSOCK, SOCK_STREAM, 0));
+  EXPECT_TRUE(vsock.reported && vsock.ret == -1 && vsock.err == EPERM) << vsock;
+  Outcome uevent = run_confined(f, raw(high | AF_NETLINK, SOCK_RAW, NETLINK_KOBJECT_UEVENT));
+  EXPECT_TRUE(uevent.reported && uevent.ret == -1 && uevent.err == EPERM) << uevent;
+  Outcome proto = run_confined(f, raw(AF_NETLINK, SOCK_RAW, high | NETLINK_KOBJECT_UEVENT));
+  EXPECT_TRUE(proto.reported && proto.ret == -1 && proto.err == EPERM) << proto;
+  Outcome plain_vsock = run_confined(f, raw(AF_VSOCK, SOCK_STREAM, 0));
+  EXPECT_TRUE(plain_vsock.reported && plain_vsock.ret == -1 && plain_vsock.err == EPERM)
+      << plain_vsock;
 }

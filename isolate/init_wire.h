@@ -1,0 +1,142 @@
+// The wire between the library and a sandbox's init (cloister-init), internal
+// to isolate/. Both ends are built from this one header, into the same
+// build, so there is no compatibility to keep: a version word only catches
+// an init from another build.
+//
+// The init starts with two fds: its end of a unix stream socket (argv[1]
+// names the number) and the write end of the report pipe (argv[2]). It reads:
+//   1. SetupHeader, then body_len bytes of setup (SetupFixed, then the
+//      arrays it counts, then the string table), then nfds fds in messages of
+//      one byte each carrying up to kMaxPassFds fds (SCM_RIGHTS);
+//   2. when the setup says kSetupWaitGo: one byte with zero or one fd (the
+//      network namespace the library made meanwhile), once the library has
+//      put the init into its v1 cgroups;
+//   3. CallHeader with the command's fds, then its strings (argv, envp, exec
+//      candidates, work dir, beneath dir, rest below it).
+// It answers on two pipes:
+//   report - a Report when a step fails; EOF (every write end closed) when
+//            the payload has exec'd;
+//   status - (its write end comes with the setup) an InitStatus when the
+//            payload has exited.
+// Nothing else reaches the init, and the payload holds neither pipe.
+#pragma once
+
+#include <linux/filter.h>
+
+#include <cstdint>
+
+namespace cloister {
+
+// The steps of the init, in order; reported with errno when one fails.
+enum class SpawnStep : int32_t {
+  None = 0,
+  ExecInit,  // the clone child's execveat of the init program
+  Setup,     // receiving and checking the setup
+  Command,
+  Signals,
+  Loopback,  // joining the network namespace
+  Mounts,
+  Hostname,
+  Rlimits,
+  Go,        // waiting for the library's go (cgroup attach, network)
+  CgroupNs,  // a cgroup namespace rooted at the sandbox's own cgroup
+  BoundingSet,
+  NoNewPrivs,
+  Seccomp,
+  Groups,
+  Gid,
+  Uid,
+  Capabilities,
+  WorkDir,
+  ForkPayload,
+  Stdio,
+  Exec,
+};
+
+namespace wire {
+
+constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
+constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
+// Bumped with every change of a struct below.
+constexpr uint32_t kVersion = 2;
+constexpr uint32_t kMaxBody = 64u << 20;
+constexpr uint32_t kNoString = 0xffffffffu;
+// Exit code of an init that failed before its payload ran; the reason
+// travels on the report pipe, so this only has to be recognisable in ps.
+constexpr int kSetupFailedExit = 125;
+
+struct Report {
+  int32_t step;  // SpawnStep
+  int32_t err;
+  int32_t detail;  // a step's own detail: the failing mount op, rlimit, fd
+};
+
+struct InitStatus {
+  int32_t wait_status;
+  int32_t alone;        // no other process is left in the sandbox
+  int64_t max_rss_kib;  // the largest resident set among the reaped processes
+};
+
+struct SetupHeader {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t body_len;
+  uint32_t nfds;
+};
+
+// SetupFixed::flags
+constexpr uint32_t kSetupNoNewPrivs = 1;
+constexpr uint32_t kSetupWaitGo = 2;          // a go message comes after the setup
+constexpr uint32_t kSetupBackgroundExit = 4;  // the library reaps us on its reaper thread
+constexpr uint32_t kSetupTemplated = 8;       // the ops start with EnterTemplate
+
+struct SetupFixed {
+  uint64_t capabilities;  // the set the payload keeps
+  uint32_t flags;
+  int32_t last_cap;  // /proc/sys/kernel/cap_last_cap, read by the library
+  uint32_t uid, gid;
+  uint32_t ngroups, nrlimits, nops, nfilter, nslots;
+  uint32_t strings_len;
+  uint32_t hostname;  // offset in the string table
+  // Indices into the fds received, -1 when absent.
+  int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root;
+  int32_t fd_sources;  // the mount sources (WireOp::src_fd counts from here)
+  uint32_t nsources;
+};
+
+struct WireRlimit {
+  int32_t resource;
+  uint32_t pad;
+  uint64_t soft, hard;
+};
+
+struct WireOp {
+  uint8_t kind;  // mounts::OpKind
+  uint8_t optional;
+  uint16_t pad;
+  int32_t slot;
+  int32_t src_fd;  // index among the sources, or -1
+  uint32_t mode;
+  uint64_t flags, attr, dev;
+  uint32_t src, path, data;  // string offsets or kNoString
+  uint32_t pad2;
+};
+
+// The body, in order: SetupFixed, uint32_t groups[ngroups], WireRlimit
+// [nrlimits], WireOp[nops], sock_filter[nfilter], char strings[strings_len]
+// (NUL-terminated strings; the last byte is NUL).
+
+// CallHeader::flags: which fds came with it (in this order), and more.
+constexpr uint32_t kCallStdin = 1, kCallStdout = 2, kCallStderr = 4, kCallExecFd = 8,
+                   kCallExecFdInherit = 16, kCallTty = 32, kCallBeneath = 64;
+constexpr uint32_t kCallFdFlags = kCallStdin | kCallStdout | kCallStderr | kCallExecFd;
+
+struct CallHeader {
+  uint32_t magic;
+  uint32_t body_len;
+  uint32_t argc, envc, ncand;
+  uint32_t flags;
+};
+
+}  // namespace wire
+}  // namespace cloister

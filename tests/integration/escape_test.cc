@@ -1,0 +1,722 @@
+// The escape suite: every attack of the review that got out of the sandbox
+// (issue "No way out"), and its variants, made by a root payload
+// (cloister_attack, attack.cc) and asserted to fail with the exact errno or
+// observable. As bubblewrap's tests/test-run.sh loops its checks over modes,
+// each attack runs in every start mode:
+//   library - cold (an executor's first sandbox: the full mount plan), the
+//             mount template (its second), a warm init (its third, from the
+//             pool the prestart thread filled); host and container executors;
+//   cloister exec - the CLI, in-process, cold; host and container;
+//   cloisterd - sessions through the service: first, second and third.
+// The suite shares the integration tests' leak check: no process, mount or
+// cgroup of it is left behind.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "isolate/cgroups.h"
+#include "isolate/init_program.h"
+#include "isolate/spawn.h"
+#include "oci/load.h"
+#include "runtime/executor.h"
+#include "service_support.h"
+#include "test_support.h"
+
+using namespace cloister;
+using namespace cloister::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* kAttack = "/probe/cloister_attack";
+constexpr const char* kLeftover = "cloister-attack-leftover";
+
+// "name result" lines -> map.
+std::map<std::string, std::string> results(const std::string& out) {
+  std::map<std::string, std::string> m;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto sp = line.rfind(' ');
+    if (sp != std::string::npos) m[line.substr(0, sp)] = line.substr(sp + 1);
+  }
+  return m;
+}
+
+// What the attacks on the init must meet (proc1 in attack.cc).
+const std::map<std::string, std::string>& init_refusals() {
+  static const std::map<std::string, std::string> m = {
+      // Non-dumpable: /proc/1 answers to CAP_SYS_PTRACE only.
+      {"mem_rw", "EACCES"},
+      {"mem_ro", "EACCES"},
+      {"environ", "EACCES"},
+      {"syscall", "EPERM"},
+      {"stack", "EACCES"},
+      {"exe_path", "EACCES"},
+      {"exe_link", "EACCES"},
+      {"cwd_link", "EACCES"},
+      {"root_link", "EACCES"},
+      {"ns_mnt", "EACCES"},
+      {"fd_write", "EACCES"},
+      // The seccomp profile, and no CAP_SYS_PTRACE.
+      {"ptrace_attach", "EPERM"},
+      {"ptrace_seize", "EPERM"},
+      {"vm_readv", "EPERM"},
+      {"vm_writev", "EPERM"},
+      {"pidfd_getfd", "EPERM"},
+  };
+  return m;
+}
+
+void expect_init_unreachable(const std::string& out, const std::string& where) {
+  auto got = results(out);
+  for (const auto& [name, want] : init_refusals())
+    EXPECT_EQ(got[name], want) << where << ": " << name << "\n" << out;
+}
+
+void expect_no_leftover(const std::string& where) {
+  EXPECT_EQ(count_host_processes(kLeftover), 0) << where << ": a process outlived its sandbox";
+}
+
+// The names the payload sees of the host (names in attack.cc).
+void expect_nothing_by_name(const std::string& out, const std::string& where) {
+  std::istringstream in(out);
+  std::string line;
+  int cgroup_lines = 0;
+  while (std::getline(in, line)) {
+    if (line.starts_with("cgroup ")) {
+      ++cgroup_lines;
+      EXPECT_TRUE(line.ends_with(":/")) << where << ": host cgroup path shown: " << line;
+    }
+    if (line.starts_with("read ")) {
+      // Masked (empty) or absent on this kernel: never the kernel's data.
+      EXPECT_TRUE(line.ends_with(" 0") || line.ends_with(" ENOENT")) << where << ": " << line;
+    }
+  }
+  EXPECT_GT(cgroup_lines, 0) << where << "\n" << out;
+  auto got = results(out);
+  EXPECT_EQ(got["uevent_raw"], "EPERM") << where;
+  EXPECT_EQ(got["uevent_dgram"], "EPERM") << where;
+}
+
+enum class Start { Cold, Template, Warm };
+enum class Kind { Host, Container };
+struct Mode {
+  Start start;
+  Kind kind;
+};
+
+std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
+  std::string s = info.param.kind == Kind::Host ? "Host" : "Container";
+  switch (info.param.start) {
+    case Start::Cold:
+      return s + "Cold";
+    case Start::Template:
+      return s + "Template";
+    case Start::Warm:
+      return s + "Warm";
+  }
+  return s;
+}
+
+class Escape : public ::testing::TestWithParam<Mode> {
+ protected:
+  static void SetUpTestSuite() {
+    dir = new TempDir;
+    const std::string d = dir->path;
+    // A busybox image whose user is root (the payload of the review was root).
+    shell("set -e; cd " + d +
+          "; mkdir -p l1/bin l1/etc l1/proc l1/dev l1/tmp l1/probe;"
+          "cp /bin/busybox l1/bin/; for c in sh ls cat echo id true sleep; do ln -s busybox "
+          "l1/bin/$c; done;"
+          "printf 'root:x:0:0::/root:/bin/sh\\n' > l1/etc/passwd; printf 'root:x:0:\\n' > "
+          "l1/etc/group;"
+          "python3 " CLOISTER_SOURCE_DIR
+          "/tools/oci-build.py layout --ref localhost/test/escape:1 --layer l1:gzip "
+          "--env PATH=/bin >/dev/null");
+    state = new std::string(d + "/store");
+    auto store = oci::Store::open(*state);
+    ASSERT_TRUE(store) << store.error().what();
+    auto r = oci::load_images(*store, d + "/layout", "");
+    ASSERT_TRUE(r) << r.error().what();
+  }
+  static void TearDownTestSuite() {
+    delete dir;
+    delete state;
+  }
+
+  static ExecutorConfig config(Kind kind) {
+    if (kind == Kind::Host) return base_config();
+    ExecutorConfig c;
+    c.name = "box";
+    c.kind = ExecutorKind::Container;
+    c.image = "localhost/test/escape:1";
+    c.state_dir = *state;
+    c.volumes.push_back({CLOISTER_BIN_DIR, "/probe", true});
+    return c;
+  }
+
+  // An executor in the mode's state: its next sandbox starts as the mode says.
+  static std::shared_ptr<Executor> executor_in(const Mode& m, const ExecutorConfig& cfg) {
+    auto exec = Executor::create(cfg);
+    EXPECT_TRUE(exec) << exec.error().what();
+    if (!exec) return nullptr;
+    const int before = m.start == Start::Cold ? 0 : m.start == Start::Template ? 1 : 2;
+    for (int i = 0; i < before; ++i) {
+      ExecRequest req;
+      req.argv = {kAttack, "forge", "0"};
+      auto p = (*exec)->exec(std::move(req));
+      EXPECT_TRUE(p) << p.error().what();
+      if (!p) return nullptr;
+      EXPECT_TRUE((*p)->start());
+      RunResult r = collect(**p);
+      auto st = (*p)->wait();
+      EXPECT_TRUE(st && st->exit_code == 0) << r.err;
+    }
+    if (m.start == Start::Warm) {
+      Spawned::drain_retired();
+      EXPECT_GE(count_own_inits(), 1) << "no warm init to take";
+    }
+    return *exec;
+  }
+
+  static RunResult run_on(Executor& exec, std::vector<std::string> argv,
+                          std::chrono::milliseconds timeout = {}) {
+    ExecRequest req;
+    req.argv = std::move(argv);
+    req.timeout = timeout;
+    auto p = exec.exec(std::move(req));
+    EXPECT_TRUE(p) << p.error().what();
+    if (!p) return {};
+    auto s = (*p)->start();
+    EXPECT_TRUE(s) << s.error().what();
+    if (!s) return {};
+    RunResult r = collect(**p);
+    auto st = (*p)->wait();
+    EXPECT_TRUE(st) << st.error().what();
+    if (st) r.status = *st;
+    return r;
+  }
+
+  RunResult run_attack(std::vector<std::string> argv, std::chrono::milliseconds timeout = {}) {
+    auto exec = executor_in(GetParam(), config(GetParam().kind));
+    if (!exec) return {};
+    return run_on(*exec, std::move(argv), timeout);
+  }
+
+  static inline TempDir* dir = nullptr;
+  static inline std::string* state = nullptr;
+};
+
+// /proc/1/{mem,environ,syscall,stack,exe,cwd,root,ns,fd}, ptrace, process_vm_*,
+// pidfd_getfd: the init's memory, environment and fds are out of reach.
+TEST_P(Escape, InitIsOutOfReach) {
+  auto r = run_attack({kAttack, "proc1"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  expect_init_unreachable(r.out, "library");
+}
+
+// The payload tries to write an exit record into every fd the init holds,
+// then exits 7: the caller reports 7.
+TEST_P(Escape, ExitStatusCannotBeForged) {
+  auto r = run_attack({kAttack, "forge", "7"});
+  EXPECT_EQ(r.out.find("forged"), std::string::npos) << r.out;
+  EXPECT_EQ(r.status.exit_code, 7) << r.out << r.err;
+  EXPECT_FALSE(r.status.timed_out);
+}
+
+// A payload that tries to forge its exit, leaves a child that ignores
+// SIGTERM in a session of its own and never exits: the caller's timeout
+// holds, and nothing of the sandbox is left when it is reported.
+TEST_P(Escape, TimeoutHoldsAgainstALyingPayload) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = run_attack({kAttack, "forge-and-hang"}, 1000ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_TRUE(r.status.timed_out) << r.out;
+  EXPECT_EQ(r.status.code(), 124);
+  EXPECT_LT(took, 8s);
+  expect_no_leftover("after the timeout");
+}
+
+// The payload exits 0 at once and leaves a child behind: the exit is
+// reported, and by then the child is gone.
+TEST_P(Escape, NothingOutlivesAReportedExit) {
+  auto r = run_attack({kAttack, "exit-leaving-child"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  expect_no_leftover("after the exit");
+}
+
+// The payload's own executable is a host file (through the sandbox's view):
+// reopening it for writing fails while it runs (ETXTBSY) and, through a
+// handle kept across an exec of another program, after it stopped running
+// (EROFS: the view is read-only, so the host's file cannot change).
+TEST_P(Escape, OwnExecutableCannotBeRewritten) {
+  auto r = run_attack({kAttack, "exe"});
+  auto got = results(r.out);
+  EXPECT_EQ(got["self_exe_path"], "ok") << r.out;
+  EXPECT_EQ(got["self_exe_write"], "ETXTBSY") << r.out;
+  EXPECT_EQ(got["reopened_exe_write"], "EROFS") << r.out;
+  EXPECT_EQ(r.out.find("reopened_exe_write ok"), std::string::npos) << r.out;
+}
+
+// Two sandboxes share a writable volume; one passes its executable's handle
+// (and tries its init's) over a unix socket there to the other, which
+// reopens it for writing at once and after the sender's sandbox has gone.
+TEST_P(Escape, HandlesPassedBetweenSandboxesStayReadOnly) {
+  TempDir shared;
+  ::chmod(shared.path.c_str(), 0777);
+  auto cfg = config(GetParam().kind);
+  cfg.volumes.push_back({shared.path, "/shared", false});
+  auto receiver_exec = executor_in(GetParam(), cfg);
+  auto sender_exec = executor_in(GetParam(), cfg);
+  ASSERT_TRUE(receiver_exec && sender_exec);
+  ExecRequest req;
+  req.argv = {kAttack, "recv-exe", "/shared/s"};
+  auto recv = receiver_exec->exec(std::move(req));
+  ASSERT_TRUE(recv) << recv.error().what();
+  ASSERT_TRUE((*recv)->start());
+  std::string out;
+  while (out.find("listen") == std::string::npos) {
+    auto c = (*recv)->read(Stream::Stdout);
+    ASSERT_TRUE(c && !c->empty()) << out;
+    out += *c;
+  }
+  ASSERT_NE(out.find("listen ok"), std::string::npos) << out;
+  auto sent = run_on(*sender_exec, {"/probe/cloister_probe", "send-exe", "/shared/s"});
+  EXPECT_NE(sent.out.find("init_exe_path EACCES"), std::string::npos) << sent.out;
+  EXPECT_NE(sent.out.find("sent ok"), std::string::npos) << sent.out << sent.err;
+  for (;;) {
+    auto c = (*recv)->read(Stream::Stdout);
+    ASSERT_TRUE(c) << c.error().what();
+    if (c->empty()) break;
+    out += *c;
+  }
+  auto st = (*recv)->wait();
+  ASSERT_TRUE(st);
+  EXPECT_NE(out.find("received 1"), std::string::npos) << out;
+  // While the sender may still run: busy or read-only; afterwards read-only.
+  EXPECT_EQ(out.find("passed_write ok"), std::string::npos) << out;
+  EXPECT_NE(out.find("passed_write_later EROFS"), std::string::npos) << out;
+  EXPECT_EQ(out.find("passed_write_later ok"), std::string::npos) << out;
+}
+
+// No limits in the config: the sandbox still has a pids bound, bounded
+// /tmp and /dev/shm (size and inodes), and memory and pids accounting of its
+// own.
+TEST_P(Escape, BoundedByDefault) {
+  auto exec = executor_in(GetParam(), config(GetParam().kind));
+  ASSERT_TRUE(exec);
+  auto bomb = run_on(*exec, {kAttack, "forkbomb"});
+  long forked = -1;
+  char err[32] = {};
+  ASSERT_EQ(std::sscanf(bomb.out.c_str(), "forked %ld %31s", &forked, err), 2) << bomb.out;
+  EXPECT_LT(forked, static_cast<long>(kDefaultPidsLimit)) << bomb.out;
+  EXPECT_GT(forked, 1000) << bomb.out;
+  EXPECT_STREQ(err, "EAGAIN");
+
+  for (auto [where, mib] : {std::pair{"/tmp", 256L}, std::pair{"/dev/shm", 64L}}) {
+    auto r = run_on(*exec, {kAttack, "fill", where});
+    long got = -1;
+    ASSERT_EQ(std::sscanf(r.out.c_str(), "filled %ld %31s", &got, err), 2) << r.out << r.err;
+    EXPECT_LE(got, mib) << where;
+    EXPECT_GE(got, mib - 2) << where;
+    EXPECT_STREQ(err, "ENOSPC") << where;
+  }
+  auto r = run_on(*exec, {kAttack, "inodes", "/dev/shm"});
+  long inodes = -1;
+  ASSERT_EQ(std::sscanf(r.out.c_str(), "inodes %ld %31s", &inodes, err), 2) << r.out;
+  EXPECT_LE(inodes, 16384);
+  EXPECT_STREQ(err, "ENOSPC");
+
+  // Accounting: the init is in cgroups of its own in every hierarchy with
+  // memory or pids, not in ours.
+  ExecRequest req;
+  req.argv = {kAttack, "hold"};
+  auto p = exec->exec(std::move(req));
+  ASSERT_TRUE(p) << p.error().what();
+  ASSERT_TRUE((*p)->start());
+  std::string out;
+  while (out.find("holding") == std::string::npos) {
+    auto c = (*p)->read(Stream::Stdout);
+    ASSERT_TRUE(c && !c->empty());
+    out += *c;
+  }
+  const std::string theirs = read_text("/proc/" + std::to_string((*p)->pid()) + "/cgroup");
+  const std::string ours = read_text("/proc/self/cgroup");
+  std::istringstream in(theirs);
+  std::string line;
+  int own = 0;
+  while (std::getline(in, line)) {
+    bool counted = line.find(":memory:") != std::string::npos ||
+                   line.find(":pids:") != std::string::npos || line.starts_with("0::");
+    if (!counted) continue;
+    EXPECT_EQ(ours.find(line + "\n"), std::string::npos) << "shares our cgroup: " << line;
+    EXPECT_NE(line.find("/cloister/"), std::string::npos) << line;
+    ++own;
+  }
+  EXPECT_GE(own, 1) << theirs;
+  EXPECT_TRUE((*p)->close(true));
+  expect_no_leftover("after close");
+}
+
+// Host cgroup paths, the kernel's memory maps, host uevents.
+TEST_P(Escape, NothingOfTheHostByName) {
+  auto r = run_attack({kAttack, "names"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  expect_nothing_by_name(r.out, "library");
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, Escape,
+                         ::testing::Values(Mode{Start::Cold, Kind::Host},
+                                           Mode{Start::Template, Kind::Host},
+                                           Mode{Start::Warm, Kind::Host},
+                                           Mode{Start::Cold, Kind::Container},
+                                           Mode{Start::Template, Kind::Container},
+                                           Mode{Start::Warm, Kind::Container}),
+                         mode_name);
+
+// --- the init program ---------------------------------------------------------
+
+// Whatever reaches the init program's memfd cannot change it: writes,
+// truncation, growth and new seals are all refused.
+TEST(EscapeInitProgram, TheSealedMemfdCannotBeChanged) {
+  auto fd = init_program::fd();
+  ASSERT_TRUE(fd) << fd.error().what();
+  const int seals = ::fcntl(*fd, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  const std::string path = "/proc/self/fd/" + std::to_string(*fd);
+  Fd w(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (w) {
+    EXPECT_EQ(::write(w.get(), "x", 1), -1);
+    EXPECT_EQ(errno, EPERM);
+    EXPECT_EQ(::ftruncate(w.get(), 0), -1);
+    EXPECT_EQ(errno, EPERM);
+  } else {
+    EXPECT_EQ(errno, EPERM);
+  }
+  EXPECT_EQ(::fcntl(*fd, F_ADD_SEALS, 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::ftruncate(*fd, 1), -1);
+  // Its bytes are the program compiled into the library.
+  struct stat st {};
+  ASSERT_EQ(::fstat(*fd, &st), 0);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), init_program::image().size());
+}
+
+// The init a sandbox runs is the sealed memfd, with no environment: no
+// caller's variable (here, a secret of ours) and no host file behind it.
+TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
+  ::setenv("CLOISTER_TEST_SECRET", "hunter2", 1);
+  auto exec = Executor::create(base_config());
+  ASSERT_TRUE(exec);
+  ExecRequest req;
+  req.argv = {kAttack, "hold"};
+  auto p = (*exec)->exec(std::move(req));
+  ASSERT_TRUE(p);
+  ASSERT_TRUE((*p)->start());
+  std::string out;
+  while (out.find("holding") == std::string::npos) {
+    auto c = (*p)->read(Stream::Stdout);
+    ASSERT_TRUE(c && !c->empty());
+    out += *c;
+  }
+  const std::string proc = "/proc/" + std::to_string((*p)->pid());
+  char exe[256] = {};
+  ASSERT_GT(::readlink((proc + "/exe").c_str(), exe, sizeof exe - 1), 0);
+  EXPECT_TRUE(std::string_view(exe).starts_with("/memfd:cloister-init")) << exe;
+  EXPECT_EQ(read_text(proc + "/environ"), "");
+  EXPECT_EQ(read_text(proc + "/comm"), "cloister-init\n");
+  // Not dumpable: even its own uid (root here) needs CAP_SYS_PTRACE.
+  EXPECT_NE(read_text(proc + "/status").find("\nUid:\t0\t0\t0\t0\n"), std::string::npos);
+  // Its memory holds nothing of ours: no mapping of our binary, and our
+  // secret is nowhere in its memory (a fork of us would hold our whole
+  // environment and heap).
+  std::string maps = read_text(proc + "/maps");
+  EXPECT_EQ(maps.find("cloister_integration"), std::string::npos) << maps;
+  Fd mem(::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(mem);
+  std::istringstream lines(maps);
+  std::string line;
+  size_t scanned = 0;
+  while (std::getline(lines, line)) {
+    unsigned long lo = 0, hi = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r')
+      continue;
+    if (line.find("[vvar]") != std::string::npos) continue;
+    std::string buf(hi - lo, '\0');
+    ssize_t n = ::pread(mem.get(), buf.data(), buf.size(), static_cast<off_t>(lo));
+    if (n <= 0) continue;
+    buf.resize(static_cast<size_t>(n));
+    scanned += buf.size();
+    EXPECT_EQ(buf.find("hunter2"), std::string::npos) << "the caller's secret is in " << line;
+  }
+  EXPECT_GT(scanned, 0u);
+  EXPECT_TRUE((*p)->close(true));
+  ::unsetenv("CLOISTER_TEST_SECRET");
+}
+
+// --- the volume source swap race -----------------------------------------------
+
+// Swaps, in a loop, either the symlink the config names (its target between
+// the checked directory and another) or the checked directory itself (for a
+// symlink to the other), while sandboxes start: through fresh executors
+// (each sandbox a cold start, mounting from the full plan) and through one
+// (the template, warm inits). Every sandbox either gets the directory that
+// was checked when its executor was made, or fails with an error naming the
+// source; none gets the swapped-in tree, which stays as it was.
+TEST(EscapeSwap, VolumeSourceSwapsNeverMountTheSwappedInTree) {
+  TempDir d;
+  const std::string vol = d.path + "/vol", other = d.path + "/other", named = d.path + "/named";
+  shell("mkdir -p " + vol + " " + other + " && echo checked > " + vol + "/which && echo " +
+        "swapped > " + other + "/which && ln -s " + vol + " " + named);
+  auto cfg = base_config();
+  cfg.volumes.push_back({named, "/data", false});
+  for (const bool swap_dir : {false, true}) {
+    std::vector<std::shared_ptr<Executor>> fresh;
+    for (int i = 0; i < 30; ++i) {
+      auto e = Executor::create(cfg);  // the config names a symlink: followed now, once
+      ASSERT_TRUE(e) << e.error().what();
+      fresh.push_back(*e);
+    }
+    auto kept = Executor::create(cfg);
+    ASSERT_TRUE(kept) << kept.error().what();
+    std::atomic<bool> stop{false};
+    std::thread swapper([&] {
+      const std::string tmp_link = d.path + "/tmp-link", spare = d.path + "/spare";
+      while (!stop) {
+        if (!swap_dir) {
+          // The named symlink now points at the other directory, then back.
+          ::symlink(other.c_str(), tmp_link.c_str());
+          ::rename(tmp_link.c_str(), named.c_str());
+          std::this_thread::sleep_for(50us);
+          ::symlink(vol.c_str(), tmp_link.c_str());
+          ::rename(tmp_link.c_str(), named.c_str());
+        } else {
+          // The checked directory itself becomes a symlink to the other one.
+          ::rename(vol.c_str(), spare.c_str());
+          ::symlink(other.c_str(), vol.c_str());
+          std::this_thread::sleep_for(50us);
+          ::unlink(vol.c_str());
+          ::rename(spare.c_str(), vol.c_str());
+        }
+        std::this_thread::sleep_for(50us);
+      }
+    });
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 60; ++i) {
+      Executor& exec = i < 30 ? *fresh[i] : **kept;
+      ExecRequest req;
+      req.argv = {"/bin/cat", "/data/which"};
+      auto p = exec.exec(std::move(req));
+      ASSERT_TRUE(p) << p.error().what();
+      auto s = (*p)->start();
+      if (!s) {
+        ++refused;
+        EXPECT_NE(s.error().what().find(vol), std::string::npos) << s.error().what();
+        continue;
+      }
+      RunResult r = collect(**p);
+      (void)(*p)->wait();
+      ++ok;
+      EXPECT_EQ(r.out, "checked\n") << (swap_dir ? "directory swap" : "symlink swap")
+                                     << ", sandbox " << i << ": " << r.err;
+    }
+    stop = true;
+    swapper.join();
+    EXPECT_GT(ok, 0);
+    if (!swap_dir) {
+      EXPECT_EQ(refused, 0) << "the symlink is not consulted after the config";
+    }
+    EXPECT_EQ(read_text(other + "/which"), "swapped\n");
+    shell("cd " + d.path + " && if [ -L vol ] || [ ! -e vol ]; then rm -f vol; mv spare vol; fi; "
+          "ln -sfn " + vol + " " + named);
+    ASSERT_EQ(read_text(vol + "/which"), "checked\n");
+  }
+}
+
+// --- cloister exec ------------------------------------------------------------
+
+std::string cli_config(const TempDir& d, const std::string& state) {
+  const std::string path = d.path + "/cli.yaml";
+  write_text(path,
+             "executors:\n"
+             "  - name: shell\n"
+             "    kind: host\n"
+             "    default_env: { PATH: /usr/bin:/bin }\n"
+             "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"
+             "  - name: box\n"
+             "    kind: container\n"
+             "    image: localhost/test/escape:1\n"
+             "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"
+             "images:\n"
+             "  state_dir: " +
+                 state + "\n");
+  return path;
+}
+
+class EscapeCli : public Escape {};
+
+TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
+  TempDir d;
+  const std::string cfg = cli_config(d, *state);
+  for (const char* x : {"shell", "box"}) {
+    const std::string run = std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec -c ") +
+                            cfg + " -x " + x + " -- " + kAttack + " ";
+    std::string out;
+    EXPECT_EQ(sh(run + "proc1", &out), 0) << out;
+    expect_init_unreachable(out, std::string("cloister exec -x ") + x);
+    EXPECT_EQ(sh(run + "forge 7", &out), 7) << out;
+    EXPECT_EQ(out.find("forged"), std::string::npos) << out;
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(sh(std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec --timeout 1 -c ") +
+                     cfg + " -x " + x + " -- " + kAttack + " forge-and-hang",
+                 &out),
+              124)
+        << out;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 8s);
+    expect_no_leftover("cloister exec --timeout");
+    EXPECT_EQ(sh(run + "exit-leaving-child", &out), 0) << out;
+    expect_no_leftover("cloister exec exit");
+    EXPECT_EQ(sh(run + "exe", &out), 0) << out;
+    EXPECT_NE(out.find("reopened_exe_write EROFS"), std::string::npos) << out;
+    EXPECT_EQ(out.find("reopened_exe_write ok"), std::string::npos) << out;
+    EXPECT_EQ(sh(run + "names", &out), 0) << out;
+    expect_nothing_by_name(out, std::string("cloister exec -x ") + x);
+  }
+}
+
+// The caller is SIGKILLed (an OOM kill, a cancelled job) while its payload
+// holds a handle of its own executable and has a child in a session of its
+// own: the sandbox dies with its caller, and the next runtime removes the
+// cgroup the dead one left.
+TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
+  TempDir d;
+  const std::string cfg = cli_config(d, *state);
+  for (const char* x : {"shell", "box"}) {
+    int out_pipe[2];
+    ASSERT_EQ(::pipe2(out_pipe, O_CLOEXEC), 0);
+    pid_t cli = ::fork();
+    if (cli == 0) {
+      ::dup2(out_pipe[1], 1);
+      ::setenv("CLOISTER_AUDIT", "off", 1);
+      ::execl(CLOISTER_BIN_DIR "/cloister", "cloister", "exec", "-c", cfg.c_str(), "-x", x, "--",
+              kAttack, "hold", nullptr);
+      ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    Fd out(out_pipe[0]);
+    std::string text;
+    char buf[256];
+    while (text.find("holding") == std::string::npos) {
+      ssize_t n = ::read(out.get(), buf, sizeof buf);
+      ASSERT_GT(n, 0) << text;
+      text.append(buf, static_cast<size_t>(n));
+    }
+    ASSERT_EQ(count_host_processes(kLeftover), 1);
+    ::kill(cli, SIGKILL);
+    ::waitpid(cli, nullptr, 0);
+    for (int i = 0; i < 300 && count_host_processes(kLeftover) > 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    expect_no_leftover(std::string("caller SIGKILLed, -x ") + x);
+    // What the dead caller left: its empty cgroups, removed by the next
+    // runtime's cleanup (cloisterd runs it at start).
+    auto m = cgroups::Manager::shared();
+    ASSERT_TRUE(m);
+    EXPECT_TRUE((*m)->cleanup_stale());
+    for (const auto& base : (*m)->base_paths())
+      for (const auto& e : std::filesystem::directory_iterator(base))
+        EXPECT_FALSE(e.path().filename().string().starts_with(std::to_string(cli) + "-"))
+            << e.path();
+  }
+}
+
+// --- cloisterd ------------------------------------------------------------------
+
+class EscapeService : public Escape {};
+
+// The same attacks through cloisterd, in its first (cold), second
+// (template) and third (warm) session of an executor.
+TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto run = [&](std::vector<std::string> argv, int timeout_ms = 0) {
+    nlohmann::json req = {{"op", "run"}, {"executor", "shell"}, {"argv", argv}};
+    if (timeout_ms) req["timeout_ms"] = timeout_ms;
+    auto r = c->call(req);
+    EXPECT_TRUE(r) << r.error().what();
+    return r ? *r : nlohmann::json{};
+  };
+  for (int session = 0; session < 3; ++session) {
+    const std::string where = "session " + std::to_string(session + 1);
+    auto r = run({kAttack, "proc1"});
+    expect_init_unreachable(r.value("stdout", ""), where);
+    r = run({kAttack, "forge", "7"});
+    EXPECT_EQ(r["status"]["exit_code"], 7) << where << r.dump();
+    auto t0 = std::chrono::steady_clock::now();
+    r = run({kAttack, "forge-and-hang"}, 1000);
+    EXPECT_EQ(r["status"]["timed_out"], true) << where << r.dump();
+    EXPECT_EQ(r["status"]["code"], 124) << where;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 8s);
+    expect_no_leftover(where + " after the timeout");
+    r = run({kAttack, "exit-leaving-child"});
+    EXPECT_EQ(r["status"]["exit_code"], 0) << where;
+    expect_no_leftover(where + " after the exit");
+    r = run({kAttack, "exe"});
+    EXPECT_NE(r.value("stdout", "").find("reopened_exe_write EROFS"), std::string::npos)
+        << where << r.dump();
+    r = run({kAttack, "names"});
+    expect_nothing_by_name(r.value("stdout", ""), where);
+  }
+  // Nothing of the service's or another session's is in a sandbox's init.
+  auto listed = c->call({{"op", "list"}});
+  EXPECT_TRUE(listed);
+  c.reset();
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// cloisterd SIGKILLed with a session running: the session's sandbox dies
+// with it, and the next cloisterd removes what the dead one left.
+TEST_F(EscapeService, SessionsDieWithTheService) {
+  auto d = std::make_unique<Daemon>();
+  {
+    auto c = connect_ok(d->socket);
+    ASSERT_TRUE(c);
+    auto r = c->call({{"op", "start"}, {"executor", "shell"}, {"argv", {kAttack, "hold"}}});
+    ASSERT_TRUE(r) << r.error().what();
+    for (int i = 0; i < 300 && count_host_processes(kLeftover) == 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    ASSERT_EQ(count_host_processes(kLeftover), 1);
+  }
+  const pid_t dead = d->pid;
+  d->stop(SIGKILL);
+  for (int i = 0; i < 300 && count_host_processes(kLeftover) > 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  expect_no_leftover("cloisterd SIGKILLed");
+  auto m = cgroups::Manager::shared();
+  ASSERT_TRUE(m);
+  // The next cloisterd's start-up removes the dead one's cgroups.
+  Daemon next;
+  auto c = connect_ok(next.socket);
+  ASSERT_TRUE(c);
+  for (const auto& base : (*m)->base_paths())
+    for (const auto& e : std::filesystem::directory_iterator(base))
+      EXPECT_FALSE(e.path().filename().string().starts_with(std::to_string(dead) + "-"))
+          << e.path();
+  c.reset();
+  EXPECT_EQ(next.stop(), 0) << next.log();
+}
+
+}  // namespace
