@@ -136,7 +136,7 @@ class Escape : public ::testing::TestWithParam<Mode> {
     const std::string d = dir->path;
     // A busybox image whose user is root (the payload of the review was root).
     shell("set -e; cd " + d +
-          "; mkdir -p l1/bin l1/etc l1/proc l1/dev l1/tmp l1/probe;"
+          "; mkdir -p l1/bin l1/etc l1/proc l1/dev l1/tmp l1/probe l1/shared;"
           "cp /bin/busybox l1/bin/; for c in sh ls cat echo id true sleep; do ln -s busybox "
           "l1/bin/$c; done;"
           "printf 'root:x:0:0::/root:/bin/sh\\n' > l1/etc/passwd; printf 'root:x:0:\\n' > "
@@ -259,12 +259,15 @@ TEST_P(Escape, NothingOutlivesAReportedExit) {
 // The payload's own executable is a host file (through the sandbox's view):
 // reopening it for writing fails while it runs (ETXTBSY) and, through a
 // handle kept across an exec of another program, after it stopped running
-// (EROFS: the view is read-only, so the host's file cannot change).
+// (EROFS: the view is read-only, so the host's file cannot change). Without
+// overlayfs (the VM) a container's mount points must exist in its image:
+// hence /probe and /shared in it.
 TEST_P(Escape, OwnExecutableCannotBeRewritten) {
   auto r = run_attack({kAttack, "exe"});
   auto got = results(r.out);
   EXPECT_EQ(got["self_exe_path"], "ok") << r.out;
-  EXPECT_EQ(got["self_exe_write"], "ETXTBSY") << r.out;
+  // Which check comes first while it runs depends on the kernel.
+  EXPECT_TRUE(got["self_exe_write"] == "ETXTBSY" || got["self_exe_write"] == "EROFS") << r.out;
   EXPECT_EQ(got["reopened_exe_write"], "EROFS") << r.out;
   EXPECT_EQ(r.out.find("reopened_exe_write ok"), std::string::npos) << r.out;
 }
@@ -646,21 +649,28 @@ TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
 
 class EscapeService : public Escape {};
 
-// The same attacks through cloisterd, in its first (cold), second
-// (template) and third (warm) session of an executor.
+// The same attacks through cloisterd, in the first (cold), second
+// (template) and third (warm) sessions of a host and a container executor.
 TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
-  Daemon d;
+  Daemon d("",
+           "  - name: box\n"
+           "    kind: container\n"
+           "    image: localhost/test/escape:1\n"
+           "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n",
+           "images:\n  state_dir: " + *state + "\n");
   auto c = connect_ok(d.socket);
   ASSERT_TRUE(c);
+  std::string executor;
   auto run = [&](std::vector<std::string> argv, int timeout_ms = 0) {
-    nlohmann::json req = {{"op", "run"}, {"executor", "shell"}, {"argv", argv}};
+    nlohmann::json req = {{"op", "run"}, {"executor", executor}, {"argv", argv}};
     if (timeout_ms) req["timeout_ms"] = timeout_ms;
     auto r = c->call(req);
     EXPECT_TRUE(r) << r.error().what();
     return r ? *r : nlohmann::json{};
   };
-  for (int session = 0; session < 3; ++session) {
-    const std::string where = "session " + std::to_string(session + 1);
+  for (int session = 0; session < 6; ++session) {
+    executor = session < 3 ? "shell" : "box";
+    const std::string where = executor + " session " + std::to_string(session % 3 + 1);
     auto r = run({kAttack, "proc1"});
     expect_init_unreachable(r.value("stdout", ""), where);
     r = run({kAttack, "forge", "7"});
@@ -680,9 +690,6 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
     r = run({kAttack, "names"});
     expect_nothing_by_name(r.value("stdout", ""), where);
   }
-  // Nothing of the service's or another session's is in a sandbox's init.
-  auto listed = c->call({{"op", "list"}});
-  EXPECT_TRUE(listed);
   c.reset();
   EXPECT_EQ(d.stop(), 0) << d.log();
 }

@@ -25,14 +25,19 @@ extern char** environ;
 
 namespace cloister::testing {
 
-inline std::string service_config(const std::string& dir, const std::string& extra_service = "") {
+// extra_executors are appended to the executors list, extra_top to the
+// config's top level (an images: section, say).
+inline std::string service_config(const std::string& dir, const std::string& extra_service = "",
+                                  const std::string& extra_executors = "",
+                                  const std::string& extra_top = "") {
   return "executors:\n"
          "  - name: shell\n"
          "    kind: host\n"
          "    default_env: { PATH: /usr/bin:/bin }\n"
          "    tmpfs: { /tmp: \"rw,size=16m\" }\n"
          "    volumes: [\"" CLOISTER_BIN_DIR
-         ":/probe:ro\"]\n"
+         ":/probe:ro\"]\n" +
+         extra_executors + extra_top +
          "service:\n"
          "  socket: " +
          dir +
@@ -45,10 +50,11 @@ inline std::string service_config(const std::string& dir, const std::string& ext
 // reaped) on destruction.
 class Daemon {
  public:
-  explicit Daemon(const std::string& extra_service = "") {
+  explicit Daemon(const std::string& extra_service = "", const std::string& extra_executors = "",
+                  const std::string& extra_top = "") {
     socket = dir.path + "/cloister.sock";
     config = dir.path + "/cloister.yaml";
-    write_text(config, service_config(dir.path, extra_service));
+    write_text(config, service_config(dir.path, extra_service, extra_executors, extra_top));
     std::string bin = CLOISTER_BIN_DIR "/cloisterd";
     std::string log = dir.path + "/cloisterd.log";
     posix_spawn_file_actions_t fa;
