@@ -545,8 +545,7 @@ int payload_entry(void* arg) {
     while (n < 0 && errno == EINTR);
     // Our exit tears the namespaces down, which nobody waits for when we
     // are alone: background work.
-    if (msg.alone && (in.fx.flags & wire::kSetupBackgroundExit))
-      ::setpriority(PRIO_PROCESS, 0, 19);
+    if (msg.alone && (in.fx.flags & wire::kSetupBackgroundExit)) ::setpriority(PRIO_PROCESS, 0, 19);
     // Exiting as PID 1 kills whatever the payload left behind.
     ::_exit(0);
   }

@@ -119,8 +119,8 @@ asm(".text\n"
     "  and $-16, %rsi\n"
     "  mov %rdi, %r8\n"  // fn and arg survive the syscall in r8/r9
     "  mov %rcx, %r9\n"
-    "  mov %edx, %edi\n"  // flags
-    "  xor %edx, %edx\n"  // parent_tid
+    "  mov %edx, %edi\n"    // flags
+    "  xor %edx, %edx\n"    // parent_tid
     "  xor %r10d, %r10d\n"  // child_tid
     "  mov $56, %eax\n"
     "  syscall\n"
@@ -205,7 +205,8 @@ int mount(const char* src, const char* target, const char* type, unsigned long f
 int umount2(const char* target, int flags) noexcept {
   return static_cast<int>(ret(raw(SYS_umount2, L(target), flags)));
 }
-int move_mount(int from_fd, const char* from, int to_fd, const char* to, unsigned int flags) noexcept {
+int move_mount(int from_fd, const char* from, int to_fd, const char* to,
+               unsigned int flags) noexcept {
   return static_cast<int>(ret(raw(SYS_move_mount, from_fd, L(from), to_fd, L(to), flags)));
 }
 int mount_setattr(int fd, const char* path, unsigned int flags, struct mount_attr* attr,

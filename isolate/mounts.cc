@@ -50,9 +50,9 @@ constexpr std::string_view kDataKeys[] = {"size", "mode", "uid", "gid", "nr_inod
 // workloads' allocations, kernel addresses), and those it leaves visible but
 // read-only.
 constexpr std::string_view kProcMasked[] = {
-    "/proc/kcore",       "/proc/keys",          "/proc/timer_list", "/proc/timer_stats",
-    "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi",       "/proc/asound",
-    "/proc/scsi",        "/proc/interrupts",    "/proc/kpageflags", "/proc/kpagecount",
+    "/proc/kcore",       "/proc/keys",          "/proc/timer_list",  "/proc/timer_stats",
+    "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi",        "/proc/asound",
+    "/proc/scsi",        "/proc/interrupts",    "/proc/kpageflags",  "/proc/kpagecount",
     "/proc/kpagecgroup", "/proc/slabinfo",      "/proc/vmallocinfo", "/proc/pagetypeinfo"};
 constexpr std::string_view kProcReadOnly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                                               "/proc/sysrq-trigger"};
@@ -96,7 +96,8 @@ std::string merge_tmpfs_data(const std::string& base, const std::string& over) {
       if (j == std::string::npos) j = s.size();
       std::string w = s.substr(i, j - i);
       auto eq = w.find('=');
-      if (!w.empty()) kv.emplace_back(w.substr(0, eq), eq == std::string::npos ? "" : w.substr(eq + 1));
+      if (!w.empty())
+        kv.emplace_back(w.substr(0, eq), eq == std::string::npos ? "" : w.substr(eq + 1));
       i = j + 1;
     }
     return kv;
@@ -594,7 +595,8 @@ Result<std::vector<Fd>> MountPlan::make_trees() const {
     if (S_ISDIR(st.st_mode) != src.is_dir)
       return fail(invalid(src.what + ": source " + src.path + " is no longer a " +
                           (src.is_dir ? "directory" : "file")));
-    Fd tree(::open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+    Fd tree(
+        ::open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
     if (!tree) return fail(sys_error(src.what + ": clone the tree of " + src.path));
     struct mount_attr attr {};
     attr.attr_set = src.attr;

@@ -520,8 +520,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
     return static_cast<int32_t>(fds.size() - 1);
   };
   const bool wait_go = attach || make_netns;
-  fx.flags |= (wait_go ? wire::kSetupWaitGo : 0) |
-              (g_background_teardown ? wire::kSetupBackgroundExit : 0);
+  fx.flags |=
+      (wait_go ? wire::kSetupWaitGo : 0) | (g_background_teardown ? wire::kSetupBackgroundExit : 0);
   fx.fd_status = add_fd(status->write.get());
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);

@@ -258,7 +258,7 @@ class Applier {
     // The target's parent, resolved inside the layer root (no creation).
     const std::string tparent = join(*target, target->size() - 1);
     Fd tp(openat2_raw(root_, tparent.c_str(), O_RDONLY | O_DIRECTORY,
-                     RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS));
+                      RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS));
     if (!tp) return fail(sys_error("hardlink target " + e.linkname));
     struct stat st;
     if (::fstatat(tp.get(), target->back().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)

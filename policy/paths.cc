@@ -113,7 +113,8 @@ Result<Fd> open_executables_dir(const std::string& dir) {
     return fail(sys_error("make a read-only view of " + dir));
   struct stat st {};
   if (::fstat(tree, &st) != 0) return fail(sys_error("stat " + dir));
-  if (!S_ISDIR(st.st_mode)) return fail(make_error(ErrorKind::Invalid, dir + " is not a directory", ENOTDIR));
+  if (!S_ISDIR(st.st_mode))
+    return fail(make_error(ErrorKind::Invalid, dir + " is not a directory", ENOTDIR));
   return t;
 }
 

@@ -35,8 +35,8 @@ struct ExecutorConfig {
   std::vector<std::pair<std::string, std::string>> default_env;  // in file order
   std::vector<std::string> command_whitelist;  // exact match on the command string
   NetworkMode network_mode = NetworkMode::None;
-  uint64_t memory_limit = 0;  // bytes, 0 = unlimited
-  uint64_t cpu_quota = 0;     // microseconds per 100000, 0 = unlimited
+  uint64_t memory_limit = 0;                // bytes, 0 = unlimited
+  uint64_t cpu_quota = 0;                   // microseconds per 100000, 0 = unlimited
   uint64_t pids_limit = kDefaultPidsLimit;  // 0 = unlimited (said explicitly)
   bool read_only_rootfs = true;
   bool no_new_privileges = true;

@@ -253,8 +253,8 @@ int names() {
   while (f && std::fgets(line, sizeof line, f)) std::printf("cgroup %s", line);
   if (f) std::fclose(f);
   for (const char* p : {"/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup",
-                        "/proc/slabinfo", "/proc/vmallocinfo", "/proc/pagetypeinfo",
-                        "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"}) {
+                        "/proc/slabinfo", "/proc/vmallocinfo", "/proc/pagetypeinfo", "/proc/kcore",
+                        "/proc/keys", "/proc/timer_list", "/proc/sched_debug"}) {
     int fd = ::open(p, O_RDONLY | O_CLOEXEC);
     long got = -1;
     if (fd >= 0) {

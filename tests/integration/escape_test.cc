@@ -173,39 +173,14 @@ class Escape : public ::testing::TestWithParam<Mode> {
     if (!exec) return nullptr;
     const int before = m.start == Start::Cold ? 0 : m.start == Start::Template ? 1 : 2;
     for (int i = 0; i < before; ++i) {
-      ExecRequest req;
-      req.argv = {kAttack, "forge", "0"};
-      auto p = (*exec)->exec(std::move(req));
-      EXPECT_TRUE(p) << p.error().what();
-      if (!p) return nullptr;
-      EXPECT_TRUE((*p)->start());
-      RunResult r = collect(**p);
-      auto st = (*p)->wait();
-      EXPECT_TRUE(st && st->exit_code == 0) << r.err;
+      auto r = run_on(**exec, {kAttack, "forge", "0"});
+      EXPECT_EQ(r.status.exit_code, 0) << r.err;
     }
     if (m.start == Start::Warm) {
       Spawned::drain_retired();
       EXPECT_GE(count_own_inits(), 1) << "no warm init to take";
     }
     return *exec;
-  }
-
-  static RunResult run_on(Executor& exec, std::vector<std::string> argv,
-                          std::chrono::milliseconds timeout = {}) {
-    ExecRequest req;
-    req.argv = std::move(argv);
-    req.timeout = timeout;
-    auto p = exec.exec(std::move(req));
-    EXPECT_TRUE(p) << p.error().what();
-    if (!p) return {};
-    auto s = (*p)->start();
-    EXPECT_TRUE(s) << s.error().what();
-    if (!s) return {};
-    RunResult r = collect(**p);
-    auto st = (*p)->wait();
-    EXPECT_TRUE(st) << st.error().what();
-    if (st) r.status = *st;
-    return r;
   }
 
   RunResult run_attack(std::vector<std::string> argv, std::chrono::milliseconds timeout = {}) {
@@ -283,28 +258,20 @@ TEST_P(Escape, HandlesPassedBetweenSandboxesStayReadOnly) {
   auto receiver_exec = executor_in(GetParam(), cfg);
   auto sender_exec = executor_in(GetParam(), cfg);
   ASSERT_TRUE(receiver_exec && sender_exec);
-  ExecRequest req;
-  req.argv = {kAttack, "recv-exe", "/shared/s"};
-  auto recv = receiver_exec->exec(std::move(req));
-  ASSERT_TRUE(recv) << recv.error().what();
-  ASSERT_TRUE((*recv)->start());
   std::string out;
-  while (out.find("listen") == std::string::npos) {
-    auto c = (*recv)->read(Stream::Stdout);
-    ASSERT_TRUE(c && !c->empty()) << out;
-    out += *c;
-  }
+  auto recv = start_until(*receiver_exec, {kAttack, "recv-exe", "/shared/s"}, "listen", &out);
+  ASSERT_TRUE(recv);
   ASSERT_NE(out.find("listen ok"), std::string::npos) << out;
   auto sent = run_on(*sender_exec, {"/probe/cloister_probe", "send-exe", "/shared/s"});
   EXPECT_NE(sent.out.find("init_exe_path EACCES"), std::string::npos) << sent.out;
   EXPECT_NE(sent.out.find("sent ok"), std::string::npos) << sent.out << sent.err;
   for (;;) {
-    auto c = (*recv)->read(Stream::Stdout);
+    auto c = recv->read(Stream::Stdout);
     ASSERT_TRUE(c) << c.error().what();
     if (c->empty()) break;
     out += *c;
   }
-  auto st = (*recv)->wait();
+  auto st = recv->wait();
   ASSERT_TRUE(st);
   EXPECT_NE(out.find("received 1"), std::string::npos) << out;
   // While the sender may still run: busy or read-only; afterwards read-only.
@@ -343,18 +310,10 @@ TEST_P(Escape, BoundedByDefault) {
 
   // Accounting: the init is in cgroups of its own in every hierarchy with
   // memory or pids, not in ours.
-  ExecRequest req;
-  req.argv = {kAttack, "hold"};
-  auto p = exec->exec(std::move(req));
-  ASSERT_TRUE(p) << p.error().what();
-  ASSERT_TRUE((*p)->start());
   std::string out;
-  while (out.find("holding") == std::string::npos) {
-    auto c = (*p)->read(Stream::Stdout);
-    ASSERT_TRUE(c && !c->empty());
-    out += *c;
-  }
-  const std::string theirs = read_text("/proc/" + std::to_string((*p)->pid()) + "/cgroup");
+  auto p = start_until(*exec, {kAttack, "hold"}, "holding", &out);
+  ASSERT_TRUE(p);
+  const std::string theirs = read_text("/proc/" + std::to_string(p->pid()) + "/cgroup");
   const std::string ours = read_text("/proc/self/cgroup");
   std::istringstream in(theirs);
   std::string line;
@@ -368,7 +327,7 @@ TEST_P(Escape, BoundedByDefault) {
     ++own;
   }
   EXPECT_GE(own, 1) << theirs;
-  EXPECT_TRUE((*p)->close(true));
+  EXPECT_TRUE(p->close(true));
   expect_no_leftover("after close");
 }
 
@@ -379,14 +338,37 @@ TEST_P(Escape, NothingOfTheHostByName) {
   expect_nothing_by_name(r.out, "library");
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, Escape,
-                         ::testing::Values(Mode{Start::Cold, Kind::Host},
-                                           Mode{Start::Template, Kind::Host},
-                                           Mode{Start::Warm, Kind::Host},
-                                           Mode{Start::Cold, Kind::Container},
-                                           Mode{Start::Template, Kind::Container},
-                                           Mode{Start::Warm, Kind::Container}),
-                         mode_name);
+INSTANTIATE_TEST_SUITE_P(
+    Modes, Escape,
+    ::testing::Values(Mode{Start::Cold, Kind::Host}, Mode{Start::Template, Kind::Host},
+                      Mode{Start::Warm, Kind::Host}, Mode{Start::Cold, Kind::Container},
+                      Mode{Start::Template, Kind::Container}, Mode{Start::Warm, Kind::Container}),
+    mode_name);
+
+// --- executables_dir -------------------------------------------------------------
+
+// A program run from executables_dir is exec'd by the fd the policy checked,
+// which comes from the host's side: reopening it for writing once it stops
+// running must fail (EROFS: it is opened beneath a read-only view of the
+// directory), or a root payload rewrites the host's file. Cold, template and
+// warm starts.
+TEST(EscapePolicy, ExecutablesDirFilesCannotBeRewritten) {
+  TempDir bin;
+  shell("cp " CLOISTER_BIN_DIR "/cloister_attack " + bin.path + "/attack");
+  const std::string before = shell("sha256sum " + bin.path + "/attack");
+  auto cfg = base_config();
+  cfg.policy.executables_dir = bin.path;
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  for (int start = 0; start < 3; ++start) {
+    if (start == 2) Spawned::drain_retired();
+    auto r = run_on(**exec, {"attack", "exe"});
+    EXPECT_NE(r.out.find("reopened_exe_write EROFS"), std::string::npos)
+        << "start " << start << ": " << r.out << r.err;
+    EXPECT_EQ(r.out.find("reopened_exe_write ok"), std::string::npos) << r.out;
+  }
+  EXPECT_EQ(shell("sha256sum " + bin.path + "/attack"), before);
+}
 
 // --- the init program ---------------------------------------------------------
 
@@ -423,18 +405,10 @@ TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
   ::setenv("CLOISTER_TEST_SECRET", "hunter2", 1);
   auto exec = Executor::create(base_config());
   ASSERT_TRUE(exec);
-  ExecRequest req;
-  req.argv = {kAttack, "hold"};
-  auto p = (*exec)->exec(std::move(req));
-  ASSERT_TRUE(p);
-  ASSERT_TRUE((*p)->start());
   std::string out;
-  while (out.find("holding") == std::string::npos) {
-    auto c = (*p)->read(Stream::Stdout);
-    ASSERT_TRUE(c && !c->empty());
-    out += *c;
-  }
-  const std::string proc = "/proc/" + std::to_string((*p)->pid());
+  auto p = start_until(**exec, {kAttack, "hold"}, "holding", &out);
+  ASSERT_TRUE(p);
+  const std::string proc = "/proc/" + std::to_string(p->pid());
   char exe[256] = {};
   ASSERT_GT(::readlink((proc + "/exe").c_str(), exe, sizeof exe - 1), 0);
   EXPECT_TRUE(std::string_view(exe).starts_with("/memfd:cloister-init")) << exe;
@@ -455,8 +429,7 @@ TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
   while (std::getline(lines, line)) {
     unsigned long lo = 0, hi = 0;
     char perms[8] = {};
-    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r')
-      continue;
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r') continue;
     if (line.find("[vvar]") != std::string::npos) continue;
     std::string buf(hi - lo, '\0');
     ssize_t n = ::pread(mem.get(), buf.data(), buf.size(), static_cast<off_t>(lo));
@@ -466,7 +439,7 @@ TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
     EXPECT_EQ(buf.find("hunter2"), std::string::npos) << "the caller's secret is in " << line;
   }
   EXPECT_GT(scanned, 0u);
-  EXPECT_TRUE((*p)->close(true));
+  EXPECT_TRUE(p->close(true));
   ::unsetenv("CLOISTER_TEST_SECRET");
 }
 
@@ -533,8 +506,8 @@ TEST(EscapeSwap, VolumeSourceSwapsNeverMountTheSwappedInTree) {
       RunResult r = collect(**p);
       (void)(*p)->wait();
       ++ok;
-      EXPECT_EQ(r.out, "checked\n") << (swap_dir ? "directory swap" : "symlink swap")
-                                     << ", sandbox " << i << ": " << r.err;
+      EXPECT_EQ(r.out, "checked\n")
+          << (swap_dir ? "directory swap" : "symlink swap") << ", sandbox " << i << ": " << r.err;
     }
     stop = true;
     swapper.join();
@@ -543,8 +516,10 @@ TEST(EscapeSwap, VolumeSourceSwapsNeverMountTheSwappedInTree) {
       EXPECT_EQ(refused, 0) << "the symlink is not consulted after the config";
     }
     EXPECT_EQ(read_text(other + "/which"), "swapped\n");
-    shell("cd " + d.path + " && if [ -L vol ] || [ ! -e vol ]; then rm -f vol; mv spare vol; fi; "
-          "ln -sfn " + vol + " " + named);
+    shell("cd " + d.path +
+          " && if [ -L vol ] || [ ! -e vol ]; then rm -f vol; mv spare vol; fi; "
+          "ln -sfn " +
+          vol + " " + named);
     ASSERT_EQ(read_text(vol + "/which"), "checked\n");
   }
 }
@@ -558,11 +533,13 @@ std::string cli_config(const TempDir& d, const std::string& state) {
              "  - name: shell\n"
              "    kind: host\n"
              "    default_env: { PATH: /usr/bin:/bin }\n"
-             "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"
+             "    volumes: [\"" CLOISTER_BIN_DIR
+             ":/probe:ro\"]\n"
              "  - name: box\n"
              "    kind: container\n"
              "    image: localhost/test/escape:1\n"
-             "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"
+             "    volumes: [\"" CLOISTER_BIN_DIR
+             ":/probe:ro\"]\n"
              "images:\n"
              "  state_dir: " +
                  state + "\n");
@@ -575,18 +552,20 @@ TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
   TempDir d;
   const std::string cfg = cli_config(d, *state);
   for (const char* x : {"shell", "box"}) {
-    const std::string run = std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec -c ") +
-                            cfg + " -x " + x + " -- " + kAttack + " ";
+    const std::string run =
+        std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec -c ") + cfg + " -x " +
+        x + " -- " + kAttack + " ";
     std::string out;
     EXPECT_EQ(sh(run + "proc1", &out), 0) << out;
     expect_init_unreachable(out, std::string("cloister exec -x ") + x);
     EXPECT_EQ(sh(run + "forge 7", &out), 7) << out;
     EXPECT_EQ(out.find("forged"), std::string::npos) << out;
     auto t0 = std::chrono::steady_clock::now();
-    EXPECT_EQ(sh(std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec --timeout 1 -c ") +
-                     cfg + " -x " + x + " -- " + kAttack + " forge-and-hang",
-                 &out),
-              124)
+    EXPECT_EQ(
+        sh(std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec --timeout 1 -c ") +
+               cfg + " -x " + x + " -- " + kAttack + " forge-and-hang",
+           &out),
+        124)
         << out;
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 8s);
     expect_no_leftover("cloister exec --timeout");
@@ -619,6 +598,17 @@ TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
       ::_exit(127);
     }
     ::close(out_pipe[1]);
+    // Whatever fails below, the caller is killed (and so, the test checks,
+    // its sandbox).
+    struct KillCli {
+      pid_t pid;
+      ~KillCli() {
+        if (pid > 0) {
+          ::kill(pid, SIGKILL);
+          ::waitpid(pid, nullptr, 0);
+        }
+      }
+    } killer{cli};
     Fd out(out_pipe[0]);
     std::string text;
     char buf[256];
@@ -627,9 +617,13 @@ TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
       ASSERT_GT(n, 0) << text;
       text.append(buf, static_cast<size_t>(n));
     }
+    // The child execs itself under its marker name: wait until it has.
+    for (int i = 0; i < 500 && count_host_processes(kLeftover) == 0; ++i)
+      std::this_thread::sleep_for(10ms);
     ASSERT_EQ(count_host_processes(kLeftover), 1);
     ::kill(cli, SIGKILL);
     ::waitpid(cli, nullptr, 0);
+    killer.pid = -1;
     for (int i = 0; i < 300 && count_host_processes(kLeftover) > 0; ++i)
       std::this_thread::sleep_for(10ms);
     expect_no_leftover(std::string("caller SIGKILLed, -x ") + x);

@@ -33,23 +33,6 @@ constexpr std::string_view kSleeperCmdline{
     "8123.25",
     13};
 
-// Runs argv through one executor and returns what it printed.
-RunResult run_on(const Executor& exec, std::vector<std::string> argv) {
-  ExecRequest req;
-  req.argv = std::move(argv);
-  auto p = exec.exec(std::move(req));
-  EXPECT_TRUE(p) << p.error().what();
-  if (!p) return {};
-  auto s = (*p)->start();
-  EXPECT_TRUE(s) << s.error().what();
-  if (!s) return {};
-  RunResult r = collect(**p);
-  auto st = (*p)->wait();
-  EXPECT_TRUE(st) << st.error().what();
-  if (st) r.status = *st;
-  return r;
-}
-
 TEST(Isolation, PayloadRunsUnderItsOwnInit) {
   auto r = run_ok(base_config(),
                   {"/bin/sh", "-c", "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"});

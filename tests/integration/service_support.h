@@ -35,8 +35,7 @@ inline std::string service_config(const std::string& dir, const std::string& ext
          "    kind: host\n"
          "    default_env: { PATH: /usr/bin:/bin }\n"
          "    tmpfs: { /tmp: \"rw,size=16m\" }\n"
-         "    volumes: [\"" CLOISTER_BIN_DIR
-         ":/probe:ro\"]\n" +
+         "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n" +
          extra_executors + extra_top +
          "service:\n"
          "  socket: " +

@@ -76,6 +76,47 @@ inline RunResult run(const ExecutorConfig& cfg, std::vector<std::string> argv,
   return r;
 }
 
+// Runs argv through one executor (its next sandbox: cold, template or warm,
+// as the executor's history has it) and returns what it printed.
+inline RunResult run_on(const Executor& exec, std::vector<std::string> argv,
+                        std::chrono::milliseconds timeout = {}) {
+  ExecRequest req;
+  req.argv = std::move(argv);
+  req.timeout = timeout;
+  auto p = exec.exec(std::move(req));
+  EXPECT_TRUE(p) << p.error().what();
+  if (!p) return {};
+  auto s = (*p)->start();
+  EXPECT_TRUE(s) << s.error().what();
+  if (!s) return {};
+  RunResult r = collect(**p);
+  auto st = (*p)->wait();
+  EXPECT_TRUE(st) << st.error().what();
+  if (st) r.status = *st;
+  return r;
+}
+
+// Starts argv through exec and reads its stdout into *out until it holds
+// marker; null (a test failure) if it ends first.
+inline std::unique_ptr<Process> start_until(const Executor& exec, std::vector<std::string> argv,
+                                            const std::string& marker, std::string* out) {
+  ExecRequest req;
+  req.argv = std::move(argv);
+  auto p = exec.exec(std::move(req));
+  EXPECT_TRUE(p) << p.error().what();
+  if (!p) return nullptr;
+  auto s = (*p)->start();
+  EXPECT_TRUE(s) << s.error().what();
+  if (!s) return nullptr;
+  while (out->find(marker) == std::string::npos) {
+    auto c = (*p)->read(Stream::Stdout);
+    EXPECT_TRUE(c && !c->empty()) << "ended before printing " << marker << ": " << *out;
+    if (!c || c->empty()) return nullptr;
+    *out += *c;
+  }
+  return std::move(*p);
+}
+
 inline RunResult run_ok(const ExecutorConfig& cfg, std::vector<std::string> argv,
                         std::chrono::milliseconds timeout = {}, std::string work_dir = "") {
   RunResult r = run(cfg, std::move(argv), timeout, std::move(work_dir));

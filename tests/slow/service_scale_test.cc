@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "../integration/service_support.h"
@@ -19,17 +20,17 @@ using json = nlohmann::json;
 
 namespace {
 
+// Per-process cgroups with this prefix: one per sandbox, however many
+// hierarchies it has a directory in (cgroup2, v1 memory and pids, ...).
 int count_cgroups(const std::string& prefix) {
-  int n = 0;
+  std::set<std::string> names;
   auto m = cgroups::Manager::shared();
   if (!m) return 0;
-  for (const auto& base : (*m)->base_paths()) {
-    DIR* d = ::opendir(base.c_str());
-    while (dirent* e = d ? ::readdir(d) : nullptr)
-      n += std::string(e->d_name).rfind(prefix, 0) == 0;
-    if (d) ::closedir(d);
-  }
-  return n;
+  for (const auto& base : (*m)->base_paths())
+    if (auto entries = read_dir(base))
+      for (const auto& e : *entries)
+        if (e.name.starts_with(prefix)) names.insert(e.name);
+  return static_cast<int>(names.size());
 }
 
 TEST(ServiceScale, ThousandConcurrentSessions) {
