@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cinttypes>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -560,6 +561,7 @@ struct Manager::Impl {
   void favor_dynmods() const;
   Status prepare_v2();
   Status prepare_bases();
+  void bound_bases() const;
   Status remake_bases() const;
   Result<Cgroup> create_once(const Limits& limits);
   Status apply_limits(Cgroup::Impl& c, const Limits& l);
@@ -718,7 +720,46 @@ Status Manager::Impl::prepare_bases() {
     if (auto s = mkdir_below(h.mount, h.base_rel); !s) return s;
   if (v2)
     if (auto s = prepare_v2(); !s) return s;
+  bound_bases();
   return {};
+}
+
+// The sandboxes of one runtime together, not only each: a pids and a memory
+// limit on the base, where it has none, so that many sandboxes (a client
+// starting hundreds, each within its own bounds) leave the host's processes
+// and memory a share: half of kernel.pid_max; MemTotal less a tenth of it
+// (at least 512 MiB). An OOM there kills inside the sandboxes, not on the
+// host. A value already there (the administrator's, or an earlier run's) is
+// kept. Best effort, like the rest of the base's set-up for limits.
+void Manager::Impl::bound_bases() const {
+  if (!opts.bound_base) return;
+  auto pid_max = read_file("/proc/sys/kernel/pid_max");
+  uint64_t pids = pid_max ? std::strtoull(pid_max->c_str(), nullptr, 10) / 2 : 0;
+  uint64_t mem = 0;
+  if (auto meminfo = read_file("/proc/meminfo")) {
+    uint64_t total_kib = 0;
+    if (std::sscanf(meminfo->c_str(), "MemTotal: %" SCNu64 " kB", &total_kib) == 1) {
+      uint64_t total = total_kib * 1024, reserve = std::max<uint64_t>(total / 10, 512ull << 20);
+      if (total > reserve) mem = total - reserve;
+    }
+  }
+  auto set_if_unlimited = [](const std::string& dir, std::string_view file, uint64_t value) {
+    if (value == 0) return;
+    auto cur = read_at(dir, file);
+    if (!cur) return;
+    // "max" (v2), or v1's "unlimited": a page-rounded LONG_MAX.
+    const bool unlimited = cur->starts_with("max") || std::strtoull(cur->c_str(), nullptr, 10) >=
+                                                          (uint64_t{1} << 62);
+    if (unlimited) (void)write_at(dir, file, std::to_string(value));
+  };
+  if (const Hierarchy* h = v1_for("pids"))
+    set_if_unlimited(h->base, "pids.max", pids);
+  else if (v2_has("pids"))
+    set_if_unlimited(v2->base, "pids.max", pids);
+  if (const Hierarchy* h = v1_for("memory"))
+    set_if_unlimited(h->base, "memory.limit_in_bytes", mem);
+  else if (v2_has("memory"))
+    set_if_unlimited(v2->base, "memory.max", mem);
 }
 
 namespace {
@@ -947,6 +988,42 @@ Status Manager::Impl::cleanup_stale() {
 Manager::Manager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Manager::~Manager() = default;
 
+RemountArgs favordynmods_remount(std::string_view options) {
+  // A remount replaces the mount's flags and the hierarchy's options with
+  // those it is given: give back every one it has (nosuid, nodev, noexec;
+  // nsdelegate, memory_recursiveprot), plus favordynmods.
+  struct Word {
+    std::string_view word;
+    unsigned long flag;
+  };
+  static constexpr Word kFlags[] = {
+      {"rw", 0},
+      {"ro", MS_RDONLY},
+      {"nosuid", MS_NOSUID},
+      {"nodev", MS_NODEV},
+      {"noexec", MS_NOEXEC},
+      {"sync", MS_SYNCHRONOUS},
+      {"dirsync", MS_DIRSYNC},
+      {"noatime", MS_NOATIME},
+      {"nodiratime", MS_NODIRATIME},
+      {"relatime", MS_RELATIME},
+      {"strictatime", MS_STRICTATIME},
+      {"lazytime", MS_LAZYTIME},
+  };
+  RemountArgs r{MS_REMOUNT, ""};
+  for (const auto& o : split(options, ",")) {
+    auto f = std::find_if(std::begin(kFlags), std::end(kFlags),
+                          [&](const Word& w) { return w.word == o; });
+    if (f != std::end(kFlags)) {
+      r.flags |= f->flag;
+    } else if (!o.empty() && o != "favordynmods") {
+      r.data += o + ",";
+    }
+  }
+  r.data += "favordynmods";
+  return r;
+}
+
 // Every sandbox on a host with v1 controllers is attached to its v1 cgroups
 // (pids and memory at least) by a write to cgroup.procs: a migration, which
 // takes the kernel's global threadgroup rwsem for writing and waits for an
@@ -954,10 +1031,11 @@ Manager::~Manager() = default;
 // to 15 ms a migration here without, 50 us with). The kernel offers the
 // option for workloads like ours; its cost is a slightly slower fork and
 // exit for every process of the host. As root we set it on the cgroup2
-// mount of a hybrid host (any hierarchy will do: the rwsem is global), or on
-// the first v1 hierarchy of a legacy one, unless Options::favor_dynmods is
-// off or some hierarchy has it already. Best effort: a failure only costs
-// time.
+// mount of a hybrid host (any hierarchy will do: the rwsem is global)
+// unless Options::favor_dynmods is off or some hierarchy has it already,
+// keeping every other flag and option of the mount. Legacy hosts (v1 only)
+// cannot change it on a remount: mount a hierarchy with it, or boot with
+// cgroup_favordynmods=true. Best effort: a failure only costs time.
 void Manager::Impl::favor_dynmods() const {
   if (!opts.favor_dynmods || layout == Layout::Unified || ::geteuid() != 0) return;
   auto has_it = [](const Hierarchy& h) {
@@ -966,15 +1044,12 @@ void Manager::Impl::favor_dynmods() const {
     return false;
   };
   if ((v2 && has_it(*v2)) || std::any_of(v1.begin(), v1.end(), has_it)) return;
-  if (v2) {
-    (void)::mount(nullptr, v2->mount.c_str(), nullptr, MS_REMOUNT, "favordynmods");
-  } else if (!v1.empty()) {
-    // A v1 remount must name the hierarchy's controllers again.
-    std::string data;
-    for (const auto& c : v1.front().controllers) data += c + ",";
-    data += "favordynmods";
-    (void)::mount(nullptr, v1.front().mount.c_str(), nullptr, MS_REMOUNT, data.c_str());
-  }
+  // cgroup2 only: a v1 hierarchy refuses to change its root's flags on a
+  // remount ("option or name mismatch"); legacy hosts set it at mount time.
+  if (!v2) return;
+  const Hierarchy* h = &*v2;
+  const RemountArgs r = favordynmods_remount(h->options);
+  (void)::mount(nullptr, h->mount.c_str(), nullptr, r.flags, r.data.c_str());
 }
 
 Result<std::shared_ptr<Manager>> Manager::open(const Options& opts) {

@@ -79,7 +79,20 @@ struct Options {
   // Hosts with v1 controllers: as root, mount a hierarchy with favordynmods
   // (see Manager::open in cgroups.cc and docs/cgroups.md) unless one has it.
   bool favor_dynmods = true;
+  // Bound the base cgroup, where it has no limit of its own: all sandboxes
+  // of this manager together get half of kernel.pid_max and MemTotal less a
+  // tenth (at least 512 MiB) (docs/cgroups.md, "Base directories").
+  bool bound_base = true;
 };
+
+// What Manager::open passes to mount(2) to add favordynmods to a cgroup2
+// mount whose /proc/self/mounts options are `options`, keeping all of them
+// (a remount replaces the mount's flags and the hierarchy's options).
+struct RemountArgs {
+  unsigned long flags;  // MS_REMOUNT and the mount's flags
+  std::string data;     // its other options, then favordynmods
+};
+RemountArgs favordynmods_remount(std::string_view options);
 
 class Cgroup {
  public:

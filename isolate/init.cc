@@ -26,6 +26,7 @@
 // whatever is left in the namespace.
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -181,6 +182,7 @@ int receive_setup(Init& in) {
     if (w.kind > static_cast<uint8_t>(mounts::OpKind::kLast)) return EPROTO;
     o.kind = static_cast<mounts::OpKind>(w.kind);
     o.optional = w.optional != 0;
+    o.in_volume = w.in_volume != 0;
     o.slot = w.slot;
     o.source = w.src_fd;
     o.flags = w.flags;
@@ -289,7 +291,15 @@ int set_uid(Init& in) {
   if (::syscall(SYS_setresuid, u, u, u) != 0) return errno;
   // A uid change resets the dumpable flag to the system's suid_dumpable;
   // ours stays off whatever that is.
-  return ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 ? 0 : errno;
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return errno;
+  // A uid or gid change also clears the parent-death signal: set it again,
+  // then make sure the caller did not die in between (its end of our
+  // control socket closes with it).
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return errno;
+  pollfd p{in.ctl, POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+    ::_exit(wire::kSetupFailedExit);
+  return 0;
 }
 
 int set_capabilities(Init& in) {
@@ -311,7 +321,7 @@ int receive_command(Init& in) {
       static_cast<size_t>(__builtin_popcount(h.flags & wire::kCallFdFlags)) != nfds)
     return EPROTO;
   const size_t nstr = size_t{h.argc} + h.envc + h.ncand + 3;
-  const size_t ptrs = (size_t{h.argc} + 1 + h.envc + 1 + h.ncand) * sizeof(char*);
+  const size_t ptrs = (size_t{h.argc} + 1 + h.envc + 1 + h.ncand + 1) * sizeof(char*);
   void* mem = ::mmap(nullptr, ptrs + h.body_len + 1, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return errno;
@@ -333,7 +343,7 @@ int receive_command(Init& in) {
     else
       strs[i - (nstr - 3)] = str;
   }
-  if (h.ncand == 0) vec[v] = nullptr;
+  vec[v] = nullptr;  // after the candidates (there may be none)
   in.argv = vec;
   in.envp = vec + h.argc + 1;
   in.candidates = const_cast<const char* const*>(vec + h.argc + 1 + h.envc + 1);
@@ -571,9 +581,18 @@ int main(int argc, char** argv) {
   in.report_fd = fd_arg(2);
   if (argc != 3 || in.ctl < 0 || in.report_fd < 0) return wire::kSetupFailedExit;
   // Inherited without close-on-exec (that is how they got here): the
-  // payload must never hold either.
-  if (::fcntl(in.ctl, F_SETFD, FD_CLOEXEC) != 0 || ::fcntl(in.report_fd, F_SETFD, FD_CLOEXEC) != 0)
-    report_and_exit(in.report_fd, SpawnStep::Setup, errno);
+  // payload must never hold either. Above 0-2 too (a caller may have had
+  // those closed), which the payload's stdio takes.
+  for (int* fd : {&in.ctl, &in.report_fd}) {
+    if (*fd < 3) {
+      int moved = ::fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+      if (moved < 0) report_and_exit(in.report_fd, SpawnStep::Setup, errno);
+      ::close(*fd);
+      *fd = moved;
+    } else if (::fcntl(*fd, F_SETFD, FD_CLOEXEC) != 0) {
+      report_and_exit(in.report_fd, SpawnStep::Setup, errno);
+    }
+  }
   if (int e = receive_setup(in)) {
     if (e == EPIPE) ::_exit(wire::kSetupFailedExit);  // the library gave up
     report_and_exit(in.report(), SpawnStep::Setup, e);

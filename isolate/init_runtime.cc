@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -209,6 +210,18 @@ int move_mount(int from_fd, const char* from, int to_fd, const char* to,
                unsigned int flags) noexcept {
   return static_cast<int>(ret(raw(SYS_move_mount, from_fd, L(from), to_fd, L(to), flags)));
 }
+int open_tree(int dfd, const char* path, unsigned int flags) noexcept {
+  return static_cast<int>(ret(raw(SYS_open_tree, dfd, L(path), flags)));
+}
+int fsopen(const char* fs, unsigned int flags) noexcept {
+  return static_cast<int>(ret(raw(SYS_fsopen, L(fs), flags)));
+}
+int fsconfig(int fd, unsigned int cmd, const char* key, const void* value, int aux) noexcept {
+  return static_cast<int>(ret(raw(SYS_fsconfig, fd, cmd, L(key), L(value), aux)));
+}
+int fsmount(int fd, unsigned int flags, unsigned int attr) noexcept {
+  return static_cast<int>(ret(raw(SYS_fsmount, fd, flags, attr)));
+}
 int mount_setattr(int fd, const char* path, unsigned int flags, struct mount_attr* attr,
                   size_t size) noexcept {
   return static_cast<int>(ret(raw(SYS_mount_setattr, fd, L(path), flags, L(attr), L(size))));
@@ -281,6 +294,9 @@ int sethostname(const char* name, size_t len) noexcept {
 }
 int execve(const char* path, char* const argv[], char* const envp[]) noexcept {
   return static_cast<int>(ret(raw(SYS_execve, L(path), L(argv), L(envp))));
+}
+int poll(struct pollfd* fds, nfds_t n, int timeout) {
+  return static_cast<int>(ret(raw(SYS_poll, L(fds), L(n), timeout)));
 }
 int dup2(int from, int to) noexcept {
   return static_cast<int>(ret(raw(SYS_dup2, from, to)));

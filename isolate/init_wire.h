@@ -58,7 +58,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 2;
+constexpr uint32_t kVersion = 3;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -113,7 +113,8 @@ struct WireRlimit {
 struct WireOp {
   uint8_t kind;  // mounts::OpKind
   uint8_t optional;
-  uint16_t pad;
+  uint8_t in_volume;
+  uint8_t pad;
   int32_t slot;
   int32_t src_fd;  // index among the sources, or -1
   uint32_t mode;

@@ -53,7 +53,8 @@ constexpr std::string_view kProcMasked[] = {
     "/proc/kcore",       "/proc/keys",          "/proc/timer_list",  "/proc/timer_stats",
     "/proc/sched_debug", "/proc/latency_stats", "/proc/acpi",        "/proc/asound",
     "/proc/scsi",        "/proc/interrupts",    "/proc/kpageflags",  "/proc/kpagecount",
-    "/proc/kpagecgroup", "/proc/slabinfo",      "/proc/vmallocinfo", "/proc/pagetypeinfo"};
+    "/proc/kpagecgroup", "/proc/slabinfo",      "/proc/vmallocinfo", "/proc/pagetypeinfo",
+    "/proc/key-users"};
 constexpr std::string_view kProcReadOnly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                                               "/proc/sysrq-trigger"};
 
@@ -76,14 +77,41 @@ bool is_under(const std::string& path, const std::string& dir) {
          path[dir.size()] == '/';
 }
 
-// The source's path with every symlink resolved (the config may name one on
-// purpose); pinned later with none followed.
+// The store's own paths (image layers, merged roots): every symlink
+// resolved, once (the state dir may sit below one on purpose).
 Result<std::string> resolve_source(const std::string& path, const std::string& what) {
   char* r = ::realpath(path.c_str(), nullptr);
   if (!r) return fail(sys_error(what + ": resolve " + path));
   std::string out(r);
   ::free(r);
   return out;
+}
+
+// A host path or volume source from the config: taken only when no
+// component is a symlink. A symlink there may have been planted (a payload
+// writes into a rw volume as its uid; a host user into a directory they
+// own) and would decide, at the next executor, what is mounted, rw perhaps:
+// the config must name the directory itself. Pinned again, the same way, at
+// every sandbox's start (make_trees).
+Status check_no_symlink(const std::string& path, const std::string& what) {
+  // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
+  int fd = openat2_raw(AT_FDCWD, path.c_str(), O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  if (fd >= 0) {
+    ::close(fd);
+    return {};
+  }
+  int e = errno;
+  if (e != ELOOP) return fail(sys_error(what + ": source " + path, e));
+  std::string target;
+  if (char* r = ::realpath(path.c_str(), nullptr)) {
+    target = std::string(" (it leads to ") + r + ")";
+    ::free(r);
+  }
+  return fail(make_error(ErrorKind::Invalid,
+                         what + ": source " + path +
+                             " is a symlink or lies below one" + target +
+                             ": name the directory itself",
+                         e));
 }
 
 // "a=1,b=2" with the keys of over replacing those of base, in base's order.
@@ -234,13 +262,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (::lstat(n->c_str(), &st) != 0) continue;  // absent on this host: nothing to show
     Entry e{Entry::HostTree, *n, *n};
     e.what = "host path " + *n;
-    if (!S_ISLNK(st.st_mode)) {
-      // A symlink above it is followed now, once (the source is pinned
-      // with no symlink followed at every sandbox's start).
-      auto real = resolve_source(*n, e.what);
-      if (!real) return fail(real.error());
-      e.source = *real;
-    }
+    if (!S_ISLNK(st.st_mode))
+      if (auto c = check_no_symlink(*n, e.what); !c) return fail(c.error());
     if (S_ISLNK(st.st_mode)) {
       char buf[4096];
       ssize_t len = ::readlink(n->c_str(), buf, sizeof buf - 1);
@@ -258,10 +281,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!src) return fail(src.error().wrap(what));
     struct stat st;
     if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
-    // A source named through a symlink on purpose is followed now, once.
-    auto real = resolve_source(*src, what);
-    if (!real) return fail(real.error());
-    Entry e{Entry::Volume, v.target, *real, v.read_only, S_ISDIR(st.st_mode)};
+    if (auto c = check_no_symlink(*src, what); !c) return fail(c.error());
+    Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
   }
@@ -406,12 +427,17 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     const Entry& e = entries[i];
     const Entry* above = parent_entry(i, e.target);
     if (above && (above->kind == Entry::HostTree || above->kind == Entry::Volume)) {
-      // The mount point lies in a read-only host tree: it must exist there.
+      // The mount point lies in a read-only host tree: it must exist there,
+      // and, as the init mounts on it, must not be a symlink nor lie below
+      // one (in a volume, a payload may have put one there).
       std::string host = above->source + e.target.substr(above->target.size());
       struct stat st;
-      if (::stat(host.c_str(), &st) != 0)
+      if (::lstat(host.c_str(), &st) != 0)
         return fail(invalid(e.what + ": mount point " + e.target + " does not exist in " +
                             above->what + " and cannot be created there"));
+      if (e.kind != Entry::HostSymlink)
+        if (auto c = check_no_symlink(host, e.what + ": mount point " + e.target); !c)
+          return fail(c.error());
       if (e.kind != Entry::HostSymlink && S_ISDIR(st.st_mode) != e.is_dir)
         return fail(invalid(e.what + ": mount point " + e.target + " is not a " +
                             (e.is_dir ? "directory" : "file")));
@@ -452,6 +478,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         op(OpKind::Touch, staged(e.target)).mode = 0644;
       }
     }
+    const size_t first_op = plan.ops_.size();
     switch (e.kind) {
       case Entry::HostTree:
       case Entry::Volume:
@@ -498,7 +525,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
           o.dev = makedev(d.major, d.minor);
         }
         op(OpKind::Mkdir, staged("/dev/pts")).mode = 0755;
-        op(OpKind::Devpts, staged("/dev/pts")).data = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+        // max: a sandbox's ptys come out of the host's kernel.pty.max (less its
+        // reserve for the host's own instance); one sandbox may not take them all.
+        op(OpKind::Devpts, staged("/dev/pts")).data =
+            "newinstance,ptmxmode=0666,mode=0620,gid=5,max=256";
         // Only a mount point: the tmpfs on it brings its own mode.
         op(OpKind::Mkdir, staged("/dev/shm")).mode = 0755;
         Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
@@ -511,6 +541,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       case Entry::HostSymlink:
         break;
     }
+    if (above && above->kind == Entry::Volume)
+      for (size_t k = first_op; k < plan.ops_.size(); ++k) plan.ops_[k].in_volume = true;
   }
 
   // Masked host paths, where they exist in the new root.
@@ -529,6 +561,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     } else {
       op(OpKind::BindFile, staged(*n)).src = "/dev/null";
     }
+    plan.ops_.back().in_volume = above->kind == Entry::Volume;
   }
 
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
@@ -577,8 +610,9 @@ Result<std::vector<Fd>> MountPlan::make_trees() const {
   std::vector<Fd> out;
   out.reserve(sources_.size());
   for (const auto& src : sources_) {
-    int fd = openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH | O_NOFOLLOW,
-                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
+    int fd =
+        openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     if (fd < 0) {
       int e = errno;
       if (e == ELOOP)
@@ -612,8 +646,8 @@ std::vector<OpView> MountPlan::views_of(const std::vector<Op>& ops) {
   v.reserve(ops.size());
   auto str = [](const std::string& x) { return x.empty() ? nullptr : x.c_str(); };
   for (const auto& o : ops)
-    v.push_back(OpView{o.kind, o.optional, o.slot, o.source, o.flags, o.attr, o.mode, o.dev,
-                       str(o.src), o.path.c_str(), str(o.data)});
+    v.push_back(OpView{o.kind, o.optional, o.in_volume, o.slot, o.source, o.flags, o.attr, o.mode,
+                       o.dev, str(o.src), o.path.c_str(), str(o.data)});
   return v;
 }
 

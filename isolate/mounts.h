@@ -95,6 +95,10 @@ enum class OpKind : uint8_t {
 struct OpView {
   OpKind kind;
   bool optional;
+  // The target lies inside a volume, whose host directory a payload may
+  // have changed since the plan was made: resolved with no symlink
+  // followed, and mounted on by fd (MoveTree, Tmpfs, BindFile).
+  bool in_volume;
   int slot;
   int source;  // CloneTree: index into the pinned sources
   unsigned long flags;
@@ -121,6 +125,7 @@ class MountPlan {
   struct Op {
     OpKind kind;
     bool optional = false;  // skip when the path (or source) does not exist
+    bool in_volume = false;  // OpView::in_volume
     int slot = -1;          // CloneTree/MoveTree: index into the fd slots
     int source = -1;        // CloneTree: index into sources()
     unsigned long flags = 0;
@@ -132,12 +137,12 @@ class MountPlan {
     std::string data;
   };
 
-  // A host path the plan mounts: resolved once here (a symlink named in the
-  // config is followed now, on purpose), then pinned per sandbox by
-  // make_trees() with no symlink followed, so that no swap between the
-  // check and the mount changes what is mounted.
+  // A host path the plan mounts: checked here to hold no symlink (a host
+  // path or volume; the store's own paths are resolved instead), then
+  // pinned per sandbox by make_trees() with no symlink followed, so that no
+  // swap between the check and the mount changes what is mounted.
   struct Source {
-    std::string path;  // absolute, no symlink in it when prepared
+    std::string path;  // absolute, with no symlink in it when prepared
     bool is_dir = true;
     uint64_t attr = 0;  // MOUNT_ATTR_* of its tree
     std::string what;   // "volume /a:/b", for errors

@@ -3,13 +3,120 @@
 // (which builds each sandbox's root with it); raw syscalls only.
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <cstring>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <linux/openat2.h>
+
+#include "isolate/fd.h"
 #include "isolate/mounts.h"
 
 namespace cloister::mounts {
+namespace {
+
+// The target of an op inside a volume: the path resolved with no symlink
+// followed (a payload may have put one there, in the volume's host
+// directory, to redirect a later sandbox's mount), as an O_PATH fd.
+int volume_target(const char* path) noexcept {
+  return openat2_raw(AT_FDCWD, path, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+}
+
+// Moves a detached tree onto the target fd (and closes neither).
+int move_onto(int tree, int target) noexcept {
+  return ::move_mount(tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+}
+
+// A new tmpfs with mount(2)'s flags and data ("a=1,b=2"), mounted onto the
+// target fd with the new mount API, which takes the target by fd.
+int tmpfs_onto(int target, unsigned long flags, const char* data) noexcept {
+  int fs = ::fsopen("tmpfs", FSOPEN_CLOEXEC);
+  if (fs < 0) return -1;
+  char buf[512];
+  size_t n = data ? ::strlen(data) : 0;
+  if (n >= sizeof buf) {
+    ::close(fs);
+    errno = E2BIG;
+    return -1;
+  }
+  for (size_t i = 0; i < n; ++i) buf[i] = data[i];
+  buf[n] = '\0';
+  int rc = 0;
+  for (char* p = buf; rc == 0 && *p;) {
+    char* end = p;
+    while (*end && *end != ',') ++end;
+    const bool last = *end == '\0';
+    *end = '\0';
+    char* eq = p;
+    while (*eq && *eq != '=') ++eq;
+    if (*eq == '=') {
+      *eq = '\0';
+      rc = ::fsconfig(fs, FSCONFIG_SET_STRING, p, eq + 1, 0);
+    } else if (*p) {
+      rc = ::fsconfig(fs, FSCONFIG_SET_FLAG, p, nullptr, 0);
+    }
+    p = last ? end : end + 1;
+  }
+  if (rc == 0) rc = ::fsconfig(fs, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0);
+  unsigned int attr = 0;
+  if (flags & MS_RDONLY) attr |= MOUNT_ATTR_RDONLY;
+  if (flags & MS_NOSUID) attr |= MOUNT_ATTR_NOSUID;
+  if (flags & MS_NODEV) attr |= MOUNT_ATTR_NODEV;
+  if (flags & MS_NOEXEC) attr |= MOUNT_ATTR_NOEXEC;
+  if (flags & MS_NOATIME) attr |= MOUNT_ATTR_NOATIME;
+  int m = rc == 0 ? ::fsmount(fs, FSMOUNT_CLOEXEC, attr) : -1;
+  int e = errno;
+  ::close(fs);
+  if (m < 0) {
+    errno = e;
+    return -1;
+  }
+  rc = move_onto(m, target);
+  e = errno;
+  ::close(m);
+  errno = e;
+  return rc;
+}
+
+// The in_volume forms of MoveTree, Tmpfs and BindFile.
+int run_in_volume(const OpView& o, int* slots, bool slot_ok) noexcept {
+  int t = volume_target(o.path);
+  if (t < 0) return -1;
+  int rc = -1;
+  switch (o.kind) {
+    case OpKind::MoveTree:
+      if (!slot_ok || slots[o.slot] < 0) {
+        errno = EINVAL;
+        break;
+      }
+      rc = move_onto(slots[o.slot], t);
+      ::close(slots[o.slot]);
+      slots[o.slot] = -1;
+      break;
+    case OpKind::Tmpfs:
+      rc = tmpfs_onto(t, o.flags, o.data);
+      break;
+    case OpKind::BindFile: {
+      int tree = ::open_tree(AT_FDCWD, o.src ? o.src : "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      if (tree < 0) break;
+      rc = move_onto(tree, t);
+      int e = errno;
+      ::close(tree);
+      errno = e;
+      break;
+    }
+    default:
+      errno = EINVAL;
+      break;
+  }
+  int e = errno;
+  ::close(t);
+  errno = e;
+  return rc;
+}
+
+}  // namespace
 
 int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, int* slots,
             size_t nslots, int tpl_ns, int tpl_root, int* failed_op) noexcept {
@@ -20,6 +127,14 @@ int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, in
     const char* path = o.path;
     int rc = 0;
     const bool slot_ok = o.slot >= 0 && static_cast<size_t>(o.slot) < nslots;
+    if (o.in_volume && (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs ||
+                        o.kind == OpKind::BindFile)) {
+      if (run_in_volume(o, slots, slot_ok) != 0 && !(o.optional && errno == ENOENT)) {
+        err = errno;
+        if (failed_op) *failed_op = static_cast<int>(i);
+      }
+      continue;
+    }
     switch (o.kind) {
       case OpKind::MakePrivate:
         rc = ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);

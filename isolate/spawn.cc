@@ -213,6 +213,7 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
     wire::WireOp w{};
     w.kind = static_cast<uint8_t>(o.kind);
     w.optional = o.optional;
+    w.in_volume = o.in_volume;
     w.slot = o.slot;
     w.src_fd = o.source;
     w.mode = o.mode;
@@ -608,8 +609,10 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
       if (w <= 0) break;
       off += static_cast<size_t>(w);
     }
-  p.ctl.reset();
 
+  // Our end of the control socket stays open until the payload runs: its
+  // closing is how an init that changed its uid (which clears its death
+  // signal) learns that we died before it could set the signal again.
   wire::Report r{};
   size_t got = 0;
   while (got < sizeof r) {
@@ -625,6 +628,7 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     p.out.kill_and_reap();
     return fail(std::move(e));
   }
+  p.ctl.reset();
   if (got != 0) return fail(internal("short report from the sandbox"));
   // EOF: the payload exec'd - or the init died without a word (it exits
   // with kSetupFailedExit only before its payload exists).

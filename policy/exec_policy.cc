@@ -5,6 +5,21 @@
 namespace cloister::policy {
 namespace {
 
+// What the dynamic loader, libc or a shell reads to run other code than the
+// command's: glibc's list of variables it ignores for set-id programs, and
+// the shells' start-up files.
+constexpr std::string_view kLoaderVariables[] = {
+    "GCONV_PATH", "GETCONF_DIR",   "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+    "MALLOC_TRACE", "NIS_PATH",    "NLSPATH",     "RESOLV_HOST_CONF", "RES_OPTIONS",
+    "TMPDIR",     "TZDIR",         "BASH_ENV",    "ENV",         "PATH"};
+
+bool changes_what_runs(std::string_view name) {
+  if (name.starts_with("LD_")) return true;
+  for (auto v : kLoaderVariables)
+    if (name == v) return true;
+  return false;
+}
+
 Result<ExecGrant> decide_exec(const ExecutorPolicy& p, const std::vector<std::string>& whitelist,
                               const ExecInput& in, CommandText& text, std::string& reason) {
   // 1. May the caller use this executor at all?
@@ -43,15 +58,19 @@ Result<ExecGrant> decide_exec(const ExecutorPolicy& p, const std::vector<std::st
   // 4. The executor's own command rules, for every caller.
   if (auto s = check_whitelist(whitelist, text); !s) return fail(s.error());
   if (auto s = check_allowlist(p.allowlist, text); !s) return fail(s.error());
+  // Where the executor decides what runs, the caller's environment may not
+  // make the checked command load or run other code (LD_PRELOAD, PATH, ...).
+  if (!whitelist.empty() || !p.allowlist.empty() || !p.executables_dir.empty())
+    for (const auto& name : in.env_names)
+      if (changes_what_runs(name))
+        return fail(invalid(name + " is fixed by the config in an executor that decides what "
+                                   "runs (command_whitelist, allowlist, executables_dir)"));
 
   ExecGrant g;
   g.argv = text.argv;
   // 5. executables_dir: argv[0] is a file in it, executed by fd.
   if (!p.executables_dir.empty()) {
     if (text.shell) return fail(invalid("shell executors cannot have an executables_dir"));
-    for (const auto& name : in.env_names)
-      if (name == "PATH")
-        return fail(invalid("PATH is fixed by the config in an executables_dir executor"));
     auto x = open_executable(p.executables_dir, text.argv[0]);
     if (!x) return fail(x.error());
     g.executable = std::move(*x);

@@ -101,20 +101,28 @@ namespace {
 // shape). Without CAP_SYS_ADMIN (an unprivileged caller, whose payloads run
 // as that caller) the directory itself.
 Result<Fd> open_executables_dir(const std::string& dir) {
-  int tree = ::open_tree(AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-  if (tree < 0) {
-    if (errno == EPERM) return open_fd(dir, O_PATH | O_DIRECTORY);
+  // Pinned with no symlink followed, as mount sources are: one planted in a
+  // writable parent must not choose what runs.
+  int pinned = openat2_raw(AT_FDCWD, dir.c_str(), O_PATH | O_DIRECTORY,
+                           RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  if (pinned < 0) {
+    if (errno == ELOOP)
+      return fail(make_error(ErrorKind::Invalid,
+                             dir + " is a symlink or lies below one: name the directory itself",
+                             ELOOP));
     return fail(sys_error("open " + dir));
+  }
+  Fd p(pinned);
+  int tree = ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) {
+    if (errno == EPERM) return p;
+    return fail(sys_error("clone " + dir));
   }
   Fd t(tree);
   struct mount_attr attr {};
   attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
   if (::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
     return fail(sys_error("make a read-only view of " + dir));
-  struct stat st {};
-  if (::fstat(tree, &st) != 0) return fail(sys_error("stat " + dir));
-  if (!S_ISDIR(st.st_mode))
-    return fail(make_error(ErrorKind::Invalid, dir + " is not a directory", ENOTDIR));
   return t;
 }
 

@@ -6,6 +6,8 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,6 +132,22 @@ class Drainer {
 
 }  // namespace
 
+Status check_passed_stdio(int fd, std::string_view stream) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(sys_error(std::string(stream)));
+  if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) return {};
+  if (S_ISCHR(st.st_mode) && (::isatty(fd) || st.st_rdev == makedev(1, 3))) return {};
+  const char* kind = S_ISREG(st.st_mode)   ? "a regular file"
+                     : S_ISDIR(st.st_mode) ? "a directory"
+                     : S_ISBLK(st.st_mode) ? "a block device"
+                     : S_ISCHR(st.st_mode) ? "a device"
+                                           : "an unknown kind of file";
+  return fail(invalid(std::string(stream) + " is " + kind +
+                      ": only pipes, sockets, terminals and /dev/null are handed to a sandbox "
+                      "(a payload reopens anything else through /proc/self/fd with its own "
+                      "rights); relay it through a pipe"));
+}
+
 int ExitStatus::code() const {
   if (timed_out) return 124;
   if (exit_code >= 0) return exit_code;
@@ -163,6 +181,11 @@ Status Process::start() {
   if (setup_.passed_stdio) {
     stdio = {setup_.passed_stdio->in.get(), setup_.passed_stdio->out.get(),
              setup_.passed_stdio->err.get()};
+    const char* names[] = {"stdin", "stdout", "stderr"};
+    const int fds[] = {stdio.in, stdio.out, stdio.err};
+    for (int i = 0; i < 3; ++i)
+      if (fds[i] >= 0)
+        if (auto c = check_passed_stdio(fds[i], names[i]); !c) return fail(c.error());
   } else if (setup_.pty) {
     int m = -1, sl = -1;
     winsize ws{setup_.pty->rows, setup_.pty->cols, 0, 0};

@@ -75,10 +75,17 @@ struct ExitStatus {
 
 // Stdio fds the caller owns and hands over (e.g. received from a client with
 // SCM_RIGHTS): the payload gets them as 0, 1 and 2 (an empty Fd = /dev/null)
-// and the Process has no output of its own to read.
+// and the Process has no output of its own to read. Only pipes, sockets,
+// terminals and /dev/null are accepted (check_passed_stdio): a root payload
+// would reopen anything else through /proc/self/fd/N with its own rights (a
+// directory fd is a way into the host's tree, a root-owned file opened for
+// reading becomes writable).
 struct PassedStdio {
   Fd in, out, err;
 };
+// OK when fd may be handed to a payload as its stream; INVALID naming the
+// stream and what the fd is otherwise.
+Status check_passed_stdio(int fd, std::string_view stream);
 
 // A terminal for the payload instead of pipes.
 struct PtyRequest {

@@ -415,12 +415,20 @@ int run_service(const Global& g, const RunOptions& o) {
       std::printf("%llu\n", static_cast<unsigned long long>((*r)["session"].get<uint64_t>()));
     return 0;
   }
-  if (pty) {
-    RawTerminal raw(STDIN_FILENO);
+  // Our own stdio is handed to the payload only when it is a pipe, socket or
+  // terminal (check_passed_stdio); a file or directory is relayed through
+  // the service instead, as with a pty.
+  const bool pass = (!o.interactive || check_passed_stdio(STDIN_FILENO, "stdin")) &&
+                    check_passed_stdio(STDOUT_FILENO, "stdout") &&
+                    check_passed_stdio(STDERR_FILENO, "stderr");
+  if (pty || !pass) {
+    std::optional<RawTerminal> raw;
+    if (pty) raw.emplace(STDIN_FILENO);
     auto r = (*c)->call(req);
     if (!r) return report(r.error());
     uint64_t sid = (*r)["session"].get<uint64_t>();
-    auto end = stream_session(**c, sid, true, true, true);
+    auto end = stream_session(**c, sid, pty || o.interactive, pty.has_value(), true);
+    raw.reset();
     if (!end) return report(end.error());
     (void)(*c)->call({{"op", "remove"}, {"session", sid}});
     return end->status ? finish(*end->status, o.timeout) : 0;

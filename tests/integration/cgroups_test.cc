@@ -387,6 +387,34 @@ TEST_F(Cgroups, NoLimitsStillAccountsMemoryAndPids) {
   for (const auto& p : paths) EXPECT_FALSE(path_exists(p)) << p;
 }
 
+// All sandboxes of a runtime together are bounded too: the base gets half
+// of kernel.pid_max and MemTotal less a tenth where it has no limit of its
+// own (many sandboxes, each within its own bounds, leave the host a share).
+TEST_F(Cgroups, TheBaseBoundsAllSandboxesTogether) {
+  const uint64_t pid_max = std::stoull(slurp("/proc/sys/kernel/pid_max"));
+  const std::string meminfo = slurp("/proc/meminfo");
+  const uint64_t total = std::stoull(meminfo.substr(meminfo.find(':') + 1)) * 1024;
+  bool saw_pids = false, saw_memory = false;
+  for (const auto& base : mgr_->base_paths()) {
+    for (const char* f : {"pids.max"}) {
+      std::string v = slurp(base + "/" + f);
+      if (v.empty()) continue;
+      saw_pids = true;
+      EXPECT_NE(v, "max\n") << base;
+      EXPECT_LE(std::stoull(v), pid_max / 2) << base;
+    }
+    for (const char* f : {"memory.max", "memory.limit_in_bytes"}) {
+      std::string v = slurp(base + "/" + f);
+      if (v.empty()) continue;
+      saw_memory = true;
+      EXPECT_NE(v, "max\n") << base;
+      EXPECT_LT(std::stoull(v), total) << base;
+    }
+  }
+  EXPECT_TRUE(saw_pids);
+  EXPECT_TRUE(saw_memory);
+}
+
 TEST_F(Cgroups, InvalidLimitsAreRejectedWithTheirName) {
   Limits l;
   l.cpu_weight = 20000;

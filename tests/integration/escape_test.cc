@@ -345,6 +345,55 @@ INSTANTIATE_TEST_SUITE_P(
                       Mode{Start::Template, Kind::Container}, Mode{Start::Warm, Kind::Container}),
     mode_name);
 
+// One executor sees a shared volume whole; another mounts a tmpfs and a
+// nested volume on directories inside it. The first replaces those mount
+// points with symlinks to where the second's /usr and /etc are staged: the
+// second's sandboxes then fail to start, naming the mount, instead of
+// covering their own /usr with a tmpfs or /etc with the nested volume's
+// tree (its second start builds the template, its third runs the full plan
+// again); a fresh executor is refused at once.
+TEST(EscapeSwap, MountPointsInsideVolumesAreNotRedirected) {
+  TempDir d;
+  const std::string w = d.path + "/w", c = d.path + "/c";
+  shell("mkdir -p " + w + "/scratch " + w + "/cache " + c + " && echo nested > " + c + "/which");
+  auto planter_cfg = base_config();
+  planter_cfg.volumes.push_back({w, "/ws", false});
+  auto victim_cfg = base_config();
+  victim_cfg.volumes.push_back({w, "/ws", false});
+  victim_cfg.volumes.push_back({c, "/ws/cache", false});
+  victim_cfg.tmpfs.push_back({"/ws/scratch", "size=1m"});
+  auto planter = Executor::create(planter_cfg);
+  auto victim = Executor::create(victim_cfg);
+  ASSERT_TRUE(planter && victim);
+  auto ok = run_on(**victim, {"/bin/sh", "-c", "cat /ws/cache/which; ls /usr/bin/env"});
+  EXPECT_EQ(ok.out, "nested\n/usr/bin/env\n") << ok.err;
+  auto planted = run_on(**planter, {"/bin/sh", "-c",
+                                     "rmdir /ws/scratch /ws/cache && ln -s /tmp/usr /ws/scratch && "
+                                     "ln -s /tmp/etc /ws/cache && echo planted"});
+  ASSERT_EQ(planted.out, "planted\n") << planted.err;
+  // A fresh executor refuses them at once.
+  auto refused = Executor::create(victim_cfg);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().what().find("is a symlink or lies below one"), std::string::npos)
+      << refused.error().what();
+  for (Executor* e : {victim->get(), victim->get()}) {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "ls /usr/bin/env; cat /etc/hostname"};
+    auto p = e->exec(std::move(req));
+    ASSERT_TRUE(p);
+    auto s = (*p)->start();
+    ASSERT_FALSE(s) << "started with its mount points redirected";
+    EXPECT_NE(s.error().what().find("Too many levels of symbolic links"), std::string::npos)
+        << s.error().what();
+  }
+  // Put back, the executors work again.
+  shell("rm " + w + "/scratch " + w + "/cache && mkdir " + w + "/scratch " + w + "/cache");
+  auto fresh = Executor::create(victim_cfg);
+  ASSERT_TRUE(fresh) << fresh.error().what();
+  auto again = run_on(**fresh, {"/bin/cat", "/ws/cache/which"});
+  EXPECT_EQ(again.out, "nested\n") << again.err;
+}
+
 // --- executables_dir -------------------------------------------------------------
 
 // A program run from executables_dir is exec'd by the fd the policy checked,
@@ -445,83 +494,81 @@ TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
 
 // --- the volume source swap race -----------------------------------------------
 
-// Swaps, in a loop, either the symlink the config names (its target between
-// the checked directory and another) or the checked directory itself (for a
-// symlink to the other), while sandboxes start: through fresh executors
-// (each sandbox a cold start, mounting from the full plan) and through one
-// (the template, warm inits). Every sandbox either gets the directory that
-// was checked when its executor was made, or fails with an error naming the
-// source; none gets the swapped-in tree, which stays as it was.
+// A volume source that is a symlink, or lies below one, is refused when the
+// executor is made: a payload (root, writing into a rw volume) or a host
+// user may have planted it to choose what the next executor mounts. Then
+// the checked directory is swapped, in a loop, for a symlink to another one
+// while sandboxes start: through fresh executors (each sandbox a cold start,
+// mounting from the full plan) and through one (the template, warm inits).
+// Every sandbox either gets the directory that was checked or fails with an
+// error naming the source; none gets the swapped-in tree, which stays as it
+// was.
 TEST(EscapeSwap, VolumeSourceSwapsNeverMountTheSwappedInTree) {
   TempDir d;
-  const std::string vol = d.path + "/vol", other = d.path + "/other", named = d.path + "/named";
-  shell("mkdir -p " + vol + " " + other + " && echo checked > " + vol + "/which && echo " +
-        "swapped > " + other + "/which && ln -s " + vol + " " + named);
-  auto cfg = base_config();
-  cfg.volumes.push_back({named, "/data", false});
-  for (const bool swap_dir : {false, true}) {
-    std::vector<std::shared_ptr<Executor>> fresh;
-    for (int i = 0; i < 30; ++i) {
-      auto e = Executor::create(cfg);  // the config names a symlink: followed now, once
-      ASSERT_TRUE(e) << e.error().what();
-      fresh.push_back(*e);
-    }
-    auto kept = Executor::create(cfg);
-    ASSERT_TRUE(kept) << kept.error().what();
-    std::atomic<bool> stop{false};
-    std::thread swapper([&] {
-      const std::string tmp_link = d.path + "/tmp-link", spare = d.path + "/spare";
-      while (!stop) {
-        if (!swap_dir) {
-          // The named symlink now points at the other directory, then back.
-          ::symlink(other.c_str(), tmp_link.c_str());
-          ::rename(tmp_link.c_str(), named.c_str());
-          std::this_thread::sleep_for(50us);
-          ::symlink(vol.c_str(), tmp_link.c_str());
-          ::rename(tmp_link.c_str(), named.c_str());
-        } else {
-          // The checked directory itself becomes a symlink to the other one.
-          ::rename(vol.c_str(), spare.c_str());
-          ::symlink(other.c_str(), vol.c_str());
-          std::this_thread::sleep_for(50us);
-          ::unlink(vol.c_str());
-          ::rename(spare.c_str(), vol.c_str());
-        }
-        std::this_thread::sleep_for(50us);
-      }
-    });
-    int ok = 0, refused = 0;
-    for (int i = 0; i < 60; ++i) {
-      Executor& exec = i < 30 ? *fresh[i] : **kept;
-      ExecRequest req;
-      req.argv = {"/bin/cat", "/data/which"};
-      auto p = exec.exec(std::move(req));
-      ASSERT_TRUE(p) << p.error().what();
-      auto s = (*p)->start();
-      if (!s) {
-        ++refused;
-        EXPECT_NE(s.error().what().find(vol), std::string::npos) << s.error().what();
-        continue;
-      }
-      RunResult r = collect(**p);
-      (void)(*p)->wait();
-      ++ok;
-      EXPECT_EQ(r.out, "checked\n")
-          << (swap_dir ? "directory swap" : "symlink swap") << ", sandbox " << i << ": " << r.err;
-    }
-    stop = true;
-    swapper.join();
-    EXPECT_GT(ok, 0);
-    if (!swap_dir) {
-      EXPECT_EQ(refused, 0) << "the symlink is not consulted after the config";
-    }
-    EXPECT_EQ(read_text(other + "/which"), "swapped\n");
-    shell("cd " + d.path +
-          " && if [ -L vol ] || [ ! -e vol ]; then rm -f vol; mv spare vol; fi; "
-          "ln -sfn " +
-          vol + " " + named);
-    ASSERT_EQ(read_text(vol + "/which"), "checked\n");
+  const std::string vol = d.path + "/vol", other = d.path + "/other", named = d.path + "/named",
+                    planted = d.path + "/planted";
+  shell("mkdir -p " + vol + " " + other + " " + planted + " && echo checked > " + vol +
+        "/which && echo swapped > " + other + "/which && ln -s " + vol + " " + named);
+  auto with_volume = [](const std::string& src) {
+    auto c = base_config();
+    c.volumes.push_back({src, "/data", false});
+    return c;
+  };
+  // The config names a symlink, or a directory below one; a directory
+  // replaced by a symlink before the executor is made.
+  shell("rmdir " + planted + " && ln -s " + other + " " + planted);
+  for (const std::string& src : {named, named + "/sub", planted}) {
+    if (src == named + "/sub") shell("mkdir -p " + vol + "/sub");
+    auto e = Executor::create(with_volume(src));
+    ASSERT_FALSE(e) << src;
+    EXPECT_EQ(e.error().kind, ErrorKind::Invalid);
+    EXPECT_NE(e.error().what().find("is a symlink or lies below one"), std::string::npos)
+        << e.error().what();
   }
+  auto cfg = with_volume(vol);
+  std::vector<std::shared_ptr<Executor>> fresh;
+  for (int i = 0; i < 30; ++i) {
+    auto e = Executor::create(cfg);
+    ASSERT_TRUE(e) << e.error().what();
+    fresh.push_back(*e);
+  }
+  auto kept = Executor::create(cfg);
+  ASSERT_TRUE(kept) << kept.error().what();
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    const std::string spare = d.path + "/spare";
+    while (!stop) {
+      // The checked directory becomes a symlink to the other one, and back.
+      ::rename(vol.c_str(), spare.c_str());
+      ::symlink(other.c_str(), vol.c_str());
+      std::this_thread::sleep_for(50us);
+      ::unlink(vol.c_str());
+      ::rename(spare.c_str(), vol.c_str());
+      std::this_thread::sleep_for(50us);
+    }
+  });
+  int ok = 0, refused = 0;
+  for (int i = 0; i < 60; ++i) {
+    Executor& exec = i < 30 ? *fresh[i] : **kept;
+    ExecRequest req;
+    req.argv = {"/bin/cat", "/data/which"};
+    auto p = exec.exec(std::move(req));
+    ASSERT_TRUE(p) << p.error().what();
+    auto s = (*p)->start();
+    if (!s) {
+      ++refused;
+      EXPECT_NE(s.error().what().find(vol), std::string::npos) << s.error().what();
+      continue;
+    }
+    RunResult r = collect(**p);
+    (void)(*p)->wait();
+    ++ok;
+    EXPECT_EQ(r.out, "checked\n") << "sandbox " << i << ": " << r.err;
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(read_text(other + "/which"), "swapped\n");
 }
 
 // --- cloister exec ------------------------------------------------------------
@@ -538,6 +585,12 @@ std::string cli_config(const TempDir& d, const std::string& state) {
              "  - name: box\n"
              "    kind: container\n"
              "    image: localhost/test/escape:1\n"
+             "    volumes: [\"" CLOISTER_BIN_DIR
+             ":/probe:ro\"]\n"
+             "  - name: nobody\n"
+             "    kind: host\n"
+             "    user: \"65534:65534\"\n"
+             "    default_env: { PATH: /usr/bin:/bin }\n"
              "    volumes: [\"" CLOISTER_BIN_DIR
              ":/probe:ro\"]\n"
              "images:\n"
@@ -582,16 +635,18 @@ TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
 // The caller is SIGKILLed (an OOM kill, a cancelled job) while its payload
 // holds a handle of its own executable and has a child in a session of its
 // own: the sandbox dies with its caller, and the next runtime removes the
-// cgroup the dead one left.
+// cgroup the dead one left. A non-root executor too: the init's uid change
+// clears its death signal, which it must set again.
 TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
   TempDir d;
   const std::string cfg = cli_config(d, *state);
-  for (const char* x : {"shell", "box"}) {
+  for (const char* x : {"shell", "box", "nobody"}) {
     int out_pipe[2];
     ASSERT_EQ(::pipe2(out_pipe, O_CLOEXEC), 0);
     pid_t cli = ::fork();
     if (cli == 0) {
       ::dup2(out_pipe[1], 1);
+      ::dup2(out_pipe[1], 2);
       ::setenv("CLOISTER_AUDIT", "off", 1);
       ::execl(CLOISTER_BIN_DIR "/cloister", "cloister", "exec", "-c", cfg.c_str(), "-x", x, "--",
               kAttack, "hold", nullptr);
@@ -614,7 +669,7 @@ TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
     char buf[256];
     while (text.find("holding") == std::string::npos) {
       ssize_t n = ::read(out.get(), buf, sizeof buf);
-      ASSERT_GT(n, 0) << text;
+      ASSERT_GT(n, 0) << "-x " << x << ": " << text;
       text.append(buf, static_cast<size_t>(n));
     }
     // The child execs itself under its marker name: wait until it has.
@@ -684,6 +739,59 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
     r = run({kAttack, "names"});
     expect_nothing_by_name(r.value("stdout", ""), where);
   }
+  c.reset();
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// A client hands its own fds to a session as stdio ("stdio": "passed"): a
+// directory (a way into the host's tree through /proc/self/fd/0/...) or a
+// root-owned file opened for reading (reopened for writing by a root
+// payload) is refused; pipes are taken. The CLI relays what it may not pass.
+TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  Fd root(::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  TempDir t;
+  write_text(t.path + "/rootfile", "root's\n");
+  Fd file(::open((t.path + "/rootfile").c_str(), O_RDONLY | O_CLOEXEC));
+  Fd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  auto p = make_pipe();
+  ASSERT_TRUE(p);
+  nlohmann::json req = {{"op", "start"},     {"executor", "shell"}, {"argv", {"/bin/true"}},
+                        {"stdio", "passed"}, {"stdin", false}};
+  {
+    int fds[3] = {root.get(), p->write.get(), p->write.get()};
+    auto r = c->call(req, fds);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, ErrorKind::Invalid);
+    EXPECT_NE(r.error().message.find("stdin is a directory"), std::string::npos)
+        << r.error().what();
+  }
+  {
+    int fds[3] = {devnull.get(), file.get(), p->write.get()};
+    auto r = c->call(req, fds);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("stdout is a regular file"), std::string::npos)
+        << r.error().what();
+  }
+  {
+    int fds[3] = {devnull.get(), p->write.get(), p->write.get()};
+    auto r = c->call(req, fds);
+    EXPECT_TRUE(r) << r.error().what();
+  }
+  EXPECT_EQ(read_text(t.path + "/rootfile"), "root's\n");
+  // The CLI relays a directory or a file: the payload gets a pipe.
+  std::string out;
+  const std::string cli = std::string(CLOISTER_BIN_DIR "/cloister --socket ") + d.socket;
+  EXPECT_EQ(sh(cli + " run -i shell -- /bin/sh -c 'cat /proc/self/fd/0/etc/hostname; "
+                     "readlink /proc/self/fd/0' < / 2>&1",
+               &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("pipe:"), std::string::npos) << out;
+  EXPECT_EQ(sh(cli + " run shell -- echo relayed > " + t.path + "/out", &out), 0) << out;
+  EXPECT_EQ(read_text(t.path + "/out"), "relayed\n");
   c.reset();
   EXPECT_EQ(d.stop(), 0) << d.log();
 }

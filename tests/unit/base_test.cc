@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <sys/mount.h>
+
 #include "isolate/capabilities.h"
+#include "isolate/cgroups.h"
 #include "isolate/error.h"
 #include "isolate/fd.h"
 #include "isolate/rlimits.h"
@@ -76,4 +79,16 @@ TEST(Rlimits, NamesAndLowering) {
   ASSERT_TRUE(l);
   EXPECT_EQ(l->hard, cur.rlim_max);
   EXPECT_FALSE(rlimits::make(RLIMIT_NOFILE, 10, 5));
+}
+
+// The favordynmods remount keeps every flag and option of the mount: a
+// remount replaces them all (docs/cgroups.md).
+TEST(CgroupRemount, FavordynmodsKeepsTheMountsFlagsAndOptions) {
+  auto r = cloister::cgroups::favordynmods_remount(
+      "rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot");
+  EXPECT_EQ(r.flags, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME);
+  EXPECT_EQ(r.data, "nsdelegate,memory_recursiveprot,favordynmods");
+  r = cloister::cgroups::favordynmods_remount("ro,noatime");
+  EXPECT_EQ(r.flags, MS_REMOUNT | MS_RDONLY | MS_NOATIME);
+  EXPECT_EQ(r.data, "favordynmods");
 }
