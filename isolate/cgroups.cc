@@ -12,10 +12,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cinttypes>
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cinttypes>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -748,8 +748,8 @@ void Manager::Impl::bound_bases() const {
     auto cur = read_at(dir, file);
     if (!cur) return;
     // "max" (v2), or v1's "unlimited": a page-rounded LONG_MAX.
-    const bool unlimited = cur->starts_with("max") || std::strtoull(cur->c_str(), nullptr, 10) >=
-                                                          (uint64_t{1} << 62);
+    const bool unlimited =
+        cur->starts_with("max") || std::strtoull(cur->c_str(), nullptr, 10) >= (uint64_t{1} << 62);
     if (unlimited) (void)write_at(dir, file, std::to_string(value));
   };
   if (const Hierarchy* h = v1_for("pids"))

@@ -108,8 +108,7 @@ Status check_no_symlink(const std::string& path, const std::string& what) {
     ::free(r);
   }
   return fail(make_error(ErrorKind::Invalid,
-                         what + ": source " + path +
-                             " is a symlink or lies below one" + target +
+                         what + ": source " + path + " is a symlink or lies below one" + target +
                              ": name the directory itself",
                          e));
 }
@@ -611,8 +610,8 @@ Result<std::vector<Fd>> MountPlan::make_trees() const {
   out.reserve(sources_.size());
   for (const auto& src : sources_) {
     // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
-    int fd =
-        openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    int fd = openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH,
+                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
     if (fd < 0) {
       int e = errno;
       if (e == ELOOP)

@@ -124,10 +124,10 @@ class MountPlan {
 
   struct Op {
     OpKind kind;
-    bool optional = false;  // skip when the path (or source) does not exist
+    bool optional = false;   // skip when the path (or source) does not exist
     bool in_volume = false;  // OpView::in_volume
-    int slot = -1;          // CloneTree/MoveTree: index into the fd slots
-    int source = -1;        // CloneTree: index into sources()
+    int slot = -1;           // CloneTree/MoveTree: index into the fd slots
+    int source = -1;         // CloneTree: index into sources()
     unsigned long flags = 0;
     uint64_t attr = 0;  // MOUNT_ATTR_* for CloneTree
     mode_t mode = 0;

@@ -3,10 +3,10 @@
 // (which builds each sandbox's root with it); raw syscalls only.
 #include <fcntl.h>
 #include <sys/mount.h>
-#include <cstring>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <cstring>
 
 #include <linux/openat2.h>
 
@@ -127,8 +127,8 @@ int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, in
     const char* path = o.path;
     int rc = 0;
     const bool slot_ok = o.slot >= 0 && static_cast<size_t>(o.slot) < nslots;
-    if (o.in_volume && (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs ||
-                        o.kind == OpKind::BindFile)) {
+    if (o.in_volume &&
+        (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs || o.kind == OpKind::BindFile)) {
       if (run_in_volume(o, slots, slot_ok) != 0 && !(o.optional && errno == ENOENT)) {
         err = errno;
         if (failed_op) *failed_op = static_cast<int>(i);

@@ -8,10 +8,11 @@ namespace {
 // What the dynamic loader, libc or a shell reads to run other code than the
 // command's: glibc's list of variables it ignores for set-id programs, and
 // the shells' start-up files.
-constexpr std::string_view kLoaderVariables[] = {
-    "GCONV_PATH", "GETCONF_DIR",   "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
-    "MALLOC_TRACE", "NIS_PATH",    "NLSPATH",     "RESOLV_HOST_CONF", "RES_OPTIONS",
-    "TMPDIR",     "TZDIR",         "BASH_ENV",    "ENV",         "PATH"};
+constexpr std::string_view kLoaderVariables[] = {"GCONV_PATH",  "GETCONF_DIR", "HOSTALIASES",
+                                                 "LOCALDOMAIN", "LOCPATH",     "MALLOC_TRACE",
+                                                 "NIS_PATH",    "NLSPATH",     "RESOLV_HOST_CONF",
+                                                 "RES_OPTIONS", "TMPDIR",      "TZDIR",
+                                                 "BASH_ENV",    "ENV",         "PATH"};
 
 bool changes_what_runs(std::string_view name) {
   if (name.starts_with("LD_")) return true;

@@ -113,7 +113,8 @@ Result<Fd> open_executables_dir(const std::string& dir) {
     return fail(sys_error("open " + dir));
   }
   Fd p(pinned);
-  int tree = ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  int tree =
+      ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
   if (tree < 0) {
     if (errno == EPERM) return p;
     return fail(sys_error("clone " + dir));

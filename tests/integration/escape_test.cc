@@ -368,8 +368,8 @@ TEST(EscapeSwap, MountPointsInsideVolumesAreNotRedirected) {
   auto ok = run_on(**victim, {"/bin/sh", "-c", "cat /ws/cache/which; ls /usr/bin/env"});
   EXPECT_EQ(ok.out, "nested\n/usr/bin/env\n") << ok.err;
   auto planted = run_on(**planter, {"/bin/sh", "-c",
-                                     "rmdir /ws/scratch /ws/cache && ln -s /tmp/usr /ws/scratch && "
-                                     "ln -s /tmp/etc /ws/cache && echo planted"});
+                                    "rmdir /ws/scratch /ws/cache && ln -s /tmp/usr /ws/scratch && "
+                                    "ln -s /tmp/etc /ws/cache && echo planted"});
   ASSERT_EQ(planted.out, "planted\n") << planted.err;
   // A fresh executor refuses them at once.
   auto refused = Executor::create(victim_cfg);
@@ -758,8 +758,11 @@ TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
   Fd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
   auto p = make_pipe();
   ASSERT_TRUE(p);
-  nlohmann::json req = {{"op", "start"},     {"executor", "shell"}, {"argv", {"/bin/true"}},
-                        {"stdio", "passed"}, {"stdin", false}};
+  nlohmann::json req = {{"op", "start"},
+                        {"executor", "shell"},
+                        {"argv", {"/bin/true"}},
+                        {"stdio", "passed"},
+                        {"stdin", false}};
   {
     int fds[3] = {root.get(), p->write.get(), p->write.get()};
     auto r = c->call(req, fds);

@@ -703,6 +703,39 @@ TEST(PolicyExecDecision, OrderAndKinds) {
 // ---------------------------------------------------------------------------
 // Config.
 
+// Where the executor decides what runs, the caller's environment may not
+// make the checked command load or run other code; where it does not, the
+// caller may set anything (it may run anything anyway).
+TEST(PolicyExecDecision, LoaderVariablesAreFixedWhereTheExecutorDecidesWhatRuns) {
+  ExecutorPolicy p;
+  p.allowlist = {*Pattern::parse("id")};
+  ExecInput in;
+  in.executor = "e";
+  in.caller = who(0, 0);
+  in.work_dir = "/";
+  in.command = "id";
+  AuditCapture audit;
+  EXPECT_TRUE(authorize_exec(p, {}, in));
+  for (const char* name : {"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GCONV_PATH", "BASH_ENV",
+                           "ENV", "PATH", "LOCPATH"}) {
+    in.env_names = {"HOME", name};
+    auto g = authorize_exec(p, {}, in);
+    ASSERT_FALSE(g) << name;
+    EXPECT_EQ(g.error().kind, ErrorKind::Invalid) << name;
+    EXPECT_NE(g.error().message.find(name), std::string::npos) << g.error().message;
+  }
+  // A whitelist decides too.
+  ExecutorPolicy open;
+  in.env_names = {"LD_PRELOAD"};
+  auto g = authorize_exec(open, {"id"}, in);
+  EXPECT_FALSE(g);
+  // No rule of what runs: the caller's environment is its own business.
+  auto free = authorize_exec(open, {}, in);
+  EXPECT_TRUE(free) << free.error().what();
+  in.env_names = {"HOME", "LANG"};
+  EXPECT_TRUE(authorize_exec(p, {}, in));
+}
+
 TEST(PolicyConfig, FieldsAndCallers) {
   TempDir t;
   const std::string yaml =
