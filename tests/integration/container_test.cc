@@ -29,26 +29,21 @@ class Container : public ::testing::Test {
     // Layer 1: busybox, passwd, /opt/{a,b}, /etc/removed. Layer 2 (zstd):
     // /etc/motd. Layer 3: deletes /etc/removed, makes /opt opaque with /opt/c,
     // and a /link -> /etc symlink.
-    shell(
-        "set -e; cd " + d +
-        "; mkdir -p l1/bin l1/etc l1/opt l1/work l1/proc l1/dev l1/tmp l2/etc l3/etc l3/opt;"
+    state = new std::string(load_test_image(
+        d,
+        "mkdir -p l1/bin l1/etc l1/opt l1/work l1/proc l1/dev l1/tmp l2/etc l3/etc l3/opt;"
         "cp /bin/busybox l1/bin/; for c in sh ls cat echo id pwd touch env sleep ps hostname "
         "grep cut tr wc readlink mount stat; do ln -s busybox l1/bin/$c; done;"
         "printf 'root:x:0:0::/root:/bin/sh\\napp:x:1234:2345::/work:/bin/sh\\n' > l1/etc/passwd;"
         "printf 'root:x:0:\\napp:x:2345:\\n' > l1/etc/group;"
         "echo a > l1/opt/a; echo b > l1/opt/b; echo bye > l1/etc/removed;"
         "echo hello > l2/etc/motd; touch l3/etc/.wh.removed l3/opt/.wh..wh..opq; echo c > l3/opt/c;"
-        "ln -s /etc l3/link;"
-        "python3 " CLOISTER_SOURCE_DIR
-        "/tools/oci-build.py layout --ref localhost/test/bb:1 "
+        "ln -s /etc l3/link",
+        "--ref localhost/test/bb:1 "
         "--layer l1:gzip --layer l2:zstd --layer l3:none --entrypoint '[\"/bin/sh\",\"-c\"]' "
         "--cmd '[\"echo from-cmd\"]' --env PATH=/bin --env FROM_IMAGE=1 --env OVER=image "
-        "--workdir /work --user app >/dev/null");
-    state = new std::string(d + "/store");
-    auto store = oci::Store::open(*state);
-    ASSERT_TRUE(store) << store.error().what();
-    auto r = oci::load_images(*store, d + "/layout", "");
-    ASSERT_TRUE(r) << r.error().what();
+        "--workdir /work --user app"));
+    ASSERT_FALSE(state->empty());
   }
   static void TearDownTestSuite() {
     delete dir;

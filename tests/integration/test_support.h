@@ -15,6 +15,8 @@
 #include <string_view>
 #include <vector>
 
+#include "oci/load.h"
+#include "oci/store.h"
 #include "runtime/executor.h"
 
 namespace cloister::testing {
@@ -203,6 +205,24 @@ inline int count_host_processes(std::string_view cmdline) {
   }
   if (d) ::closedir(d);
   return n;
+}
+
+// A test image: `layers` (a shell script run in dir) makes the layer
+// directories, tools/oci-build.py lays them out as an OCI image with
+// `build_args`, and the image is loaded into a store at dir/store, whose path
+// is returned ("" and a test failure when a step fails).
+inline std::string load_test_image(const std::string& dir, const std::string& layers,
+                                   const std::string& build_args) {
+  shell("set -e; cd " + dir + "; " + layers +
+        "; python3 " CLOISTER_SOURCE_DIR "/tools/oci-build.py layout " + build_args +
+        " >/dev/null");
+  const std::string state = dir + "/store";
+  auto store = oci::Store::open(state);
+  EXPECT_TRUE(store) << store.error().what();
+  if (!store) return "";
+  auto r = oci::load_images(*store, dir + "/layout", "");
+  EXPECT_TRUE(r) << r.error().what();
+  return r ? state : "";
 }
 
 }  // namespace cloister::testing
