@@ -727,14 +727,22 @@ Status Manager::Impl::prepare_bases() {
 // The sandboxes of one runtime together, not only each: a pids and a memory
 // limit on the base, where it has none, so that many sandboxes (a client
 // starting hundreds, each within its own bounds) leave the host's processes
-// and memory a share: half of kernel.pid_max; MemTotal less a tenth of it
+// and memory a share: half of kernel.pid_max or threads-max, whichever is
+// smaller; MemTotal less a tenth of it
 // (at least 512 MiB). An OOM there kills inside the sandboxes, not on the
 // host. A value already there (the administrator's, or an earlier run's) is
 // kept. Best effort, like the rest of the base's set-up for limits.
 void Manager::Impl::bound_bases() const {
   if (!opts.bound_base) return;
-  auto pid_max = read_file("/proc/sys/kernel/pid_max");
-  uint64_t pids = pid_max ? std::strtoull(pid_max->c_str(), nullptr, 10) / 2 : 0;
+  // Processes and threads both take a pid: whichever of pid_max and
+  // threads-max (systemd raises pid_max to 4194304) binds first.
+  uint64_t pids = 0;
+  for (const char* f : {"/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"})
+    if (auto v = read_file(f)) {
+      uint64_t n = std::strtoull(v->c_str(), nullptr, 10);
+      if (n && (pids == 0 || n < pids)) pids = n;
+    }
+  pids /= 2;
   uint64_t mem = 0;
   if (auto meminfo = read_file("/proc/meminfo")) {
     uint64_t total_kib = 0;
@@ -1037,19 +1045,18 @@ RemountArgs favordynmods_remount(std::string_view options) {
 // cannot change it on a remount: mount a hierarchy with it, or boot with
 // cgroup_favordynmods=true. Best effort: a failure only costs time.
 void Manager::Impl::favor_dynmods() const {
-  if (!opts.favor_dynmods || layout == Layout::Unified || ::geteuid() != 0) return;
+  // Hybrid only: Unified hosts migrate nothing (CLONE_INTO_CGROUP), and a v1
+  // hierarchy refuses to change its root's flags on a remount ("option or
+  // name mismatch"), so Legacy hosts set it at mount time.
+  if (!opts.favor_dynmods || layout != Layout::Hybrid || ::geteuid() != 0) return;
   auto has_it = [](const Hierarchy& h) {
     for (const auto& o : split(h.options, ","))
       if (o == "favordynmods") return true;
     return false;
   };
-  if ((v2 && has_it(*v2)) || std::any_of(v1.begin(), v1.end(), has_it)) return;
-  // cgroup2 only: a v1 hierarchy refuses to change its root's flags on a
-  // remount ("option or name mismatch"); legacy hosts set it at mount time.
-  if (!v2) return;
-  const Hierarchy* h = &*v2;
-  const RemountArgs r = favordynmods_remount(h->options);
-  (void)::mount(nullptr, h->mount.c_str(), nullptr, r.flags, r.data.c_str());
+  if (has_it(*v2) || std::any_of(v1.begin(), v1.end(), has_it)) return;
+  const RemountArgs r = favordynmods_remount(v2->options);
+  (void)::mount(nullptr, v2->mount.c_str(), nullptr, r.flags, r.data.c_str());
 }
 
 Result<std::shared_ptr<Manager>> Manager::open(const Options& opts) {

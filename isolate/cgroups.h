@@ -80,7 +80,8 @@ struct Options {
   // (see Manager::open in cgroups.cc and docs/cgroups.md) unless one has it.
   bool favor_dynmods = true;
   // Bound the base cgroup, where it has no limit of its own: all sandboxes
-  // of this manager together get half of kernel.pid_max and MemTotal less a
+  // of this manager together get half of kernel.pid_max or threads-max (the
+  // smaller) and MemTotal less a
   // tenth (at least 512 MiB) (docs/cgroups.md, "Base directories").
   bool bound_base = true;
 };

@@ -149,8 +149,7 @@ int receive_setup(Init& in) {
   std::memcpy(&in.fx, body, sizeof in.fx);
   off += sizeof in.fx;
   const SetupFixed& fx = in.fx;
-  if (fx.ngroups > 65536 || fx.nrlimits > 64 || fx.nops > 65536 || fx.nfilter > BPF_MAXINSNS ||
-      fx.nslots > 4096)
+  if (fx.ngroups > 65536 || fx.nrlimits > 64 || fx.nops > 65536 || fx.nfilter > BPF_MAXINSNS)
     return EPROTO;
   in.groups = take<uint32_t>(body, len, &off, fx.ngroups);
   in.rlimits = take<wire::WireRlimit>(body, len, &off, fx.nrlimits);
@@ -170,8 +169,8 @@ int receive_setup(Init& in) {
   };
   if (!str(fx.hostname, &in.hostname) || !in.hostname) return EPROTO;
   if (fx.last_cap < 0 || fx.last_cap > 63) return EPROTO;
-  if (fx.nsources > in.nfds || fx.fd_sources < 0 ||
-      static_cast<size_t>(fx.fd_sources) + fx.nsources > in.nfds)
+  if (fx.ntrees > in.nfds || fx.fd_trees < 0 ||
+      static_cast<size_t>(fx.fd_trees) + fx.ntrees > in.nfds)
     return EPROTO;
   if (in.status() < 0) return EPROTO;
   in.ops = static_cast<mounts::OpView*>(std::malloc((fx.nops + 1) * sizeof(mounts::OpView)));
@@ -183,10 +182,8 @@ int receive_setup(Init& in) {
     o.kind = static_cast<mounts::OpKind>(w.kind);
     o.optional = w.optional != 0;
     o.in_volume = w.in_volume != 0;
-    o.slot = w.slot;
-    o.source = w.src_fd;
+    o.source = w.tree;
     o.flags = w.flags;
-    o.attr = w.attr;
     o.mode = w.mode;
     o.dev = w.dev;
     if (!str(w.src, &o.src) || !str(w.path, &o.path) || !str(w.data, &o.data) || !o.path)
@@ -206,15 +203,13 @@ int join_pool_netns(Init& in) {
 }
 
 int mount_root(Init& in) {
-  int slots[4096];
-  for (uint32_t i = 0; i < in.fx.nslots; ++i) slots[i] = -1;
   int failed = -1;
-  int e = mounts::run_ops(in.ops, in.fx.nops, in.fds + in.fx.fd_sources, in.fx.nsources, slots,
-                          in.fx.nslots, in.fd(in.fx.fd_tpl_ns), in.fd(in.fx.fd_tpl_root), &failed);
+  int e = mounts::run_ops(in.ops, in.fx.nops, in.fds + in.fx.fd_trees, in.fx.ntrees,
+                          in.fd(in.fx.fd_tpl_ns), in.fd(in.fx.fd_tpl_root), &failed);
   in.detail = failed;
-  // The sources and the template are mounted or entered now: no fd of the
+  // The trees and the template are mounted or entered now: no fd of the
   // host's trees stays behind.
-  for (uint32_t i = 0; i < in.fx.nsources; ++i) ::close(in.fds[in.fx.fd_sources + i]);
+  for (uint32_t i = 0; i < in.fx.ntrees; ++i) ::close(in.fds[in.fx.fd_trees + i]);
   if (int f = in.fd(in.fx.fd_tpl_ns); f >= 0) ::close(f);
   if (int f = in.fd(in.fx.fd_tpl_root); f >= 0) ::close(f);
   return e;

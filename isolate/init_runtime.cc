@@ -244,6 +244,19 @@ int chroot(const char* path) noexcept {
 int chmod(const char* path, mode_t mode) noexcept {
   return static_cast<int>(ret(raw(SYS_chmod, L(path), mode)));
 }
+int mkdirat(int dir, const char* path, mode_t mode) noexcept {
+  return static_cast<int>(ret(raw(SYS_mkdirat, dir, L(path), mode)));
+}
+int fstatat(int dir, const char* path, struct stat* st, int flags) noexcept {
+  return static_cast<int>(ret(raw(SYS_newfstatat, dir, L(path), L(st), flags)));
+}
+int openat(int dir, const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  long mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, int) : 0;
+  va_end(ap);
+  return static_cast<int>(ret(raw(SYS_openat, dir, L(path), flags, mode)));
+}
 int mkdir(const char* path, mode_t mode) noexcept {
   return static_cast<int>(ret(raw(SYS_mkdir, L(path), mode)));
 }

@@ -33,7 +33,6 @@ enum class SpawnStep : int32_t {
   ExecInit,  // the clone child's execveat of the init program
   Setup,     // receiving and checking the setup
   Command,
-  Signals,
   Loopback,  // joining the network namespace
   Mounts,
   Hostname,
@@ -58,7 +57,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 3;
+constexpr uint32_t kVersion = 4;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -88,20 +87,19 @@ struct SetupHeader {
 constexpr uint32_t kSetupNoNewPrivs = 1;
 constexpr uint32_t kSetupWaitGo = 2;          // a go message comes after the setup
 constexpr uint32_t kSetupBackgroundExit = 4;  // the library reaps us on its reaper thread
-constexpr uint32_t kSetupTemplated = 8;       // the ops start with EnterTemplate
 
 struct SetupFixed {
   uint64_t capabilities;  // the set the payload keeps
   uint32_t flags;
   int32_t last_cap;  // /proc/sys/kernel/cap_last_cap, read by the library
   uint32_t uid, gid;
-  uint32_t ngroups, nrlimits, nops, nfilter, nslots;
+  uint32_t ngroups, nrlimits, nops, nfilter;
   uint32_t strings_len;
   uint32_t hostname;  // offset in the string table
   // Indices into the fds received, -1 when absent.
   int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root;
-  int32_t fd_sources;  // the mount sources (WireOp::src_fd counts from here)
-  uint32_t nsources;
+  int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)
+  uint32_t ntrees;
 };
 
 struct WireRlimit {
@@ -115,10 +113,9 @@ struct WireOp {
   uint8_t optional;
   uint8_t in_volume;
   uint8_t pad;
-  int32_t slot;
-  int32_t src_fd;  // index among the sources, or -1
+  int32_t tree;  // MoveTree: index among the trees, or -1
   uint32_t mode;
-  uint64_t flags, attr, dev;
+  uint64_t flags, dev;
   uint32_t src, path, data;  // string offsets or kNoString
   uint32_t pad2;
 };

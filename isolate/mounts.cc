@@ -87,30 +87,10 @@ Result<std::string> resolve_source(const std::string& path, const std::string& w
   return out;
 }
 
-// A host path or volume source from the config: taken only when no
-// component is a symlink. A symlink there may have been planted (a payload
-// writes into a rw volume as its uid; a host user into a directory they
-// own) and would decide, at the next executor, what is mounted, rw perhaps:
-// the config must name the directory itself. Pinned again, the same way, at
-// every sandbox's start (make_trees).
 Status check_no_symlink(const std::string& path, const std::string& what) {
-  // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
-  int fd = openat2_raw(AT_FDCWD, path.c_str(), O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-  if (fd >= 0) {
-    ::close(fd);
-    return {};
-  }
-  int e = errno;
-  if (e != ELOOP) return fail(sys_error(what + ": source " + path, e));
-  std::string target;
-  if (char* r = ::realpath(path.c_str(), nullptr)) {
-    target = std::string(" (it leads to ") + r + ")";
-    ::free(r);
-  }
-  return fail(make_error(ErrorKind::Invalid,
-                         what + ": source " + path + " is a symlink or lies below one" + target +
-                             ": name the directory itself",
-                         e));
+  auto fd = open_no_symlink(path, what, false);
+  if (!fd) return fail(fd.error());
+  return {};
 }
 
 // "a=1,b=2" with the keys of over replacing those of base, in base's order.
@@ -179,6 +159,22 @@ mode_t image_lookup(const std::vector<std::string>& layers, const std::string& p
 }
 
 }  // namespace
+
+Result<Fd> open_no_symlink(const std::string& path, const std::string& what, bool again) {
+  // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
+  int fd = openat2_raw(AT_FDCWD, path.c_str(), O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  if (fd >= 0) return Fd(fd);
+  int e = errno;
+  if (e != ELOOP) return fail(sys_error(what + " " + path, e));
+  std::string m = what + " " + path + " is a symlink or lies below one";
+  if (again) {
+    m += " now (it was not when the executor was made): not mounted";
+  } else if (char* r = ::realpath(path.c_str(), nullptr)) {
+    m += std::string(" (it leads to ") + r + "): name the directory itself";
+    ::free(r);
+  }
+  return fail(make_error(ErrorKind::Invalid, std::move(m), e));
+}
 
 Result<std::string> normalize_path(const std::string& path) {
   if (path.empty() || path[0] != '/')
@@ -262,7 +258,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     Entry e{Entry::HostTree, *n, *n};
     e.what = "host path " + *n;
     if (!S_ISLNK(st.st_mode))
-      if (auto c = check_no_symlink(*n, e.what); !c) return fail(c.error());
+      if (auto c = check_no_symlink(*n, e.what + ": source"); !c) return fail(c.error());
     if (S_ISLNK(st.st_mode)) {
       char buf[4096];
       ssize_t len = ::readlink(n->c_str(), buf, sizeof buf - 1);
@@ -280,7 +276,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!src) return fail(src.error().wrap(what));
     struct stat st;
     if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
-    if (auto c = check_no_symlink(*src, what); !c) return fail(c.error());
+    if (auto c = check_no_symlink(*src, what + ": source"); !c) return fail(c.error());
     Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
@@ -329,46 +325,40 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     plan.ops_.back().path = std::move(path);
     return plan.ops_.back();
   };
-  // A CloneTree of a pinned source.
-  auto clone_op = [&](const std::string& source, bool is_dir, uint64_t attr,
-                      const std::string& what) -> Op& {
-    Op& o = op(OpKind::CloneTree);
-    o.src = source;
-    o.attr = attr;
-    o.source = static_cast<int>(plan.sources_.size());
-    plan.sources_.push_back({source, is_dir, attr, what});
-    return o;
+  // A pinned source (make_trees clones it): its index, for a MoveTree.
+  auto add_source = [&](const std::string& path, bool is_dir, uint64_t attr,
+                        const std::string& what) {
+    plan.sources_.push_back({path, is_dir, attr, what});
+    return static_cast<int>(plan.sources_.size() - 1);
   };
 
   op(OpKind::MakePrivate, "/");
-  // Clone every host tree first: from here on the stage covers /tmp.
-  std::vector<int> slot_of(entries.size(), -1);
-  int slots = 0;
+  std::vector<int> source_of(entries.size(), -1);
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
     if (e.kind != Entry::HostTree && e.kind != Entry::Volume) continue;
-    Op& o = clone_op(e.source, e.is_dir,
-                     MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0),
-                     e.what);
-    o.slot = slot_of[i] = slots++;
+    source_of[i] = add_source(
+        e.source, e.is_dir,
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0), e.what);
   }
-  // Container roots: each layer is cloned now too (it may lie below the
-  // stage, /tmp), moved to a short path on the stage tmpfs, and the overlay
+  // Container roots: each layer is moved to a short path on the stage
+  // tmpfs (its tree was cloned by the library, so a layer below the stage,
+  // /tmp, is no matter), and the overlay
   // is mounted over that same tmpfs. The kernel resolves the overlay's
   // option paths at mount time, so the tmpfs (upper dir, layer mounts) stays
   // reachable through the overlay only, and goes with the sandbox's mount
   // namespace. The short paths also keep the option string small.
-  std::vector<int> layer_slots;
-  int merged_slot = -1;
+  std::vector<int> layer_sources;
+  int merged_source = -1;
   if (image && !spec.image_root->merged.empty()) {
     // Without overlayfs: the merged copy, read-only (mount points must exist in it).
     auto n = normalize_path(spec.image_root->merged);
     if (!n) return fail(n.error().wrap("merged image root"));
     auto real = resolve_source(*n, "merged image root");
     if (!real) return fail(real.error());
-    Op& o = clone_op(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                     "merged image root " + *n);
-    o.slot = merged_slot = slots++;
+    merged_source =
+        add_source(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                   "merged image root " + *n);
   } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
@@ -382,10 +372,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         return fail(sys_error("image layer " + *n));
       auto real = resolve_source(*n, "image layer");
       if (!real) return fail(real.error());
-      Op& o = clone_op(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                       "image layer " + *n);
-      o.slot = slots++;
-      layer_slots.push_back(o.slot);
+      layer_sources.push_back(add_source(*real, true,
+                                         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                                         "image layer " + *n));
     }
   }
   {
@@ -393,16 +382,16 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = root_data;
   }
-  if (merged_slot >= 0) {
-    op(OpKind::MoveTree, kStage).slot = merged_slot;
+  if (merged_source >= 0) {
+    op(OpKind::MoveTree, kStage).source = merged_source;
   } else if (image) {
     const std::string base = std::string(kStage) + "/.l";
     op(OpKind::Mkdir, base).mode = 0700;
     std::string lower;
-    for (size_t i = layer_slots.size(); i-- > 0;) {
+    for (size_t i = layer_sources.size(); i-- > 0;) {
       const std::string at = base + "/" + std::to_string(i);
       op(OpKind::Mkdir, at).mode = 0755;
-      op(OpKind::MoveTree, at).slot = layer_slots[i];
+      op(OpKind::MoveTree, at).source = layer_sources[i];
       if (!lower.empty()) lower += ':';
       lower += at;
     }
@@ -412,6 +401,20 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "lowerdir=" + lower + ",upperdir=" + kStage + "/.upper,workdir=" + kStage + "/.work";
   }
+  // The nearest volume at or above `target` (strictly above), if any.
+  auto volume_above = [&](size_t upto, const std::string& target) -> const Entry* {
+    const Entry* best = nullptr;
+    for (size_t j = 0; j < upto; ++j)
+      if (entries[j].kind == Entry::Volume && is_under(target, entries[j].target) &&
+          (!best || entries[j].target.size() > best->target.size()))
+        best = &entries[j];
+    return best;
+  };
+  // A mount below a writable volume: the mount follows its mount point's
+  // directory when a payload renames a directory above it, so a template
+  // made once would keep it where the payload moved it. Such plans mount
+  // everything afresh, by fd, at every start: no template.
+  bool mount_below_rw_volume = false;
   std::set<std::string> dirs{"/"};  // directories known to exist in the new root
   // The nearest entry strictly above `target`, if any.
   auto parent_entry = [&](size_t upto, const std::string& target) -> const Entry* {
@@ -425,6 +428,11 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
     const Entry* above = parent_entry(i, e.target);
+    // Below a volume, at any depth, a path crosses a host directory that a
+    // payload may change: every op of this entry resolves it by fd.
+    const size_t entry_first_op = plan.ops_.size();
+    const Entry* volume = volume_above(i, e.target);
+    if (volume && !volume->read_only) mount_below_rw_volume = true;
     if (above && (above->kind == Entry::HostTree || above->kind == Entry::Volume)) {
       // The mount point lies in a read-only host tree: it must exist there,
       // and, as the init mounts on it, must not be a symlink nor lie below
@@ -435,7 +443,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         return fail(invalid(e.what + ": mount point " + e.target + " does not exist in " +
                             above->what + " and cannot be created there"));
       if (e.kind != Entry::HostSymlink)
-        if (auto c = check_no_symlink(host, e.what + ": mount point " + e.target); !c)
+        if (auto c = check_no_symlink(host, e.what + ": mount point " + e.target + ", on the host");
+            !c)
           return fail(c.error());
       if (e.kind != Entry::HostSymlink && S_ISDIR(st.st_mode) != e.is_dir)
         return fail(invalid(e.what + ": mount point " + e.target + " is not a " +
@@ -469,7 +478,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       if (e.kind == Entry::HostSymlink) {
         Op& o = op(OpKind::Symlink, staged(e.target));
         o.src = e.source;
-        continue;
+        continue;  // (host paths are never below a volume)
       }
       if (e.is_dir) {
         if (dirs.insert(e.target).second) op(OpKind::Mkdir, staged(e.target)).mode = 0755;
@@ -477,11 +486,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         op(OpKind::Touch, staged(e.target)).mode = 0644;
       }
     }
-    const size_t first_op = plan.ops_.size();
     switch (e.kind) {
       case Entry::HostTree:
       case Entry::Volume:
-        op(OpKind::MoveTree, staged(e.target)).slot = slot_of[i];
+        op(OpKind::MoveTree, staged(e.target)).source = source_of[i];
         break;
       case Entry::Tmpfs: {
         auto parsed = parse_tmpfs_options(e.options);
@@ -540,8 +548,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       case Entry::HostSymlink:
         break;
     }
-    if (above && above->kind == Entry::Volume)
-      for (size_t k = first_op; k < plan.ops_.size(); ++k) plan.ops_[k].in_volume = true;
+    if (volume)
+      for (size_t k = entry_first_op; k < plan.ops_.size(); ++k) plan.ops_[k].in_volume = true;
   }
 
   // Masked host paths, where they exist in the new root.
@@ -550,6 +558,12 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!n) return fail(n.error().wrap("masked path"));
     const Entry* above = parent_entry(entries.size(), *n);
     if (!above || (above->kind != Entry::HostTree && above->kind != Entry::Volume)) continue;
+    // What a mask hides inside a writable volume, a payload can move (rename
+    // a directory above it), and the next sandbox sees it unmasked.
+    if (const Entry* v = volume_above(entries.size(), *n); v && !v->read_only)
+      return fail(invalid("masked path " + *n + " lies inside the writable " + v->what +
+                          ": a payload can move what the mask hides; mask it on the host, "
+                          "or make the volume read-only"));
     std::string host = above->source + n->substr(above->target.size());
     struct stat st;
     if (::lstat(host.c_str(), &st) != 0 || S_ISLNK(st.st_mode)) continue;
@@ -560,13 +574,12 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     } else {
       op(OpKind::BindFile, staged(*n)).src = "/dev/null";
     }
-    plan.ops_.back().in_volume = above->kind == Entry::Volume;
+    plan.ops_.back().in_volume = volume_above(entries.size(), *n) != nullptr;
   }
 
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
   op(OpKind::PivotRoot, kStage);
-  plan.nslots_ = static_cast<size_t>(slots);
-  if (spec.read_only_rootfs) {
+  if (spec.read_only_rootfs && !mount_below_rw_volume) {
     std::vector<std::string> own;  // staged targets each sandbox mounts afresh
     for (const auto& e : entries)
       if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev)
@@ -591,7 +604,7 @@ void MountPlan::split_for_template(const std::vector<std::string>& own) {
     }
     if (!mine) {
       fixed.push_back(o);  // PivotRoot last: the template's root is the sandbox's
-    } else if (o.kind == OpKind::MoveTree || o.kind == OpKind::CloneTree) {
+    } else if (o.kind == OpKind::MoveTree) {
       return;  // a bind inside a per-sandbox tmpfs: no template
     } else {
       // Run in the template's namespace, whose root is the stage.
@@ -609,20 +622,9 @@ Result<std::vector<Fd>> MountPlan::make_trees() const {
   std::vector<Fd> out;
   out.reserve(sources_.size());
   for (const auto& src : sources_) {
-    // No O_NOFOLLOW: with it, openat2 hands out a trailing symlink itself.
-    int fd = openat2_raw(AT_FDCWD, src.path.c_str(), O_PATH,
-                         RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-    if (fd < 0) {
-      int e = errno;
-      if (e == ELOOP)
-        return fail(make_error(ErrorKind::Invalid,
-                               src.what + ": source " + src.path +
-                                   " is a symlink or lies below one now (it was not when the "
-                                   "executor was made): not mounted",
-                               e));
-      return fail(sys_error(src.what + ": source " + src.path, e));
-    }
-    Fd pinned(fd);
+    auto pinned = open_no_symlink(src.path, src.what + ": source", true);
+    if (!pinned) return fail(pinned.error());
+    const int fd = pinned->get();
     struct stat st;
     if (::fstat(fd, &st) != 0) return fail(sys_error(src.what + ": stat source " + src.path));
     if (S_ISDIR(st.st_mode) != src.is_dir)
@@ -645,8 +647,8 @@ std::vector<OpView> MountPlan::views_of(const std::vector<Op>& ops) {
   v.reserve(ops.size());
   auto str = [](const std::string& x) { return x.empty() ? nullptr : x.c_str(); };
   for (const auto& o : ops)
-    v.push_back(OpView{o.kind, o.optional, o.in_volume, o.slot, o.source, o.flags, o.attr, o.mode,
-                       o.dev, str(o.src), o.path.c_str(), str(o.data)});
+    v.push_back(OpView{o.kind, o.optional, o.in_volume, o.source, o.flags, o.mode, o.dev,
+                       str(o.src), o.path.c_str(), str(o.data)});
   return v;
 }
 
@@ -656,10 +658,10 @@ std::vector<OpView> MountPlan::views(bool templated) const {
 
 Result<MountTemplate> MountPlan::build_template() const {
   if (!templatable()) return fail(invalid("this mount plan has no template"));
-  auto pinned = make_trees();
-  if (!pinned) return fail(pinned.error());
-  std::vector<int> sources;
-  for (const auto& f : *pinned) sources.push_back(f.get());
+  auto made = make_trees();
+  if (!made) return fail(made.error());
+  std::vector<int> trees;
+  for (const auto& t : *made) trees.push_back(t.get());
   const std::vector<OpView> ops = views_of(template_ops_);
   // On a thread of its own: unsharing the mount namespace (and with it the
   // fs struct) must not touch the caller's threads. The thread's namespace
@@ -675,10 +677,8 @@ Result<MountTemplate> MountPlan::build_template() const {
       out = fail(sys_error("open the template's mount namespace"));
       return;
     }
-    std::vector<int> slots(nslots_, -1);
     int failed = -1;
-    if (int e = run_ops(ops.data(), ops.size(), sources.data(), sources.size(), slots.data(),
-                        slots.size(), -1, -1, &failed)) {
+    if (int e = run_ops(ops.data(), ops.size(), trees.data(), trees.size(), -1, -1, &failed)) {
       out = fail(sys_error("mount template: " + describe_op(template_ops_, failed), e));
       return;
     }
@@ -708,8 +708,6 @@ std::string describe_op(const std::vector<MountPlan::Op>& ops, int index) {
   switch (o.kind) {
     case OpKind::MakePrivate:
       return "make / private";
-    case OpKind::CloneTree:
-      return "clone host tree " + o.src;
     case OpKind::MoveTree:
       return "bind at " + shown(o.path);
     case OpKind::Tmpfs:

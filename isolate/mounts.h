@@ -62,6 +62,15 @@ Result<ParsedOptions> parse_tmpfs_options(const std::string& options);
 // NUL bytes and relative paths. "/a/b/" -> "/a/b".
 Result<std::string> normalize_path(const std::string& path);
 
+// A host path a sandbox gets (a host path, a volume source, an
+// executables_dir), opened O_PATH only when no component is a symlink: one
+// there may have been planted (a payload writes into a rw volume as its uid;
+// a host user into a directory they own) to decide what the next sandbox
+// mounts or runs, rw perhaps. INVALID naming `what` and where the symlink
+// leads ("name the directory itself"); with `again` (the path was checked
+// before, this pins it at a start) "... now ...: not mounted".
+Result<Fd> open_no_symlink(const std::string& path, const std::string& what, bool again);
+
 // A built template: its mount namespace and its root directory. The root is
 // not the namespace's own root (a namespace's root mount is the one under
 // every pivot_root, often the initramfs), so a sandbox chroots to it.
@@ -72,12 +81,11 @@ struct MountTemplate {
 
 enum class OpKind : uint8_t {
   MakePrivate,    // mount --make-rprivate /
-  CloneTree,      // the detached tree of a source (MountPlan::make_trees) -> slot
   Tmpfs,          // mount tmpfs at path
   Mkdir,          // mkdir path (EEXIST is fine)
   Touch,          // create an empty file at path (a mount point for a file)
   Symlink,        // symlink(src, path)
-  MoveTree,       // move_mount(slot, path)
+  MoveTree,       // move_mount(the detached tree of a source, path)
   BindFile,       // mount --bind src path (masking with /dev/null)
   Proc,           // mount proc at path
   ReadOnlyBind,   // bind path onto itself, recursively read-only
@@ -97,12 +105,11 @@ struct OpView {
   bool optional;
   // The target lies inside a volume, whose host directory a payload may
   // have changed since the plan was made: resolved with no symlink
-  // followed, and mounted on by fd (MoveTree, Tmpfs, BindFile).
+  // followed, and mounted on or made by fd (MoveTree, Tmpfs, BindFile,
+  // Mkdir, Touch).
   bool in_volume;
-  int slot;
-  int source;  // CloneTree: index into the pinned sources
+  int source;  // MoveTree: index into the trees (MountPlan::make_trees)
   unsigned long flags;
-  uint64_t attr;
   mode_t mode;
   dev_t dev;
   const char* src;  // or null
@@ -111,12 +118,12 @@ struct OpView {
 };
 
 // Child side: runs ops in order (raw syscalls only: async-signal-safe, no
-// allocation). sources are the detached trees (MountPlan::make_trees),
-// slots nslots ints of scratch for cloned trees (all -1, left -1), tpl_ns
-// and tpl_root the template's fds for EnterTemplate (else -1). Returns 0, or
+// allocation). trees are the detached trees of the sources
+// (MountPlan::make_trees; each is moved once and left open), tpl_ns and
+// tpl_root the template's fds for EnterTemplate (else -1). Returns 0, or
 // errno with *failed_op set to the index of the op that failed.
-int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, int* slots,
-            size_t nslots, int tpl_ns, int tpl_root, int* failed_op) noexcept;
+int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tpl_ns, int tpl_root,
+            int* failed_op) noexcept;
 
 class MountPlan {
  public:
@@ -126,10 +133,8 @@ class MountPlan {
     OpKind kind;
     bool optional = false;   // skip when the path (or source) does not exist
     bool in_volume = false;  // OpView::in_volume
-    int slot = -1;           // CloneTree/MoveTree: index into the fd slots
-    int source = -1;         // CloneTree: index into sources()
+    int source = -1;         // MoveTree: index into sources()
     unsigned long flags = 0;
-    uint64_t attr = 0;  // MOUNT_ATTR_* for CloneTree
     mode_t mode = 0;
     dev_t dev = 0;
     std::string src;
@@ -165,7 +170,6 @@ class MountPlan {
   // per-sandbox part (starting with EnterTemplate). The views point into
   // this plan.
   std::vector<OpView> views(bool templated) const;
-  size_t slot_count() const { return nslots_; }
 
   // For error messages in the parent: "bind /usr -> /usr".
   std::string describe(int op, bool templated = false) const;
@@ -193,7 +197,6 @@ class MountPlan {
   std::vector<Op> template_ops_;  // run once, by build_template()
   std::vector<Op> spawn_ops_;     // run per sandbox on the template's clone
   std::vector<Source> sources_;
-  size_t nslots_ = 0;
 };
 
 // "mask /etc/shadow": op index of ops, for error messages.

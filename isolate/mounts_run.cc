@@ -79,30 +79,64 @@ int tmpfs_onto(int target, unsigned long flags, const char* data) noexcept {
   return rc;
 }
 
-// The in_volume forms of MoveTree, Tmpfs and BindFile.
-int run_in_volume(const OpView& o, int* slots, bool slot_ok) noexcept {
+// Mkdir and Touch below a volume: the parent resolved with no symlink
+// followed, the entry made at that fd.
+int make_in_volume(const OpView& o) noexcept {
+  char parent[4096];
+  const size_t n = ::strlen(o.path);
+  size_t slash = n;
+  while (slash > 0 && o.path[slash - 1] != '/') --slash;
+  if (slash == 0 || slash >= sizeof parent || slash == n) {
+    errno = EINVAL;
+    return -1;
+  }
+  for (size_t i = 0; i < slash; ++i) parent[i] = o.path[i];
+  parent[slash] = '\0';
+  const char* name = o.path + slash;
+  int dir = openat2_raw(AT_FDCWD, parent, O_PATH | O_DIRECTORY,
+                        RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  if (dir < 0) return -1;
+  int rc;
+  if (o.kind == OpKind::Mkdir) {
+    rc = ::mkdirat(dir, name, o.mode);
+    if (rc != 0 && errno == EEXIST) {
+      // There already: a directory, not a symlink to one.
+      struct stat st;
+      rc = ::fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW);
+      if (rc == 0 && !S_ISDIR(st.st_mode)) {
+        errno = S_ISLNK(st.st_mode) ? ELOOP : ENOTDIR;
+        rc = -1;
+      }
+    }
+  } else {
+    int fd = ::openat(dir, name, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, o.mode);
+    rc = fd < 0 ? -1 : ::close(fd);
+  }
+  int e = errno;
+  ::close(dir);
+  errno = e;
+  return rc;
+}
+
+// The in_volume forms of MoveTree, Tmpfs, BindFile, Mkdir and Touch.
+int run_in_volume(const OpView& o, int tree) noexcept {
+  if (o.kind == OpKind::Mkdir || o.kind == OpKind::Touch) return make_in_volume(o);
   int t = volume_target(o.path);
   if (t < 0) return -1;
   int rc = -1;
   switch (o.kind) {
     case OpKind::MoveTree:
-      if (!slot_ok || slots[o.slot] < 0) {
-        errno = EINVAL;
-        break;
-      }
-      rc = move_onto(slots[o.slot], t);
-      ::close(slots[o.slot]);
-      slots[o.slot] = -1;
+      rc = move_onto(tree, t);
       break;
     case OpKind::Tmpfs:
       rc = tmpfs_onto(t, o.flags, o.data);
       break;
     case OpKind::BindFile: {
-      int tree = ::open_tree(AT_FDCWD, o.src ? o.src : "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-      if (tree < 0) break;
-      rc = move_onto(tree, t);
+      int bind = ::open_tree(AT_FDCWD, o.src ? o.src : "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      if (bind < 0) break;
+      rc = move_onto(bind, t);
       int e = errno;
-      ::close(tree);
+      ::close(bind);
       errno = e;
       break;
     }
@@ -118,18 +152,29 @@ int run_in_volume(const OpView& o, int* slots, bool slot_ok) noexcept {
 
 }  // namespace
 
-int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, int* slots,
-            size_t nslots, int tpl_ns, int tpl_root, int* failed_op) noexcept {
+int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tpl_ns, int tpl_root,
+            int* failed_op) noexcept {
   const mode_t old_umask = ::umask(0);
   int err = 0;
   for (size_t i = 0; i < n && err == 0; ++i) {
     const OpView& o = ops[i];
     const char* path = o.path;
     int rc = 0;
-    const bool slot_ok = o.slot >= 0 && static_cast<size_t>(o.slot) < nslots;
+    // MoveTree: the detached tree the library cloned from the pinned source
+    // (and gave its attributes): what was checked is what is mounted.
+    int tree = -1;
+    if (o.kind == OpKind::MoveTree) {
+      if (o.source < 0 || static_cast<size_t>(o.source) >= ntrees) {
+        err = EINVAL;
+        if (failed_op) *failed_op = static_cast<int>(i);
+        break;
+      }
+      tree = trees[o.source];
+    }
     if (o.in_volume &&
-        (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs || o.kind == OpKind::BindFile)) {
-      if (run_in_volume(o, slots, slot_ok) != 0 && !(o.optional && errno == ENOENT)) {
+        (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs || o.kind == OpKind::BindFile ||
+         o.kind == OpKind::Mkdir || o.kind == OpKind::Touch)) {
+      if (run_in_volume(o, tree) != 0 && !(o.optional && errno == ENOENT)) {
         err = errno;
         if (failed_op) *failed_op = static_cast<int>(i);
       }
@@ -139,34 +184,9 @@ int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, in
       case OpKind::MakePrivate:
         rc = ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
         break;
-      case OpKind::CloneTree: {
-        // A detached tree the library cloned from the pinned source (it
-        // set its attributes too): what was checked is what is mounted.
-        if (!slot_ok || o.source < 0 || static_cast<size_t>(o.source) >= nsources) {
-          errno = EINVAL;
-          rc = -1;
-          break;
-        }
-        int fd = ::fcntl(sources[o.source], F_DUPFD_CLOEXEC, 3);
-        if (fd < 0) {
-          rc = -1;
-          break;
-        }
-        slots[o.slot] = fd;
+      case OpKind::MoveTree:
+        rc = ::move_mount(tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
         break;
-      }
-      case OpKind::MoveTree: {
-        if (!slot_ok || slots[o.slot] < 0) {
-          errno = EINVAL;
-          rc = -1;
-          break;
-        }
-        int& fd = slots[o.slot];
-        rc = ::move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
-        ::close(fd);
-        fd = -1;
-        break;
-      }
       case OpKind::Tmpfs:
         rc = ::mount("tmpfs", path, "tmpfs", o.flags, o.data);
         break;
@@ -241,11 +261,6 @@ int run_ops(const OpView* ops, size_t n, const int* sources, size_t nsources, in
     }
   }
   ::umask(old_umask);
-  for (size_t k = 0; k < nslots; ++k)
-    if (slots[k] >= 0) {
-      ::close(slots[k]);
-      slots[k] = -1;
-    }
   return err;
 }
 

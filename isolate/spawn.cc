@@ -186,7 +186,7 @@ Error describe_failure(const Command& cmd, const wire::Report& r) {
 // Encodes everything of the sandbox the init needs, but for the fds and the
 // per-spawn flags (patched into SetupFixed by clone_init).
 std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView>& ops,
-                         size_t nslots, const seccomp::Filter& filter, bool templated) {
+                         const seccomp::Filter& filter) {
   std::string strings;
   auto add = [&](const char* s) -> uint32_t {
     if (!s) return wire::kNoString;
@@ -198,15 +198,13 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
   wire::SetupFixed fx{};
   fx.capabilities = spec.capabilities;
   fx.last_cap = capabilities::last_cap();
-  fx.flags = (spec.no_new_privileges ? wire::kSetupNoNewPrivs : 0) |
-             (templated ? wire::kSetupTemplated : 0);
+  fx.flags = spec.no_new_privileges ? wire::kSetupNoNewPrivs : 0;
   fx.uid = spec.user.uid;
   fx.gid = spec.user.gid;
   fx.ngroups = static_cast<uint32_t>(spec.user.groups.size());
   fx.nrlimits = static_cast<uint32_t>(spec.rlimits.size());
   fx.nops = static_cast<uint32_t>(ops.size());
   fx.nfilter = static_cast<uint32_t>(filter.insns().size());
-  fx.nslots = static_cast<uint32_t>(nslots);
   fx.hostname = add(spec.hostname.c_str());
   std::vector<wire::WireOp> wops;
   for (const auto& o : ops) {
@@ -214,11 +212,9 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
     w.kind = static_cast<uint8_t>(o.kind);
     w.optional = o.optional;
     w.in_volume = o.in_volume;
-    w.slot = o.slot;
-    w.src_fd = o.source;
+    w.tree = o.source;
     w.mode = o.mode;
     w.flags = o.flags;
-    w.attr = o.attr;
     w.dev = o.dev;
     w.src = add(o.src);
     w.path = add(o.path);
@@ -281,16 +277,32 @@ struct ExecArgs {
 }
 
 // Sends the setup: header and body, then the fds in one-byte messages.
-Status send_setup(int ctl, const std::string& body, const std::vector<int>& fds) {
-  wire::SetupHeader h{wire::kSetupMagic, wire::kVersion, static_cast<uint32_t>(body.size()),
+Status send_setup(int ctl, const wire::SetupFixed& fx, std::string_view rest,
+                  const std::vector<int>& fds) {
+  wire::SetupHeader h{wire::kSetupMagic, wire::kVersion,
+                      static_cast<uint32_t>(sizeof fx + rest.size()),
                       static_cast<uint32_t>(fds.size())};
-  std::string msg(reinterpret_cast<const char*>(&h), sizeof h);
-  msg += body;
-  for (size_t off = 0; off < msg.size();) {
-    ssize_t n = write_nosigpipe(ctl, msg.data() + off, msg.size() - off);
+  iovec iov[3] = {{&h, sizeof h},
+                  {const_cast<wire::SetupFixed*>(&fx), sizeof fx},
+                  {const_cast<char*>(rest.data()), rest.size()}};
+  msghdr m{};
+  m.msg_iov = iov;
+  m.msg_iovlen = 3;
+  while (m.msg_iovlen > 0) {
+    ssize_t n = ::sendmsg(ctl, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return fail(sys_error("send the setup", n < 0 ? errno : EPIPE));
-    off += static_cast<size_t>(n);
+    // A short write: on from where it stopped.
+    auto k = static_cast<size_t>(n);
+    while (m.msg_iovlen > 0 && k >= m.msg_iov->iov_len) {
+      k -= m.msg_iov->iov_len;
+      ++m.msg_iov;
+      --m.msg_iovlen;
+    }
+    if (m.msg_iovlen > 0) {
+      m.msg_iov->iov_base = static_cast<char*>(m.msg_iov->iov_base) + k;
+      m.msg_iov->iov_len -= k;
+    }
   }
   for (size_t off = 0; off < fds.size();) {
     size_t k = std::min(kMaxPassFds, fds.size() - off);
@@ -317,8 +329,6 @@ std::string_view step_name(SpawnStep step) {
       return "receive the setup";
     case SpawnStep::Command:
       return "receive the command";
-    case SpawnStep::Signals:
-      return "signals";
     case SpawnStep::Loopback:
       return "network namespace";
     case SpawnStep::Mounts:
@@ -375,10 +385,9 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   }
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
-  const size_t nslots = sb->mounts_.slot_count();
-  sb->setup_full_ = encode_setup(spec, sb->mounts_.views(false), nslots, *filter, false);
+  sb->setup_full_ = encode_setup(spec, sb->mounts_.views(false), *filter);
   if (sb->mounts_.templatable())
-    sb->setup_templated_ = encode_setup(spec, sb->mounts_.views(true), nslots, *filter, true);
+    sb->setup_templated_ = encode_setup(spec, sb->mounts_.views(true), *filter);
   if (sb->setup_full_.size() > wire::kMaxBody)
     return fail(make_error(ErrorKind::Limit, "the sandbox's setup exceeds 64 MiB"));
   return std::shared_ptr<const Sandbox>(std::move(sb));
@@ -402,11 +411,11 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
   // Without a template the init mounts the sources itself: pinned and
   // cloned now, so that what is mounted is what was checked.
-  std::vector<Fd> sources;
+  std::vector<Fd> trees;
   if (!tpl) {
-    auto pinned = sb.mounts_.make_trees();
-    if (!pinned) return fail(pinned.error().wrap("mount plan"));
-    sources = std::move(*pinned);
+    auto made = sb.mounts_.make_trees();
+    if (!made) return fail(made.error().wrap("mount plan"));
+    trees = std::move(*made);
   }
 
   auto p = std::make_unique<PendingInit>();
@@ -509,9 +518,9 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   ctl_child.reset();
 
   // The setup, with its fds: the status pipe, the pool's network namespace,
-  // the template, the pinned sources. A failure to send means the init is
+  // the template, the sources' trees. A failure to send means the init is
   // gone already (its exec failed): its report says why.
-  std::string body = tpl ? sb.setup_templated_ : sb.setup_full_;
+  const std::string& body = tpl ? sb.setup_templated_ : sb.setup_full_;
   wire::SetupFixed fx;
   std::memcpy(&fx, body.data(), sizeof fx);
   std::vector<int> fds;
@@ -527,14 +536,13 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
   fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
-  fx.fd_sources = static_cast<int32_t>(fds.size());
-  fx.nsources = static_cast<uint32_t>(sources.size());
-  for (const auto& s : sources) fds.push_back(s.get());
-  std::memcpy(body.data(), &fx, sizeof fx);
-  (void)send_setup(p->ctl.get(), body, fds);
+  fx.fd_trees = static_cast<int32_t>(fds.size());
+  fx.ntrees = static_cast<uint32_t>(trees.size());
+  for (const auto& t : trees) fds.push_back(t.get());
+  (void)send_setup(p->ctl.get(), fx, std::string_view(body).substr(sizeof fx), fds);
   status->write.reset();
   netns.reset();
-  sources.clear();
+  trees.clear();
 
   // From here a failure must not leave the child behind: ~Spawned kills and
   // reaps it and removes the cgroup. The child sets itself up while we

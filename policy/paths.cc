@@ -9,6 +9,8 @@
 
 #include <cctype>
 
+#include "isolate/mounts.h"
+
 namespace cloister::policy {
 
 Result<std::string> check_work_dir(const std::vector<std::string>& allowed,
@@ -103,20 +105,17 @@ namespace {
 Result<Fd> open_executables_dir(const std::string& dir) {
   // Pinned with no symlink followed, as mount sources are: one planted in a
   // writable parent must not choose what runs.
-  int pinned = openat2_raw(AT_FDCWD, dir.c_str(), O_PATH | O_DIRECTORY,
-                           RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
-  if (pinned < 0) {
-    if (errno == ELOOP)
-      return fail(make_error(ErrorKind::Invalid,
-                             dir + " is a symlink or lies below one: name the directory itself",
-                             ELOOP));
-    return fail(sys_error("open " + dir));
-  }
-  Fd p(pinned);
+  auto p = mounts::open_no_symlink(dir, "executables_dir", false);
+  if (!p) return fail(p.error());
+  const int pinned = p->get();
+  struct stat st {};
+  if (::fstat(pinned, &st) != 0) return fail(sys_error("stat " + dir));
+  if (!S_ISDIR(st.st_mode))
+    return fail(make_error(ErrorKind::Invalid, dir + " is not a directory", ENOTDIR));
   int tree =
       ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
   if (tree < 0) {
-    if (errno == EPERM) return p;
+    if (errno == EPERM) return std::move(*p);
     return fail(sys_error("clone " + dir));
   }
   Fd t(tree);

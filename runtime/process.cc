@@ -1,11 +1,13 @@
 #include "runtime/process.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -134,14 +136,27 @@ class Drainer {
 
 Status check_passed_stdio(int fd, std::string_view stream) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail(sys_error(std::string(stream)));
-  if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) return {};
-  if (S_ISCHR(st.st_mode) && (::isatty(fd) || st.st_rdev == makedev(1, 3))) return {};
-  const char* kind = S_ISREG(st.st_mode)   ? "a regular file"
-                     : S_ISDIR(st.st_mode) ? "a directory"
-                     : S_ISBLK(st.st_mode) ? "a block device"
-                     : S_ISCHR(st.st_mode) ? "a device"
-                                           : "an unknown kind of file";
+  struct statfs fs {};
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fstat(fd, &st) != 0 || ::fstatfs(fd, &fs) != 0)
+    return fail(sys_error(std::string(stream)));
+  // An O_PATH fd opens nothing: of a socket file or a named FIFO (which
+  // needs no right on the file itself), it would let a payload connect to
+  // or open it with its own rights. An anonymous pipe or a socket is the
+  // object itself (pipefs, sockfs), never a name in a file system.
+  const bool opath = fl & O_PATH;
+  if (!opath && ((S_ISFIFO(st.st_mode) && fs.f_type == PIPEFS_MAGIC) ||
+                 (S_ISSOCK(st.st_mode) && fs.f_type == SOCKFS_MAGIC)))
+    return {};
+  if (!opath && S_ISCHR(st.st_mode) && (::isatty(fd) || st.st_rdev == makedev(1, 3))) return {};
+  const char* kind = opath                  ? "an O_PATH fd"
+                     : S_ISFIFO(st.st_mode) ? "a named FIFO"
+                     : S_ISSOCK(st.st_mode) ? "a socket file"
+                     : S_ISREG(st.st_mode)  ? "a regular file"
+                     : S_ISDIR(st.st_mode)  ? "a directory"
+                     : S_ISBLK(st.st_mode)  ? "a block device"
+                     : S_ISCHR(st.st_mode)  ? "a device"
+                                            : "an unknown kind of file";
   return fail(invalid(std::string(stream) + " is " + kind +
                       ": only pipes, sockets, terminals and /dev/null are handed to a sandbox "
                       "(a payload reopens anything else through /proc/self/fd with its own "

@@ -313,6 +313,8 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
         return fail(m.error());
       }
       if (m->data) {
+        // As `cloister exec` (runtime/pump.cc): what our side cannot take is
+        // dropped, the payload's output keeps draining.
         if (m->session == sid)
           (void)write_all(m->stream == protocol::StreamId::Stderr ? STDERR_FILENO : STDOUT_FILENO,
                           m->bytes);
@@ -626,6 +628,10 @@ int main(int argc, char** argv) {
   // Output goes to our own stdout/stderr; a closed reader must give EPIPE
   // (handled), not kill us before the payload's status is known.
   ::signal(SIGPIPE, SIG_IGN);
+  // 0, 1 and 2 are always taken: else the service connection (or any fd we
+  // open) would land there and be handed to a payload as its stdio.
+  for (int fd = 0; fd < 3; ++fd)
+    if (::fcntl(fd, F_GETFD) < 0) (void)::open("/dev/null", O_RDWR);
 
   CLI::App app{"cloister: run commands in isolation"};
   app.require_subcommand(1);

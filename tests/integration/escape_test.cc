@@ -11,8 +11,10 @@
 // The suite shares the integration tests' leak check: no process, mount or
 // cgroup of it is left behind.
 #include <gtest/gtest.h>
+#include <linux/fs.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -387,6 +389,84 @@ TEST(EscapeSwap, MountPointsInsideVolumesAreNotRedirected) {
   ASSERT_TRUE(fresh) << fresh.error().what();
   auto again = run_on(**fresh, {"/bin/cat", "/ws/cache/which"});
   EXPECT_EQ(again.out, "nested\n") << again.err;
+}
+
+// A mask, or a read-only volume, below a writable volume: a payload renames
+// a directory above it (the mount, or what the mask hides, moves along) and
+// puts its own files where the next sandbox looks. A mask there is refused;
+// mounts there are made afresh at every start, never kept in a template.
+TEST(EscapeSwap, RenamesInsideAWritableVolumeMoveNothingForTheNextSandbox) {
+  TempDir d;
+  const std::string w = d.path + "/w", tools = d.path + "/tools";
+  shell("mkdir -p " + w + "/a/tools " + w + "/config " + tools + " && echo real > " + tools +
+        "/x && echo SECRET > " + w + "/config/.env");
+  auto masked = base_config();
+  masked.volumes.push_back({w, "/w", false});
+  masked.masked_paths.push_back("/w/config/.env");
+  auto refused = Executor::create(masked);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().what().find("lies inside the writable volume"), std::string::npos)
+      << refused.error().what();
+
+  auto cfg = base_config();
+  cfg.volumes.push_back({w, "/w", false});
+  cfg.volumes.push_back({tools, "/w/a/tools", true});
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  auto moved = run_on(**exec, {"/bin/sh", "-c",
+                               "mv /w/a /w/a2 && mkdir -p /w/a/tools && echo EVIL > /w/a/tools/x "
+                               "&& echo moved"});
+  ASSERT_EQ(moved.out, "moved\n") << moved.err;
+  // Its second sandbox (where a template would be made), its third (warm).
+  for (int i = 0; i < 3; ++i) {
+    if (i == 2) Spawned::drain_retired();
+    auto r = run_on(**exec, {"/bin/cat", "/w/a/tools/x"});
+    EXPECT_EQ(r.out, "real\n") << "sandbox " << i + 2 << ": " << r.err;
+  }
+}
+
+// A tmpfs inside a writable volume, with a mount point below it: while
+// sandboxes start, another swaps the tmpfs's mount point in the volume's
+// host directory with a symlink to a directory outside (RENAME_EXCHANGE in a
+// loop). What the init creates below the tmpfs must never land outside.
+TEST(EscapeSwap, DirectoriesMadeBelowAVolumeStayInside) {
+  TempDir d;
+  const std::string w = d.path + "/w", outside = d.path + "/outside", inner = d.path + "/inner";
+  shell("mkdir -p " + w + "/t " + outside + " " + inner + " && ln -s " + outside + " " + w +
+        "/swap");
+  auto cfg = base_config();
+  cfg.volumes.push_back({w, "/w", false});
+  cfg.tmpfs.push_back({"/w/t", "size=1m"});
+  cfg.volumes.push_back({inner, "/w/t/x", true});
+  std::vector<std::shared_ptr<Executor>> fresh;
+  for (int i = 0; i < 40; ++i) {
+    auto e = Executor::create(cfg);
+    ASSERT_TRUE(e) << e.error().what();
+    fresh.push_back(*e);
+  }
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    const std::string a = w + "/t", b = w + "/swap";
+    while (!stop) {
+      ::syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE);
+      std::this_thread::sleep_for(20us);
+    }
+  });
+  int ok = 0;
+  for (auto& e : fresh) {
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    auto p = e->exec(std::move(req));
+    ASSERT_TRUE(p);
+    if ((*p)->start()) {
+      ++ok;
+      (void)(*p)->wait();
+    }
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_EQ(shell("ls -A " + outside), "") << "the init made entries outside the volume";
+  (void)ok;
 }
 
 // --- executables_dir -------------------------------------------------------------
@@ -773,6 +853,28 @@ TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
     EXPECT_NE(r.error().message.find("stdout is a regular file"), std::string::npos)
         << r.error().what();
   }
+  // A socket file or a named FIFO, by an O_PATH fd (which needs no right on
+  // the file) or opened: the payload would connect to it or open it with
+  // its own rights (a root-only socket of the host's, cloisterd's own).
+  const std::string sock_path = t.path + "/root.sock", fifo_path = t.path + "/root.fifo";
+  Fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::mkfifo(fifo_path.c_str(), 0600), 0);
+  Fd sock_opath(::open(sock_path.c_str(), O_PATH | O_CLOEXEC));
+  Fd fifo_opath(::open(fifo_path.c_str(), O_PATH | O_CLOEXEC));
+  Fd fifo(::open(fifo_path.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(sock_opath && fifo_opath && fifo);
+  for (auto [fd, says] : {std::pair{sock_opath.get(), "stdin is an O_PATH fd"},
+                          std::pair{fifo_opath.get(), "stdin is an O_PATH fd"},
+                          std::pair{fifo.get(), "stdin is a named FIFO"}}) {
+    int fds[3] = {fd, p->write.get(), p->write.get()};
+    auto r = c->call(req, fds);
+    ASSERT_FALSE(r) << says;
+    EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().what();
+  }
   {
     int fds[3] = {devnull.get(), p->write.get(), p->write.get()};
     auto r = c->call(req, fds);
@@ -790,6 +892,15 @@ TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
   EXPECT_NE(out.find("pipe:"), std::string::npos) << out;
   EXPECT_EQ(sh(cli + " run shell -- echo relayed > " + t.path + "/out", &out), 0) << out;
   EXPECT_EQ(read_text(t.path + "/out"), "relayed\n");
+  // With its stdout closed, the CLI's connection to the service must not
+  // take fd 1 and be handed to the payload (which would drive the service
+  // as the CLI's caller).
+  EXPECT_EQ(
+      sh(cli + " run shell -- /bin/sh -c 'x=$(readlink /proc/$$/fd/1); echo $x >&2' 2>&1 >&- | cat",
+         &out),
+      0)
+      << out;
+  EXPECT_EQ(out, "/dev/null\n");
   c.reset();
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
