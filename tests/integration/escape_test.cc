@@ -459,21 +459,32 @@ TEST(EscapeSwap, DirectoriesMadeBelowAVolumeStayInside) {
     while (!stop)
       ::syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE);
   });
-  int ok = 0;
-  for (auto& e : fresh) {
+  auto start = [](Executor& e) -> Status {
     ExecRequest req;
     req.argv = {"/bin/true"};
-    auto p = e->exec(std::move(req));
-    ASSERT_TRUE(p);
-    if ((*p)->start()) {
-      ++ok;
-      (void)(*p)->wait();
-    }
-  }
+    auto p = e.exec(std::move(req));
+    if (!p) return std::unexpected(p.error());
+    if (auto s = (*p)->start(); !s) return s;
+    (void)(*p)->wait();
+    return {};
+  };
+  for (size_t i = 0; i + 1 < fresh.size(); ++i) (void)start(*fresh[i]);
   stop = true;
   swapper.join();
   EXPECT_EQ(shell("ls -A " + outside), "") << "the init made entries outside the volume";
-  EXPECT_GT(ok, 0);
+  // With 2 cores the swapper may turn every start above into a refusal
+  // (ELOOP); once it stops, with the directory back in place, the same
+  // config must start, or the refusals above prove nothing.
+  struct stat st {};
+  ASSERT_EQ(::lstat((w + "/t").c_str(), &st), 0);
+  if (S_ISLNK(st.st_mode)) {
+    ASSERT_EQ(::syscall(SYS_renameat2, AT_FDCWD, (w + "/t").c_str(), AT_FDCWD,
+                        (w + "/swap").c_str(), RENAME_EXCHANGE),
+              0);
+  }
+  auto last = start(*fresh.back());
+  EXPECT_TRUE(last) << last.error().what();
+  EXPECT_EQ(shell("ls -A " + outside), "");
 }
 
 // --- executables_dir -------------------------------------------------------------
@@ -907,7 +918,10 @@ TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
          &out),
       0)
       << out;
-  EXPECT_EQ(out, "/dev/null\n");
+  // The host's /dev/null (the path it has from inside depends on where the
+  // host's root is: /host/dev/null in the test VM), never a socket.
+  EXPECT_EQ(out.find("socket:"), std::string::npos) << out;
+  EXPECT_TRUE(out.ends_with("/dev/null\n")) << out;
   c.reset();
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
