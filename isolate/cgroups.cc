@@ -327,25 +327,6 @@ std::string_view layout_name(Layout l) {
 // ---------------------------------------------------------------------------
 // Cgroup
 
-// Emptied cgroups kept for the next create() with the same reuse key and
-// limits (Hybrid and Legacy layouts only: there, making and removing the v1
-// memory and pids directories cost more than the rest of a start). A
-// directory is kept only if it is empty of tasks and of subdirectories, and
-// holds little memory still charged to it; the counters it cannot reset are
-// read at parking and subtracted in usage().
-struct IdlePool {
-  // Per manager, across keys: a few per executor cover back-to-back starts.
-  static constexpr size_t kMax = 8;
-  // Page cache and slab the last sandbox left charged: more than this and the
-  // next one's peak would be off by too much (force_empty takes ~2 ms).
-  static constexpr uint64_t kMaxCharged = 2u << 20;
-  std::mutex mu;
-  std::vector<std::unique_ptr<Cgroup::Impl>> idle;
-  ~IdlePool();
-  // Takes out the parked cgroups of key (all when null), to be removed.
-  std::vector<std::unique_ptr<Cgroup::Impl>> take_all(const ReuseKey* key);
-};
-
 struct Cgroup::Impl {
   struct Dir {
     std::string path;
@@ -356,13 +337,6 @@ struct Cgroup::Impl {
   std::vector<Dir> dirs;
   Fd v2fd;
   bool destroyed = false;
-  // Reuse: where to park this cgroup when it is destroyed, for whom, and
-  // what the counters held when it was last parked.
-  std::weak_ptr<IdlePool> pool;
-  std::weak_ptr<ReuseKey> reuse;
-  const ReuseKey* reuse_id = nullptr;  // compared only
-  Limits limits;
-  Usage base;
 
   const Dir* v2dir() const {
     for (const auto& d : dirs)
@@ -377,10 +351,6 @@ struct Cgroup::Impl {
 
   Status kill();
   Status destroy();
-  Status remove();
-  // Resets what can be reset and reads the baselines of the rest; false when
-  // the cgroup is not fit to be handed to another sandbox.
-  bool prepare_reuse();
 };
 
 Status Cgroup::Impl::kill() {
@@ -436,32 +406,8 @@ Status Cgroup::Impl::kill() {
 
 Status Cgroup::Impl::destroy() {
   if (destroyed) return {};
-  if (Status k = kill(); !k) {
-    (void)remove();
-    destroyed = false;
-    return fail(k.error().wrap("kill " + name));
-  }
-  auto key = reuse.lock();
-  if (auto p = pool.lock(); p && key) {
-    std::unique_lock lk(p->mu);
-    if (p->idle.size() < IdlePool::kMax) {
-      lk.unlock();
-      if (prepare_reuse()) {
-        key->parked_in(p);
-        v2fd.reset();
-        auto parked = std::make_unique<Impl>(std::move(*this));
-        destroyed = true;
-        lk.lock();
-        p->idle.push_back(std::move(parked));
-        return {};
-      }
-    }
-  }
-  return remove();
-}
-
-Status Cgroup::Impl::remove() {
-  Status first;
+  Status first = kill();
+  if (!first) first = fail(first.error().wrap("kill " + name));
   v2fd.reset();
   for (const auto& d : dirs) {
     Status s = rmdir_tree(d.path);
@@ -469,80 +415,6 @@ Status Cgroup::Impl::remove() {
   }
   if (first) destroyed = true;
   return first;
-}
-
-bool Cgroup::Impl::prepare_reuse() {
-  // Subdirectories would be handed on with whatever the last sandbox put
-  // in them; tasks cannot be left after kill(), but check.
-  for (const auto& d : dirs) {
-    auto subs = subdirs(d.path);
-    if (!subs || !subs->empty()) return false;
-    auto procs = read_at(d.path, "cgroup.procs");
-    if (!procs || !procs->empty()) return false;
-  }
-  Usage b;
-  if (const Dir* m = v1dir("memory")) {
-    auto charged = read_at(m->path, "memory.usage_in_bytes");
-    auto v = charged ? parse_u64(*charged) : std::nullopt;
-    if (!v || *v > IdlePool::kMaxCharged) return false;
-    // Resets the peak to what is charged now, which is then subtracted.
-    if (!write_at(m->path, "memory.max_usage_in_bytes", "0")) return false;
-    if (!write_at(m->path, "memory.failcnt", "0")) return false;
-    b.memory_peak = *v;
-    auto oom = read_at(m->path, "memory.oom_control");
-    if (!oom) return false;
-    b.oom_kills = keyed_value(*oom, "oom_kill").value_or(0);
-  } else {
-    return false;  // v2 memory.peak cannot be reset for every reader
-  }
-  if (const Dir* c = v1dir("cpuacct")) {
-    if (!write_at(c->path, "cpuacct.usage", "0")) return false;
-  }
-  // The cgroup2 directory is never reused: on this kernel (6.18) a child
-  // cloned with CLONE_INTO_CGROUP into a cgroup that once had cgroup.kill
-  // written is killed at birth (the fork compares the kill sequence of its
-  // parent's cgroup with its target's). create() makes a fresh one.
-  for (auto it = dirs.begin(); it != dirs.end(); ++it) {
-    if (it->v2) {
-      v2fd.reset();
-      if (!rmdir_tree(it->path)) return false;
-      dirs.erase(it);
-      break;
-    }
-  }
-  base = b;
-  return true;
-}
-
-IdlePool::~IdlePool() {
-  for (auto& c : idle) (void)c->remove();
-}
-
-std::vector<std::unique_ptr<Cgroup::Impl>> IdlePool::take_all(const ReuseKey* key) {
-  std::vector<std::unique_ptr<Cgroup::Impl>> out;
-  std::lock_guard lk(mu);
-  for (auto it = idle.begin(); it != idle.end();) {
-    if (!key || (*it)->reuse_id == key) {
-      out.push_back(std::move(*it));
-      it = idle.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  return out;
-}
-
-void ReuseKey::parked_in(const std::shared_ptr<IdlePool>& p) {
-  std::lock_guard lk(mu_);
-  for (const auto& w : pools_)
-    if (w.lock() == p) return;
-  pools_.push_back(p);
-}
-
-ReuseKey::~ReuseKey() {
-  for (const auto& w : pools_)
-    if (auto p = w.lock())
-      for (auto& c : p->take_all(this)) (void)c->remove();
 }
 
 Cgroup::Cgroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -649,11 +521,6 @@ Result<Usage> Cgroup::usage() const {
     if (!t) return fail(t.error());
     if (*t) u.oom_kills = keyed_value(**t, "oom_kill").value_or(0);
   }
-  // A reused cgroup: what it counted for earlier sandboxes.
-  auto minus = [](uint64_t a, uint64_t b) { return a > b ? a - b : 0; };
-  u.cpu_usec = minus(u.cpu_usec, im.base.cpu_usec);
-  u.memory_peak = minus(u.memory_peak, im.base.memory_peak);
-  u.oom_kills = minus(u.oom_kills, im.base.oom_kills);
   return u;
 }
 
@@ -682,7 +549,6 @@ struct Manager::Impl {
   std::vector<std::string> v2_enabled;
   std::string v2_note;
   std::once_flag stale_once;
-  std::shared_ptr<IdlePool> pool = std::make_shared<IdlePool>();
 
   const Hierarchy* v1_for(std::string_view ctl) const {
     for (const auto& h : v1)
@@ -988,10 +854,6 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
     (void)c.destroy();
     return fail(s.error());
   }
-  if (layout != Layout::Unified) {
-    c.pool = pool;
-    c.limits = l;
-  }
   return Cgroup(std::move(im));
 }
 
@@ -1222,43 +1084,8 @@ Layout Manager::layout() const {
   return impl_->layout;
 }
 
-Result<Cgroup> Manager::create(const Limits& limits, const std::shared_ptr<ReuseKey>& reuse) {
+Result<Cgroup> Manager::create(const Limits& limits) {
   if (auto s = check_limits(limits); !s) return fail(s.error());
-  if (reuse) {
-    std::unique_ptr<Cgroup::Impl> im;
-    {
-      std::lock_guard lk(impl_->pool->mu);
-      auto& idle = impl_->pool->idle;
-      for (auto it = idle.begin(); it != idle.end(); ++it) {
-        if ((*it)->reuse_id == reuse.get() && (*it)->limits == limits) {
-          im = std::move(*it);
-          idle.erase(it);
-          break;
-        }
-      }
-    }
-    if (im) {
-      if (impl_->v2) {
-        // A fresh cgroup2 directory (see prepare_reuse), named anew.
-        im->name = std::to_string(::getpid()) + "-" + std::to_string(++g_seq);
-        std::string dir = join(impl_->v2->base, im->name);
-        if (::mkdir(dir.c_str(), 0755) != 0) {
-          (void)im->remove();
-          im.reset();
-        } else {
-          im->dirs.insert(im->dirs.begin(), {dir, true, {}});
-          // Limits that live in the cgroup2 directory, and its fd.
-          if (Status s = impl_->apply_limits(*im, limits); !s) {
-            (void)im->remove();
-            return fail(s.error().wrap("create cgroup"));
-          }
-          return Cgroup(std::move(im));
-        }
-      } else {
-        return Cgroup(std::move(im));
-      }
-    }
-  }
   auto cg = impl_->create_once(limits);
   for (int i = 0; i < 16 && !cg && cg.error().code == EEXIST; ++i) cg = impl_->create_once(limits);
   if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
@@ -1267,8 +1094,6 @@ Result<Cgroup> Manager::create(const Limits& limits, const std::shared_ptr<Reuse
     cg = impl_->create_once(limits);
   }
   if (!cg) return fail(cg.error().wrap("create cgroup"));
-  cg->impl_->reuse = reuse;
-  cg->impl_->reuse_id = reuse.get();
   return cg;
 }
 
@@ -1279,10 +1104,6 @@ Status Manager::cleanup_stale() {
 void Manager::cleanup_stale_once() {
   // Best effort: a leftover we cannot remove must not stop new sandboxes.
   std::call_once(impl_->stale_once, [this] { (void)impl_->cleanup_stale(); });
-}
-
-void Manager::release_idle() {
-  for (auto& c : impl_->pool->take_all(nullptr)) (void)c->remove();
 }
 
 std::vector<std::string> Manager::base_paths() const {

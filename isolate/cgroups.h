@@ -40,7 +40,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -63,7 +62,6 @@ struct Limits {
   bool empty() const {
     return !memory_max && !memory_high && !cpu_quota && !pids_max && !cpu_weight && !io_weight;
   }
-  bool operator==(const Limits&) const = default;
 };
 
 struct Usage {
@@ -97,22 +95,6 @@ struct RemountArgs {
 };
 RemountArgs favordynmods_remount(std::string_view options);
 
-struct IdlePool;
-// Who may be handed an emptied cgroup again (Manager::create): one per
-// executor's sandbox spec. The cgroups parked for it are removed when it goes.
-class ReuseKey {
- public:
-  ReuseKey() = default;
-  ReuseKey(const ReuseKey&) = delete;
-  ReuseKey& operator=(const ReuseKey&) = delete;
-  ~ReuseKey();
-  void parked_in(const std::shared_ptr<IdlePool>&);
-
- private:
-  std::mutex mu_;
-  std::vector<std::weak_ptr<IdlePool>> pools_;
-};
-
 class Cgroup {
  public:
   Cgroup(Cgroup&&) noexcept;
@@ -136,8 +118,7 @@ class Cgroup {
   // memory.max_usage_in_bytes (v1) or memory.peak; oom_kills from
   // memory.oom_control (v1) or memory.events. A figure the kernel lacks is 0.
   Result<Usage> usage() const;
-  // Kill, wait for empty, rmdir in every hierarchy (or park the directories
-  // for reuse, see Manager::create). Safe to call twice.
+  // Kill, wait for empty, rmdir in every hierarchy. Safe to call twice.
   Status destroy();
   // Directories (absolute paths) this cgroup occupies, for tests and logs.
   std::vector<std::string> paths() const;
@@ -146,7 +127,6 @@ class Cgroup {
   explicit Cgroup(std::unique_ptr<Impl>);
 
  private:
-  friend class Manager;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -158,14 +138,8 @@ class Manager {
   static Result<std::shared_ptr<Manager>> shared();
 
   Layout layout() const;
-  // Creates a per-process cgroup with these limits applied. With a reuse
-  // key, on layouts with v1 controllers, an emptied cgroup of an
-  // earlier create() with the same key and limits may be handed out again
-  // (its destroy() parked it): empty of tasks and subdirectories, its peak
-  // and CPU counters reset or re-based, at most 2 MiB of page cache and slab
-  // still charged from before. Callers give one key per executor's spec;
-  // what is parked goes with the key or the manager, or release_idle().
-  Result<Cgroup> create(const Limits& limits, const std::shared_ptr<ReuseKey>& reuse = nullptr);
+  // Creates a fresh per-process cgroup with these limits applied.
+  Result<Cgroup> create(const Limits& limits);
   // Removes cgroups left under the base by runtimes that are no longer running
   // ("<pid>-<seq>" whose pid does not exist), killing what is inside. Other
   // names and live runtimes' cgroups are never touched.
@@ -173,8 +147,6 @@ class Manager {
   // cleanup_stale() the first time only, best effort: spawn() calls it while
   // its child sets itself up, where it costs the caller no time.
   void cleanup_stale_once();
-  // Removes every parked cgroup now.
-  void release_idle();
   // Absolute base directories, one per hierarchy in use.
   std::vector<std::string> base_paths() const;
 

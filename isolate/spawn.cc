@@ -367,7 +367,7 @@ std::string_view step_name(SpawnStep step) {
   return "unknown step";
 }
 
-Sandbox::Sandbox() : cgroup_reuse_(std::make_shared<cgroups::ReuseKey>()) {}
+Sandbox::Sandbox() = default;
 Sandbox::~Sandbox() = default;  // warm inits are killed, reaped, their cgroups removed
 
 Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
@@ -424,7 +424,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
   if (cgroups) {
-    auto cg = cgroups->create(spec.limits, sb.cgroup_reuse_);
+    auto cg = cgroups->create(spec.limits);
     if (!cg) return fail(cg.error().wrap("cgroup"));
     out.cgroup_.emplace(std::move(*cg));
   } else if (!spec.limits.empty()) {

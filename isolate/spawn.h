@@ -111,9 +111,6 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   // The init's setup body (init_wire.h), encoded once: for the full mount
   // plan, and for the template's per-sandbox part (empty without one).
   std::string setup_full_, setup_templated_;
-  // Emptied cgroups are reused for this spec only (cgroups::Manager::create).
-  // After warm_: it goes first, so the warm inits' cgroups are removed, not parked.
-  std::shared_ptr<cgroups::ReuseKey> cgroup_reuse_;
 };
 
 // A running sandbox: its init process and its cgroup.

@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <dirent.h>
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -950,93 +949,3 @@ TEST_F(Cgroups, SmallestMemoryLimitRuns) {
 }
 
 }  // namespace
-
-// v1 directories of an emptied cgroup are handed to the next create() of
-// the same key and limits (making them is most of a start on these layouts),
-// with no trace of the last user in what usage() reports; the cgroup2
-// directory is always new, and a child cloned into it survives (6.18 kills
-// one cloned into a cgroup that once had cgroup.kill written). Other keys
-// or limits, a subdirectory left behind, or the key's end: no reuse.
-TEST_F(Cgroups, EmptiedCgroupsAreReusedForTheSameKeyOnly) {
-  Subreaper reaper;
-  constexpr uint64_t kLimit = 32 << 20;
-  auto key = std::make_shared<ReuseKey>();
-  auto v1_paths = [](const Cgroup& cg) {
-    std::vector<std::string> out;
-    for (const auto& p : cg.paths())
-      if (!is_cgroup2(p)) out.push_back(p);
-    return out;
-  };
-  auto cg = mgr_->create({.memory_max = kLimit}, key);
-  ASSERT_TRUE(cg) << cg.error().what();
-  const auto first = v1_paths(*cg);
-  const std::string first_v2 = find_path(*cg, "");
-  Child hog = spawn(*cg, [] {
-    constexpr size_t kSize = 200 << 20;
-    volatile char* p = static_cast<volatile char*>(std::malloc(kSize));
-    if (!p) return 2;
-    for (size_t i = 0; i < kSize; i += 4096) p[i] = 1;
-    return 0;
-  });
-  ASSERT_GT(hog.pid, 0);
-  hog.release();
-  (void)wait_status(hog.pid);
-  auto u = cg->usage();
-  ASSERT_TRUE(u) << u.error().what();
-  EXPECT_GE(u->oom_kills, 1u);
-  ASSERT_TRUE(cg->destroy());
-  if (!first_v2.empty()) {
-    EXPECT_FALSE(path_exists(first_v2));
-  }
-  if (mgr_->layout() == Layout::Unified) {
-    for (const auto& p : cg->paths()) EXPECT_FALSE(path_exists(p)) << p;
-    return;  // nothing is reused on cgroup2 alone
-  }
-  for (const auto& p : first) EXPECT_TRUE(path_exists(p)) << "not parked: " << p;
-
-  auto again = mgr_->create({.memory_max = kLimit}, key);
-  ASSERT_TRUE(again) << again.error().what();
-  EXPECT_EQ(v1_paths(*again), first);
-  if (!first_v2.empty()) {
-    EXPECT_NE(find_path(*again, ""), first_v2);
-  }
-  EXPECT_EQ(trim(slurp(find_path(*again, "memory") + "/memory.limit_in_bytes")),
-            std::to_string(kLimit));
-  Child ok = spawn(*again, [] { return 7; });
-  ASSERT_GT(ok.pid, 0);
-  ok.release();
-  int st = wait_status(ok.pid);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 7) << "status " << st;
-  u = again->usage();
-  ASSERT_TRUE(u) << u.error().what();
-  EXPECT_EQ(u->oom_kills, 0u) << "the last user's OOM kill is reported";
-  EXPECT_LT(u->memory_peak, uint64_t{16} << 20) << "the last user's peak is reported";
-
-  // Another key, other limits: fresh directories.
-  auto other_key = std::make_shared<ReuseKey>();
-  auto other = mgr_->create({.memory_max = kLimit}, other_key);
-  ASSERT_TRUE(other);
-  auto other_limits = mgr_->create({.memory_max = kLimit * 2}, key);
-  ASSERT_TRUE(other_limits);
-  for (const auto& p : v1_paths(*other)) EXPECT_EQ(std::count(first.begin(), first.end(), p), 0);
-  for (const auto& p : v1_paths(*other_limits))
-    EXPECT_EQ(std::count(first.begin(), first.end(), p), 0);
-  ASSERT_TRUE(other->destroy());
-  ASSERT_TRUE(other_limits->destroy());
-
-  // A subdirectory made inside: removed with it, never handed on.
-  const std::string sub = find_path(*again, "memory") + "/nested";
-  ASSERT_EQ(::mkdir(sub.c_str(), 0755), 0);
-  ASSERT_TRUE(again->destroy());
-  for (const auto& p : first) EXPECT_FALSE(path_exists(p)) << p;
-
-  // The key's end removes what was parked for it.
-  auto parked = mgr_->create({.memory_max = kLimit * 2}, key);
-  ASSERT_TRUE(parked);
-  const auto parked_paths = v1_paths(*parked);
-  ASSERT_TRUE(parked->destroy());
-  for (const auto& p : parked_paths) EXPECT_TRUE(path_exists(p)) << p;
-  key.reset();
-  for (const auto& p : parked_paths) EXPECT_FALSE(path_exists(p)) << p;
-  other_key.reset();
-}

@@ -47,9 +47,6 @@ class LeakCheck : public ::testing::Environment {
   void TearDown() override {
     // Sandboxes whose exit was read early finish their teardown there.
     cloister::Spawned::drain_retired();
-    // Emptied cgroups parked for reuse are kept on purpose until their
-    // executor or manager goes; the shared manager outlives the tests.
-    if (auto m = cloister::cgroups::Manager::shared()) (*m)->release_idle();
     int netns = 0;
     EXPECT_EQ(count_fds(::getpid(), &netns), fds_) << "fds leaked by the tests";
     EXPECT_LE(netns, 3) << "more network namespaces held than the pool keeps";
