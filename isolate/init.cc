@@ -18,7 +18,8 @@
 // The steps, in order (kSteps): the pool's network namespace, the mounts
 // and pivot_root (or the template), hostname, rlimits, the library's go
 // (cgroup attach, its network namespace), a cgroup namespace rooted at the
-// sandbox's own cgroup, bounding set, no_new_privs, seccomp, groups, gid,
+// sandbox's own cgroup, the payload's user namespace (all before it need
+// host root), bounding set, no_new_privs, seccomp, groups, gid,
 // uid, capabilities, the command, work dir. A failing step is reported as
 // {step, errno, detail} on the report pipe and ends the init. Then it forks
 // the payload and stays as its reaper and signal forwarder; at the payload's
@@ -47,6 +48,7 @@
 #include "isolate/namespaces.h"
 #include "isolate/rlimits.h"
 #include "isolate/seccomp.h"
+#include "isolate/userns.h"
 
 namespace cloister::init {
 namespace {
@@ -255,6 +257,14 @@ int unshare_cgroup_ns(Init&) {
   return ::unshare(CLONE_NEWCGROUP) == 0 ? 0 : errno;
 }
 
+// Last of what needs host root, first of what the payload's credentials
+// are made of: from here on capabilities hold in the payload's user
+// namespace only (and the bounding set is full again: dropped next).
+int join_userns(Init& in) {
+  const int ns = in.fd(in.fx.fd_userns);
+  return ns < 0 ? 0 : userns::enter(ns);
+}
+
 int drop_bounding(Init& in) {
   return capabilities::drop_bounding(in.fx.capabilities, in.fx.last_cap);
 }
@@ -397,6 +407,7 @@ constexpr Step kSteps[] = {
     {SpawnStep::Rlimits, set_rlimits},
     {SpawnStep::Go, wait_for_go},
     {SpawnStep::CgroupNs, unshare_cgroup_ns},
+    {SpawnStep::UserNs, join_userns},
     {SpawnStep::BoundingSet, drop_bounding},
     {SpawnStep::NoNewPrivs, no_new_privs},
     {SpawnStep::Seccomp, install_seccomp},

@@ -39,6 +39,7 @@ enum class SpawnStep : int32_t {
   Rlimits,
   Go,        // waiting for the library's go (cgroup attach, network)
   CgroupNs,  // a cgroup namespace rooted at the sandbox's own cgroup
+  UserNs,    // joining the payload's user namespace
   BoundingSet,
   NoNewPrivs,
   Seccomp,
@@ -57,7 +58,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 4;
+constexpr uint32_t kVersion = 5;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -97,7 +98,7 @@ struct SetupFixed {
   uint32_t strings_len;
   uint32_t hostname;  // offset in the string table
   // Indices into the fds received, -1 when absent.
-  int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root;
+  int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns;
   int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)
   uint32_t ntrees;
 };

@@ -32,7 +32,7 @@ std::shared_ptr<const mounts::MountTemplate> TemplateCache::get(uint64_t* gen) c
   if (!plan_->templatable() || broken_) return nullptr;
   if (template_ && template_gen_ != *gen) template_.reset();
   if (!template_) {
-    auto t = plan_->build_template();
+    auto t = plan_->build_template(userns_->get());
     if (!t) {
       // The full plan works everywhere; the template is only faster.
       broken_ = true;

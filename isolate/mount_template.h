@@ -21,7 +21,8 @@ namespace cloister {
 
 class TemplateCache {
  public:
-  explicit TemplateCache(const mounts::MountPlan* plan) : plan_(plan) {}
+  // userns: the sandbox's user namespace, for idmapped sources (may hold none).
+  TemplateCache(const mounts::MountPlan* plan, const Fd* userns) : plan_(plan), userns_(userns) {}
   TemplateCache(const TemplateCache&) = delete;
   TemplateCache& operator=(const TemplateCache&) = delete;
 
@@ -37,6 +38,7 @@ class TemplateCache {
   uint64_t generation_locked() const;
 
   const mounts::MountPlan* plan_;
+  const Fd* userns_;
   mutable std::mutex mu_;
   mutable std::shared_ptr<const mounts::MountTemplate> template_;
   mutable Fd mountinfo_;  // polled for changes of the host's mount table

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstring>
 #include <set>
 #include <thread>
@@ -94,6 +95,45 @@ Status check_no_symlink(const std::string& path, const std::string& what) {
 }
 
 // "a=1,b=2" with the keys of over replacing those of base, in base's order.
+// With a user namespace, a tmpfs the init makes (as host root) belongs to
+// the payload's root, as in a container runtime: uid= and gid= name ids
+// inside, and are given as the host ids they map to (uid 0 when unset).
+Result<std::string> owned_by_payload(const std::string& data, const SpawnSpec& spec) {
+  if (!spec.userns) return data;
+  std::string out, uid, gid;
+  size_t i = 0;
+  while (i <= data.size()) {
+    size_t j = data.find(',', i);
+    if (j == std::string::npos) j = data.size();
+    std::string w = data.substr(i, j - i);
+    i = j + 1;
+    if (w.starts_with("uid=")) {
+      uid = w.substr(4);
+    } else if (w.starts_with("gid=")) {
+      gid = w.substr(4);
+    } else if (!w.empty()) {
+      out += (out.empty() ? "" : ",") + w;
+    }
+  }
+  auto host = [&](const std::string& v, uint32_t base, const char* key) -> Result<std::string> {
+    uint64_t inside = 0;
+    if (!v.empty()) {
+      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), inside);
+      if (ec != std::errc() || p != v.data() + v.size())
+        return fail(invalid(std::string(key) + "=" + v + ": not a number"));
+    }
+    if (inside >= spec.userns->size)
+      return fail(invalid(std::string(key) + "=" + v + " is outside the user namespace's " +
+                          std::to_string(spec.userns->size) + " ids"));
+    return std::string(key) + "=" + std::to_string(base + inside);
+  };
+  auto u = host(uid, spec.userns->uid_base, "uid");
+  if (!u) return fail(u.error());
+  auto g = host(gid, spec.userns->gid_base, "gid");
+  if (!g) return fail(g.error());
+  return out + (out.empty() ? "" : ",") + *u + "," + *g;
+}
+
 std::string merge_tmpfs_data(const std::string& base, const std::string& over) {
   auto split = [](const std::string& s) {
     std::vector<std::pair<std::string, std::string>> kv;
@@ -137,6 +177,7 @@ struct Entry {
   bool is_dir = true;
   std::string options;  // Tmpfs
   std::string what;     // for errors: "volume /a:/b"
+  bool idmap = false;   // Volume: BindMount::idmap
 };
 
 // Container roots: the type of `path` in the merged image (the top-most layer
@@ -278,6 +319,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
     if (auto c = check_no_symlink(*src, what + ": source"); !c) return fail(c.error());
     Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
+    e.idmap = v.idmap && spec.userns.has_value();
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
   }
@@ -327,8 +369,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   };
   // A pinned source (make_trees clones it): its index, for a MoveTree.
   auto add_source = [&](const std::string& path, bool is_dir, uint64_t attr,
-                        const std::string& what) {
-    plan.sources_.push_back({path, is_dir, attr, what});
+                        const std::string& what, bool idmap = false) {
+    plan.sources_.push_back({path, is_dir, attr, what, idmap});
     return static_cast<int>(plan.sources_.size() - 1);
   };
 
@@ -337,9 +379,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
     if (e.kind != Entry::HostTree && e.kind != Entry::Volume) continue;
-    source_of[i] = add_source(
-        e.source, e.is_dir,
-        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0), e.what);
+    source_of[i] =
+        add_source(e.source, e.is_dir,
+                   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0),
+                   e.what, e.idmap);
   }
   // Container roots: each layer is moved to a short path on the stage
   // tmpfs (its tree was cloned by the library, so a layer below the stage,
@@ -358,7 +401,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!real) return fail(real.error());
     merged_source =
         add_source(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                   "merged image root " + *n);
+                   "merged image root " + *n, spec.userns.has_value());
   } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
@@ -372,15 +415,18 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         return fail(sys_error("image layer " + *n));
       auto real = resolve_source(*n, "image layer");
       if (!real) return fail(real.error());
+      // With a user namespace, idmapped: the image's own ids inside.
       layer_sources.push_back(add_source(*real, true,
                                          MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                                         "image layer " + *n));
+                                         "image layer " + *n, spec.userns.has_value()));
     }
   }
   {
     Op& o = op(OpKind::Tmpfs, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
-    o.data = root_data;
+    auto owned = owned_by_payload(root_data, spec);
+    if (!owned) return fail(owned.error().wrap("tmpfs /"));
+    o.data = std::move(*owned);
   }
   if (merged_source >= 0) {
     op(OpKind::MoveTree, kStage).source = merged_source;
@@ -495,7 +541,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         auto parsed = parse_tmpfs_options(e.options);
         Op& o = op(OpKind::Tmpfs, staged(e.target));
         o.flags = parsed->flags;
-        o.data = merge_tmpfs_data(kDefaultTmpfsBounds, parsed->data);
+        auto data = owned_by_payload(merge_tmpfs_data(kDefaultTmpfsBounds, parsed->data), spec);
+        if (!data) return fail(data.error().wrap(e.what));
+        o.data = std::move(*data);
         break;
       }
       case Entry::Proc: {
@@ -526,6 +574,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         Op& t = op(OpKind::Tmpfs, staged("/dev"));
         t.flags = MS_NOSUID | MS_NOEXEC;
         t.data = "mode=0755,size=64k,nr_inodes=128";
+        if (auto d = owned_by_payload(t.data, spec); d) t.data = std::move(*d);
         for (const auto& d : kDevNodes) {
           Op& o = op(OpKind::Mknod, staged("/dev/" + std::string(d.name)));
           o.mode = S_IFCHR | 0666;
@@ -540,7 +589,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         op(OpKind::Mkdir, staged("/dev/shm")).mode = 0755;
         Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
         shm.flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
-        shm.data = shm_data;
+        auto shm_owned = owned_by_payload(shm_data, spec);
+        if (!shm_owned) return fail(shm_owned.error().wrap("tmpfs /dev/shm"));
+        shm.data = std::move(*shm_owned);
         for (const auto& [to, name] : kDevLinks)
           op(OpKind::Symlink, staged("/dev/" + std::string(name))).src = std::string(to);
         break;
@@ -618,7 +669,7 @@ void MountPlan::split_for_template(const std::vector<std::string>& own) {
   spawn_ops_ = std::move(per);
 }
 
-Result<std::vector<Fd>> MountPlan::make_trees() const {
+Result<std::vector<Fd>> MountPlan::make_trees(int userns_fd) const {
   std::vector<Fd> out;
   out.reserve(sources_.size());
   for (const auto& src : sources_) {
@@ -635,8 +686,15 @@ Result<std::vector<Fd>> MountPlan::make_trees() const {
     if (!tree) return fail(sys_error(src.what + ": clone the tree of " + src.path));
     struct mount_attr attr {};
     attr.attr_set = src.attr;
+    if (src.idmap) {
+      if (userns_fd < 0)
+        return fail(internal(src.what + ": an idmapped source without a user namespace"));
+      attr.attr_set |= MOUNT_ATTR_IDMAP;
+      attr.userns_fd = static_cast<uint64_t>(userns_fd);
+    }
     if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
-      return fail(sys_error(src.what + ": set the attributes of " + src.path));
+      return fail(sys_error(src.what + ": set the attributes of " + src.path +
+                            (src.idmap ? " (idmapped)" : "")));
     out.push_back(std::move(tree));
   }
   return out;
@@ -656,9 +714,9 @@ std::vector<OpView> MountPlan::views(bool templated) const {
   return views_of(templated ? spawn_ops_ : ops_);
 }
 
-Result<MountTemplate> MountPlan::build_template() const {
+Result<MountTemplate> MountPlan::build_template(int userns_fd) const {
   if (!templatable()) return fail(invalid("this mount plan has no template"));
-  auto made = make_trees();
+  auto made = make_trees(userns_fd);
   if (!made) return fail(made.error());
   std::vector<int> trees;
   for (const auto& t : *made) trees.push_back(t.get());

@@ -151,6 +151,9 @@ class MountPlan {
     bool is_dir = true;
     uint64_t attr = 0;  // MOUNT_ATTR_* of its tree
     std::string what;   // "volume /a:/b", for errors
+    // An idmapped tree (MOUNT_ATTR_IDMAP) through the sandbox's user
+    // namespace: image layers, and volumes that ask for it.
+    bool idmap = false;
   };
 
   static Result<MountPlan> prepare(const SpawnSpec& spec);
@@ -163,7 +166,8 @@ class MountPlan {
   // builder) only moves them into place (move_mount). A component swapped
   // for a symlink since prepare() fails (ELOOP, INVALID) naming the source,
   // as does a directory replaced by a file or the reverse.
-  Result<std::vector<Fd>> make_trees() const;
+  // userns_fd: the user namespace of idmapped sources (or -1 when none is).
+  Result<std::vector<Fd>> make_trees(int userns_fd = -1) const;
   const std::vector<Source>& sources() const { return sources_; }
 
   // The ops a sandbox runs: the full plan, or with a template only the
@@ -187,7 +191,7 @@ class MountPlan {
   // without CLONE_NEWNS then.
   bool templatable() const { return !spawn_ops_.empty(); }
   // Builds it on a short-lived thread (the host's mount table never sees it).
-  Result<MountTemplate> build_template() const;
+  Result<MountTemplate> build_template(int userns_fd = -1) const;
 
  private:
   void split_for_template(const std::vector<std::string>& own);

@@ -1,4 +1,5 @@
 #include "isolate/spawn.h"
+#include "isolate/userns.h"
 
 #include <fcntl.h>
 #include <linux/close_range.h>
@@ -341,6 +342,8 @@ std::string_view step_name(SpawnStep step) {
       return "wait for the cgroup attach";
     case SpawnStep::CgroupNs:
       return "cgroup namespace";
+    case SpawnStep::UserNs:
+      return "join the user namespace";
     case SpawnStep::BoundingSet:
       return "capability bounding set";
     case SpawnStep::NoNewPrivs:
@@ -385,12 +388,34 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   }
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  if (spec.userns) {
+    if (auto s = userns::check_ids(*spec.userns, spec.user.uid, spec.user.gid,
+                                   spec.user.groups.data(), spec.user.groups.size());
+        !s)
+      return fail(s.error());
+  }
   sb->setup_full_ = encode_setup(spec, sb->mounts_.views(false), *filter);
   if (sb->mounts_.templatable())
     sb->setup_templated_ = encode_setup(spec, sb->mounts_.views(true), *filter);
   if (sb->setup_full_.size() > wire::kMaxBody)
     return fail(make_error(ErrorKind::Limit, "the sandbox's setup exceeds 64 MiB"));
   return std::shared_ptr<const Sandbox>(std::move(sb));
+}
+
+Result<int> Sandbox::userns_fd() const {
+  if (!spec_.userns) return -1;
+  // One namespace for every sandbox of this spec, made at its first start
+  // (an executor that never starts one, or a caller the policy refuses,
+  // never needs it): an init only joins it, with no map to write.
+  std::call_once(userns_once_, [this] {
+    auto ns = userns::make(*spec_.userns);
+    if (ns)
+      userns_ = std::move(*ns);
+    else
+      userns_error_ = fail(ns.error());
+  });
+  if (!userns_error_) return fail(userns_error_.error());
+  return userns_.get();
 }
 
 void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
@@ -407,13 +432,15 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   const SpawnSpec& spec = sb.spec_;
   auto program = init_program::fd();
   if (!program) return fail(program.error());
+  auto userns_fd = sb.userns_fd();
+  if (!userns_fd) return fail(userns_fd.error());
   uint64_t gen = 0;
   std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
   // Without a template the init mounts the sources itself: pinned and
   // cloned now, so that what is mounted is what was checked.
   std::vector<Fd> trees;
   if (!tpl) {
-    auto made = sb.mounts_.make_trees();
+    auto made = sb.mounts_.make_trees(*userns_fd);
     if (!made) return fail(made.error().wrap("mount plan"));
     trees = std::move(*made);
   }
@@ -536,6 +563,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
   fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
+  fx.fd_userns = add_fd(*userns_fd);
   fx.fd_trees = static_cast<int32_t>(fds.size());
   fx.ntrees = static_cast<uint32_t>(trees.size());
   for (const auto& t : trees) fds.push_back(t.get());

@@ -104,7 +104,12 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
 
   SpawnSpec spec_;
   mounts::MountPlan mounts_;
-  TemplateCache templates_{&mounts_};
+  // The payload's user namespace (spec_.userns), or -1 for none.
+  Result<int> userns_fd() const;
+  mutable std::once_flag userns_once_;
+  mutable Fd userns_;
+  mutable Status userns_error_;
+  TemplateCache templates_{&mounts_, &userns_};
   mutable WarmPool warm_;
   std::optional<network::LoopbackUp> loopback_;
   uint64_t clone_flags_ = 0;

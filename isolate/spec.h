@@ -12,6 +12,7 @@
 
 #include "isolate/cgroups.h"
 #include "isolate/rlimits.h"
+#include "isolate/userns.h"
 
 namespace cloister {
 
@@ -22,6 +23,12 @@ struct BindMount {
   std::string source;  // absolute host path
   std::string target;  // absolute path inside the sandbox
   bool read_only = true;
+  // With a user namespace: an idmapped mount through it, so the host's ids
+  // show as the same ids inside (host root's files as root's) and the
+  // payload's writes land with the ids it has inside (root's as host root).
+  // Off, the payload's writes land as mapped host ids and host files whose
+  // owner is not mapped show as nobody.
+  bool idmap = false;
 };
 
 struct TmpfsMount {
@@ -64,6 +71,9 @@ struct SpawnSpec {
   // are then ignored; volumes, tmpfs, /proc, /dev and /tmp apply on top).
   std::optional<ImageRoot> image_root;
 
+  // The payload's user namespace (userns.h); none = the host's (the
+  // payload's uid 0 is then host root).
+  std::optional<userns::Map> userns;
   bool no_new_privileges = true;
   uint64_t capabilities = 0;  // bit set of capabilities kept
   std::vector<rlimits::Limit> rlimits;

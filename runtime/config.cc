@@ -700,6 +700,29 @@ Status parse_no_new_privs(const Parser& p, const Field& f, Building& b) {
   return assign(p.boolean(f), b.cfg.no_new_privileges);
 }
 
+// userns: auto (a user namespace of its own, the default) | host.
+Status parse_userns(const Parser& p, const Field& f, Building& b) {
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  if (*s == "auto") {
+    b.cfg.userns_host = false;
+  } else if (*s == "host") {
+    b.cfg.userns_host = true;
+  } else {
+    return fail(p.error(f, "expected auto or host, got " + quote(*s)));
+  }
+  return {};
+}
+
+Status parse_userns_range(const Parser& p, const Field& f, Building& b) {
+  auto s = p.string(f);
+  if (!s) return fail(s.error());
+  auto m = userns::parse(*s);
+  if (!m) return fail(p.error(f, m.error().message));
+  b.cfg.userns_range = *m;
+  return {};
+}
+
 // Capability names are stored canonical: "CAP_NET_RAW", or "ALL".
 Result<std::vector<std::string>> capability_list(const Parser& p, const Field& f) {
   auto items = p.sequence(f);
@@ -776,7 +799,7 @@ Status parse_volumes(const Parser& p, const Field& f, Building& b) {
       start = colon + 1;
     }
     if (parts.size() < 2 || parts.size() > 3)
-      return fail(p.error(item, "expected host:container[:ro|rw], got " + quote(*s)));
+      return fail(p.error(item, "expected host:container[:ro|rw][,idmap], got " + quote(*s)));
     BindMount m;
     m.source = parts[0];
     m.target = parts[1];
@@ -787,11 +810,21 @@ Status parse_volumes(const Parser& p, const Field& f, Building& b) {
       return fail(p.error(item, "container path " + quote(m.target) + " " + problem));
     if (m.target == "/") return fail(p.error(item, "container path must not be \"/\""));
     if (parts.size() == 3) {
-      if (parts[2] == "ro") {
-        m.read_only = true;
-      } else if (parts[2] != "rw") {
-        return fail(
-            p.error(item, "unknown volume option " + quote(parts[2]) + " (expected ro or rw)"));
+      // Comma-separated, as podman's: ro|rw, idmap.
+      size_t at = 0;
+      for (;;) {
+        size_t comma = parts[2].find(',', at);
+        std::string opt = parts[2].substr(at, comma - at);
+        if (opt == "ro") {
+          m.read_only = true;
+        } else if (opt == "idmap") {
+          m.idmap = true;
+        } else if (opt != "rw") {
+          return fail(
+              p.error(item, "unknown volume option " + quote(opt) + " (expected ro, rw or idmap)"));
+        }
+        if (comma == std::string::npos) break;
+        at = comma + 1;
       }
     }
     struct stat st {};
@@ -1079,6 +1112,8 @@ constexpr FieldRule kExecutorFields[] = {
     {"pids_limit", parse_pids},
     {"read_only_rootfs", parse_read_only},
     {"no_new_privileges", parse_no_new_privs},
+    {"userns", parse_userns},
+    {"userns_range", parse_userns_range},
     {"cap_drop", parse_cap_drop},
     {"cap_add", parse_cap_add},
     {"tmpfs", parse_tmpfs},

@@ -40,6 +40,11 @@ struct ExecutorConfig {
   uint64_t pids_limit = kDefaultPidsLimit;  // 0 = unlimited (said explicitly)
   bool read_only_rootfs = true;
   bool no_new_privileges = true;
+  // The payload's user namespace (docs/security.md, "User namespace"):
+  // userns: host opts out; userns_range sets the host ids (default:
+  // userns::default_map()).
+  bool userns_host = false;
+  std::optional<userns::Map> userns_range;
   std::vector<std::string> cap_add;   // validated names
   std::vector<std::string> cap_drop;  // validated names or ALL
   uint64_t capabilities = 0;          // resolved from cap_add/cap_drop

@@ -60,6 +60,15 @@ Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) 
   s.tmpfs = c.tmpfs;
   s.read_only_rootfs = c.read_only_rootfs;
   s.no_new_privileges = c.no_new_privileges;
+  if (!c.userns_host) {
+    if (c.userns_range) {
+      s.userns = c.userns_range;
+    } else {
+      auto m = userns::default_map();
+      if (!m) return fail(m.error().wrap("executor '" + c.name + "': user namespace"));
+      s.userns = *m;
+    }
+  }
   s.capabilities = c.capabilities;
   s.rlimits = c.rlimits;
   s.user = c.identity;

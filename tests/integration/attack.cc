@@ -275,6 +275,39 @@ int names() {
   return 0;
 }
 
+// What a root payload is on the host (issue 12): its uid map, a root-only
+// file it may not read, the owners it sees, and a setuid file it makes in
+// a writable volume (the test looks at its owner on the host).
+// userns SECRET WRITABLE_DIR [PATH...]
+int userns(int argc, char** argv) {
+  char map[128] = {};
+  int fd = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)!::read(fd, map, sizeof map - 1);
+    ::close(fd);
+  }
+  unsigned inside = 0, outside = 0, count = 0;
+  std::sscanf(map, "%u %u %u", &inside, &outside, &count);
+  std::printf("uid_map %u:%u:%u\n", inside, outside, count);
+  say("secret_read", open_close(argv[2], O_RDONLY));
+  const std::string mine = std::string(argv[3]) + "/mine";
+  int m = ::open(mine.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+  say("create", m);
+  if (m >= 0) {
+    say("setuid_chmod", ::fchmod(m, 04755));
+    ::close(m);
+  }
+  for (int i = 4; i < argc; ++i) {
+    struct stat st {};
+    if (::lstat(argv[i], &st) == 0)
+      std::printf("owner %s %u:%u\n", argv[i], st.st_uid, st.st_gid);
+    else
+      std::printf("owner %s %s\n", argv[i], strerrorname_np(errno));
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -310,6 +343,7 @@ int main(int argc, char** argv) {
   if (cmd == "fill" && argc > 2) return fill(argv[2]);
   if (cmd == "inodes" && argc > 2) return inodes(argv[2]);
   if (cmd == "names") return names();
+  if (cmd == "userns" && argc > 3) return userns(argc, argv);
   std::fprintf(stderr, "usage: cloister_attack proc1|forge [code]|forge-and-hang|...\n");
   return 2;
 }

@@ -140,6 +140,7 @@ TEST_F(Container, WritableRootIsPerProcessAndLeavesTheStoreAlone) {
 TEST_F(Container, VolumesAndTmpfsOnTop) {
   TempDir host;
   write_text(host.path + "/in", "from-host\n");
+  give_to_sandbox(host.path);
   auto cfg = config();
   cfg.user = "root";
   cfg.volumes.push_back({host.path, "/data/vol", false});

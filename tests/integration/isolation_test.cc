@@ -195,6 +195,8 @@ TEST(Isolation, SensitivePathsMasked) {
 TEST(Isolation, VolumesReadOnlyAndWritable) {
   TempDir rw, ro;
   write_text(ro.path + "/in.txt", "from host");
+  give_to_sandbox(rw.path);
+  give_to_sandbox(ro.path);
   auto cfg = base_config();
   cfg.volumes.push_back({rw.path, "/work/out", false});
   cfg.volumes.push_back({ro.path, "/work/in", true});
@@ -559,6 +561,7 @@ TEST(Isolation, MountTemplateGivesTheSameRoot) {
 TEST(Isolation, MountTemplateFollowsHostMounts) {
   TempDir vol;
   ASSERT_EQ(::mkdir((vol.path + "/sub").c_str(), 0755), 0);
+  give_to_sandbox(vol.path);
   auto cfg = base_config();
   cfg.volumes.push_back({vol.path, "/data", true});
   auto exec = Executor::create(cfg);

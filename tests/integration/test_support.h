@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "isolate/userns.h"
 #include "oci/load.h"
 #include "oci/store.h"
 #include "runtime/executor.h"
@@ -135,6 +136,25 @@ inline std::string read_text(const std::string& path) {
 
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
+}
+
+// The host ids of uid and gid 0 inside a default sandbox (its user
+// namespace, isolate/userns.h).
+inline uid_t sandbox_root_uid() {
+  auto m = userns::default_map();
+  return m ? m->uid_base : 0;
+}
+inline gid_t sandbox_root_gid() {
+  auto m = userns::default_map();
+  return m ? m->gid_base : 0;
+}
+// Hands a host tree to the sandboxes' root, as an administrator does for a
+// volume a payload writes or reads that root alone may: owned by the
+// mapped ids (a payload's root is not host root).
+inline void give_to_sandbox(const std::string& path) {
+  const std::string cmd = "chown -R " + std::to_string(sandbox_root_uid()) + ":" +
+                          std::to_string(sandbox_root_gid()) + " '" + path + "'";
+  if (std::system(cmd.c_str()) != 0) ADD_FAILURE() << cmd;
 }
 
 struct TempDir {

@@ -596,6 +596,16 @@ const BadCase kBadCases[] = {
      "expected host:container[:ro|rw]"},
     {"VolumeBadMode", one("    volumes:\n      - /usr/share/doc:/docs:rx\n"), 5,
      "executors[0].volumes[0]", "unknown volume option \"rx\""},
+    {"VolumeBadOptionInList", one("    volumes:\n      - /usr/share/doc:/docs:ro,idmapp\n"), 5,
+     "executors[0].volumes[0]", "unknown volume option \"idmapp\" (expected ro, rw or idmap)"},
+    {"UsernsBad", one("    userns: keep-id\n"), 4, "executors[0].userns",
+     "expected auto or host, got \"keep-id\""},
+    {"UsernsRangeBad", one("    userns_range: \"100000\"\n"), 4, "executors[0].userns_range",
+     "expected BASE:SIZE or UIDBASE:GIDBASE:SIZE"},
+    {"UsernsRangeRoot", one("    userns_range: \"0:65536\"\n"), 4, "executors[0].userns_range",
+     "maps host id 0 (root); use userns: host"},
+    {"UsernsRangeOverflow", one("    userns_range: \"4294901760:65536\"\n"), 4,
+     "executors[0].userns_range", "ends past the last host id"},
     {"VolumeMissingSource", one("    volumes:\n      - /nonexistent/cloister:/x\n"), 5,
      "executors[0].volumes[0]", "does not exist"},
     {"VolumeRootTarget", one("    volumes: [\"/usr:/\"]\n"), 4, "executors[0].volumes[0]",
@@ -640,3 +650,63 @@ INSTANTIATE_TEST_SUITE_P(Config, ConfigBad, ::testing::ValuesIn(kBadCases),
                          [](const ::testing::TestParamInfo<BadCase>& info) {
                            return std::string(info.param.name);
                          });
+
+// The user namespace: on by default, opted out of, or given a range; the
+// idmap volume option.
+TEST(Config, UserNamespaceFields) {
+  auto c = parse_config(
+      "executors:\n"
+      "  - name: a\n"
+      "  - name: b\n    userns: host\n"
+      "  - name: c\n    userns_range: \"200000:300000:1000\"\n"
+      "    volumes: [\"/usr:/u:ro,idmap\", \"/usr:/v:idmap\"]\n",
+      "t.yaml");
+  ASSERT_TRUE(c) << c.error().what();
+  EXPECT_FALSE(c->executors[0].userns_host);
+  EXPECT_FALSE(c->executors[0].userns_range);
+  EXPECT_TRUE(c->executors[1].userns_host);
+  ASSERT_TRUE(c->executors[2].userns_range);
+  EXPECT_EQ(*c->executors[2].userns_range, (userns::Map{200000, 300000, 1000}));
+  ASSERT_EQ(c->executors[2].volumes.size(), 2u);
+  EXPECT_TRUE(c->executors[2].volumes[0].idmap);
+  EXPECT_TRUE(c->executors[2].volumes[0].read_only);
+  EXPECT_TRUE(c->executors[2].volumes[1].idmap);
+  EXPECT_FALSE(c->executors[2].volumes[1].read_only);
+}
+
+TEST(UserNs, RangesFromSubidFiles) {
+  char d[] = "/tmp/cloister-unit-XXXXXX";
+  ASSERT_NE(::mkdtemp(d), nullptr);
+  const std::string dir = d, su = dir + "/subuid", sg = dir + "/subgid";
+  auto put = [](const std::string& p, const std::string& t) {
+    FILE* f = std::fopen(p.c_str(), "w");
+    std::fputs(t.c_str(), f);
+    std::fclose(f);
+  };
+  put(su, "# comment\nalice:100000:65536\ncloister:300000:131072\n");
+  put(sg, "cloister:400000:65536\n");
+  auto m = userns::from_subid(su, sg, "cloister");
+  ASSERT_TRUE(m) << m.error().what();
+  ASSERT_TRUE(*m);
+  EXPECT_EQ(**m, (userns::Map{300000, 400000, 65536}));  // the smaller count
+  auto none = userns::from_subid(su, sg, "nobody-here");
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
+  auto half = userns::from_subid(su, sg, "alice");
+  ASSERT_FALSE(half);
+  EXPECT_NE(half.error().message.find("has a range in " + su + " but not in " + sg),
+            std::string::npos)
+      << half.error().what();
+  put(sg, "cloister:4x:65536\n");
+  auto bad = userns::from_subid(su, sg, "cloister");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find(sg + ":1: bad range for cloister"), std::string::npos)
+      << bad.error().what();
+  auto missing = userns::from_subid(dir + "/none", dir + "/none2", "cloister");
+  ASSERT_TRUE(missing);
+  EXPECT_FALSE(*missing);
+  std::system(("rm -rf " + dir).c_str());
+  EXPECT_EQ(userns::parse("100000:65536").value(), (userns::Map{100000, 100000, 65536}));
+  EXPECT_FALSE(userns::check_ids({100000, 100000, 1000}, 1000, 0, nullptr, 0));
+  EXPECT_TRUE(userns::check_ids({100000, 100000, 1000}, 999, 999, nullptr, 0));
+}

@@ -1,0 +1,191 @@
+// User namespaces: ranges, their sources, and making one (see userns.h).
+#include "isolate/userns.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <pwd.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace cloister::userns {
+
+namespace {
+
+std::optional<uint32_t> number(std::string_view s) {
+  uint32_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
+  return v;
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  for (;;) {
+    size_t j = s.find(sep, i);
+    out.push_back(s.substr(i, j == std::string_view::npos ? std::string_view::npos : j - i));
+    if (j == std::string_view::npos) return out;
+    i = j + 1;
+  }
+}
+
+// The first "name:start:count" line of text for owner (by name or uid).
+Result<std::optional<std::pair<uint32_t, uint32_t>>> find_range(const std::string& path,
+                                                                const std::string& owner,
+                                                                std::optional<uid_t> owner_uid) {
+  auto text = read_file(path);
+  if (!text) {
+    if (text.error().code == ENOENT) return std::optional<std::pair<uint32_t, uint32_t>>{};
+    return fail(text.error());
+  }
+  int lineno = 0;
+  for (auto line : split(*text, '\n')) {
+    ++lineno;
+    if (line.empty() || line[0] == '#') continue;
+    auto f = split(line, ':');
+    if (f.size() != 3) continue;
+    bool ours = f[0] == owner || (owner_uid && number(f[0]) == *owner_uid);
+    if (!ours) continue;
+    auto start = number(f[1]), count = number(f[2]);
+    if (!start || !count)
+      return fail(invalid(path + ":" + std::to_string(lineno) + ": bad range for " + owner));
+    return std::optional(std::pair{*start, *count});
+  }
+  return std::optional<std::pair<uint32_t, uint32_t>>{};
+}
+
+}  // namespace
+
+Status check(const Map& m) {
+  if (m.size == 0) return fail(invalid("user namespace: a range of 0 ids"));
+  if (m.uid_base == 0 || m.gid_base == 0)
+    return fail(invalid("user namespace: the range maps host id 0 (root); use userns: host"));
+  const uint64_t top = uint64_t{0xffffffffu};  // (uid_t)-1 is no id
+  if (uint64_t{m.uid_base} + m.size > top || uint64_t{m.gid_base} + m.size > top)
+    return fail(invalid("user namespace: the range ends past the last host id"));
+  return {};
+}
+
+Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t ngroups) {
+  if (uid >= m.size)
+    return fail(invalid("user " + std::to_string(uid) + " is outside the user namespace's " +
+                        std::to_string(m.size) + " ids"));
+  if (gid >= m.size)
+    return fail(invalid("group " + std::to_string(gid) + " is outside the user namespace's " +
+                        std::to_string(m.size) + " ids"));
+  for (size_t i = 0; i < ngroups; ++i)
+    if (groups[i] >= m.size)
+      return fail(invalid("group " + std::to_string(groups[i]) +
+                          " is outside the user namespace's " + std::to_string(m.size) + " ids"));
+  return {};
+}
+
+Result<Map> parse(std::string_view text) {
+  auto f = split(text, ':');
+  Map m;
+  std::optional<uint32_t> a, b, c;
+  if (f.size() == 2) {
+    a = number(f[0]);
+    b = a;
+    c = number(f[1]);
+  } else if (f.size() == 3) {
+    a = number(f[0]);
+    b = number(f[1]);
+    c = number(f[2]);
+  }
+  if (!a || !b || !c)
+    return fail(invalid("userns_range '" + std::string(text) +
+                        "': expected BASE:SIZE or UIDBASE:GIDBASE:SIZE"));
+  m = {*a, *b, *c};
+  if (auto s = check(m); !s)
+    return fail(s.error().wrap("userns_range '" + std::string(text) + "'"));
+  return m;
+}
+
+Result<std::optional<Map>> from_subid(const std::string& subuid, const std::string& subgid,
+                                      const std::string& owner) {
+  std::optional<uid_t> owner_uid;
+  if (const passwd* pw = ::getpwnam(owner.c_str())) owner_uid = pw->pw_uid;
+  auto u = find_range(subuid, owner, owner_uid);
+  if (!u) return fail(u.error());
+  auto g = find_range(subgid, owner, owner_uid);
+  if (!g) return fail(g.error());
+  if (!*u && !*g) return std::optional<Map>{};
+  if (!*u || !*g)
+    return fail(
+        invalid("user namespace: " + owner + " has a range in " +
+                (*u ? subuid + " but not in " + subgid : subgid + " but not in " + subuid)));
+  Map m{(*u)->first, (*g)->first, std::min((*u)->second, (*g)->second)};
+  if (auto s = check(m); !s)
+    return fail(s.error().wrap("the range of " + owner + " in " + subuid + "/" + subgid));
+  return std::optional(m);
+}
+
+Result<Map> default_map() {
+  auto m = from_subid("/etc/subuid", "/etc/subgid", "cloister");
+  if (!m) return fail(m.error());
+  if (*m) return **m;
+  return Map{kDefaultBase, kDefaultBase, kDefaultSize};
+}
+
+Result<Fd> make(const Map& m) {
+  if (auto s = check(m); !s) return fail(s.error());
+  auto go = make_pipe();
+  if (!go) return fail(go.error());
+  // A child of its own in the new namespace, which waits for its maps and
+  // our open of its namespace (unshare(CLONE_NEWUSER) is refused to a
+  // process with threads). No exit signal: the caller's SIGCHLD handling
+  // never sees it; it is reaped through its pidfd.
+  int pidfd = -1;
+  clone_args args{};
+  args.flags = CLONE_NEWUSER | CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = 0;
+  const int rfd = go->read.get(), wfd = go->write.get();
+  long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid == 0) {
+    ::close(wfd);  // its copy, or the read would never see EOF
+    char x;
+    (void)!::read(rfd, &x, 1);  // EOF when the parent is done
+    ::_exit(0);
+  }
+  if (pid < 0) return fail(sys_error("user namespace: clone"));
+  Fd child(pidfd);
+  go->read.reset();
+  auto finish = [&] {
+    go->write.reset();
+    siginfo_t info;
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
+           errno == EINTR) {
+    }
+  };
+  const std::string proc = "/proc/" + std::to_string(pid);
+  auto write_map = [&](const char* file, uint32_t base) -> Status {
+    std::string line = "0 " + std::to_string(base) + " " + std::to_string(m.size) + "\n";
+    if (auto s = write_file(proc + "/" + file, line); !s)
+      return fail(s.error().wrap("user namespace: write " + std::string(file) + " '0 " +
+                                 std::to_string(base) + " " + std::to_string(m.size) +
+                                 "' (needs root, or userns: host)"));
+    return {};
+  };
+  Status s = write_map("uid_map", m.uid_base);
+  if (s) s = write_map("gid_map", m.gid_base);
+  if (!s) {
+    finish();
+    return fail(s.error());
+  }
+  auto ns = open_fd(proc + "/ns/user", O_RDONLY);
+  finish();
+  if (!ns) return fail(ns.error().wrap("user namespace: open"));
+  return ns;
+}
+
+}  // namespace cloister::userns

@@ -1,0 +1,85 @@
+// User namespaces: the payload's uid 0 is never the host's.
+//
+// A sandbox with a user namespace (SpawnSpec::userns, the default of every
+// executor) runs its payload in a namespace whose ids 0..size-1 map to host
+// ids base..base+size-1. The namespace is made once per prepared sandbox
+// spec, by the library, which writes its maps as host root
+// (make()). The init does every mount, the hostname, the cgroup namespace
+// and the rlimits as host root and joins the namespace (setns) just before
+// it drops the bounding set, sets the ids and capabilities. So every other
+// namespace of the sandbox (mount, pid, net, uts, ipc, cgroup) stays owned
+// by the host's user namespace: a capability the payload keeps (cap_add)
+// holds in its own user namespace and over nothing else, and no mount can
+// be changed from inside whatever it keeps.
+//
+// Files the payload creates reach the host with mapped ids (uid 0 inside is
+// base on the host); host files whose owner is not mapped show as the
+// overflow ids (nobody, 65534) and give the payload only the "other"
+// permission bits, even with CAP_DAC_OVERRIDE. Image layers are idmapped
+// mounts (mounts.h), so an image's root-owned files are the payload's.
+//
+// The range: a "cloister" line in /etc/subuid and /etc/subgid where there
+// is one, else kDefaultBase (docs/security.md, "User namespace").
+#pragma once
+
+#include <errno.h>
+#include <sched.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "isolate/error.h"
+#include "isolate/fd.h"
+
+namespace cloister::userns {
+
+struct Map {
+  uint32_t uid_base = 0;  // host uid of uid 0 inside
+  uint32_t gid_base = 0;  // host gid of gid 0 inside
+  uint32_t size = 0;      // ids mapped, from 0 inside
+  bool operator==(const Map&) const = default;
+};
+
+// The documented default size of a range, as podman and systemd-nspawn use.
+constexpr uint32_t kDefaultSize = 65536;
+// Where the default range starts when /etc/subuid names no "cloister":
+// 0x60000000, inside the span systemd sets apart for containers' ids
+// (0x00080000-0x6fffffff) and far from any distribution's user ids.
+constexpr uint32_t kDefaultBase = 0x60000000u;
+
+// Valid: size >= 1, no host id 0 mapped (base >= 1), base + size fits in 32
+// bits below the invalid id (uid_t -1).
+Status check(const Map& m);
+// The uid, gid and groups inside must be mapped (< size).
+Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t ngroups);
+
+// "BASE:SIZE" (uid and gid ranges alike) or "UIDBASE:GIDBASE:SIZE".
+Result<Map> parse(std::string_view text);
+// The range of user `owner` in subuid and subgid (files of the
+// "name:start:count" format; the first line for the name or its uid), or
+// nullopt when neither names it. An entry in one file only is an error.
+Result<std::optional<Map>> from_subid(const std::string& subuid, const std::string& subgid,
+                                      const std::string& owner);
+// The range a sandbox gets when its config sets none: "cloister" in
+// /etc/subuid and /etc/subgid, else {kDefaultBase, kDefaultBase,
+// kDefaultSize}.
+Result<Map> default_map();
+
+// A user namespace with this map, as an fd of /proc/PID/ns/user, made by a
+// short-lived child (needs CAP_SETUID and CAP_SETGID in the caller's user
+// namespace for a map other than the caller's own ids).
+Result<Fd> make(const Map& m);
+
+// Child side (the init, which links no more of this module): join the
+// namespace and close its fd. Returns 0 or errno.
+inline int enter(int userns_fd) noexcept {
+  if (::setns(userns_fd, CLONE_NEWUSER) != 0) return errno;
+  ::close(userns_fd);
+  return 0;
+}
+
+}  // namespace cloister::userns
