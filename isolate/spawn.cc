@@ -389,6 +389,7 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
   if (spec.userns) {
+    if (auto s = userns::check_capabilities(spec.capabilities); !s) return fail(s.error());
     if (auto s = userns::check_ids(*spec.userns, spec.user.uid, spec.user.gid,
                                    spec.user.groups.data(), spec.user.groups.size());
         !s)

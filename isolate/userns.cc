@@ -1,6 +1,8 @@
 // User namespaces: ranges, their sources, and making one (see userns.h).
 #include "isolate/userns.h"
 
+#include "isolate/capabilities.h"
+
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <pwd.h>
@@ -76,6 +78,10 @@ Status check(const Map& m) {
   if (m.size == 0) return fail(invalid("user namespace: a range of 0 ids"));
   if (m.uid_base == 0 || m.gid_base == 0)
     return fail(invalid("user namespace: the range maps host id 0 (root); use userns: host"));
+  if (m.uid_base == 1 || m.gid_base == 1)
+    return fail(
+        invalid("user namespace: the range must start above host id 1 (the id below "
+                "it owns the namespace)"));
   const uint64_t top = uint64_t{0xffffffffu};  // (uid_t)-1 is no id
   if (uint64_t{m.uid_base} + m.size > top || uint64_t{m.gid_base} + m.size > top)
     return fail(invalid("user namespace: the range ends past the last host id"));
@@ -94,6 +100,15 @@ Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t
       return fail(invalid("group " + std::to_string(groups[i]) +
                           " is outside the user namespace's " + std::to_string(m.size) + " ids"));
   return {};
+}
+
+Status check_capabilities(uint64_t caps) {
+  const uint64_t useless = caps & ~kUsableCapabilities;
+  if (!useless) return {};
+  int bit = __builtin_ctzll(useless);
+  return fail(invalid("cap_add: " + capabilities::name(bit) +
+                      " would have no effect in the sandbox's user namespace (the kernel checks "
+                      "it in a namespace of the host's); use userns: host to grant it"));
 }
 
 Result<Map> parse(std::string_view text) {
@@ -144,35 +159,56 @@ Result<Map> default_map() {
 
 Result<Fd> make(const Map& m) {
   if (auto s = check(m); !s) return fail(s.error());
-  auto go = make_pipe();
-  if (!go) return fail(go.error());
-  // A child of its own in the new namespace, which waits for its maps and
-  // our open of its namespace (unshare(CLONE_NEWUSER) is refused to a
-  // process with threads). No exit signal: the caller's SIGCHLD handling
-  // never sees it; it is reaped through its pidfd.
+  auto ready = make_pipe();
+  if (!ready) return fail(ready.error());
+  // The namespace is made by a child of its own (unshare(CLONE_NEWUSER) is
+  // refused to a process with threads), which first becomes the owner uid
+  // (userns.h: owner_of) so that the kernel's per-user counters of every
+  // payload are charged to that uid, not host root's. It closes every fd
+  // but its report pipe at once: a copy of another thread's pipe end would
+  // hold that pipe open. It waits to be killed. No exit signal: the
+  // caller's SIGCHLD handling never sees it; it is reaped through its pidfd.
+  const uid_t owner = owner_of(m);
+  const bool become = ::geteuid() == 0;
   int pidfd = -1;
   clone_args args{};
-  args.flags = CLONE_NEWUSER | CLONE_PIDFD;
+  args.flags = CLONE_PIDFD;
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = 0;
-  const int rfd = go->read.get(), wfd = go->write.get();
+  const int wfd = ready->write.get();
   long pid = ::syscall(SYS_clone3, &args, sizeof args);
   if (pid == 0) {
-    ::close(wfd);  // its copy, or the read would never see EOF
-    char x;
-    (void)!::read(rfd, &x, 1);  // EOF when the parent is done
-    ::_exit(0);
+    if (wfd > 0) ::syscall(SYS_close_range, 0, wfd - 1, 0);
+    ::syscall(SYS_close_range, wfd + 1, ~0U, 0);
+    int e = 0;
+    if (become && (::syscall(SYS_setgroups, 0, nullptr) != 0 ||
+                   ::syscall(SYS_setresgid, owner, owner, owner) != 0 ||
+                   ::syscall(SYS_setresuid, owner, owner, owner) != 0))
+      e = errno;
+    if (!e && ::syscall(SYS_unshare, CLONE_NEWUSER) != 0) e = errno;
+    const unsigned char b = static_cast<unsigned char>(e > 255 ? 255 : e);
+    (void)!::write(wfd, &b, 1);
+    for (;;) ::pause();
   }
   if (pid < 0) return fail(sys_error("user namespace: clone"));
   Fd child(pidfd);
-  go->read.reset();
+  ready->write.reset();
   auto finish = [&] {
-    go->write.reset();
+    (void)::syscall(SYS_pidfd_send_signal, child.get(), SIGKILL, nullptr, 0);
     siginfo_t info;
     while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
            errno == EINTR) {
     }
   };
+  unsigned char b = 0;
+  ssize_t n;
+  while ((n = ::read(ready->read.get(), &b, 1)) < 0 && errno == EINTR) {
+  }
+  if (n != 1 || b != 0) {
+    finish();
+    return fail(
+        sys_error("user namespace: make it as uid " + std::to_string(owner), n == 1 ? b : EPIPE));
+  }
   const std::string proc = "/proc/" + std::to_string(pid);
   auto write_map = [&](const char* file, uint32_t base) -> Status {
     std::string line = "0 " + std::to_string(base) + " " + std::to_string(m.size) + "\n";

@@ -51,11 +51,24 @@ constexpr uint32_t kDefaultSize = 65536;
 // (0x00080000-0x6fffffff) and far from any distribution's user ids.
 constexpr uint32_t kDefaultBase = 0x60000000u;
 
-// Valid: size >= 1, no host id 0 mapped (base >= 1), base + size fits in 32
-// bits below the invalid id (uid_t -1).
+// Valid: size >= 1, no host id 0 or 1 mapped (base >= 2: the id below owns
+// it), base + size fits in 32 bits below the invalid id (uid_t -1).
 Status check(const Map& m);
 // The uid, gid and groups inside must be mapped (< size).
 Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t ngroups);
+
+// Capabilities a payload in its user namespace can use: those the kernel
+// checks in the caller's own user namespace or against files whose owners
+// it maps (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, KILL,
+// SETGID, SETUID, SETPCAP, SYS_CHROOT, SYS_PTRACE, SETFCAP). Every other
+// one is checked in a namespace the host's user namespace owns (the
+// network, IPC, mount and UTS namespaces, or the host itself) and would
+// be granted in name only: refused, naming it, with userns: host as the way
+// to have it.
+constexpr uint64_t kUsableCapabilities = (1ull << 0) | (1ull << 1) | (1ull << 2) | (1ull << 3) |
+                                         (1ull << 4) | (1ull << 5) | (1ull << 6) | (1ull << 7) |
+                                         (1ull << 8) | (1ull << 18) | (1ull << 19) | (1ull << 31);
+Status check_capabilities(uint64_t caps);
 
 // "BASE:SIZE" (uid and gid ranges alike) or "UIDBASE:GIDBASE:SIZE".
 Result<Map> parse(std::string_view text);
@@ -69,9 +82,21 @@ Result<std::optional<Map>> from_subid(const std::string& subuid, const std::stri
 // kDefaultSize}.
 Result<Map> default_map();
 
-// A user namespace with this map, as an fd of /proc/PID/ns/user, made by a
-// short-lived child (needs CAP_SETUID and CAP_SETGID in the caller's user
-// namespace for a map other than the caller's own ids).
+// The host uid that owns a sandbox's user namespace: the id just below its
+// range. The kernel charges the per-user counters of everything inside
+// (inotify instances, processes, pending signals, ...) to the owner at the
+// host's level, and gives the owner every capability inside: so neither
+// host root (whose inotify instances systemd needs) nor an id a payload can
+// become (a setuid file it leaves in a volume is owned by an id of the
+// range) nor a shared one such as nobody. No distribution allocates it
+// (subordinate ranges start at 100000; the default range's is 0x5fffffff).
+inline uid_t owner_of(const Map& m) {
+  return m.uid_base - 1;
+}
+
+// A user namespace with this map and owner_of(m), as an fd of
+// /proc/PID/ns/user, made by a short-lived child. Needs root (CAP_SETUID
+// and CAP_SETGID for the maps, the owner change).
 Result<Fd> make(const Map& m);
 
 // Child side (the init, which links no more of this module): join the

@@ -13,7 +13,9 @@
 #include <gtest/gtest.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
+#include <linux/nsfs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -22,6 +24,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <set>
 #include <sstream>
@@ -587,6 +590,28 @@ TEST(EscapeUserNs, OptOutAndIdmappedVolumes) {
   EXPECT_EQ(st.st_uid, 0u);
 }
 
+// Executors making their user namespaces at once, from several threads:
+// each namespace's maker is a child that must hold no copy of another
+// thread's pipe (it would keep that pipe open, and both makers would wait
+// for ever).
+TEST(EscapeUserNs, ConcurrentFirstStartsDoNotHang) {
+  std::vector<std::shared_ptr<Executor>> execs;
+  for (int i = 0; i < 8; ++i) {
+    auto e = Executor::create(base_config());
+    ASSERT_TRUE(e) << e.error().what();
+    execs.push_back(*e);
+  }
+  std::vector<std::future<int>> runs;
+  for (auto& e : execs)
+    runs.push_back(std::async(std::launch::async, [e] {
+      return run_on(*e, {"/bin/sh", "-c", "exit 3"}).status.exit_code;
+    }));
+  for (auto& r : runs) {
+    ASSERT_EQ(r.wait_for(30s), std::future_status::ready) << "a first start hangs";
+    EXPECT_EQ(r.get(), 3);
+  }
+}
+
 // --- executables_dir -------------------------------------------------------------
 
 // A program run from executables_dir is exec'd by the fd the policy checked,
@@ -662,6 +687,14 @@ TEST(EscapeInitProgram, TheInitIsNoCopyOfItsCaller) {
   EXPECT_NE(
       read_text(proc + "/status").find("\nUid:\t" + u + "\t" + u + "\t" + u + "\t" + u + "\n"),
       std::string::npos);
+  // Its user namespace is owned by the id below the range: not host root
+  // (whose per-user counters every payload would be charged to), nor an
+  // id a payload can become.
+  Fd ns(::open((proc + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(ns);
+  uid_t owner = 0;
+  ASSERT_EQ(::ioctl(ns.get(), NS_GET_OWNER_UID, &owner), 0);
+  EXPECT_EQ(owner, sandbox_root_uid() - 1);
   // Its memory holds nothing of ours: no mapping of our binary, and our
   // secret is nowhere in its memory (a fork of us would hold our whole
   // environment and heap).

@@ -133,9 +133,22 @@ TEST(Isolation, NoCapabilitiesNoNewPrivsSeccomp) {
 
 TEST(Isolation, CapAddKeepsOnlyThatCapability) {
   auto cfg = base_config();
+  cfg.cap_add = {"CHOWN"};
+  cfg.capabilities = 1ULL << 0;
+  auto r = run_ok(cfg, {"/bin/sh", "-c", "grep -E '^Cap(Eff|Bnd):' /proc/self/status"});
+  EXPECT_EQ(r.out, "CapEff:\t0000000000000001\nCapBnd:\t0000000000000001\n");
+  // One the kernel checks in a namespace of the host's is refused in the
+  // user namespace, and works with userns: host.
   cfg.cap_add = {"NET_BIND_SERVICE"};
   cfg.capabilities = 1ULL << 10;
-  auto r = run_ok(cfg, {"/bin/sh", "-c", "grep -E '^Cap(Eff|Bnd):' /proc/self/status"});
+  auto refused = Executor::create(cfg);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().what().find("cap_add: CAP_NET_BIND_SERVICE would have no effect in "
+                                        "the sandbox's user namespace"),
+            std::string::npos)
+      << refused.error().what();
+  cfg.userns_host = true;
+  r = run_ok(cfg, {"/bin/sh", "-c", "grep -E '^Cap(Eff|Bnd):' /proc/self/status"});
   EXPECT_EQ(r.out, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\n");
 }
 
