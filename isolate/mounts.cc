@@ -369,8 +369,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   };
   // A pinned source (make_trees clones it): its index, for a MoveTree.
   auto add_source = [&](const std::string& path, bool is_dir, uint64_t attr,
-                        const std::string& what, bool idmap = false) {
-    plan.sources_.push_back({path, is_dir, attr, what, idmap});
+                        const std::string& what, bool idmap = false, bool optional = false) {
+    plan.sources_.push_back({path, is_dir, attr, what, idmap, optional});
     return static_cast<int>(plan.sources_.size() - 1);
   };
 
@@ -401,7 +401,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!real) return fail(real.error());
     merged_source =
         add_source(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                   "merged image root " + *n, spec.userns.has_value());
+                   "merged image root " + *n, spec.userns.has_value(), true);
   } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
@@ -418,7 +418,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       // With a user namespace, idmapped: the image's own ids inside.
       layer_sources.push_back(add_source(*real, true,
                                          MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                                         "image layer " + *n, spec.userns.has_value()));
+                                         "image layer " + *n, spec.userns.has_value(), true));
     }
   }
   {
@@ -692,7 +692,21 @@ Result<std::vector<Fd>> MountPlan::make_trees(int userns_fd) const {
       attr.attr_set |= MOUNT_ATTR_IDMAP;
       attr.userns_fd = static_cast<uint64_t>(userns_fd);
     }
-    if (::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0)
+    int rc = ::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+    if (rc != 0 && src.idmap && errno == EINVAL) {
+      // The filesystem cannot be idmapped on this kernel (or the tree holds
+      // one that cannot).
+      if (src.idmap_optional) {
+        attr.attr_set &= ~uint64_t{MOUNT_ATTR_IDMAP};
+        attr.userns_fd = 0;
+        rc = ::mount_setattr(tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+      } else {
+        return fail(sys_error(src.what + ": idmap " + src.path +
+                              ": its filesystem cannot be idmapped on this kernel (tmpfs needs "
+                              "Linux 6.3)"));
+      }
+    }
+    if (rc != 0)
       return fail(sys_error(src.what + ": set the attributes of " + src.path +
                             (src.idmap ? " (idmapped)" : "")));
     out.push_back(std::move(tree));

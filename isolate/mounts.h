@@ -152,8 +152,12 @@ class MountPlan {
     uint64_t attr = 0;  // MOUNT_ATTR_* of its tree
     std::string what;   // "volume /a:/b", for errors
     // An idmapped tree (MOUNT_ATTR_IDMAP) through the sandbox's user
-    // namespace: image layers, and volumes that ask for it.
+    // namespace: image layers, and volumes that ask for it. Optional for
+    // layers: where their filesystem cannot be idmapped on this kernel
+    // (tmpfs before 6.3), they are mounted as they are and an image's
+    // root-owned files show as nobody's (docs/security.md).
     bool idmap = false;
+    bool idmap_optional = false;
   };
 
   static Result<MountPlan> prepare(const SpawnSpec& spec);

@@ -8,6 +8,7 @@
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -206,8 +207,17 @@ Result<Fd> make(const Map& m) {
   }
   if (n != 1 || b != 0) {
     finish();
-    return fail(
-        sys_error("user namespace: make it as uid " + std::to_string(owner), n == 1 ? b : EPIPE));
+    // The kernel refuses a new user namespace to a chrooted process
+    // (root's too): say so, as nothing else would.
+    struct stat here {
+    }, ns_root{};
+    const bool chrooted = ::stat("/", &here) == 0 && ::stat("/proc/1/root/.", &ns_root) == 0 &&
+                          (here.st_dev != ns_root.st_dev || here.st_ino != ns_root.st_ino);
+    return fail(sys_error("user namespace: make it as uid " + std::to_string(owner) +
+                              (chrooted ? " (this process is chrooted, where the kernel makes "
+                                          "none: run outside the chroot, or userns: host)"
+                                        : ""),
+                          n == 1 ? b : EPIPE));
   }
   const std::string proc = "/proc/" + std::to_string(pid);
   auto write_map = [&](const char* file, uint32_t base) -> Status {

@@ -24,7 +24,7 @@ YAML
 echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$work/h.json" \
   -n "cloister exec" "$BIN/cloister exec -c $work/bench.yaml -x bench -- /bin/true" \
-  -n "bwrap" "bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev /bin/true" \
+  -n "bwrap" "bwrap --unshare-user --unshare-all --ro-bind / / --proc /proc --dev /dev /bin/true" \
   -n "unshare -fpimnu" "unshare -fpimnu /bin/true" \
   -n "fork+exec (hyperfine)" "/bin/true" >/dev/null
 

@@ -155,7 +155,7 @@ class Escape : public ::testing::TestWithParam<Mode> {
     // A busybox image whose user is root (the payload of the review was root).
     state = new std::string(load_test_image(
         d,
-        "mkdir -p l1/bin l1/etc l1/proc l1/dev l1/tmp l1/probe l1/shared;"
+        "mkdir -p l1/bin l1/etc l1/proc l1/dev l1/tmp l1/probe l1/shared l1/secret;"
         "cp /bin/busybox l1/bin/; for c in sh ls cat echo id true sleep; do ln -s busybox "
         "l1/bin/$c; done;"
         "printf 'root:x:0:0::/root:/bin/sh\\n' > l1/etc/passwd;"
@@ -392,6 +392,10 @@ TEST_P(Escape, PayloadRootIsNotHostRoot) {
     EXPECT_NE(st.st_uid, 0u) << where << ": a setuid-root file on the host";
     if (GetParam().kind == Kind::Host) {
       EXPECT_EQ(got["owner /usr"], "65534:65534") << where << r.out;
+    } else if (!idmap_supported(*state)) {
+      // The layers are mounted as they are: root's files show as nobody's.
+      std::printf("note: the image store's filesystem cannot be idmapped here; layers unmapped\n");
+      EXPECT_EQ(got["owner /bin/sh"], "65534:65534") << where << r.out;
     } else {
       EXPECT_EQ(got["owner /bin/sh"], "0:0") << where << r.out;
       EXPECT_EQ(got["owner /owned1000"], "1000:1000") << where << r.out;
@@ -581,6 +585,20 @@ TEST(EscapeUserNs, OptOutAndIdmappedVolumes) {
   auto mapped = base_config();
   mapped.volumes.push_back({vol.path, "/v", false});
   mapped.volumes.back().idmap = true;
+  if (!idmap_supported(vol.path)) {
+    // Asked for and impossible here (tmpfs before 6.3): a clear refusal.
+    auto e = Executor::create(mapped);
+    ASSERT_TRUE(e);
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    auto p = (*e)->exec(std::move(req));
+    ASSERT_TRUE(p);
+    auto s = (*p)->start();
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().what().find("cannot be idmapped on this kernel"), std::string::npos)
+        << s.error().what();
+    return;
+  }
   auto opted = Executor::create(mapped);
   ASSERT_TRUE(opted) << opted.error().what();
   r = run_on(**opted, {"/bin/sh", "-c", "stat -c %u:%g /v; echo x > /v/f && echo wrote"});

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -155,6 +157,21 @@ inline void give_to_sandbox(const std::string& path) {
   const std::string cmd = "chown -R " + std::to_string(sandbox_root_uid()) + ":" +
                           std::to_string(sandbox_root_gid()) + " '" + path + "'";
   if (std::system(cmd.c_str()) != 0) ADD_FAILURE() << cmd;
+}
+
+// Whether the directory's filesystem can be idmapped on this kernel (tmpfs
+// needs 6.3; the test VM runs Debian's 6.1).
+inline bool idmap_supported(const std::string& dir) {
+  auto m = userns::default_map();
+  if (!m) return false;
+  auto ns = userns::make(*m);
+  if (!ns) return false;
+  Fd tree(::open_tree(AT_FDCWD, dir.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+  if (!tree) return false;
+  struct mount_attr attr {};
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<uint64_t>(ns->get());
+  return ::mount_setattr(tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) == 0;
 }
 
 struct TempDir {

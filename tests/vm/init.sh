@@ -4,8 +4,8 @@
 #
 # It mounts the host's / read-only over 9p at /host, mounts the guest's own
 # proc, sys, dev, a pure cgroup2 hierarchy (all controllers enabled in the
-# root's cgroup.subtree_control) and tmpfs /tmp, /run (...) over it, chroots
-# into it and runs /run/cloister-vm/cmd.sh (written by run.sh into a second
+# root's cgroup.subtree_control) and tmpfs /tmp, /run (...) over it, moves it
+# onto / and runs /run/cloister-vm/cmd.sh (written by run.sh into a second
 # cpio appended to the initramfs), then prints
 #     CLOISTER-VM-RESULT rc=N
 # and powers off. Any failure before the command prints
@@ -118,8 +118,12 @@ fi
 echo "CLOISTER-VM: running command in cgroup /${CGROUP#root} at uptime $(up)s"
 
 # "echo 0 > cgroup.procs" moves the writing shell itself, then it becomes the
-# command. The environment is built by cmd.sh from scratch (env -i).
-sh -c 'echo 0 > "$1" && exec chroot /host /usr/bin/env -i /bin/sh /run/cloister-vm/cmd.sh' sh "$procs"
+# command. The environment is built by cmd.sh from scratch (env -i). /host is
+# moved onto / first (as switch_root does), so that the command's root is
+# its mount namespace's root: the kernel refuses new user namespaces to a
+# chrooted process, and a real host's root is no chroot. PID 1 keeps its
+# own root (the initramfs) for what follows.
+sh -c 'echo 0 > "$1" && cd /host && mount --move . / && exec chroot . /usr/bin/env -i /bin/sh /run/cloister-vm/cmd.sh' sh "$procs"
 rc=$?
 echo
 echo "CLOISTER-VM: command finished at uptime $(up)s"
