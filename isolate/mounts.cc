@@ -94,74 +94,65 @@ Status check_no_symlink(const std::string& path, const std::string& what) {
   return {};
 }
 
-// "a=1,b=2" with the keys of over replacing those of base, in base's order.
+// "a=1,b=2" as key/value pairs, and back.
+using DataPairs = std::vector<std::pair<std::string, std::string>>;
+DataPairs data_pairs(const std::string& s) {
+  DataPairs kv;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string w = s.substr(i, j - i);
+    auto eq = w.find('=');
+    if (!w.empty())
+      kv.emplace_back(w.substr(0, eq), eq == std::string::npos ? "" : w.substr(eq + 1));
+    i = j + 1;
+  }
+  return kv;
+}
+
+std::string join_pairs(const DataPairs& kv) {
+  std::string r;
+  for (const auto& [k, v] : kv) {
+    if (!r.empty()) r += ',';
+    r += k + "=" + v;
+  }
+  return r;
+}
+
 // With a user namespace, a tmpfs the init makes (as host root) belongs to
 // the payload's root, as in a container runtime: uid= and gid= name ids
-// inside, and are given as the host ids they map to (uid 0 when unset).
+// inside, and are given as the host ids they map to (0 inside when unset).
 Result<std::string> owned_by_payload(const std::string& data, const SpawnSpec& spec) {
   if (!spec.userns) return data;
-  std::string out, uid, gid;
-  size_t i = 0;
-  while (i <= data.size()) {
-    size_t j = data.find(',', i);
-    if (j == std::string::npos) j = data.size();
-    std::string w = data.substr(i, j - i);
-    i = j + 1;
-    if (w.starts_with("uid=")) {
-      uid = w.substr(4);
-    } else if (w.starts_with("gid=")) {
-      gid = w.substr(4);
-    } else if (!w.empty()) {
-      out += (out.empty() ? "" : ",") + w;
-    }
-  }
-  auto host = [&](const std::string& v, uint32_t base, const char* key) -> Result<std::string> {
+  DataPairs kv = data_pairs(data);
+  for (auto [key, base] :
+       {std::pair{"uid", spec.userns->uid_base}, std::pair{"gid", spec.userns->gid_base}}) {
+    auto it = std::find_if(kv.begin(), kv.end(), [&](const auto& p) { return p.first == key; });
+    if (it == kv.end()) it = kv.insert(kv.end(), {key, "0"});
     uint64_t inside = 0;
-    if (!v.empty()) {
-      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), inside);
-      if (ec != std::errc() || p != v.data() + v.size())
-        return fail(invalid(std::string(key) + "=" + v + ": not a number"));
-    }
+    const std::string& v = it->second;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), inside);
+    if (ec != std::errc() || end != v.data() + v.size())
+      return fail(invalid(std::string(key) + "=" + v + ": not a number"));
     if (inside >= spec.userns->size)
       return fail(invalid(std::string(key) + "=" + v + " is outside the user namespace's " +
                           std::to_string(spec.userns->size) + " ids"));
-    return std::string(key) + "=" + std::to_string(base + inside);
-  };
-  auto u = host(uid, spec.userns->uid_base, "uid");
-  if (!u) return fail(u.error());
-  auto g = host(gid, spec.userns->gid_base, "gid");
-  if (!g) return fail(g.error());
-  return out + (out.empty() ? "" : ",") + *u + "," + *g;
+    it->second = std::to_string(base + inside);
+  }
+  return join_pairs(kv);
 }
 
+// "a=1,b=2" with the keys of over replacing those of base, in base's order.
 std::string merge_tmpfs_data(const std::string& base, const std::string& over) {
-  auto split = [](const std::string& s) {
-    std::vector<std::pair<std::string, std::string>> kv;
-    size_t i = 0;
-    while (i < s.size()) {
-      size_t j = s.find(',', i);
-      if (j == std::string::npos) j = s.size();
-      std::string w = s.substr(i, j - i);
-      auto eq = w.find('=');
-      if (!w.empty())
-        kv.emplace_back(w.substr(0, eq), eq == std::string::npos ? "" : w.substr(eq + 1));
-      i = j + 1;
-    }
-    return kv;
-  };
-  auto out = split(base);
-  for (auto& [k, v] : split(over)) {
+  DataPairs out = data_pairs(base);
+  for (auto& [k, v] : data_pairs(over)) {
     bool found = false;
     for (auto& [bk, bv] : out)
       if (bk == k) bv = v, found = true;
     if (!found) out.emplace_back(k, v);
   }
-  std::string r;
-  for (const auto& [k, v] : out) {
-    if (!r.empty()) r += ',';
-    r += k + "=" + v;
-  }
-  return r;
+  return join_pairs(out);
 }
 
 std::string staged(const std::string& target) {
@@ -574,7 +565,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         Op& t = op(OpKind::Tmpfs, staged("/dev"));
         t.flags = MS_NOSUID | MS_NOEXEC;
         t.data = "mode=0755,size=64k,nr_inodes=128";
-        if (auto d = owned_by_payload(t.data, spec); d) t.data = std::move(*d);
+        auto dev_owned = owned_by_payload(t.data, spec);
+        if (!dev_owned) return fail(dev_owned.error().wrap("tmpfs /dev"));
+        t.data = std::move(*dev_owned);
         for (const auto& d : kDevNodes) {
           Op& o = op(OpKind::Mknod, staged("/dev/" + std::string(d.name)));
           o.mode = S_IFCHR | 0666;

@@ -652,3 +652,18 @@ TEST(ProcessApi, WaitReturnsWhenNothingIsLeft) {
 }
 
 }  // namespace
+
+// In the user namespace, tmpfs mounts belong to the payload's root, and
+// uid=/gid= options name ids inside (outside the range: refused).
+TEST(Isolation, TmpfsOwnersAreIdsInside) {
+  auto cfg = base_config();
+  cfg.tmpfs.push_back({"/scratch", "uid=1000,gid=1000"});
+  auto r = run_ok(cfg, {"/bin/sh", "-c", "stat -c %u:%g /scratch /tmp /dev/shm"});
+  EXPECT_EQ(r.out, "1000:1000\n0:0\n0:0\n");
+  cfg.tmpfs.back().options = "uid=70000";
+  auto refused = Executor::create(cfg);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().what().find("uid=70000 is outside the user namespace's 65536 ids"),
+            std::string::npos)
+      << refused.error().what();
+}
