@@ -680,6 +680,7 @@ Status Manager::Impl::prepare_v2() {
         next.push_back(c);
         continue;
       }
+      const bool at_own = rel != "/" && (rel == v2->own || join(rel, kRuntimeLeaf) == v2->own);
       Status s = write_at(dir, "cgroup.subtree_control", "+" + c);
       if (!s && s.error().code == EBUSY && rel != "/" && rel == v2->own) {
         // We are an internal process of the cgroup we must open up.
@@ -693,7 +694,12 @@ Status Manager::Impl::prepare_v2() {
       if (s) {
         next.push_back(c);
       } else {
-        v2_note += " cannot enable " + c + " in " + dir + ": " + s.error().what() + ";";
+        v2_note += " cannot enable " + c + " in " + dir + ": " + s.error().what() +
+                   (s.error().code == EBUSY && at_own
+                        ? " (other processes are in this cgroup: move them to a leaf below it, "
+                          "as systemd's Delegate= expects)"
+                        : "") +
+                   ";";
       }
     }
     wanted = std::move(next);

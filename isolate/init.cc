@@ -27,6 +27,8 @@
 // whatever is left in the namespace.
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -34,10 +36,12 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -196,7 +200,25 @@ int receive_setup(Init& in) {
 
 // --- the steps ---------------------------------------------------------------
 
+// SIOCSIFFLAGS on lo: our own namespace's (unprivileged), which no
+// library thread could enter to send the prepared netlink request.
+int loopback_up() {
+  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return errno;
+  ifreq r{};
+  std::memcpy(r.ifr_name, "lo", 3);
+  int rc = ::ioctl(s, SIOCGIFFLAGS, &r);
+  if (rc == 0) {
+    r.ifr_flags = static_cast<short>(r.ifr_flags | IFF_UP);
+    rc = ::ioctl(s, SIOCSIFFLAGS, &r);
+  }
+  int e = rc == 0 ? 0 : errno;
+  ::close(s);
+  return e;
+}
+
 int join_pool_netns(Init& in) {
+  if (in.fx.flags & wire::kSetupLoopbackUp) return loopback_up();
   const int ns = in.fd(in.fx.fd_netns);
   if (ns < 0) return 0;
   if (::setns(ns, CLONE_NEWNET) != 0) return errno;
@@ -205,13 +227,26 @@ int join_pool_netns(Init& in) {
 }
 
 int mount_root(Init& in) {
+  int* trees = in.fds + in.fx.fd_trees;
+  size_t ntrees = in.fx.ntrees;
+  if (in.fx.flags & wire::kSetupOwnUserns) {
+    // Our CloneTree ops make the trees: room for the highest index.
+    ntrees = 0;
+    for (uint32_t i = 0; i < in.fx.nops; ++i)
+      if (in.ops[i].kind == mounts::OpKind::CloneTree && in.ops[i].source >= 0)
+        ntrees = std::max(ntrees, static_cast<size_t>(in.ops[i].source) + 1);
+    trees = static_cast<int*>(std::malloc((ntrees + 1) * sizeof(int)));
+    if (!trees) return ENOMEM;
+    for (size_t i = 0; i < ntrees; ++i) trees[i] = -1;
+  }
   int failed = -1;
-  int e = mounts::run_ops(in.ops, in.fx.nops, in.fds + in.fx.fd_trees, in.fx.ntrees,
-                          in.fd(in.fx.fd_tpl_ns), in.fd(in.fx.fd_tpl_root), &failed);
+  int e = mounts::run_ops(in.ops, in.fx.nops, trees, ntrees, in.fd(in.fx.fd_tpl_ns),
+                          in.fd(in.fx.fd_tpl_root), &failed);
   in.detail = failed;
   // The trees and the template are mounted or entered now: no fd of the
   // host's trees stays behind.
-  for (uint32_t i = 0; i < in.fx.ntrees; ++i) ::close(in.fds[in.fx.fd_trees + i]);
+  for (size_t i = 0; i < ntrees; ++i)
+    if (trees[i] >= 0) ::close(trees[i]);
   if (int f = in.fd(in.fx.fd_tpl_ns); f >= 0) ::close(f);
   if (int f = in.fd(in.fx.fd_tpl_root); f >= 0) ::close(f);
   return e;
@@ -282,6 +317,9 @@ int install_seccomp(Init& in) {
 
 int set_groups(Init& in) {
   ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+  // Denied in a namespace an ordinary user made; its groups (none mapped,
+  // shown as nogroup) stay: the library refused any configured.
+  if (in.fx.flags & wire::kSetupOwnUserns) return 0;
   static_assert(sizeof(gid_t) == sizeof(uint32_t));
   return ::syscall(SYS_setgroups, in.fx.ngroups, in.groups) == 0 ? 0 : errno;
 }
@@ -556,6 +594,8 @@ int payload_entry(void* arg) {
     struct rusage ru {};
     ::getrusage(RUSAGE_CHILDREN, &ru);
     msg.max_rss_kib = ru.ru_maxrss;
+    msg.cpu_usec = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000LL + ru.ru_utime.tv_usec +
+                   ru.ru_stime.tv_usec;
     ssize_t n;
     do n = ::write(status_w, &msg, sizeof msg);
     while (n < 0 && errno == EINTR);

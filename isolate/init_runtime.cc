@@ -266,6 +266,9 @@ int mknod(const char* path, mode_t mode, dev_t dev) noexcept {
 int symlink(const char* target, const char* path) noexcept {
   return static_cast<int>(ret(raw(SYS_symlink, L(target), L(path))));
 }
+int socket(int domain, int type, int protocol) noexcept {
+  return static_cast<int>(ret(raw(SYS_socket, domain, type, protocol)));
+}
 int close(int fd) {
   return static_cast<int>(ret(raw(SYS_close, fd)));
 }

@@ -58,7 +58,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 5;
+constexpr uint32_t kVersion = 6;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -75,6 +75,7 @@ struct InitStatus {
   int32_t wait_status;
   int32_t alone;        // no other process is left in the sandbox
   int64_t max_rss_kib;  // the largest resident set among the reaped processes
+  int64_t cpu_usec;     // their user and system time, for sandboxes without a cgroup
 };
 
 struct SetupHeader {
@@ -88,6 +89,12 @@ struct SetupHeader {
 constexpr uint32_t kSetupNoNewPrivs = 1;
 constexpr uint32_t kSetupWaitGo = 2;          // a go message comes after the setup
 constexpr uint32_t kSetupBackgroundExit = 4;  // the library reaps us on its reaper thread
+// An unprivileged sandbox (SpawnSpec::unprivileged): the clone made our user
+// namespace (setgroups is denied in it), and our network namespace, whose lo
+// we bring up ourselves where kSetupLoopbackUp says so; CloneTree ops make
+// the mount sources' trees (none are passed).
+constexpr uint32_t kSetupOwnUserns = 8;
+constexpr uint32_t kSetupLoopbackUp = 16;
 
 struct SetupFixed {
   uint64_t capabilities;  // the set the payload keeps

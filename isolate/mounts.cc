@@ -138,7 +138,9 @@ Result<std::string> owned_by_payload(const std::string& data, const SpawnSpec& s
     if (inside >= spec.userns->size)
       return fail(invalid(std::string(key) + "=" + v + " is outside the user namespace's " +
                           std::to_string(spec.userns->size) + " ids"));
-    it->second = std::to_string(base + inside);
+    // An unprivileged sandbox's init mounts inside its user namespace, where
+    // the kernel reads the ids as ids inside.
+    it->second = std::to_string(spec.unprivileged ? inside : base + inside);
   }
   return join_pairs(kv);
 }
@@ -310,6 +312,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (::stat(src->c_str(), &st) != 0) return fail(sys_error(what + ": source " + *src));
     if (auto c = check_no_symlink(*src, what + ": source"); !c) return fail(c.error());
     Entry e{Entry::Volume, v.target, *src, v.read_only, S_ISDIR(st.st_mode)};
+    if (v.idmap && spec.unprivileged)
+      return fail(invalid(what + ": idmap needs root (an ordinary user may not idmap a host "
+                                 "filesystem)"));
     e.idmap = v.idmap && spec.userns.has_value();
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
@@ -392,7 +397,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (!real) return fail(real.error());
     merged_source =
         add_source(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                   "merged image root " + *n, spec.userns.has_value(), true);
+                   "merged image root " + *n, spec.userns && !spec.unprivileged, true);
   } else if (image) {
     const auto& layers = spec.image_root->layers;
     if (layers.empty()) return fail(invalid("image root: no layers"));
@@ -407,11 +412,20 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       auto real = resolve_source(*n, "image layer");
       if (!real) return fail(real.error());
       // With a user namespace, idmapped: the image's own ids inside.
-      layer_sources.push_back(add_source(*real, true,
-                                         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                                         "image layer " + *n, spec.userns.has_value(), true));
+      layer_sources.push_back(
+          add_source(*real, true, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                     "image layer " + *n, spec.userns && !spec.unprivileged, true));
     }
   }
+  // Unprivileged: the init clones the sources, before the stage covers /tmp.
+  if (spec.unprivileged)
+    for (size_t i = 0; i < plan.sources_.size(); ++i) {
+      const Source& src = plan.sources_[i];
+      Op& o = op(OpKind::CloneTree, src.path);
+      o.source = static_cast<int>(i);
+      o.flags = src.attr;
+      o.mode = src.is_dir ? S_IFDIR : S_IFREG;
+    }
   {
     Op& o = op(OpKind::Tmpfs, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
@@ -569,15 +583,25 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         if (!dev_owned) return fail(dev_owned.error().wrap("tmpfs /dev"));
         t.data = std::move(*dev_owned);
         for (const auto& d : kDevNodes) {
-          Op& o = op(OpKind::Mknod, staged("/dev/" + std::string(d.name)));
+          const std::string node = "/dev/" + std::string(d.name);
+          if (spec.unprivileged) {
+            // No mknod in a user namespace: the host's node, bound (as
+            // bwrap does), with the host's owner and mode.
+            op(OpKind::Touch, staged(node)).mode = 0644;
+            op(OpKind::BindFile, staged(node)).src = node;
+            continue;
+          }
+          Op& o = op(OpKind::Mknod, staged(node));
           o.mode = S_IFCHR | 0666;
           o.dev = makedev(d.major, d.minor);
         }
         op(OpKind::Mkdir, staged("/dev/pts")).mode = 0755;
         // max: a sandbox's ptys come out of the host's kernel.pty.max (less its
         // reserve for the host's own instance); one sandbox may not take them all.
+        // gid 5 (tty) is not mapped in an unprivileged sandbox.
         op(OpKind::Devpts, staged("/dev/pts")).data =
-            "newinstance,ptmxmode=0666,mode=0620,gid=5,max=256";
+            spec.unprivileged ? "newinstance,ptmxmode=0666,mode=0620,max=256"
+                              : "newinstance,ptmxmode=0666,mode=0620,gid=5,max=256";
         // Only a mount point: the tmpfs on it brings its own mode.
         op(OpKind::Mkdir, staged("/dev/shm")).mode = 0755;
         Op& shm = op(OpKind::Tmpfs, staged("/dev/shm"));
@@ -623,7 +647,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
 
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
   op(OpKind::PivotRoot, kStage);
-  if (spec.read_only_rootfs && !mount_below_rw_volume) {
+  // No template for an unprivileged sandbox: its mount namespace is owned by
+  // its own user namespace, and one it did not make it may not enter.
+  if (spec.read_only_rootfs && !mount_below_rw_volume && !spec.unprivileged) {
     std::vector<std::string> own;  // staged targets each sandbox mounts afresh
     for (const auto& e : entries)
       if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev)
@@ -801,6 +827,8 @@ std::string describe_op(const std::vector<MountPlan::Op>& ops, int index) {
       return "mount the image's overlay root";
     case OpKind::EnterTemplate:
       return "enter the mount template";
+    case OpKind::CloneTree:
+      return "pin and clone " + o.path;
   }
   return "mount";
 }

@@ -95,7 +95,13 @@ enum class OpKind : uint8_t {
   PivotRoot,      // chdir path, pivot_root(".", "."), detach the old root
   Overlay,        // mount overlay at path with data (lowerdir, upperdir, workdir)
   EnterTemplate,  // setns into the template, chroot to its root, unshare a copy
-  kLast = EnterTemplate,
+  // An unprivileged sandbox's init pins and clones a source itself (the
+  // library may not clone trees, and a tree of the host's namespace cannot
+  // be moved into one a user namespace owns): path opened with no symlink
+  // followed, of the type in mode, cloned recursively into trees[source]
+  // and given the attributes in flags (MOUNT_ATTR_*), recursively.
+  CloneTree,
+  kLast = CloneTree,
 };
 
 // One op as the child side runs it: plain values and C strings (pointing
@@ -119,10 +125,11 @@ struct OpView {
 
 // Child side: runs ops in order (raw syscalls only: async-signal-safe, no
 // allocation). trees are the detached trees of the sources
-// (MountPlan::make_trees; each is moved once and left open), tpl_ns and
+// (MountPlan::make_trees, or CloneTree ops, which fill them in; each is
+// moved once and left open), tpl_ns and
 // tpl_root the template's fds for EnterTemplate (else -1). Returns 0, or
 // errno with *failed_op set to the index of the op that failed.
-int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tpl_ns, int tpl_root,
+int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, int tpl_root,
             int* failed_op) noexcept;
 
 class MountPlan {

@@ -150,9 +150,41 @@ int run_in_volume(const OpView& o, int tree) noexcept {
   return rc;
 }
 
+// CloneTree: the source pinned with no symlink followed, checked to be of
+// the planned type, cloned with its submounts and given its attributes.
+int clone_tree(const OpView& o) noexcept {
+  int pinned = openat2_raw(AT_FDCWD, o.path, O_PATH | O_NOFOLLOW,
+                           RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+  if (pinned < 0) return -1;
+  struct stat st;
+  int tree = -1;
+  if (::fstatat(pinned, "", &st, AT_EMPTY_PATH) != 0) {
+    // errno set
+  } else if ((st.st_mode & S_IFMT) != (o.mode & S_IFMT)) {
+    errno = S_ISDIR(o.mode) ? ENOTDIR : EISDIR;
+  } else {
+    tree =
+        ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (tree >= 0) {
+      struct mount_attr attr {};
+      attr.attr_set = o.flags;
+      if (::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0) {
+        int e = errno;
+        ::close(tree);
+        tree = -1;
+        errno = e;
+      }
+    }
+  }
+  int e = errno;
+  ::close(pinned);
+  errno = e;
+  return tree;
+}
+
 }  // namespace
 
-int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tpl_ns, int tpl_root,
+int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, int tpl_root,
             int* failed_op) noexcept {
   const mode_t old_umask = ::umask(0);
   int err = 0;
@@ -163,7 +195,7 @@ int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tp
     // MoveTree: the detached tree the library cloned from the pinned source
     // (and gave its attributes): what was checked is what is mounted.
     int tree = -1;
-    if (o.kind == OpKind::MoveTree) {
+    if (o.kind == OpKind::MoveTree || o.kind == OpKind::CloneTree) {
       if (o.source < 0 || static_cast<size_t>(o.source) >= ntrees) {
         err = EINVAL;
         if (failed_op) *failed_op = static_cast<int>(i);
@@ -243,6 +275,10 @@ int run_ops(const OpView* ops, size_t n, const int* trees, size_t ntrees, int tp
         if (rc == 0) rc = ::chroot(".");
         if (rc == 0) rc = ::unshare(CLONE_NEWNS);
         if (rc == 0) rc = ::chdir("/");
+        break;
+      case OpKind::CloneTree:
+        trees[o.source] = clone_tree(o);
+        rc = trees[o.source] < 0 ? -1 : 0;
         break;
       case OpKind::PivotRoot:
         // pivot_root(".", ".") stacks the old root on the new one; detaching

@@ -2,6 +2,7 @@
 #include "isolate/userns.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/close_range.h>
 #include <linux/sched.h>
 #include <poll.h>
@@ -247,7 +248,24 @@ struct ExecArgs {
   int report_w;
   char* const* argv;
   char* const* envp;
+  // Unprivileged (CLONE_NEWUSER): the lines of our own maps, "0 ID 1\n",
+  // written by the child before its exec, which keeps its capabilities in
+  // the new namespace only as uid 0 there. Null otherwise.
+  const char* uid_map = nullptr;
+  const char* gid_map = nullptr;
 };
+
+// Writes the whole of text to path (the child's raw calls); 0 or -errno.
+long write_proc_file(const char* path, const char* text) noexcept {
+  long fd = child_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return fd;
+  long len = 0;
+  while (text[len]) ++len;
+  long r = child_syscall(SYS_write, fd, reinterpret_cast<long>(text), len);
+  child_syscall(SYS_close, fd);
+  if (r < 0) return r;
+  return r == len ? 0 : -EIO;
+}
 
 // The clone child: makes ctl and report_w the only fds that survive, and
 // execs the init. It shares the caller's memory (CLONE_VM) until then: raw
@@ -267,7 +285,14 @@ struct ExecArgs {
   child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
   // Every fd of the caller's, also those it opened without O_CLOEXEC, goes
   // at the exec; the init's two stay.
-  long r = child_syscall(SYS_close_range, 0, l(~0U), CLOSE_RANGE_CLOEXEC);
+  long r = 0;
+  // An ordinary user may map its own ids once setgroups is denied.
+  if (x.uid_map) {
+    r = write_proc_file("/proc/self/setgroups", "deny");
+    if (r == 0) r = write_proc_file("/proc/self/uid_map", x.uid_map);
+    if (r == 0) r = write_proc_file("/proc/self/gid_map", x.gid_map);
+  }
+  if (r == 0) r = child_syscall(SYS_close_range, 0, l(~0U), CLOSE_RANGE_CLOEXEC);
   if (r == 0) r = child_syscall(SYS_fcntl, x.ctl, F_SETFD, 0);
   if (r == 0) r = child_syscall(SYS_fcntl, x.report_w, F_SETFD, 0);
   if (r == 0)
@@ -370,6 +395,39 @@ std::string_view step_name(SpawnStep step) {
   return "unknown step";
 }
 
+namespace {
+
+// The rules of SpawnSpec::unprivileged, and a clear word for an ordinary
+// user who did not set it.
+Status check_unprivileged(const SpawnSpec& spec) {
+  if (!spec.unprivileged) {
+    if (::geteuid() != 0)
+      return fail(make_error(ErrorKind::PermissionDenied,
+                             "uid " + std::to_string(::geteuid()) +
+                                 " is not root: an ordinary user's sandbox is unprivileged "
+                                 "(SpawnSpec::unprivileged; executors set it themselves)"));
+    return {};
+  }
+  if (!spec.userns || *spec.userns != userns::own_ids())
+    return fail(
+        invalid("an unprivileged sandbox maps the caller's own uid and gid to 0, and "
+                "nothing else (userns::own_ids())"));
+  if (spec.user.uid != 0 || spec.user.gid != 0 || !spec.user.groups.empty())
+    return fail(invalid("user " + std::to_string(spec.user.uid) + ":" +
+                        std::to_string(spec.user.gid) +
+                        (spec.user.groups.empty() ? "" : " with supplementary groups") +
+                        ": an ordinary user's sandbox maps one uid and one gid, 0 inside"));
+  // The init exec'd in the sandbox's user namespace: with CAP_SYS_PTRACE
+  // there a payload could reach its memory and its status pipe.
+  if (spec.capabilities & (1ull << CAP_SYS_PTRACE))
+    return fail(
+        invalid("cap_add SYS_PTRACE is refused in an unprivileged sandbox: it would "
+                "reach the sandbox's init, which runs in the same user namespace"));
+  return {};
+}
+
+}  // namespace
+
 Sandbox::Sandbox() = default;
 Sandbox::~Sandbox() = default;  // warm inits are killed, reaped, their cgroups removed
 
@@ -387,7 +445,9 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
     sb->loopback_ = std::move(*lo);
   }
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
+  if (spec.unprivileged) sb->clone_flags_ |= CLONE_NEWUSER;
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  if (auto s = check_unprivileged(spec); !s) return fail(s.error());
   if (spec.userns) {
     if (auto s = userns::check_capabilities(spec.capabilities); !s) return fail(s.error());
     if (auto s = userns::check_ids(*spec.userns, spec.user.uid, spec.user.gid,
@@ -404,7 +464,8 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
 }
 
 Result<int> Sandbox::userns_fd() const {
-  if (!spec_.userns) return -1;
+  // An unprivileged sandbox's clone makes its own.
+  if (!spec_.userns || spec_.unprivileged) return -1;
   // One namespace for every sandbox of this spec, made at its first start
   // (an executor that never starts one, or a caller the policy refuses,
   // never needs it): an init only joins it, with no map to write.
@@ -440,7 +501,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   // Without a template the init mounts the sources itself: pinned and
   // cloned now, so that what is mounted is what was checked.
   std::vector<Fd> trees;
-  if (!tpl) {
+  if (!tpl && !spec.unprivileged) {
     auto made = sb.mounts_.make_trees(*userns_fd);
     if (!made) return fail(made.error().wrap("mount plan"));
     trees = std::move(*made);
@@ -468,7 +529,9 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   uint64_t clone_flags = sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
-  if (clone_flags & CLONE_NEWNET) {
+  // (An unprivileged sandbox's comes with its clone, owned by its user
+  // namespace: one the library made it could not enter.)
+  if ((clone_flags & CLONE_NEWNET) && !spec.unprivileged) {
     netns = network::NetnsPool::get().take();
     make_netns = !netns;
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
@@ -492,6 +555,20 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
                        const_cast<char*>(report_arg.c_str()), nullptr};
   char* init_envp[] = {nullptr};
   ExecArgs x{*program, ctl_child.get(), report->write.get(), init_argv, init_envp};
+  std::string uid_map, gid_map;
+  if (spec.unprivileged) {
+    // A process that changed its uid without an exec since is not dumpable:
+    // its /proc files, the maps among them, are root's.
+    if (::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 1)
+      return fail(make_error(ErrorKind::PermissionDenied,
+                             "the calling process is not dumpable (a uid change without an "
+                             "exec since?): the sandbox's /proc/PID/uid_map is then root's; "
+                             "exec, or prctl(PR_SET_DUMPABLE, 1), first"));
+    uid_map = "0 " + std::to_string(spec.userns->uid_base) + " 1\n";
+    gid_map = "0 " + std::to_string(spec.userns->gid_base) + " 1\n";
+    x.uid_map = uid_map.c_str();
+    x.gid_map = gid_map.c_str();
+  }
 
   int pidfd = -1;
   long pid = -1;
@@ -560,6 +637,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   const bool wait_go = attach || make_netns;
   fx.flags |=
       (wait_go ? wire::kSetupWaitGo : 0) | (g_background_teardown ? wire::kSetupBackgroundExit : 0);
+  if (spec.unprivileged)
+    fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0);
   fx.fd_status = add_fd(status->write.get());
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
@@ -713,6 +792,7 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   alone_ = o.alone_;
   wait_status_ = o.wait_status_;
   max_rss_ = o.max_rss_;
+  cpu_usec_ = o.cpu_usec_;
   return *this;
 }
 
@@ -764,6 +844,7 @@ bool Spawned::read_exit() {
   got_message_ = true;
   wait_status_ = msg.wait_status;
   max_rss_ = static_cast<uint64_t>(msg.max_rss_kib) * 1024;
+  cpu_usec_ = msg.cpu_usec > 0 ? static_cast<uint64_t>(msg.cpu_usec) : 0;
   alone_ = msg.alone != 0;
   return alone_;
 }
@@ -793,6 +874,8 @@ Result<int> Spawned::reap() {
   read_exit();
   if (got_message_) return wait_status_;
   max_rss_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  cpu_usec_ = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+              static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
   if (info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED) {
     wait_status_ = info.si_status & 0x7f;  // as if the payload got the init's signal
   } else {
@@ -888,8 +971,10 @@ Result<cgroups::Usage> Spawned::usage() const {
     if (!r) return fail(r.error());
     u = *r;
   }
-  // Without a memory cgroup: the largest resident set of any process.
+  // Without a memory cgroup: the largest resident set of any process; and
+  // without a cgroup, the time of the processes the init reaped.
   if (u.memory_peak == 0) u.memory_peak = max_rss_;
+  if (!cgroup_) u.cpu_usec = cpu_usec_;
   return u;
 }
 

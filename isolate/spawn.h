@@ -157,7 +157,8 @@ class Spawned {
   // The payload's raw wait status, after reap() or a true read_exit().
   int exit_status() const { return wait_status_; }
   // Usage of the whole tree (from its cgroup; peak memory from the largest
-  // process when no memory cgroup counts it); call after reap() or a true
+  // process when no memory cgroup counts it, cpu time from the processes the
+  // init reaped when there is no cgroup); call after reap() or a true
   // read_exit().
   Result<cgroups::Usage> usage() const;
   // Removes the cgroup (after reap). Idempotent.
@@ -197,6 +198,7 @@ class Spawned {
   bool alone_ = false;
   int wait_status_ = 0;
   uint64_t max_rss_ = 0;
+  uint64_t cpu_usec_ = 0;
 };
 
 // Runs command in a new instance of sandbox. With a null manager the process

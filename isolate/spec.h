@@ -74,6 +74,13 @@ struct SpawnSpec {
   // The payload's user namespace (userns.h); none = the host's (the
   // payload's uid 0 is then host root).
   std::optional<userns::Map> userns;
+  // The caller is an ordinary user (docs/security.md, "Unprivileged use"),
+  // as with bwrap --unshare-user: the user namespace is the sandbox's own,
+  // made by its clone (CLONE_NEWUSER), and owns its other namespaces; userns
+  // is then userns::own_ids() (the caller's uid and gid as 0 inside, nothing
+  // else mapped). No mount template, no pool namespace, no idmapped mount,
+  // no cgroup unless the caller passes a manager (a delegated cgroup).
+  bool unprivileged = false;
   bool no_new_privileges = true;
   uint64_t capabilities = 0;  // bit set of capabilities kept
   std::vector<rlimits::Limit> rlimits;

@@ -4,10 +4,13 @@
 #include "isolate/capabilities.h"
 
 #include <fcntl.h>
+#include <linux/mount.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -158,6 +161,10 @@ Result<Map> default_map() {
   return Map{kDefaultBase, kDefaultBase, kDefaultSize};
 }
 
+Map own_ids() {
+  return Map{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid()), 1};
+}
+
 Result<Fd> make(const Map& m) {
   if (auto s = check(m); !s) return fail(s.error());
   auto ready = make_pipe();
@@ -238,6 +245,68 @@ Result<Fd> make(const Map& m) {
   finish();
   if (!ns) return fail(ns.error().wrap("user namespace: open"));
   return ns;
+}
+
+Result<Fd> read_only_tree(const std::string& path, int pinned) {
+  struct stat want {};
+  if (::fstat(pinned, &want) != 0) return fail(sys_error("stat " + path));
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+    return fail(sys_error("socketpair"));
+  Fd ours(sv[0]), theirs(sv[1]);
+  // As make(): no exit signal, every other fd closed, raw calls only.
+  int pidfd = -1;
+  clone_args args{};
+  args.flags = CLONE_PIDFD | CLONE_NEWUSER | CLONE_NEWNS;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = 0;
+  const int sock = theirs.get();
+  const char* where = path.c_str();
+  long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid == 0) {
+    if (sock > 0) ::syscall(SYS_close_range, 0, sock - 1, 0);
+    ::syscall(SYS_close_range, sock + 1, ~0U, 0);
+    int e = 0, tree = -1;
+    open_how how{};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int dir = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, where, &how, sizeof how));
+    struct stat st {};
+    if (dir < 0 || ::fstat(dir, &st) != 0) {
+      e = errno;
+    } else if (st.st_dev != want.st_dev || st.st_ino != want.st_ino) {
+      e = ESTALE;
+    } else {
+      tree = static_cast<int>(
+          ::syscall(SYS_open_tree, dir, "",
+                    AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+      mount_attr attr{};
+      attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+      if (tree < 0 || ::syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr,
+                                sizeof attr) != 0)
+        e = errno;
+    }
+    (void)send_fds(sock, &e, sizeof e, &tree, e == 0 ? 1 : 0);
+    ::syscall(SYS_exit_group, 0);
+  }
+  if (pid < 0) return fail(sys_error("read-only view of " + path + ": clone"));
+  Fd child(pidfd);
+  theirs.reset();
+  int e = EPIPE, tree = -1;
+  size_t nfds = 0;
+  ssize_t n;
+  while ((n = recv_fds(ours.get(), &e, sizeof e, &tree, 1, &nfds)) < 0 && errno == EINTR) {
+  }
+  Fd got(nfds == 1 ? tree : -1);
+  siginfo_t info;
+  while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
+         errno == EINTR) {
+  }
+  if (n != static_cast<ssize_t>(sizeof e)) e = EPIPE;
+  if (e == ESTALE)
+    return fail(invalid(path + " changed while it was opened (no longer the directory checked)"));
+  if (e != 0 || !got) return fail(sys_error("read-only view of " + path, e ? e : EPROTO));
+  return got;
 }
 
 }  // namespace cloister::userns

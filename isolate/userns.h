@@ -82,6 +82,11 @@ Result<std::optional<Map>> from_subid(const std::string& subuid, const std::stri
 // kDefaultSize}.
 Result<Map> default_map();
 
+// An ordinary user's map (SpawnSpec::unprivileged): its effective uid and
+// gid as 0 inside, one id each, which the kernel lets any user write for a
+// namespace it made.
+Map own_ids();
+
 // The host uid that owns a sandbox's user namespace: the id just below its
 // range. The kernel charges the per-user counters of everything inside
 // (inotify instances, processes, pending signals, ...) to the owner at the
@@ -98,6 +103,14 @@ inline uid_t owner_of(const Map& m) {
 // /proc/PID/ns/user, made by a short-lived child. Needs root (CAP_SETUID
 // and CAP_SETGID for the maps, the owner change).
 Result<Fd> make(const Map& m);
+
+// A detached clone of the directory tree at path, recursively read-only,
+// nosuid and nodev, for a caller without CAP_SYS_ADMIN (which may not clone
+// trees in its own mount namespace): made by a short-lived child in a user
+// and mount namespace of its own, where it has that capability, and passed
+// back. path is resolved again there with no symlink followed and must
+// still be the directory `pinned` is (an fd of it), or INVALID.
+Result<Fd> read_only_tree(const std::string& path, int pinned);
 
 // Child side (the init, which links no more of this module): join the
 // namespace and close its fd. Returns 0 or errno.

@@ -135,7 +135,9 @@ uint64_t CallerRules::max_processes(const Caller& c) const {
 
 Decision decide(const CallerRules* rules, const Caller& caller, const Request& req) {
   Decision d;
-  if (rules) {
+  if (caller.own_process && !caller.root()) {
+    d = {true, "own process"};
+  } else if (rules) {
     d = rules->decide(caller, req);
   } else if (caller.root()) {
     d = {true, "root"};

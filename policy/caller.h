@@ -45,6 +45,11 @@ struct Caller {
   gid_t gid = 0;
   std::vector<gid_t> groups;  // supplementary
   pid_t pid = 0;              // 0 = unknown (for audit only)
+  // The library's own caller (no socket peer: `cloister exec`, an embedding
+  // program). An ordinary user there is its own principal: caller rules
+  // guard the service's privilege boundary, not a user's own process
+  // (docs/policy.md).
+  bool own_process = false;
 
   // The calling process's effective credentials.
   static Caller self();

@@ -10,6 +10,7 @@
 #include <cctype>
 
 #include "isolate/mounts.h"
+#include "isolate/userns.h"
 
 namespace cloister::policy {
 
@@ -100,8 +101,9 @@ namespace {
 // sandbox execs a file through it, so its /proc/self/exe (and the fd a
 // script keeps) lead to a read-only mount: the payload cannot reopen its own
 // executable for writing and change the host's file (the CVE-2019-5736
-// shape). Without CAP_SYS_ADMIN (an unprivileged caller, whose payloads run
-// as that caller) the directory itself.
+// shape). Without CAP_SYS_ADMIN (an ordinary user, whose payload could
+// otherwise rewrite the user's own file) the clone is made in a user
+// namespace of its own (userns::read_only_tree).
 Result<Fd> open_executables_dir(const std::string& dir) {
   // Pinned with no symlink followed, as mount sources are: one planted in a
   // writable parent must not choose what runs.
@@ -115,7 +117,7 @@ Result<Fd> open_executables_dir(const std::string& dir) {
   int tree =
       ::open_tree(pinned, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
   if (tree < 0) {
-    if (errno == EPERM) return std::move(*p);
+    if (errno == EPERM) return userns::read_only_tree(dir, pinned);
     return fail(sys_error("clone " + dir));
   }
   Fd t(tree);

@@ -689,6 +689,7 @@ Status parse_cpu_quota(const Parser& p, const Field& f, Building& b) {
 }
 
 Status parse_pids(const Parser& p, const Field& f, Building& b) {
+  b.cfg.pids_limit_set = true;
   return assign(p.integer(f, kMaxPids, "0 = unlimited"), b.cfg.pids_limit);
 }
 

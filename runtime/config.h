@@ -38,6 +38,10 @@ struct ExecutorConfig {
   uint64_t memory_limit = 0;                // bytes, 0 = unlimited
   uint64_t cpu_quota = 0;                   // microseconds per 100000, 0 = unlimited
   uint64_t pids_limit = kDefaultPidsLimit;  // 0 = unlimited (said explicitly)
+  // pids_limit came from the config, not the default: an ordinary user's
+  // sandbox then needs a delegated cgroup for it (the default becomes
+  // RLIMIT_NPROC there).
+  bool pids_limit_set = false;
   bool read_only_rootfs = true;
   bool no_new_privileges = true;
   // The payload's user namespace (docs/security.md, "User namespace"):

@@ -1,5 +1,10 @@
 #include "runtime/executor.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+
 #include "isolate/mounts.h"
 #include "oci/container.h"
 #include "policy/exec_policy.h"
@@ -48,6 +53,49 @@ Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out
   return {};
 }
 
+// "memory_limit, pids_limit": the config fields of the limits set.
+std::string limit_names(const cgroups::Limits& l) {
+  std::string out;
+  auto add = [&](bool on, const char* name) {
+    if (!on) return;
+    if (!out.empty()) out += ", ";
+    out += name;
+  };
+  add(l.memory_max != 0, "memory_limit");
+  add(l.cpu_quota != 0, "cpu_quota");
+  add(l.pids_max != 0, "pids_limit");
+  if (out.empty()) out = "a limit";
+  return out;
+}
+
+// An ordinary user's executor (docs/security.md, "Unprivileged use"): a user
+// namespace of the sandbox's own with the user's ids as 0 inside, and the
+// default process bound as RLIMIT_NPROC, which the kernel counts per user
+// namespace, where no cgroup can be made.
+Status lower_unprivileged(const ExecutorConfig& c, SpawnSpec& s) {
+  if (c.userns_host)
+    return fail(
+        invalid("userns: host needs root (an ordinary user's sandbox always has a user "
+                "namespace of its own)"));
+  if (c.userns_range)
+    return fail(
+        invalid("userns_range needs root (an ordinary user's sandbox maps only the "
+                "user's own uid and gid)"));
+  s.unprivileged = true;
+  s.userns = userns::own_ids();
+  if (!c.pids_limit_set && s.limits.pids_max) {
+    bool has_nproc = false;
+    for (const auto& l : s.rlimits) has_nproc |= l.resource == RLIMIT_NPROC;
+    rlimit cur{};
+    if (!has_nproc && ::getrlimit(RLIMIT_NPROC, &cur) == 0) {
+      rlim_t n = std::min<rlim_t>(s.limits.pids_max, cur.rlim_max);
+      s.rlimits.push_back({RLIMIT_NPROC, n, n});
+    }
+    s.limits.pids_max = 0;
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) {
@@ -71,11 +119,14 @@ Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) 
   }
   s.capabilities = c.capabilities;
   s.rlimits = c.rlimits;
-  s.user = c.identity;
-  s.seccomp_profile = c.seccomp_profile;
   s.limits.memory_max = c.memory_limit;
   s.limits.cpu_quota = c.cpu_quota;
   s.limits.pids_max = c.pids_limit;
+  if (::geteuid() != 0)
+    if (auto st = lower_unprivileged(c, s); !st)
+      return fail(st.error().wrap("executor '" + c.name + "'"));
+  s.user = c.identity;
+  s.seccomp_profile = c.seccomp_profile;
   if (c.kind == ExecutorKind::Container)
     if (auto st = lower_container(c, s, image); !st)
       return fail(st.error().wrap("executor '" + c.name + "'"));
@@ -90,10 +141,25 @@ Result<std::shared_ptr<Executor>> Executor::create(const ExecutorConfig& config,
   if (!spec) return fail(spec.error());
   auto sandbox = Sandbox::prepare(*spec);
   if (!sandbox) return fail(sandbox.error().wrap(ctx));
-  if (!cgroups) {
+  // An ordinary user's sandboxes get a cgroup only for limits, and then
+  // only where one was delegated: usage comes from the init otherwise.
+  if (!cgroups && !(spec->unprivileged && spec->limits.empty())) {
     auto shared = cgroups::Manager::shared();
+    // An ordinary user's base must be its own (delegated) to make cgroups in.
+    if (shared && spec->unprivileged)
+      for (const auto& base : (*shared)->base_paths())
+        if (::access(base.c_str(), W_OK) != 0) {
+          shared = fail(sys_error("cgroup base " + base));
+          break;
+        }
     if (shared)
       cgroups = *shared;
+    else if (!spec->limits.empty() && spec->unprivileged)
+      return fail(shared.error().wrap(
+          ctx + ": " + limit_names(spec->limits) +
+          " needs a delegated cgroup (an ordinary user may make cgroups only below one "
+          "delegated to it, such as a systemd user service's with Delegate=yes; "
+          "docs/security.md, \"Unprivileged use\")"));
     else if (!spec->limits.empty())
       return fail(shared.error().wrap(ctx + ": limits need cgroups"));
   }
@@ -159,7 +225,12 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   // Every policy rule, decided and audited in one place.
   policy::ExecInput in;
   in.executor = config_.name;
-  in.caller = req.caller ? std::move(*req.caller) : policy::Caller::self();
+  if (req.caller) {
+    in.caller = std::move(*req.caller);
+  } else {
+    in.caller = policy::Caller::self();
+    in.caller.own_process = true;
+  }
   in.argv = std::move(req.argv);
   in.command = std::move(req.command);
   in.work_dir = *wd;

@@ -2,8 +2,11 @@
 # The test suite: bootstrap (packages + build), then every ctest group.
 #   unit         GoogleTest units, no privileges needed
 #   integration  real namespaces, cgroups and seccomp on this host (root)
+#   unprivileged the host executor's suite again as an ordinary user this
+#                creates (tests/unprivileged/run.sh)
 #   vm           the cgroup and isolation tests again inside a qemu guest
-#                with a pure cgroup-v2 hierarchy (tests/vm/README.md)
+#                with a pure cgroup-v2 hierarchy (tests/vm/README.md), and
+#                the unprivileged run with a delegated cgroup
 #   slow         cloisterd at scale: 1,000 concurrent and 10,000 sequential
 #                sessions (about 1.5 min; docs/benchmarks.md, Service section)
 # Set CLOISTER_TEST_LABELS to run only some groups, e.g. "unit|integration".
@@ -17,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-labels=${CLOISTER_TEST_LABELS:-unit|integration|vm|slow}
+labels=${CLOISTER_TEST_LABELS:-unit|integration|unprivileged|vm|slow}
 start=$(date +%s)
 ctest --test-dir build -L "$labels" --output-on-failure --timeout 1500 -j1
 echo "test.sh: all groups ($labels) passed in $(( $(date +%s) - start )) s"

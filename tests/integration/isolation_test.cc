@@ -148,6 +148,23 @@ TEST(Isolation, CapAddKeepsOnlyThatCapability) {
             std::string::npos)
       << refused.error().what();
   cfg.userns_host = true;
+  if (unprivileged()) {
+    auto host = Executor::create(cfg);
+    ASSERT_FALSE(host);
+    EXPECT_NE(host.error().what().find("userns: host needs root"), std::string::npos)
+        << host.error().what();
+    // Nor may an unprivileged payload trace its init, which shares its
+    // user namespace.
+    cfg.userns_host = false;
+    cfg.cap_add = {"SYS_PTRACE"};
+    cfg.capabilities = 1ULL << 19;
+    auto ptrace = Executor::create(cfg);
+    ASSERT_FALSE(ptrace);
+    EXPECT_NE(ptrace.error().what().find("cap_add SYS_PTRACE is refused in an unprivileged"),
+              std::string::npos)
+        << ptrace.error().what();
+    return;
+  }
   r = run_ok(cfg, {"/bin/sh", "-c", "grep -E '^Cap(Eff|Bnd):' /proc/self/status"});
   EXPECT_EQ(r.out, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\n");
 }
@@ -227,12 +244,73 @@ TEST(Isolation, UserAndRlimits) {
   auto lim = rlimits::make(RLIMIT_NOFILE, 64, 64);
   ASSERT_TRUE(lim);
   cfg.rlimits = {*lim};
+  if (unprivileged()) {
+    // One uid is mapped: user: other than 0 is refused, naming it.
+    auto refused = Executor::create(cfg);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().what().find("user 65534:65534: an ordinary user's sandbox maps one "
+                                          "uid and one gid, 0 inside"),
+              std::string::npos)
+        << refused.error().what();
+    cfg.identity = Identity{};
+    auto r =
+        run_ok(cfg, {"/bin/sh", "-c", "id -u; id -g; ulimit -n; grep CapEff /proc/self/status"});
+    EXPECT_EQ(r.out, "0\n0\n64\nCapEff:\t0000000000000000\n");
+    return;
+  }
   auto r = run_ok(
       cfg, {"/bin/sh", "-c", "id -u; id -g; id -G; ulimit -n; grep CapEff /proc/self/status"});
   EXPECT_EQ(r.out, "65534\n65534\n65534\n64\nCapEff:\t0000000000000000\n");
 }
 
+// An ordinary user with no delegated cgroup: a configured limit is refused
+// at once, naming the field and what is missing; the defaults still bound
+// its processes (RLIMIT_NPROC in the sandbox's own user namespace).
+TEST(Limits, UnprivilegedNeedADelegatedCgroup) {
+  TempDir t;
+  ::chmod(t.path.c_str(), 0755);
+  const std::string config = t.path + "/c.yaml";
+  write_text(config,
+             "executors:\n"
+             "  - name: capped\n    default_env: {PATH: /usr/bin:/bin}\n    memory_limit: 64m\n"
+             "    pids_limit: 100\n"
+             "  - name: plain\n    default_env: {PATH: /usr/bin:/bin}\n");
+  ::chmod(config.c_str(), 0644);
+  const std::string as_user =
+      unprivileged() ? "" : "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all ";
+  auto cli = [&](const std::string& args) {
+    std::string cmd = as_user + CLOISTER_BIN_DIR + "/cloister exec -c " + config + " " + args +
+                      " 2>&1; echo \"exit=$?\"";
+    FILE* f = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof buf, f)) out.append(buf, n);
+    ::pclose(f);
+    return out;
+  };
+  // (Opened first, so that this process has left the delegated cgroup for
+  // its runtime leaf and the CLI, its child, can enable controllers there.)
+  const bool delegated = unprivileged() && delegated_cgroup();
+  std::string capped = cli("-x capped -- /bin/true");
+  if (delegated) {
+    // Where one is delegated, the limits hold there (the Limits tests).
+    EXPECT_NE(capped.find("exit=0"), std::string::npos) << capped;
+  } else {
+    EXPECT_NE(capped.find("executor 'capped': memory_limit, pids_limit needs a delegated cgroup"),
+              std::string::npos)
+        << capped;
+    EXPECT_NE(capped.find("exit=125"), std::string::npos) << capped;
+  }
+  std::string plain = cli("-x plain -- /bin/grep 'Max processes' /proc/self/limits");
+  const std::string n = std::to_string(kDefaultPidsLimit);
+  EXPECT_NE(plain.find("Max processes             " + n + "                 " + n),
+            std::string::npos)
+      << plain;
+  EXPECT_NE(plain.find("exit=0"), std::string::npos) << plain;
+}
+
 TEST(Limits, MemoryHogIsOomKilled) {
+  SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();
   cfg.memory_limit = 32 << 20;
   auto r = run(cfg, {"/probe/cloister_probe", "hog", "256"});
@@ -247,6 +325,7 @@ TEST(Limits, MemoryHogIsOomKilled) {
 // at which `true` runs in the host executor here (docs/cgroups.md); with a
 // MiB of margin it must always run, and far below it must fail cleanly.
 TEST(Limits, TrueRunsUnderATinyMemoryLimit) {
+  SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();
   cfg.memory_limit = (340 << 10) + (1 << 20);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(run(cfg, {"/bin/true"}).status.exit_code, 0);
@@ -262,6 +341,7 @@ TEST(Limits, TrueRunsUnderATinyMemoryLimit) {
 }
 
 TEST(Limits, ForkLoopStopsAtPidsLimit) {
+  SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();
   cfg.pids_limit = 16;
   auto r = run(cfg, {"/probe/cloister_probe", "forks", "200"}, 10s);
@@ -277,6 +357,7 @@ TEST(Limits, ForkLoopStopsAtPidsLimit) {
 // controllers here: the pid written by the prestart thread): each one holds
 // them as a cold one does.
 TEST(Limits, WarmSandboxesKeepTheLimits) {
+  SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();
   cfg.pids_limit = 16;
   cfg.memory_limit = 32 << 20;
@@ -295,6 +376,7 @@ TEST(Limits, WarmSandboxesKeepTheLimits) {
 }
 
 TEST(Limits, CpuQuotaThrottles) {
+  SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();
   cfg.cpu_quota = 20000;  // a fifth of a CPU
   auto r = run(cfg, {"/bin/sh", "-c", "while :; do :; done"}, 1500ms);
@@ -572,6 +654,9 @@ TEST(Isolation, MountTemplateGivesTheSameRoot) {
 // The template holds copies of the host's trees: a mount on the host after
 // it was built must reach the next sandbox all the same.
 TEST(Isolation, MountTemplateFollowsHostMounts) {
+  SKIP_IF_UNPRIVILEGED(
+      "mounting on the host needs root, and an unprivileged sandbox has no "
+      "template");
   TempDir vol;
   ASSERT_EQ(::mkdir((vol.path + "/sub").c_str(), 0755), 0);
   give_to_sandbox(vol.path);
@@ -658,6 +743,18 @@ TEST(ProcessApi, WaitReturnsWhenNothingIsLeft) {
 TEST(Isolation, TmpfsOwnersAreIdsInside) {
   auto cfg = base_config();
   cfg.tmpfs.push_back({"/scratch", "uid=1000,gid=1000"});
+  if (unprivileged()) {
+    // Only 0 is mapped.
+    auto refused = Executor::create(cfg);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().what().find("uid=1000 is outside the user namespace's 1 ids"),
+              std::string::npos)
+        << refused.error().what();
+    cfg.tmpfs.back().options = "uid=0,gid=0";
+    auto r = run_ok(cfg, {"/bin/sh", "-c", "stat -c %u:%g /scratch /tmp /dev/shm"});
+    EXPECT_EQ(r.out, "0:0\n0:0\n0:0\n");
+    return;
+  }
   auto r = run_ok(cfg, {"/bin/sh", "-c", "stat -c %u:%g /scratch /tmp /dev/shm"});
   EXPECT_EQ(r.out, "1000:1000\n0:0\n0:0\n");
   cfg.tmpfs.back().options = "uid=70000";

@@ -142,11 +142,42 @@ inline void write_text(const std::string& path, const std::string& text) {
 
 // The host ids of uid and gid 0 inside a default sandbox (its user
 // namespace, isolate/userns.h).
+// The suite run by an ordinary user (tools/test.sh's unprivileged group):
+// its sandboxes are unprivileged (SpawnSpec::unprivileged).
+inline bool unprivileged() {
+  return ::geteuid() != 0;
+}
+#define SKIP_IF_UNPRIVILEGED(why)                                    \
+  do {                                                               \
+    if (unprivileged()) GTEST_SKIP() << "unprivileged run: " << why; \
+  } while (0)
+
+// An unprivileged run with a cgroup delegated to its user
+// (tests/unprivileged/run.sh --delegate): the library's manager works below
+// bases this user may write.
+inline bool delegated_cgroup() {
+  auto m = cgroups::Manager::shared();
+  if (!m) return false;
+  for (const auto& b : (*m)->base_paths())
+    if (::access(b.c_str(), W_OK) != 0) return false;
+  return true;
+}
+#define SKIP_WITHOUT_LIMITS()                                                                \
+  do {                                                                                       \
+    if (unprivileged() && !delegated_cgroup())                                               \
+      GTEST_SKIP() << "unprivileged run: a limit needs a delegated cgroup, which this user " \
+                      "lacks (tests/unprivileged/run.sh --delegate has one)";                \
+  } while (0)
+
+// The host ids of the sandboxes' root: the default range's base, or for an
+// ordinary user its own ids.
 inline uid_t sandbox_root_uid() {
+  if (unprivileged()) return ::geteuid();
   auto m = userns::default_map();
   return m ? m->uid_base : 0;
 }
 inline gid_t sandbox_root_gid() {
+  if (unprivileged()) return ::getegid();
   auto m = userns::default_map();
   return m ? m->gid_base : 0;
 }
@@ -154,6 +185,7 @@ inline gid_t sandbox_root_gid() {
 // volume a payload writes or reads that root alone may: owned by the
 // mapped ids (a payload's root is not host root).
 inline void give_to_sandbox(const std::string& path) {
+  if (unprivileged()) return;  // the user's own files are its sandboxes' root's
   const std::string cmd = "chown -R " + std::to_string(sandbox_root_uid()) + ":" +
                           std::to_string(sandbox_root_gid()) + " '" + path + "'";
   if (std::system(cmd.c_str()) != 0) ADD_FAILURE() << cmd;

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start->exit latency of `true` for an ordinary user, side by side in one
+# run: `cloister exec` and bwrap, both run by cloister-unpriv
+# (tests/unprivileged/user.sh), the library against fork+exec in-process as
+# that user (cloister_bench_spawn), and root's `cloister exec` for what the
+# unprivileged mode costs. Prints p50/p99 per method and the ratios.
+# Usage: tests/bench/unprivileged.sh [RUNS]   (default 500; run as root, after a build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-500}
+BIN=$PWD/build/bin
+[ -x "$BIN/cloister" ] && [ -x "$BIN/cloister_bench_spawn" ] || { echo "build first: tools/bootstrap.sh" >&2; exit 1; }
+command -v hyperfine >/dev/null && command -v bwrap >/dev/null || tools/bootstrap.sh >/dev/null
+read -r uid gid < <(tests/unprivileged/user.sh)
+as_user=(setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all)
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+chmod 755 "$work"
+cat > "$work/bench.yaml" <<'YAML'
+executors:
+  - name: bench
+    kind: host
+    default_env: { PATH: /usr/bin:/bin }
+YAML
+chmod 644 "$work/bench.yaml"
+touch "$work/h.json" "$work/lib.txt" && chown "$uid:$gid" "$work/h.json" "$work/lib.txt"
+
+echo "machine: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+"${as_user[@]}" env CLOISTER_AUDIT=off hyperfine -N --warmup 20 --runs "$RUNS" \
+  --export-json "$work/h.json" \
+  -n "cloister exec (user)" "$BIN/cloister exec -c $work/bench.yaml -x bench -- /bin/true" \
+  -n "bwrap (user)" "bwrap --unshare-user --unshare-all --ro-bind / / --proc /proc --dev /dev /bin/true" \
+  >/dev/null
+hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$work/root.json" \
+  -n "cloister exec (root)" "env CLOISTER_AUDIT=off $BIN/cloister exec -c $work/bench.yaml -x bench -- /bin/true" \
+  >/dev/null
+"${as_user[@]}" env CLOISTER_AUDIT=off "$BIN/cloister_bench_spawn" "$RUNS" "$work/bench.yaml" > "$work/lib.txt"
+
+python3 - "$work/h.json" "$work/root.json" "$work/lib.txt" <<'PY'
+import json, sys
+rows = []
+for f in sys.argv[1:3]:
+    for r in json.load(open(f))["results"]:
+        t = sorted(x * 1000 for x in r["times"])
+        rows.append((r["command"], t[len(t) // 2], t[min(len(t) - 1, int(len(t) * 0.99))], len(t)))
+for line in open(sys.argv[3]):
+    f = line.split()
+    kv = dict(x.split("=") for x in f[1:])
+    rows.append((f[0] + " (user, in-process)", float(kv["p50_ms"]), float(kv["p99_ms"]), int(kv["runs"])))
+print(f"| {'method':40} | {'p50 ms':>8} | {'p99 ms':>8} | runs |")
+print(f"|{'-'*42}|{'-'*10}|{'-'*10}|------|")
+for name, p50, p99, n in rows:
+    print(f"| {name:40} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
+d = {r[0]: r[1] for r in rows}
+print()
+print(f"cloister exec (user) p50 / bwrap (user) p50 = {d['cloister exec (user)'] / d['bwrap (user)']:.2f}")
+print(f"cloister exec (user) p50 / cloister exec (root) p50 = {d['cloister exec (user)'] / d['cloister exec (root)']:.2f}")
+print(f"libcloister p50 / fork+exec p50 (user, back to back) = {d['libcloister (user, in-process)'] / d['fork+exec (user, in-process)']:.2f}")
+print(f"libcloister p50 / fork+exec p50 (user, 5 ms apart) = {d['libcloister-spaced (user, in-process)'] / d['fork+exec-spaced (user, in-process)']:.2f}")
+PY
