@@ -226,6 +226,37 @@ int join_pool_netns(Init& in) {
   return 0;
 }
 
+// Writes n in decimal to a /proc/sys file; 0 or errno.
+int write_number(const char* path, uint32_t n) {
+  char buf[16];
+  int len = 0;
+  do buf[sizeof buf - 1 - len++] = static_cast<char>('0' + n % 10);
+  while ((n /= 10) != 0);
+  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  ssize_t w = ::write(fd, buf + sizeof buf - len, static_cast<size_t>(len));
+  int e = w == len ? 0 : (w < 0 ? errno : EIO);
+  ::close(fd);
+  return e;
+}
+
+// Unprivileged: our user namespace's own bounds (the kernel's per-user
+// counters are checked at every level, ours first). The files show the
+// reader's user namespace, and are ours to write as its root.
+int bound_userns_counters(Init& in) {
+  if (in.fx.max_inotify_instances) {
+    in.detail = 0;
+    if (int e = write_number("/proc/sys/user/max_inotify_instances", in.fx.max_inotify_instances))
+      return e;
+  }
+  if (in.fx.max_inotify_watches) {
+    in.detail = 1;
+    if (int e = write_number("/proc/sys/user/max_inotify_watches", in.fx.max_inotify_watches))
+      return e;
+  }
+  return 0;
+}
+
 int mount_root(Init& in) {
   int* trees = in.fds + in.fx.fd_trees;
   size_t ntrees = in.fx.ntrees;
@@ -440,6 +471,7 @@ struct Step {
 // The whole order, in one place.
 constexpr Step kSteps[] = {
     {SpawnStep::Loopback, join_pool_netns},
+    {SpawnStep::UserNsLimits, bound_userns_counters},
     {SpawnStep::Mounts, mount_root},
     {SpawnStep::Hostname, set_hostname},
     {SpawnStep::Rlimits, set_rlimits},

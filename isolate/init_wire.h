@@ -37,9 +37,10 @@ enum class SpawnStep : int32_t {
   Mounts,
   Hostname,
   Rlimits,
-  Go,        // waiting for the library's go (cgroup attach, network)
-  CgroupNs,  // a cgroup namespace rooted at the sandbox's own cgroup
-  UserNs,    // joining the payload's user namespace
+  Go,            // waiting for the library's go (cgroup attach, network)
+  CgroupNs,      // a cgroup namespace rooted at the sandbox's own cgroup
+  UserNs,        // joining the payload's user namespace
+  UserNsLimits,  // an unprivileged sandbox's own bounds on its user's counters
   BoundingSet,
   NoNewPrivs,
   Seccomp,
@@ -58,7 +59,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 6;
+constexpr uint32_t kVersion = 7;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -108,6 +109,9 @@ struct SetupFixed {
   int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns;
   int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)
   uint32_t ntrees;
+  // Unprivileged: the bounds of our own user namespace's inotify counters
+  // (/proc/sys/user/max_inotify_*), 0 = as inherited.
+  uint32_t max_inotify_instances, max_inotify_watches;
 };
 
 struct WireRlimit {

@@ -208,6 +208,20 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
   fx.nops = static_cast<uint32_t>(ops.size());
   fx.nfilter = static_cast<uint32_t>(filter.insns().size());
   fx.hostname = add(spec.hostname.c_str());
+  if (spec.unprivileged) {
+    // The kernel counts an ordinary user's inotify instances and watches
+    // across all its processes, sandboxes included: each sandbox may take
+    // half of what the user may have, so that one cannot starve the user's
+    // other programs.
+    auto half = [](const char* file) -> uint32_t {
+      auto v = read_file(file);
+      if (!v) return 0;
+      unsigned long n = std::strtoul(v->c_str(), nullptr, 10);
+      return n >= 2 && n <= 0xffffffffUL ? static_cast<uint32_t>(n / 2) : 0;
+    };
+    fx.max_inotify_instances = half("/proc/sys/user/max_inotify_instances");
+    fx.max_inotify_watches = half("/proc/sys/user/max_inotify_watches");
+  }
   std::vector<wire::WireOp> wops;
   for (const auto& o : ops) {
     wire::WireOp w{};
@@ -283,6 +297,11 @@ long write_proc_file(const char* path, const char* text) noexcept {
   // which keeps it; the init finds out about a caller gone before this
   // line by the EOF on its control socket.
   child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  // A session of its own: no controlling terminal of the caller's for the
+  // payload to push input into (TIOCSTI), nor the caller's session's
+  // scheduling group (/proc/1/autogroup, which an unprivileged sandbox's
+  // root owns) to change.
+  child_syscall(SYS_setsid);
   // Every fd of the caller's, also those it opened without O_CLOEXEC, goes
   // at the exec; the init's two stay.
   long r = 0;
@@ -369,6 +388,8 @@ std::string_view step_name(SpawnStep step) {
       return "cgroup namespace";
     case SpawnStep::UserNs:
       return "join the user namespace";
+    case SpawnStep::UserNsLimits:
+      return "bound the user namespace's inotify counters";
     case SpawnStep::BoundingSet:
       return "capability bounding set";
     case SpawnStep::NoNewPrivs:
@@ -408,6 +429,10 @@ Status check_unprivileged(const SpawnSpec& spec) {
                                  "(SpawnSpec::unprivileged; executors set it themselves)"));
     return {};
   }
+  if (::geteuid() == 0)
+    return fail(
+        invalid("an unprivileged sandbox is an ordinary user's: root's would map host "
+                "root to 0 inside (leave SpawnSpec::unprivileged unset)"));
   if (!spec.userns || *spec.userns != userns::own_ids())
     return fail(
         invalid("an unprivileged sandbox maps the caller's own uid and gid to 0, and "
@@ -449,7 +474,8 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
   if (auto s = check_unprivileged(spec); !s) return fail(s.error());
   if (spec.userns) {
-    if (auto s = userns::check_capabilities(spec.capabilities); !s) return fail(s.error());
+    if (auto s = userns::check_capabilities(spec.capabilities, spec.unprivileged); !s)
+      return fail(s.error());
     if (auto s = userns::check_ids(*spec.userns, spec.user.uid, spec.user.gid,
                                    spec.user.groups.data(), spec.user.groups.size());
         !s)

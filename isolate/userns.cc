@@ -106,10 +106,14 @@ Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t
   return {};
 }
 
-Status check_capabilities(uint64_t caps) {
+Status check_capabilities(uint64_t caps, bool unprivileged) {
   const uint64_t useless = caps & ~kUsableCapabilities;
   if (!useless) return {};
   int bit = __builtin_ctzll(useless);
+  if (unprivileged)
+    return fail(invalid("cap_add: " + capabilities::name(bit) +
+                        " is not offered in an ordinary user's sandbox, whose namespaces its "
+                        "user namespace owns (it could undo the sandbox's own mounts)"));
   return fail(invalid("cap_add: " + capabilities::name(bit) +
                       " would have no effect in the sandbox's user namespace (the kernel checks "
                       "it in a namespace of the host's); use userns: host to grant it"));

@@ -68,7 +68,10 @@ Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t
 constexpr uint64_t kUsableCapabilities = (1ull << 0) | (1ull << 1) | (1ull << 2) | (1ull << 3) |
                                          (1ull << 4) | (1ull << 5) | (1ull << 6) | (1ull << 7) |
                                          (1ull << 8) | (1ull << 18) | (1ull << 19) | (1ull << 31);
-Status check_capabilities(uint64_t caps);
+// unprivileged: an ordinary user's sandbox, whose own user namespace owns
+// every namespace: the same set is offered there, SYS_ADMIN and the rest
+// being able to undo its mounts; the error says so instead.
+Status check_capabilities(uint64_t caps, bool unprivileged = false);
 
 // "BASE:SIZE" (uid and gid ranges alike) or "UIDBASE:GIDBASE:SIZE".
 Result<Map> parse(std::string_view text);

@@ -83,6 +83,14 @@ Status lower_unprivileged(const ExecutorConfig& c, SpawnSpec& s) {
                 "user's own uid and gid)"));
   s.unprivileged = true;
   s.userns = userns::own_ids();
+  // Pending signals are counted per user across all its processes: a
+  // sandbox may queue half of what the user may, unless the config says.
+  bool has_sigpending = false;
+  for (const auto& l : s.rlimits) has_sigpending |= l.resource == RLIMIT_SIGPENDING;
+  rlimit sig{};
+  if (!has_sigpending && ::getrlimit(RLIMIT_SIGPENDING, &sig) == 0 &&
+      sig.rlim_cur != RLIM_INFINITY && sig.rlim_cur >= 2)
+    s.rlimits.push_back({RLIMIT_SIGPENDING, sig.rlim_cur / 2, sig.rlim_cur / 2});
   if (!c.pids_limit_set && s.limits.pids_max) {
     bool has_nproc = false;
     for (const auto& l : s.rlimits) has_nproc |= l.resource == RLIMIT_NPROC;

@@ -118,6 +118,29 @@ TEST(Isolation, TmpIsWritableAndEmpty) {
   EXPECT_EQ(r.out, "0\nhi\n");
 }
 
+// The sandbox's init leads a session of its own and the payload another:
+// nothing of the sandbox is in the caller's session, whose controlling
+// terminal it could push input into (TIOCSTI) or whose scheduling group
+// (/proc/PID/autogroup, the unprivileged init's root's to write) it could
+// change.
+TEST(Isolation, OwnSessionLedByTheInit) {
+  auto exec = Executor::create(base_config());
+  ASSERT_TRUE(exec);
+  std::string out;
+  auto p = start_until(**exec, {"/bin/sh", "-c", "echo holding; exec sleep 30"}, "holding", &out);
+  ASSERT_TRUE(p);
+  auto field = [](const std::string& stat, int n) {  // after the ") " of comm
+    std::istringstream in(stat.substr(stat.rfind(')') + 2));
+    std::string f;
+    for (int i = 3; i <= n; ++i) in >> f;
+    return f;
+  };
+  const std::string init = read_text("/proc/" + std::to_string(p->pid()) + "/stat");
+  EXPECT_EQ(field(init, 6), std::to_string(p->pid())) << init;  // its own session
+  EXPECT_NE(field(init, 6), field(read_text("/proc/self/stat"), 6));
+  EXPECT_TRUE(p->close(true));
+}
+
 TEST(Isolation, NoCapabilitiesNoNewPrivsSeccomp) {
   auto r = run_ok(
       base_config(),
@@ -143,8 +166,11 @@ TEST(Isolation, CapAddKeepsOnlyThatCapability) {
   cfg.capabilities = 1ULL << 10;
   auto refused = Executor::create(cfg);
   ASSERT_FALSE(refused);
-  EXPECT_NE(refused.error().what().find("cap_add: CAP_NET_BIND_SERVICE would have no effect in "
-                                        "the sandbox's user namespace"),
+  EXPECT_NE(refused.error().what().find(
+                unprivileged() ? "cap_add: CAP_NET_BIND_SERVICE is not offered in an ordinary "
+                                 "user's sandbox"
+                               : "cap_add: CAP_NET_BIND_SERVICE would have no effect in the "
+                                 "sandbox's user namespace"),
             std::string::npos)
       << refused.error().what();
   cfg.userns_host = true;
@@ -301,11 +327,22 @@ TEST(Limits, UnprivilegedNeedADelegatedCgroup) {
         << capped;
     EXPECT_NE(capped.find("exit=125"), std::string::npos) << capped;
   }
-  std::string plain = cli("-x plain -- /bin/grep 'Max processes' /proc/self/limits");
+  std::string plain =
+      cli("-x plain -- /bin/sh -c \"grep -E 'Max (processes|pending signals)' /proc/self/limits; "
+          "cat /proc/sys/user/max_inotify_instances /proc/sys/user/max_inotify_watches\"");
   const std::string n = std::to_string(kDefaultPidsLimit);
   EXPECT_NE(plain.find("Max processes             " + n + "                 " + n),
             std::string::npos)
       << plain;
+  // The user's own counters: a sandbox takes half of each at most.
+  auto host_number = [](const std::string& file) {
+    return std::strtoull(read_text(file).c_str(), nullptr, 10);
+  };
+  const std::string inotify =
+      std::to_string(host_number("/proc/sys/user/max_inotify_instances") / 2) + "\n" +
+      std::to_string(host_number("/proc/sys/user/max_inotify_watches") / 2) + "\n";
+  EXPECT_NE(plain.find(inotify), std::string::npos) << plain;
+  EXPECT_NE(plain.find("Max pending signals"), std::string::npos) << plain;
   EXPECT_NE(plain.find("exit=0"), std::string::npos) << plain;
 }
 

@@ -15,7 +15,7 @@ set -euo pipefail
 
 delegate=0
 if [[ ${1:-} == --delegate ]]; then delegate=1; shift; fi
-bin=${1:?usage: run.sh [--delegate] CLOISTER_INTEGRATION [gtest args...]}
+bin=$(realpath "${1:?usage: run.sh [--delegate] CLOISTER_INTEGRATION [gtest args...]}")
 shift
 
 user=cloister-unpriv
