@@ -11,6 +11,7 @@
 
 #include "../as_nobody.h"
 #include "isolate/mounts.h"
+#include "isolate/spawn.h"
 #include "policy/audit.h"
 #include "policy/caller.h"
 #include "runtime/config.h"
@@ -139,6 +140,29 @@ TEST(Unprivileged, MountPlanClonesItsOwnSourcesAndBindsDevices) {
   EXPECT_TRUE(rplan->templatable());
   EXPECT_TRUE(std::any_of(rplan->ops().begin(), rplan->ops().end(),
                           [](const auto& o) { return o.kind == OpKind::Mknod; }));
+}
+
+// The mode follows the caller: root may not ask for it (its map would make
+// host root the payload's root), an ordinary user may not go without it.
+TEST(Unprivileged, TheModeMustMatchTheCaller) {
+  SpawnSpec s = unprivileged_spec();
+  s.userns = userns::own_ids();
+  if (::geteuid() == 0) {
+    auto sb = Sandbox::prepare(s);
+    ASSERT_FALSE(sb);
+    EXPECT_NE(sb.error().what().find("would map host root"), std::string::npos)
+        << sb.error().what();
+  }
+  EXPECT_EQ(as_user([] {
+              SpawnSpec plain;
+              plain.host_paths = {"/usr"};
+              auto sb = Sandbox::prepare(plain);
+              return !sb && sb.error().what().find("is not root: an ordinary user's sandbox is "
+                                                   "unprivileged") != std::string::npos
+                         ? 'A'
+                         : 'E';
+            }),
+            'A');
 }
 
 TEST(Unprivileged, IdmapVolumesAndOtherIdsAreRefused) {
