@@ -96,6 +96,9 @@ constexpr uint32_t kSetupBackgroundExit = 4;  // the library reaps us on its rea
 // the mount sources' trees (none are passed).
 constexpr uint32_t kSetupOwnUserns = 8;
 constexpr uint32_t kSetupLoopbackUp = 16;
+// The clone child wrote our maps itself, so setgroups is denied to us
+// (without it, newgidmap wrote them and setgroups works).
+constexpr uint32_t kSetupDenySetgroups = 32;
 
 struct SetupFixed {
   uint64_t capabilities;  // the set the payload keeps

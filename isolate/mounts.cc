@@ -135,9 +135,9 @@ Result<std::string> owned_by_payload(const std::string& data, const SpawnSpec& s
     auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), inside);
     if (ec != std::errc() || end != v.data() + v.size())
       return fail(invalid(std::string(key) + "=" + v + ": not a number"));
-    if (inside >= spec.userns->size)
+    if (inside >= spec.userns->ids())
       return fail(invalid(std::string(key) + "=" + v + " is outside the user namespace's " +
-                          std::to_string(spec.userns->size) + " ids"));
+                          std::to_string(spec.userns->ids()) + " ids"));
     // An unprivileged sandbox's init mounts inside its user namespace, where
     // the kernel reads the ids as ids inside.
     it->second = std::to_string(spec.unprivileged ? inside : base + inside);

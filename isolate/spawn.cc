@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -267,6 +268,10 @@ struct ExecArgs {
   // the new namespace only as uid 0 there. Null otherwise.
   const char* uid_map = nullptr;
   const char* gid_map = nullptr;
+  // Unprivileged with a subordinate range: newuidmap and newgidmap write
+  // the maps from outside; the child waits for one byte here before its
+  // exec (EOF: they failed, exit). -1 otherwise.
+  int maps_written = -1;
 };
 
 // Writes the whole of text to path (the child's raw calls); 0 or -errno.
@@ -305,6 +310,13 @@ long write_proc_file(const char* path, const char* text) noexcept {
   // Every fd of the caller's, also those it opened without O_CLOEXEC, goes
   // at the exec; the init's two stay.
   long r = 0;
+  if (x.maps_written >= 0) {
+    char b;
+    r = child_syscall(SYS_read, x.maps_written, l(&b), 1);
+    if (r != 1)
+      for (;;) child_syscall(SYS_exit_group, wire::kSetupFailedExit);
+    r = 0;
+  }
   // An ordinary user may map its own ids once setgroups is denied.
   if (x.uid_map) {
     r = write_proc_file("/proc/self/setgroups", "deny");
@@ -418,6 +430,52 @@ std::string_view step_name(SpawnStep step) {
 
 namespace {
 
+// newuidmap PID 0 UID 1 1 SUB N, and newgidmap likewise: the setuid
+// helpers check the ranges against /etc/subuid and /etc/subgid. Their exit
+// status may be lost to an embedding program that reaps every child, so
+// success is read off the child's maps. Their stderr makes the error.
+Status write_subid_maps(pid_t child, const userns::Map& m) {
+  for (bool uid : {true, false}) {
+    const char* prog = uid ? userns::kNewUidmap : userns::kNewGidmap;
+    const std::string own = std::to_string(uid ? m.uid_base : m.gid_base);
+    const std::string sub = std::to_string(uid ? m.sub_uid_base : m.sub_gid_base);
+    const std::string pid = std::to_string(child), count = std::to_string(m.sub_size);
+    const char* argv[] = {prog, pid.c_str(), "0",           own.c_str(), "1",
+                          "1",  sub.c_str(), count.c_str(), nullptr};
+    auto err = make_pipe();
+    if (!err) return fail(err.error());
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, err->write.get(), 2);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    char* envp[] = {nullptr};
+    pid_t helper = -1;
+    int rc = ::posix_spawn(&helper, prog, &fa, nullptr, const_cast<char* const*>(argv), envp);
+    posix_spawn_file_actions_destroy(&fa);
+    err->write.reset();
+    if (rc != 0) return fail(sys_error(std::string("run ") + prog, rc));
+    std::string said;
+    char buf[512];
+    ssize_t n;
+    while ((n = ::read(err->read.get(), buf, sizeof buf)) != 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      if (said.size() < 2048) said.append(buf, static_cast<size_t>(n));
+    }
+    while (::waitpid(helper, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    auto map = read_file("/proc/" + pid + (uid ? "/uid_map" : "/gid_map"));
+    if (!map || map->empty()) {
+      while (!said.empty() && (said.back() == '\n' || said.back() == ' ')) said.pop_back();
+      return fail(make_error(ErrorKind::PermissionDenied,
+                             std::string(prog) + " " + pid + " 0 " + own + " 1 1 " + sub + " " +
+                                 count + " failed" + (said.empty() ? "" : ": " + said)));
+    }
+  }
+  return {};
+}
+
 // The rules of SpawnSpec::unprivileged, and a clear word for an ordinary
 // user who did not set it.
 Status check_unprivileged(const SpawnSpec& spec) {
@@ -433,15 +491,20 @@ Status check_unprivileged(const SpawnSpec& spec) {
     return fail(
         invalid("an unprivileged sandbox is an ordinary user's: root's would map host "
                 "root to 0 inside (leave SpawnSpec::unprivileged unset)"));
-  if (!spec.userns || *spec.userns != userns::own_ids())
+  const userns::Map own = userns::own_ids();
+  if (!spec.userns || spec.userns->uid_base != own.uid_base ||
+      spec.userns->gid_base != own.gid_base || spec.userns->size != 1)
     return fail(
         invalid("an unprivileged sandbox maps the caller's own uid and gid to 0, and "
-                "nothing else (userns::own_ids())"));
-  if (spec.user.uid != 0 || spec.user.gid != 0 || !spec.user.groups.empty())
+                "nothing else but its subordinate range (userns::own_ids(), "
+                "userns::own_subids())"));
+  if (spec.userns->sub_size == 0 &&
+      (spec.user.uid != 0 || spec.user.gid != 0 || !spec.user.groups.empty()))
     return fail(invalid("user " + std::to_string(spec.user.uid) + ":" +
                         std::to_string(spec.user.gid) +
                         (spec.user.groups.empty() ? "" : " with supplementary groups") +
-                        ": an ordinary user's sandbox maps one uid and one gid, 0 inside"));
+                        ": an ordinary user's sandbox maps one uid and one gid, 0 inside (a "
+                        "range in /etc/subuid and /etc/subgid, and Debian's uidmap, map more)"));
   // The init exec'd in the sandbox's user namespace: with CAP_SYS_PTRACE
   // there a payload could reach its memory and its status pipe.
   if (spec.capabilities & (1ull << CAP_SYS_PTRACE))
@@ -582,6 +645,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   char* init_envp[] = {nullptr};
   ExecArgs x{*program, ctl_child.get(), report->write.get(), init_argv, init_envp};
   std::string uid_map, gid_map;
+  const bool subids = spec.unprivileged && spec.userns->sub_size != 0;
+  std::optional<Pipe> maps_written;
   if (spec.unprivileged) {
     // A process that changed its uid without an exec since is not dumpable:
     // its /proc files, the maps among them, are root's.
@@ -590,10 +655,17 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
                              "the calling process is not dumpable (a uid change without an "
                              "exec since?): the sandbox's /proc/PID/uid_map is then root's; "
                              "exec, or prctl(PR_SET_DUMPABLE, 1), first"));
-    uid_map = "0 " + std::to_string(spec.userns->uid_base) + " 1\n";
-    gid_map = "0 " + std::to_string(spec.userns->gid_base) + " 1\n";
-    x.uid_map = uid_map.c_str();
-    x.gid_map = gid_map.c_str();
+    if (subids) {
+      auto p = make_pipe();
+      if (!p) return fail(p.error());
+      maps_written = std::move(*p);
+      x.maps_written = maps_written->read.get();
+    } else {
+      uid_map = "0 " + std::to_string(spec.userns->uid_base) + " 1\n";
+      gid_map = "0 " + std::to_string(spec.userns->gid_base) + " 1\n";
+      x.uid_map = uid_map.c_str();
+      x.gid_map = gid_map.c_str();
+    }
   }
 
   int pidfd = -1;
@@ -618,22 +690,26 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
 #ifdef CLOISTER_CLONE3_VM
     // The child's stack, for the few calls before its exec (this thread
-    // sleeps meanwhile: CLONE_VFORK).
+    // sleeps meanwhile: CLONE_VFORK). Not where the child must wait for
+    // newuidmap, which this thread runs: a copy of us then (as below).
     alignas(64) char stack[16 * 1024];
-    args.flags |= CLONE_VM | CLONE_VFORK;
-    args.stack = reinterpret_cast<uint64_t>(stack);
-    args.stack_size = sizeof stack;
-    long r = cloister_clone3_vm(&args, sizeof args, exec_init, &x);
-    if (r < 0) {
-      clone_errno = static_cast<int>(-r);
-    } else {
-      pid = r;
-    }
-#else
-    pid = ::syscall(SYS_clone3, &args, sizeof args);
-    if (pid == 0) exec_init(&x);
-    clone_errno = errno;
+    if (!subids) {
+      args.flags |= CLONE_VM | CLONE_VFORK;
+      args.stack = reinterpret_cast<uint64_t>(stack);
+      args.stack_size = sizeof stack;
+      long r = cloister_clone3_vm(&args, sizeof args, exec_init, &x);
+      if (r < 0) {
+        clone_errno = static_cast<int>(-r);
+      } else {
+        pid = r;
+      }
+    } else
 #endif
+    {
+      pid = ::syscall(SYS_clone3, &args, sizeof args);
+      if (pid == 0) exec_init(&x);
+      clone_errno = errno;
+    }
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   };
   if (::gettid() == ::getpid() || t_long_lived)
@@ -643,6 +719,13 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   if (pid < 0) return fail(sys_error("clone3", clone_errno));
   out.pid_ = static_cast<pid_t>(pid);
   out.pidfd_ = Fd(pidfd);
+  if (subids) {
+    maps_written->read.reset();
+    // On failure the child reads EOF and exits; ~Spawned reaps it.
+    if (auto st = write_subid_maps(out.pid_, *spec.userns); !st) return fail(st.error());
+    if (write_nosigpipe(maps_written->write.get(), "m", 1) != 1)
+      return fail(sys_error("let the sandbox's init go after its maps"));
+  }
   out.status_ = std::move(status->read);
   p->report = std::move(report->read);
   report->write.reset();
@@ -664,7 +747,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   fx.flags |=
       (wait_go ? wire::kSetupWaitGo : 0) | (g_background_teardown ? wire::kSetupBackgroundExit : 0);
   if (spec.unprivileged)
-    fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0);
+    fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0) |
+                (subids ? 0 : wire::kSetupDenySetgroups);
   fx.fd_status = add_fd(status->write.get());
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);

@@ -80,6 +80,7 @@ Result<std::optional<std::pair<uint32_t, uint32_t>>> find_range(const std::strin
 
 Status check(const Map& m) {
   if (m.size == 0) return fail(invalid("user namespace: a range of 0 ids"));
+  if (m.sub_size != 0) return fail(invalid("user namespace: root's range is one extent"));
   if (m.uid_base == 0 || m.gid_base == 0)
     return fail(invalid("user namespace: the range maps host id 0 (root); use userns: host"));
   if (m.uid_base == 1 || m.gid_base == 1)
@@ -93,16 +94,17 @@ Status check(const Map& m) {
 }
 
 Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t ngroups) {
-  if (uid >= m.size)
-    return fail(invalid("user " + std::to_string(uid) + " is outside the user namespace's " +
-                        std::to_string(m.size) + " ids"));
-  if (gid >= m.size)
-    return fail(invalid("group " + std::to_string(gid) + " is outside the user namespace's " +
-                        std::to_string(m.size) + " ids"));
+  const std::string n = std::to_string(m.ids());
+  if (uid >= m.ids())
+    return fail(
+        invalid("user " + std::to_string(uid) + " is outside the user namespace's " + n + " ids"));
+  if (gid >= m.ids())
+    return fail(
+        invalid("group " + std::to_string(gid) + " is outside the user namespace's " + n + " ids"));
   for (size_t i = 0; i < ngroups; ++i)
-    if (groups[i] >= m.size)
+    if (groups[i] >= m.ids())
       return fail(invalid("group " + std::to_string(groups[i]) +
-                          " is outside the user namespace's " + std::to_string(m.size) + " ids"));
+                          " is outside the user namespace's " + n + " ids"));
   return {};
 }
 
@@ -167,6 +169,27 @@ Result<Map> default_map() {
 
 Map own_ids() {
   return Map{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid()), 1};
+}
+
+std::optional<Map> own_subids() {
+  if (::access(kNewUidmap, X_OK) != 0 || ::access(kNewGidmap, X_OK) != 0) return std::nullopt;
+  std::string name = std::to_string(::geteuid());
+  long len = ::sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buf(len > 0 ? static_cast<size_t>(len) : 16384);
+  passwd pw{}, *found = nullptr;
+  if (::getpwuid_r(::geteuid(), &pw, buf.data(), buf.size(), &found) == 0 && found)
+    name = found->pw_name;
+  auto sub = from_subid("/etc/subuid", "/etc/subgid", name);
+  if (!sub || !*sub) return std::nullopt;
+  Map m = own_ids();
+  // Ids 1.. inside; the kernel takes at most 340 extents, we write two.
+  const uint64_t top = uint64_t{0xffffffffu} - 1;
+  uint32_t count = (*sub)->size;
+  if (uint64_t{count} + 1 > top) count = static_cast<uint32_t>(top - 1);
+  m.sub_uid_base = (*sub)->uid_base;
+  m.sub_gid_base = (*sub)->gid_base;
+  m.sub_size = count;
+  return m;
 }
 
 Result<Fd> make(const Map& m) {

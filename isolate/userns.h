@@ -41,6 +41,11 @@ struct Map {
   uint32_t uid_base = 0;  // host uid of uid 0 inside
   uint32_t gid_base = 0;  // host gid of gid 0 inside
   uint32_t size = 0;      // ids mapped, from 0 inside
+  // An ordinary user's subordinate range behind its own id
+  // (own_subids()): ids size..size+sub_size-1 inside are host ids
+  // sub_uid_base.. and sub_gid_base..; 0 = none (always for root's maps).
+  uint32_t sub_uid_base = 0, sub_gid_base = 0, sub_size = 0;
+  uint32_t ids() const { return size + sub_size; }  // ids mapped inside, from 0
   bool operator==(const Map&) const = default;
 };
 
@@ -89,6 +94,14 @@ Result<Map> default_map();
 // gid as 0 inside, one id each, which the kernel lets any user write for a
 // namespace it made.
 Map own_ids();
+// The same, with the user's /etc/subuid and /etc/subgid range behind it
+// (ids 1..count inside), as rootless podman maps: where both files name the
+// user and newuidmap and newgidmap (Debian's uidmap, setuid root) are there
+// to write such maps. nullopt otherwise.
+std::optional<Map> own_subids();
+// The setuid helpers that write own_subids()'s maps.
+inline constexpr const char* kNewUidmap = "/usr/bin/newuidmap";
+inline constexpr const char* kNewGidmap = "/usr/bin/newgidmap";
 
 // The host uid that owns a sandbox's user namespace: the id just below its
 // range. The kernel charges the per-user counters of everything inside

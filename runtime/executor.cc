@@ -82,7 +82,7 @@ Status lower_unprivileged(const ExecutorConfig& c, SpawnSpec& s) {
         invalid("userns_range needs root (an ordinary user's sandbox maps only the "
                 "user's own uid and gid)"));
   s.unprivileged = true;
-  s.userns = userns::own_ids();
+  s.userns = userns::own_subids().value_or(userns::own_ids());
   // Pending signals are counted per user across all its processes: a
   // sandbox may queue half of what the user may, unless the config says.
   bool has_sigpending = false;

@@ -10,6 +10,7 @@ PACKAGES=(
   libseccomp-dev libcap-dev libnl-3-dev libnl-route-3-dev libyaml-cpp-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libsystemd-dev libgtest-dev
   util-linux iproute2 procps
+  uidmap  # newuidmap/newgidmap: an ordinary user's subordinate range
 )
 # oci/: layer decompression (isa-l, zstd) and digests, the registry client,
 # and what the image tests (zlib makes their gzip layers) and the demo use (a real registry, busybox-static, zstd, python3).

@@ -346,6 +346,63 @@ TEST(Limits, UnprivilegedNeedADelegatedCgroup) {
   EXPECT_NE(plain.find("exit=0"), std::string::npos) << plain;
 }
 
+// An ordinary user with a range in /etc/subuid and /etc/subgid (and
+// Debian's uidmap): newuidmap and newgidmap map ids 1.. inside to it, as
+// rootless podman does. user: picks any of them; files land on the host
+// as the range's ids; the user's supplementary groups are dropped
+// (setgroups works with newgidmap's maps).
+TEST(Isolation, UnprivilegedSubordinateRange) {
+  SKIP_IF_UNPRIVILEGED("giving a user a subordinate range needs root (the root run has this)");
+  const std::string made = shell(std::string(CLOISTER_SOURCE_DIR) +
+                                 "/tests/unprivileged/user.sh cloister-unpriv-sub 3000000:65536");
+  unsigned uid = 0, gid = 0;
+  ASSERT_EQ(std::sscanf(made.c_str(), "%u %u", &uid, &gid), 2) << made;
+  TempDir t;
+  ::chmod(t.path.c_str(), 0755);
+  const std::string vol = t.path + "/vol";
+  ASSERT_EQ(::mkdir(vol.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(vol.c_str(), 3000999, 3000999), 0);  // 1000 inside
+  const std::string config = t.path + "/c.yaml";
+  write_text(config,
+             "executors:\n  - name: sub\n    user: \"1000:1000\"\n"
+             "    default_env: {PATH: /usr/bin:/bin}\n"
+             "    tmpfs: {/scratch: \"uid=1000,gid=1000\"}\n"
+             "    volumes: [\"" +
+                 vol + ":/vol:rw\"]\n");
+  ::chmod(config.c_str(), 0644);
+  const std::string cmd =
+      "setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(gid) +
+      " --groups=100 --inh-caps=-all env CLOISTER_AUDIT=off " CLOISTER_BIN_DIR
+      "/cloister exec -c " +
+      config +
+      " -x sub -- /bin/sh -c 'id -u; id -G; cat /proc/self/uid_map; stat -c %u /scratch; "
+      "touch /vol/mine' 2>&1; echo exit=$?";
+  const std::string out = shell(cmd);
+  std::istringstream in(out);
+  std::string id_u, id_g, map0, map1, scratch;
+  std::getline(in, id_u);
+  std::getline(in, id_g);
+  std::getline(in, map0);
+  std::getline(in, map1);
+  std::getline(in, scratch);
+  EXPECT_EQ(id_u, "1000") << out;
+  EXPECT_EQ(id_g, "1000") << out << ": the user's group 100 must be gone";
+  auto words = [](const std::string& l) {
+    std::istringstream w(l);
+    std::vector<std::string> v;
+    for (std::string x; w >> x;) v.push_back(x);
+    return v;
+  };
+  EXPECT_EQ(words(map0), (std::vector<std::string>{"0", std::to_string(uid), "1"})) << out;
+  EXPECT_EQ(words(map1), (std::vector<std::string>{"1", "3000000", "65536"})) << out;
+  EXPECT_EQ(scratch, "1000") << out;
+  EXPECT_NE(out.find("exit=0"), std::string::npos) << out;
+  struct stat st {};
+  ASSERT_EQ(::stat((vol + "/mine").c_str(), &st), 0) << out;
+  EXPECT_EQ(st.st_uid, 3000999u);
+  EXPECT_EQ(st.st_gid, 3000999u);
+}
+
 TEST(Limits, MemoryHogIsOomKilled) {
   SKIP_WITHOUT_LIMITS();
   auto cfg = base_config();

@@ -37,19 +37,21 @@ ExecutorConfig host_config() {
 }
 
 TEST(Unprivileged, ExecutorLowersToItsOwnUserNamespace) {
-  EXPECT_EQ(as_user([] {
-              auto s = lower_executor(host_config());
-              if (!s) return 'E';
-              if (!s->unprivileged) return 'P';
-              if (!s->userns || *s->userns != userns::own_ids() || s->userns->size != 1) return 'M';
-              // The default process bound as RLIMIT_NPROC, no cgroup limit.
-              if (s->limits.pids_max != 0) return 'C';
-              auto it = std::find_if(s->rlimits.begin(), s->rlimits.end(),
-                                     [](const auto& l) { return l.resource == RLIMIT_NPROC; });
-              if (it == s->rlimits.end() || it->soft > kDefaultPidsLimit) return 'N';
-              return 'A';
-            }),
-            'A');
+  EXPECT_EQ(
+      as_user([] {
+        auto s = lower_executor(host_config());
+        if (!s) return 'E';
+        if (!s->unprivileged) return 'P';
+        if (!s->userns || s->userns->size != 1 || s->userns->uid_base != userns::own_ids().uid_base)
+          return 'M';
+        // The default process bound as RLIMIT_NPROC, no cgroup limit.
+        if (s->limits.pids_max != 0) return 'C';
+        auto it = std::find_if(s->rlimits.begin(), s->rlimits.end(),
+                               [](const auto& l) { return l.resource == RLIMIT_NPROC; });
+        if (it == s->rlimits.end() || it->soft > kDefaultPidsLimit) return 'N';
+        return 'A';
+      }),
+      'A');
   // A pids_limit written in the config stays a cgroup limit.
   EXPECT_EQ(as_user([] {
               auto c = host_config();
@@ -157,8 +159,9 @@ TEST(Unprivileged, TheModeMustMatchTheCaller) {
               SpawnSpec plain;
               plain.host_paths = {"/usr"};
               auto sb = Sandbox::prepare(plain);
-              return !sb && sb.error().what().find("is not root: an ordinary user's sandbox is "
-                                                   "unprivileged") != std::string::npos
+              return !sb && sb.error().what().find(
+                                "is not root: an ordinary user's sandbox is "
+                                "unprivileged") != std::string::npos
                          ? 'A'
                          : 'E';
             }),
