@@ -451,6 +451,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     Op& o = op(OpKind::Overlay, kStage);
     o.flags = MS_NOSUID | MS_NODEV;
     o.data = "lowerdir=" + lower + ",upperdir=" + kStage + "/.upper,workdir=" + kStage + "/.work";
+    // An ordinary user's store marks opaque directories with user.* xattrs
+    // (oci/store.h), which an overlay mounted in a user namespace reads.
+    if (spec.unprivileged) o.data += ",userxattr";
   }
   // The nearest volume at or above `target` (strictly above), if any.
   auto volume_above = [&](size_t upto, const std::string& target) -> const Entry* {

@@ -16,6 +16,7 @@
 
 #include "isolate/fd.h"
 #include "oci/layer.h"
+#include "oci/store.h"
 
 namespace cloister::oci {
 namespace {
@@ -52,7 +53,7 @@ std::vector<std::string> find_line(const std::string& text, std::string_view key
 
 bool opaque(int fd) {
   char v[2] = {};
-  return ::fgetxattr(fd, "trusted.overlay.opaque", v, sizeof v) == 1 && v[0] == 'y';
+  return ::fgetxattr(fd, opaque_xattr(), v, sizeof v) == 1 && v[0] == 'y';
 }
 
 Status remove_at(int dir, const char* name) {
@@ -137,7 +138,9 @@ bool overlay_available() {
 }
 
 Result<std::string> merged_rootfs(const std::string& state_dir, const ContainerImage& image) {
-  const std::string root = state_dir.empty() ? kDefaultStateDir : state_dir;
+  auto resolved = resolve_state_dir(state_dir);
+  if (!resolved) return fail(resolved.error());
+  const std::string root = *resolved;
   const std::string dir = root + "/snapshots/" + image.top_chain;
   const std::string rootfs = dir + "/rootfs";
   if (::access(rootfs.c_str(), F_OK) == 0) return rootfs;
@@ -172,7 +175,9 @@ Result<std::string> merged_rootfs(const std::string& state_dir, const ContainerI
 Result<ContainerImage> open_container_image(const std::string& state_dir,
                                             const std::string& reference, bool pull,
                                             const RegistryOptions& registry) {
-  auto store = Store::open(state_dir.empty() ? kDefaultStateDir : state_dir);
+  auto dir = resolve_state_dir(state_dir);
+  if (!dir) return fail(dir.error());
+  auto store = Store::open(*dir);
   if (!store) return fail(store.error());
   auto img = resolve_image(*store, reference);
   if (!img && img.error().kind == ErrorKind::NotFound && pull) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "isolate/fd.h"
+#include "oci/store.h"
 #include "oci/tar.h"
 
 namespace cloister::oci {
@@ -50,8 +51,18 @@ std::string join(const std::vector<std::string>& c, size_t n) {
   return s.empty() ? std::string(".") : s;
 }
 
+// In a user's store only user.* xattrs can be set, and user.overlay.* is
+// what overlayfs reads there (userxattr): a layer's own would redirect or
+// hide what the layers below hold.
 bool keep_xattr(std::string_view name) {
+  if (user_store()) return name.starts_with("user.") && !name.starts_with("user.overlay.");
   return name.starts_with("user.") || name == "security.capability";
+}
+
+// Owners are kept in root's store; a user's store holds the user's files
+// (what the kernel allows it), its sandboxes' root's inside.
+int chown_at(int dir, const char* name, uid_t uid, gid_t gid) {
+  return user_store() ? 0 : ::fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW);
 }
 
 Status remove_entry(int parent, const std::string& name) {
@@ -92,7 +103,7 @@ class Applier {
 
     if (name.starts_with(kWhiteout)) {
       if (name == kOpaque) {
-        if (::fsetxattr(pfd, "trusted.overlay.opaque", "y", 1, 0) != 0)
+        if (::fsetxattr(pfd, opaque_xattr(), "y", 1, 0) != 0)
           return fail(sys_error("set opaque xattr"));
         return {};
       }
@@ -125,8 +136,7 @@ class Applier {
           if (::symlinkat(e.linkname.c_str(), pfd, name.c_str()) != 0)
             return fail(sys_error("symlink"));
         }
-        if (::fchownat(pfd, name.c_str(), e.uid, e.gid, AT_SYMLINK_NOFOLLOW) != 0)
-          return fail(sys_error("chown symlink"));
+        if (chown_at(pfd, name.c_str(), e.uid, e.gid) != 0) return fail(sys_error("chown symlink"));
         struct timespec ts[2] = {{e.mtime, 0}, {e.mtime, 0}};
         ::utimensat(pfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
         return {};
@@ -144,8 +154,7 @@ class Applier {
         if (::mknodat(pfd, name.c_str(), kind | 0600, makedev(e.devmajor, e.devminor)) != 0)
           return fail(sys_error("mknod"));
         // Just created by mknodat, so not a symlink: chmod may name it.
-        if (::fchownat(pfd, name.c_str(), e.uid, e.gid, AT_SYMLINK_NOFOLLOW) != 0)
-          return fail(sys_error("chown"));
+        if (chown_at(pfd, name.c_str(), e.uid, e.gid) != 0) return fail(sys_error("chown"));
         if (::fchmodat(pfd, name.c_str(), e.mode & 07777, 0) != 0) return fail(sys_error("chmod"));
         return {};
       }
@@ -198,7 +207,7 @@ class Applier {
 
   Status metadata_fd(int fd, const TarEntry& e) {
     // chown first: it clears setuid/setgid, which the chmod then sets.
-    if (::fchown(fd, e.uid, e.gid) != 0) return fail(sys_error("chown"));
+    if (!user_store() && ::fchown(fd, e.uid, e.gid) != 0) return fail(sys_error("chown"));
     if (::fchmod(fd, e.mode & 07777) != 0) return fail(sys_error("chmod"));
     for (const auto& [k, v] : e.xattrs) {
       if (!keep_xattr(k)) continue;

@@ -160,10 +160,34 @@ uint64_t tree_usage(int dir_fd) {
   return total;
 }
 
+Result<std::string> resolve_state_dir(const std::string& configured) {
+  if (!configured.empty()) return configured;
+  if (!user_store()) return std::string(kDefaultStateDir);
+  for (auto [var, tail] :
+       {std::pair{"XDG_DATA_HOME", "/cloister"}, std::pair{"HOME", "/.local/share/cloister"}}) {
+    const char* v = std::getenv(var);
+    if (!v || v[0] != '/') continue;
+    struct stat st {};
+    if (::stat(v, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    return std::string(v) + tail;
+  }
+  return fail(
+      invalid("an ordinary user's image store: set images.state_dir (--state-dir), or "
+              "XDG_DATA_HOME or HOME to a directory of the user's"));
+}
+
 Result<Store> Store::open(std::string state_dir) {
   if (state_dir.empty() || state_dir[0] != '/')
     return fail(invalid("state dir '" + state_dir + "' is not an absolute path"));
   while (state_dir.size() > 1 && state_dir.back() == '/') state_dir.pop_back();
+  // A user's default store may lie below directories not made yet
+  // (~/.local/share): those first, the user's own.
+  if (user_store())
+    for (size_t slash = state_dir.find('/', 1); slash != std::string::npos;
+         slash = state_dir.find('/', slash + 1))
+      if (::mkdir(state_dir.substr(0, slash).c_str(), 0700) != 0 && errno != EEXIST &&
+          errno != EACCES)
+        return fail(sys_error("open store: mkdir " + state_dir.substr(0, slash)));
   for (const char* sub :
        {"", "/blobs", "/blobs/sha256", "/layers", "/layers/sha256", "/images", "/tmp", "/locks"})
     if (auto s = make_dir(state_dir + sub); !s) return fail(s.error().wrap("open store"));

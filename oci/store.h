@@ -19,9 +19,11 @@
 // stale.
 #pragma once
 
+#include <unistd.h>
 #include <cstdint>
 #include <functional>
 #include <optional>
+
 #include <string>
 #include <vector>
 
@@ -32,6 +34,25 @@
 namespace cloister::oci {
 
 inline constexpr const char* kDefaultStateDir = "/var/lib/cloister";
+
+// The store an images section's state_dir names: itself when set; else
+// kDefaultStateDir for root, and for an ordinary user a store of its own,
+// $XDG_DATA_HOME/cloister or $HOME/.local/share/cloister (as podman keeps
+// ~/.local/share/containers), or INVALID saying to set state_dir. A user's
+// store holds the user's own files (docs/security.md, "Unprivileged use").
+Result<std::string> resolve_state_dir(const std::string& configured);
+
+// Whether this process makes a user's store: layers are applied with no
+// owner change and user.* overlay xattrs.
+inline bool user_store() {
+  return ::geteuid() != 0;
+}
+
+// The xattr that marks an opaque directory in a layer: trusted.* in root's
+// store, user.* in a user's (overlayfs's userxattr option reads those).
+inline const char* opaque_xattr() {
+  return user_store() ? "user.overlay.opaque" : "trusted.overlay.opaque";
+}
 
 struct ImageRecord {
   std::string reference;  // canonical (Reference::str())

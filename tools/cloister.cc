@@ -111,7 +111,9 @@ std::string human_bytes(uint64_t n) {
 }
 
 Result<oci::Store> open_store(const std::string& state_dir) {
-  return oci::Store::open(state_dir.empty() ? oci::kDefaultStateDir : state_dir);
+  auto dir = oci::resolve_state_dir(state_dir);
+  if (!dir) return fail(dir.error());
+  return oci::Store::open(*dir);
 }
 
 int run_load(const std::string& state_dir, const std::string& path, const std::string& name) {

@@ -151,8 +151,9 @@ class Escape : public ::testing::TestWithParam<Mode> {
  protected:
   static void SetUpTestSuite() {
     dir = new TempDir;
-    if (unprivileged()) return;  // no container modes (SetUp)
     const std::string d = dir->path;
+    // (An ordinary user cannot give a file away: its store holds its own.)
+    const std::string give_away = unprivileged() ? "" : "; chown 1000:1000 l1/owned1000";
     // A busybox image whose user is root (the payload of the review was root).
     state = new std::string(load_test_image(
         d,
@@ -161,7 +162,8 @@ class Escape : public ::testing::TestWithParam<Mode> {
         "l1/bin/$c; done;"
         "printf 'root:x:0:0::/root:/bin/sh\\n' > l1/etc/passwd;"
         "printf 'root:x:0:\\n' > l1/etc/group;"
-        "echo theirs > l1/owned1000; chown 1000:1000 l1/owned1000",
+        "echo theirs > l1/owned1000" +
+            give_away,
         "--ref localhost/test/escape:1 --layer l1:gzip --env PATH=/bin --keep-owners"));
     ASSERT_FALSE(state->empty());
   }
@@ -169,18 +171,12 @@ class Escape : public ::testing::TestWithParam<Mode> {
     delete dir;
     delete state;
   }
-  void SetUp() override {
-    // (Also the base of the CLI and service fixtures, which have no mode.)
-    if (!::testing::UnitTest::GetInstance()->current_test_info()->value_param()) return;
-    if (GetParam().kind == Kind::Container)
-      SKIP_IF_UNPRIVILEGED("container executors need root (their store is the system's)");
-  }
-  // The executors of the CLI tests an unprivileged run has: hosts, uid 0.
+  // The executors of the CLI tests an unprivileged run has: those of uid 0.
   static std::vector<const char*> cli_executors(std::vector<const char*> all) {
     if (!unprivileged()) return all;
     std::vector<const char*> out;
     for (const char* x : all)
-      if (std::string_view(x) == "shell") out.push_back(x);
+      if (std::string_view(x) != "nobody") out.push_back(x);
     return out;
   }
 
@@ -417,6 +413,10 @@ TEST_P(Escape, PayloadRootIsNotHostRoot) {
     EXPECT_NE(st.st_uid, 0u) << where << ": a setuid-root file on the host";
     if (GetParam().kind == Kind::Host) {
       EXPECT_EQ(got["owner /usr"], "65534:65534") << where << r.out;
+    } else if (unprivileged()) {
+      // The user's store holds the user's files: its sandboxes' root's.
+      EXPECT_EQ(got["owner /bin/sh"], "0:0") << where << r.out;
+      EXPECT_EQ(got["owner /owned1000"], "0:0") << where << r.out;
     } else if (!idmap_supported(*state)) {
       // The layers are mounted as they are: root's files show as nobody's.
       std::printf("note: the image store's filesystem cannot be idmapped here; layers unmapped\n");
@@ -848,8 +848,7 @@ TEST(EscapeSwap, VolumeSourceSwapsNeverMountTheSwappedInTree) {
 
 // --- cloister exec ------------------------------------------------------------
 
-std::string cli_config(const TempDir& d, const std::string* state_or_null) {
-  const std::string state = state_or_null ? *state_or_null : d.path + "/store";
+std::string cli_config(const TempDir& d, const std::string& state) {
   const std::string path = d.path + "/cli.yaml";
   write_text(path,
              "executors:\n"
@@ -879,7 +878,7 @@ class EscapeCli : public Escape {};
 
 TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
   TempDir d;
-  const std::string cfg = cli_config(d, state);
+  const std::string cfg = cli_config(d, *state);
   for (const char* x : cli_executors({"shell", "box"})) {
     const std::string run =
         std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec -c ") + cfg + " -x " +
@@ -915,7 +914,7 @@ TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
 // clears its death signal, which it must set again.
 TEST_F(EscapeCli, TheSandboxDiesWithItsCaller) {
   TempDir d;
-  const std::string cfg = cli_config(d, state);
+  const std::string cfg = cli_config(d, *state);
   for (const char* x : cli_executors({"shell", "box", "nobody"})) {
     int out_pipe[2];
     ASSERT_EQ(::pipe2(out_pipe, O_CLOEXEC), 0);

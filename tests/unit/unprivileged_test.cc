@@ -12,6 +12,7 @@
 #include "../as_nobody.h"
 #include "isolate/mounts.h"
 #include "isolate/spawn.h"
+#include "oci/store.h"
 #include "policy/audit.h"
 #include "policy/caller.h"
 #include "runtime/config.h"
@@ -164,6 +165,31 @@ TEST(Unprivileged, TheModeMustMatchTheCaller) {
                                 "unprivileged") != std::string::npos
                          ? 'A'
                          : 'E';
+            }),
+            'A');
+}
+
+// An ordinary user's image store is its own: XDG_DATA_HOME, else HOME's
+// ~/.local/share, else an error saying to set state_dir; root's is the
+// system's; a configured one is used as it is.
+TEST(Unprivileged, ImageStoreOfTheUsersOwn) {
+  if (::geteuid() == 0) {
+    EXPECT_EQ(*oci::resolve_state_dir(""), oci::kDefaultStateDir);
+    EXPECT_STREQ(oci::opaque_xattr(), "trusted.overlay.opaque");
+  }
+  EXPECT_EQ(as_user([] {
+              if (std::string(oci::opaque_xattr()) != "user.overlay.opaque") return 'X';
+              if (*oci::resolve_state_dir("/srv/s") != "/srv/s") return 'C';
+              ::setenv("XDG_DATA_HOME", "/tmp", 1);
+              if (*oci::resolve_state_dir("") != "/tmp/cloister") return 'D';
+              ::unsetenv("XDG_DATA_HOME");
+              ::setenv("HOME", "/tmp", 1);
+              if (*oci::resolve_state_dir("") != "/tmp/.local/share/cloister") return 'H';
+              ::setenv("HOME", "/nonexistent", 1);
+              auto none = oci::resolve_state_dir("");
+              if (none || none.error().what().find("set images.state_dir") == std::string::npos)
+                return 'N';
+              return 'A';
             }),
             'A');
 }

@@ -45,10 +45,10 @@ if (( delegate )); then
   echo "run.sh: delegated $d to $user"
 fi
 
-# The host executor's suites; PolicyCallers, PolicyLimits, PolicyAudit test
-# the service's callers rules (uid 0 and other uids), Service*, Registry,
-# Cgroups, Container and EscapeUserNs need root by what they test.
-filter='Isolation.*:ProcessApi.*:Executor.*:Limits.*:Modes/Escape.*:EscapeSwap.*'
+# The host and container executors' suites; PolicyCallers, PolicyLimits,
+# PolicyAudit test the service's callers rules (uid 0 and other uids);
+# Service*, Registry, Cgroups and EscapeUserNs need root by what they test.
+filter='Isolation.*:ProcessApi.*:Executor.*:Limits.*:Container.*:Modes/Escape.*:EscapeSwap.*'
 filter+=':EscapePolicy.*:EscapeInitProgram.*:EscapeCli.*:PolicyExec.*:PolicyShell.*'
 filter+=':PolicyExecutables.*:PolicyDirs.*:PolicyOutput.*'
 cd /tmp
