@@ -350,7 +350,6 @@ int set_groups(Init& in) {
   ::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
   // Denied in a namespace an ordinary user made; its groups (none mapped,
   // shown as nogroup) stay: the library refused any configured.
-  // (With newgidmap's maps, setgroups works: the user's groups go here.)
   if (in.fx.flags & wire::kSetupDenySetgroups) return 0;
   static_assert(sizeof(gid_t) == sizeof(uint32_t));
   return ::syscall(SYS_setgroups, in.fx.ngroups, in.groups) == 0 ? 0 : errno;

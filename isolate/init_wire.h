@@ -96,8 +96,8 @@ constexpr uint32_t kSetupBackgroundExit = 4;  // the library reaps us on its rea
 // the mount sources' trees (none are passed).
 constexpr uint32_t kSetupOwnUserns = 8;
 constexpr uint32_t kSetupLoopbackUp = 16;
-// The clone child wrote our maps itself, so setgroups is denied to us
-// (without it, newgidmap wrote them and setgroups works).
+// An unprivileged sandbox: setgroups is denied to us (the clone child or
+// the library wrote "deny" before the gid map), the user's groups stay.
 constexpr uint32_t kSetupDenySetgroups = 32;
 
 struct SetupFixed {

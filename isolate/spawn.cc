@@ -272,6 +272,7 @@ struct ExecArgs {
   // the maps from outside; the child waits for one byte here before its
   // exec (EOF: they failed, exit). -1 otherwise.
   int maps_written = -1;
+  int maps_written_w = -1;  // its write end, which the child closes first
 };
 
 // Writes the whole of text to path (the child's raw calls); 0 or -errno.
@@ -311,6 +312,7 @@ long write_proc_file(const char* path, const char* text) noexcept {
   // at the exec; the init's two stay.
   long r = 0;
   if (x.maps_written >= 0) {
+    child_syscall(SYS_close, x.maps_written_w);
     char b;
     r = child_syscall(SYS_read, x.maps_written, l(&b), 1);
     if (r != 1)
@@ -435,6 +437,12 @@ namespace {
 // status may be lost to an embedding program that reaps every child, so
 // success is read off the child's maps. Their stderr makes the error.
 Status write_subid_maps(pid_t child, const userns::Map& m) {
+  // setgroups denied first, as for a map the user writes itself: with it
+  // allowed, the init could drop the user's supplementary groups, and a
+  // file that shuts one of them out (0604 root:group) would open up. We own
+  // the namespace, so we may; it must precede the gid map.
+  if (auto s = write_file("/proc/" + std::to_string(child) + "/setgroups", "deny"); !s)
+    return fail(s.error().wrap("deny setgroups in the sandbox's user namespace"));
   for (bool uid : {true, false}) {
     const char* prog = uid ? userns::kNewUidmap : userns::kNewGidmap;
     const std::string own = std::to_string(uid ? m.uid_base : m.gid_base);
@@ -498,13 +506,16 @@ Status check_unprivileged(const SpawnSpec& spec) {
         invalid("an unprivileged sandbox maps the caller's own uid and gid to 0, and "
                 "nothing else but its subordinate range (userns::own_ids(), "
                 "userns::own_subids())"));
-  if (spec.userns->sub_size == 0 &&
-      (spec.user.uid != 0 || spec.user.gid != 0 || !spec.user.groups.empty()))
+  if (spec.userns->sub_size == 0 && (spec.user.uid != 0 || spec.user.gid != 0))
     return fail(invalid("user " + std::to_string(spec.user.uid) + ":" +
                         std::to_string(spec.user.gid) +
-                        (spec.user.groups.empty() ? "" : " with supplementary groups") +
                         ": an ordinary user's sandbox maps one uid and one gid, 0 inside (a "
                         "range in /etc/subuid and /etc/subgid, and Debian's uidmap, map more)"));
+  if (!spec.user.groups.empty())
+    return fail(
+        invalid("user: supplementary groups are refused in an ordinary user's sandbox: "
+                "setgroups is denied there, since dropping the user's own groups would "
+                "open files that shut one of them out"));
   // The init exec'd in the sandbox's user namespace: with CAP_SYS_PTRACE
   // there a payload could reach its memory and its status pipe.
   if (spec.capabilities & (1ull << CAP_SYS_PTRACE))
@@ -660,6 +671,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
       if (!p) return fail(p.error());
       maps_written = std::move(*p);
       x.maps_written = maps_written->read.get();
+      x.maps_written_w = maps_written->write.get();
     } else {
       uid_map = "0 " + std::to_string(spec.userns->uid_base) + " 1\n";
       gid_map = "0 " + std::to_string(spec.userns->gid_base) + " 1\n";
@@ -721,7 +733,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   out.pidfd_ = Fd(pidfd);
   if (subids) {
     maps_written->read.reset();
-    // On failure the child reads EOF and exits; ~Spawned reaps it.
+    // On failure the child reads EOF and exits (~Spawned kills and reaps it
+    // anyway).
     if (auto st = write_subid_maps(out.pid_, *spec.userns); !st) return fail(st.error());
     if (write_nosigpipe(maps_written->write.get(), "m", 1) != 1)
       return fail(sys_error("let the sandbox's init go after its maps"));
@@ -748,7 +761,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
       (wait_go ? wire::kSetupWaitGo : 0) | (g_background_teardown ? wire::kSetupBackgroundExit : 0);
   if (spec.unprivileged)
     fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0) |
-                (subids ? 0 : wire::kSetupDenySetgroups);
+                wire::kSetupDenySetgroups;
   fx.fd_status = add_fd(status->write.get());
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);

@@ -11,7 +11,9 @@ RUNS=${1:-500}
 BIN=$PWD/build/bin
 [ -x "$BIN/cloister" ] && [ -x "$BIN/cloister_bench_spawn" ] || { echo "build first: tools/bootstrap.sh" >&2; exit 1; }
 command -v hyperfine >/dev/null && command -v bwrap >/dev/null || tools/bootstrap.sh >/dev/null
-read -r uid gid < <(tests/unprivileged/user.sh)
+ids=$(tests/unprivileged/user.sh)
+uid=${ids% *}
+gid=${ids#* }
 as_user=(setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all)
 
 work=$(mktemp -d)

@@ -349,8 +349,9 @@ TEST(Limits, UnprivilegedNeedADelegatedCgroup) {
 // An ordinary user with a range in /etc/subuid and /etc/subgid (and
 // Debian's uidmap): newuidmap and newgidmap map ids 1.. inside to it, as
 // rootless podman does. user: picks any of them; files land on the host
-// as the range's ids; the user's supplementary groups are dropped
-// (setgroups works with newgidmap's maps).
+// as the range's ids. setgroups stays denied, so the user's supplementary
+// groups stay (shown as nogroup): a file that shuts one of them out stays
+// shut (an attacker review read one when the init dropped them).
 TEST(Isolation, UnprivilegedSubordinateRange) {
   SKIP_IF_UNPRIVILEGED("giving a user a subordinate range needs root (the root run has this)");
   const std::string made = shell(std::string(CLOISTER_SOURCE_DIR) +
@@ -362,13 +363,18 @@ TEST(Isolation, UnprivilegedSubordinateRange) {
   const std::string vol = t.path + "/vol";
   ASSERT_EQ(::mkdir(vol.c_str(), 0755), 0);
   ASSERT_EQ(::chown(vol.c_str(), 3000999, 3000999), 0);  // 1000 inside
+  const std::string shut = t.path + "/shut";
+  ASSERT_EQ(::mkdir(shut.c_str(), 0755), 0);
+  write_text(shut + "/f", "not for group 100\n");
+  ASSERT_EQ(::chown((shut + "/f").c_str(), 0, 100), 0);
+  ASSERT_EQ(::chmod((shut + "/f").c_str(), 0604), 0);
   const std::string config = t.path + "/c.yaml";
   write_text(config,
              "executors:\n  - name: sub\n    user: \"1000:1000\"\n"
              "    default_env: {PATH: /usr/bin:/bin}\n"
              "    tmpfs: {/scratch: \"uid=1000,gid=1000\"}\n"
              "    volumes: [\"" +
-                 vol + ":/vol:rw\"]\n");
+                 vol + ":/vol:rw\", \"" + shut + ":/shut:ro\"]\n");
   ::chmod(config.c_str(), 0644);
   const std::string cmd =
       "setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(gid) +
@@ -376,7 +382,7 @@ TEST(Isolation, UnprivilegedSubordinateRange) {
       "/cloister exec -c " +
       config +
       " -x sub -- /bin/sh -c 'id -u; id -G; cat /proc/self/uid_map; stat -c %u /scratch; "
-      "touch /vol/mine' 2>&1; echo exit=$?";
+      "touch /vol/mine; cat /shut/f || echo shut' 2>&1; echo exit=$?";
   const std::string out = shell(cmd);
   std::istringstream in(out);
   std::string id_u, id_g, map0, map1, scratch;
@@ -386,7 +392,7 @@ TEST(Isolation, UnprivilegedSubordinateRange) {
   std::getline(in, map1);
   std::getline(in, scratch);
   EXPECT_EQ(id_u, "1000") << out;
-  EXPECT_EQ(id_g, "1000") << out << ": the user's group 100 must be gone";
+  EXPECT_EQ(id_g, "1000 65534") << out << ": the user's group 100 stays, unmapped";
   auto words = [](const std::string& l) {
     std::istringstream w(l);
     std::vector<std::string> v;
@@ -396,6 +402,8 @@ TEST(Isolation, UnprivilegedSubordinateRange) {
   EXPECT_EQ(words(map0), (std::vector<std::string>{"0", std::to_string(uid), "1"})) << out;
   EXPECT_EQ(words(map1), (std::vector<std::string>{"1", "3000000", "65536"})) << out;
   EXPECT_EQ(scratch, "1000") << out;
+  EXPECT_EQ(out.find("not for group 100"), std::string::npos) << out;
+  EXPECT_NE(out.find("Permission denied\nshut\n"), std::string::npos) << out;
   EXPECT_NE(out.find("exit=0"), std::string::npos) << out;
   struct stat st {};
   ASSERT_EQ(::stat((vol + "/mine").c_str(), &st), 0) << out;

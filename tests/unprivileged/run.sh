@@ -19,7 +19,9 @@ bin=$(realpath "${1:?usage: run.sh [--delegate] CLOISTER_INTEGRATION [gtest args
 shift
 
 user=cloister-unpriv
-read -r uid gid < <("$(dirname "$0")/user.sh")
+ids=$("$(dirname "$0")/user.sh")  # (no /dev/fd in the test VM for <(...))
+uid=${ids% *}
+gid=${ids#* }
 as_user=(setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --bounding-set=-all)
 
 if ! "${as_user[@]}" test -x "$bin"; then
