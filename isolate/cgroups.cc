@@ -1074,6 +1074,12 @@ Result<std::shared_ptr<Manager>> Manager::open(const Options& opts) {
   return std::make_shared<Manager>(std::move(im));
 }
 
+Status Manager::writable() const {
+  for (const auto& base : base_paths())
+    if (::access(base.c_str(), W_OK) != 0) return fail(sys_error("cgroup base " + base));
+  return {};
+}
+
 Result<std::shared_ptr<Manager>> Manager::shared() {
   static std::mutex mu;
   static std::shared_ptr<Manager> instance;

@@ -149,6 +149,10 @@ class Manager {
   void cleanup_stale_once();
   // Absolute base directories, one per hierarchy in use.
   std::vector<std::string> base_paths() const;
+  // Whether this process may make cgroups in every base (for an ordinary
+  // user: whether they were delegated to it); the error names the first it
+  // may not.
+  Status writable() const;
 
   struct Impl;
   explicit Manager(std::unique_ptr<Impl>);

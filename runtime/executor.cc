@@ -83,22 +83,22 @@ Status lower_unprivileged(const ExecutorConfig& c, SpawnSpec& s) {
                 "user's own uid and gid)"));
   s.unprivileged = true;
   s.userns = userns::own_subids().value_or(userns::own_ids());
-  // Pending signals are counted per user across all its processes: a
-  // sandbox may queue half of what the user may, unless the config says.
-  bool has_sigpending = false;
-  for (const auto& l : s.rlimits) has_sigpending |= l.resource == RLIMIT_SIGPENDING;
-  rlimit sig{};
-  if (!has_sigpending && ::getrlimit(RLIMIT_SIGPENDING, &sig) == 0 &&
-      sig.rlim_cur != RLIM_INFINITY && sig.rlim_cur >= 2)
-    s.rlimits.push_back({RLIMIT_SIGPENDING, sig.rlim_cur / 2, sig.rlim_cur / 2});
-  if (!c.pids_limit_set && s.limits.pids_max) {
-    bool has_nproc = false;
-    for (const auto& l : s.rlimits) has_nproc |= l.resource == RLIMIT_NPROC;
+  // A bound of the caller's own rlimit, unless the config sets that rlimit:
+  // pick(soft, hard) gives it, 0 for none.
+  auto bound = [&](int resource, auto pick) {
+    for (const auto& l : s.rlimits)
+      if (l.resource == resource) return;
     rlimit cur{};
-    if (!has_nproc && ::getrlimit(RLIMIT_NPROC, &cur) == 0) {
-      rlim_t n = std::min<rlim_t>(s.limits.pids_max, cur.rlim_max);
-      s.rlimits.push_back({RLIMIT_NPROC, n, n});
-    }
+    if (::getrlimit(resource, &cur) != 0) return;
+    if (rlim_t n = pick(cur.rlim_cur, cur.rlim_max)) s.rlimits.push_back({resource, n, n});
+  };
+  // Pending signals are counted per user across all its processes: a
+  // sandbox may queue half of what the user may.
+  bound(RLIMIT_SIGPENDING,
+        [](rlim_t soft, rlim_t) { return soft != RLIM_INFINITY && soft >= 2 ? soft / 2 : 0; });
+  if (!c.pids_limit_set && s.limits.pids_max) {
+    bound(RLIMIT_NPROC,
+          [&](rlim_t, rlim_t hard) { return std::min<rlim_t>(s.limits.pids_max, hard); });
     s.limits.pids_max = 0;
   }
   return {};
@@ -155,11 +155,7 @@ Result<std::shared_ptr<Executor>> Executor::create(const ExecutorConfig& config,
     auto shared = cgroups::Manager::shared();
     // An ordinary user's base must be its own (delegated) to make cgroups in.
     if (shared && spec->unprivileged)
-      for (const auto& base : (*shared)->base_paths())
-        if (::access(base.c_str(), W_OK) != 0) {
-          shared = fail(sys_error("cgroup base " + base));
-          break;
-        }
+      if (auto w = (*shared)->writable(); !w) shared = fail(w.error());
     if (shared)
       cgroups = *shared;
     else if (!spec->limits.empty() && spec->unprivileged)

@@ -30,23 +30,7 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$work/h.json" \
 
 $BIN/cloister_bench_spawn "$RUNS" "$work/bench.yaml" > "$work/lib.txt"
 
-python3 - "$work/h.json" "$work/lib.txt" <<'PY'
-import json, sys, statistics
-rows = []
-for r in json.load(open(sys.argv[1]))["results"]:
-    t = sorted(x * 1000 for x in r["times"])
-    rows.append((r["command"], t[len(t) // 2], t[min(len(t) - 1, int(len(t) * 0.99))], len(t)))
-for line in open(sys.argv[2]):
-    f = line.split()
-    kv = dict(x.split("=") for x in f[1:])
-    rows.append((f[0] + " (in-process)", float(kv["p50_ms"]), float(kv["p99_ms"]), int(kv["runs"])))
-print(f"| {'method':34} | {'p50 ms':>8} | {'p99 ms':>8} | runs |")
-print(f"|{'-'*36}|{'-'*10}|{'-'*10}|------|")
-for name, p50, p99, n in rows:
-    print(f"| {name:34} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
-d = {r[0]: r for r in rows}
-print()
-print(f"cloister exec p50 / bwrap p50 = {d['cloister exec'][1] / d['bwrap'][1]:.2f}")
-print(f"libcloister p50 / fork+exec p50 (in-process, back to back) = {d['libcloister (in-process)'][1] / d['fork+exec (in-process)'][1]:.2f}")
-print(f"libcloister p50 / fork+exec p50 (in-process, 5 ms apart) = {d['libcloister-spaced (in-process)'][1] / d['fork+exec-spaced (in-process)'][1]:.2f}")
-PY
+python3 tests/bench/table.py "$work/h.json" --lib "$work/lib.txt" \
+  --ratio "cloister exec/bwrap" \
+  --ratio "libcloister (in-process)/fork+exec (in-process)" \
+  --ratio "libcloister-spaced (in-process)/fork+exec-spaced (in-process)"

@@ -39,25 +39,9 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$work/root.json" \
   >/dev/null
 "${as_user[@]}" env CLOISTER_AUDIT=off "$BIN/cloister_bench_spawn" "$RUNS" "$work/bench.yaml" > "$work/lib.txt"
 
-python3 - "$work/h.json" "$work/root.json" "$work/lib.txt" <<'PY'
-import json, sys
-rows = []
-for f in sys.argv[1:3]:
-    for r in json.load(open(f))["results"]:
-        t = sorted(x * 1000 for x in r["times"])
-        rows.append((r["command"], t[len(t) // 2], t[min(len(t) - 1, int(len(t) * 0.99))], len(t)))
-for line in open(sys.argv[3]):
-    f = line.split()
-    kv = dict(x.split("=") for x in f[1:])
-    rows.append((f[0] + " (user, in-process)", float(kv["p50_ms"]), float(kv["p99_ms"]), int(kv["runs"])))
-print(f"| {'method':40} | {'p50 ms':>8} | {'p99 ms':>8} | runs |")
-print(f"|{'-'*42}|{'-'*10}|{'-'*10}|------|")
-for name, p50, p99, n in rows:
-    print(f"| {name:40} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
-d = {r[0]: r[1] for r in rows}
-print()
-print(f"cloister exec (user) p50 / bwrap (user) p50 = {d['cloister exec (user)'] / d['bwrap (user)']:.2f}")
-print(f"cloister exec (user) p50 / cloister exec (root) p50 = {d['cloister exec (user)'] / d['cloister exec (root)']:.2f}")
-print(f"libcloister p50 / fork+exec p50 (user, back to back) = {d['libcloister (user, in-process)'] / d['fork+exec (user, in-process)']:.2f}")
-print(f"libcloister p50 / fork+exec p50 (user, 5 ms apart) = {d['libcloister-spaced (user, in-process)'] / d['fork+exec-spaced (user, in-process)']:.2f}")
-PY
+python3 tests/bench/table.py "$work/h.json" "$work/root.json" --lib "$work/lib.txt" \
+  --suffix " (user, in-process)" \
+  --ratio "cloister exec (user)/bwrap (user)" \
+  --ratio "cloister exec (user)/cloister exec (root)" \
+  --ratio "libcloister (user, in-process)/fork+exec (user, in-process)" \
+  --ratio "libcloister-spaced (user, in-process)/fork+exec-spaced (user, in-process)"

@@ -305,14 +305,8 @@ TEST(Limits, UnprivilegedNeedADelegatedCgroup) {
   const std::string as_user =
       unprivileged() ? "" : "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all ";
   auto cli = [&](const std::string& args) {
-    std::string cmd = as_user + CLOISTER_BIN_DIR + "/cloister exec -c " + config + " " + args +
-                      " 2>&1; echo \"exit=$?\"";
-    FILE* f = ::popen(cmd.c_str(), "r");
-    std::string out;
-    char buf[512];
-    while (size_t n = std::fread(buf, 1, sizeof buf, f)) out.append(buf, n);
-    ::pclose(f);
-    return out;
+    return shell(as_user + CLOISTER_BIN_DIR + "/cloister exec -c " + config + " " + args +
+                 " 2>&1; echo \"exit=$?\"");
   };
   // (Opened first, so that this process has left the delegated cgroup for
   // its runtime leaf and the CLI, its child, can enable controllers there.)
