@@ -117,6 +117,10 @@ Status mkdir_one(const std::string& path) {
 
 // mkdir -p for the part of rel below mount (the mount itself exists).
 Status mkdir_below(const std::string& mount, const std::string& rel) {
+  // Usually all there: one call for that case, one per part otherwise.
+  const std::string full = join(mount, rel);
+  if (::mkdir(full.c_str(), 0755) == 0 || errno == EEXIST) return {};
+  if (errno != ENOENT) return fail(sys_error("mkdir " + full));
   std::string cur = mount;
   for (const auto& part : split(rel, "/")) {
     cur = join(cur, part);
@@ -349,11 +353,12 @@ struct Cgroup::Impl {
     return nullptr;
   }
 
-  Status kill();
+  // sweep_v1: also kill what is in the v1 directories only (see kill()).
+  Status kill(bool sweep_v1 = true);
   Status destroy();
 };
 
-Status Cgroup::Impl::kill() {
+Status Cgroup::Impl::kill(bool sweep_v1) {
   if (destroyed) return {};
   auto deadline = Clock::now() + kEmptyTimeout;
   std::vector<std::string> v1dirs;
@@ -379,7 +384,7 @@ Status Cgroup::Impl::kill() {
     if (auto s = wait_v2_empty(v2->path, deadline); !s) return s;
     // A process attached to v1 only (not through attach()) would survive
     // cgroup.kill: sweep the v1 directories too (normally already empty).
-    if (!v1dirs.empty()) return kill_loop(v1dirs, deadline);
+    if (sweep_v1 && !v1dirs.empty()) return kill_loop(v1dirs, deadline);
     return {};
   }
 
@@ -406,10 +411,19 @@ Status Cgroup::Impl::kill() {
 
 Status Cgroup::Impl::destroy() {
   if (destroyed) return {};
-  Status first = kill();
+  // With cgroup2 the v1 directories are swept one by one below, and only
+  // where the kernel says something is left: rmdir of a cgroup fails
+  // (EBUSY) while it has a task or a child cgroup, so one that goes was
+  // empty. One system call a directory instead of about a dozen.
+  const bool by_rmdir = v2dir() != nullptr;
+  Status first = kill(!by_rmdir);
   if (!first) first = fail(first.error().wrap("kill " + name));
   v2fd.reset();
   for (const auto& d : dirs) {
+    if (by_rmdir && (::rmdir(d.path.c_str()) == 0 || errno == ENOENT)) continue;
+    if (by_rmdir && !d.v2 && errno == EBUSY)
+      if (Status k = kill_loop({d.path}, Clock::now() + kEmptyTimeout); !k && first)
+        first = fail(k.error().wrap("kill " + name));
     Status s = rmdir_tree(d.path);
     if (!s && first) first = s;
   }

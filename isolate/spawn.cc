@@ -25,63 +25,11 @@
 #include <type_traits>
 
 #include "isolate/capabilities.h"
+#include "isolate/clone_vm.h"
 #include "isolate/init_program.h"
 #include "isolate/namespaces.h"
 #include "isolate/pending_init.h"
 #include "isolate/seccomp.h"
-
-// The clone child only execs the init. With CLONE_VM | CLONE_VFORK it
-// shares the caller's memory (no page tables copied, no copy-on-write faults
-// left behind in the caller) and the calling thread sleeps until the exec.
-// clone3 with CLONE_VM needs a stack of its own, which no C function can
-// switch to: this entry does, as glibc's clone does for clone(2).
-//   long cloister_clone3_vm(clone_args*, size_t, void (*fn)(void*), void* arg)
-// returns the child's pid, or -errno; the child runs fn(arg) on args->stack
-// and never returns.
-#if defined(__x86_64__)
-#define CLOISTER_CLONE3_VM 1
-// System calls of the clone child, which shares the caller's memory: no libc
-// (no PLT lookup, no errno), -errno on failure.
-static inline long child_syscall(long n, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
-                                 long a5 = 0) {
-  register long r10 asm("r10") = a4;
-  register long r8 asm("r8") = a5;
-  long ret;
-  asm volatile("syscall"
-               : "=a"(ret)
-               : "a"(n), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8)
-               : "rcx", "r11", "memory");
-  return ret;
-}
-extern "C" long cloister_clone3_vm(clone_args*, size_t, void (*)(void*), void*);
-asm(".text\n"
-    ".globl cloister_clone3_vm\n"
-    ".hidden cloister_clone3_vm\n"
-    ".type cloister_clone3_vm,@function\n"
-    "cloister_clone3_vm:\n"
-    "  mov %rdx, %r8\n"  // fn and arg: r8 and r9 survive the syscall
-    "  mov %rcx, %r9\n"
-    "  mov $435, %eax\n"  // __NR_clone3
-    "  syscall\n"
-    "  test %rax, %rax\n"
-    "  jz 1f\n"
-    "  ret\n"
-    "1:\n"  // the child, on its own stack (16-byte aligned by the caller)
-    "  xor %ebp, %ebp\n"
-    "  mov %r9, %rdi\n"
-    "  call *%r8\n"
-    "  mov $231, %eax\n"  // __NR_exit_group, should fn ever return
-    "  mov $127, %edi\n"
-    "  syscall\n"
-    "  hlt\n"
-    ".size cloister_clone3_vm, .-cloister_clone3_vm\n");
-#else
-static inline long child_syscall(long n, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
-                                 long a5 = 0) {
-  long r = ::syscall(n, a1, a2, a3, a4, a5);
-  return r < 0 ? -errno : r;
-}
-#endif
 
 namespace cloister {
 namespace {

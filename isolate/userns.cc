@@ -2,6 +2,7 @@
 #include "isolate/userns.h"
 
 #include "isolate/capabilities.h"
+#include "isolate/clone_vm.h"
 
 #include <fcntl.h>
 #include <linux/mount.h>
@@ -10,6 +11,7 @@
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -18,6 +20,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -192,6 +195,40 @@ std::optional<Map> own_subids() {
   return m;
 }
 
+namespace {
+
+// What the namespace's maker (make()) needs; it reads only this.
+struct MakerArgs {
+  int ready_w;  // its report: one byte, 0 or errno
+  uid_t owner;  // becomes this uid first, when become
+  bool become;
+  pid_t parent;  // dies with it
+};
+
+// The maker shares the caller's memory (isolate/clone_vm.h): system calls
+// only. It waits, every signal blocked, to be killed.
+void maker(void* p) {
+  const auto& a = *static_cast<const MakerArgs*>(p);
+  const int w = a.ready_w;
+  if (w > 0) child_syscall(SYS_close_range, 0, w - 1, 0);
+  child_syscall(SYS_close_range, w + 1, static_cast<long>(~0U), 0);
+  long r = 0;
+  if (a.become) {
+    r = child_syscall(SYS_setgroups, 0, 0);
+    if (r == 0) r = child_syscall(SYS_setresgid, a.owner, a.owner, a.owner);
+    if (r == 0) r = child_syscall(SYS_setresuid, a.owner, a.owner, a.owner);
+  }
+  if (r == 0) r = child_syscall(SYS_unshare, CLONE_NEWUSER);
+  // After every change of ids, which clears a death signal.
+  if (r == 0) r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (r == 0 && child_syscall(SYS_getppid) != a.parent) r = -ESRCH;
+  const unsigned char b = static_cast<unsigned char>(-r > 255 ? 255 : -r);
+  child_syscall(SYS_write, w, reinterpret_cast<long>(&b), 1);
+  for (;;) child_syscall(SYS_pause);
+}
+
+}  // namespace
+
 Result<Fd> make(const Map& m) {
   if (auto s = check(m); !s) return fail(s.error());
   auto ready = make_pipe();
@@ -201,30 +238,41 @@ Result<Fd> make(const Map& m) {
   // (userns.h: owner_of) so that the kernel's per-user counters of every
   // payload are charged to that uid, not host root's. It closes every fd
   // but its report pipe at once: a copy of another thread's pipe end would
-  // hold that pipe open. It waits to be killed. No exit signal: the
-  // caller's SIGCHLD handling never sees it; it is reaped through its pidfd.
-  const uid_t owner = owner_of(m);
-  const bool become = ::geteuid() == 0;
+  // hold that pipe open. No exit signal: the caller's SIGCHLD handling
+  // never sees it; it is reaped through its pidfd.
+  //
+  // It shares our memory (a copy of this process's page tables cost a
+  // cold start more than the rest of this function). Its change of ids
+  // makes that memory not dumpable, ours too: set back once it is gone.
+  MakerArgs a{ready->write.get(), owner_of(m), ::geteuid() == 0, ::getpid()};
+  const uid_t owner = a.owner;
+  const int dumpable = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
   int pidfd = -1;
   clone_args args{};
   args.flags = CLONE_PIDFD;
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = 0;
-  const int wfd = ready->write.get();
-  long pid = ::syscall(SYS_clone3, &args, sizeof args);
-  if (pid == 0) {
-    if (wfd > 0) ::syscall(SYS_close_range, 0, wfd - 1, 0);
-    ::syscall(SYS_close_range, wfd + 1, ~0U, 0);
-    int e = 0;
-    if (become && (::syscall(SYS_setgroups, 0, nullptr) != 0 ||
-                   ::syscall(SYS_setresgid, owner, owner, owner) != 0 ||
-                   ::syscall(SYS_setresuid, owner, owner, owner) != 0))
-      e = errno;
-    if (!e && ::syscall(SYS_unshare, CLONE_NEWUSER) != 0) e = errno;
-    const unsigned char b = static_cast<unsigned char>(e > 255 ? 255 : e);
-    (void)!::write(wfd, &b, 1);
-    for (;;) ::pause();
+  long pid;
+#ifdef CLOISTER_CLONE3_VM
+  constexpr size_t kStack = 16 * 1024;
+  std::unique_ptr<char[]> stack(new char[kStack]);  // malloc's: 16-byte aligned
+  args.flags |= CLONE_VM;
+  args.stack = reinterpret_cast<uint64_t>(stack.get());
+  args.stack_size = kStack;
+  // No handler of ours may run in it: it starts with every signal blocked.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid = cloister_clone3_vm(&args, sizeof args, maker, &a);
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) {
+    errno = static_cast<int>(-pid);
+    pid = -1;
   }
+#else
+  pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid == 0) maker(&a);
+#endif
   if (pid < 0) return fail(sys_error("user namespace: clone"));
   Fd child(pidfd);
   ready->write.reset();
@@ -234,6 +282,8 @@ Result<Fd> make(const Map& m) {
     while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
            errno == EINTR) {
     }
+    if (dumpable >= 0 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
+      (void)::prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
   };
   unsigned char b = 0;
   ssize_t n;

@@ -15,6 +15,7 @@
 
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <thread>
 
 namespace cloister {
@@ -306,15 +307,17 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
     Drainer::get().add(std::move(fd));
     return std::string();
   }
-  std::string buf(kReadChunk, '\0');
+  // Not a zeroed string of the chunk's size: its pages would be written
+  // (and faulted in) on every call, however little there is to read.
+  std::unique_ptr<char[]> chunk(new char[kReadChunk]);
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    ssize_t n = ::read(fd.get(), chunk.get(), kReadChunk);
     if (n < 0 && errno == EINTR) continue;
     // A pty master reads EIO once the last slave is closed: that is its EOF.
     if (n < 0 && errno == EIO && setup_.pty) n = 0;
     if (n < 0) return fail(sys_error("read output"));
     if (n == 0) fd.reset();
-    buf.resize(static_cast<size_t>(n));
+    std::string buf(chunk.get(), static_cast<size_t>(n));
     if (cap.limit > 0 && cap.seen + buf.size() > cap.limit) {
       // Past the cap: keep what fits; the next call ends the stream (so that
       // a caller polling the fd is told, as at any EOF, by a read).

@@ -16,6 +16,7 @@
 #include <linux/nsfs.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -653,6 +654,27 @@ TEST(EscapeUserNs, ConcurrentFirstStartsDoNotHang) {
     ASSERT_EQ(r.wait_for(30s), std::future_status::ready) << "a first start hangs";
     EXPECT_EQ(r.get(), 3);
   }
+}
+
+// The maker of a user namespace shares the caller's memory and changes its
+// ids, which marks that memory not dumpable: the caller must get its flag
+// back, and no maker may be left.
+TEST(EscapeUserNs, MakingANamespaceLeavesTheCallerAsItWas) {
+  SKIP_IF_UNPRIVILEGED("an ordinary user's namespaces come with the clone");
+  auto m = userns::default_map();
+  ASSERT_TRUE(m) << m.error().what();
+  ASSERT_EQ(::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
+  const std::string pid = std::to_string(::getpid());
+  const std::string count = "ls /proc/" + pid + "/task | wc -l; pgrep -P " + pid + " | wc -l";
+  const std::string before = shell(count);
+  for (int i = 0; i < 3; ++i) {
+    auto ns = userns::make(*m);
+    ASSERT_TRUE(ns) << ns.error().what();
+    EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+    struct stat st {};
+    ASSERT_EQ(::fstat(ns->get(), &st), 0);
+  }
+  EXPECT_EQ(shell(count), before);
 }
 
 // --- executables_dir -------------------------------------------------------------
