@@ -651,8 +651,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
   op(OpKind::PivotRoot, kStage);
   // No template for an unprivileged sandbox: its mount namespace is owned by
-  // its own user namespace, and one it did not make it may not enter.
-  if (spec.read_only_rootfs && !mount_below_rw_volume && !spec.unprivileged) {
+  // its own user namespace, and one it did not make it may not enter. None
+  // with a range per sandbox either: a template's trees are idmapped for
+  // one range.
+  if (spec.read_only_rootfs && !mount_below_rw_volume && !spec.unprivileged && !spec.userns_pool) {
     std::vector<std::string> own;  // staged targets each sandbox mounts afresh
     for (const auto& e : entries)
       if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev)

@@ -443,6 +443,8 @@ Status check_unprivileged(const SpawnSpec& spec) {
                                  "(SpawnSpec::unprivileged; executors set it themselves)"));
     return {};
   }
+  if (spec.userns_pool)
+    return fail(invalid("a range per sandbox (SpawnSpec::userns_pool) needs root"));
   if (::geteuid() == 0)
     return fail(
         invalid("an unprivileged sandbox is an ordinary user's: root's would map host "
@@ -511,13 +513,38 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   return std::shared_ptr<const Sandbox>(std::move(sb));
 }
 
+Result<std::shared_ptr<const Sandbox::SlotSetup>> Sandbox::slot_setup(const userns::Map& m) const {
+  std::lock_guard lk(slots_mu_);
+  auto& slot = slots_[m.uid_base];
+  if (slot) return slot;
+  SpawnSpec spec = spec_;
+  spec.userns = m;
+  auto plan = mounts::MountPlan::prepare(spec);
+  if (!plan) return fail(plan.error().wrap("mount plan"));
+  auto filter = seccomp::load(spec.seccomp_profile);
+  if (!filter) return fail(filter.error().wrap("seccomp profile"));
+  auto made = std::make_shared<SlotSetup>();
+  made->mounts = std::move(*plan);
+  made->setup = encode_setup(spec, made->mounts.views(false), *filter);
+  slot = made;
+  return slot;
+}
+
 Result<int> Sandbox::userns_fd() const {
-  // An unprivileged sandbox's clone makes its own.
-  if (!spec_.userns || spec_.unprivileged) return -1;
+  // An unprivileged sandbox's clone makes its own; so does each start of a
+  // sandbox with a range of its own (clone_init).
+  if (!spec_.userns || spec_.unprivileged || spec_.userns_pool) return -1;
   // One namespace for every sandbox of this spec, made at its first start
   // (an executor that never starts one, or a caller the policy refuses,
   // never needs it): an init only joins it, with no map to write.
   std::call_once(userns_once_, [this] {
+    // Its ids held against the leases of every pool, for the sandbox's life.
+    auto hold = userns::hold_shared(*spec_.userns);
+    if (!hold) {
+      userns_error_ = fail(hold.error());
+      return;
+    }
+    userns_hold_ = std::move(*hold);
     auto ns = userns::make(*spec_.userns);
     if (ns)
       userns_ = std::move(*ns);
@@ -544,13 +571,36 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   if (!program) return fail(program.error());
   auto userns_fd = sb.userns_fd();
   if (!userns_fd) return fail(userns_fd.error());
+  // A range of its own: leased for the sandbox's life, a namespace with
+  // its map, and (for a slot other than the first) that slot's setup.
+  std::optional<userns::Lease> lease;
+  Fd own_userns;
+  const mounts::MountPlan* plan = &sb.mounts_;
+  const std::string* full_setup = &sb.setup_full_;
+  std::shared_ptr<const Sandbox::SlotSetup> slot;
+  if (spec.userns_pool) {
+    auto l = userns::lease(*spec.userns_pool);
+    if (!l) return fail(l.error());
+    auto ns = userns::make(l->map);
+    if (!ns) return fail(ns.error());
+    own_userns = std::move(*ns);
+    userns_fd = own_userns.get();
+    if (l->map != *spec.userns) {
+      auto made = sb.slot_setup(l->map);
+      if (!made) return fail(made.error());
+      slot = std::move(*made);
+      plan = &slot->mounts;
+      full_setup = &slot->setup;
+    }
+    lease = std::move(*l);
+  }
   uint64_t gen = 0;
   std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
   // Without a template the init mounts the sources itself: pinned and
   // cloned now, so that what is mounted is what was checked.
   std::vector<Fd> trees;
   if (!tpl && !spec.unprivileged) {
-    auto made = sb.mounts_.make_trees(*userns_fd);
+    auto made = plan->make_trees(*userns_fd);
     if (!made) return fail(made.error().wrap("mount plan"));
     trees = std::move(*made);
   }
@@ -560,6 +610,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   p->mount_gen = gen;
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
+  if (lease) out.userns_lease_ = std::move(lease->lock);
   if (cgroups) {
     auto cg = cgroups->create(spec.limits);
     if (!cg) return fail(cg.error().wrap("cgroup"));
@@ -695,7 +746,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   // The setup, with its fds: the status pipe, the pool's network namespace,
   // the template, the sources' trees. A failure to send means the init is
   // gone already (its exec failed): its report says why.
-  const std::string& body = tpl ? sb.setup_templated_ : sb.setup_full_;
+  const std::string& body = tpl ? sb.setup_templated_ : *full_setup;
   wire::SetupFixed fx;
   std::memcpy(&fx, body.data(), sizeof fx);
   std::vector<int> fds;
@@ -857,6 +908,7 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   status_ = std::move(o.status_);
   cgroup_ = std::move(o.cgroup_);
   o.cgroup_.reset();
+  userns_lease_ = std::move(o.userns_lease_);
   reaped_ = std::exchange(o.reaped_, true);
   exit_read_ = o.exit_read_;
   got_message_ = o.got_message_;

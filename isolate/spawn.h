@@ -34,6 +34,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -108,6 +109,7 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   Result<int> userns_fd() const;
   mutable std::once_flag userns_once_;
   mutable Fd userns_;
+  mutable Fd userns_hold_;  // userns::hold_shared over userns_'s range
   mutable Status userns_error_;
   TemplateCache templates_{&mounts_, &userns_};
   mutable WarmPool warm_;
@@ -116,6 +118,16 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   // The init's setup body (init_wire.h), encoded once: for the full mount
   // plan, and for the template's per-sandbox part (empty without one).
   std::string setup_full_, setup_templated_;
+  // With a range per sandbox (SpawnSpec::userns_pool): the plan and setup
+  // of each slot other than the pool's first (only the owners of the
+  // tmpfs mounts differ), made at the slot's first use.
+  struct SlotSetup {
+    mounts::MountPlan mounts;
+    std::string setup;
+  };
+  Result<std::shared_ptr<const SlotSetup>> slot_setup(const userns::Map& m) const;
+  mutable std::mutex slots_mu_;
+  mutable std::map<uint32_t, std::shared_ptr<const SlotSetup>> slots_;
 };
 
 // A running sandbox: its init process and its cgroup.
@@ -192,6 +204,9 @@ class Spawned {
   Fd pidfd_;
   Fd status_;  // the init writes the payload's wait status here
   std::optional<cgroups::Cgroup> cgroup_;
+  // Holds the sandbox's uid range (userns::lease) until the init is reaped
+  // (the destructor's body): closed with the members, after it.
+  Fd userns_lease_;
   bool reaped_ = false;
   bool exit_read_ = false;    // the status pipe was read
   bool got_message_ = false;  // and held the init's message

@@ -74,6 +74,11 @@ struct SpawnSpec {
   // The payload's user namespace (userns.h); none = the host's (the
   // payload's uid 0 is then host root).
   std::optional<userns::Map> userns;
+  // A range per sandbox (userns: sandbox): each sandbox leases a slot of
+  // this pool (userns::lease) for its life and gets a user namespace of
+  // its own with that slot's map; userns is then the pool's first slot,
+  // against which the spec is checked. No mount template.
+  std::optional<userns::Pool> userns_pool;
   // The caller is an ordinary user (docs/security.md, "Unprivileged use"),
   // as with bwrap --unshare-user: the user namespace is the sandbox's own,
   // made by its clone (CLONE_NEWUSER), and owns its other namespaces; userns

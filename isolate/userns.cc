@@ -8,6 +8,7 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <linux/sched.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include <charconv>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -170,6 +172,128 @@ Result<Map> default_map() {
   return Map{kDefaultBase, kDefaultBase, kDefaultSize};
 }
 
+Pool default_pool(uint32_t size) {
+  const uint32_t start = kDefaultBase + kDefaultSize;
+  return Pool{start, start, kDefaultPoolEnd - start, size};
+}
+
+Status check(const Pool& p) {
+  if (p.size == 0) return fail(invalid("user namespace: ranges of 0 ids"));
+  if (p.slots() == 0)
+    return fail(invalid("user namespace: a pool of " + std::to_string(p.span) +
+                        " ids holds no range of " + std::to_string(p.size) +
+                        " (each takes size + 1 ids: one owns its namespace)"));
+  const uint64_t top = uint64_t{0xffffffffu};
+  if (uint64_t{p.uid_base} + p.span > top || uint64_t{p.gid_base} + p.span > top)
+    return fail(invalid("user namespace: the pool ends past the last host id"));
+  // The first and the last slot bound every other one.
+  if (auto s = check(p.slot(0)); !s) return s;
+  return check(p.slot(p.slots() - 1));
+}
+
+namespace {
+
+constexpr uint64_t kGidLocks = uint64_t{1} << 32;  // gid ids are locked 2^32 further
+
+// kLeaseFile, opened for locking: a regular file of root's, 0600, in a
+// directory of root's that nobody else may write (a file someone else can
+// replace or write is no lock).
+Result<Fd> open_lease_file() {
+  const std::string file = kLeaseFile;
+  const std::string dir = file.substr(0, file.rfind('/'));
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+    return fail(sys_error("user namespace ranges: mkdir " + dir));
+  struct stat d {};
+  if (::lstat(dir.c_str(), &d) != 0) return fail(sys_error("user namespace ranges: " + dir));
+  if (!S_ISDIR(d.st_mode) || d.st_uid != 0 || (d.st_mode & 022))
+    return fail(make_error(ErrorKind::PermissionDenied,
+                           "user namespace ranges: " + dir +
+                               " must be a directory of root's that only root may write"));
+  Fd fd(::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) return fail(sys_error("user namespace ranges: open " + file));
+  struct stat f {};
+  if (::fstat(fd.get(), &f) != 0 || !S_ISREG(f.st_mode) || f.st_uid != 0 || (f.st_mode & 077))
+    return fail(make_error(ErrorKind::PermissionDenied,
+                           "user namespace ranges: " + file + " must be root's, mode 0600"));
+  return fd;
+}
+
+int lock_ids(int fd, uint64_t start, uint64_t len, short type) {
+  struct flock l {};
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = static_cast<off_t>(start);
+  l.l_len = static_cast<off_t>(len);
+  return ::fcntl(fd, F_OFD_SETLK, &l) == 0 ? 0 : errno;
+}
+
+// Locks m's uid and gid ids with its owner (type F_WRLCK or F_RDLCK): 0,
+// or errno (EAGAIN: another process's lock is in the way).
+int lock_map(int fd, const Map& m, short type) {
+  const uint64_t len = uint64_t{m.size} + 1;
+  int e = lock_ids(fd, m.uid_base - 1, len, type);
+  if (e == 0) {
+    e = lock_ids(fd, kGidLocks + m.gid_base - 1, len, type);
+    if (e != 0) (void)lock_ids(fd, m.uid_base - 1, len, F_UNLCK);
+  }
+  return e == EACCES ? EAGAIN : e;
+}
+
+// Whether fd is still the file at kLeaseFile (it may have been replaced
+// between our open and our lock, and a lock on a file that is gone holds
+// nothing).
+bool still_the_lease_file(int fd) {
+  struct stat a {
+  }, b{};
+  return ::fstat(fd, &a) == 0 && ::lstat(kLeaseFile, &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
+}
+
+}  // namespace
+
+Result<Lease> lease(const Pool& p) {
+  if (auto s = check(p); !s) return fail(s.error());
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto fd = open_lease_file();
+    if (!fd) return fail(fd.error());
+    for (uint32_t k = 0; k < p.slots(); ++k) {
+      const Map m = p.slot(k);
+      const int e = lock_map(fd->get(), m, F_WRLCK);
+      if (e == EAGAIN) continue;
+      if (e != 0)
+        return fail(sys_error(std::string("user namespace ranges: lock ") + kLeaseFile, e));
+      if (!still_the_lease_file(fd->get())) break;  // replaced: open it again
+      return Lease{m, std::move(*fd)};
+    }
+    if (still_the_lease_file(fd->get()))
+      return fail(make_error(ErrorKind::Limit,
+                             "user namespace: all " + std::to_string(p.slots()) + " ranges of " +
+                                 std::to_string(p.size) + " ids from host id " +
+                                 std::to_string(p.uid_base) + " are in use by other sandboxes"));
+  }
+  return fail(make_error(ErrorKind::Limit, std::string("user namespace ranges: ") + kLeaseFile +
+                                               " keeps being replaced"));
+}
+
+Result<Fd> hold_shared(const Map& m) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto fd = open_lease_file();
+    if (!fd) return fail(fd.error());
+    const int e = lock_map(fd->get(), m, F_RDLCK);
+    if (e == EAGAIN)
+      return fail(
+          make_error(ErrorKind::Limit,
+                     "user namespace: host ids " + std::to_string(m.uid_base - 1) + ".." +
+                         std::to_string(uint64_t{m.uid_base} + m.size - 1) +
+                         " overlap a range leased to a sandbox of a pool (userns: sandbox) now: an "
+                         "executor's range must lie outside every pool"));
+    if (e != 0) return fail(sys_error(std::string("user namespace ranges: lock ") + kLeaseFile, e));
+    if (still_the_lease_file(fd->get())) return std::move(*fd);
+  }
+  return fail(make_error(ErrorKind::Limit, std::string("user namespace ranges: ") + kLeaseFile +
+                                               " keeps being replaced"));
+}
+
 Map own_ids() {
   return Map{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid()), 1};
 }
@@ -206,26 +330,39 @@ struct MakerArgs {
 };
 
 // The maker shares the caller's memory (isolate/clone_vm.h): system calls
-// only. It waits, every signal blocked, to be killed.
+// only. It waits, every signal blocked, to be killed; it exits on any
+// failure.
 void maker(void* p) {
   const auto& a = *static_cast<const MakerArgs*>(p);
   const int w = a.ready_w;
   if (w > 0) child_syscall(SYS_close_range, 0, w - 1, 0);
   child_syscall(SYS_close_range, w + 1, static_cast<long>(~0U), 0);
-  long r = 0;
-  if (a.become) {
+  long r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (r == 0 && child_syscall(SYS_getppid) != a.parent) r = -ESRCH;
+  if (r == 0 && a.become) {
+    // Only the effective ids become the owner's (the namespace takes its
+    // owner from them): with its real and saved uid still 0, no process
+    // of the owner uid may signal or ptrace this one, which shares our
+    // memory.
     r = child_syscall(SYS_setgroups, 0, 0);
     if (r == 0) r = child_syscall(SYS_setresgid, a.owner, a.owner, a.owner);
-    if (r == 0) r = child_syscall(SYS_setresuid, a.owner, a.owner, a.owner);
+    if (r == 0) r = child_syscall(SYS_setresuid, 0, a.owner, 0);
   }
   if (r == 0) r = child_syscall(SYS_unshare, CLONE_NEWUSER);
-  // After every change of ids, which clears a death signal.
+  // Again after the change of ids, which clears it.
   if (r == 0) r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
   if (r == 0 && child_syscall(SYS_getppid) != a.parent) r = -ESRCH;
   const unsigned char b = static_cast<unsigned char>(-r > 255 ? 255 : -r);
   child_syscall(SYS_write, w, reinterpret_cast<long>(&b), 1);
+  if (r != 0)
+    for (;;) child_syscall(SYS_exit_group, 1);
   for (;;) child_syscall(SYS_pause);
 }
+
+// One maker at a time in a process: each marks our shared memory not
+// dumpable while it runs, and sets the flag back only once it is gone, so
+// no maker may be alive when another one sets it back.
+std::mutex g_make_mu;
 
 }  // namespace
 
@@ -244,6 +381,7 @@ Result<Fd> make(const Map& m) {
   // It shares our memory (a copy of this process's page tables cost a
   // cold start more than the rest of this function). Its change of ids
   // makes that memory not dumpable, ours too: set back once it is gone.
+  std::lock_guard one_at_a_time(g_make_mu);
   MakerArgs a{ready->write.get(), owner_of(m), ::geteuid() == 0, ::getpid()};
   const uid_t owner = a.owner;
   const int dumpable = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
@@ -285,9 +423,23 @@ Result<Fd> make(const Map& m) {
     if (dumpable >= 0 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
       (void)::prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
   };
+  // A maker that never answers (stopped, say) must not hold us for ever.
   unsigned char b = 0;
-  ssize_t n;
-  while ((n = ::read(ready->read.get(), &b, 1)) < 0 && errno == EINTR) {
+  ssize_t n = -1;
+  pollfd pf{ready->read.get(), POLLIN, 0};
+  int polled;
+  while ((polled = ::poll(&pf, 1, 5000)) < 0 && errno == EINTR) {
+  }
+  if (polled == 1) {
+    while ((n = ::read(ready->read.get(), &b, 1)) < 0 && errno == EINTR) {
+    }
+  } else {
+    errno = ETIMEDOUT;
+  }
+  if (polled == 0) {
+    finish();
+    return fail(make_error(ErrorKind::Timeout,
+                           "user namespace: its maker gave no answer in 5 s (stopped?)"));
   }
   if (n != 1 || b != 0) {
     finish();

@@ -115,6 +115,46 @@ inline uid_t owner_of(const Map& m) {
   return m.uid_base - 1;
 }
 
+// Ranges of one size carved out of a pool, one per sandbox (userns:
+// sandbox), as podman's --userns=auto does. Slot k holds ids
+// [base + k*(size+1), base + (k+1)*(size+1)): its first id owns the slot's
+// namespace (owner_of) and is mapped by no slot, the next size ids are the
+// slot's range. So no payload of any slot can become another slot's owner.
+struct Pool {
+  uint32_t uid_base = 0, gid_base = 0;  // where the pool starts
+  uint32_t span = 0;                    // ids in the pool
+  uint32_t size = kDefaultSize;         // ids of each sandbox's range
+  uint32_t slots() const { return size == 0 ? 0 : span / (size + 1); }
+  Map slot(uint32_t k) const {
+    const uint32_t off = k * (size + 1) + 1;
+    return Map{uid_base + off, gid_base + off, size};
+  }
+  bool operator==(const Pool&) const = default;
+};
+// The pool when the config names none: from the end of the default range
+// (kDefaultBase, kDefaultSize) to 0x6fffffff, the end of the span systemd
+// sets apart for containers' ids: 4094 ranges of 65536.
+constexpr uint32_t kDefaultPoolEnd = 0x70000000u;
+Pool default_pool(uint32_t size = kDefaultSize);
+// Valid: at least one slot, every slot's map valid (check()).
+Status check(const Pool& p);
+
+// A range held for one sandbox: the map, and an fd of kLeaseFile whose
+// locks hold it (open file description locks over the slot's uid and gid
+// ids, which every process taking a range of any pool honours). Closing
+// the fd, or the end of the process, frees it.
+struct Lease {
+  Map map;
+  Fd lock;
+};
+inline constexpr const char* kLeaseFile = "/run/cloister/userns.lock";
+// The lowest free slot of the pool, or LIMIT when every one is taken.
+Result<Lease> lease(const Pool& p);
+// A shared (read) lock over an executor's own range with its owner id, for
+// as long as the executor's namespace is used: no pool's lease takes those
+// ids meanwhile; LIMIT when a lease holds some of them now.
+Result<Fd> hold_shared(const Map& m);
+
 // A user namespace with this map and owner_of(m), as an fd of
 // /proc/PID/ns/user, made by a short-lived child. Needs root (CAP_SETUID
 // and CAP_SETGID for the maps, the owner change).

@@ -701,17 +701,23 @@ Status parse_no_new_privs(const Parser& p, const Field& f, Building& b) {
   return assign(p.boolean(f), b.cfg.no_new_privileges);
 }
 
-// userns: auto (a user namespace of its own, the default) | host.
+// userns: auto (a user namespace per executor, the default) | sandbox (a
+// range per sandbox) | host.
 Status parse_userns(const Parser& p, const Field& f, Building& b) {
   auto s = p.string(f);
   if (!s) return fail(s.error());
-  if (*s == "auto") {
-    b.cfg.userns_host = false;
-  } else if (*s == "host") {
-    b.cfg.userns_host = true;
-  } else {
-    return fail(p.error(f, "expected auto or host, got " + quote(*s)));
-  }
+  b.cfg.userns_host = *s == "host";
+  b.cfg.userns_sandbox = *s == "sandbox";
+  if (*s != "auto" && *s != "host" && *s != "sandbox")
+    return fail(p.error(f, "expected auto, sandbox or host, got " + quote(*s)));
+  return {};
+}
+
+Status parse_userns_size(const Parser& p, const Field& f, Building& b) {
+  auto v = p.integer(f, 0xfffffffeu, "ids of each sandbox's range, with userns: sandbox");
+  if (!v) return fail(v.error());
+  if (*v == 0) return fail(p.error(f, "a range of 0 ids"));
+  b.cfg.userns_size = static_cast<uint32_t>(*v);
   return {};
 }
 
@@ -1115,6 +1121,7 @@ constexpr FieldRule kExecutorFields[] = {
     {"no_new_privileges", parse_no_new_privs},
     {"userns", parse_userns},
     {"userns_range", parse_userns_range},
+    {"userns_size", parse_userns_size},
     {"cap_drop", parse_cap_drop},
     {"cap_add", parse_cap_add},
     {"tmpfs", parse_tmpfs},

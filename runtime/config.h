@@ -49,6 +49,11 @@ struct ExecutorConfig {
   // userns::default_map()).
   bool userns_host = false;
   std::optional<userns::Map> userns_range;
+  // userns: sandbox: a range per sandbox, of userns_size ids (0: the
+  // default, 65536), leased from userns_range as a pool (default:
+  // userns::default_pool()).
+  bool userns_sandbox = false;
+  uint32_t userns_size = 0;
   std::vector<std::string> cap_add;   // validated names
   std::vector<std::string> cap_drop;  // validated names or ALL
   uint64_t capabilities = 0;          // resolved from cap_add/cap_drop

@@ -81,6 +81,10 @@ Status lower_unprivileged(const ExecutorConfig& c, SpawnSpec& s) {
     return fail(
         invalid("userns_range needs root (an ordinary user's sandbox maps only the "
                 "user's own uid and gid)"));
+  if (c.userns_sandbox)
+    return fail(
+        invalid("userns: sandbox needs root (an ordinary user's sandboxes each have a "
+                "user namespace of their own already, with the user's ids)"));
   s.unprivileged = true;
   s.userns = userns::own_subids().value_or(userns::own_ids());
   // A bound of the caller's own rlimit, unless the config sets that rlimit:
@@ -116,7 +120,19 @@ Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) 
   s.tmpfs = c.tmpfs;
   s.read_only_rootfs = c.read_only_rootfs;
   s.no_new_privileges = c.no_new_privileges;
-  if (!c.userns_host) {
+  if (c.userns_size && !c.userns_sandbox)
+    return fail(invalid("executor '" + c.name + "': userns_size needs userns: sandbox"));
+  if (c.userns_sandbox) {
+    const uint32_t size = c.userns_size ? c.userns_size : userns::kDefaultSize;
+    const userns::Pool pool = c.userns_range
+                                  ? userns::Pool{c.userns_range->uid_base, c.userns_range->gid_base,
+                                                 c.userns_range->size, size}
+                                  : userns::default_pool(size);
+    if (auto st = userns::check(pool); !st)
+      return fail(st.error().wrap("executor '" + c.name + "': userns: sandbox"));
+    s.userns_pool = pool;
+    s.userns = pool.slot(0);
+  } else if (!c.userns_host) {
     if (c.userns_range) {
       s.userns = c.userns_range;
     } else {

@@ -21,9 +21,12 @@ inline char as_nobody(const std::function<char()>& fn) {
     ::close(p[0]);
     gid_t none[] = {65534};
     char r = 'E';
-    if (::syscall(SYS_setgroups, 1, none) == 0 &&
-        ::syscall(SYS_setresgid, 65534, 65534, 65534) == 0 &&
-        ::syscall(SYS_setresuid, 65534, 65534, 65534) == 0)
+    // Already nobody (the unit tests run by nobody): nothing to change.
+    if (::geteuid() == 65534 && ::getegid() == 65534)
+      r = fn();
+    else if (::syscall(SYS_setgroups, 1, none) == 0 &&
+             ::syscall(SYS_setresgid, 65534, 65534, 65534) == 0 &&
+             ::syscall(SYS_setresuid, 65534, 65534, 65534) == 0)
       r = fn();
     (void)!::write(p[1], &r, 1);
     ::_exit(0);

@@ -133,23 +133,31 @@ enum class Kind { Host, Container };
 struct Mode {
   Start start;
   Kind kind;
+  bool per_sandbox = false;  // userns: sandbox (a range per sandbox)
 };
 
 std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
   std::string s = info.param.kind == Kind::Host ? "Host" : "Container";
   switch (info.param.start) {
     case Start::Cold:
-      return s + "Cold";
+      s += "Cold";
+      break;
     case Start::Template:
-      return s + "Template";
+      s += "Template";
+      break;
     case Start::Warm:
-      return s + "Warm";
+      s += "Warm";
   }
-  return s;
+  return info.param.per_sandbox ? s + "PerSandbox" : s;
 }
 
 class Escape : public ::testing::TestWithParam<Mode> {
  protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    if (info->value_param() && GetParam().per_sandbox && unprivileged())
+      GTEST_SKIP() << "unprivileged run: userns: sandbox needs root";
+  }
   static void SetUpTestSuite() {
     dir = new TempDir;
     const std::string d = dir->path;
@@ -192,6 +200,13 @@ class Escape : public ::testing::TestWithParam<Mode> {
     return c;
   }
 
+  // The mode's executor config (a range per sandbox or not).
+  ExecutorConfig param_config() const {
+    ExecutorConfig c = config(GetParam().kind);
+    c.userns_sandbox = GetParam().per_sandbox;
+    return c;
+  }
+
   // An executor in the mode's state: its next sandbox starts as the mode says.
   static std::shared_ptr<Executor> executor_in(const Mode& m, const ExecutorConfig& cfg) {
     auto exec = Executor::create(cfg);
@@ -210,7 +225,7 @@ class Escape : public ::testing::TestWithParam<Mode> {
   }
 
   RunResult run_attack(std::vector<std::string> argv, std::chrono::milliseconds timeout = {}) {
-    auto exec = executor_in(GetParam(), config(GetParam().kind));
+    auto exec = executor_in(GetParam(), param_config());
     if (!exec) return {};
     return run_on(*exec, std::move(argv), timeout);
   }
@@ -280,7 +295,7 @@ TEST_P(Escape, OwnExecutableCannotBeRewritten) {
 TEST_P(Escape, HandlesPassedBetweenSandboxesStayReadOnly) {
   TempDir shared;
   ::chmod(shared.path.c_str(), 0777);
-  auto cfg = config(GetParam().kind);
+  auto cfg = param_config();
   cfg.volumes.push_back({shared.path, "/shared", false});
   auto receiver_exec = executor_in(GetParam(), cfg);
   auto sender_exec = executor_in(GetParam(), cfg);
@@ -311,7 +326,7 @@ TEST_P(Escape, HandlesPassedBetweenSandboxesStayReadOnly) {
 // /tmp and /dev/shm (size and inodes), and memory and pids accounting of its
 // own.
 TEST_P(Escape, BoundedByDefault) {
-  auto exec = executor_in(GetParam(), config(GetParam().kind));
+  auto exec = executor_in(GetParam(), param_config());
   ASSERT_TRUE(exec);
   auto bomb = run_on(*exec, {kAttack, "forkbomb"});
   long forked = -1;
@@ -380,17 +395,23 @@ TEST_P(Escape, NothingOfTheHostByName) {
 // docs/security.md); an image's files show their own owners.
 TEST_P(Escape, PayloadRootIsNotHostRoot) {
   TempDir shared, secret;
-  give_to_sandbox(shared.path);
+  const bool per = GetParam().per_sandbox;
+  // A range per sandbox: whichever slot the start leases.
+  if (per)
+    ::chmod(shared.path.c_str(), 0777);
+  else
+    give_to_sandbox(shared.path);
   ::chmod(secret.path.c_str(), 0755);
   write_text(secret.path + "/key", "root only\n");
   ::chmod((secret.path + "/key").c_str(), 0600);
   // An ordinary user's root-only file is one of the host's.
   const std::string secret_dir = unprivileged() ? "/etc" : secret.path;
   const std::string secret_file = unprivileged() ? "/secret/shadow" : "/secret/key";
-  const std::string base = std::to_string(sandbox_root_uid());
+  std::string base = std::to_string(sandbox_root_uid());
   const std::string size = unprivileged() ? "1" : "65536";
+  const userns::Pool pool = userns::default_pool();
   for (bool dac_override : {false, true}) {
-    auto cfg = config(GetParam().kind);
+    auto cfg = param_config();
     cfg.volumes.push_back({shared.path, "/shared", false});
     cfg.volumes.push_back({secret_dir, "/secret", true});
     if (dac_override) cfg.capabilities |= uint64_t{1} << CAP_DAC_OVERRIDE;
@@ -402,6 +423,14 @@ TEST_P(Escape, PayloadRootIsNotHostRoot) {
     const std::string where = dac_override ? "with CAP_DAC_OVERRIDE" : "default";
     EXPECT_EQ(r.status.exit_code, 0) << where << r.err;
     auto got = results(r.out);
+    if (per) {
+      // A slot of the default pool: its first id owns it, the range follows.
+      const std::string m = got["uid_map"];
+      base = m.substr(2, m.rfind(':') - 2);
+      const uint64_t b = std::strtoull(base.c_str(), nullptr, 10);
+      EXPECT_TRUE(b > pool.uid_base && (b - pool.uid_base) % (pool.size + 1) == 1)
+          << where << ": " << m;
+    }
     EXPECT_EQ(got["uid_map"], "0:" + base + ":" + size) << where << r.out;
     EXPECT_NE(base, "0");
     EXPECT_EQ(got["secret_read"], "EACCES") << where << r.out;
@@ -410,7 +439,7 @@ TEST_P(Escape, PayloadRootIsNotHostRoot) {
     struct stat st {};
     ASSERT_EQ(::stat((shared.path + "/mine").c_str(), &st), 0) << where;
     EXPECT_EQ(std::to_string(st.st_uid), base) << where << ": the payload's file on the host";
-    EXPECT_EQ(st.st_gid, sandbox_root_gid()) << where;
+    EXPECT_EQ(std::to_string(st.st_gid), per ? base : std::to_string(sandbox_root_gid())) << where;
     EXPECT_NE(st.st_uid, 0u) << where << ": a setuid-root file on the host";
     if (GetParam().kind == Kind::Host) {
       EXPECT_EQ(got["owner /usr"], "65534:65534") << where << r.out;
@@ -433,7 +462,11 @@ INSTANTIATE_TEST_SUITE_P(
     Modes, Escape,
     ::testing::Values(Mode{Start::Cold, Kind::Host}, Mode{Start::Template, Kind::Host},
                       Mode{Start::Warm, Kind::Host}, Mode{Start::Cold, Kind::Container},
-                      Mode{Start::Template, Kind::Container}, Mode{Start::Warm, Kind::Container}),
+                      Mode{Start::Template, Kind::Container}, Mode{Start::Warm, Kind::Container},
+                      // A range per sandbox has no mount template.
+                      Mode{Start::Cold, Kind::Host, true}, Mode{Start::Warm, Kind::Host, true},
+                      Mode{Start::Cold, Kind::Container, true},
+                      Mode{Start::Warm, Kind::Container, true}),
     mode_name);
 
 // One executor sees a shared volume whole; another mounts a tmpfs and a
@@ -675,6 +708,143 @@ TEST(EscapeUserNs, MakingANamespaceLeavesTheCallerAsItWas) {
     ASSERT_EQ(::fstat(ns->get(), &st), 0);
   }
   EXPECT_EQ(shell(count), before);
+
+  // Makers at once from two threads: the flag ends as it began.
+  std::vector<std::thread> makers;
+  for (int t = 0; t < 2; ++t)
+    makers.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) EXPECT_TRUE(userns::make(*m));
+    });
+  for (auto& t : makers) t.join();
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1) << "makers at once left us not dumpable";
+
+  // A host process of the owner uid stops whatever it may signal, all the
+  // while: the maker, which shares our memory, is not among it.
+  const uid_t owner = userns::owner_of(*m);
+  pid_t stopper = ::fork();
+  if (stopper == 0) {
+    if (::setresgid(owner, owner, owner) != 0 || ::setresuid(owner, owner, owner) != 0) _exit(1);
+    for (;;) ::kill(-1, SIGSTOP);
+  }
+  ASSERT_GT(stopper, 0);
+  for (int i = 0; i < 20; ++i) {
+    auto ns = userns::make(*m);
+    EXPECT_TRUE(ns) << ns.error().what();
+  }
+  ::kill(stopper, SIGKILL);
+  ::waitpid(stopper, nullptr, 0);
+  EXPECT_EQ(shell(count), before);
+}
+
+// userns: sandbox. Two sandboxes of one executor, each root inside, at once:
+// each has a range of its own, so a root-only file one leaves in a shared
+// volume is another uid's to the other, which can neither read it nor
+// change its mode, with the library, warm inits and the CLI alike. The
+// ranges go back when the sandboxes end; a pool with no free range refuses
+// a start, naming it, and leaves nothing behind.
+TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
+  SKIP_IF_UNPRIVILEGED("userns: sandbox needs root");
+  TempDir shared;
+  ::chmod(shared.path.c_str(), 0777);
+  auto cfg = base_config();
+  cfg.userns_sandbox = true;
+  cfg.volumes.push_back({shared.path, "/shared", false});
+  auto exec = Executor::create(cfg);
+  ASSERT_TRUE(exec) << exec.error().what();
+  const std::string try_it =
+      "cat /proc/self/uid_map; cat /shared/secret || echo read-refused; "
+      "chmod 0644 /shared/secret || echo chmod-refused";
+  for (int round = 0; round < 3; ++round) {  // cold, then warm inits
+    ::unlink((shared.path + "/secret").c_str());
+    std::string out;
+    auto holder = start_until(
+        **exec,
+        {"/bin/sh", "-c",
+         "umask 077; echo root-only > /shared/secret; cat /proc/self/uid_map; echo ready; "
+         "sleep 30"},
+        "ready", &out);
+    ASSERT_TRUE(holder);
+    auto other = run_on(**exec, {"/bin/sh", "-c", try_it});
+    const std::string where = "round " + std::to_string(round);
+    EXPECT_NE(other.out.find("read-refused"), std::string::npos) << where << other.out;
+    EXPECT_NE(other.out.find("chmod-refused"), std::string::npos) << where << other.out;
+    EXPECT_EQ(other.out.find("root-only"), std::string::npos) << where << other.out;
+    const std::string mine = out.substr(0, out.find('\n'));
+    EXPECT_NE(other.out.substr(0, other.out.find('\n')), mine) << where;
+    // The CLI, with the same executor, is kept out as well.
+    const std::string conf = shared.path + "/../per-" + std::to_string(::getpid()) + ".yaml";
+    write_text(conf,
+               "executors:\n  - name: per\n    kind: host\n    userns: sandbox\n"
+               "    default_env: { PATH: /usr/bin:/bin }\n    volumes: [\"" +
+                   shared.path + ":/shared\"]\n");
+    EXPECT_NE(shell(CLOISTER_BIN_DIR "/cloister exec -c " + conf + " -x per -- /bin/sh -c '" +
+                    try_it + "' 2>/dev/null")
+                  .find("read-refused"),
+              std::string::npos)
+        << where;
+    ::unlink(conf.c_str());
+    struct stat st {};
+    ASSERT_EQ(::stat((shared.path + "/secret").c_str(), &st), 0);
+    EXPECT_NE(st.st_uid, 0u);
+    EXPECT_NE(mine.find(" " + std::to_string(st.st_uid) + " "), std::string::npos)
+        << where << ": the holder's file is its own root's: " << mine << " " << st.st_uid;
+    ASSERT_TRUE(holder->signal(SIGKILL));
+    (void)holder->wait();
+    if (round == 0) Spawned::drain_retired();
+  }
+
+  // Two ranges only (9 ids each, and an owner id each): a third sandbox at
+  // once is refused, with nothing left behind; once one ends, it starts.
+  auto tiny = base_config();
+  tiny.userns_sandbox = true;
+  tiny.userns_range = userns::Map{300000, 300000, 20};
+  tiny.userns_size = 9;
+  auto small = Executor::create(tiny);
+  ASSERT_TRUE(small) << small.error().what();
+  std::string o1, o2;
+  auto a = start_until(**small, {"/bin/sh", "-c", "echo up; sleep 30"}, "up", &o1);
+  auto b = start_until(**small, {"/bin/sh", "-c", "echo up; sleep 30"}, "up", &o2);
+  ASSERT_TRUE(a && b);
+  Spawned::drain_retired();
+  const int inits = count_own_inits();
+  ExecRequest req;
+  req.argv = {"/bin/true"};
+  auto third = (*small)->exec(std::move(req));
+  ASSERT_TRUE(third) << third.error().what();
+  auto st = (*third)->start();
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().what().find("all 2 ranges of 9 ids from host id 300000 are in use"),
+            std::string::npos)
+      << st.error().what();
+  third->reset();
+  Spawned::drain_retired();
+  EXPECT_EQ(count_own_inits(), inits) << "a refused start left an init";
+  // An executor with a range of its own (userns: auto) over a leased range
+  // is refused while the lease lasts.
+  auto overlapping = base_config();
+  overlapping.userns_range = userns::Map{300000, 300000, 10};
+  auto over = Executor::create(overlapping);
+  ASSERT_TRUE(over) << over.error().what();
+  {
+    ExecRequest q;
+    q.argv = {"/bin/true"};
+    auto p = (*over)->exec(std::move(q));
+    ASSERT_TRUE(p) << p.error().what();
+    auto sst = (*p)->start();
+    ASSERT_FALSE(sst) << "an executor's range over a leased one started";
+    EXPECT_NE(sst.error().what().find("overlap a range leased to a sandbox of a pool"),
+              std::string::npos)
+        << sst.error().what();
+  }
+  over->reset();
+  ASSERT_TRUE(a->signal(SIGKILL));
+  (void)a->wait();
+  a.reset();
+  auto r = run_on(**small, {"/bin/cat", "/proc/self/uid_map"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("300001"), std::string::npos) << r.out;
+  ASSERT_TRUE(b->signal(SIGKILL));
+  (void)b->wait();
 }
 
 // --- executables_dir -------------------------------------------------------------
@@ -1002,7 +1172,12 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
            "  - name: box\n"
            "    kind: container\n"
            "    image: localhost/test/escape:1\n"
-           "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n",
+           "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n" +
+               std::string(unprivileged() ? ""
+                                          : "  - name: per\n"
+                                            "    kind: host\n"
+                                            "    userns: sandbox\n"
+                                            "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"),
            "images:\n  state_dir: " + *state + "\n");
   auto c = connect_ok(d.socket);
   ASSERT_TRUE(c);
@@ -1014,8 +1189,10 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
     EXPECT_TRUE(r) << r.error().what();
     return r ? *r : nlohmann::json{};
   };
-  for (int session = 0; session < 6; ++session) {
-    executor = session < 3 ? "shell" : "box";
+  // A range per sandbox too (root's service only).
+  const int sessions = unprivileged() ? 6 : 9;
+  for (int session = 0; session < sessions; ++session) {
+    executor = session < 3 ? "shell" : session < 6 ? "box" : "per";
     const std::string where = executor + " session " + std::to_string(session % 3 + 1);
     auto r = run({kAttack, "proc1"});
     expect_init_unreachable(r.value("stdout", ""), where);

@@ -10,6 +10,7 @@
 
 #include "isolate/capabilities.h"
 #include "runtime/config.h"
+#include "runtime/executor.h"
 
 using namespace cloister;
 using namespace std::chrono_literals;
@@ -599,7 +600,11 @@ const BadCase kBadCases[] = {
     {"VolumeBadOptionInList", one("    volumes:\n      - /usr/share/doc:/docs:ro,idmapp\n"), 5,
      "executors[0].volumes[0]", "unknown volume option \"idmapp\" (expected ro, rw or idmap)"},
     {"UsernsBad", one("    userns: keep-id\n"), 4, "executors[0].userns",
-     "expected auto or host, got \"keep-id\""},
+     "expected auto, sandbox or host, got \"keep-id\""},
+    {"UsernsSizeZero", one("    userns: sandbox\n    userns_size: 0\n"), 5,
+     "executors[0].userns_size", "a range of 0 ids"},
+    {"UsernsSizeHuge", one("    userns: sandbox\n    userns_size: 4294967295\n"), 5,
+     "executors[0].userns_size", "must be at most 4294967294, got 4294967295"},
     {"UsernsRangeBad", one("    userns_range: \"100000\"\n"), 4, "executors[0].userns_range",
      "expected BASE:SIZE or UIDBASE:GIDBASE:SIZE"},
     {"UsernsRangeRoot", one("    userns_range: \"0:65536\"\n"), 4, "executors[0].userns_range",
@@ -672,6 +677,60 @@ TEST(Config, UserNamespaceFields) {
   EXPECT_TRUE(c->executors[2].volumes[0].read_only);
   EXPECT_TRUE(c->executors[2].volumes[1].idmap);
   EXPECT_FALSE(c->executors[2].volumes[1].read_only);
+}
+
+// userns: sandbox: a pool (userns_range, or the default) carved into ranges
+// of userns_size, each after an id of its own that owns its namespace.
+TEST(Config, UserNamespacePerSandbox) {
+  auto c = parse_config(
+      "executors:\n"
+      "  - name: a\n    userns: sandbox\n"
+      "  - name: b\n    userns: sandbox\n    userns_range: \"300000:400000:1000\"\n"
+      "    userns_size: 99\n"
+      "  - name: c\n    userns_size: 10\n"
+      "  - name: d\n    userns: sandbox\n    userns_range: \"300000:10\"\n"
+      "    userns_size: 10\n",
+      "t.yaml");
+  ASSERT_TRUE(c) << c.error().what();
+  EXPECT_TRUE(c->executors[0].userns_sandbox);
+  EXPECT_FALSE(c->executors[0].userns_host);
+  if (::geteuid() != 0) return;  // lowering needs root (the unprivileged test has the rest)
+  auto a = lower_executor(c->executors[0]);
+  ASSERT_TRUE(a) << a.error().what();
+  ASSERT_TRUE(a->userns_pool);
+  EXPECT_EQ(*a->userns_pool, userns::default_pool());
+  EXPECT_EQ(*a->userns, a->userns_pool->slot(0));
+  auto b = lower_executor(c->executors[1]);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->userns_pool->slots(), 10u);
+  EXPECT_EQ(*b->userns, (userns::Map{300001, 400001, 99}));
+  auto cc = lower_executor(c->executors[2]);
+  ASSERT_FALSE(cc);
+  EXPECT_NE(cc.error().what().find("executor 'c': userns_size needs userns: sandbox"),
+            std::string::npos)
+      << cc.error().what();
+  auto d = lower_executor(c->executors[3]);
+  ASSERT_FALSE(d);
+  EXPECT_NE(d.error().what().find("a pool of 10 ids holds no range of 10"), std::string::npos)
+      << d.error().what();
+}
+
+TEST(UserNs, PoolSlotsNeverMapAnOwner) {
+  const userns::Pool p = userns::default_pool();
+  EXPECT_EQ(p.uid_base, userns::kDefaultBase + userns::kDefaultSize);  // after the shared range
+  EXPECT_EQ(p.slots(), 4094u);
+  ASSERT_TRUE(userns::check(p));
+  for (uint32_t k : {0u, 1u, 2u, p.slots() - 1}) {
+    const userns::Map m = p.slot(k);
+    EXPECT_EQ(m.size, 65536u);
+    EXPECT_LT(uint64_t{m.uid_base} + m.size, uint64_t{userns::kDefaultPoolEnd} + 1);
+    // The owner of slot k is mapped by no slot: not by k, nor by k - 1.
+    EXPECT_EQ(userns::owner_of(m), p.uid_base + k * 65537u);
+    if (k > 0)
+      EXPECT_LT(uint64_t{p.slot(k - 1).uid_base} + 65536, uint64_t{userns::owner_of(m)} + 1);
+  }
+  EXPECT_FALSE(userns::check(userns::Pool{0, 0, 1000, 10}));  // maps host root
+  EXPECT_FALSE(userns::check(userns::Pool{0xffff0000u, 0xffff0000u, 0x20000, 100}));
 }
 
 TEST(UserNs, RangesFromSubidFiles) {

@@ -74,6 +74,15 @@ TEST(Unprivileged, ExecutorLowersToItsOwnUserNamespace) {
             'A');
   EXPECT_EQ(as_user([] {
               auto c = host_config();
+              c.userns_sandbox = true;
+              auto s = lower_executor(c);
+              return !s && s.error().what().find("userns: sandbox needs root") != std::string::npos
+                         ? 'A'
+                         : 'E';
+            }),
+            'A');
+  EXPECT_EQ(as_user([] {
+              auto c = host_config();
               c.userns_range = userns::Map{100000, 100000, 65536};
               auto s = lower_executor(c);
               return !s && s.error().what().find("userns_range needs root") != std::string::npos
