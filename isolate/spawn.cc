@@ -537,20 +537,20 @@ Result<int> Sandbox::userns_fd() const {
   // One namespace for every sandbox of this spec, made at its first start
   // (an executor that never starts one, or a caller the policy refuses,
   // never needs it): an init only joins it, with no map to write.
-  std::call_once(userns_once_, [this] {
-    // Its ids held against the leases of every pool, for the sandbox's life.
+  std::lock_guard lk(userns_mu_);
+  if (!userns_ && userns_error_) {
+    // Its ids held against the leases of every pool, for the sandbox's
+    // life. A lease in the way now may be gone at the next start: not kept.
     auto hold = userns::hold_shared(*spec_.userns);
-    if (!hold) {
-      userns_error_ = fail(hold.error());
-      return;
-    }
-    userns_hold_ = std::move(*hold);
+    if (!hold) return fail(hold.error());
     auto ns = userns::make(*spec_.userns);
-    if (ns)
+    if (ns) {
+      userns_hold_ = std::move(*hold);
       userns_ = std::move(*ns);
-    else
+    } else {
       userns_error_ = fail(ns.error());
-  });
+    }
+  }
   if (!userns_error_) return fail(userns_error_.error());
   return userns_.get();
 }

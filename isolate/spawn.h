@@ -107,7 +107,7 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   mounts::MountPlan mounts_;
   // The payload's user namespace (spec_.userns), or -1 for none.
   Result<int> userns_fd() const;
-  mutable std::once_flag userns_once_;
+  mutable std::mutex userns_mu_;
   mutable Fd userns_;
   mutable Fd userns_hold_;  // userns::hold_shared over userns_'s range
   mutable Status userns_error_;

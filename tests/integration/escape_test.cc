@@ -819,10 +819,29 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
   third->reset();
   Spawned::drain_retired();
   EXPECT_EQ(count_own_inits(), inits) << "a refused start left an init";
-  // An executor with a range of its own (userns: auto) over a leased range
-  // is refused while the lease lasts.
+  ASSERT_TRUE(a->signal(SIGKILL));
+  (void)a->wait();
+  a.reset();
+  auto r = run_on(**small, {"/bin/cat", "/proc/self/uid_map"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("300001"), std::string::npos) << r.out;
+  ASSERT_TRUE(b->signal(SIGKILL));
+  (void)b->wait();
+  b.reset();
+
+  // An executor with a range of its own (userns: auto) over a range leased
+  // now is refused; the refusal is not kept once the lease is gone.
+  auto one = base_config();
+  one.userns_sandbox = true;
+  one.userns_range = userns::Map{400000, 400000, 10};
+  one.userns_size = 9;
+  auto holder_exec = Executor::create(one);
+  ASSERT_TRUE(holder_exec) << holder_exec.error().what();
+  std::string o3;
+  auto holder = start_until(**holder_exec, {"/bin/sh", "-c", "echo up; sleep 30"}, "up", &o3);
+  ASSERT_TRUE(holder);
   auto overlapping = base_config();
-  overlapping.userns_range = userns::Map{300000, 300000, 10};
+  overlapping.userns_range = userns::Map{400000, 400000, 10};
   auto over = Executor::create(overlapping);
   ASSERT_TRUE(over) << over.error().what();
   {
@@ -836,15 +855,15 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
               std::string::npos)
         << sst.error().what();
   }
+  ASSERT_TRUE(holder->signal(SIGKILL));
+  (void)holder->wait();
+  holder.reset();
+  holder_exec->reset();
+  Spawned::drain_retired();  // a lease goes once its init is reaped
+  auto later = run_on(**over, {"/bin/true"});
+  EXPECT_EQ(later.status.exit_code, 0) << later.err;
   over->reset();
-  ASSERT_TRUE(a->signal(SIGKILL));
-  (void)a->wait();
-  a.reset();
-  auto r = run_on(**small, {"/bin/cat", "/proc/self/uid_map"});
-  EXPECT_EQ(r.status.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("300001"), std::string::npos) << r.out;
-  ASSERT_TRUE(b->signal(SIGKILL));
-  (void)b->wait();
+  Spawned::drain_retired();
 }
 
 // --- executables_dir -------------------------------------------------------------
