@@ -277,8 +277,10 @@ Result<Lease> lease(const Pool& p) {
 
 Result<Fd> hold_shared(const Map& m) {
   for (int attempt = 0; attempt < 3; ++attempt) {
+    // No lock file here (no /run, or one that is not root's alone): no pool
+    // can lease a range either (lease() refuses), so nothing to hold.
     auto fd = open_lease_file();
-    if (!fd) return fail(fd.error());
+    if (!fd) return Fd();
     const int e = lock_map(fd->get(), m, F_RDLCK);
     if (e == EAGAIN)
       return fail(

@@ -152,7 +152,8 @@ inline constexpr const char* kLeaseFile = "/run/cloister/userns.lock";
 Result<Lease> lease(const Pool& p);
 // A shared (read) lock over an executor's own range with its owner id, for
 // as long as the executor's namespace is used: no pool's lease takes those
-// ids meanwhile; LIMIT when a lease holds some of them now.
+// ids meanwhile; LIMIT when a lease holds some of them now. No fd (and no
+// error) where kLeaseFile cannot be opened as lease() requires it.
 Result<Fd> hold_shared(const Map& m);
 
 // A user namespace with this map and owner_of(m), as an fd of

@@ -136,6 +136,12 @@ struct Mode {
   bool per_sandbox = false;  // userns: sandbox (a range per sandbox)
 };
 
+// For gtest's messages (its default prints the struct's padding too).
+void PrintTo(const Mode& m, std::ostream* os) {
+  *os << "start " << static_cast<int>(m.start) << ", kind " << static_cast<int>(m.kind)
+      << (m.per_sandbox ? ", userns: sandbox" : "");
+}
+
 std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
   std::string s = info.param.kind == Kind::Host ? "Host" : "Container";
   switch (info.param.start) {
