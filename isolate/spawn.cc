@@ -573,7 +573,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   if (!userns_fd) return fail(userns_fd.error());
   // A range of its own: leased for the sandbox's life, a namespace with
   // its map, and (for a slot other than the first) that slot's setup.
-  std::optional<userns::Lease> lease;
+  Fd lease;  // its lock
   Fd own_userns;
   const mounts::MountPlan* plan = &sb.mounts_;
   const std::string* full_setup = &sb.setup_full_;
@@ -592,7 +592,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
       plan = &slot->mounts;
       full_setup = &slot->setup;
     }
-    lease = std::move(*l);
+    lease = std::move(l->lock);
   }
   uint64_t gen = 0;
   std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
@@ -610,7 +610,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   p->mount_gen = gen;
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
-  if (lease) out.userns_lease_ = std::move(lease->lock);
+  out.userns_lease_ = std::move(lease);
   if (cgroups) {
     auto cg = cgroups->create(spec.limits);
     if (!cg) return fail(cg.error().wrap("cgroup"));

@@ -8,7 +8,6 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <linux/sched.h>
-#include <poll.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -249,6 +248,15 @@ bool still_the_lease_file(int fd) {
          a.st_ino == b.st_ino;
 }
 
+Error lock_error(int e) {
+  return sys_error(std::string("user namespace ranges: lock ") + kLeaseFile, e);
+}
+
+Error replaced_error() {
+  return make_error(ErrorKind::Limit,
+                    std::string("user namespace ranges: ") + kLeaseFile + " keeps being replaced");
+}
+
 }  // namespace
 
 Result<Lease> lease(const Pool& p) {
@@ -260,8 +268,7 @@ Result<Lease> lease(const Pool& p) {
       const Map m = p.slot(k);
       const int e = lock_map(fd->get(), m, F_WRLCK);
       if (e == EAGAIN) continue;
-      if (e != 0)
-        return fail(sys_error(std::string("user namespace ranges: lock ") + kLeaseFile, e));
+      if (e != 0) return fail(lock_error(e));
       if (!still_the_lease_file(fd->get())) break;  // replaced: open it again
       return Lease{m, std::move(*fd)};
     }
@@ -271,8 +278,7 @@ Result<Lease> lease(const Pool& p) {
                                  std::to_string(p.size) + " ids from host id " +
                                  std::to_string(p.uid_base) + " are in use by other sandboxes"));
   }
-  return fail(make_error(ErrorKind::Limit, std::string("user namespace ranges: ") + kLeaseFile +
-                                               " keeps being replaced"));
+  return fail(replaced_error());
 }
 
 Result<Fd> hold_shared(const Map& m) {
@@ -289,11 +295,10 @@ Result<Fd> hold_shared(const Map& m) {
                          std::to_string(uint64_t{m.uid_base} + m.size - 1) +
                          " overlap a range leased to a sandbox of a pool (userns: sandbox) now: an "
                          "executor's range must lie outside every pool"));
-    if (e != 0) return fail(sys_error(std::string("user namespace ranges: lock ") + kLeaseFile, e));
+    if (e != 0) return fail(lock_error(e));
     if (still_the_lease_file(fd->get())) return std::move(*fd);
   }
-  return fail(make_error(ErrorKind::Limit, std::string("user namespace ranges: ") + kLeaseFile +
-                                               " keeps being replaced"));
+  return fail(replaced_error());
 }
 
 Map own_ids() {
@@ -323,128 +328,89 @@ std::optional<Map> own_subids() {
 
 namespace {
 
-// What the namespace's maker (make()) needs; it reads only this.
-struct MakerArgs {
-  int ready_w;  // its report: one byte, 0 or errno
-  uid_t owner;  // becomes this uid first, when become
-  bool become;
-  pid_t parent;  // dies with it
-};
-
-// The maker shares the caller's memory (isolate/clone_vm.h): system calls
-// only. It waits, every signal blocked, to be killed; it exits on any
-// failure.
+// The maker only waits to be killed (every signal blocked), sharing the
+// caller's memory (isolate/clone_vm.h): system calls only.
 void maker(void* p) {
-  const auto& a = *static_cast<const MakerArgs*>(p);
-  const int w = a.ready_w;
-  if (w > 0) child_syscall(SYS_close_range, 0, w - 1, 0);
-  child_syscall(SYS_close_range, w + 1, static_cast<long>(~0U), 0);
-  long r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
-  if (r == 0 && child_syscall(SYS_getppid) != a.parent) r = -ESRCH;
-  if (r == 0 && a.become) {
-    // Only the effective ids become the owner's (the namespace takes its
-    // owner from them): with its real and saved uid still 0, no process
-    // of the owner uid may signal or ptrace this one, which shares our
-    // memory.
-    r = child_syscall(SYS_setgroups, 0, 0);
-    if (r == 0) r = child_syscall(SYS_setresgid, a.owner, a.owner, a.owner);
-    if (r == 0) r = child_syscall(SYS_setresuid, 0, a.owner, 0);
-  }
-  if (r == 0) r = child_syscall(SYS_unshare, CLONE_NEWUSER);
-  // Again after the change of ids, which clears it.
-  if (r == 0) r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
-  if (r == 0 && child_syscall(SYS_getppid) != a.parent) r = -ESRCH;
-  const unsigned char b = static_cast<unsigned char>(-r > 255 ? 255 : -r);
-  child_syscall(SYS_write, w, reinterpret_cast<long>(&b), 1);
-  if (r != 0)
+  const pid_t parent = *static_cast<const pid_t*>(p);
+  child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (child_syscall(SYS_getppid) != parent)
     for (;;) child_syscall(SYS_exit_group, 1);
   for (;;) child_syscall(SYS_pause);
 }
 
-// One maker at a time in a process: each marks our shared memory not
-// dumpable while it runs, and sets the flag back only once it is gone, so
-// no maker may be alive when another one sets it back.
+// One namespace made at a time in a process: the change of ids below marks
+// our memory not dumpable, and the flag is set back only once the maker is
+// gone, so no maker may be alive when another call sets it back.
 std::mutex g_make_mu;
 
 }  // namespace
 
 Result<Fd> make(const Map& m) {
   if (auto s = check(m); !s) return fail(s.error());
-  auto ready = make_pipe();
-  if (!ready) return fail(ready.error());
-  // The namespace is made by a child of its own (unshare(CLONE_NEWUSER) is
-  // refused to a process with threads), which first becomes the owner uid
-  // (userns.h: owner_of) so that the kernel's per-user counters of every
-  // payload are charged to that uid, not host root's. It closes every fd
-  // but its report pipe at once: a copy of another thread's pipe end would
-  // hold that pipe open. No exit signal: the caller's SIGCHLD handling
-  // never sees it; it is reaped through its pidfd.
+  // The namespace comes with the clone of a child (CLONE_NEWUSER; unshare
+  // is refused to a process with threads), which only lives while we write
+  // its maps. The kernel takes the namespace's owner from the effective ids
+  // of the cloning thread, so this thread alone (raw system calls, not
+  // glibc's for every thread) takes the owner's effective ids for the
+  // clone (userns.h: owner_of): every payload's per-user counters are
+  // charged to that uid, not host root's. Its real and saved uid stay 0,
+  // so no process of the owner uid may signal or ptrace it meanwhile.
   //
-  // It shares our memory (a copy of this process's page tables cost a
-  // cold start more than the rest of this function). Its change of ids
-  // makes that memory not dumpable, ours too: set back once it is gone.
+  // The owner has every capability in the namespace, and may stop or kill
+  // the maker there: nothing is asked of the maker, whose maps are written
+  // from here. It shares our memory (a copy of this process's page tables
+  // cost a cold start more than the rest of this function), which the
+  // change of ids marks not dumpable: set back once the maker is gone. No
+  // exit signal: the caller's SIGCHLD handling never sees it; it is reaped
+  // through its pidfd.
   std::lock_guard one_at_a_time(g_make_mu);
-  MakerArgs a{ready->write.get(), owner_of(m), ::geteuid() == 0, ::getpid()};
-  const uid_t owner = a.owner;
+  const uid_t owner = owner_of(m);
+  const bool become = ::geteuid() == 0;
+  const gid_t egid = ::getegid();
   const int dumpable = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+  pid_t parent = ::getpid();
   int pidfd = -1;
   clone_args args{};
-  args.flags = CLONE_PIDFD;
+  args.flags = CLONE_NEWUSER | CLONE_PIDFD;
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = 0;
-  long pid;
+  long pid = -1;
+  int clone_errno = 0;
+  // The group first, while this thread may still change it.
+  if (become && (::syscall(SYS_setresgid, -1, owner, -1) != 0 ||
+                 ::syscall(SYS_setresuid, -1, owner, -1) != 0)) {
+    clone_errno = errno;
+  } else {
 #ifdef CLOISTER_CLONE3_VM
-  constexpr size_t kStack = 16 * 1024;
-  std::unique_ptr<char[]> stack(new char[kStack]);  // malloc's: 16-byte aligned
-  args.flags |= CLONE_VM;
-  args.stack = reinterpret_cast<uint64_t>(stack.get());
-  args.stack_size = kStack;
-  // No handler of ours may run in it: it starts with every signal blocked.
-  sigset_t all, old;
-  sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  pid = cloister_clone3_vm(&args, sizeof args, maker, &a);
-  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid < 0) {
-    errno = static_cast<int>(-pid);
-    pid = -1;
-  }
+    constexpr size_t kStack = 16 * 1024;
+    std::unique_ptr<char[]> stack(new char[kStack]);  // malloc's: 16-byte aligned
+    args.flags |= CLONE_VM;
+    args.stack = reinterpret_cast<uint64_t>(stack.get());
+    args.stack_size = kStack;
+    // No handler of ours may run in it: it starts with every signal blocked.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = cloister_clone3_vm(&args, sizeof args, maker, &parent);
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) clone_errno = static_cast<int>(-pid);
 #else
-  pid = ::syscall(SYS_clone3, &args, sizeof args);
-  if (pid == 0) maker(&a);
+    pid = ::syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) maker(&parent);
+    if (pid < 0) clone_errno = errno;
 #endif
-  if (pid < 0) return fail(sys_error("user namespace: clone"));
-  Fd child(pidfd);
-  ready->write.reset();
-  auto finish = [&] {
-    (void)::syscall(SYS_pidfd_send_signal, child.get(), SIGKILL, nullptr, 0);
-    siginfo_t info;
-    while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
-           errno == EINTR) {
-    }
+  }
+  // Back to root's ids (allowed: the real and saved uid are 0), the
+  // effective uid first, which brings the capabilities back.
+  if (become &&
+      (::syscall(SYS_setresuid, -1, 0, -1) != 0 || ::syscall(SYS_setresgid, -1, egid, -1) != 0))
+    ::abort();  // this thread cannot be root again: unsafe to go on
+  auto restore_dumpable = [&] {
     if (dumpable >= 0 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
       (void)::prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
   };
-  // A maker that never answers (stopped, say) must not hold us for ever.
-  unsigned char b = 0;
-  ssize_t n = -1;
-  pollfd pf{ready->read.get(), POLLIN, 0};
-  int polled;
-  while ((polled = ::poll(&pf, 1, 5000)) < 0 && errno == EINTR) {
-  }
-  if (polled == 1) {
-    while ((n = ::read(ready->read.get(), &b, 1)) < 0 && errno == EINTR) {
-    }
-  } else {
-    errno = ETIMEDOUT;
-  }
-  if (polled == 0) {
-    finish();
-    return fail(make_error(ErrorKind::Timeout,
-                           "user namespace: its maker gave no answer in 5 s (stopped?)"));
-  }
-  if (n != 1 || b != 0) {
-    finish();
+  if (pid < 0) {
+    restore_dumpable();
     // The kernel refuses a new user namespace to a chrooted process
     // (root's too): say so, as nothing else would.
     struct stat here {
@@ -455,8 +421,17 @@ Result<Fd> make(const Map& m) {
                               (chrooted ? " (this process is chrooted, where the kernel makes "
                                           "none: run outside the chroot, or userns: host)"
                                         : ""),
-                          n == 1 ? b : EPIPE));
+                          clone_errno));
   }
+  Fd child(pidfd);
+  auto finish = [&] {
+    (void)::syscall(SYS_pidfd_send_signal, child.get(), SIGKILL, nullptr, 0);
+    siginfo_t info;
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), child.get(), &info, WEXITED | __WALL) != 0 &&
+           errno == EINTR) {
+    }
+    restore_dumpable();
+  };
   const std::string proc = "/proc/" + std::to_string(pid);
   auto write_map = [&](const char* file, uint32_t base) -> Status {
     std::string line = "0 " + std::to_string(base) + " " + std::to_string(m.size) + "\n";

@@ -725,7 +725,8 @@ TEST(EscapeUserNs, MakingANamespaceLeavesTheCallerAsItWas) {
   EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1) << "makers at once left us not dumpable";
 
   // A host process of the owner uid stops whatever it may signal, all the
-  // while: the maker, which shares our memory, is not among it.
+  // while (the maker, whose namespace it owns, among it): each namespace is
+  // still made, and no maker is left.
   const uid_t owner = userns::owner_of(*m);
   pid_t stopper = ::fork();
   if (stopper == 0) {
@@ -740,6 +741,28 @@ TEST(EscapeUserNs, MakingANamespaceLeavesTheCallerAsItWas) {
   ::kill(stopper, SIGKILL);
   ::waitpid(stopper, nullptr, 0);
   EXPECT_EQ(shell(count), before);
+}
+
+// An executor config with a pool of span ids, ranges of size.
+ExecutorConfig pool_config(uint32_t base, uint32_t span, uint32_t size) {
+  auto c = base_config();
+  c.userns_sandbox = true;
+  c.userns_range = userns::Map{base, base, span};
+  c.userns_size = size;
+  return c;
+}
+
+// Why a start of /bin/true through exec is refused (a test failure if it
+// is not).
+std::string start_refusal(const Executor& exec) {
+  ExecRequest q;
+  q.argv = {"/bin/true"};
+  auto p = exec.exec(std::move(q));
+  EXPECT_TRUE(p) << p.error().what();
+  if (!p) return "";
+  auto st = (*p)->start();
+  EXPECT_FALSE(st) << "started";
+  return st ? "" : st.error().what();
 }
 
 // userns: sandbox. Two sandboxes of one executor, each root inside, at once:
@@ -801,11 +824,7 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
 
   // Two ranges only (9 ids each, and an owner id each): a third sandbox at
   // once is refused, with nothing left behind; once one ends, it starts.
-  auto tiny = base_config();
-  tiny.userns_sandbox = true;
-  tiny.userns_range = userns::Map{300000, 300000, 20};
-  tiny.userns_size = 9;
-  auto small = Executor::create(tiny);
+  auto small = Executor::create(pool_config(300000, 20, 9));
   ASSERT_TRUE(small) << small.error().what();
   std::string o1, o2;
   auto a = start_until(**small, {"/bin/sh", "-c", "echo up; sleep 30"}, "up", &o1);
@@ -813,16 +832,9 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
   ASSERT_TRUE(a && b);
   Spawned::drain_retired();
   const int inits = count_own_inits();
-  ExecRequest req;
-  req.argv = {"/bin/true"};
-  auto third = (*small)->exec(std::move(req));
-  ASSERT_TRUE(third) << third.error().what();
-  auto st = (*third)->start();
-  ASSERT_FALSE(st);
-  EXPECT_NE(st.error().what().find("all 2 ranges of 9 ids from host id 300000 are in use"),
-            std::string::npos)
-      << st.error().what();
-  third->reset();
+  const std::string full = start_refusal(**small);
+  EXPECT_NE(full.find("all 2 ranges of 9 ids from host id 300000 are in use"), std::string::npos)
+      << full;
   Spawned::drain_retired();
   EXPECT_EQ(count_own_inits(), inits) << "a refused start left an init";
   ASSERT_TRUE(a->signal(SIGKILL));
@@ -837,11 +849,7 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
 
   // An executor with a range of its own (userns: auto) over a range leased
   // now is refused; the refusal is not kept once the lease is gone.
-  auto one = base_config();
-  one.userns_sandbox = true;
-  one.userns_range = userns::Map{400000, 400000, 10};
-  one.userns_size = 9;
-  auto holder_exec = Executor::create(one);
+  auto holder_exec = Executor::create(pool_config(400000, 10, 9));
   ASSERT_TRUE(holder_exec) << holder_exec.error().what();
   std::string o3;
   auto holder = start_until(**holder_exec, {"/bin/sh", "-c", "echo up; sleep 30"}, "up", &o3);
@@ -850,17 +858,9 @@ TEST(EscapeUserNs, ARangePerSandboxKeepsSandboxesApart) {
   overlapping.userns_range = userns::Map{400000, 400000, 10};
   auto over = Executor::create(overlapping);
   ASSERT_TRUE(over) << over.error().what();
-  {
-    ExecRequest q;
-    q.argv = {"/bin/true"};
-    auto p = (*over)->exec(std::move(q));
-    ASSERT_TRUE(p) << p.error().what();
-    auto sst = (*p)->start();
-    ASSERT_FALSE(sst) << "an executor's range over a leased one started";
-    EXPECT_NE(sst.error().what().find("overlap a range leased to a sandbox of a pool"),
-              std::string::npos)
-        << sst.error().what();
-  }
+  const std::string overlap = start_refusal(**over);
+  EXPECT_NE(overlap.find("overlap a range leased to a sandbox of a pool"), std::string::npos)
+      << overlap;
   ASSERT_TRUE(holder->signal(SIGKILL));
   (void)holder->wait();
   holder.reset();
