@@ -359,15 +359,26 @@ Result<Fd> make(const Map& m) {
   // The owner has every capability in the namespace, and may stop or kill
   // the maker there: nothing is asked of the maker, whose maps are written
   // from here. It shares our memory (a copy of this process's page tables
-  // cost a cold start more than the rest of this function), which the
-  // change of ids marks not dumpable: set back once the maker is gone. No
+  // cost a cold start more than the rest of this function), which is kept
+  // not dumpable (only that keeps the owner's ptrace off it) until the
+  // maker is gone. No
   // exit signal: the caller's SIGCHLD handling never sees it; it is reaped
   // through its pidfd.
   std::lock_guard one_at_a_time(g_make_mu);
   const uid_t owner = owner_of(m);
+  const gid_t owner_gid = m.gid_base - 1;
   const bool become = ::geteuid() == 0;
   const gid_t egid = ::getegid();
+  // Not dumpable from before the change of ids, whatever fs.suid_dumpable
+  // would make of it (1 leaves the memory the owner's to ptrace through
+  // the maker, over which it has every capability).
   const int dumpable = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+    return fail(sys_error("user namespace: prctl(PR_SET_DUMPABLE, 0)"));
+  auto restore_dumpable = [&] {
+    if (dumpable >= 0 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
+      (void)::prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
+  };
   pid_t parent = ::getpid();
   int pidfd = -1;
   clone_args args{};
@@ -376,23 +387,26 @@ Result<Fd> make(const Map& m) {
   args.exit_signal = 0;
   long pid = -1;
   int clone_errno = 0;
+  // No handler of ours runs as the owner here, nor in the maker, which
+  // starts with every signal blocked. (A thread calling glibc's setuid and
+  // the like meanwhile would change this one's ids too: an embedding
+  // program must not change ids while it starts sandboxes.)
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
   // The group first, while this thread may still change it.
-  if (become && (::syscall(SYS_setresgid, -1, owner, -1) != 0 ||
+  if (become && (::syscall(SYS_setresgid, -1, owner_gid, -1) != 0 ||
                  ::syscall(SYS_setresuid, -1, owner, -1) != 0)) {
     clone_errno = errno;
   } else {
 #ifdef CLOISTER_CLONE3_VM
     constexpr size_t kStack = 16 * 1024;
     std::unique_ptr<char[]> stack(new char[kStack]);  // malloc's: 16-byte aligned
-    args.flags |= CLONE_VM;
+    // Our memory and fd table, shared: nothing copied.
+    args.flags |= CLONE_VM | CLONE_FILES;
     args.stack = reinterpret_cast<uint64_t>(stack.get());
     args.stack_size = kStack;
-    // No handler of ours may run in it: it starts with every signal blocked.
-    sigset_t all, old;
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = cloister_clone3_vm(&args, sizeof args, maker, &parent);
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) clone_errno = static_cast<int>(-pid);
 #else
     pid = ::syscall(SYS_clone3, &args, sizeof args);
@@ -405,10 +419,7 @@ Result<Fd> make(const Map& m) {
   if (become &&
       (::syscall(SYS_setresuid, -1, 0, -1) != 0 || ::syscall(SYS_setresgid, -1, egid, -1) != 0))
     ::abort();  // this thread cannot be root again: unsafe to go on
-  auto restore_dumpable = [&] {
-    if (dumpable >= 0 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
-      (void)::prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
-  };
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) {
     restore_dumpable();
     // The kernel refuses a new user namespace to a chrooted process
