@@ -550,6 +550,53 @@ std::vector<std::string> Cgroup::paths() const {
   return out;
 }
 
+void Cgroup::forget() {
+  if (impl_) impl_->destroyed = true;
+  impl_.reset();
+}
+
+Status Cgroup::freeze(bool on) {
+  if (!impl_) return fail(invalid("freeze: moved-from cgroup"));
+  if (const auto* v2 = impl_->v2dir(); v2 && exists(join(v2->path, "cgroup.freeze"))) {
+    if (auto s = write_at(v2->path, "cgroup.freeze", on ? "1" : "0"); !s) return s;
+    if (on) wait_v2_frozen(v2->path, Clock::now() + kFreezeTimeout);
+    return {};
+  }
+  if (const auto* fz = impl_->v1dir("freezer")) {
+    if (auto s = write_at(fz->path, "freezer.state", on ? "FROZEN" : "THAWED"); !s) return s;
+    auto deadline = Clock::now() + kFreezeTimeout;
+    while (on && Clock::now() < deadline) {
+      auto st = read_at(fz->path, "freezer.state");
+      if (!st || st->starts_with("FROZEN")) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return {};
+  }
+  return fail(make_error(ErrorKind::Invalid, "cgroup " + impl_->name + " has no freezer"));
+}
+
+bool Cgroup::frozen() const {
+  if (!impl_) return false;
+  if (const auto* v2 = impl_->v2dir(); v2 && exists(join(v2->path, "cgroup.freeze"))) {
+    auto t = read_at(v2->path, "cgroup.freeze");
+    return t && t->starts_with("1");
+  }
+  if (const auto* fz = impl_->v1dir("freezer")) {
+    auto t = read_at(fz->path, "freezer.state");
+    return t && !t->starts_with("THAWED");
+  }
+  return false;
+}
+
+Result<std::vector<pid_t>> Cgroup::pids() const {
+  std::vector<pid_t> out;
+  if (!impl_ || impl_->dirs.empty()) return out;
+  const auto* d = impl_->v2dir();
+  if (auto s = collect_pids(d ? d->path : impl_->dirs.front().path, out); !s)
+    return fail(s.error());
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // Manager
 
@@ -577,7 +624,7 @@ struct Manager::Impl {
   Status prepare_bases();
   void bound_bases() const;
   Status remake_bases() const;
-  Result<Cgroup> create_once(const Limits& limits);
+  Result<Cgroup> create_once(const Limits& limits, const std::string& name);
   Status apply_limits(Cgroup::Impl& c, const Limits& l);
   Status cleanup_stale();
 };
@@ -814,9 +861,9 @@ Error unenforceable(std::string_view limit, std::string_view ctl, Layout layout,
 
 }  // namespace
 
-Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
+Result<Cgroup> Manager::Impl::create_once(const Limits& l, const std::string& named) {
   auto im = std::make_unique<Cgroup::Impl>();
-  im->name = std::to_string(::getpid()) + "-" + std::to_string(++g_seq);
+  im->name = named.empty() ? std::to_string(::getpid()) + "-" + std::to_string(++g_seq) : named;
 
   // Decide where each limit goes before touching the filesystem, so that an
   // unenforceable limit fails without leaving anything behind. v1 wins when a
@@ -850,6 +897,7 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
       v1_needed.push_back("blkio");
   }
   if (layout == Layout::Legacy) v1_needed.push_back("freezer");  // kill() needs it
+  if (!named.empty() && !v2) v1_needed.push_back("freezer");     // and pause
 
   // Directories: cgroup2 first (the clone target), then each v1 hierarchy once.
   Cgroup::Impl& c = *im;
@@ -858,6 +906,31 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l) {
     bool need = std::any_of(h.controllers.begin(), h.controllers.end(),
                             [&](const auto& x) { return has(v1_needed, x); });
     if (need) c.dirs.push_back({join(h.base, c.name), false, h.controllers});
+  }
+  if (!named.empty()) {
+    // The parents of a named cgroup, and on cgroup2 the controllers for
+    // their children (from the base down), as the base has them.
+    auto parts = split(named, "/");
+    parts.pop_back();
+    auto make_parents = [&](const std::string& base, bool is_v2) -> Status {
+      std::string cur = base;
+      for (const auto& part : parts) {
+        if (is_v2)
+          for (const auto& ctl : v2_enabled)
+            (void)write_at(cur, "cgroup.subtree_control", "+" + ctl);
+        cur = join(cur, part);
+        if (auto st = mkdir_one(cur); !st) return st;
+      }
+      if (is_v2)
+        for (const auto& ctl : v2_enabled) (void)write_at(cur, "cgroup.subtree_control", "+" + ctl);
+      return {};
+    };
+    if (v2)
+      if (auto st = make_parents(v2->base, true); !st) return fail(st.error());
+    for (const auto& d : c.dirs)
+      if (!d.v2)
+        if (auto st = make_parents(d.path.substr(0, d.path.size() - named.size() - 1), false); !st)
+          return fail(st.error());
   }
   for (size_t i = 0; i < c.dirs.size(); ++i) {
     if (::mkdir(c.dirs[i].path.c_str(), 0755) != 0) {
@@ -1110,24 +1183,61 @@ Layout Manager::layout() const {
   return impl_->layout;
 }
 
-Result<Cgroup> Manager::create(const Limits& limits) {
+Result<Cgroup> Manager::create(const Limits& limits, const std::string& name) {
   if (auto s = check_limits(limits); !s) return fail(s.error());
-  auto cg = impl_->create_once(limits);
-  for (int i = 0; i < 16 && !cg && cg.error().code == EEXIST; ++i) cg = impl_->create_once(limits);
+  std::string named = name;
+  while (!named.empty() && named.front() == '/') named.erase(0, 1);
+  while (!named.empty() && named.back() == '/') named.pop_back();
+  if (!name.empty()) {
+    if (named.empty() || named.find("//") != std::string::npos ||
+        ("/" + named + "/").find("/../") != std::string::npos ||
+        ("/" + named + "/").find("/./") != std::string::npos)
+      return fail(invalid("cgroup path '" + name + "' is not a normalized path"));
+  }
+  auto cg = impl_->create_once(limits, named);
+  for (int i = 0; i < 16 && named.empty() && !cg && cg.error().code == EEXIST; ++i)
+    cg = impl_->create_once(limits, named);
   if (!cg && cg.error().code == ENOENT && cg.error().message.starts_with("mkdir")) {
     // Someone removed an (empty) base since open(): make it again, once.
     if (auto s = impl_->remake_bases(); !s) return fail(s.error().wrap("cgroups: remake base"));
-    cg = impl_->create_once(limits);
+    cg = impl_->create_once(limits, named);
   }
   if (!cg) return fail(cg.error().wrap("create cgroup"));
   return cg;
+}
+
+Result<Cgroup> Manager::open_named(const std::string& name) {
+  std::string named = name;
+  while (!named.empty() && named.front() == '/') named.erase(0, 1);
+  if (named.empty() || ("/" + named + "/").find("/../") != std::string::npos)
+    return fail(invalid("cgroup path '" + name + "' is not a normalized path"));
+  auto im = std::make_unique<Cgroup::Impl>();
+  im->name = named;
+  if (impl_->v2 && exists(join(impl_->v2->base, named)))
+    im->dirs.push_back({join(impl_->v2->base, named), true, {}});
+  for (const auto& h : impl_->v1)
+    if (exists(join(h.base, named)))
+      im->dirs.push_back({join(h.base, named), false, h.controllers});
+  if (im->dirs.empty())
+    return fail(make_error(ErrorKind::NotFound, "no cgroup " + named + " under the base"));
+  // For clone3(CLONE_INTO_CGROUP) of a process joining it (`exec`).
+  if (const auto* v2 = im->v2dir())
+    if (auto fd = open_fd(v2->path, O_PATH | O_DIRECTORY)) im->v2fd = std::move(*fd);
+  return Cgroup(std::move(im));
 }
 
 Status Manager::cleanup_stale() {
   return with_context(impl_->cleanup_stale(), "cgroups");
 }
 
+Status Manager::update(Cgroup& cg, const Limits& limits) {
+  if (!cg.impl_) return fail(invalid("update: moved-from cgroup"));
+  if (auto s = check_limits(limits); !s) return s;
+  return with_context(impl_->apply_limits(*cg.impl_, limits), "update cgroup " + cg.impl_->name);
+}
+
 void Manager::cleanup_stale_once() {
+  if (!impl_->opts.sweep_stale) return;
   // Best effort: a leftover we cannot remove must not stop new sandboxes.
   std::call_once(impl_->stale_once, [this] { (void)impl_->cleanup_stale(); });
 }

@@ -84,6 +84,10 @@ struct Options {
   // smaller) and MemTotal less a
   // tenth (at least 512 MiB) (docs/cgroups.md, "Base directories").
   bool bound_base = true;
+  // Remove "<pid>-<seq>" leftovers of dead runtimes under the base
+  // (cleanup_stale_once); off where the base is shared with others (the
+  // OCI runtime's is the hierarchy's root).
+  bool sweep_stale = true;
 };
 
 // What Manager::open passes to mount(2) to add favordynmods to a cgroup2
@@ -122,11 +126,21 @@ class Cgroup {
   Status destroy();
   // Directories (absolute paths) this cgroup occupies, for tests and logs.
   std::vector<std::string> paths() const;
+  // Gives the directories up without removing them: an OCI container's
+  // cgroup outlives the runtime's process (Manager::open_named finds it).
+  void forget();
+  // Freezes (cgroup2's cgroup.freeze, or the v1 freezer) or thaws the whole
+  // tree; freezing returns once the kernel says it is frozen (or after 1 s).
+  Status freeze(bool on);
+  bool frozen() const;
+  // Every process of the tree (the v2 directory's, else the first v1 one's).
+  Result<std::vector<pid_t>> pids() const;
 
   struct Impl;
   explicit Cgroup(std::unique_ptr<Impl>);
 
  private:
+  friend class Manager;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -138,8 +152,17 @@ class Manager {
   static Result<std::shared_ptr<Manager>> shared();
 
   Layout layout() const;
-  // Creates a fresh per-process cgroup with these limits applied.
-  Result<Cgroup> create(const Limits& limits);
+  // Creates a fresh per-process cgroup with these limits applied. With a
+  // name (a relative path below the base, such as an OCI cgroupsPath;
+  // parents are made as needed), that one: EEXIST if it exists. Named
+  // cgroups are in the freezer too where only v1 has one (pause).
+  Result<Cgroup> create(const Limits& limits, const std::string& name = {});
+  // A named cgroup made earlier, by this process or another: the
+  // directories of it that exist (NOT_FOUND when none does).
+  Result<Cgroup> open_named(const std::string& name);
+  // Writes new limits to an existing cgroup (`update`); a limit whose
+  // controller the cgroup has no directory for is an error naming it.
+  Status update(Cgroup& cgroup, const Limits& limits);
   // Removes cgroups left under the base by runtimes that are no longer running
   // ("<pid>-<seq>" whose pid does not exist), killing what is inside. Other
   // names and live runtimes' cgroups are never touched.

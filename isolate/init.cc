@@ -37,6 +37,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,6 +89,11 @@ struct Init {
   int stdio[3] = {-1, -1, -1};
   bool controlling_tty = false;
   int devnull = -1;
+  // Detached (OCI) inits: the start gate, the console socket, the pty size.
+  int gate = -1;
+  int console = -1;
+  uint16_t rows = 0, cols = 0;
+  uint32_t umask = wire::kNoUmask;
 
   int fd(int32_t index) const {
     return index >= 0 && static_cast<size_t>(index) < nfds ? fds[index] : -1;
@@ -178,7 +184,7 @@ int receive_setup(Init& in) {
   if (fx.ntrees > in.nfds || fx.fd_trees < 0 ||
       static_cast<size_t>(fx.fd_trees) + fx.ntrees > in.nfds)
     return EPROTO;
-  if (in.status() < 0) return EPROTO;
+  if (in.status() < 0 && !(fx.flags & wire::kSetupDetached)) return EPROTO;
   in.ops = static_cast<mounts::OpView*>(std::malloc((fx.nops + 1) * sizeof(mounts::OpView)));
   if (!in.ops) return ENOMEM;
   for (uint32_t i = 0; i < fx.nops; ++i) {
@@ -218,6 +224,17 @@ int loopback_up() {
 }
 
 int join_pool_netns(Init& in) {
+  if (in.fx.flags & wire::kSetupJoin) {
+    // The container's namespaces but its user namespace (joined last, as
+    // for every sandbox: the others are the host's user namespace's).
+    const int target = in.fd(in.fx.fd_join);
+    if (target < 0) return EBADF;
+    if (::setns(target, CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWPID |
+                            CLONE_NEWCGROUP) != 0)
+      return errno;
+    ::close(target);
+    return 0;
+  }
   if (in.fx.flags & wire::kSetupLoopbackUp) return loopback_up();
   const int ns = in.fd(in.fx.fd_netns);
   if (ns < 0) return 0;
@@ -258,6 +275,7 @@ int bound_userns_counters(Init& in) {
 }
 
 int mount_root(Init& in) {
+  if (in.fx.flags & wire::kSetupJoin) return 0;  // the container's mounts, joined
   int* trees = in.fds + in.fx.fd_trees;
   size_t ntrees = in.fx.ntrees;
   if (in.fx.flags & wire::kSetupOwnUserns) {
@@ -284,6 +302,7 @@ int mount_root(Init& in) {
 }
 
 int set_hostname(Init& in) {
+  if (in.fx.flags & wire::kSetupJoin) return 0;  // the container's, joined
   return namespaces::set_hostname(in.hostname);
 }
 
@@ -319,7 +338,8 @@ int wait_for_go(Init& in) {
 
 // Now that every cgroup holds us: the sandbox's own cgroup becomes the root
 // of what it sees (/proc/self/cgroup shows "/", no host path).
-int unshare_cgroup_ns(Init&) {
+int unshare_cgroup_ns(Init& in) {
+  if (in.fx.flags & wire::kSetupJoin) return 0;  // the container's, joined
   return ::unshare(CLONE_NEWCGROUP) == 0 ? 0 : errno;
 }
 
@@ -368,8 +388,10 @@ int set_uid(Init& in) {
   if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return errno;
   // A uid or gid change also clears the parent-death signal: set it again,
   // then make sure the caller did not die in between (its end of our
-  // control socket closes with it).
-  if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return errno;
+  // control socket closes with it). A detached init has none: it outlives
+  // its caller, and is ended by whoever reaps it.
+  if (!(in.fx.flags & wire::kSetupDetached) && ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+    return errno;
   pollfd p{in.ctl, POLLRDHUP, 0};
   if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
     ::_exit(wire::kSetupFailedExit);
@@ -384,9 +406,9 @@ int set_capabilities(Init& in) {
 // was dropped unused (exit quietly). EPROTO for a malformed message.
 int receive_command(Init& in) {
   wire::CallHeader h{};
-  int fds[4] = {-1, -1, -1, -1};
+  int fds[wire::kCallMaxFds] = {-1, -1, -1, -1, -1, -1};
   size_t nfds = 0;
-  ssize_t got = recv_fds(in.ctl, &h, sizeof h, fds, 4, &nfds);
+  ssize_t got = recv_fds(in.ctl, &h, sizeof h, fds, wire::kCallMaxFds, &nfds);
   if (got == 0) ::_exit(wire::kSetupFailedExit);
   if (got < 0) return errno;
   if (got != static_cast<ssize_t>(sizeof h)) ::_exit(wire::kSetupFailedExit);
@@ -430,8 +452,16 @@ int receive_command(Init& in) {
   in.stdio[1] = (h.flags & wire::kCallStdout) ? fds[k++] : -1;
   in.stdio[2] = (h.flags & wire::kCallStderr) ? fds[k++] : -1;
   in.exec_fd = (h.flags & wire::kCallExecFd) ? fds[k++] : -1;
+  in.gate = (h.flags & wire::kCallGate) ? fds[k++] : -1;
+  in.console = (h.flags & wire::kCallConsole) ? fds[k++] : -1;
+  // Only a detached init waits for a start; a gate would keep any other
+  // waiting forever.
+  if (in.gate >= 0 && !(in.fx.flags & wire::kSetupDetached)) return EPROTO;
   in.exec_fd_inherit = h.flags & wire::kCallExecFdInherit;
   in.controlling_tty = h.flags & wire::kCallTty;
+  in.rows = h.rows;
+  in.cols = h.cols;
+  in.umask = h.umask;
   ::close(in.ctl);
   in.ctl = -1;
   return 0;
@@ -463,6 +493,86 @@ int open_devnull(Init& in) {
   return in.devnull >= 0 ? 0 : errno;
 }
 
+// An OCI container's terminal: a pty of the sandbox's own devpts (so that
+// the payload's tty, ttyname and job control work), whose master goes to
+// the runtime's caller over the console socket; the slave is the payload's
+// stdio and becomes its controlling terminal.
+int open_console(Init& in) {
+  if (in.console < 0) return 0;
+  in.detail = 0;
+  int master = ::open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) return errno;
+  int unlock = 0;
+  in.detail = 1;
+  if (::ioctl(master, TIOCSPTLCK, &unlock) != 0) return errno;
+  in.detail = 2;
+  int slave = ::ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (slave < 0) return errno;
+  if (in.rows || in.cols) {
+    winsize ws{};
+    ws.ws_row = in.rows;
+    ws.ws_col = in.cols;
+    in.detail = 3;
+    if (::ioctl(slave, TIOCSWINSZ, &ws) != 0) return errno;
+  }
+  // runc sends the pty's name with it; containerd and conmon only take the fd.
+  static const char kName[] = "/dev/ptmx";
+  in.detail = 4;
+  if (send_fds(in.console, kName, sizeof kName - 1, &master, 1) < 0) return errno;
+  ::close(master);
+  ::close(in.console);
+  in.console = -1;
+  for (int& fd : in.stdio) fd = slave;
+  in.controlling_tty = true;
+  return 0;
+}
+
+// A detached init reports its command missing at `create`, as runc does,
+// rather than as an exit after `start`: the first candidate that exists
+// must be executable by the payload's ids.
+int find_command(Init& in) {
+  if (in.gate < 0 || in.exec_fd >= 0) return 0;
+  int err = ENOENT;
+  for (size_t i = 0; i < in.ncandidates; ++i) {
+    if (::syscall(SYS_faccessat, AT_FDCWD, in.candidates[i], X_OK) == 0) return 0;
+    if (errno != ENOENT && errno != ENOTDIR) err = errno;
+  }
+  return err;
+}
+
+// Until `start` a detached init is PID 1 of a namespace with no payload: a
+// signal from outside (kill, delete --force) ends it, as runc's would.
+void exit_on_signal(int sig) {
+  ::_exit(128 + sig);
+}
+
+int wait_for_start(Init& in) {
+  if (in.umask != wire::kNoUmask) ::umask(static_cast<mode_t>(in.umask & 0777));
+  if (in.gate < 0) return 0;
+  struct sigaction sa {};
+  sa.sa_handler = exit_on_signal;
+  for (int s = 1; s < NSIG; ++s)
+    if (s != SIGKILL && s != SIGSTOP && s != SIGCHLD) ::sigaction(s, &sa, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  wire::Report created{static_cast<int32_t>(SpawnStep::None), 0, 0};
+  if (::write(in.report(), &created, sizeof created) != static_cast<ssize_t>(sizeof created))
+    return errno ? errno : EIO;
+  char go;
+  ssize_t n;
+  do n = ::read(in.gate, &go, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) ::_exit(wire::kSetupFailedExit);
+  ::close(in.gate);
+  in.gate = -1;
+  // run_payload blocks every signal again while it sets its handlers.
+  sigset_t all;
+  sigfillset(&all);
+  ::sigprocmask(SIG_SETMASK, &all, nullptr);
+  return 0;
+}
+
 struct Step {
   SpawnStep id;
   int (*run)(Init&);
@@ -488,6 +598,9 @@ constexpr Step kSteps[] = {
     {SpawnStep::Command, receive_command},
     {SpawnStep::WorkDir, enter_work_dir},
     {SpawnStep::Stdio, open_devnull},
+    {SpawnStep::Console, open_console},
+    {SpawnStep::Exec, find_command},
+    {SpawnStep::Start, wait_for_start},
 };
 
 // --- the payload and the reaper ----------------------------------------------
@@ -634,7 +747,11 @@ int payload_entry(void* arg) {
     // Our exit tears the namespaces down, which nobody waits for when we
     // are alone: background work.
     if (msg.alone && (in.fx.flags & wire::kSetupBackgroundExit)) ::setpriority(PRIO_PROCESS, 0, 19);
-    // Exiting as PID 1 kills whatever the payload left behind.
+    // Exiting as PID 1 kills whatever the payload left behind. A detached
+    // init's reaper learns the payload's status from ours.
+    if (in.fx.flags & wire::kSetupDetached)
+      ::_exit(WIFEXITED(msg.wait_status) ? WEXITSTATUS(msg.wait_status)
+                                         : 128 + WTERMSIG(msg.wait_status));
     ::_exit(0);
   }
 }

@@ -281,6 +281,9 @@ ssize_t write(int fd, const void* buf, size_t n) {
 ssize_t recvmsg(int fd, struct msghdr* m, int flags) {
   return ret(raw(SYS_recvmsg, fd, L(m), flags));
 }
+ssize_t sendmsg(int fd, const struct msghdr* m, int flags) {
+  return ret(raw(SYS_sendmsg, fd, L(m), flags));
+}
 [[noreturn]] void _exit(int code) {
   for (;;) raw(SYS_exit_group, code);
 }
@@ -328,6 +331,10 @@ void* mmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) noexc
 
 int sigemptyset(sigset_t* set) noexcept {
   memset(set, 0, sizeof *set);
+  return 0;
+}
+int sigfillset(sigset_t* set) noexcept {
+  memset(set, 0xff, sizeof *set);
   return 0;
 }
 int sigprocmask(int how, const sigset_t* set, sigset_t* old) noexcept {

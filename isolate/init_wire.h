@@ -52,6 +52,8 @@ enum class SpawnStep : int32_t {
   ForkPayload,
   Stdio,
   Exec,
+  Console,  // the pty of an OCI container's terminal (kCallConsole)
+  Start,    // an OCI container waiting for `start` (kCallGate)
 };
 
 namespace wire {
@@ -59,7 +61,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 7;
+constexpr uint32_t kVersion = 8;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -99,6 +101,19 @@ constexpr uint32_t kSetupLoopbackUp = 16;
 // An unprivileged sandbox: setgroups is denied to us (the clone child or
 // the library wrote "deny" before the gid map), the user's groups stay.
 constexpr uint32_t kSetupDenySetgroups = 32;
+// A container of the OCI runtime (tools/cloister-oci.cc): the init outlives
+// the process that made it, so it has no parent-death signal; its command
+// brings a start gate (kCallGate), and at the payload's exit it exits with
+// the payload's status (its code, or 128 + the signal that killed it) for
+// whoever reaps it (containerd's shim, conmon), instead of a status pipe.
+constexpr uint32_t kSetupDetached = 64;
+// An `exec` into a running OCI container: instead of making namespaces,
+// mounts and a hostname, the init joins the container's (setns through the
+// pidfd at fd_join: mount, ipc, uts, net, pid and cgroup; its user
+// namespace through fd_userns as always), keeps the rest of its steps
+// (rlimits, bounding set, no_new_privs, seccomp, ids, capabilities), and
+// forks the process into the container's pid namespace. Always detached.
+constexpr uint32_t kSetupJoin = 128;
 
 struct SetupFixed {
   uint64_t capabilities;  // the set the payload keeps
@@ -109,7 +124,7 @@ struct SetupFixed {
   uint32_t strings_len;
   uint32_t hostname;  // offset in the string table
   // Indices into the fds received, -1 when absent.
-  int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns;
+  int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns, fd_join;
   int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)
   uint32_t ntrees;
   // Unprivileged: the bounds of our own user namespace's inotify counters
@@ -140,16 +155,28 @@ struct WireOp {
 // (NUL-terminated strings; the last byte is NUL).
 
 // CallHeader::flags: which fds came with it (in this order), and more.
+// kCallGate (detached inits): once set up the init writes a Report with
+// step None on the report pipe ("created") and waits for one byte on this
+// fd (a FIFO of the runtime's state dir, opened read-write) before it runs
+// the payload. kCallConsole: a unix socket over which the init sends the
+// master of a pty it opens in the sandbox's own devpts; the slave becomes
+// the payload's stdio and controlling terminal, of rows x cols.
 constexpr uint32_t kCallStdin = 1, kCallStdout = 2, kCallStderr = 4, kCallExecFd = 8,
-                   kCallExecFdInherit = 16, kCallTty = 32, kCallBeneath = 64;
-constexpr uint32_t kCallFdFlags = kCallStdin | kCallStdout | kCallStderr | kCallExecFd;
+                   kCallExecFdInherit = 16, kCallTty = 32, kCallBeneath = 64, kCallGate = 128,
+                   kCallConsole = 256;
+constexpr uint32_t kCallFdFlags =
+    kCallStdin | kCallStdout | kCallStderr | kCallExecFd | kCallGate | kCallConsole;
+constexpr size_t kCallMaxFds = 6;
 
 struct CallHeader {
   uint32_t magic;
   uint32_t body_len;
   uint32_t argc, envc, ncand;
   uint32_t flags;
+  uint16_t rows, cols;  // kCallConsole: the terminal's size (0: the kernel's default)
+  uint32_t umask;       // applied before the payload runs; kNoUmask leaves the init's
 };
+constexpr uint32_t kNoUmask = 0xffffffffu;
 
 }  // namespace wire
 }  // namespace cloister

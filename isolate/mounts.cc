@@ -13,6 +13,7 @@
 #include <charconv>
 #include <cstring>
 #include <set>
+#include <span>
 #include <thread>
 
 #include "isolate/fd.h"
@@ -77,6 +78,19 @@ bool is_under(const std::string& path, const std::string& dir) {
   return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
          path[dir.size()] == '/';
 }
+
+}  // namespace
+
+bool proc_protects(std::string_view path) {
+  const std::string p(path);
+  for (auto list : {std::span<const std::string_view>(kProcMasked),
+                    std::span<const std::string_view>(kProcReadOnly)})
+    for (auto m : list)
+      if (p == m || is_under(p, std::string(m))) return true;
+  return false;
+}
+
+namespace {
 
 // The store's own paths (image layers, merged roots): every symlink
 // resolved, once (the state dir may sit below one on purpose).

@@ -58,6 +58,10 @@ struct ParsedOptions {
 };
 Result<ParsedOptions> parse_tmpfs_options(const std::string& options);
 
+// Whether path is one /proc path the sandbox's own procfs hides or makes
+// read-only (runc's list and more, mounts.cc), or lies below one.
+bool proc_protects(std::string_view path);
+
 // Normalizes an absolute path: collapses "//", rejects "..", "." components,
 // NUL bytes and relative paths. "/a/b/" -> "/a/b".
 Result<std::string> normalize_path(const std::string& path);

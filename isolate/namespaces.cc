@@ -23,13 +23,26 @@ uint64_t clone_flags(NetworkMode network) {
   return flags;
 }
 
+// RFC 1123: dot-separated labels of letters, digits and '-', none empty,
+// longer than 63 or starting or ending with '-'; HOST_NAME_MAX (64) in all.
+// The one validator of a hostname, for every front end.
 Status check_hostname(const std::string& h) {
   if (h.empty() || h.size() > 64) return fail(invalid("hostname must be 1 to 64 characters"));
-  if (h[0] == '-' || h[0] == '.')
-    return fail(invalid("hostname '" + h + "' starts with '" + h[0] + "'"));
-  for (char c : h)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.'))
-      return fail(invalid("hostname '" + h + "' has a character outside [A-Za-z0-9.-]"));
+  size_t start = 0;
+  while (start <= h.size()) {
+    size_t end = h.find('.', start);
+    if (end == std::string::npos) end = h.size();
+    const std::string label = h.substr(start, end - start);
+    if (label.empty()) return fail(invalid("hostname '" + h + "' has an empty label"));
+    if (label.size() > 63)
+      return fail(invalid("hostname '" + h + "' has a label longer than 63 characters"));
+    if (label.front() == '-' || label.back() == '-')
+      return fail(invalid("hostname '" + h + "' has a label starting or ending with '-'"));
+    for (char c : label)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-'))
+        return fail(invalid("hostname '" + h + "' has a character outside [A-Za-z0-9.-]"));
+    start = end + 1;
+  }
   return {};
 }
 

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -171,6 +173,17 @@ Fd NetnsPool::take() {
     st.ready.pop_front();
   }
   st.cv.notify_all();
+  return ns;
+}
+
+Result<Fd> open_netns(const std::string& path) {
+  if (path.empty() || path[0] != '/')
+    return fail(invalid("network namespace path '" + path + "' is not absolute"));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return fail(sys_error("open network namespace " + path));
+  Fd ns(fd);
+  int type = ::ioctl(ns.get(), NS_GET_NSTYPE);
+  if (type != CLONE_NEWNET) return fail(invalid("'" + path + "' is not a network namespace"));
   return ns;
 }
 

@@ -221,6 +221,7 @@ struct ExecArgs {
   // exec (EOF: they failed, exit). -1 otherwise.
   int maps_written = -1;
   int maps_written_w = -1;  // its write end, which the child closes first
+  bool pdeathsig = true;    // off for a detached (OCI) init
 };
 
 // Writes the whole of text to path (the child's raw calls); 0 or -errno.
@@ -250,7 +251,7 @@ long write_proc_file(const char* path, const char* text) noexcept {
   // the init (and the init's death the namespace). Set before the exec,
   // which keeps it; the init finds out about a caller gone before this
   // line by the EOF on its control socket.
-  child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (x.pdeathsig) child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
   // A session of its own: no controlling terminal of the caller's for the
   // payload to push input into (TIOCSTI), nor the caller's session's
   // scheduling group (/proc/1/autogroup, which an unprivileged sandbox's
@@ -374,6 +375,10 @@ std::string_view step_name(SpawnStep step) {
       return "stdio";
     case SpawnStep::Exec:
       return "exec";
+    case SpawnStep::Console:
+      return "console";
+    case SpawnStep::Start:
+      return "wait for start";
   }
   return "unknown step";
 }
@@ -565,11 +570,17 @@ Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgrou
 
 // Clones an init, with its cgroup, sends it its setup and lets it go (cgroup
 // attach, a network namespace): everything but the command.
-Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Manager* cgroups) {
+Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Manager* cgroups,
+                                                const Detach* detach) {
   const SpawnSpec& spec = sb.spec_;
+  const bool join = detach && detach->join_pidfd >= 0;
+  if (detach && spec.userns_pool)
+    return fail(
+        invalid("a uid range per sandbox (userns: sandbox) cannot be leased for a "
+                "container that outlives its runtime's process"));
   auto program = init_program::fd();
   if (!program) return fail(program.error());
-  auto userns_fd = sb.userns_fd();
+  Result<int> userns_fd = join ? Result<int>(detach->join_userns) : sb.userns_fd();
   if (!userns_fd) return fail(userns_fd.error());
   // A range of its own: leased for the sandbox's life, a namespace with
   // its map, and (for a slot other than the first) that slot's setup.
@@ -595,11 +606,11 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
     lease = std::move(l->lock);
   }
   uint64_t gen = 0;
-  std::shared_ptr<const mounts::MountTemplate> tpl = sb.templates_.get(&gen);
+  std::shared_ptr<const mounts::MountTemplate> tpl = join ? nullptr : sb.templates_.get(&gen);
   // Without a template the init mounts the sources itself: pinned and
   // cloned now, so that what is mounted is what was checked.
   std::vector<Fd> trees;
-  if (!tpl && !spec.unprivileged) {
+  if (!tpl && !spec.unprivileged && !join) {
     auto made = plan->make_trees(*userns_fd);
     if (!made) return fail(made.error().wrap("mount plan"));
     trees = std::move(*made);
@@ -611,8 +622,10 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
   out.userns_lease_ = std::move(lease);
-  if (cgroups) {
-    auto cg = cgroups->create(spec.limits);
+  if (join) {
+    // The container's cgroup, never ours to remove: not in out.
+  } else if (cgroups) {
+    auto cg = cgroups->create(spec.limits, detach ? detach->cgroup : std::string());
     if (!cg) return fail(cg.error().wrap("cgroup"));
     out.cgroup_.emplace(std::move(*cg));
   } else if (!spec.limits.empty()) {
@@ -625,12 +638,20 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   if (!status) return fail(status.error());
   // A fresh network namespace from the pool, or one we make while the child
   // sets up its mounts (not CLONE_NEWNET, which would make it first).
-  uint64_t clone_flags = sb.clone_flags_;
+  // The cgroup the init is cloned into.
+  cgroups::Cgroup* cg = join ? detach->join_cgroup : (out.cgroup_ ? &*out.cgroup_ : nullptr);
+  uint64_t clone_flags = join ? 0 : sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
+  if (!spec.netns_path.empty() && !join) {
+    auto given = network::open_netns(spec.netns_path);
+    if (!given) return fail(given.error());
+    netns = std::move(*given);
+    clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
+  }
   // (An unprivileged sandbox's comes with its clone, owned by its user
   // namespace: one the library made it could not enter.)
-  if ((clone_flags & CLONE_NEWNET) && !spec.unprivileged) {
+  if ((clone_flags & CLONE_NEWNET) && !spec.unprivileged && !netns) {
     netns = network::NetnsPool::get().take();
     make_netns = !netns;
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
@@ -640,7 +661,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   // The init enters the template's namespace and unshares its own copy: a
   // copy of the caller's from the clone would only be detached again.
   if (tpl) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
-  const bool attach = out.cgroup_ && out.cgroup_->needs_attach();
+  const bool attach = cg && cg->needs_attach();
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return fail(sys_error("socketpair"));
@@ -654,6 +675,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
                        const_cast<char*>(report_arg.c_str()), nullptr};
   char* init_envp[] = {nullptr};
   ExecArgs x{*program, ctl_child.get(), report->write.get(), init_argv, init_envp};
+  x.pdeathsig = detach == nullptr;
   std::string uid_map, gid_map;
   const bool subids = spec.unprivileged && spec.userns->sub_size != 0;
   std::optional<Pipe> maps_written;
@@ -690,9 +712,9 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
     // it SIGCHLD again once the init has exec'd: reap() copes with an
     // embedding program that reaps every child.)
     args.exit_signal = 0;
-    if (out.cgroup_ && out.cgroup_->clone_fd() >= 0) {
+    if (cg && cg->clone_fd() >= 0) {
       args.flags |= CLONE_INTO_CGROUP;
-      args.cgroup = static_cast<uint64_t>(out.cgroup_->clone_fd());
+      args.cgroup = static_cast<uint64_t>(cg->clone_fd());
     }
     // The child starts with every signal blocked so that no handler of the
     // caller's runs in it (nor in the init before it sets its own).
@@ -761,11 +783,14 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   if (spec.unprivileged)
     fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0) |
                 wire::kSetupDenySetgroups;
-  fx.fd_status = add_fd(status->write.get());
+  if (detach) fx.flags |= wire::kSetupDetached | (join ? wire::kSetupJoin : 0);
+  // A detached init's status is its own exit status.
+  fx.fd_status = add_fd(detach ? -1 : status->write.get());
   fx.fd_netns = add_fd(netns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
   fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
   fx.fd_userns = add_fd(*userns_fd);
+  fx.fd_join = add_fd(join ? detach->join_pidfd : -1);
   fx.fd_trees = static_cast<int32_t>(fds.size());
   fx.ntrees = static_cast<uint32_t>(trees.size());
   for (const auto& t : trees) fds.push_back(t.get());
@@ -779,7 +804,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   // attach it (v1 controllers) and make its network namespace; it waits for
   // "go" only before it drops its privileges, and exits if the control
   // socket closes without one.
-  if (attach) p->attached = out.cgroup_->attach(out.pid_);
+  if (attach) p->attached = cg->attach(out.pid_);
   Result<Fd> made = Fd();
   if (make_netns) made = network::make_netns(*sb.loopback_);
   if (!made) p->netns_made = fail(made.error());
@@ -796,7 +821,7 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
 // Sends the command to a pending init and waits until it runs (EOF on the
 // report pipe at the payload's exec) or has failed.
 Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
-                             const Stdio& stdio) {
+                             const Stdio& stdio, const Detach* detach) {
   // Header first, with the fds; then the strings.
   std::vector<std::string> cand = exec_candidates(cmd);
   std::string beneath_rest = ".";
@@ -817,8 +842,11 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
                      static_cast<uint32_t>(cmd.argv.size()),
                      static_cast<uint32_t>(cmd.env.size()),
                      static_cast<uint32_t>(cand.size()),
-                     0};
-  int fds[4];
+                     0,
+                     0,
+                     0,
+                     wire::kNoUmask};
+  int fds[wire::kCallMaxFds];
   size_t nfds = 0;
   auto add = [&](int fd, uint32_t flag) {
     if (fd < 0) return;
@@ -829,6 +857,15 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   add(stdio.out, wire::kCallStdout);
   add(stdio.err, wire::kCallStderr);
   add(cmd.exec_fd, wire::kCallExecFd);
+  if (detach) {
+    if (detach->gate < 0 && detach->join_pidfd < 0)
+      return fail(invalid("a detached init needs a start gate"));
+    add(detach->gate, wire::kCallGate);
+    add(detach->console, wire::kCallConsole);
+    h.rows = detach->rows;
+    h.cols = detach->cols;
+    if (detach->umask) h.umask = *detach->umask & 0777;
+  }
   if (cmd.exec_fd >= 0 && cmd.exec_fd_inherit) h.flags |= wire::kCallExecFdInherit;
   if (stdio.controlling_tty) h.flags |= wire::kCallTty;
   if (!b.empty()) h.flags |= wire::kCallBeneath;
@@ -859,7 +896,8 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     if (k <= 0) break;
     got += static_cast<size_t>(k);
   }
-  if (got == sizeof r) {
+  const bool created = detach && got == sizeof r && r.step == static_cast<int32_t>(SpawnStep::None);
+  if (got == sizeof r && !created) {
     Error e = describe_failure(cmd, r);
     if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
       e = sys_error("mounts: " + sb.mounts_.describe(r.detail, p.templated), r.err);
@@ -867,7 +905,11 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
     return fail(std::move(e));
   }
   p.ctl.reset();
-  if (got != 0) return fail(internal("short report from the sandbox"));
+  if (detach && detach->gate >= 0 && !created) {
+    p.out.kill_and_reap();
+    return fail(internal("the container's init ended during its setup"));
+  }
+  if (got != 0 && !created) return fail(internal("short report from the sandbox"));
   // EOF: the payload exec'd - or the init died without a word (it exits
   // with kSetupFailedExit only before its payload exists).
   siginfo_t info{};
@@ -881,14 +923,40 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   return std::move(p.out);
 }
 
-Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
-                      const std::shared_ptr<cgroups::Manager>& cgroups) {
+namespace {
+Status check_command(const Command& cmd) {
   if (cmd.argv.empty() || cmd.argv[0].empty()) return fail(invalid("empty command"));
   if (cmd.work_dir.empty() || cmd.work_dir[0] != '/')
     return fail(invalid("work dir '" + cmd.work_dir + "' is not an absolute path"));
   const std::string& b = cmd.work_dir_beneath;
   if (!b.empty() && cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
     return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
+  return {};
+}
+}  // namespace
+
+Result<Created> create_detached(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                                cgroups::Manager* cgroups, const Detach& d) {
+  if (auto s = check_command(cmd); !s) return fail(s.error());
+  auto p = clone_init(sb, cgroups, &d);
+  if (!p) return fail(p.error());
+  auto s = give_command(**p, sb, cmd, stdio, &d);
+  if (!s) return fail(s.error());
+  Created c;
+  c.pid = s->pid_;
+  // Left to its reaper: neither killed nor reaped here, its cgroup kept.
+  if (s->cgroup_) {
+    c.cgroup_paths = s->cgroup_->paths();
+    s->cgroup_->forget();
+    s->cgroup_.reset();
+  }
+  s->reaped_ = true;
+  return c;
+}
+
+Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                      const std::shared_ptr<cgroups::Manager>& cgroups) {
+  if (auto s = check_command(cmd); !s) return fail(s.error());
 
   std::unique_ptr<PendingInit> p = sb.warm_.take(cgroups.get(), sb.templates_);
   if (!p) {

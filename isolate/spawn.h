@@ -68,6 +68,33 @@ struct Stdio {
 
 struct PendingInit;
 
+// An OCI container (tools/cloister-oci.cc): its init outlives the caller
+// (no parent-death signal, so that whoever reaps orphans - containerd's
+// shim, conmon - gets it), and waits after its setup until one byte
+// arrives on gate before it runs the command; its exit status is the
+// payload's (code, or 128 + signal).
+struct Detach {
+  int gate = -1;     // the read end the init waits on (a FIFO opened O_RDWR)
+  int console = -1;  // a connected unix socket for the pty master, or -1
+  uint16_t rows = 0, cols = 0;
+  std::optional<mode_t> umask;
+  // The cgroup, relative to the manager's base, made for the container
+  // and left in place (cgroups::Manager::create's name).
+  std::string cgroup;
+  // `exec`: join the running container of this pidfd (its init) instead
+  // of making one (wire::kSetupJoin), in its user namespace (an fd of its
+  // /proc/PID/ns/user, or -1 without one) and its cgroup; no gate, and
+  // the call returns once the process runs.
+  int join_pidfd = -1;
+  int join_userns = -1;
+  cgroups::Cgroup* join_cgroup = nullptr;
+};
+// A created container: its init, set up and waiting for its gate.
+struct Created {
+  pid_t pid = -1;
+  std::vector<std::string> cgroup_paths;  // absolute directories, one per hierarchy
+};
+
 // A sandbox description compiled for spawning: immutable, shareable between
 // threads, reused for every command of an executor.
 //
@@ -98,8 +125,12 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
   friend class Prestarter;
   friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
                                      const std::shared_ptr<cgroups::Manager>&);
-  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
-  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
+  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
+                                                         const Detach*);
+  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
+                                      const Detach*);
+  friend Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
+                                         cgroups::Manager*, const Detach&);
   // Clones an init and lets it set itself up; its command comes later.
   Result<std::unique_ptr<PendingInit>> start_init(cgroups::Manager* cgroups) const;
 
@@ -196,8 +227,12 @@ class Spawned {
   friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
                                const std::shared_ptr<cgroups::Manager>&);
   friend struct PendingInit;
-  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
-  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
+  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
+                                                         const Detach*);
+  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
+                                      const Detach*);
+  friend Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
+                                         cgroups::Manager*, const Detach&);
   Spawned() = default;
   void kill_and_reap() noexcept;
   pid_t pid_ = -1;
@@ -224,8 +259,18 @@ class Spawned {
 Result<Spawned> spawn(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
                       const std::shared_ptr<cgroups::Manager>& cgroups);
 
+// Creates an OCI container: an init set up with the command and waiting
+// for d.gate (see Detach). Returns once it waits, or with the error of the
+// step that failed (nothing is then left: init killed, cgroup removed).
+// A range per sandbox (userns_pool) is refused: its lease could not outlive
+// this process.
+Result<Created> create_detached(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
+                                cgroups::Manager* cgroups, const Detach& d);
+
 // The library's internals behind spawn(), declared for friendship.
-Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*);
-Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&);
+Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
+                                                const Detach* detach = nullptr);
+Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
+                             const Detach* detach = nullptr);
 
 }  // namespace cloister

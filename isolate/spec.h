@@ -58,6 +58,11 @@ struct ImageRoot {
 struct SpawnSpec {
   std::string hostname = "cloister";
   NetworkMode network = NetworkMode::None;
+  // With NetworkMode::None: join this network namespace (a path such as
+  // /var/run/netns/NAME, or a /proc/PID/ns/net) instead of a new one, as
+  // containerd's CRI hands one to its runtime. Opened at each start and
+  // checked to be a network namespace.
+  std::string netns_path;
 
   // Host executor view: these host paths appear read-only at the same place
   // (missing ones are skipped, symlinks such as /bin -> usr/bin are kept as

@@ -34,6 +34,7 @@
 
 #include "isolate/capabilities.h"
 #include "isolate/fd.h"
+#include "isolate/namespaces.h"
 #include "oci/reference.h"
 
 namespace cloister {
@@ -46,7 +47,6 @@ constexpr uint64_t kMinCpuQuota = 1000;              // the kernel's minimum, 1 
 constexpr uint64_t kMaxCpuQuota = (1ULL << 44) - 1;  // the kernel's max_cfs_runtime, in us
 constexpr size_t kMaxPath = 4095;                    // PATH_MAX without the NUL
 constexpr size_t kMaxNameLength = 64;
-constexpr size_t kMaxHostnameLength = 64;  // HOST_NAME_MAX
 
 // ---------------------------------------------------------------------------
 // Small text helpers.
@@ -232,24 +232,6 @@ std::string path_problem(std::string_view p) {
     start = end + 1;
   }
   return "";
-}
-
-// RFC 1123 host name: dot-separated labels of letters, digits and '-', a
-// label neither starting nor ending with '-'.
-bool valid_hostname(std::string_view h) {
-  if (h.empty() || h.size() > kMaxHostnameLength) return false;
-  size_t start = 0;
-  while (start <= h.size()) {
-    size_t end = h.find('.', start);
-    if (end == std::string_view::npos) end = h.size();
-    auto label = h.substr(start, end - start);
-    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-')
-      return false;
-    for (unsigned char c : label)
-      if (!std::isalnum(c) && c != '-') return false;
-    start = end + 1;
-  }
-  return true;
 }
 
 bool valid_executor_name(std::string_view n) {
@@ -902,7 +884,8 @@ Status parse_user(const Parser& p, const Field& f, Building& b) {
 Status parse_hostname(const Parser& p, const Field& f, Building& b) {
   auto s = p.string(f);
   if (!s) return fail(s.error());
-  if (!valid_hostname(*s))
+  // The one rule, the UTS facility's; the config adds where and what.
+  if (!namespaces::check_hostname(*s))
     return fail(p.error(f,
                         "expected a host name (letters, digits, '-' and '.', at most 64 "
                         "characters), got " +

@@ -1364,3 +1364,204 @@ TEST_F(EscapeService, SessionsDieWithTheService) {
 }
 
 }  // namespace
+
+// --- cloister-oci ---------------------------------------------------------------
+// The OCI runtime's containers (runtime/oci_runtime.h): every start is cold
+// (a runtime process makes one container), and `run` goes through the same
+// create and start that containerd and conmon call one by one. The bundle
+// is busybox with the attack binary bound at /probe, root as in the review.
+
+class EscapeOci : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (unprivileged()) GTEST_SKIP() << "cloister-oci needs root (as runc does)";
+    const std::string r = dir.path + "/rootfs";
+    ASSERT_EQ(
+        sh("mkdir -p " + r + "/bin " + r + "/proc " + r + "/dev " + r + "/tmp " + r + "/probe " +
+           r + "/shared " + r + "/secret && cp /bin/busybox " + r +
+           "/bin/ && for c in sh cat echo id sleep grep; do ln -s busybox " + r + "/bin/$c; done"),
+        0);
+    write_text(secret.path + "/key", "root only\n");
+    ::chmod((secret.path + "/key").c_str(), 0600);
+    ::chmod(shared.path.c_str(), 0777);
+  }
+  // config.json for args, as `cloister-oci spec` writes it, with /probe, a
+  // writable /shared and a read-only /secret bound.
+  void bundle(const std::vector<std::string>& args, const std::string& extra = "") {
+    ASSERT_EQ(
+        sh("cd " + dir.path + " && rm -f config.json && " CLOISTER_BIN_DIR "/cloister-oci spec"),
+        0);
+    std::string a = "[";
+    for (const auto& x : args) a += (a.size() > 1 ? ",\"" : "\"") + x + "\"";
+    a += "]";
+    const std::string py =
+        "import json,sys; p='" + dir.path +
+        "/config.json'; c=json.load(open(p)); c['process']['terminal']=False; "
+        "c['process']['args']=" +
+        a +
+        "; c['mounts'] += [{'destination':'/probe','type':'bind','source':'" CLOISTER_BIN_DIR
+        "','options':['rbind','ro']},{'destination':'/shared','type':'bind','source':'" +
+        shared.path +
+        "','options':['rbind','rw']},{'destination':'/secret','type':'bind',"
+        "'source':'" +
+        secret.path + "','options':['rbind','ro']}]; " + (extra.empty() ? "" : extra + "; ") +
+        "json.dump(c,open(p,'w'))";
+    write_text(dir.path + "/edit.py", py + "\n");
+    ASSERT_EQ(sh("python3 " + dir.path + "/edit.py"), 0) << py;
+  }
+  std::string oci(const std::string& verb) {
+    return CLOISTER_BIN_DIR "/cloister-oci --root " + root.path + " " + verb;
+  }
+  void expect_nothing_left(const std::string& where) {
+    std::string out;
+    EXPECT_EQ(sh("ls -A " + root.path, &out), 0);
+    EXPECT_EQ(out, "") << where << ": state left in --root";
+    (void)sh("ls -d /sys/fs/cgroup/*/cloister-oci/*/ 2>/dev/null", &out);
+    EXPECT_EQ(out, "") << where << ": cgroups left";
+    expect_no_leftover(where);
+  }
+  TempDir dir, root, shared, secret;
+};
+
+TEST_F(EscapeOci, EveryAttackFailsInAnOciContainer) {
+  std::string out;
+  bundle({kAttack, "proc1"});
+  EXPECT_EQ(sh(oci("run a1 --bundle " + dir.path), &out), 0) << out;
+  expect_init_unreachable(out, "cloister-oci run");
+  bundle({kAttack, "forge", "7"});
+  EXPECT_EQ(sh(oci("run a2 --bundle " + dir.path), &out), 7) << out;
+  EXPECT_EQ(out.find("forged"), std::string::npos) << out;
+  bundle({kAttack, "exit-leaving-child"});
+  EXPECT_EQ(sh(oci("run a3 --bundle " + dir.path), &out), 0) << out;
+  expect_no_leftover("cloister-oci run, exit leaving a child");
+  bundle({kAttack, "exe"});
+  EXPECT_EQ(sh(oci("run a4 --bundle " + dir.path), &out), 0) << out;
+  EXPECT_TRUE(write_refused(out, "reopened_exe_write")) << out;
+  bundle({kAttack, "names"});
+  EXPECT_EQ(sh(oci("run a5 --bundle " + dir.path), &out), 0) << out;
+  expect_nothing_by_name(out, "cloister-oci run");
+  // Root inside is the default range's, not host root, whatever the
+  // config's capabilities: the host's root-only file stays closed, and
+  // what it makes lands as a mapped id.
+  bundle({kAttack, "userns", "/secret/key", "/shared", "/bin/sh"},
+         "[c['process']['capabilities'][k].append('CAP_SYS_ADMIN') for k in "
+         "('bounding','effective','permitted')]");
+  EXPECT_EQ(sh(oci("run a6 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  auto got = results(out);
+  auto m = userns::default_map();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(got["uid_map"], "0:" + std::to_string(m->uid_base) + ":" + std::to_string(m->size))
+      << out;
+  EXPECT_EQ(got["secret_read"], "EACCES") << out;
+  EXPECT_NE(out.find("CAP_SYS_ADMIN would hold over nothing"), std::string::npos) << out;
+  struct stat st {};
+  ASSERT_EQ(::stat((shared.path + "/mine").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, m->uid_base);
+  expect_nothing_left("after the runs");
+}
+
+// create and start as containerd calls them: the init waits in its
+// namespaces for start, is no child of any runtime process, and delete
+// --force leaves nothing of it (a child in a session of its own included).
+TEST_F(EscapeOci, CreatedAndRunningContainersLeaveNothingBehind) {
+  std::string out;
+  bundle({kAttack, "hold"});
+  // The container's stdio is create's: a file here, or the output would
+  // never end for the test.
+  ASSERT_EQ(sh(oci("create --bundle " + dir.path + " --pid-file " + dir.path + "/pid h1") +
+               " </dev/null >" + dir.path + "/out 2>&1"),
+            0)
+      << read_text(dir.path + "/out");
+  const pid_t pid = std::atoi(read_text(dir.path + "/pid").c_str());
+  ASSERT_GT(pid, 0);
+  EXPECT_NE(read_text("/proc/" + std::to_string(pid) + "/stat").find("cloister-init"),
+            std::string::npos);
+  EXPECT_EQ(sh(oci("state h1"), &out), 0);
+  EXPECT_NE(out.find("\"status\": \"created\""), std::string::npos) << out;
+  EXPECT_EQ(count_host_processes(kLeftover), 0) << "the payload ran before start";
+  ASSERT_EQ(sh(oci("start h1"), &out), 0) << out;
+  for (int i = 0; i < 200 && count_host_processes(kLeftover) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(count_host_processes(kLeftover), 1);
+  EXPECT_NE(sh(oci("delete h1"), &out), 0) << "a running container deleted without --force";
+  EXPECT_EQ(sh(oci("delete --force h1"), &out), 0) << out;
+  expect_nothing_left("delete --force");
+  // A created container that is deleted never runs its process.
+  ASSERT_EQ(sh(oci("create --bundle " + dir.path + " h2") + " </dev/null >/dev/null 2>&1"), 0);
+  EXPECT_EQ(sh(oci("delete h2"), &out), 0) << out;
+  EXPECT_EQ(count_host_processes(kLeftover), 0);
+  expect_nothing_left("delete of a created container");
+}
+
+// Configs that would share a host namespace or propagate mounts are
+// refused by JSON path, and a refused create leaves nothing.
+TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
+  struct Case {
+    std::string edit, want;
+  };
+  const Case cases[] = {
+      {"c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type']!='pid']",
+       "linux.namespaces: no 'pid' namespace"},
+      {"c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type']!='mount']",
+       "linux.namespaces: no 'mount' namespace"},
+      {"c['linux']['namespaces'].append({'type':'user'}); "
+       "c['linux']['uidMappings']=[{'containerID':0,'hostID':0,'size':65536}]; "
+       "c['linux']['gidMappings']=[{'containerID':0,'hostID':0,'size':65536}]",
+       "linux.uidMappings"},
+      {"c['linux']['rootfsPropagation']='shared'", "linux.rootfsPropagation"},
+      {"c['mounts'][3]['options']=['rbind','rshared']", "mounts[3].options"},
+      {"c['linux']['sysctl']={'kernel.domainname':'x'}", "linux.sysctl"},
+      {"c['linux']['seccomp']={'defaultAction':'SCMP_ACT_ALLOW','listenerPath':'/x'}",
+       "linux.seccomp.listenerPath"},
+  };
+  for (const auto& c : cases) {
+    bundle({"/bin/true"}, c.edit);
+    std::string out;
+    EXPECT_EQ(sh(oci("create --bundle " + dir.path + " w1") + " 2>&1", &out), 1) << c.edit;
+    EXPECT_NE(out.find(c.want), std::string::npos) << c.edit << ": " << out;
+    expect_nothing_left(c.edit);
+  }
+}
+
+// exec into a running container: the process joins the container's
+// namespaces, cgroup and user namespace, meets the same refusals as the
+// container's own, cannot reach the process that joined it (outside its pid
+// namespace), and delete --force ends it with the container.
+TEST_F(EscapeOci, ExecJoinsTheContainerAndMeetsTheSameWalls) {
+  std::string out;
+  bundle({"/bin/sleep", "60"});
+  ASSERT_EQ(sh(oci("run -d --bundle " + dir.path + " x1") + " </dev/null >/dev/null 2>&1"), 0);
+  EXPECT_EQ(sh(oci("exec x1 " + std::string(kAttack) + " proc1"), &out), 0) << out;
+  expect_init_unreachable(out, "cloister-oci exec");
+  EXPECT_EQ(sh(oci("exec x1 " + std::string(kAttack) + " forge 9"), &out), 9) << out;
+  EXPECT_EQ(out.find("forged"), std::string::npos) << out;
+  EXPECT_EQ(sh(oci("exec x1 " + std::string(kAttack) + " names"), &out), 0) << out;
+  expect_nothing_by_name(out, "cloister-oci exec");
+  EXPECT_EQ(
+      sh(oci("exec x1 " + std::string(kAttack) + " userns /secret/key /shared /bin/sh"), &out), 0)
+      << out;
+  auto got = results(out);
+  auto m = userns::default_map();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(got["uid_map"], "0:" + std::to_string(m->uid_base) + ":" + std::to_string(m->size))
+      << "the container's user namespace: " << out;
+  EXPECT_EQ(got["secret_read"], "EACCES") << out;
+  // The container's pid namespace: its init is PID 1, the joining process
+  // is not in it.
+  EXPECT_EQ(sh(oci("exec x1 /bin/sh -c 'cat /proc/1/cmdline; echo; ls /proc'"), &out), 0);
+  EXPECT_EQ(out.rfind("/bin/sleep", 0), std::string::npos) << out;
+  EXPECT_NE(out.find("cloister-init"), std::string::npos) << out;
+  // A non-root exec keeps no capability without an ambient one.
+  EXPECT_EQ(sh(oci("exec --user 1000:1000 x1 /bin/grep CapEff /proc/self/status"), &out), 0);
+  EXPECT_NE(out.find("0000000000000000"), std::string::npos) << out;
+  // Detached, as the shim runs it, then the container goes with its exec.
+  ASSERT_EQ(sh(oci("exec -d --pid-file " + dir.path + "/epid x1 " + kAttack + " hold") +
+               " </dev/null >/dev/null 2>&1"),
+            0);
+  for (int i = 0; i < 200 && count_host_processes(kLeftover) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(count_host_processes(kLeftover), 1);
+  EXPECT_EQ(sh(oci("delete --force x1"), &out), 0) << out;
+  expect_nothing_left("exec, then delete --force");
+  EXPECT_NE(sh(oci("exec x1 /bin/true")), 0) << "exec into a deleted container";
+}

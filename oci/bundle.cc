@@ -1,0 +1,875 @@
+#include "oci/bundle.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "isolate/capabilities.h"
+#include "isolate/fd.h"
+#include "isolate/mounts.h"
+#include "isolate/namespaces.h"
+#include "isolate/rlimits.h"
+#include "isolate/seccomp.h"
+#include "isolate/userns.h"
+#include "runtime/config.h"
+
+namespace cloister::oci {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr size_t kMaxConfigBytes = 16u << 20;
+
+// Errors carry the JSON path of the field: "process.args[0]: ...".
+Error at(const std::string& path, const std::string& what) {
+  return invalid("config.json: " + path + ": " + what);
+}
+Error wrap_at(const std::string& path, const Error& e) {
+  Error out = e;
+  out.message = "config.json: " + path + ": " + e.message;
+  return out;
+}
+
+std::string type_name(const json& j) {
+  return j.is_null()      ? "null"
+         : j.is_boolean() ? "a boolean"
+         : j.is_number()  ? "a number"
+         : j.is_string()  ? "a string"
+         : j.is_array()   ? "an array"
+                          : "an object";
+}
+
+Result<std::string> str(const json& j, const std::string& path) {
+  if (!j.is_string()) return fail(at(path, "expected a string, got " + type_name(j)));
+  return j.get<std::string>();
+}
+Result<bool> boolean(const json& j, const std::string& path) {
+  if (!j.is_boolean()) return fail(at(path, "expected a boolean, got " + type_name(j)));
+  return j.get<bool>();
+}
+Result<uint64_t> u64(const json& j, const std::string& path, uint64_t max = UINT64_MAX) {
+  if (!j.is_number_integer() ||
+      (j.is_number_integer() && !j.is_number_unsigned() && j.get<int64_t>() < 0))
+    return fail(at(path, "expected a non-negative integer, got " + j.dump()));
+  uint64_t v = j.get<uint64_t>();
+  if (v > max) return fail(at(path, std::to_string(v) + " is above " + std::to_string(max)));
+  return v;
+}
+Result<int64_t> i64(const json& j, const std::string& path) {
+  if (!j.is_number_integer()) return fail(at(path, "expected an integer, got " + j.dump()));
+  return j.get<int64_t>();
+}
+Result<std::vector<std::string>> strings(const json& j, const std::string& path) {
+  if (!j.is_array()) return fail(at(path, "expected an array of strings, got " + type_name(j)));
+  std::vector<std::string> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    auto s = str(j[i], path + "[" + std::to_string(i) + "]");
+    if (!s) return fail(s.error());
+    out.push_back(std::move(*s));
+  }
+  return out;
+}
+const json* field(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+Status object(const json& j, const std::string& path) {
+  if (!j.is_object()) return fail(at(path, "expected an object, got " + type_name(j)));
+  return {};
+}
+
+// runc cleans a path lexically (filepath.Clean) before it uses it; so do
+// we, then the one path rule of the mount module applies.
+std::string clean(const std::string& p) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i <= p.size()) {
+    size_t j = p.find('/', i);
+    if (j == std::string::npos) j = p.size();
+    std::string c = p.substr(i, j - i);
+    if (c == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!c.empty() && c != ".") {
+      parts.push_back(c);
+    }
+    i = j + 1;
+  }
+  std::string out;
+  for (const auto& c : parts) out += "/" + c;
+  return out.empty() ? "/" : out;
+}
+Result<std::string> abs_path(const json& j, const std::string& path) {
+  auto s = str(j, path);
+  if (!s) return fail(s.error());
+  if (s->empty() || (*s)[0] != '/') return fail(at(path, "'" + *s + "' is not an absolute path"));
+  auto n = mounts::normalize_path(clean(*s));
+  if (!n) return fail(wrap_at(path, n.error()));
+  return *n;
+}
+
+struct Lowering {
+  Bundle& b;
+  const json& doc;
+  void warn(const std::string& path, const std::string& what) {
+    b.warnings.push_back(path + ": " + what);
+  }
+  void not_applied(const std::string& path) {
+    warn(path, "not applied on this host (cloister has no support for it)");
+  }
+
+  Status version();
+  Status root();
+  Status process();
+  Status user(const json& u);
+  Status capabilities(const json& caps);
+  Status mounts();
+  Status linux_section();
+  Status namespaces(const json& l);
+  Status resources(const json& r);
+  Status seccomp(const json& s);
+  Status hooks();
+};
+
+Status Lowering::version() {
+  const json* v = field(doc, "ociVersion");
+  if (!v) return fail(at("ociVersion", "missing"));
+  auto s = str(*v, "ociVersion");
+  if (!s) return fail(s.error());
+  if (!(s->starts_with("1.0") || s->starts_with("1.1") || s->starts_with("1.2")))
+    return fail(at("ociVersion", "'" + *s + "' is not a runtime-spec version 1.0 to 1.2"));
+  b.oci_version = *s;
+  return {};
+}
+
+Status Lowering::root() {
+  const json* r = field(doc, "root");
+  if (!r) return fail(at("root", "missing (cloister needs a root filesystem)"));
+  if (auto s = object(*r, "root"); !s) return s;
+  const json* p = field(*r, "path");
+  if (!p) return fail(at("root.path", "missing"));
+  auto path = str(*p, "root.path");
+  if (!path) return fail(path.error());
+  if (path->empty()) return fail(at("root.path", "must not be empty"));
+  std::string full = clean((*path)[0] == '/' ? *path : b.dir + "/" + *path);
+  struct stat st;
+  if (::stat(full.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return fail(at("root.path", "'" + full + "' is not a directory"));
+  b.spec.image_root = ImageRoot{{full}, {}};
+  b.spec.read_only_rootfs = false;
+  if (const json* ro = field(*r, "readonly")) {
+    auto v = boolean(*ro, "root.readonly");
+    if (!v) return fail(v.error());
+    b.spec.read_only_rootfs = *v;
+  }
+  return {};
+}
+
+Status Lowering::user(const json& u) {
+  if (auto s = object(u, "process.user"); !s) return s;
+  if (const json* v = field(u, "uid")) {
+    auto n = u64(*v, "process.user.uid", 4294967294u);
+    if (!n) return fail(n.error());
+    b.spec.user.uid = static_cast<uid_t>(*n);
+  }
+  if (const json* v = field(u, "gid")) {
+    auto n = u64(*v, "process.user.gid", 4294967294u);
+    if (!n) return fail(n.error());
+    b.spec.user.gid = static_cast<gid_t>(*n);
+  }
+  if (const json* v = field(u, "umask")) {
+    auto n = u64(*v, "process.user.umask", 0777);
+    if (!n) return fail(n.error());
+    b.umask = static_cast<mode_t>(*n);
+  }
+  if (const json* v = field(u, "additionalGids")) {
+    if (!v->is_array()) return fail(at("process.user.additionalGids", "expected an array"));
+    for (size_t i = 0; i < v->size(); ++i) {
+      auto n = u64((*v)[i], "process.user.additionalGids[" + std::to_string(i) + "]", 4294967294u);
+      if (!n) return fail(n.error());
+      b.spec.user.groups.push_back(static_cast<gid_t>(*n));
+    }
+  }
+  if (field(u, "username"))
+    return fail(at("process.user.username", "is for Windows containers only"));
+  return {};
+}
+
+Status Lowering::capabilities(const json& caps) {
+  if (auto s = object(caps, "process.capabilities"); !s) return s;
+  static constexpr const char* kSets[] = {"bounding", "effective", "permitted", "inheritable",
+                                          "ambient"};
+  uint64_t sets[5] = {};
+  bool given[5] = {};
+  for (int k = 0; k < 5; ++k) {
+    const json* v = field(caps, kSets[k]);
+    if (!v) continue;
+    given[k] = true;
+    const std::string path = std::string("process.capabilities.") + kSets[k];
+    auto names = strings(*v, path);
+    if (!names) return fail(names.error());
+    for (size_t i = 0; i < names->size(); ++i) {
+      auto c = capabilities::from_name((*names)[i]);
+      if (!c)
+        return fail(
+            at(path + "[" + std::to_string(i) + "]", "unknown capability '" + (*names)[i] + "'"));
+      // Capabilities this kernel does not know cannot be held: as runc does.
+      if (*c > capabilities::last_cap()) continue;
+      sets[k] |= uint64_t{1} << *c;
+    }
+  }
+  // cloister gives a process one set, as bounding, permitted, effective,
+  // inheritable and ambient: what it holds after its execve. That is the
+  // bounding set for root (an exec by uid 0 gains all of it, as under
+  // runc), the ambient set for any other user (nothing else survives an
+  // exec without file capabilities).
+  const uint64_t bounding = given[0] ? sets[0] : (sets[1] | sets[2]);
+  uint64_t keep = b.spec.user.uid == 0 ? bounding : sets[4] & bounding;
+  if (b.spec.user.uid == 0 && given[2] && (sets[2] | sets[1]) != bounding)
+    warn("process.capabilities",
+         "root's capabilities after its exec are the bounding set; permitted and effective "
+         "sets that differ from it are not kept apart");
+  if (b.spec.userns) {
+    uint64_t unusable = keep & ~userns::kUsableCapabilities;
+    if (unusable) {
+      std::string names;
+      for (int c = 0; c < 64; ++c)
+        if (unusable & (uint64_t{1} << c))
+          names += (names.empty() ? "" : ", ") + capabilities::name(c);
+      warn("process.capabilities",
+           names +
+               " would hold over nothing in the container's user namespace: dropped "
+               "(docs/security.md, \"User namespace\")");
+      keep &= userns::kUsableCapabilities;
+    }
+  }
+  b.spec.capabilities = keep;
+  return {};
+}
+
+Status Lowering::process() {
+  const json* p = field(doc, "process");
+  if (!p) return fail(at("process", "missing (create needs a process to run)"));
+  if (auto s = object(*p, "process"); !s) return s;
+  const json* args = field(*p, "args");
+  if (!args) return fail(at("process.args", "missing"));
+  auto argv = strings(*args, "process.args");
+  if (!argv) return fail(argv.error());
+  if (argv->empty() || (*argv)[0].empty()) return fail(at("process.args", "must not be empty"));
+  if (field(*p, "commandLine")) return fail(at("process.commandLine", "is for Windows only"));
+  b.command.argv = std::move(*argv);
+  if (const json* env = field(*p, "env")) {
+    auto e = strings(*env, "process.env");
+    if (!e) return fail(e.error());
+    for (size_t i = 0; i < e->size(); ++i)
+      if ((*e)[i].find('=') == std::string::npos || (*e)[i][0] == '=')
+        return fail(
+            at("process.env[" + std::to_string(i) + "]", "'" + (*e)[i] + "' is not KEY=VALUE"));
+    b.command.env = std::move(*e);
+  }
+  const json* cwd = field(*p, "cwd");
+  if (!cwd) return fail(at("process.cwd", "missing"));
+  auto wd = abs_path(*cwd, "process.cwd");
+  if (!wd) return fail(wd.error());
+  b.command.work_dir = *wd;
+  if (const json* t = field(*p, "terminal")) {
+    auto v = boolean(*t, "process.terminal");
+    if (!v) return fail(v.error());
+    b.terminal = *v;
+  }
+  if (const json* cs = field(*p, "consoleSize")) {
+    if (auto s = object(*cs, "process.consoleSize"); !s) return s;
+    for (const char* k : {"height", "width"}) {
+      const json* v = field(*cs, k);
+      if (!v) return fail(at(std::string("process.consoleSize.") + k, "missing"));
+      auto n = u64(*v, std::string("process.consoleSize.") + k, 65535);
+      if (!n) return fail(n.error());
+      (std::string_view(k) == "height" ? b.rows : b.cols) = static_cast<uint16_t>(*n);
+    }
+  }
+  if (const json* u = field(*p, "user"))
+    if (auto s = user(*u); !s) return s;
+  if (const json* nnp = field(*p, "noNewPrivileges")) {
+    auto v = boolean(*nnp, "process.noNewPrivileges");
+    if (!v) return fail(v.error());
+    b.spec.no_new_privileges = *v;
+  } else {
+    b.spec.no_new_privileges = false;  // the spec's default
+  }
+  if (const json* caps = field(*p, "capabilities")) {
+    if (auto s = capabilities(*caps); !s) return s;
+  } else {
+    b.spec.capabilities = 0;
+  }
+  if (const json* rl = field(*p, "rlimits")) {
+    if (!rl->is_array()) return fail(at("process.rlimits", "expected an array"));
+    for (size_t i = 0; i < rl->size(); ++i) {
+      const std::string path = "process.rlimits[" + std::to_string(i) + "]";
+      const json& r = (*rl)[i];
+      if (auto s = object(r, path); !s) return s;
+      const json* type = field(r, "type");
+      if (!type) return fail(at(path + ".type", "missing"));
+      auto t = str(*type, path + ".type");
+      if (!t) return fail(t.error());
+      auto res = rlimits::from_name(*t);
+      if (!res) return fail(at(path + ".type", "unknown rlimit '" + *t + "'"));
+      const json* soft = field(r, "soft");
+      const json* hard = field(r, "hard");
+      if (!soft || !hard) return fail(at(path, "needs both soft and hard"));
+      auto sv = u64(*soft, path + ".soft");
+      if (!sv) return fail(sv.error());
+      auto hv = u64(*hard, path + ".hard");
+      if (!hv) return fail(hv.error());
+      auto lim = rlimits::make(*res, *sv, *hv);
+      if (!lim) return fail(wrap_at(path, lim.error()));
+      b.spec.rlimits.push_back(*lim);
+    }
+  }
+  if (const json* o = field(*p, "oomScoreAdj")) {
+    auto v = i64(*o, "process.oomScoreAdj");
+    if (!v) return fail(v.error());
+    if (*v != 0) not_applied("process.oomScoreAdj");
+  }
+  for (const char* k :
+       {"apparmorProfile", "selinuxLabel", "ioPriority", "scheduler", "execCPUAffinity"})
+    if (field(*p, k)) not_applied(std::string("process.") + k);
+  return {};
+}
+
+// Mount options of a bind: ro/rw and propagation; the rest are cloister's
+// own choice for every bind (nosuid, nodev, recursive) or not applied.
+Status Lowering::mounts() {
+  const json* ms = field(doc, "mounts");
+  if (!ms) return {};
+  if (!ms->is_array()) return fail(at("mounts", "expected an array"));
+  for (size_t i = 0; i < ms->size(); ++i) {
+    const std::string path = "mounts[" + std::to_string(i) + "]";
+    const json& m = (*ms)[i];
+    if (auto s = object(m, path); !s) return s;
+    const json* d = field(m, "destination");
+    if (!d) return fail(at(path + ".destination", "missing"));
+    auto dest = abs_path(*d, path + ".destination");
+    if (!dest) return fail(dest.error());
+    std::string type;
+    if (const json* t = field(m, "type")) {
+      auto s = str(*t, path + ".type");
+      if (!s) return fail(s.error());
+      type = *s;
+    }
+    std::vector<std::string> options;
+    if (const json* o = field(m, "options")) {
+      auto s = strings(*o, path + ".options");
+      if (!s) return fail(s.error());
+      options = std::move(*s);
+    }
+    std::string source;
+    if (const json* s = field(m, "source")) {
+      auto v = str(*s, path + ".source");
+      if (!v) return fail(v.error());
+      source = *v;
+    }
+    if (field(m, "uidMappings") || field(m, "gidMappings"))
+      return fail(at(path, "idmapped mounts of the config are not supported"));
+    const bool bind = type == "bind" || std::any_of(options.begin(), options.end(), [](auto& o) {
+                        return o == "bind" || o == "rbind";
+                      });
+    // What cloister makes itself, at the places runc's default config names.
+    if (!bind) {
+      if (type == "proc" && *dest == "/proc") continue;
+      if (type == "tmpfs" && *dest == "/dev") continue;
+      if (type == "devpts" && *dest == "/dev/pts") continue;
+      if (type == "tmpfs" && *dest == "/dev/shm") continue;
+      if (type == "mqueue" && *dest == "/dev/mqueue") {
+        warn(path,
+             "no mqueue filesystem is mounted (POSIX message queues of the ipc namespace "
+             "work without it)");
+        continue;
+      }
+      if (type == "sysfs" || type == "cgroup" || type == "cgroup2") {
+        warn(path, type + " at " + *dest + " is not mounted: cloister shows no host sysfs");
+        continue;
+      }
+      if (type != "tmpfs")
+        return fail(at(path + ".type", "'" + type + "' at " + *dest +
+                                           " is not supported (bind, rbind and tmpfs are, and "
+                                           "proc, devpts, mqueue, sysfs at their usual places)"));
+      std::string opts;
+      for (const auto& o : options) {
+        // Propagation and atime flags are cloister's own choice for every mount.
+        if (o == "private" || o == "rprivate" || o == "slave" || o == "rslave" ||
+            o == "strictatime" || o == "relatime" || o == "noatime" || o == "tmpcopyup")
+          continue;
+        opts += (opts.empty() ? "" : ",") + o;
+      }
+      if (auto p = mounts::parse_tmpfs_options(opts); !p)
+        return fail(wrap_at(path + ".options", p.error()));
+      b.spec.tmpfs.push_back({*dest, opts});
+      continue;
+    }
+    if (source.empty()) return fail(at(path + ".source", "missing for a bind mount"));
+    BindMount v;
+    v.source = clean(source[0] == '/' ? source : b.dir + "/" + source);
+    v.target = *dest;
+    v.read_only = false;
+    for (const auto& o : options) {
+      if (o == "ro") {
+        v.read_only = true;
+      } else if (o == "rw") {
+        v.read_only = false;
+      } else if (o == "shared" || o == "rshared") {
+        return fail(at(path + ".options", "'" + o +
+                                              "' propagation is not supported: a container's "
+                                              "mounts never propagate to the host"));
+      } else if (o == "bind" || o == "rbind" || o == "private" || o == "rprivate" || o == "slave" ||
+                 o == "rslave" || o == "nosuid" || o == "nodev" || o == "noexec" || o == "exec" ||
+                 o == "suid" || o == "dev" || o == "relatime" || o == "noatime" ||
+                 o == "strictatime" || o == "z" || o == "Z") {
+        // nosuid and nodev hold for every bind; the rest change nothing seen.
+        if (o == "suid" || o == "dev")
+          warn(path + ".options", "'" + o + "' is not applied: binds are always nosuid,nodev");
+      } else if (o == "idmap" || o == "ridmap") {
+        v.idmap = true;
+      } else {
+        warn(path + ".options", "'" + o + "' is not applied");
+      }
+    }
+    b.spec.volumes.push_back(std::move(v));
+  }
+  return {};
+}
+
+Status Lowering::namespaces(const json& l) {
+  const json* ns = field(l, "namespaces");
+  bool seen_net = false, seen_user = false;
+  std::vector<std::string> have;
+  if (ns) {
+    if (!ns->is_array()) return fail(at("linux.namespaces", "expected an array"));
+    for (size_t i = 0; i < ns->size(); ++i) {
+      const std::string path = "linux.namespaces[" + std::to_string(i) + "]";
+      const json& n = (*ns)[i];
+      if (auto s = object(n, path); !s) return s;
+      const json* t = field(n, "type");
+      if (!t) return fail(at(path + ".type", "missing"));
+      auto type = str(*t, path + ".type");
+      if (!type) return fail(type.error());
+      static constexpr std::string_view kKnown[] = {"pid", "network", "mount",  "ipc",
+                                                    "uts", "user",    "cgroup", "time"};
+      if (std::find(std::begin(kKnown), std::end(kKnown), *type) == std::end(kKnown))
+        return fail(at(path + ".type", "unknown namespace type '" + *type + "'"));
+      if (std::find(have.begin(), have.end(), *type) != have.end())
+        return fail(at(path + ".type", "namespace '" + *type + "' given twice"));
+      have.push_back(*type);
+      std::string nspath;
+      if (const json* p = field(n, "path")) {
+        auto v = abs_path(*p, path + ".path");
+        if (!v) return fail(v.error());
+        nspath = *v;
+      }
+      if (*type == "time") return fail(at(path, "time namespaces are not supported"));
+      if (*type == "network") {
+        seen_net = true;
+        b.spec.network = NetworkMode::None;
+        b.spec.netns_path = nspath;
+      } else if (*type == "user") {
+        seen_user = true;
+        if (!nspath.empty())
+          return fail(at(path + ".path", "joining a user namespace is not supported"));
+      } else if (!nspath.empty()) {
+        return fail(at(path + ".path", "joining a " + *type +
+                                           " namespace is not supported: cloister makes a new "
+                                           "one for every container"));
+      }
+    }
+  }
+  for (const char* k : {"pid", "mount", "ipc", "uts"})
+    if (std::find(have.begin(), have.end(), k) == have.end())
+      return fail(at("linux.namespaces",
+                     std::string("no '") + k +
+                         "' namespace: sharing the host's is not supported, a container always "
+                         "gets its own"));
+  if (!seen_net) b.spec.network = NetworkMode::Host;
+  // The user namespace: the config's maps, else the default range.
+  auto host_opt = b.annotations.find("run.cloister.userns");
+  if (host_opt != b.annotations.end() && host_opt->second != "host" && host_opt->second != "auto")
+    return fail(at("annotations[\"run.cloister.userns\"]",
+                   "'" + host_opt->second + "' is neither host nor auto"));
+  const bool host = host_opt != b.annotations.end() && host_opt->second == "host";
+  if (seen_user && host)
+    return fail(at("annotations[\"run.cloister.userns\"]",
+                   "host contradicts the user namespace of linux.namespaces"));
+  if (host) {
+    b.spec.userns.reset();
+    return {};
+  }
+  if (seen_user && (field(l, "uidMappings") || field(l, "gidMappings"))) {
+    userns::Map m;
+    for (const char* k : {"uidMappings", "gidMappings"}) {
+      const std::string path = std::string("linux.") + k;
+      const json* v = field(l, k);
+      if (!v || !v->is_array() || v->size() != 1)
+        return fail(at(path, "cloister takes exactly one mapping (containerID 0, hostID, size)"));
+      const json& e = (*v)[0];
+      if (auto s = object(e, path + "[0]"); !s) return s;
+      uint64_t vals[3];
+      const char* names[3] = {"containerID", "hostID", "size"};
+      for (int j = 0; j < 3; ++j) {
+        const json* f = field(e, names[j]);
+        if (!f) return fail(at(path + "[0]." + names[j], "missing"));
+        auto n = u64(*f, path + "[0]." + names[j], 4294967295u);
+        if (!n) return fail(n.error());
+        vals[j] = *n;
+      }
+      if (vals[0] != 0) return fail(at(path + "[0].containerID", "must be 0"));
+      if (std::string_view(k) == "uidMappings") {
+        m.uid_base = static_cast<uint32_t>(vals[1]);
+        m.size = static_cast<uint32_t>(vals[2]);
+      } else {
+        m.gid_base = static_cast<uint32_t>(vals[1]);
+        if (vals[2] != m.size) return fail(at(path + "[0].size", "must equal the uid map's size"));
+      }
+    }
+    if (auto s = userns::check(m); !s) return fail(wrap_at("linux.uidMappings", s.error()));
+    b.spec.userns = m;
+  } else {
+    auto m = userns::default_map();
+    if (!m) return fail(m.error());
+    b.spec.userns = *m;
+  }
+  return {};
+}
+
+Status Lowering::resources(const json& r) {
+  if (auto s = object(r, "linux.resources"); !s) return s;
+  cgroups::Limits& lim = b.spec.limits;
+  if (const json* m = field(r, "memory")) {
+    if (auto s = object(*m, "linux.resources.memory"); !s) return s;
+    if (const json* v = field(*m, "limit")) {
+      auto n = i64(*v, "linux.resources.memory.limit");
+      if (!n) return fail(n.error());
+      if (*n > 0)
+        lim.memory_max = static_cast<uint64_t>(*n);
+      else if (*n != -1 && *n != 0)
+        return fail(at("linux.resources.memory.limit", "must be positive, or -1 for none"));
+    }
+    if (const json* v = field(*m, "swap")) {
+      auto n = i64(*v, "linux.resources.memory.swap");
+      if (!n) return fail(n.error());
+      if (*n > 0 && static_cast<uint64_t>(*n) != lim.memory_max)
+        warn("linux.resources.memory.swap", "no swap is allowed beyond the memory limit");
+    }
+    for (const char* k : {"reservation", "kernel", "kernelTCP", "swappiness"})
+      if (field(*m, k)) not_applied(std::string("linux.resources.memory.") + k);
+    if (const json* v = field(*m, "disableOOMKiller"); v && v->is_boolean() && v->get<bool>())
+      return fail(at("linux.resources.memory.disableOOMKiller",
+                     "not supported: a container over its limit is OOM-killed"));
+  }
+  if (const json* c = field(r, "cpu")) {
+    if (auto s = object(*c, "linux.resources.cpu"); !s) return s;
+    if (const json* v = field(*c, "quota")) {
+      auto n = i64(*v, "linux.resources.cpu.quota");
+      if (!n) return fail(n.error());
+      if (*n > 0) lim.cpu_quota = static_cast<uint64_t>(*n);
+    }
+    if (const json* v = field(*c, "period")) {
+      auto n = u64(*v, "linux.resources.cpu.period");
+      if (!n) return fail(n.error());
+      if (*n) lim.cpu_period = *n;
+    }
+    if (const json* v = field(*c, "shares")) {
+      auto n = u64(*v, "linux.resources.cpu.shares", 262144);
+      if (!n) return fail(n.error());
+      // runc's conversion of cgroup v1 shares to v2 weight.
+      if (*n >= 2) lim.cpu_weight = static_cast<uint32_t>(1 + ((*n - 2) * 9999) / 262142);
+    }
+    for (const char* k : {"cpus", "mems", "realtimeRuntime", "realtimePeriod", "idle", "burst"})
+      if (field(*c, k)) not_applied(std::string("linux.resources.cpu.") + k);
+  }
+  if (const json* p = field(r, "pids")) {
+    if (auto s = object(*p, "linux.resources.pids"); !s) return s;
+    if (const json* v = field(*p, "limit")) {
+      auto n = i64(*v, "linux.resources.pids.limit");
+      if (!n) return fail(n.error());
+      if (*n > 0) lim.pids_max = static_cast<uint64_t>(*n);
+    }
+  }
+  if (const json* d = field(r, "devices")) {
+    // cloister's /dev holds null, zero, full, random, urandom and tty only,
+    // and no container may mknod: a rule allowing more changes nothing.
+    if (!d->is_array()) return fail(at("linux.resources.devices", "expected an array"));
+  }
+  for (const char* k : {"blockIO", "hugepageLimits", "network", "rdma", "unified"})
+    if (field(r, k)) not_applied(std::string("linux.resources.") + k);
+  return {};
+}
+
+// The runtime-spec's seccomp object is Docker's profile shape but for
+// flags and the notify listener.
+Status Lowering::seccomp(const json& s) {
+  if (auto st = object(s, "linux.seccomp"); !st) return st;
+  json profile = s;
+  if (profile.contains("listenerPath") || profile.contains("listenerMetadata"))
+    return fail(at("linux.seccomp.listenerPath", "seccomp notify listeners are not supported"));
+  if (const json* f = field(s, "flags"); f && f->is_array() && !f->empty())
+    warn("linux.seccomp.flags", "not applied (the filter is installed without flags)");
+  profile.erase("flags");
+  b.seccomp_json = profile.dump();
+  // Compiled now, so that an error names the config's field.
+  if (auto c = seccomp::compile(b.seccomp_json); !c)
+    return fail(wrap_at("linux.seccomp", c.error()));
+  return {};
+}
+
+Status Lowering::linux_section() {
+  const json* l = field(doc, "linux");
+  static const json empty = json::object();
+  if (!l) l = &empty;
+  if (auto s = object(*l, "linux"); !s) return s;
+  if (auto s = namespaces(*l); !s) return s;
+  if (const json* r = field(*l, "resources"))
+    if (auto s = resources(*r); !s) return s;
+  if (const json* c = field(*l, "cgroupsPath")) {
+    auto v = str(*c, "linux.cgroupsPath");
+    if (!v) return fail(v.error());
+    if (v->find(':') != std::string::npos)
+      return fail(at("linux.cgroupsPath", "'" + *v +
+                                              "' is a systemd slice:prefix:name path; cloister "
+                                              "manages cgroupfs paths only"));
+    b.cgroups_path = *v;
+  }
+  if (const json* s = field(*l, "seccomp"))
+    if (auto st = seccomp(*s); !st) return st;
+  if (const json* s = field(*l, "sysctl"); s && !s->empty())
+    return fail(at("linux.sysctl", "setting sysctls is not supported"));
+  if (const json* d = field(*l, "devices"); d && !d->empty())
+    return fail(at("linux.devices", "device nodes beyond cloister's own /dev are not supported"));
+  if (field(*l, "personality")) return fail(at("linux.personality", "not supported"));
+  if (const json* rp = field(*l, "rootfsPropagation")) {
+    auto v = str(*rp, "linux.rootfsPropagation");
+    if (!v) return fail(v.error());
+    if (*v == "shared" || *v == "rshared")
+      return fail(at("linux.rootfsPropagation", "'" + *v +
+                                                    "': a container's mounts never "
+                                                    "propagate to the host"));
+  }
+  for (const char* k : {"maskedPaths", "readonlyPaths"})
+    if (const json* v = field(*l, k)) {
+      auto paths = strings(*v, std::string("linux.") + k);
+      if (!paths) return fail(paths.error());
+      for (size_t i = 0; i < paths->size(); ++i)
+        if (!mounts::proc_protects((*paths)[i]))
+          warn(std::string("linux.") + k + "[" + std::to_string(i) + "]",
+               "'" + (*paths)[i] + "' is not masked (cloister masks its own list in /proc)");
+    }
+  for (const char* k : {"mountLabel", "apparmor", "selinux", "intelRdt", "memoryPolicy",
+                        "timeOffsets", "netDevices"})
+    if (field(*l, k)) not_applied(std::string("linux.") + k);
+  return {};
+}
+
+Status Lowering::hooks() {
+  const json* h = field(doc, "hooks");
+  if (!h) return {};
+  if (auto s = object(*h, "hooks"); !s) return s;
+  struct Kind {
+    const char* name;
+    std::vector<Hook>* out;
+  };
+  const Kind kinds[] = {
+      {"prestart", &b.hooks.prestart},   {"createRuntime", &b.hooks.create_runtime},
+      {"poststart", &b.hooks.poststart}, {"poststop", &b.hooks.poststop},
+      {"createContainer", nullptr},      {"startContainer", nullptr}};
+  for (const auto& k : kinds) {
+    const json* list = field(*h, k.name);
+    if (!list) continue;
+    const std::string path = std::string("hooks.") + k.name;
+    if (!list->is_array()) return fail(at(path, "expected an array"));
+    if (!k.out && !list->empty())
+      return fail(at(path, "hooks run inside the container are not supported"));
+    for (size_t i = 0; i < list->size(); ++i) {
+      const std::string hp = path + "[" + std::to_string(i) + "]";
+      const json& e = (*list)[i];
+      if (auto s = object(e, hp); !s) return s;
+      Hook hook;
+      const json* p = field(e, "path");
+      if (!p) return fail(at(hp + ".path", "missing"));
+      auto pp = abs_path(*p, hp + ".path");
+      if (!pp) return fail(pp.error());
+      hook.path = *pp;
+      if (const json* a = field(e, "args")) {
+        auto v = strings(*a, hp + ".args");
+        if (!v) return fail(v.error());
+        hook.args = std::move(*v);
+      }
+      if (hook.args.empty()) hook.args.push_back(hook.path);
+      if (const json* a = field(e, "env")) {
+        auto v = strings(*a, hp + ".env");
+        if (!v) return fail(v.error());
+        hook.env = std::move(*v);
+      }
+      if (const json* t = field(e, "timeout")) {
+        auto v = u64(*t, hp + ".timeout", 86400);
+        if (!v) return fail(v.error());
+        if (*v == 0) return fail(at(hp + ".timeout", "must be positive"));
+        hook.timeout_s = static_cast<int>(*v);
+      }
+      k.out->push_back(std::move(hook));
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<Bundle> parse_bundle(std::string_view text, const std::string& bundle_dir,
+                            const std::string& id) {
+  if (text.size() > kMaxConfigBytes) return fail(invalid("config.json: larger than 16 MiB"));
+  json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded()) return fail(invalid("config.json: not valid JSON"));
+  if (!doc.is_object()) return fail(invalid("config.json: expected an object"));
+  Bundle b;
+  b.dir = bundle_dir;
+  // Bounded by default, as every executor (docs/security.md).
+  b.spec.limits.pids_max = kDefaultPidsLimit;
+  Lowering lw{b, doc};
+  if (const json* a = field(doc, "annotations")) {
+    if (!a->is_object()) return fail(at("annotations", "expected an object"));
+    for (const auto& [k, v] : a->items()) {
+      if (!v.is_string()) return fail(at("annotations[\"" + k + "\"]", "expected a string"));
+      b.annotations[k] = v.get<std::string>();
+    }
+  }
+  if (auto s = lw.version(); !s) return fail(s.error());
+  if (auto s = lw.root(); !s) return fail(s.error());
+  if (auto s = lw.linux_section(); !s) return fail(s.error());  // the user namespace first
+  if (auto s = lw.process(); !s) return fail(s.error());
+  if (auto s = lw.mounts(); !s) return fail(s.error());
+  if (auto s = lw.hooks(); !s) return fail(s.error());
+  if (const json* h = field(doc, "hostname")) {
+    auto v = str(*h, "hostname");
+    if (!v) return fail(v.error());
+    if (!v->empty()) {
+      if (auto s = namespaces::check_hostname(*v); !s) return fail(wrap_at("hostname", s.error()));
+      b.spec.hostname = *v;
+    }
+  } else if (namespaces::check_hostname(id.substr(0, 63))) {
+    b.spec.hostname = id.substr(0, 63);
+  }
+  if (field(doc, "domainname")) lw.not_applied("domainname");
+  if (b.spec.userns)
+    if (auto s = userns::check_ids(*b.spec.userns, b.spec.user.uid, b.spec.user.gid,
+                                   b.spec.user.groups.data(), b.spec.user.groups.size());
+        !s)
+      return fail(wrap_at("process.user", s.error()));
+  return b;
+}
+
+Result<Bundle> parse_exec_process(const Bundle& container, std::string_view text) {
+  json p = json::parse(text.begin(), text.end(), nullptr, false);
+  if (p.is_discarded()) return fail(invalid("process: not valid JSON"));
+  json doc = json::object();
+  doc["process"] = std::move(p);
+  Bundle b = container;
+  b.command = Command{};
+  b.spec.user = Identity{};
+  b.spec.rlimits.clear();
+  b.terminal = false;
+  b.rows = b.cols = 0;
+  b.umask.reset();
+  b.warnings.clear();
+  Lowering lw{b, doc};
+  if (auto s = lw.process(); !s) return fail(s.error());
+  if (b.spec.userns)
+    if (auto s = userns::check_ids(*b.spec.userns, b.spec.user.uid, b.spec.user.gid,
+                                   b.spec.user.groups.data(), b.spec.user.groups.size());
+        !s)
+      return fail(wrap_at("process.user", s.error()));
+  return b;
+}
+
+Result<cgroups::Limits> lower_resources(std::string_view text) {
+  json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded()) return fail(invalid("resources: not valid JSON"));
+  Bundle b;
+  Lowering lw{b, doc};
+  if (auto s = lw.resources(doc); !s) return fail(s.error());
+  return b.spec.limits;
+}
+
+Result<Bundle> load_bundle(const std::string& bundle_dir, const std::string& id) {
+  auto text = read_file(bundle_dir + "/config.json");
+  if (!text) return fail(text.error().wrap("bundle " + bundle_dir));
+  return parse_bundle(*text, bundle_dir, id);
+}
+
+std::string features_json() {
+  json f;
+  f["ociVersionMin"] = "1.0.0";
+  f["ociVersionMax"] = kOciVersion;
+  f["hooks"] = {"prestart", "createRuntime", "poststart", "poststop"};
+  f["mountOptions"] = {"bind",  "rbind",  "ro",     "rw",       "private", "rprivate",
+                       "slave", "rslave", "nosuid", "nodev",    "noexec",  "size",
+                       "mode",  "uid",    "gid",    "nr_inodes"};
+  json linux_;
+  linux_["namespaces"] = {"pid", "network", "mount", "ipc", "uts", "user", "cgroup"};
+  json caps = json::array();
+  for (int c = 0; c <= capabilities::last_cap(); ++c) caps.push_back(capabilities::name(c));
+  linux_["capabilities"] = caps;
+  linux_["cgroup"] = {{"v1", true}, {"v2", true}, {"systemd", false}, {"systemdUser", false}};
+  linux_["seccomp"] = {
+      {"enabled", true},
+      {"actions",
+       {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+        "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRAP", "SCMP_ACT_TRACE"}},
+      {"operators",
+       {"SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_GT", "SCMP_CMP_GE",
+        "SCMP_CMP_MASKED_EQ"}},
+      {"archs", {"SCMP_ARCH_X86_64"}}};
+  linux_["apparmor"] = {{"enabled", false}};
+  linux_["selinux"] = {{"enabled", false}};
+  f["linux"] = linux_;
+  f["annotations"] = {{"run.cloister.userns", "auto|host"}};
+  return f.dump(2) + "\n";
+}
+
+std::string default_config_json() {
+  json c;
+  c["ociVersion"] = kOciVersion;
+  c["process"] = {
+      {"terminal", true},
+      {"user", {{"uid", 0}, {"gid", 0}}},
+      {"args", {"sh"}},
+      {"env", {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"}},
+      {"cwd", "/"},
+      {"capabilities",
+       {{"bounding",
+         {"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"}},
+        {"effective",
+         {"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"}},
+        {"permitted",
+         {"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID"}}}},
+      {"rlimits", {{{"type", "RLIMIT_NOFILE"}, {"hard", 1024}, {"soft", 1024}}}},
+      {"noNewPrivileges", true}};
+  c["root"] = {{"path", "rootfs"}, {"readonly", true}};
+  c["hostname"] = "cloister";
+  c["mounts"] = {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}},
+                 {{"destination", "/dev"},
+                  {"type", "tmpfs"},
+                  {"source", "tmpfs"},
+                  {"options", {"nosuid", "strictatime", "mode=755", "size=65536k"}}},
+                 {{"destination", "/dev/pts"},
+                  {"type", "devpts"},
+                  {"source", "devpts"},
+                  {"options", {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}}}};
+  c["linux"] = {{"namespaces",
+                 {{{"type", "pid"}},
+                  {{"type", "network"}},
+                  {{"type", "ipc"}},
+                  {{"type", "uts"}},
+                  {{"type", "mount"}},
+                  {{"type", "cgroup"}}}},
+                {"maskedPaths", {"/proc/kcore", "/proc/keys", "/proc/timer_list"}},
+                {"readonlyPaths", {"/proc/sys", "/proc/sysrq-trigger"}}};
+  return c.dump(2) + "\n";
+}
+
+}  // namespace cloister::oci

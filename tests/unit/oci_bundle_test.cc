@@ -1,0 +1,301 @@
+// oci/bundle.h: config.json lowered onto the one spec, every field with a
+// good value and bad ones, each error naming its JSON path. No root needed.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "isolate/capabilities.h"
+#include "oci/bundle.h"
+#include "runtime/oci_runtime.h"
+
+namespace cloister::oci {
+namespace {
+
+using json = nlohmann::json;
+
+class Bundle : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char t[] = "/tmp/cloister-bundle-XXXXXX";
+    dir = ::mkdtemp(t);
+    ::mkdir((dir + "/rootfs").c_str(), 0755);
+    base = json::parse(default_config_json());
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir + "'").c_str()); }
+  Result<cloister::oci::Bundle> lower(const json& c) { return parse_bundle(c.dump(), dir, "c1"); }
+  // The error of lowering c, which must fail.
+  std::string error(const json& c) {
+    auto b = lower(c);
+    EXPECT_FALSE(b) << c.dump();
+    return b ? "" : b.error().what();
+  }
+  std::string dir;
+  json base;
+};
+
+TEST_F(Bundle, TheDefaultSpecLowers) {
+  auto b = lower(base);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->command.argv, std::vector<std::string>{"sh"});
+  EXPECT_EQ(b->command.work_dir, "/");
+  EXPECT_TRUE(b->terminal);
+  EXPECT_EQ(b->spec.hostname, "cloister");
+  ASSERT_TRUE(b->spec.image_root);
+  EXPECT_EQ(b->spec.image_root->layers, std::vector<std::string>{dir + "/rootfs"});
+  EXPECT_TRUE(b->spec.read_only_rootfs);
+  EXPECT_TRUE(b->spec.no_new_privileges);
+  EXPECT_EQ(b->spec.network, NetworkMode::None);
+  // The default range when the config has no user namespace.
+  ASSERT_TRUE(b->spec.userns);
+  EXPECT_NE(b->spec.userns->uid_base, 0u);
+  EXPECT_EQ(b->spec.capabilities & (uint64_t{1} << *capabilities::from_name("CAP_KILL")),
+            uint64_t{1} << *capabilities::from_name("CAP_KILL"));
+  ASSERT_EQ(b->spec.rlimits.size(), 1u);
+  EXPECT_EQ(b->spec.rlimits[0].soft, 1024u);
+  EXPECT_EQ(b->spec.limits.pids_max, 2048u) << "bounded by default";
+  EXPECT_TRUE(b->warnings.empty()) << b->warnings.front();
+}
+
+TEST_F(Bundle, ProcessFields) {
+  json c = base;
+  c["process"]["args"] = {"/bin/echo", "a b"};
+  c["process"]["env"] = {"A=1", "EMPTY="};
+  c["process"]["cwd"] = "/work//dir/../x/";
+  c["process"]["user"] = {{"uid", 1000}, {"gid", 1001}, {"additionalGids", {5, 6}}, {"umask", 18}};
+  c["process"]["consoleSize"] = {{"height", 40}, {"width", 120}};
+  c["process"]["noNewPrivileges"] = false;
+  c["process"]["capabilities"]["ambient"] = {"CAP_KILL"};
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->command.argv[1], "a b");
+  EXPECT_EQ(b->command.env, (std::vector<std::string>{"A=1", "EMPTY="}));
+  EXPECT_EQ(b->command.work_dir, "/work/x") << "cleaned as runc does";
+  EXPECT_EQ(b->spec.user.uid, 1000u);
+  EXPECT_EQ(b->spec.user.gid, 1001u);
+  EXPECT_EQ(b->spec.user.groups, (std::vector<gid_t>{5, 6}));
+  EXPECT_EQ(*b->umask, 022u);
+  EXPECT_EQ(b->rows, 40);
+  EXPECT_EQ(b->cols, 120);
+  EXPECT_FALSE(b->spec.no_new_privileges);
+  // A non-root user keeps what survives its exec: the ambient set.
+  EXPECT_EQ(b->spec.capabilities, uint64_t{1} << *capabilities::from_name("CAP_KILL"));
+}
+
+TEST_F(Bundle, CapabilitiesAUserNamespaceCannotUseAreDroppedWithAWarning) {
+  json c = base;
+  for (const char* k : {"bounding", "effective", "permitted"})
+    c["process"]["capabilities"][k].push_back("CAP_SYS_ADMIN");
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->spec.capabilities & (uint64_t{1} << *capabilities::from_name("CAP_SYS_ADMIN")), 0u);
+  ASSERT_FALSE(b->warnings.empty());
+  EXPECT_NE(b->warnings[0].find("CAP_SYS_ADMIN"), std::string::npos) << b->warnings[0];
+}
+
+TEST_F(Bundle, MountsNamespacesAndResources) {
+  json c = base;
+  ::mkdir((dir + "/data").c_str(), 0755);
+  c["mounts"].push_back({{"destination", "/data"},
+                         {"type", "bind"},
+                         {"source", "data"},
+                         {"options", {"rbind", "ro", "rprivate"}}});
+  c["mounts"].push_back({{"destination", "/scratch"},
+                         {"type", "tmpfs"},
+                         {"source", "tmpfs"},
+                         {"options", {"nosuid", "size=1m", "mode=1777"}}});
+  c["mounts"].push_back({{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}});
+  c["linux"]["namespaces"] = {{{"type", "pid"}},
+                              {{"type", "ipc"}},
+                              {{"type", "uts"}},
+                              {{"type", "mount"}},
+                              {{"type", "network"}, {"path", "/var/run/netns/x"}},
+                              {{"type", "user"}}};
+  c["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 200000}, {"size", 65536}}};
+  c["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", 300000}, {"size", 65536}}};
+  c["linux"]["resources"] = {{"memory", {{"limit", 64 << 20}}},
+                             {"cpu", {{"quota", 50000}, {"period", 100000}, {"shares", 1024}}},
+                             {"pids", {{"limit", 32}}},
+                             {"devices", {{{"allow", false}, {"access", "rwm"}}}}};
+  c["linux"]["cgroupsPath"] = "/default/c1";
+  c["hostname"] = "box-1";
+  c["annotations"] = {{"a", "b"}};
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  ASSERT_EQ(b->spec.volumes.size(), 1u);
+  EXPECT_EQ(b->spec.volumes[0].source, dir + "/data");
+  EXPECT_EQ(b->spec.volumes[0].target, "/data");
+  EXPECT_TRUE(b->spec.volumes[0].read_only);
+  ASSERT_EQ(b->spec.tmpfs.size(), 1u);
+  EXPECT_EQ(b->spec.tmpfs[0].options, "nosuid,size=1m,mode=1777");
+  EXPECT_EQ(b->spec.netns_path, "/var/run/netns/x");
+  ASSERT_TRUE(b->spec.userns);
+  EXPECT_EQ(b->spec.userns->uid_base, 200000u);
+  EXPECT_EQ(b->spec.userns->gid_base, 300000u);
+  EXPECT_EQ(b->spec.limits.memory_max, uint64_t{64} << 20);
+  EXPECT_EQ(b->spec.limits.cpu_quota, 50000u);
+  EXPECT_EQ(b->spec.limits.pids_max, 32u);
+  EXPECT_GT(b->spec.limits.cpu_weight, 0u);
+  EXPECT_EQ(b->cgroups_path, "/default/c1");
+  EXPECT_EQ(b->spec.hostname, "box-1");
+  EXPECT_EQ(b->annotations.at("a"), "b");
+  bool sysfs_warned = false;
+  for (const auto& w : b->warnings) sysfs_warned |= w.starts_with("mounts[5]: sysfs");
+  EXPECT_TRUE(sysfs_warned);
+  // Without a network namespace: the host's network.
+  c["linux"]["namespaces"].erase(4);
+  auto h = lower(c);
+  ASSERT_TRUE(h) << h.error().what();
+  EXPECT_EQ(h->spec.network, NetworkMode::Host);
+}
+
+TEST_F(Bundle, BadValuesNameTheirJsonPath) {
+  struct Case {
+    std::function<void(json&)> edit;
+    std::string want;
+  };
+  const Case cases[] = {
+      {[](json& c) { c.erase("ociVersion"); }, "ociVersion: missing"},
+      {[](json& c) { c["ociVersion"] = "0.9"; }, "ociVersion: '0.9'"},
+      {[](json& c) { c["root"]["path"] = "nope"; }, "root.path: '"},
+      {[](json& c) { c["root"]["readonly"] = "yes"; }, "root.readonly: expected a boolean"},
+      {[](json& c) { c["process"]["args"] = json::array(); }, "process.args: must not be empty"},
+      {[](json& c) {
+         c["process"]["args"] = {"sh", 3};
+       },
+       "process.args[1]: expected a string"},
+      {[](json& c) { c["process"]["env"] = {"NOEQUALS"}; }, "process.env[0]: 'NOEQUALS'"},
+      {[](json& c) { c["process"]["cwd"] = "rel"; }, "process.cwd: 'rel' is not an absolute"},
+      {[](json& c) { c["process"]["user"]["uid"] = -1; }, "process.user.uid: expected a non-neg"},
+      {[](json& c) { c["process"]["user"]["uid"] = 70000; }, "process.user: "},
+      {[](json& c) { c["process"]["capabilities"]["bounding"] = {"CAP_NOPE"}; },
+       "process.capabilities.bounding[0]: unknown capability 'CAP_NOPE'"},
+      {[](json& c) { c["process"]["rlimits"][0]["type"] = "RLIMIT_NOPE"; },
+       "process.rlimits[0].type: unknown rlimit"},
+      {[](json& c) { c["process"]["rlimits"][0]["soft"] = 4096; }, "process.rlimits[0]: "},
+      {[](json& c) {
+         c["process"]["consoleSize"] = {{"height", 1}};
+       },
+       "process.consoleSize.width: missing"},
+      {[](json& c) { c["hostname"] = "-bad"; }, "hostname: "},
+      {[](json& c) { c["mounts"][0]["destination"] = "proc"; },
+       "mounts[0].destination: 'proc' is not an absolute path"},
+      {[](json& c) {
+         c["mounts"].push_back({{"destination", "/x"}, {"type", "nfs"}});
+       },
+       "mounts[3].type: 'nfs'"},
+      {[](json& c) {
+         c["mounts"].push_back(
+             {{"destination", "/x"}, {"type", "tmpfs"}, {"options", {"size=lots"}}});
+       },
+       "mounts[3].options: "},
+      {[](json& c) {
+         c["mounts"].push_back({{"destination", "/x"}, {"type", "bind"}});
+       },
+       "mounts[3].source: missing"},
+      {[](json& c) {
+         c["linux"]["namespaces"].push_back({{"type", "pid"}});
+       },
+       "namespace 'pid' given twice"},
+      {[](json& c) {
+         c["linux"]["namespaces"][0] = {{"type", "pid"}, {"path", "/proc/1/ns/pid"}};
+       },
+       "linux.namespaces[0].path: joining a pid namespace is not supported"},
+      {[](json& c) {
+         c["linux"]["namespaces"].push_back({{"type", "bogus"}});
+       },
+       "unknown namespace type 'bogus'"},
+      {[](json& c) {
+         c["linux"]["namespaces"].push_back({{"type", "user"}});
+         c["linux"]["uidMappings"] = {{{"containerID", 1}, {"hostID", 100000}, {"size", 10}}};
+         c["linux"]["gidMappings"] = c["linux"]["uidMappings"];
+       },
+       "linux.uidMappings[0].containerID: must be 0"},
+      {[](json& c) {
+         c["linux"]["resources"] = {{"memory", {{"limit", -5}}}};
+       },
+       "linux.resources.memory.limit"},
+      {[](json& c) {
+         c["linux"]["resources"] = {{"cpu", {{"shares", "x"}}}};
+       },
+       "linux.resources.cpu.shares"},
+      {[](json& c) { c["linux"]["cgroupsPath"] = "system.slice:cri:c1"; },
+       "linux.cgroupsPath: 'system.slice:cri:c1' is a systemd"},
+      {[](json& c) {
+         c["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_NOPE"}};
+       },
+       "linux.seccomp: "},
+      {[](json& c) {
+         c["linux"]["devices"] = {{{"path", "/dev/sda"}}};
+       },
+       "linux.devices"},
+      {[](json& c) {
+         c["linux"]["personality"] = {{"domain", "LINUX32"}};
+       },
+       "linux.personality"},
+      {[](json& c) {
+         c["hooks"] = {{"createContainer", {{{"path", "/bin/true"}}}}};
+       },
+       "hooks.createContainer"},
+      {[](json& c) {
+         c["hooks"] = {{"prestart", {{{"path", "true"}}}}};
+       },
+       "hooks.prestart[0].path: 'true' is not an absolute path"},
+      {[](json& c) {
+         c["annotations"] = {{"run.cloister.userns", "maybe"}};
+       },
+       "run.cloister.userns"},
+  };
+  for (const auto& cs : cases) {
+    json c = base;
+    cs.edit(c);
+    std::string e = error(c);
+    EXPECT_NE(e.find(cs.want), std::string::npos) << "want '" << cs.want << "', got: " << e;
+    EXPECT_EQ(e.rfind("config.json: ", 0), 0u) << e;
+  }
+  EXPECT_NE(parse_bundle("{", dir, "c1").error().what().find("not valid JSON"), std::string::npos);
+}
+
+TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
+  json c = base;
+  c["process"]["apparmorProfile"] = "docker-default";
+  c["process"]["oomScoreAdj"] = 100;
+  c["linux"]["intelRdt"] = {{"closID", "x"}};
+  c["linux"]["maskedPaths"].push_back("/etc/secret");
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  std::string all;
+  for (const auto& w : b->warnings) all += w + "\n";
+  for (const char* want : {"process.apparmorProfile", "process.oomScoreAdj", "linux.intelRdt",
+                           "linux.maskedPaths[3]: '/etc/secret'"})
+    EXPECT_NE(all.find(want), std::string::npos) << want << "\n" << all;
+}
+
+TEST(OciRuntime, SignalsAndIds) {
+  EXPECT_EQ(*ociruntime::parse_signal("15"), 15);
+  EXPECT_EQ(*ociruntime::parse_signal("TERM"), 15);
+  EXPECT_EQ(*ociruntime::parse_signal("SIGKILL"), 9);
+  EXPECT_EQ(*ociruntime::parse_signal("sigusr1"), 10);
+  EXPECT_FALSE(ociruntime::parse_signal("0"));
+  EXPECT_FALSE(ociruntime::parse_signal("SIGNOPE"));
+  EXPECT_FALSE(ociruntime::parse_signal("99"));
+  EXPECT_TRUE(ociruntime::check_id("abc-1.2_x+y"));
+  EXPECT_FALSE(ociruntime::check_id(""));
+  EXPECT_FALSE(ociruntime::check_id(".."));
+  EXPECT_FALSE(ociruntime::check_id("a/b"));
+}
+
+TEST(OciRuntime, FeaturesAndSpecAreJson) {
+  auto f = json::parse(features_json(), nullptr, false);
+  ASSERT_FALSE(f.is_discarded());
+  EXPECT_EQ(f["ociVersionMax"], kOciVersion);
+  EXPECT_TRUE(f["linux"]["namespaces"].is_array());
+  auto s = json::parse(default_config_json(), nullptr, false);
+  ASSERT_FALSE(s.is_discarded());
+  EXPECT_EQ(s["root"]["path"], "rootfs");
+}
+
+}  // namespace
+}  // namespace cloister::oci
