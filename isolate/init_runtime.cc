@@ -244,6 +244,9 @@ int chroot(const char* path) noexcept {
 int chmod(const char* path, mode_t mode) noexcept {
   return static_cast<int>(ret(raw(SYS_chmod, L(path), mode)));
 }
+int chown(const char* path, uid_t uid, gid_t gid) noexcept {
+  return static_cast<int>(ret(raw(SYS_chown, L(path), uid, gid)));
+}
 int mkdirat(int dir, const char* path, mode_t mode) noexcept {
   return static_cast<int>(ret(raw(SYS_mkdirat, dir, L(path), mode)));
 }

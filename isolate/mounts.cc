@@ -182,9 +182,10 @@ struct Entry {
   std::string source;  // host path (HostTree, Volume) or link text (HostSymlink)
   bool read_only = true;
   bool is_dir = true;
-  std::string options;  // Tmpfs
-  std::string what;     // for errors: "volume /a:/b"
-  bool idmap = false;   // Volume: BindMount::idmap
+  std::string options;   // Tmpfs
+  std::string what;      // for errors: "volume /a:/b"
+  bool idmap = false;    // Volume: BindMount::idmap
+  bool no_exec = false;  // Volume: BindMount::no_exec
 };
 
 // Container roots: the type of `path` in the merged image (the top-most layer
@@ -330,6 +331,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       return fail(invalid(what + ": idmap needs root (an ordinary user may not idmap a host "
                                  "filesystem)"));
     e.idmap = v.idmap && spec.userns.has_value();
+    e.no_exec = v.no_exec;
     e.what = what;
     if (auto s = add(std::move(e)); !s) return fail(s.error());
   }
@@ -391,7 +393,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     if (e.kind != Entry::HostTree && e.kind != Entry::Volume) continue;
     source_of[i] =
         add_source(e.source, e.is_dir,
-                   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0),
+                   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (e.read_only ? MOUNT_ATTR_RDONLY : 0) |
+                       (e.no_exec ? MOUNT_ATTR_NOEXEC : 0),
                    e.what, e.idmap);
   }
   // Container roots: each layer is moved to a short path on the stage
@@ -460,7 +463,13 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       if (!lower.empty()) lower += ':';
       lower += at;
     }
-    op(OpKind::Mkdir, std::string(kStage) + "/.upper").mode = 0755;
+    Op& upper = op(OpKind::Mkdir, std::string(kStage) + "/.upper");
+    upper.mode = 0755;
+    // A writable root's own directory is the upper's: the payload's root
+    // owns it, as it owns the image's root-owned files (idmapped layers).
+    // (An unprivileged init makes it as that root already.)
+    if (!spec.read_only_rootfs && spec.userns && !spec.unprivileged)
+      upper.dev = (uint64_t{spec.userns->uid_base} << 32) | spec.userns->gid_base;
     op(OpKind::Mkdir, std::string(kStage) + "/.work").mode = 0700;
     Op& o = op(OpKind::Overlay, kStage);
     o.flags = MS_NOSUID | MS_NODEV;

@@ -86,7 +86,7 @@ struct MountTemplate {
 enum class OpKind : uint8_t {
   MakePrivate,    // mount --make-rprivate /
   Tmpfs,          // mount tmpfs at path
-  Mkdir,          // mkdir path (EEXIST is fine)
+  Mkdir,          // mkdir path (EEXIST is fine); dev != 0: then chown to (dev >> 32, dev & ~0u)
   Touch,          // create an empty file at path (a mount point for a file)
   Symlink,        // symlink(src, path)
   MoveTree,       // move_mount(the detached tree of a source, path)

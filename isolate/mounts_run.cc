@@ -226,6 +226,9 @@ int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, 
         rc = ::mkdir(path, o.mode);
         if (rc != 0 && errno == EEXIST) rc = 0;
         if (rc == 0 && (o.mode & 07000)) rc = ::chmod(path, o.mode);
+        if (rc == 0 && o.dev != 0)
+          rc = ::chown(path, static_cast<uid_t>(o.dev >> 32),
+                       static_cast<gid_t>(o.dev & 0xffffffffu));
         break;
       case OpKind::Touch: {
         int fd = ::open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, o.mode);

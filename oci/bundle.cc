@@ -416,14 +416,17 @@ Status Lowering::mounts() {
         v.read_only = true;
       } else if (o == "rw") {
         v.read_only = false;
+      } else if (o == "noexec") {
+        v.no_exec = true;
+      } else if (o == "exec") {
+        v.no_exec = false;
       } else if (o == "shared" || o == "rshared") {
         return fail(at(path + ".options", "'" + o +
                                               "' propagation is not supported: a container's "
                                               "mounts never propagate to the host"));
       } else if (o == "bind" || o == "rbind" || o == "private" || o == "rprivate" || o == "slave" ||
-                 o == "rslave" || o == "nosuid" || o == "nodev" || o == "noexec" || o == "exec" ||
-                 o == "suid" || o == "dev" || o == "relatime" || o == "noatime" ||
-                 o == "strictatime" || o == "z" || o == "Z") {
+                 o == "rslave" || o == "nosuid" || o == "nodev" || o == "suid" || o == "dev" ||
+                 o == "relatime" || o == "noatime" || o == "strictatime" || o == "z" || o == "Z") {
         // nosuid and nodev hold for every bind; the rest change nothing seen.
         if (o == "suid" || o == "dev")
           warn(path + ".options", "'" + o + "' is not applied: binds are always nosuid,nodev");
@@ -612,6 +615,18 @@ Status Lowering::seccomp(const json& s) {
   if (const json* f = field(s, "flags"); f && f->is_array() && !f->empty())
     warn("linux.seccomp.flags", "not applied (the filter is installed without flags)");
   profile.erase("flags");
+  // Only the native ABI runs in any cloister sandbox (a call of another is
+  // killed, isolate/seccomp.h): runc's and Docker's profiles name x86 and
+  // x32 too, which adds nothing here.
+  if (const json* archs = field(s, "architectures"); archs && archs->is_array()) {
+    json native = json::array();
+    for (const auto& a : *archs)
+      if (a == "SCMP_ARCH_X86_64") native.push_back(a);
+    if (native.size() != archs->size())
+      warn("linux.seccomp.architectures",
+           "only SCMP_ARCH_X86_64 is allowed; calls of other ABIs are killed");
+    profile["architectures"] = native;
+  }
   b.seccomp_json = profile.dump();
   // Compiled now, so that an error names the config's field.
   if (auto c = seccomp::compile(b.seccomp_json); !c)
@@ -634,7 +649,14 @@ Status Lowering::linux_section() {
       return fail(at("linux.cgroupsPath", "'" + *v +
                                               "' is a systemd slice:prefix:name path; cloister "
                                               "manages cgroupfs paths only"));
-    b.cgroups_path = *v;
+    // A path below each hierarchy's root, with one path rule.
+    std::string rel = *v;
+    while (!rel.empty() && rel.front() == '/') rel.erase(0, 1);
+    auto n = mounts::normalize_path("/" + rel);
+    if (rel.empty() || !n || *n != "/" + rel)
+      return fail(
+          at("linux.cgroupsPath", "'" + *v + "' is not a normalized path below the cgroup root"));
+    b.cgroups_path = rel;
   }
   if (const json* s = field(*l, "seccomp"))
     if (auto st = seccomp(*s); !st) return st;

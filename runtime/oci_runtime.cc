@@ -213,9 +213,15 @@ cloister::Status run_hooks(const std::vector<oci::Hook>& hooks, const State& s,
   return {};
 }
 
-// The hooks of a container are in its bundle; read again by later verbs.
-oci::Hooks hooks_of(const State& s) {
-  auto b = oci::load_bundle(s.bundle, s.id);
+// The config as create read it, kept in the container's directory: later
+// verbs (hooks, exec) never read the bundle again, which may have changed.
+Result<oci::Bundle> bundle_of(const Globals& g, const State& s) {
+  auto text = read_file(dir_of(g, s.id) + "/config.json");
+  if (!text) return fail(text.error());
+  return oci::parse_bundle(*text, s.bundle, s.id);
+}
+oci::Hooks hooks_of(const Globals& g, const State& s) {
+  auto b = bundle_of(g, s);
   return b ? b->hooks : oci::Hooks{};
 }
 
@@ -251,7 +257,8 @@ Result<int> connect_console(const std::string& path) {
 // Removes what create left in the container's directory, and the directory.
 void remove_dir(const Globals& g, const std::string& id) {
   const std::string d = dir_of(g, id);
-  for (const char* f : {"state.json", "state.json.tmp", "start.fifo", "seccomp.json"})
+  for (const char* f : {"state.json", "state.json.tmp", "start.fifo", "seccomp.json",
+                        "seccomp.json.tmp", "config.json", "config.json.tmp"})
     ::unlink((d + "/" + f).c_str());
   ::rmdir(d.c_str());
 }
@@ -356,8 +363,11 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
   if (!real) return undo(sys_error("bundle " + o.bundle));
   const std::string bundle_dir(real);
   ::free(real);
-  auto b = oci::load_bundle(bundle_dir, o.id);
+  auto text = read_file(bundle_dir + "/config.json");
+  if (!text) return undo(text.error().wrap("bundle " + bundle_dir));
+  auto b = oci::parse_bundle(*text, bundle_dir, o.id);
   if (!b) return undo(b.error());
+  if (auto s = write_atomic(dir + "/config.json", *text, 0600); !s) return undo(s.error());
   if (g.warn)
     for (const auto& w : b->warnings) g.warn("config.json: " + w);
   if (!b->seccomp_json.empty()) {
@@ -447,7 +457,7 @@ cloister::Status start(const Globals& g, const std::string& id) {
   s->status = Status::Running;
   if (auto st = save(g, *s); !st) return st;
   // A failing poststart hook is a warning: the container runs on.
-  (void)run_hooks(hooks_of(*s).poststart, *s, "poststart");
+  (void)run_hooks(hooks_of(g, *s).poststart, *s, "poststart");
   return {};
 }
 
@@ -465,11 +475,25 @@ cloister::Status kill(const Globals& g, const std::string& id, int sig, bool all
   if (!m) return fail(m.error());
   auto cg = (*m)->open_named(s->cgroup);
   if (!cg) return fail(cg.error());
-  auto list = cg->pids();
+  // Frozen while signalled, so that no pid of the list is freed and taken
+  // by another process in between; SIGKILL is the kernel's cgroup.kill.
+  cloister::Status st;
+  if (sig == SIGKILL) {
+    st = cg->kill();
+  } else {
+    const bool was_frozen = cg->frozen();
+    if (!was_frozen) st = cg->freeze(true);
+    if (st) {
+      auto list = cg->pids();
+      if (list)
+        for (pid_t p : *list) ::kill(p, sig);
+      else
+        st = fail(list.error());
+      if (!was_frozen) (void)cg->freeze(false);
+    }
+  }
   cg->forget();
-  if (!list) return fail(list.error());
-  for (pid_t p : *list) ::kill(p, sig);
-  return {};
+  return st;
 }
 
 cloister::Status remove(const Globals& g, const std::string& id, bool force) {
@@ -493,7 +517,7 @@ cloister::Status remove(const Globals& g, const std::string& id, bool force) {
                         std::string(status_name(s->status)) + " (stop it, or --force)"));
   if (auto st = destroy(*s); !st) return st;
   s->status = Status::Stopped;
-  (void)run_hooks(hooks_of(*s).poststop, *s, "poststop");
+  (void)run_hooks(hooks_of(g, *s).poststop, *s, "poststop");
   remove_dir(g, id);
   return {};
 }
@@ -582,7 +606,7 @@ cloister::Status update(const Globals& g, const std::string& id, const cgroups::
 Result<std::string> process_template(const Globals& g, const std::string& id) {
   auto s = load(g, id);
   if (!s) return fail(s.error());
-  auto text = read_file(s->bundle + "/config.json");
+  auto text = read_file(dir_of(g, id) + "/config.json");
   if (!text) return fail(text.error());
   json c = json::parse(*text, nullptr, false);
   if (c.is_discarded() || !c.is_object() || !c.contains("process"))
@@ -596,7 +620,7 @@ Result<int> exec(const Globals& g, const std::string& id, const ExecOptions& o) 
   if (s->status != Status::Running && s->status != Status::Created)
     return fail(invalid("cannot exec in container " + id + ": it is " +
                         std::string(status_name(s->status))));
-  auto container = oci::load_bundle(s->bundle, id);
+  auto container = bundle_of(g, *s);
   if (!container) return fail(container.error());
   auto b = oci::parse_exec_process(*container, o.process_json);
   if (!b) return fail(b.error());

@@ -1513,6 +1513,8 @@ TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
       {"c['linux']['sysctl']={'kernel.domainname':'x'}", "linux.sysctl"},
       {"c['linux']['seccomp']={'defaultAction':'SCMP_ACT_ALLOW','listenerPath':'/x'}",
        "linux.seccomp.listenerPath"},
+      {"c['linux']['cgroupsPath']='/'", "linux.cgroupsPath"},
+      {"c['linux']['cgroupsPath']='/a/../../b'", "linux.cgroupsPath"},
   };
   for (const auto& c : cases) {
     bundle({"/bin/true"}, c.edit);
@@ -1564,4 +1566,21 @@ TEST_F(EscapeOci, ExecJoinsTheContainerAndMeetsTheSameWalls) {
   EXPECT_EQ(sh(oci("delete --force x1"), &out), 0) << out;
   expect_nothing_left("exec, then delete --force");
   EXPECT_NE(sh(oci("exec x1 /bin/true")), 0) << "exec into a deleted container";
+}
+
+// What the config asks of a bind is what the container gets: noexec holds
+// (nothing in it runs), and a writable root takes the payload's writes
+// without passing them to the bundle's rootfs.
+TEST_F(EscapeOci, BindOptionsHoldAndTheRootfsStaysAsItWas) {
+  std::string out;
+  bundle({"/bin/sh", "-c",
+          "/probe/cloister_attack names >/dev/null; echo exec=$?; "
+          "echo x > /written && echo root-write ok"},
+         "c['mounts'][3]['options']=['rbind','ro','noexec']; c['root']['readonly']=False");
+  EXPECT_EQ(sh(oci("run n1 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("exec=126"), std::string::npos) << "ran from a noexec bind: " << out;
+  EXPECT_NE(out.find("root-write ok"), std::string::npos) << out;
+  struct stat st {};
+  EXPECT_NE(::stat((dir.path + "/rootfs/written").c_str(), &st), 0) << "reached the bundle";
+  expect_nothing_left("noexec and writable root");
 }

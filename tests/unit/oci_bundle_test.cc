@@ -138,7 +138,7 @@ TEST_F(Bundle, MountsNamespacesAndResources) {
   EXPECT_EQ(b->spec.limits.cpu_quota, 50000u);
   EXPECT_EQ(b->spec.limits.pids_max, 32u);
   EXPECT_GT(b->spec.limits.cpu_weight, 0u);
-  EXPECT_EQ(b->cgroups_path, "/default/c1");
+  EXPECT_EQ(b->cgroups_path, "default/c1");
   EXPECT_EQ(b->spec.hostname, "box-1");
   EXPECT_EQ(b->annotations.at("a"), "b");
   bool sysfs_warned = false;
