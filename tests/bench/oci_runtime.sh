@@ -28,6 +28,8 @@ cleanup() {
   done
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r umount -l 2>/dev/null || true
   rm -rf "$work"
+  # containerd's namespace parents (runc leaves them, so does cloister-oci).
+  rmdir /sys/fs/cgroup/*/bench /sys/fs/cgroup/*/cloister-oci 2>/dev/null || true
 }
 trap cleanup EXIT
 
