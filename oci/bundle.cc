@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "isolate/capabilities.h"
 #include "isolate/fd.h"
@@ -374,6 +375,11 @@ Status Lowering::mounts() {
                         return o == "bind" || o == "rbind";
                       });
     // What cloister makes itself, at the places runc's default config names.
+    if (bind && *dest == "/dev/shm") {
+      // podman's shared shm of a pod: each container gets its own here.
+      warn(path, "/dev/shm is the container's own tmpfs (not shared with other containers)");
+      continue;
+    }
     if (!bind) {
       if (type == "proc" && *dest == "/proc") continue;
       if (type == "tmpfs" && *dest == "/dev") continue;
@@ -626,6 +632,42 @@ Status Lowering::seccomp(const json& s) {
       warn("linux.seccomp.architectures",
            "only SCMP_ARCH_X86_64 is allowed; calls of other ABIs are killed");
     profile["architectures"] = native;
+  }
+  // libseccomp keeps the first unconditional rule of a syscall (runc's
+  // profiles rely on it: podman's allows setns, then denies it without
+  // CAP_SYS_ADMIN); isolate/seccomp.h refuses a second one, so the later
+  // rule's name goes, as libseccomp would ignore it.
+  if (profile.contains("syscalls") && profile["syscalls"].is_array()) {
+    std::set<std::string> unconditional;
+    json kept = json::array();
+    bool dropped = false;
+    for (json rule : profile["syscalls"]) {
+      if (!rule.is_object() || !rule.contains("names") || !rule["names"].is_array()) {
+        kept.push_back(rule);
+        continue;
+      }
+      const bool has_args =
+          rule.contains("args") && rule["args"].is_array() && !rule["args"].empty();
+      json names = json::array();
+      for (const auto& n : rule["names"]) {
+        if (n.is_string() && unconditional.count(n.get<std::string>())) {
+          dropped = true;
+          continue;
+        }
+        names.push_back(n);
+      }
+      if (!has_args)
+        for (const auto& n : names)
+          if (n.is_string()) unconditional.insert(n.get<std::string>());
+      if (names.empty()) continue;
+      rule["names"] = names;
+      kept.push_back(rule);
+    }
+    if (dropped)
+      warn("linux.seccomp.syscalls",
+           "a syscall named again after an unconditional rule keeps the first rule's action, "
+           "as libseccomp does");
+    profile["syscalls"] = kept;
   }
   b.seccomp_json = profile.dump();
   // Compiled now, so that an error names the config's field.

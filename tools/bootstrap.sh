@@ -16,8 +16,9 @@ PACKAGES=(
 # and what the image tests (zlib makes their gzip layers) and the demo use (a real registry, busybox-static, zstd, python3).
 PACKAGES+=(zlib1g-dev libisal-dev libzstd-dev libssl-dev libcurl4-openssl-dev docker-registry busybox-static
   zstd python3 python3-cryptography)
-# Peers for the side-by-side benchmarks and tests.
-PACKAGES+=(bubblewrap hyperfine)
+# Peers for the side-by-side benchmarks and tests, and the clients of
+# cloister-oci (tests/clients/run.sh: containerd's ctr and runc shim, podman).
+PACKAGES+=(bubblewrap hyperfine containerd podman)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -2,6 +2,9 @@
 # The test suite: bootstrap (packages + build), then every ctest group.
 #   unit         GoogleTest units, no privileges needed
 #   integration  real namespaces, cgroups and seccomp on this host (root)
+#   clients      cloister-oci under real clients: containerd's runc shim (ctr)
+#                and podman's conmon, in private directories
+#                (tests/clients/run.sh; CLIENTS_WITH_* there turn on more)
 #   unprivileged the host executor's suite again as an ordinary user this
 #                creates (tests/unprivileged/run.sh)
 #   vm           the cgroup and isolation tests again inside a qemu guest
@@ -16,11 +19,11 @@ cd "$(dirname "$0")/.."
 tools/bootstrap.sh
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test.sh: the integration and vm groups need root; run as root" >&2
+  echo "test.sh: the integration, clients and vm groups need root; run as root" >&2
   exit 1
 fi
 
-labels=${CLOISTER_TEST_LABELS:-unit|integration|unprivileged|vm|slow}
+labels=${CLOISTER_TEST_LABELS:-unit|integration|clients|unprivileged|vm|slow}
 start=$(date +%s)
 ctest --test-dir build -L "$labels" --output-on-failure --timeout 1500 -j1
 echo "test.sh: all groups ($labels) passed in $(( $(date +%s) - start )) s"

@@ -273,6 +273,34 @@ TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
     EXPECT_NE(all.find(want), std::string::npos) << want << "\n" << all;
 }
 
+// Profiles as podman and containerd write them: other ABIs, a syscall named
+// again after an unconditional rule (libseccomp keeps the first), and
+// podman's /dev/shm bind.
+TEST_F(Bundle, ClientProfilesAndShmBindsLower) {
+  json c = base;
+  c["linux"]["seccomp"] = {
+      {"defaultAction", "SCMP_ACT_ERRNO"},
+      {"architectures", {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}},
+      {"syscalls",
+       {{{"names", {"setns", "read"}}, {"action", "SCMP_ACT_ALLOW"}},
+        {{"names", {"setns"}}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", 1}}}}};
+  c["mounts"].push_back({{"destination", "/dev/shm"},
+                         {"type", "bind"},
+                         {"source", dir},
+                         {"options", {"bind", "rprivate"}}});
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  auto p = json::parse(b->seccomp_json);
+  EXPECT_EQ(p["architectures"], json({"SCMP_ARCH_X86_64"}));
+  ASSERT_EQ(p["syscalls"].size(), 1u) << p.dump();
+  EXPECT_EQ(p["syscalls"][0]["action"], "SCMP_ACT_ALLOW");
+  EXPECT_TRUE(b->spec.volumes.empty()) << "/dev/shm is the container's own";
+  std::string all;
+  for (const auto& w : b->warnings) all += w + "\n";
+  for (const char* want : {"linux.seccomp.architectures", "linux.seccomp.syscalls", "/dev/shm"})
+    EXPECT_NE(all.find(want), std::string::npos) << want << "\n" << all;
+}
+
 TEST(OciRuntime, SignalsAndIds) {
   EXPECT_EQ(*ociruntime::parse_signal("15"), 15);
   EXPECT_EQ(*ociruntime::parse_signal("TERM"), 15);
