@@ -23,14 +23,14 @@ struct BindMount {
   std::string source;  // absolute host path
   std::string target;  // absolute path inside the sandbox
   bool read_only = true;
-  // noexec, recursively (MOUNT_ATTR_NOEXEC): nothing in it can be executed.
-  bool no_exec = false;
   // With a user namespace: an idmapped mount through it, so the host's ids
   // show as the same ids inside (host root's files as root's) and the
   // payload's writes land with the ids it has inside (root's as host root).
   // Off, the payload's writes land as mapped host ids and host files whose
   // owner is not mapped show as nobody.
   bool idmap = false;
+  // noexec, recursively (MOUNT_ATTR_NOEXEC): nothing in it can be executed.
+  bool no_exec = false;
 };
 
 struct TmpfsMount {
