@@ -13,6 +13,7 @@
 #include "isolate/rlimits.h"
 #include "isolate/seccomp.h"
 #include "isolate/userns.h"
+#include "oci/container.h"
 #include "runtime/config.h"
 
 namespace cloister::oci {
@@ -20,7 +21,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr size_t kMaxConfigBytes = 16u << 20;
+constexpr size_t kMaxBundleConfigBytes = 16u << 20;
 
 // Errors carry the JSON path of the field: "process.args[0]: ...".
 Error at(const std::string& path, const std::string& what) {
@@ -156,7 +157,9 @@ Status Lowering::root() {
   struct stat st;
   if (::stat(full.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     return fail(at("root.path", "'" + full + "' is not a directory"));
-  b.spec.image_root = ImageRoot{{full}, {}};
+  // Where overlayfs is missing (a kernel without the module), the rootfs
+  // itself is the root, as for cloister's images (oci/container.h).
+  b.spec.image_root = overlay_available() ? ImageRoot{{full}, {}} : ImageRoot{{}, full};
   b.spec.read_only_rootfs = false;
   if (const json* ro = field(*r, "readonly")) {
     auto v = boolean(*ro, "root.readonly");
@@ -786,7 +789,7 @@ Status Lowering::hooks() {
 
 Result<Bundle> parse_bundle(std::string_view text, const std::string& bundle_dir,
                             const std::string& id) {
-  if (text.size() > kMaxConfigBytes) return fail(invalid("config.json: larger than 16 MiB"));
+  if (text.size() > kMaxBundleConfigBytes) return fail(invalid("config.json: larger than 16 MiB"));
   json doc = json::parse(text.begin(), text.end(), nullptr, false);
   if (doc.is_discarded()) return fail(invalid("config.json: not valid JSON"));
   if (!doc.is_object()) return fail(invalid("config.json: expected an object"));
