@@ -40,14 +40,14 @@ constexpr auto kFreezeTimeout = std::chrono::seconds(1);
 // become an inner node (no-internal-process rule), next to "<own>/cloister".
 constexpr std::string_view kRuntimeLeaf = "cloister.runtime";
 
-// v1 controllers cloister uses. Others (cpuset, devices, named hierarchies)
-// are left alone: the sandbox does not need them and cpuset would need
-// cpus/mems copied into every new directory.
-constexpr std::string_view kV1Controllers[] = {"memory", "cpuacct", "cpu",
-                                               "pids",   "freezer", "blkio"};
+// v1 controllers cloister uses. Others (devices, named hierarchies) are
+// left alone. cpuset only for a cpuset limit: a new cpuset directory needs
+// its parent's cpus and mems copied in before anything can join it.
+constexpr std::string_view kV1Controllers[] = {"memory",  "cpuacct", "cpu",   "pids",
+                                               "freezer", "blkio",   "cpuset"};
 // cgroup2 controllers cloister enables below its base when they are not
 // already owned by a v1 hierarchy ("io" is the v2 name of "blkio").
-constexpr std::string_view kV2Controllers[] = {"memory", "pids", "cpu", "io"};
+constexpr std::string_view kV2Controllers[] = {"memory", "pids", "cpu", "io", "cpuset"};
 
 std::string join(std::string_view a, std::string_view b) {
   std::string out(a);
@@ -314,6 +314,27 @@ uint64_t weight_to_blkio(uint64_t w) {
   return 10 + ((w - 1) * 990) / 9999;
 }
 
+// A new v1 cpuset directory, and each above it up to the hierarchy's mount,
+// gets its parent's cpus and mems where it has none: nothing can join an
+// empty cpuset (ENOSPC).
+Status init_cpuset(const std::string& mount, const std::string& dir) {
+  std::vector<std::string> chain;
+  for (std::string d = dir; d.size() > mount.size(); d = d.substr(0, d.rfind('/')))
+    chain.push_back(d);
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    const std::string parent = it->substr(0, it->rfind('/'));
+    for (const char* f : {"cpuset.cpus", "cpuset.mems"}) {
+      auto cur = read_at(*it, f);
+      if (!cur) return fail(cur.error());
+      if (cur->find_first_not_of(" \n") != std::string::npos) continue;
+      auto from = read_at(parent, f);
+      if (!from) return fail(from.error());
+      if (auto s = write_at(*it, f, *from); !s) return s;
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string_view layout_name(Layout l) {
@@ -341,6 +362,8 @@ struct Cgroup::Impl {
   std::vector<Dir> dirs;
   Fd v2fd;
   bool destroyed = false;
+  // open_named's handles: only an explicit destroy() removes the cgroup.
+  bool borrowed = false;
 
   const Dir* v2dir() const {
     for (const auto& d : dirs)
@@ -435,13 +458,13 @@ Cgroup::Cgroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Cgroup::Cgroup(Cgroup&&) noexcept = default;
 Cgroup& Cgroup::operator=(Cgroup&& o) noexcept {
   if (this != &o) {
-    if (impl_) (void)impl_->destroy();
+    if (impl_ && !impl_->borrowed) (void)impl_->destroy();
     impl_ = std::move(o.impl_);
   }
   return *this;
 }
 Cgroup::~Cgroup() {
-  if (impl_) (void)impl_->destroy();
+  if (impl_ && !impl_->borrowed) (void)impl_->destroy();
 }
 
 const std::string& Cgroup::name() const {
@@ -772,8 +795,11 @@ Status Manager::Impl::prepare_v2() {
 // Recreates removed base directories with the controllers found at open().
 // Touches no state, so concurrent create() calls may run it together.
 Status Manager::Impl::remake_bases() const {
-  for (const auto& h : v1)
+  for (const auto& h : v1) {
     if (auto s = mkdir_below(h.mount, h.base_rel); !s) return s;
+    if (has(h.controllers, "cpuset"))
+      if (auto s = init_cpuset(h.mount, h.base); !s) return s;
+  }
   if (v2) {
     if (auto s = mkdir_below(v2->mount, v2->base_rel); !s) return s;
     for (const auto& c : v2_enabled)
@@ -783,8 +809,11 @@ Status Manager::Impl::remake_bases() const {
 }
 
 Status Manager::Impl::prepare_bases() {
-  for (const auto& h : v1)
+  for (const auto& h : v1) {
     if (auto s = mkdir_below(h.mount, h.base_rel); !s) return s;
+    if (has(h.controllers, "cpuset"))
+      if (auto s = init_cpuset(h.mount, h.base); !s) return s;
+  }
   if (v2)
     if (auto s = prepare_v2(); !s) return s;
   bound_bases();
@@ -848,6 +877,24 @@ Status check_limits(const Limits& l) {
     return fail(invalid("cpu_period " + std::to_string(l.cpu_period) + " not in 1000..1000000"));
   if (l.cpu_quota && l.cpu_quota < 1000)
     return fail(invalid("cpu_quota " + std::to_string(l.cpu_quota) + " below 1000 us"));
+  if (l.cpu_shares && (l.cpu_shares < 2 || l.cpu_shares > 262144))
+    return fail(invalid("cpu_shares " + std::to_string(l.cpu_shares) + " not in 2..262144"));
+  if (l.cpu_shares && l.cpu_weight) return fail(invalid("cpu_shares and cpu_weight: not both"));
+  for (const auto& [name, list] :
+       {std::pair{"cpuset_cpus", &l.cpuset_cpus}, std::pair{"cpuset_mems", &l.cpuset_mems}}) {
+    // The kernel's list format: "N" or "N-M", comma-separated.
+    bool ok = list->size() <= 4096;
+    for (const auto& item : split(*list, ",")) {
+      auto range = split(item, "-");
+      ok = ok && !item.empty() && std::count(item.begin(), item.end(), '-') <= 1 &&
+           item.front() != '-' && item.back() != '-';
+      for (const auto& n : range)
+        ok = ok && !n.empty() && n.size() <= 6 &&
+             std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
+    }
+    if (!ok)
+      return fail(invalid(std::string(name) + " '" + *list + "' is not a list such as 0-3,6"));
+  }
   return {};
 }
 
@@ -883,11 +930,17 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l, const std::string& na
     return fail(unenforceable("memory_high", "memory", layout, v2_note));
   if (l.pids_max && !v1_for("pids") && !v2_has("pids"))
     return fail(unenforceable("pids_max", "pids", layout, v2_note));
-  if (l.cpu_quota || l.cpu_weight) {
+  if (l.cpu_quota || l.cpu_weight || l.cpu_shares) {
     if (v1_for("cpu"))
       v1_needed.push_back("cpu");
     else if (!v2_has("cpu"))
       return fail(unenforceable(l.cpu_quota ? "cpu_quota" : "cpu_weight", "cpu", layout, v2_note));
+  }
+  if (!l.cpuset_cpus.empty() || !l.cpuset_mems.empty()) {
+    if (v1_for("cpuset"))
+      v1_needed.push_back("cpuset");
+    else if (!v2_has("cpuset"))
+      return fail(unenforceable("cpuset", "cpuset", layout, v2_note));
   }
   if (l.io_weight) {
     // io weights depend on the block scheduler (CFQ is gone, BFQ optional):
@@ -898,6 +951,9 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l, const std::string& na
   }
   if (layout == Layout::Legacy) v1_needed.push_back("freezer");  // kill() needs it
   if (!named.empty() && !v2) v1_needed.push_back("freezer");     // and pause
+  // And a cpuset of their own, as runc gives them: `update --cpuset-cpus`
+  // (Kubernetes' static CPU manager) needs one to write to.
+  if (!named.empty() && v1_for("cpuset")) v1_needed.push_back("cpuset");
 
   // Directories: cgroup2 first (the clone target), then each v1 hierarchy once.
   Cgroup::Impl& c = *im;
@@ -943,6 +999,12 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l, const std::string& na
     }
   }
   // From here on a failure removes every directory made above.
+  if (const auto* h = v1_for("cpuset"))
+    if (const auto* d = c.v1dir("cpuset"))
+      if (Status s = init_cpuset(h->mount, d->path); !s) {
+        (void)c.destroy();
+        return fail(s.error().wrap("cpuset"));
+      }
   if (Status s = apply_limits(c, l); !s) {
     (void)c.destroy();
     return fail(s.error());
@@ -1011,18 +1073,31 @@ Status Manager::Impl::apply_limits(Cgroup::Impl& c, const Limits& l) {
                    "cpu_weight");
           !s)
         return fail(s.error());
-  } else if (l.cpu_quota || l.cpu_weight) {
+    if (l.cpu_shares)
+      if (auto s =
+              wrap(write_at(d->path, "cpu.shares", std::to_string(l.cpu_shares)), "cpu_shares");
+          !s)
+        return fail(s.error());
+  } else if (l.cpu_quota || l.cpu_weight || l.cpu_shares) {
     if (l.cpu_quota)
       if (auto s = wrap(write_at(v2d->path, "cpu.max",
                                  std::to_string(l.cpu_quota) + " " + std::to_string(l.cpu_period)),
                         "cpu_quota");
           !s)
         return fail(s.error());
-    if (l.cpu_weight)
-      if (auto s =
-              wrap(write_at(v2d->path, "cpu.weight", std::to_string(l.cpu_weight)), "cpu_weight");
+    // runc's conversion of v1 shares to a v2 weight.
+    const uint64_t weight = l.cpu_weight ? l.cpu_weight : 1 + ((l.cpu_shares - 2) * 9999) / 262142;
+    if (l.cpu_weight || l.cpu_shares)
+      if (auto s = wrap(write_at(v2d->path, "cpu.weight", std::to_string(weight)), "cpu_weight");
           !s)
         return fail(s.error());
+  }
+  for (const auto& [file, list] :
+       {std::pair{"cpuset.cpus", &l.cpuset_cpus}, std::pair{"cpuset.mems", &l.cpuset_mems}}) {
+    if (list->empty()) continue;
+    const auto* d = c.v1dir("cpuset");
+    if (auto s = wrap(write_at(d ? d->path : v2d->path, file, *list), file); !s)
+      return fail(s.error());
   }
   if (l.io_weight) {
     if (const auto* d = c.v1dir("blkio")) {
@@ -1213,6 +1288,7 @@ Result<Cgroup> Manager::open_named(const std::string& name) {
     return fail(invalid("cgroup path '" + name + "' is not a normalized path"));
   auto im = std::make_unique<Cgroup::Impl>();
   im->name = named;
+  im->borrowed = true;
   if (impl_->v2 && exists(join(impl_->v2->base, named)))
     im->dirs.push_back({join(impl_->v2->base, named), true, {}});
   for (const auto& h : impl_->v1)

@@ -59,8 +59,16 @@ struct Limits {
   uint64_t pids_max = 0;    // 0 = unlimited
   uint32_t cpu_weight = 0;  // 1..10000, 0 = unset
   uint32_t io_weight = 0;   // 1..10000, 0 = unset; skipped without a weight file
+  // cgroup v1 cpu.shares as given (2..262144, 0 = unset): the OCI runtime's
+  // linux.resources.cpu.shares, written as is on v1 (runc reads it back),
+  // converted to cpu.weight on v2 as runc converts it. Not with cpu_weight.
+  uint64_t cpu_shares = 0;
+  // cpuset.cpus and cpuset.mems ("0-3,6"; "" = as the parent): v1's cpuset
+  // hierarchy (each new directory gets its parent's first) or v2's.
+  std::string cpuset_cpus, cpuset_mems;
   bool empty() const {
-    return !memory_max && !memory_high && !cpu_quota && !pids_max && !cpu_weight && !io_weight;
+    return !memory_max && !memory_high && !cpu_quota && !pids_max && !cpu_weight && !io_weight &&
+           !cpu_shares && cpuset_cpus.empty() && cpuset_mems.empty();
   }
 };
 
@@ -127,7 +135,8 @@ class Cgroup {
   // Directories (absolute paths) this cgroup occupies, for tests and logs.
   std::vector<std::string> paths() const;
   // Gives the directories up without removing them: an OCI container's
-  // cgroup outlives the runtime's process (Manager::open_named finds it).
+  // cgroup outlives the runtime's process (Manager::open_named finds it
+  // again, as a borrowed handle).
   void forget();
   // Freezes (cgroup2's cgroup.freeze, or the v1 freezer) or thaws the whole
   // tree; freezing returns once the kernel says it is frozen (or after 1 s).
@@ -158,7 +167,8 @@ class Manager {
   // cgroups are in the freezer too where only v1 has one (pause).
   Result<Cgroup> create(const Limits& limits, const std::string& name = {});
   // A named cgroup made earlier, by this process or another: the
-  // directories of it that exist (NOT_FOUND when none does).
+  // directories of it that exist (NOT_FOUND when none does). The handle is
+  // borrowed: dropping it leaves the cgroup, only destroy() removes it.
   Result<Cgroup> open_named(const std::string& name);
   // Writes new limits to an existing cgroup (`update`); a limit whose
   // controller the cgroup has no directory for is an error naming it.

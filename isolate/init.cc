@@ -53,6 +53,7 @@
 #include "isolate/namespaces.h"
 #include "isolate/rlimits.h"
 #include "isolate/seccomp.h"
+#include "isolate/sysctl.h"
 #include "isolate/userns.h"
 
 namespace cloister::init {
@@ -72,6 +73,7 @@ struct Init {
   mounts::OpView* ops = nullptr;
   const sock_filter* filter = nullptr;
   const char* hostname = "";
+  const char* sysctls = nullptr;  // path, value, path, value, ...
   int* fds = nullptr;
   size_t nfds = 0;
   int detail = 0;  // a failing step's detail
@@ -180,6 +182,16 @@ int receive_setup(Init& in) {
     return true;
   };
   if (!str(fx.hostname, &in.hostname) || !in.hostname) return EPROTO;
+  if (fx.nsysctls > 1024) return EPROTO;
+  if (fx.nsysctls) {
+    if (!str(fx.sysctls, &in.sysctls) || !in.sysctls) return EPROTO;
+    // Each string ends before the table does (its last byte is NUL).
+    size_t o = fx.sysctls;
+    for (uint32_t i = 0; i < 2 * fx.nsysctls; ++i) {
+      if (o >= fx.strings_len) return EPROTO;
+      o += std::strlen(strings + o) + 1;
+    }
+  }
   if (fx.last_cap < 0 || fx.last_cap > 63) return EPROTO;
   if (fx.ntrees > in.nfds || fx.fd_trees < 0 ||
       static_cast<size_t>(fx.fd_trees) + fx.ntrees > in.nfds)
@@ -299,6 +311,27 @@ int mount_root(Init& in) {
   if (int f = in.fd(in.fx.fd_tpl_ns); f >= 0) ::close(f);
   if (int f = in.fd(in.fx.fd_tpl_root); f >= 0) ::close(f);
   return e;
+}
+
+// Before the mounts: through the host's /proc/sys, whose net and ipc
+// entries are those of the writer's namespaces, our own by now.
+int set_sysctls(Init& in) {
+  if (in.fx.flags & wire::kSetupJoin) return 0;  // the container's, set at its create
+  const char* p = in.sysctls;
+  for (uint32_t i = 0; i < in.fx.nsysctls; ++i) {
+    const char* value = p + std::strlen(p) + 1;
+    if (!(in.fx.flags & wire::kSetupOwnNetnsFirst) && std::strlen(p) > 14 &&
+        std::memcmp(p, "/proc/sys/net/", 14) == 0) {
+      in.detail = static_cast<int>(i);
+      return EPERM;
+    }
+    if (int e = sysctl::apply(p, value); e != 0) {
+      in.detail = static_cast<int>(i);
+      return e;
+    }
+    p = value + std::strlen(value) + 1;
+  }
+  return 0;
 }
 
 int set_hostname(Init& in) {
@@ -582,6 +615,7 @@ struct Step {
 constexpr Step kSteps[] = {
     {SpawnStep::Loopback, join_pool_netns},
     {SpawnStep::UserNsLimits, bound_userns_counters},
+    {SpawnStep::Sysctl, set_sysctls},
     {SpawnStep::Mounts, mount_root},
     {SpawnStep::Hostname, set_hostname},
     {SpawnStep::Rlimits, set_rlimits},

@@ -37,6 +37,7 @@ enum class SpawnStep : int32_t {
   Mounts,
   Hostname,
   Rlimits,
+  Sysctl,        // detail: the index of the setting
   Go,            // waiting for the library's go (cgroup attach, network)
   CgroupNs,      // a cgroup namespace rooted at the sandbox's own cgroup
   UserNs,        // joining the payload's user namespace
@@ -61,7 +62,7 @@ namespace wire {
 constexpr uint32_t kSetupMagic = 0x636c7369;  // "clsi"
 constexpr uint32_t kCallMagic = 0x636c7331;   // "cls1"
 // Bumped with every change of a struct below.
-constexpr uint32_t kVersion = 8;
+constexpr uint32_t kVersion = 9;
 constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kNoString = 0xffffffffu;
 // Exit code of an init that failed before its payload ran; the reason
@@ -114,6 +115,10 @@ constexpr uint32_t kSetupDetached = 64;
 // (rlimits, bounding set, no_new_privs, seccomp, ids, capabilities), and
 // forks the process into the container's pid namespace. Always detached.
 constexpr uint32_t kSetupJoin = 128;
+// The init is in its own network namespace before its Sysctl step (cloned
+// into it, or joining fd_netns at Loopback), not given one only at Go: net.*
+// sysctls are refused without it, so that none can reach the host's.
+constexpr uint32_t kSetupOwnNetnsFirst = 256;
 
 struct SetupFixed {
   uint64_t capabilities;  // the set the payload keeps
@@ -123,6 +128,9 @@ struct SetupFixed {
   uint32_t ngroups, nrlimits, nops, nfilter;
   uint32_t strings_len;
   uint32_t hostname;  // offset in the string table
+  // Sysctls: nsysctls pairs of strings (a /proc/sys path, its value), one
+  // after the other in the string table from offset sysctls.
+  uint32_t sysctls, nsysctls;
   // Indices into the fds received, -1 when absent.
   int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns, fd_join;
   int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)

@@ -177,7 +177,7 @@ std::string staged(const std::string& target) {
 
 // One thing mounted at a target in the new root.
 struct Entry {
-  enum Kind { HostTree, HostSymlink, Volume, Tmpfs, Proc, Dev } kind;
+  enum Kind { HostTree, HostSymlink, Volume, Tmpfs, Proc, Dev, Sysfs } kind;
   std::string target;
   std::string source;  // host path (HostTree, Volume) or link text (HostSymlink)
   bool read_only = true;
@@ -287,9 +287,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     auto n = normalize_path(e.target);
     if (!n) return fail(n.error().wrap(e.what));
     e.target = *n;
-    if (e.kind != Entry::Proc && e.kind != Entry::Dev &&
+    if (e.kind != Entry::Proc && e.kind != Entry::Dev && e.kind != Entry::Sysfs &&
         (e.target == "/" || e.target == "/proc" || e.target == "/dev" ||
-         is_under(e.target, "/proc") || is_under(e.target, "/dev")))
+         is_under(e.target, "/proc") || is_under(e.target, "/dev") ||
+         (spec.sysfs && (e.target == "/sys" || is_under(e.target, "/sys")))))
       return fail(invalid(e.what + ": cannot mount over " + e.target));
     for (const auto& o : entries)
       if (o.target == e.target)
@@ -370,8 +371,17 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   }
   entries.push_back(Entry{Entry::Proc, "/proc", "", false, true, "", "/proc"});
   entries.push_back(Entry{Entry::Dev, "/dev", "", false, true, "", "/dev"});
-  std::sort(entries.begin(), entries.end(),
-            [](const Entry& a, const Entry& b) { return a.target < b.target; });
+  if (spec.sysfs) entries.push_back(Entry{Entry::Sysfs, "/sys", "", true, true, "", "/sys"});
+  // Parents before children; /proc, /dev and /sys first, in the order an
+  // OCI config and runc have them (the runtime-spec orders mounts as
+  // listed): /proc's masks, which bind the sandbox's own /dev/null, come
+  // after the entries.
+  auto rank = [](const Entry& e) {
+    return e.kind == Entry::Proc ? 0 : e.kind == Entry::Dev ? 1 : e.kind == Entry::Sysfs ? 2 : 3;
+  };
+  std::sort(entries.begin(), entries.end(), [&](const Entry& a, const Entry& b) {
+    return rank(a) != rank(b) ? rank(a) < rank(b) : a.target < b.target;
+  });
 
   MountPlan plan;
   auto op = [&](OpKind k, std::string path = {}) -> Op& {
@@ -577,30 +587,9 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         o.data = std::move(*data);
         break;
       }
-      case Entry::Proc: {
+      case Entry::Proc:
         op(OpKind::Proc, staged("/proc"));
-        for (auto p : kProcMasked) {
-          // Whether a masked entry is a file or a directory is the same on
-          // every kernel: read it off the host's /proc.
-          struct stat st;
-          if (::stat(std::string(p).c_str(), &st) != 0) continue;
-          if (S_ISDIR(st.st_mode)) {
-            Op& o = op(OpKind::Tmpfs, staged(std::string(p)));
-            o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
-            o.data = "mode=0555";  // read-only: nothing is ever written
-            o.optional = true;
-          } else {
-            // The sandbox's own null device (/dev comes first): the same
-            // source whether or not the root is built from a template.
-            Op& o = op(OpKind::BindFile, staged(std::string(p)));
-            o.src = staged("/dev/null");
-            o.optional = true;
-          }
-        }
-        for (auto p : kProcReadOnly)
-          op(OpKind::ReadOnlyBind, staged(std::string(p))).optional = true;
         break;
-      }
       case Entry::Dev: {
         Op& t = op(OpKind::Tmpfs, staged("/dev"));
         t.flags = MS_NOSUID | MS_NOEXEC;
@@ -635,40 +624,116 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         auto shm_owned = owned_by_payload(shm_data, spec);
         if (!shm_owned) return fail(shm_owned.error().wrap("tmpfs /dev/shm"));
         shm.data = std::move(*shm_owned);
+        shm.src = "shm";
+        if (spec.mqueue) {
+          // The sandbox's own ipc namespace's message queues.
+          op(OpKind::Mkdir, staged("/dev/mqueue")).mode = 0755;
+          Op& mq = op(OpKind::PseudoFs, staged("/dev/mqueue"));
+          mq.src = "mqueue";
+          mq.flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        }
         for (const auto& [to, name] : kDevLinks)
           op(OpKind::Symlink, staged("/dev/" + std::string(name))).src = std::string(to);
         break;
       }
       case Entry::HostSymlink:
         break;
+      case Entry::Sysfs: {
+        Op& o = op(OpKind::PseudoFs, staged("/sys"));
+        o.src = "sysfs";
+        o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        // Docker's and podman's masks: the firmware's tables and the power
+        // meters (a side channel on the host's activity).
+        for (const char* m : {"/sys/firmware", "/sys/devices/virtual/powercap"}) {
+          Op& t = op(OpKind::Tmpfs, staged(m));
+          t.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+          t.data = "mode=0555";
+          t.optional = true;
+        }
+        break;
+      }
     }
     if (volume)
       for (size_t k = entry_first_op; k < plan.ops_.size(); ++k) plan.ops_[k].in_volume = true;
   }
 
-  // Masked host paths, where they exist in the new root.
-  for (const auto& m : spec.masked_paths) {
-    auto n = normalize_path(m);
-    if (!n) return fail(n.error().wrap("masked path"));
-    const Entry* above = parent_entry(entries.size(), *n);
-    if (!above || (above->kind != Entry::HostTree && above->kind != Entry::Volume)) continue;
-    // What a mask hides inside a writable volume, a payload can move (rename
-    // a directory above it), and the next sandbox sees it unmasked.
-    if (const Entry* v = volume_above(entries.size(), *n); v && !v->read_only)
-      return fail(invalid("masked path " + *n + " lies inside the writable " + v->what +
-                          ": a payload can move what the mask hides; mask it on the host, "
-                          "or make the volume read-only"));
-    std::string host = above->source + n->substr(above->target.size());
+  // /proc's masks and read-only parts, over the sandbox's own /dev/null
+  // (mounted by now: the same source whether or not the root is built from
+  // a template).
+  for (auto p : kProcMasked) {
+    // Whether a masked entry is a file or a directory is the same on every
+    // kernel: read it off the host's /proc.
     struct stat st;
-    if (::lstat(host.c_str(), &st) != 0 || S_ISLNK(st.st_mode)) continue;
+    if (::stat(std::string(p).c_str(), &st) != 0) continue;
     if (S_ISDIR(st.st_mode)) {
-      Op& o = op(OpKind::Tmpfs, staged(*n));
+      Op& o = op(OpKind::Tmpfs, staged(std::string(p)));
       o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
       o.data = "mode=0555";  // read-only: nothing is ever written
+      o.optional = true;
     } else {
-      op(OpKind::BindFile, staged(*n)).src = "/dev/null";
+      Op& o = op(OpKind::BindFile, staged(std::string(p)));
+      o.src = staged("/dev/null");
+      o.optional = true;
     }
-    plan.ops_.back().in_volume = volume_above(entries.size(), *n) != nullptr;
+  }
+  for (auto p : kProcReadOnly) op(OpKind::ReadOnlyBind, staged(std::string(p))).optional = true;
+
+  // Masked and read-only paths, where they exist in the new root: in a host
+  // tree or volume, in the image, or in /proc and /sys (whose layout is the
+  // host's). Absent paths and symlinks are skipped.
+  auto type_in_root = [&](const std::string& path, const Entry* above) -> mode_t {
+    struct stat st;
+    if (!above) {
+      if (!image) return 0;
+      return spec.image_root->merged.empty() ? image_lookup(spec.image_root->layers, path)
+                                             : image_lookup({spec.image_root->merged}, path);
+    }
+    std::string host;
+    if (above->kind == Entry::HostTree || above->kind == Entry::Volume)
+      host = above->source + path.substr(above->target.size());
+    else if (above->kind == Entry::Proc || above->kind == Entry::Sysfs)
+      host = path;
+    else
+      return 0;  // a tmpfs of the sandbox's own: nothing to hide
+    if (::lstat(host.c_str(), &st) != 0) return 0;
+    return st.st_mode;
+  };
+  for (bool mask : {true, false}) {
+    for (const auto& m : mask ? spec.masked_paths : spec.read_only_paths) {
+      const std::string what = mask ? "masked path" : "read-only path";
+      auto n = normalize_path(m);
+      if (!n) return fail(n.error().wrap(what));
+      const Entry* above = parent_entry(entries.size(), *n);
+      // What a mask hides inside a writable volume, a payload can move (rename
+      // a directory above it), and the next sandbox sees it unmasked.
+      if (const Entry* v = volume_above(entries.size(), *n); v && !v->read_only)
+        return fail(invalid(what + " " + *n + " lies inside the writable " + v->what +
+                            ": a payload can move what it covers; do it on the host, "
+                            "or make the volume read-only"));
+      const mode_t type = type_in_root(*n, above);
+      if (type == 0 || S_ISLNK(type)) continue;
+      const bool pseudo = above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs);
+      // Optional (ENOENT only: there is then nothing to cover): this kernel's
+      // /proc and /sys may lack an entry the host's has, and a path below
+      // one masked before it is gone.
+      if (!mask) {
+        op(OpKind::ReadOnlyBind, staged(*n)).optional = true;
+      } else if (S_ISDIR(type)) {
+        Op& o = op(OpKind::Tmpfs, staged(*n));
+        o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        o.data = "mode=0555";  // read-only: nothing is ever written
+        o.optional = true;
+      } else {
+        // The host's null device: a template (built without the per-sandbox
+        // /dev) binds it as well; in /proc and /sys, the sandbox's own.
+        Op& o = op(OpKind::BindFile, staged(*n));
+        o.src = pseudo ? staged("/dev/null") : "/dev/null";
+        o.optional = true;
+      }
+      // Resolved by fd with no symlink followed where the op can be (its
+      // tree may be a volume, or an image whose upper the payload writes).
+      plan.ops_.back().in_volume = mask && (!above || volume_above(entries.size(), *n) != nullptr);
+    }
   }
 
   if (spec.read_only_rootfs) op(OpKind::SetReadOnly, kStage);
@@ -680,7 +745,8 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
   if (spec.read_only_rootfs && !mount_below_rw_volume && !spec.unprivileged && !spec.userns_pool) {
     std::vector<std::string> own;  // staged targets each sandbox mounts afresh
     for (const auto& e : entries)
-      if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev)
+      if (e.kind == Entry::Tmpfs || e.kind == Entry::Proc || e.kind == Entry::Dev ||
+          e.kind == Entry::Sysfs)
         own.push_back(staged(e.target));
     plan.split_for_template(own);
   }
@@ -841,6 +907,8 @@ std::string describe_op(const std::vector<MountPlan::Op>& ops, int index) {
       return "mask " + shown(o.path);
     case OpKind::Proc:
       return "mount proc";
+    case OpKind::PseudoFs:
+      return std::string("mount ") + o.src + " at " + shown(o.path);
     case OpKind::ReadOnlyBind:
       return "read-only " + shown(o.path);
     case OpKind::Mknod:

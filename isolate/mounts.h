@@ -105,7 +105,10 @@ enum class OpKind : uint8_t {
   // followed, of the type in mode, cloned recursively into trees[source]
   // and given the attributes in flags (MOUNT_ATTR_*), recursively.
   CloneTree,
-  kLast = CloneTree,
+  // mount a kernel filesystem of type src (mqueue, sysfs) at path, with
+  // flags: the OCI runtime's /dev/mqueue and read-only /sys.
+  PseudoFs,
+  kLast = PseudoFs,
 };
 
 // One op as the child side runs it: plain values and C strings (pointing

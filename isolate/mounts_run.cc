@@ -220,7 +220,11 @@ int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, 
         rc = ::move_mount(tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH);
         break;
       case OpKind::Tmpfs:
-        rc = ::mount("tmpfs", path, "tmpfs", o.flags, o.data);
+        // src: the source name mountinfo shows ("shm" for /dev/shm).
+        rc = ::mount(o.src ? o.src : "tmpfs", path, "tmpfs", o.flags, o.data);
+        break;
+      case OpKind::PseudoFs:
+        rc = ::mount(o.src, path, o.src, o.flags, nullptr);
         break;
       case OpKind::Mkdir:
         rc = ::mkdir(path, o.mode);

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -174,6 +175,16 @@ Fd NetnsPool::take() {
   }
   st.cv.notify_all();
   return ns;
+}
+
+bool is_host_netns(int fd) {
+  struct stat ns {};
+  if (::fstat(fd, &ns) != 0) return true;  // unknown: assume the worst
+  for (const char* host : {"/proc/self/ns/net", "/proc/1/ns/net"}) {
+    struct stat h {};
+    if (::stat(host, &h) == 0 && h.st_dev == ns.st_dev && h.st_ino == ns.st_ino) return true;
+  }
+  return false;
 }
 
 Result<Fd> open_netns(const std::string& path) {

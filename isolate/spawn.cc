@@ -32,6 +32,21 @@
 #include "isolate/seccomp.h"
 
 namespace cloister {
+
+struct SpawnInternals {
+  // Clones an init, with its cgroup, sends it its setup and lets it go
+  // (cgroup attach, a network namespace): everything but the command.
+  static Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
+                                                         const Detach* detach = nullptr);
+  // Sends the command to a pending init and waits until it runs (EOF on the
+  // report pipe at the payload's exec) or has failed.
+  static Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
+                                      const Detach* detach = nullptr);
+  static Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
+                               const std::shared_ptr<cgroups::Manager>&);
+  static Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
+                                         cgroups::Manager*, const Detach&);
+};
 namespace {
 
 // Spawned::set_background_teardown.
@@ -147,7 +162,7 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
     return off;
   };
   wire::SetupFixed fx{};
-  fx.capabilities = spec.capabilities;
+  fx.capabilities = spec.capabilities | spec.inert_capabilities;
   fx.last_cap = capabilities::last_cap();
   fx.flags = spec.no_new_privileges ? wire::kSetupNoNewPrivs : 0;
   fx.uid = spec.user.uid;
@@ -157,6 +172,14 @@ std::string encode_setup(const SpawnSpec& spec, const std::vector<mounts::OpView
   fx.nops = static_cast<uint32_t>(ops.size());
   fx.nfilter = static_cast<uint32_t>(filter.insns().size());
   fx.hostname = add(spec.hostname.c_str());
+  fx.sysctls = static_cast<uint32_t>(strings.size());
+  for (const auto& s : spec.sysctls) {
+    // Checked by Sandbox::prepare.
+    auto path = sysctl::path_of(s, spec.network != NetworkMode::Host);
+    add(path ? path->c_str() : "");
+    add(s.value.c_str());
+    ++fx.nsysctls;
+  }
   if (spec.unprivileged) {
     // The kernel counts an ordinary user's inotify instances and watches
     // across all its processes, sandboxes included: each sandbox may take
@@ -345,6 +368,8 @@ std::string_view step_name(SpawnStep step) {
       return "hostname";
     case SpawnStep::Rlimits:
       return "rlimits";
+    case SpawnStep::Sysctl:
+      return "sysctl";
     case SpawnStep::Go:
       return "wait for the cgroup attach";
     case SpawnStep::CgroupNs:
@@ -501,7 +526,16 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (spec.unprivileged) sb->clone_flags_ |= CLONE_NEWUSER;
   if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  for (const auto& s : spec.sysctls)
+    if (auto p = sysctl::path_of(s, spec.network != NetworkMode::Host); !p) return fail(p.error());
   if (auto s = check_unprivileged(spec); !s) return fail(s.error());
+  // Held in name only: without a user namespace of the payload's (or in
+  // an ordinary user's, which owns every namespace) they would be real.
+  if (spec.inert_capabilities && (!spec.userns || spec.unprivileged ||
+                                  (spec.inert_capabilities & ~userns::kInertCapabilities)))
+    return fail(
+        invalid("inert capabilities: only those that hold over nothing, in a sandbox "
+                "with a user namespace of its own that is not an ordinary user's"));
   if (spec.userns) {
     if (auto s = userns::check_capabilities(spec.capabilities, spec.unprivileged); !s)
       return fail(s.error());
@@ -565,13 +599,12 @@ void Sandbox::refill(const std::shared_ptr<cgroups::Manager>& cgroups) const {
 }
 
 Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgroups) const {
-  return clone_init(*this, cgroups);
+  return SpawnInternals::clone_init(*this, cgroups);
 }
 
-// Clones an init, with its cgroup, sends it its setup and lets it go (cgroup
-// attach, a network namespace): everything but the command.
-Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Manager* cgroups,
-                                                const Detach* detach) {
+Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& sb,
+                                                                cgroups::Manager* cgroups,
+                                                                const Detach* detach) {
   const SpawnSpec& spec = sb.spec_;
   const bool join = detach && detach->join_pidfd >= 0;
   if (detach && spec.userns_pool)
@@ -643,16 +676,31 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   uint64_t clone_flags = join ? 0 : sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
+  bool given_host_netns = false;
   if (!spec.netns_path.empty() && !join) {
     auto given = network::open_netns(spec.netns_path);
     if (!given) return fail(given.error());
     netns = std::move(*given);
+    // A path may name the host's own namespace: its sysctls are the host's.
+    given_host_netns = network::is_host_netns(netns.get());
+    for (const auto& s : spec.sysctls)
+      if (given_host_netns && sysctl::is_net(s))
+        return fail(invalid("sysctl " + s.key + ": the network namespace " + spec.netns_path +
+                            " is the host's, so this would change the host's network"));
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
   }
   // (An unprivileged sandbox's comes with its clone, owned by its user
   // namespace: one the library made it could not enter.)
   if ((clone_flags & CLONE_NEWNET) && !spec.unprivileged && !netns) {
     netns = network::NetnsPool::get().take();
+    // Sysctls are written before the mounts, in the init's own network
+    // namespace, and a sysfs shows the network namespace of its mounter:
+    // the init must have its own from the start.
+    if (!netns && (!spec.sysctls.empty() || spec.sysfs)) {
+      auto made = network::make_netns(*sb.loopback_);
+      if (!made) return fail(made.error());
+      netns = std::move(*made);
+    }
     make_netns = !netns;
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
   }
@@ -784,6 +832,10 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
     fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0) |
                 wire::kSetupDenySetgroups;
   if (detach) fx.flags |= wire::kSetupDetached | (join ? wire::kSetupJoin : 0);
+  // The init is in a network namespace of its own from its first step
+  // (cloned into one, or joining the one sent): net.* sysctls may go there.
+  if (!make_netns && !given_host_netns && (netns || (clone_flags & CLONE_NEWNET)))
+    fx.flags |= wire::kSetupOwnNetnsFirst;
   // A detached init's status is its own exit status.
   fx.fd_status = add_fd(detach ? -1 : status->write.get());
   fx.fd_netns = add_fd(netns.get());
@@ -818,10 +870,8 @@ Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox& sb, cgroups::Mana
   return p;
 }
 
-// Sends the command to a pending init and waits until it runs (EOF on the
-// report pipe at the payload's exec) or has failed.
-Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
-                             const Stdio& stdio, const Detach* detach) {
+Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
+                                             const Stdio& stdio, const Detach* detach) {
   // Header first, with the fds; then the strings.
   std::vector<std::string> cand = exec_candidates(cmd);
   std::string beneath_rest = ".";
@@ -899,6 +949,9 @@ Result<Spawned> give_command(PendingInit& p, const Sandbox& sb, const Command& c
   const bool created = detach && got == sizeof r && r.step == static_cast<int32_t>(SpawnStep::None);
   if (got == sizeof r && !created) {
     Error e = describe_failure(cmd, r);
+    if (static_cast<SpawnStep>(r.step) == SpawnStep::Sysctl && r.detail >= 0 &&
+        static_cast<size_t>(r.detail) < sb.spec_.sysctls.size())
+      e = sys_error("sysctl " + sb.spec_.sysctls[r.detail].key, r.err);
     if (static_cast<SpawnStep>(r.step) == SpawnStep::Mounts)
       e = sys_error("mounts: " + sb.mounts_.describe(r.detail, p.templated), r.err);
     p.out.kill_and_reap();
@@ -937,6 +990,17 @@ Status check_command(const Command& cmd) {
 
 Result<Created> create_detached(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
                                 cgroups::Manager* cgroups, const Detach& d) {
+  return SpawnInternals::create_detached(sb, cmd, stdio, cgroups, d);
+}
+
+Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                      const std::shared_ptr<cgroups::Manager>& cgroups) {
+  return SpawnInternals::spawn(sb, cmd, stdio, cgroups);
+}
+
+Result<Created> SpawnInternals::create_detached(const Sandbox& sb, const Command& cmd,
+                                                const Stdio& stdio, cgroups::Manager* cgroups,
+                                                const Detach& d) {
   if (auto s = check_command(cmd); !s) return fail(s.error());
   auto p = clone_init(sb, cgroups, &d);
   if (!p) return fail(p.error());
@@ -954,8 +1018,8 @@ Result<Created> create_detached(const Sandbox& sb, const Command& cmd, const Std
   return c;
 }
 
-Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
-                      const std::shared_ptr<cgroups::Manager>& cgroups) {
+Result<Spawned> SpawnInternals::spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
+                                      const std::shared_ptr<cgroups::Manager>& cgroups) {
   if (auto s = check_command(cmd); !s) return fail(s.error());
 
   std::unique_ptr<PendingInit> p = sb.warm_.take(cgroups.get(), sb.templates_);

@@ -67,6 +67,8 @@ struct Stdio {
 };
 
 struct PendingInit;
+// The library's internals behind spawn() and create_detached() (spawn.cc).
+struct SpawnInternals;
 
 // An OCI container (tools/cloister-oci.cc): its init outlives the caller
 // (no parent-death signal, so that whoever reaps orphans - containerd's
@@ -123,14 +125,7 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
 
  private:
   friend class Prestarter;
-  friend Result<class Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
-                                     const std::shared_ptr<cgroups::Manager>&);
-  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
-                                                         const Detach*);
-  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
-                                      const Detach*);
-  friend Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
-                                         cgroups::Manager*, const Detach&);
+  friend struct SpawnInternals;
   // Clones an init and lets it set itself up; its command comes later.
   Result<std::unique_ptr<PendingInit>> start_init(cgroups::Manager* cgroups) const;
 
@@ -224,15 +219,8 @@ class Spawned {
   static void set_background_teardown(bool on);
 
  private:
-  friend Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
-                               const std::shared_ptr<cgroups::Manager>&);
   friend struct PendingInit;
-  friend Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
-                                                         const Detach*);
-  friend Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
-                                      const Detach*);
-  friend Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
-                                         cgroups::Manager*, const Detach&);
+  friend struct SpawnInternals;
   Spawned() = default;
   void kill_and_reap() noexcept;
   pid_t pid_ = -1;
@@ -266,11 +254,5 @@ Result<Spawned> spawn(const Sandbox& sandbox, const Command& command, const Stdi
 // this process.
 Result<Created> create_detached(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
                                 cgroups::Manager* cgroups, const Detach& d);
-
-// The library's internals behind spawn(), declared for friendship.
-Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
-                                                const Detach* detach = nullptr);
-Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
-                             const Detach* detach = nullptr);
 
 }  // namespace cloister

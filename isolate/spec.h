@@ -12,6 +12,7 @@
 
 #include "isolate/cgroups.h"
 #include "isolate/rlimits.h"
+#include "isolate/sysctl.h"
 #include "isolate/userns.h"
 
 namespace cloister {
@@ -65,17 +66,25 @@ struct SpawnSpec {
   // containerd's CRI hands one to its runtime. Opened at each start and
   // checked to be a network namespace.
   std::string netns_path;
+  // Namespaced kernel parameters (isolate/sysctl.h has the rule), written
+  // by the init into the sandbox's own ipc and network namespaces.
+  std::vector<sysctl::Setting> sysctls;
 
   // Host executor view: these host paths appear read-only at the same place
   // (missing ones are skipped, symlinks such as /bin -> usr/bin are kept as
   // symlinks); masked paths are hidden (empty file or empty read-only dir).
   std::vector<std::string> host_paths;
   std::vector<std::string> masked_paths;
+  // Made read-only (recursively) where they exist: the OCI runtime's
+  // linux.readonlyPaths. Like masked_paths, these apply in an image root
+  // (where its layers have them as plain paths, no symlink on the way) and
+  // in /proc and /sys too.
+  std::vector<std::string> read_only_paths;
   std::vector<BindMount> volumes;
   std::vector<TmpfsMount> tmpfs;
   bool read_only_rootfs = true;  // the new root itself (not /tmp, volumes, tmpfs)
-  // Set for containers: the root is the image (host_paths and masked_paths
-  // are then ignored; volumes, tmpfs, /proc, /dev and /tmp apply on top).
+  // Set for containers: the root is the image (host_paths are then
+  // ignored; volumes, tmpfs, /proc, /dev and /tmp apply on top).
   std::optional<ImageRoot> image_root;
 
   // The payload's user namespace (userns.h); none = the host's (the
@@ -95,6 +104,18 @@ struct SpawnSpec {
   bool unprivileged = false;
   bool no_new_privileges = true;
   uint64_t capabilities = 0;  // bit set of capabilities kept
+  // With a user namespace (not unprivileged): capabilities held as well,
+  // although the kernel checks each of them in a namespace of the host's
+  // user namespace or in the host's, so they hold over nothing
+  // (userns::kInertCapabilities). The OCI runtime keeps a config's sets
+  // as written, as runc shows them; cloister's own front ends refuse them.
+  uint64_t inert_capabilities = 0;
+  // The OCI runtime's optional system mounts (a config that lists them): the
+  // sandbox's own ipc namespace's mqueue at /dev/mqueue, and a read-only
+  // sysfs at /sys (the network namespace's view, with the firmware and
+  // power meters masked), as runc mounts them.
+  bool mqueue = false;
+  bool sysfs = false;
   std::vector<rlimits::Limit> rlimits;
   Identity user;
   std::string seccomp_profile;  // "" = built-in default, "unconfined", or a path

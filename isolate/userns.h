@@ -73,6 +73,21 @@ Status check_ids(const Map& m, uid_t uid, gid_t gid, const uid_t* groups, size_t
 constexpr uint64_t kUsableCapabilities = (1ull << 0) | (1ull << 1) | (1ull << 2) | (1ull << 3) |
                                          (1ull << 4) | (1ull << 5) | (1ull << 6) | (1ull << 7) |
                                          (1ull << 8) | (1ull << 18) | (1ull << 19) | (1ull << 31);
+// Capabilities outside kUsableCapabilities that act in the holder's own user
+// namespace or on the processes in it all the same, so that holding them in
+// name only would open something: CAP_SYS_ADMIN (unshare of new mount, uts,
+// ipc, network and cgroup namespaces, owned by the payload's, and mounts in
+// them), CAP_CHECKPOINT_RESTORE (prctl PR_SET_MM_EXE_FILE and PR_SET_MM_MAP:
+// a process's /proc/PID/exe made to name another file), CAP_SYS_NICE
+// (affinity and priority of the container's other users' processes) and
+// CAP_SYS_RESOURCE (the user.* ucount limits of the payload's own user
+// namespace, were /proc/sys writable). Every other capability outside the
+// usable set is inert in a sandbox's user namespace: the kernel checks it
+// with capable() (the host's user namespace) or against the user namespace
+// owning a namespace of the host's (network, ipc, pid, mount).
+constexpr uint64_t kOwnNamespaceCapabilities =
+    (1ull << 21) | (1ull << 23) | (1ull << 24) | (1ull << 40);
+constexpr uint64_t kInertCapabilities = ~(kUsableCapabilities | kOwnNamespaceCapabilities);
 // unprivileged: an ordinary user's sandbox, whose own user namespace owns
 // every namespace: the same set is offered there, SYS_ADMIN and the rest
 // being able to undo its mounts; the error says so instead.

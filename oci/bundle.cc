@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -12,6 +13,7 @@
 #include "isolate/namespaces.h"
 #include "isolate/rlimits.h"
 #include "isolate/seccomp.h"
+#include "isolate/sysctl.h"
 #include "isolate/userns.h"
 #include "oci/container.h"
 #include "runtime/config.h"
@@ -78,6 +80,52 @@ const json* field(const json& obj, const char* key) {
 }
 Status object(const json& j, const std::string& path) {
   if (!j.is_object()) return fail(at(path, "expected an object, got " + type_name(j)));
+  return {};
+}
+
+// Optional members of an object, read into `out` (left as it was when the
+// member is absent or null); `parent` is the object's own path.
+Status get(const json& obj, const char* key, const std::string& parent, std::string& out) {
+  const json* v = field(obj, key);
+  if (!v) return {};
+  auto r = str(*v, parent + "." + key);
+  if (!r) return fail(r.error());
+  out = *r;
+  return {};
+}
+Status get(const json& obj, const char* key, const std::string& parent, bool& out) {
+  const json* v = field(obj, key);
+  if (!v) return {};
+  auto r = boolean(*v, parent + "." + key);
+  if (!r) return fail(r.error());
+  out = *r;
+  return {};
+}
+template <class Int>
+Status get(const json& obj, const char* key, const std::string& parent, Int& out,
+           uint64_t max = std::numeric_limits<Int>::max()) {
+  const json* v = field(obj, key);
+  if (!v) return {};
+  if constexpr (std::is_signed_v<Int>) {
+    auto r = i64(*v, parent + "." + key);
+    if (!r) return fail(r.error());
+    if (*r < std::numeric_limits<Int>::min() || *r > static_cast<int64_t>(max))
+      return fail(at(parent + "." + key, std::to_string(*r) + " is out of range"));
+    out = static_cast<Int>(*r);
+  } else {
+    auto r = u64(*v, parent + "." + key, max);
+    if (!r) return fail(r.error());
+    out = static_cast<Int>(*r);
+  }
+  return {};
+}
+template <class T>
+Status get(const json& obj, const char* key, const std::string& parent, std::optional<T>& out,
+           uint64_t max = std::numeric_limits<T>::max()) {
+  if (!field(obj, key)) return {};
+  T v{};
+  if (auto s = get(obj, key, parent, v, max); !s) return s;
+  out = v;
   return {};
 }
 
@@ -161,35 +209,20 @@ Status Lowering::root() {
   // itself is the root, as for cloister's images (oci/container.h).
   b.spec.image_root = overlay_available() ? ImageRoot{{full}, {}} : ImageRoot{{}, full};
   b.spec.read_only_rootfs = false;
-  if (const json* ro = field(*r, "readonly")) {
-    auto v = boolean(*ro, "root.readonly");
-    if (!v) return fail(v.error());
-    b.spec.read_only_rootfs = *v;
-  }
-  return {};
+  return get(*r, "readonly", "root", b.spec.read_only_rootfs);
 }
 
 Status Lowering::user(const json& u) {
   if (auto s = object(u, "process.user"); !s) return s;
-  if (const json* v = field(u, "uid")) {
-    auto n = u64(*v, "process.user.uid", 4294967294u);
-    if (!n) return fail(n.error());
-    b.spec.user.uid = static_cast<uid_t>(*n);
-  }
-  if (const json* v = field(u, "gid")) {
-    auto n = u64(*v, "process.user.gid", 4294967294u);
-    if (!n) return fail(n.error());
-    b.spec.user.gid = static_cast<gid_t>(*n);
-  }
-  if (const json* v = field(u, "umask")) {
-    auto n = u64(*v, "process.user.umask", 0777);
-    if (!n) return fail(n.error());
-    b.umask = static_cast<mode_t>(*n);
-  }
+  // (uid_t)-1 means "no change" to the kernel's set*id calls.
+  constexpr uint64_t kMaxId = 4294967294u;
+  if (auto s = get(u, "uid", "process.user", b.spec.user.uid, kMaxId); !s) return s;
+  if (auto s = get(u, "gid", "process.user", b.spec.user.gid, kMaxId); !s) return s;
+  if (auto s = get(u, "umask", "process.user", b.umask, 0777); !s) return s;
   if (const json* v = field(u, "additionalGids")) {
     if (!v->is_array()) return fail(at("process.user.additionalGids", "expected an array"));
     for (size_t i = 0; i < v->size(); ++i) {
-      auto n = u64((*v)[i], "process.user.additionalGids[" + std::to_string(i) + "]", 4294967294u);
+      auto n = u64((*v)[i], "process.user.additionalGids[" + std::to_string(i) + "]", kMaxId);
       if (!n) return fail(n.error());
       b.spec.user.groups.push_back(static_cast<gid_t>(*n));
     }
@@ -233,21 +266,35 @@ Status Lowering::capabilities(const json& caps) {
     warn("process.capabilities",
          "root's capabilities after its exec are the bounding set; permitted and effective "
          "sets that differ from it are not kept apart");
+  uint64_t inert = 0;
   if (b.spec.userns) {
-    uint64_t unusable = keep & ~userns::kUsableCapabilities;
-    if (unusable) {
+    auto names_of = [](uint64_t set) {
       std::string names;
       for (int c = 0; c < 64; ++c)
-        if (unusable & (uint64_t{1} << c))
-          names += (names.empty() ? "" : ", ") + capabilities::name(c);
+        if (set & (uint64_t{1} << c)) names += (names.empty() ? "" : ", ") + capabilities::name(c);
+      return names;
+    };
+    // Kept as the config has them where they hold over nothing (the kernel
+    // checks them in the host's user namespace, or one owning a namespace
+    // of the host's), as runc shows them; CAP_SYS_ADMIN and
+    // CAP_CHECKPOINT_RESTORE would act in the container's own user
+    // namespace (userns.h).
+    inert = keep & userns::kInertCapabilities;
+    if (inert)
       warn("process.capabilities",
-           names +
-               " would hold over nothing in the container's user namespace: dropped "
+           names_of(inert) +
+               " hold over nothing in the container's user namespace (kept in its sets, "
+               "without effect: docs/security.md, \"User namespace\")");
+    if (uint64_t own = keep & userns::kOwnNamespaceCapabilities)
+      warn("process.capabilities",
+           names_of(own) +
+               " would hold over nothing in the container's user namespace but what it "
+               "makes of its own (namespaces, mounts, its /proc/PID/exe): dropped "
                "(docs/security.md, \"User namespace\")");
-      keep &= userns::kUsableCapabilities;
-    }
+    keep &= userns::kUsableCapabilities;
   }
   b.spec.capabilities = keep;
+  b.spec.inert_capabilities = inert;
   return {};
 }
 
@@ -276,11 +323,7 @@ Status Lowering::process() {
   auto wd = abs_path(*cwd, "process.cwd");
   if (!wd) return fail(wd.error());
   b.command.work_dir = *wd;
-  if (const json* t = field(*p, "terminal")) {
-    auto v = boolean(*t, "process.terminal");
-    if (!v) return fail(v.error());
-    b.terminal = *v;
-  }
+  if (auto s = get(*p, "terminal", "process", b.terminal); !s) return s;
   if (const json* cs = field(*p, "consoleSize")) {
     if (auto s = object(*cs, "process.consoleSize"); !s) return s;
     for (const char* k : {"height", "width"}) {
@@ -293,13 +336,8 @@ Status Lowering::process() {
   }
   if (const json* u = field(*p, "user"))
     if (auto s = user(*u); !s) return s;
-  if (const json* nnp = field(*p, "noNewPrivileges")) {
-    auto v = boolean(*nnp, "process.noNewPrivileges");
-    if (!v) return fail(v.error());
-    b.spec.no_new_privileges = *v;
-  } else {
-    b.spec.no_new_privileges = false;  // the spec's default
-  }
+  b.spec.no_new_privileges = false;  // the spec's default
+  if (auto s = get(*p, "noNewPrivileges", "process", b.spec.no_new_privileges); !s) return s;
   if (const json* caps = field(*p, "capabilities")) {
     if (auto s = capabilities(*caps); !s) return s;
   } else {
@@ -329,11 +367,10 @@ Status Lowering::process() {
       b.spec.rlimits.push_back(*lim);
     }
   }
-  if (const json* o = field(*p, "oomScoreAdj")) {
-    auto v = i64(*o, "process.oomScoreAdj");
-    if (!v) return fail(v.error());
-    if (*v != 0) not_applied("process.oomScoreAdj");
-  }
+  if (auto s = get(*p, "oomScoreAdj", "process", b.oom_score_adj); !s) return s;
+  if (b.oom_score_adj && (*b.oom_score_adj < -1000 || *b.oom_score_adj > 1000))
+    return fail(at("process.oomScoreAdj",
+                   std::to_string(*b.oom_score_adj) + " is out of range (-1000 to 1000)"));
   for (const char* k :
        {"apparmorProfile", "selinuxLabel", "ioPriority", "scheduler", "execCPUAffinity"})
     if (field(*p, k)) not_applied(std::string("process.") + k);
@@ -389,13 +426,18 @@ Status Lowering::mounts() {
       if (type == "devpts" && *dest == "/dev/pts") continue;
       if (type == "tmpfs" && *dest == "/dev/shm") continue;
       if (type == "mqueue" && *dest == "/dev/mqueue") {
-        warn(path,
-             "no mqueue filesystem is mounted (POSIX message queues of the ipc namespace "
-             "work without it)");
+        b.spec.mqueue = true;
         continue;
       }
-      if (type == "sysfs" || type == "cgroup" || type == "cgroup2") {
-        warn(path, type + " at " + *dest + " is not mounted: cloister shows no host sysfs");
+      // Read-only whatever the options say, with Docker's masks (isolate/spec.h).
+      if (type == "sysfs" && *dest == "/sys") {
+        b.spec.sysfs = true;
+        continue;
+      }
+      if (type == "sysfs" || type == "mqueue" || type == "cgroup" || type == "cgroup2") {
+        warn(path, type + " at " + *dest +
+                       " is not mounted (cloister mounts mqueue at /dev/mqueue and sysfs at /sys "
+                       "only, and no cgroup filesystem)");
         continue;
       }
       if (type != "tmpfs")
@@ -555,20 +597,16 @@ Status Lowering::resources(const json& r) {
   cgroups::Limits& lim = b.spec.limits;
   if (const json* m = field(r, "memory")) {
     if (auto s = object(*m, "linux.resources.memory"); !s) return s;
-    if (const json* v = field(*m, "limit")) {
-      auto n = i64(*v, "linux.resources.memory.limit");
-      if (!n) return fail(n.error());
-      if (*n > 0)
-        lim.memory_max = static_cast<uint64_t>(*n);
-      else if (*n != -1 && *n != 0)
-        return fail(at("linux.resources.memory.limit", "must be positive, or -1 for none"));
-    }
-    if (const json* v = field(*m, "swap")) {
-      auto n = i64(*v, "linux.resources.memory.swap");
-      if (!n) return fail(n.error());
-      if (*n > 0 && static_cast<uint64_t>(*n) != lim.memory_max)
-        warn("linux.resources.memory.swap", "no swap is allowed beyond the memory limit");
-    }
+    const std::string path = "linux.resources.memory";
+    int64_t limit = 0, swap = 0;
+    if (auto s = get(*m, "limit", path, limit); !s) return s;
+    if (limit > 0)
+      lim.memory_max = static_cast<uint64_t>(limit);
+    else if (limit != -1 && limit != 0)
+      return fail(at(path + ".limit", "must be positive, or -1 for none"));
+    if (auto s = get(*m, "swap", path, swap); !s) return s;
+    if (swap > 0 && static_cast<uint64_t>(swap) != lim.memory_max)
+      warn(path + ".swap", "no swap is allowed beyond the memory limit");
     for (const char* k : {"reservation", "kernel", "kernelTCP", "swappiness"})
       if (field(*m, k)) not_applied(std::string("linux.resources.memory.") + k);
     if (const json* v = field(*m, "disableOOMKiller"); v && v->is_boolean() && v->get<bool>())
@@ -577,32 +615,26 @@ Status Lowering::resources(const json& r) {
   }
   if (const json* c = field(r, "cpu")) {
     if (auto s = object(*c, "linux.resources.cpu"); !s) return s;
-    if (const json* v = field(*c, "quota")) {
-      auto n = i64(*v, "linux.resources.cpu.quota");
-      if (!n) return fail(n.error());
-      if (*n > 0) lim.cpu_quota = static_cast<uint64_t>(*n);
-    }
-    if (const json* v = field(*c, "period")) {
-      auto n = u64(*v, "linux.resources.cpu.period");
-      if (!n) return fail(n.error());
-      if (*n) lim.cpu_period = *n;
-    }
-    if (const json* v = field(*c, "shares")) {
-      auto n = u64(*v, "linux.resources.cpu.shares", 262144);
-      if (!n) return fail(n.error());
-      // runc's conversion of cgroup v1 shares to v2 weight.
-      if (*n >= 2) lim.cpu_weight = static_cast<uint32_t>(1 + ((*n - 2) * 9999) / 262142);
-    }
-    for (const char* k : {"cpus", "mems", "realtimeRuntime", "realtimePeriod", "idle", "burst"})
+    const std::string path = "linux.resources.cpu";
+    int64_t quota = 0;
+    uint64_t period = 0, shares = 0;
+    if (auto s = get(*c, "quota", path, quota); !s) return s;
+    if (quota > 0) lim.cpu_quota = static_cast<uint64_t>(quota);
+    if (auto s = get(*c, "period", path, period); !s) return s;
+    if (period) lim.cpu_period = period;
+    if (auto s = get(*c, "shares", path, shares, 262144); !s) return s;
+    // As given on v1; the cgroup module converts them for v2 as runc does.
+    if (shares >= 2) lim.cpu_shares = shares;
+    if (auto s = get(*c, "cpus", path, lim.cpuset_cpus); !s) return s;
+    if (auto s = get(*c, "mems", path, lim.cpuset_mems); !s) return s;
+    for (const char* k : {"realtimeRuntime", "realtimePeriod", "idle", "burst"})
       if (field(*c, k)) not_applied(std::string("linux.resources.cpu.") + k);
   }
   if (const json* p = field(r, "pids")) {
     if (auto s = object(*p, "linux.resources.pids"); !s) return s;
-    if (const json* v = field(*p, "limit")) {
-      auto n = i64(*v, "linux.resources.pids.limit");
-      if (!n) return fail(n.error());
-      if (*n > 0) lim.pids_max = static_cast<uint64_t>(*n);
-    }
+    int64_t limit = 0;
+    if (auto s = get(*p, "limit", "linux.resources.pids", limit); !s) return s;
+    if (limit > 0) lim.pids_max = static_cast<uint64_t>(limit);
   }
   if (const json* d = field(r, "devices")) {
     // cloister's /dev holds null, zero, full, random, urandom and tty only,
@@ -705,8 +737,18 @@ Status Lowering::linux_section() {
   }
   if (const json* s = field(*l, "seccomp"))
     if (auto st = seccomp(*s); !st) return st;
-  if (const json* s = field(*l, "sysctl"); s && !s->empty())
-    return fail(at("linux.sysctl", "setting sysctls is not supported"));
+  if (const json* s = field(*l, "sysctl")) {
+    if (auto st = object(*s, "linux.sysctl"); !st) return st;
+    for (const auto& [k, v] : s->items()) {
+      const std::string path = "linux.sysctl[\"" + k + "\"]";
+      auto value = str(v, path);
+      if (!value) return fail(value.error());
+      sysctl::Setting set{k, *value};
+      if (auto p = sysctl::path_of(set, b.spec.network != NetworkMode::Host); !p)
+        return fail(wrap_at(path, p.error()));
+      b.spec.sysctls.push_back(std::move(set));
+    }
+  }
   if (const json* d = field(*l, "devices"); d && !d->empty())
     return fail(at("linux.devices", "device nodes beyond cloister's own /dev are not supported"));
   if (field(*l, "personality")) return fail(at("linux.personality", "not supported"));
@@ -718,14 +760,19 @@ Status Lowering::linux_section() {
                                                     "': a container's mounts never "
                                                     "propagate to the host"));
   }
+  // cloister's own /proc list covers runc's; anything else is masked or made
+  // read-only where it exists (isolate/mounts.h).
   for (const char* k : {"maskedPaths", "readonlyPaths"})
     if (const json* v = field(*l, k)) {
-      auto paths = strings(*v, std::string("linux.") + k);
-      if (!paths) return fail(paths.error());
-      for (size_t i = 0; i < paths->size(); ++i)
-        if (!mounts::proc_protects((*paths)[i]))
-          warn(std::string("linux.") + k + "[" + std::to_string(i) + "]",
-               "'" + (*paths)[i] + "' is not masked (cloister masks its own list in /proc)");
+      const std::string path = std::string("linux.") + k;
+      if (!v->is_array()) return fail(at(path, "expected an array of paths"));
+      for (size_t i = 0; i < v->size(); ++i) {
+        auto p = abs_path((*v)[i], path + "[" + std::to_string(i) + "]");
+        if (!p) return fail(p.error());
+        if (mounts::proc_protects(*p)) continue;
+        (std::string_view(k) == "maskedPaths" ? b.spec.masked_paths : b.spec.read_only_paths)
+            .push_back(*p);
+      }
     }
   for (const char* k : {"mountLabel", "apparmor", "selinux", "intelRdt", "memoryPolicy",
                         "timeOffsets", "netDevices"})
@@ -773,12 +820,9 @@ Status Lowering::hooks() {
         if (!v) return fail(v.error());
         hook.env = std::move(*v);
       }
-      if (const json* t = field(e, "timeout")) {
-        auto v = u64(*t, hp + ".timeout", 86400);
-        if (!v) return fail(v.error());
-        if (*v == 0) return fail(at(hp + ".timeout", "must be positive"));
-        hook.timeout_s = static_cast<int>(*v);
-      }
+      if (auto s = get(e, "timeout", hp, hook.timeout_s, 86400); !s) return s;
+      if (field(e, "timeout") && hook.timeout_s <= 0)
+        return fail(at(hp + ".timeout", "must be positive"));
       k.out->push_back(std::move(hook));
     }
   }
@@ -842,6 +886,7 @@ Result<Bundle> parse_exec_process(const Bundle& container, std::string_view text
   b.terminal = false;
   b.rows = b.cols = 0;
   b.umask.reset();
+  b.spec.sysctls.clear();  // the container's, set at its create
   b.warnings.clear();
   Lowering lw{b, doc};
   if (auto s = lw.process(); !s) return fail(s.error());
@@ -851,6 +896,15 @@ Result<Bundle> parse_exec_process(const Bundle& container, std::string_view text
         !s)
       return fail(wrap_at("process.user", s.error()));
   return b;
+}
+
+Result<Hooks> parse_hooks(std::string_view text) {
+  json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return fail(invalid("config.json: not valid JSON"));
+  Bundle b;
+  Lowering lw{b, doc};
+  if (auto s = lw.hooks(); !s) return fail(s.error());
+  return b.hooks;
 }
 
 Result<cgroups::Limits> lower_resources(std::string_view text) {

@@ -18,10 +18,9 @@
 //   - /proc, /dev (with its own devpts and shm) and /tmp are cloister's,
 //     with runc's masks; the config's proc, /dev, devpts, shm and mqueue
 //     mounts map onto them, sysfs and cgroup mounts are not made (warned).
-// Fields the host cannot honour (apparmor, selinux labels, intelRdt,
-// oomScoreAdj, ...) give a warning naming the field; ones that would change
-// what runs (personality, sysctl, devices, hooks run inside the container)
-// are errors. docs/oci-runtime.md lists every field.
+// Fields the host cannot honour (apparmor, selinux labels, intelRdt, ...) give a warning naming the
+// field; ones that would change what runs (personality, sysctl, devices, hooks run inside the
+// container) are errors. docs/oci-runtime.md lists every field.
 #pragma once
 
 #include <sys/types.h>
@@ -58,6 +57,10 @@ struct Bundle {
   bool terminal = false;
   uint16_t rows = 0, cols = 0;  // process.consoleSize
   std::optional<mode_t> umask;
+  // process.oomScoreAdj: the runtime sets it on itself before the clone, so
+  // that the container inherits it (lowering it needs CAP_SYS_RESOURCE in
+  // the host's user namespace, which no init inside the container has).
+  std::optional<int> oom_score_adj;
   std::string cgroups_path;  // "" = the runtime's default
   std::map<std::string, std::string> annotations;
   Hooks hooks;
@@ -79,6 +82,10 @@ Result<Bundle> load_bundle(const std::string& bundle_dir, const std::string& id)
 // create lowers config.json's, against the container's own bundle (its
 // user namespace, seccomp profile, hostname); only the process differs.
 Result<Bundle> parse_exec_process(const Bundle& container, std::string_view process_json);
+
+// The hooks of config.json text alone, lowered as parse_bundle lowers them
+// (start and delete run poststart and poststop hooks and need nothing else).
+Result<Hooks> parse_hooks(std::string_view config_json);
 
 // A runtime-spec linux.resources object alone (`update --resources`),
 // lowered as create lowers it.

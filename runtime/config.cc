@@ -579,6 +579,8 @@ struct Building {
   const Field* executables_dir = nullptr;
   const Field* work_dir = nullptr;
   const Field* whitelist = nullptr;
+  // sysctl entries' values, for errors found once network_mode is known.
+  std::vector<Field> sysctls;
   // Mount target -> "<kind> at line N", across tmpfs and volumes.
   std::map<std::string, std::string> targets;
 };
@@ -894,6 +896,20 @@ Status parse_hostname(const Parser& p, const Field& f, Building& b) {
   return {};
 }
 
+// sysctl: { net.ipv4.ip_forward: "1" }; the facility's rule (isolate/sysctl.h)
+// is applied once the executor's network_mode is known.
+Status parse_sysctl(const Parser& p, const Field& f, Building& b) {
+  auto entries = p.mapping(f);
+  if (!entries) return fail(entries.error());
+  for (const auto& e : *entries) {
+    if (!e.value.node.IsScalar())
+      return fail(p.error(e.value, "expected a value, got " + describe(e.value.node)));
+    b.cfg.sysctls.push_back({e.key, e.value.node.Scalar()});
+    b.sysctls.push_back(e.value);
+  }
+  return {};
+}
+
 Status parse_host_paths(const Parser& p, const Field& f, Building& b) {
   b.host_paths_given = true;
   return assign(p.path_list(f, false), b.cfg.host_paths);
@@ -1111,6 +1127,7 @@ constexpr FieldRule kExecutorFields[] = {
     {"volumes", parse_volumes},
     {"user", parse_user},
     {"hostname", parse_hostname},
+    {"sysctl", parse_sysctl},
     {"host_paths", parse_host_paths},
     {"masked_paths", parse_masked_paths},
     {"rlimits", parse_rlimits},
@@ -1193,6 +1210,11 @@ Result<ExecutorConfig> Parser::executor(const Field& f) const {
       if (auto w = policy::split_command(b.cfg.command_whitelist[i]); !w)
         return fail(error((*items)[i], w.error().message + " (an entry that can never match)"));
   }
+
+  for (size_t i = 0; i < b.cfg.sysctls.size(); ++i)
+    if (auto path = sysctl::path_of(b.cfg.sysctls[i], b.cfg.network_mode != NetworkMode::Host);
+        !path)
+      return fail(error(b.sysctls[i], path.error().message));
 
   if (b.cfg.kind == ExecutorKind::Container) {
     if (b.cfg.image.empty())

@@ -65,6 +65,7 @@ struct ExecutorConfig {
   std::vector<std::string> host_paths;    // default: kDefaultHostPaths
   std::vector<std::string> masked_paths;  // default: kDefaultMaskedPaths
   std::vector<rlimits::Limit> rlimits;
+  std::vector<sysctl::Setting> sysctls;          // isolate/sysctl.h
   std::string seccomp_profile;                   // "" = built-in default
   std::chrono::milliseconds default_timeout{0};  // 0 = none
   // shell, allowlist, allowed_dirs, executables_dir, max_processes,

@@ -143,6 +143,7 @@ Result<SpawnSpec> lower_executor(const ExecutorConfig& c, ImageDefaults* image) 
   }
   s.capabilities = c.capabilities;
   s.rlimits = c.rlimits;
+  s.sysctls = c.sysctls;
   s.limits.memory_max = c.memory_limit;
   s.limits.cpu_quota = c.cpu_quota;
   s.limits.pids_max = c.pids_limit;

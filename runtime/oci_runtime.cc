@@ -147,10 +147,7 @@ Result<State> load(const Globals& g, const std::string& id) {
   if (alive(s)) {
     s.status = s.started ? Status::Running : Status::Created;
     if (auto m = manager())
-      if (auto cg = (*m)->open_named(s.cgroup)) {
-        if (cg->frozen()) s.status = Status::Paused;
-        cg->forget();
-      }
+      if (auto cg = (*m)->open_named(s.cgroup); cg && cg->frozen()) s.status = Status::Paused;
   }
   return s;
 }
@@ -220,9 +217,13 @@ Result<oci::Bundle> bundle_of(const Globals& g, const State& s) {
   if (!text) return fail(text.error());
   return oci::parse_bundle(*text, s.bundle, s.id);
 }
+// Only the hooks: the whole lowering (a seccomp profile compiled, the user
+// namespace's range read) would cost start and delete milliseconds.
 oci::Hooks hooks_of(const Globals& g, const State& s) {
-  auto b = bundle_of(g, s);
-  return b ? b->hooks : oci::Hooks{};
+  auto text = read_file(dir_of(g, s.id) + "/config.json");
+  if (!text) return {};
+  auto h = oci::parse_hooks(*text);
+  return h ? *h : oci::Hooks{};
 }
 
 cloister::Status signal_init(const State& s, int sig) {
@@ -252,6 +253,52 @@ Result<int> connect_console(const std::string& path) {
     return fail(e);
   }
   return fd;
+}
+
+// process.oomScoreAdj, set on this process so that the clone inherits it:
+// inside the container's user namespace it could only be raised.
+cloister::Status apply_oom_score_adj(const oci::Bundle& b) {
+  if (!b.oom_score_adj) return {};
+  const std::string v = std::to_string(*b.oom_score_adj);
+  int fd = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return fail(sys_error("process.oomScoreAdj: open /proc/self/oom_score_adj"));
+  Fd f(fd);
+  if (::write(f.get(), v.data(), v.size()) != static_cast<ssize_t>(v.size()))
+    return fail(sys_error("process.oomScoreAdj: set " + v));
+  return {};
+}
+
+// The process's stdio: a pty whose master goes to --console-socket where it
+// has a terminal, else the caller's own fds (the shim's pipes, conmon's),
+// as runc passes them.
+struct CallerIo {
+  Fd console;
+  Stdio stdio;
+  Detach detach(const oci::Bundle& b) const {
+    Detach d;
+    d.console = console.get();
+    d.rows = b.rows;
+    d.cols = b.cols;
+    d.umask = b.umask;
+    return d;
+  }
+};
+Result<CallerIo> caller_io(const oci::Bundle& b, const std::string& console_socket) {
+  CallerIo io;
+  if (b.terminal != !console_socket.empty())
+    return fail(invalid(b.terminal ? "process.terminal is set but no --console-socket was given"
+                                   : "--console-socket was given but process.terminal is not set"));
+  if (b.terminal) {
+    auto c = connect_console(console_socket);
+    if (!c) return fail(c.error());
+    io.console = Fd(*c);
+    return io;
+  }
+  auto open_fd = [](int fd) { return ::fcntl(fd, F_GETFD) >= 0 ? fd : -1; };
+  io.stdio.in = open_fd(0);
+  io.stdio.out = open_fd(1);
+  io.stdio.err = open_fd(2);
+  return io;
 }
 
 // Removes what create left in the container's directory, and the directory.
@@ -375,10 +422,6 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
     if (auto s = write_atomic(path, b->seccomp_json, 0600); !s) return undo(s.error());
     b->spec.seccomp_profile = path;
   }
-  if (b->terminal && o.console_socket.empty())
-    return undo(invalid("process.terminal is set but no --console-socket was given"));
-  if (!b->terminal && !o.console_socket.empty())
-    return undo(invalid("--console-socket was given but process.terminal is not set"));
   auto sb = Sandbox::prepare(b->spec);
   if (!sb) return undo(sb.error());
   auto m = manager();
@@ -388,30 +431,15 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
   int gfd = ::open(fifo.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
   if (gfd < 0) return undo(sys_error("open " + fifo));
   Fd gate(gfd);
-  Fd console;
-  if (b->terminal) {
-    auto c = connect_console(o.console_socket);
-    if (!c) return undo(c.error());
-    console = Fd(*c);
-  }
-  Stdio stdio;
-  if (!b->terminal) {
-    // The caller's own stdio (the shim's pipes, conmon's), as runc passes it.
-    auto open_fd = [](int fd) { return ::fcntl(fd, F_GETFD) >= 0 ? fd : -1; };
-    stdio.in = open_fd(0);
-    stdio.out = open_fd(1);
-    stdio.err = open_fd(2);
-  }
-  Detach d;
+  auto io = caller_io(*b, o.console_socket);
+  if (!io) return undo(io.error());
+  Detach d = io->detach(*b);
   d.gate = gate.get();
-  d.console = console.get();
-  d.rows = b->rows;
-  d.cols = b->cols;
-  d.umask = b->umask;
+  if (auto st = apply_oom_score_adj(*b); !st) return undo(st.error());
   std::string cgroup = b->cgroups_path.empty() ? "cloister-oci/" + o.id : b->cgroups_path;
   while (!cgroup.empty() && cgroup.front() == '/') cgroup.erase(0, 1);
   d.cgroup = cgroup;
-  auto c = create_detached(**sb, b->command, stdio, m->get(), d);
+  auto c = create_detached(**sb, b->command, io->stdio, m->get(), d);
   if (!c) return undo(c.error());
   State s;
   s.oci_version = b->oci_version;
@@ -492,7 +520,6 @@ cloister::Status kill(const Globals& g, const std::string& id, int sig, bool all
       if (!was_frozen) (void)cg->freeze(false);
     }
   }
-  cg->forget();
   return st;
 }
 
@@ -533,7 +560,6 @@ Result<std::vector<pid_t>> pids(const Globals& g, const std::string& id) {
     return fail(cg.error());
   }
   auto out = cg->pids();
-  cg->forget();
   return out;
 }
 
@@ -552,7 +578,6 @@ cloister::Status pause(const Globals& g, const std::string& id, bool on) {
   auto cg = (*m)->open_named(s->cgroup);
   if (!cg) return fail(cg.error());
   auto st = cg->freeze(on);
-  cg->forget();
   return st;
 }
 
@@ -582,7 +607,6 @@ Result<std::string> stats_json(const Globals& g, const std::string& id) {
   if (!cg) return fail(cg.error());
   auto u = cg->usage();
   auto p = cg->pids();
-  cg->forget();
   if (!u) return fail(u.error());
   json data{{"cpu", {{"usage", {{"total", u->cpu_usec * 1000}}}}},
             {"memory", {{"usage", {{"max", u->memory_peak}}}, {"oom_kill", u->oom_kills}}},
@@ -599,7 +623,6 @@ cloister::Status update(const Globals& g, const std::string& id, const cgroups::
   auto cg = (*m)->open_named(s->cgroup);
   if (!cg) return fail(cg.error());
   auto st = (*m)->update(*cg, limits);
-  cg->forget();
   return st;
 }
 
@@ -627,8 +650,6 @@ Result<int> exec(const Globals& g, const std::string& id, const ExecOptions& o) 
   if (g.warn)
     for (const auto& w : b->warnings) g.warn("process: " + w);
   if (!b->seccomp_json.empty()) b->spec.seccomp_profile = dir_of(g, id) + "/seccomp.json";
-  if (b->terminal && o.console_socket.empty())
-    return fail(invalid("process.terminal is set but no --console-socket was given"));
   auto sb = Sandbox::prepare(b->spec);
   if (!sb) return fail(sb.error());
   auto m = manager();
@@ -638,45 +659,21 @@ Result<int> exec(const Globals& g, const std::string& id, const ExecOptions& o) 
   int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, s->pid, 0));
   if (pidfd < 0) return fail(invalid("container " + id + " is not running"));
   Fd pf(pidfd);
-  if (!alive(*s)) {
-    cg->forget();
-    return fail(invalid("container " + id + " is not running"));
-  }
+  if (!alive(*s)) return fail(invalid("container " + id + " is not running"));
   Fd userns;
   if (b->spec.userns) {
     int u = ::open(("/proc/" + std::to_string(s->pid) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC);
-    if (u < 0) {
-      cg->forget();
-      return fail(sys_error("the user namespace of container " + id));
-    }
+    if (u < 0) return fail(sys_error("the user namespace of container " + id));
     userns = Fd(u);
   }
-  Fd console;
-  if (b->terminal) {
-    auto c = connect_console(o.console_socket);
-    if (!c) {
-      cg->forget();
-      return fail(c.error());
-    }
-    console = Fd(*c);
-  }
-  Stdio stdio;
-  if (!b->terminal) {
-    auto open_fd = [](int fd) { return ::fcntl(fd, F_GETFD) >= 0 ? fd : -1; };
-    stdio.in = open_fd(0);
-    stdio.out = open_fd(1);
-    stdio.err = open_fd(2);
-  }
-  Detach d;
-  d.console = console.get();
-  d.rows = b->rows;
-  d.cols = b->cols;
-  d.umask = b->umask;
+  auto io = caller_io(*b, o.console_socket);
+  if (!io) return fail(io.error());
+  Detach d = io->detach(*b);
+  if (auto st = apply_oom_score_adj(*b); !st) return fail(st.error());
   d.join_pidfd = pf.get();
   d.join_userns = userns.get();
   d.join_cgroup = &*cg;
-  auto c = create_detached(**sb, b->command, stdio, nullptr, d);
-  cg->forget();
+  auto c = create_detached(**sb, b->command, io->stdio, nullptr, d);
   if (!c) return fail(c.error());
   if (!o.pid_file.empty())
     if (auto st = write_atomic(o.pid_file, std::to_string(c->pid), 0644); !st) {

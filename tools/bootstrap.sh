@@ -17,8 +17,10 @@ PACKAGES=(
 PACKAGES+=(zlib1g-dev libisal-dev libzstd-dev libssl-dev libcurl4-openssl-dev docker-registry busybox-static
   zstd python3 python3-cryptography)
 # Peers for the side-by-side benchmarks and tests, and the clients of
-# cloister-oci (tests/clients/run.sh: containerd's ctr and runc shim, podman).
-PACKAGES+=(bubblewrap hyperfine containerd podman)
+# cloister-oci (tests/clients/run.sh: containerd's ctr and runc shim, podman;
+# tests/clients/runtime_tools.sh: runc and golang-go, which builds the OCI
+# runtime-tools suite offline).
+PACKAGES+=(bubblewrap hyperfine containerd podman runc golang-go)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -143,7 +143,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   events->add_option("id", id)->required();
   std::string resources_file;
-  int64_t memory = -1, cpu_quota = -1, cpu_period = -1, pids_limit = -1;
+  int64_t memory = -1, cpu_quota = -1, cpu_period = -1, pids_limit = -1, cpu_share = -1;
+  std::string cpuset_cpus, cpuset_mems;
   auto* update = app.add_subcommand("update", "change the container's resource limits");
   update->add_option("-r,--resources", resources_file,
                      "a runtime-spec linux.resources JSON (- for stdin)");
@@ -151,6 +152,9 @@ int main(int argc, char** argv) {
   update->add_option("--cpu-quota", cpu_quota, "CPU quota in microseconds per period");
   update->add_option("--cpu-period", cpu_period, "CPU period in microseconds");
   update->add_option("--pids-limit", pids_limit, "maximum number of processes");
+  update->add_option("--cpu-share", cpu_share, "CPU shares (relative weight, v1 units)");
+  update->add_option("--cpuset-cpus", cpuset_cpus, "CPUs the container may use (0-3,6)");
+  update->add_option("--cpuset-mems", cpuset_mems, "memory nodes the container may use");
   update->add_option("id", id)->required();
   auto* features = app.add_subcommand("features", "print the runtime's features as JSON");
   std::string spec_bundle = ".";
@@ -282,6 +286,9 @@ int main(int argc, char** argv) {
     if (cpu_quota > 0) l.cpu_quota = static_cast<uint64_t>(cpu_quota);
     if (cpu_period > 0) l.cpu_period = static_cast<uint64_t>(cpu_period);
     if (pids_limit > 0) l.pids_max = static_cast<uint64_t>(pids_limit);
+    if (cpu_share > 0) l.cpu_shares = static_cast<uint64_t>(cpu_share);
+    if (!cpuset_cpus.empty()) l.cpuset_cpus = cpuset_cpus;
+    if (!cpuset_mems.empty()) l.cpuset_mems = cpuset_mems;
     if (l.cpu_period != 100000 && !l.cpu_quota)
       return report(log, invalid("--cpu-period needs --cpu-quota"));
     return status(ociruntime::update(g, id, l));

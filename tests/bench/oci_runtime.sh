@@ -7,7 +7,9 @@
 #   2. through containerd 1.6's runc shim: `ctr run --rm` start -> exit of
 #      /bin/true with --runc-binary cloister-oci and with runc, against a
 #      private containerd.
-# Needs root, runc, containerd, hyperfine, busybox-static. Results:
+#   3. through podman 4.3: `podman run --rm` of /bin/true with each runtime
+#      (NO_PODMAN=1 skips it).
+# Needs root, runc, containerd, podman, hyperfine, busybox-static. Results:
 # docs/benchmarks.md, "OCI runtime". RUNS (default 30) per command.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +32,7 @@ cleanup() {
   rm -rf "$work"
   # containerd's namespace parents (runc leaves them, so does cloister-oci).
   rmdir /sys/fs/cgroup/*/bench /sys/fs/cgroup/*/cloister-oci 2>/dev/null || true
+  find /sys/fs/cgroup -maxdepth 3 -depth -type d -path '*cloister-bench-pm*' -exec rmdir {} \; 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -84,7 +87,55 @@ hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$out/ctr.json" \
   -n "ctr run --rm, cloister-oci" "$(ctr_run "$OCI" "$work/ctr-root-c")" \
   -n "ctr run --rm, runc" "$(ctr_run "$RUNC" "$work/ctr-root-r")"
 
-python3 - "$out/verbs.json" "$out/ctr.json" <<'EOF'
+# podman 4.3, private (storage, runroot, tmpdir, containers.conf as
+# tests/clients/run.sh has them): `podman run --rm` of /bin/true with each
+# runtime, both through a wrapper script (podman passes no --root).
+if [ -z "${NO_PODMAN:-}" ] && command -v podman >/dev/null; then
+  P=$work/podman
+  mkdir -p "$P/tmp" "$P/net" "$P/varlib" "$P/vartmp"
+  for rt in c r; do
+    bin=$OCI
+    [ $rt = r ] && bin=$RUNC
+    printf '#!/bin/sh\nexec %s --root %s "$@"\n' "$bin" "$P/oci-root-$rt" >"$P/rt-$rt"
+    chmod +x "$P/rt-$rt"
+  done
+  cat >"$P/containers.conf" <<EOC
+[containers]
+default_ulimits = []
+netns = "none"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+image_copy_tmp_dir = "$P/tmp"
+[network]
+network_config_dir = "$P/net"
+EOC
+  printf '[storage]\ndriver = "overlay"\nrunroot = "%s"\ngraphroot = "%s"\n' "$P/runroot" "$P/root" \
+    >"$P/storage.conf"
+  echo 'unqualified-search-registries = []' >"$P/registries.conf"
+  pm="env CONTAINERS_CONF=$P/containers.conf CONTAINERS_STORAGE_CONF=$P/storage.conf"
+  pm="$pm CONTAINERS_REGISTRIES_CONF=$P/registries.conf TMPDIR=$P/tmp podman --root $P/root"
+  pm="$pm --runroot $P/runroot --tmpdir $P/tmp --cgroup-manager cgroupfs --events-backend file"
+  # c/image writes below /var/lib and /var/tmp whatever --root says.
+  unshare --mount --propagation private sh -c \
+    'mount --bind "$1" /var/lib && mount --bind "$2" /var/tmp && shift 2 && exec "$@"' \
+    sh "$P/varlib" "$P/vartmp" $pm load -i "$work/img.tar" >/dev/null
+  pm_run() {  # wrapper
+    echo "$pm --runtime $1 run --rm --pull never --network none --ipc none --cgroup-parent /cloister-bench-pm docker.io/library/cloister-bench-bb:latest /bin/true"
+  }
+  hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$out/podman.json" \
+    -n "podman run --rm, cloister-oci" "$(pm_run "$P/rt-c")" \
+    -n "podman run --rm, runc" "$(pm_run "$P/rt-r")"
+  podman_cleanup() {
+    $pm rm -af >/dev/null 2>&1 || true
+    grep " $P" /proc/mounts | awk '{print $2}' | sort -r | xargs -r umount -l 2>/dev/null || true
+  }
+  podman_cleanup
+fi
+results=("$out/verbs.json" "$out/ctr.json")
+[ -f "$out/podman.json" ] && results+=("$out/podman.json")
+
+python3 - "${results[@]}" <<'EOF'
 import json, sys
 for f in sys.argv[1:]:
     r = {x["command"]: x for x in json.load(open(f))["results"]}

@@ -5,12 +5,15 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -20,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -312,6 +316,38 @@ int userns(int argc, char** argv) {
 
 }  // namespace
 
+// Capabilities held in name only (the OCI runtime keeps a config's inert
+// ones, userns::kInertCapabilities): the effective set, then one use of
+// each, which the kernel must refuse. DIR: a writable directory.
+// inert DIR
+int inert(const char* dir) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  char line[256];
+  while (f && std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "CapEff:", 7) == 0) std::printf("cap_eff %s", line + 8);
+  if (f) std::fclose(f);
+  long s = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);  // CAP_NET_RAW
+  say("raw_socket", s);
+  if (s >= 0) ::close(static_cast<int>(s));
+  const std::string node = std::string(dir) + "/mem";  // CAP_MKNOD: /dev/mem
+  say("mknod", ::mknod(node.c_str(), S_IFCHR | 0600, makedev(1, 1)));
+  s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // CAP_NET_BIND_SERVICE
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(80);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  say("bind_80",
+      s < 0 ? s : ::bind(static_cast<int>(s), reinterpret_cast<sockaddr*>(&a), sizeof a));
+  if (s >= 0) ::close(static_cast<int>(s));
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  say("settime", ::clock_settime(CLOCK_REALTIME, &now));  // CAP_SYS_TIME
+  say("sethostname", ::sethostname("x", 1));              // CAP_SYS_ADMIN (dropped)
+  say("mount", ::syscall(SYS_mount, "none", dir, "tmpfs", 0, nullptr));
+  say("unshare_mnt", ::unshare(CLONE_NEWNS));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "proc1") return proc1();
@@ -345,6 +381,7 @@ int main(int argc, char** argv) {
   if (cmd == "fill" && argc > 2) return fill(argv[2]);
   if (cmd == "inodes" && argc > 2) return inodes(argv[2]);
   if (cmd == "names") return names();
+  if (cmd == "inert" && argc > 2) return inert(argv[2]);
   if (cmd == "userns" && argc > 3) return userns(argc, argv);
   std::fprintf(stderr, "usage: cloister_attack proc1|forge [code]|forge-and-hang|...\n");
   return 2;

@@ -415,6 +415,59 @@ TEST_F(Cgroups, TheBaseBoundsAllSandboxesTogether) {
   EXPECT_TRUE(saw_memory);
 }
 
+// cpuset and v1 cpu.shares (the OCI runtime's cpu.cpus, mems and shares):
+// a new v1 cpuset directory and its parents get their parent's cpus and
+// mems first, then the limit; shares are written as given on v1, as a
+// weight (runc's conversion) on v2; `update` changes the set.
+TEST_F(Cgroups, CpusetAndSharesAreWrittenAsGiven) {
+  Limits l;
+  l.cpu_shares = 1024;
+  l.cpuset_cpus = "0";
+  l.cpuset_mems = "0";
+  auto cg = mgr_->create(l, "cloister-cgtest/nested/c1");
+  ASSERT_TRUE(cg) << cg.error().what();
+  std::string set = find_path(*cg, "cpuset"), cpu = find_path(*cg, "cpu");
+  if (set.empty()) set = cpu = find_path(*cg, "");  // cgroup2
+  ASSERT_FALSE(set.empty());
+  EXPECT_EQ(trim(slurp(set + "/cpuset.cpus")), "0");
+  EXPECT_EQ(trim(slurp(set + "/cpuset.mems")), "0");
+  if (path_exists(cpu + "/cpu.shares")) {
+    EXPECT_EQ(trim(slurp(cpu + "/cpu.shares")), "1024");
+  } else {
+    EXPECT_EQ(trim(slurp(cpu + "/cpu.weight")), "39");  // 1 + (1024 - 2) * 9999 / 262142
+  }
+  // A process can join it (its cpus and mems, and its parents', are set).
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  EXPECT_TRUE(cg->attach(child, false)) << "attach to the cpuset";
+  const std::string online = trim(slurp("/sys/devices/system/cpu/online"));
+  Limits u;
+  u.cpuset_cpus = online;
+  EXPECT_TRUE(mgr_->update(*cg, u));
+  EXPECT_EQ(trim(slurp(set + "/cpuset.cpus")), online);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  EXPECT_TRUE(cg->destroy());
+  for (const auto& b : mgr_->base_paths()) {
+    ::rmdir((b + "/cloister-cgtest/nested").c_str());
+    ::rmdir((b + "/cloister-cgtest").c_str());
+  }
+  // Bad lists and shares are refused by name, leaving nothing.
+  for (const char* bad : {"0-", "a", "1--2", "-1"}) {
+    Limits b;
+    b.cpuset_cpus = bad;
+    auto r = mgr_->create(b);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_NE(r.error().message.find("cpuset_cpus"), std::string::npos) << r.error().what();
+  }
+  Limits b;
+  b.cpu_shares = 1;
+  EXPECT_FALSE(mgr_->create(b));
+}
+
 TEST_F(Cgroups, InvalidLimitsAreRejectedWithTheirName) {
   Limits l;
   l.cpu_weight = 20000;
@@ -638,6 +691,10 @@ TEST_F(Cgroups, CleanupStaleRemovesDeadRuntimesOnly) {
   for (const auto& b : bases) {
     ASSERT_EQ(::mkdir((b + "/" + dead_name).c_str(), 0755), 0) << b << ": " << strerror(errno);
     ASSERT_EQ(::mkdir((b + "/" + live_name).c_str(), 0755), 0) << b << ": " << strerror(errno);
+    // A v1 cpuset takes a process only once it has cpus and mems.
+    for (const char* f : {"cpuset.cpus", "cpuset.mems"})
+      if (path_exists(b + "/" + f))
+        (void)write_file(b + "/" + dead_name + "/" + f, slurp(b + "/" + f));
   }
   // A process left in the stale cgroup, as after a runtime crash.
   pid_t orphan = ::fork();

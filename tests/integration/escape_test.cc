@@ -393,6 +393,48 @@ TEST_P(Escape, NothingOfTheHostByName) {
   expect_nothing_by_name(r.out, "library");
 }
 
+// Namespaced sysctls land in the sandbox's own network and ipc namespaces,
+// never in the host's, whichever way it starts: the init writes them before
+// its mounts, so it must be in a network namespace of its own by then (one
+// made while it sets up, joined only at its go, would come too late).
+TEST_P(Escape, SysctlsStayInTheSandbox) {
+  const std::string ttl = read_text("/proc/sys/net/ipv4/ip_default_ttl");
+  const std::string shmmni = read_text("/proc/sys/kernel/shmmni");
+  ASSERT_NE(ttl, "99\n");
+  ASSERT_NE(shmmni, "1234\n");
+  auto cfg = param_config();
+  cfg.sysctls = {{"net.ipv4.ip_default_ttl", "99"}, {"kernel.shmmni", "1234"}};
+  auto exec = executor_in(GetParam(), cfg);
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 2; ++i) {
+    auto r =
+        run_on(*exec, {"/bin/cat", "/proc/sys/net/ipv4/ip_default_ttl", "/proc/sys/kernel/shmmni"});
+    EXPECT_EQ(r.status.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "99\n1234\n") << r.err;
+    EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl) << "the host's, run " << i;
+    EXPECT_EQ(read_text("/proc/sys/kernel/shmmni"), shmmni) << "the host's, run " << i;
+  }
+  // One that is not kept per namespace, or net.* beside the host's network,
+  // never reaches a start.
+  for (auto [key, network] : {std::pair{"kernel.core_pattern", NetworkMode::None},
+                              std::pair{"vm.overcommit_memory", NetworkMode::None},
+                              std::pair{"net.ipv4.ip_default_ttl", NetworkMode::Host},
+                              std::pair{"net/../kernel/core_pattern", NetworkMode::None}}) {
+    auto bad = param_config();
+    bad.network_mode = network;
+    bad.sysctls = {{key, "1"}};
+    auto e = Executor::create(bad);
+    std::string err = e ? "" : e.error().what();
+    if (e) {
+      auto r = run_on(**e, {"/bin/true"});
+      EXPECT_NE(r.status.exit_code, 0) << key;
+      err = r.err;
+    }
+    EXPECT_NE(err.find(std::string("sysctl ") + key), std::string::npos) << key << ": " << err;
+  }
+  EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl);
+}
+
 // The payload's root is not host root (issue 12): it is mapped to an
 // unprivileged host uid; a root-only host file is out of its reach, even
 // with CAP_DAC_OVERRIDE kept (the capability holds in its own user
@@ -1512,6 +1554,13 @@ TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
       {"c['linux']['rootfsPropagation']='shared'", "linux.rootfsPropagation"},
       {"c['mounts'][3]['options']=['rbind','rshared']", "mounts[3].options"},
       {"c['linux']['sysctl']={'kernel.domainname':'x'}", "linux.sysctl"},
+      {"c['linux']['sysctl']={'kernel.core_pattern':'|/tmp/x'}",
+       "linux.sysctl[\"kernel.core_pattern\"]: sysctl kernel.core_pattern: not kept per "
+       "namespace"},
+      {"c['linux']['sysctl']={'net/../kernel/core_pattern':'x'}", "not a sysctl name"},
+      {"c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type']!='network'];"
+       " c['linux']['sysctl']={'net.ipv4.ip_forward':'1'}",
+       "shares the host's network namespace"},
       {"c['linux']['seccomp']={'defaultAction':'SCMP_ACT_ALLOW','listenerPath':'/x'}",
        "linux.seccomp.listenerPath"},
       {"c['linux']['cgroupsPath']='/'", "linux.cgroupsPath"},
@@ -1524,6 +1573,70 @@ TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
     EXPECT_NE(out.find(c.want), std::string::npos) << c.edit << ": " << out;
     expect_nothing_left(c.edit);
   }
+}
+
+// A config's capabilities that hold over nothing in the container's user
+// namespace are in its sets, as runc shows them, and every use of them is
+// refused; CAP_SYS_ADMIN, which would open namespaces of its own, is not.
+TEST_F(EscapeOci, InertCapabilitiesAreHeldInNameOnly) {
+  std::string out;
+  bundle({kAttack, "inert", "/shared"},
+         "[c['process']['capabilities'][k].extend(['CAP_NET_RAW','CAP_MKNOD',"
+         "'CAP_NET_BIND_SERVICE','CAP_SYS_TIME','CAP_SYS_ADMIN','CAP_CHECKPOINT_RESTORE',"
+         "'CAP_SYS_NICE','CAP_SYS_RESOURCE']) for k in ('bounding','effective','permitted')]");
+  EXPECT_EQ(sh(oci("run i1 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  auto got = results(out);
+  const uint64_t eff = std::strtoull(got["cap_eff"].c_str(), nullptr, 16);
+  for (int cap : {CAP_NET_RAW, CAP_MKNOD, CAP_NET_BIND_SERVICE, CAP_SYS_TIME})
+    EXPECT_NE(eff & (uint64_t{1} << cap), 0u) << "held: " << cap << "\n" << out;
+  // These act in the container's own user namespace, or on its processes.
+  for (int cap : {CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE, CAP_SYS_NICE, CAP_SYS_RESOURCE})
+    EXPECT_EQ(eff & (uint64_t{1} << cap), 0u) << "dropped: " << cap << "\n" << out;
+  for (const char* use : {"raw_socket", "mknod", "settime", "sethostname", "mount", "unshare_mnt"})
+    EXPECT_EQ(got[use], "EPERM") << use << "\n" << out;
+  EXPECT_EQ(got["bind_80"], "EACCES") << out;
+  EXPECT_NE(out.find("CAP_NET_BIND_SERVICE, CAP_NET_RAW"), std::string::npos) << out;
+  expect_nothing_left("inert capabilities");
+}
+
+// linux.sysctl and process.oomScoreAdj as runc applies them: the sysctls in
+// the container's own network and ipc namespaces (the host's unchanged),
+// the score on the container's processes, exec's included.
+TEST_F(EscapeOci, SysctlsAndOomScoreStayInTheContainer) {
+  const std::string ttl = read_text("/proc/sys/net/ipv4/ip_default_ttl");
+  const std::string sem = read_text("/proc/sys/kernel/sem");
+  const std::string own_score = read_text("/proc/self/oom_score_adj");
+  std::string out;
+  bundle({"/bin/sh", "-c",
+          "cat /proc/sys/net/ipv4/ip_default_ttl /proc/sys/kernel/sem /proc/self/oom_score_adj"},
+         "c['linux']['sysctl']={'net.ipv4.ip_default_ttl':'77','kernel.sem':'100\\t200\\t30\\t40'};"
+         " c['process']['oomScoreAdj']=321");
+  EXPECT_EQ(sh(oci("run s1 --bundle " + dir.path), &out), 0) << out;
+  EXPECT_EQ(out, "77\n100\t200\t30\t40\n321\n");
+  EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl);
+  EXPECT_EQ(read_text("/proc/sys/kernel/sem"), sem);
+  EXPECT_EQ(read_text("/proc/self/oom_score_adj"), own_score) << "the runtime's caller's";
+  // A network namespace joined by path may be the host's own: its net.*
+  // sysctls are refused (the attack review's finding), before anything runs.
+  for (const std::string host_ns :
+       {std::string("/proc/self/ns/net"), "/proc/" + std::to_string(::getpid()) + "/ns/net"}) {
+    bundle({"/bin/true"}, std::string("c['linux']['namespaces']=[n if n['type']!='network' else "
+                                      "{'type':'network','path':'") +
+                              host_ns +
+                              "'} for n in c['linux']['namespaces']]; "
+                              "c['linux']['sysctl']={'net.ipv4.ip_default_ttl':'99'}");
+    EXPECT_EQ(sh(oci("run s3 --bundle " + dir.path) + " 2>&1", &out), 1) << host_ns << out;
+    EXPECT_NE(out.find("is the host's"), std::string::npos) << host_ns << ": " << out;
+    EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl) << host_ns;
+  }
+  // A congestion control that is not loaded would load its module.
+  bundle({"/bin/true"}, "c['linux']['sysctl']={'net.ipv4.tcp_congestion_control':'nosuchcc'}");
+  EXPECT_EQ(sh(oci("run s4 --bundle " + dir.path) + " 2>&1", &out), 1) << out;
+  EXPECT_NE(out.find("not one of the congestion controls loaded"), std::string::npos) << out;
+  bundle({"/bin/sh", "-c", "cat /proc/self/oom_score_adj"}, "c['process']['oomScoreAdj']=-2000");
+  EXPECT_EQ(sh(oci("run s2 --bundle " + dir.path) + " 2>&1", &out), 1) << out;
+  EXPECT_NE(out.find("process.oomScoreAdj: -2000 is out of range"), std::string::npos) << out;
+  expect_nothing_left("sysctl and oomScoreAdj");
 }
 
 // exec into a running container: the process joins the container's

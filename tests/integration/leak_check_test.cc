@@ -41,6 +41,11 @@ class LeakCheck : public ::testing::Environment {
   void SetUp() override {
     // The one fd the library keeps for good: the init program's sealed memfd.
     (void)cloister::init_program::fd();
+    // The one change to the host's mounts the library makes for good: the
+    // first manager remounts cgroup2 with favordynmods (isolate/cgroups.h),
+    // once per boot; before the snapshot, so that a fresh machine's first
+    // run compares like with like.
+    (void)cloister::cgroups::Manager::shared();
     fds_ = count_fds(::getpid());
     mounts_ = read_text("/proc/self/mountinfo");
   }

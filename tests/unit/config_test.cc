@@ -259,6 +259,17 @@ TEST(Config, IntegersAndBooleans) {
   EXPECT_FALSE(c->executors[0].no_new_privileges);
 }
 
+TEST(Config, Sysctls) {
+  auto c =
+      parse(one("    sysctl:\n      net.ipv4.ip_unprivileged_port_start: 0\n"
+                "      kernel.shmmax: \"68719476736\"\n"));
+  ASSERT_TRUE(c) << c.error().what();
+  ASSERT_EQ(c->executors[0].sysctls.size(), 2u);
+  EXPECT_EQ(c->executors[0].sysctls[0].key, "net.ipv4.ip_unprivileged_port_start");
+  EXPECT_EQ(c->executors[0].sysctls[0].value, "0");
+  EXPECT_EQ(c->executors[0].sysctls[1].value, "68719476736");
+}
+
 TEST(Config, UserNames) {
   auto c = parse(one("    user: root\n"));
   ASSERT_TRUE(c) << c.error().what();
@@ -529,6 +540,15 @@ const BadCase kBadCases[] = {
      "expected a duration"},
     {"TimeoutTwice", one("    timeout: 1s\n    default_timeout: 2s\n"), 5,
      "executors[0].default_timeout", "not both"},
+    // Sysctls: the facility's rule, by key's value line.
+    {"SysctlNotNamespaced", one("    sysctl:\n      kernel.core_pattern: '|/x'\n"), 5,
+     "executors[0].sysctl[\"kernel.core_pattern\"]", "not kept per namespace"},
+    {"SysctlNetWithHostNetwork",
+     one("    network_mode: host\n    sysctl:\n      net.ipv4.ip_forward: 1\n"), 6,
+     "executors[0].sysctl[\"net.ipv4.ip_forward\"]", "host's network namespace"},
+    {"SysctlNotAMapping", one("    sysctl: [a]\n"), 4, "executors[0].sysctl", "expected a mapping"},
+    {"SysctlValueList", one("    sysctl:\n      kernel.sem: [1, 2]\n"), 5,
+     "executors[0].sysctl[\"kernel.sem\"]", "expected a value"},
     // Network.
     {"NetworkBridge", one("    network_mode: bridge\n"), 4, "executors[0].network_mode",
      "not supported yet"},

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "isolate/capabilities.h"
@@ -84,15 +85,32 @@ TEST_F(Bundle, ProcessFields) {
   EXPECT_EQ(b->spec.capabilities, uint64_t{1} << *capabilities::from_name("CAP_KILL"));
 }
 
+// In the container's user namespace: CAP_SYS_ADMIN (new namespaces of its
+// own) is dropped; capabilities that hold over nothing there (NET_RAW,
+// MKNOD, ...) are kept apart as inert, each with a warning.
 TEST_F(Bundle, CapabilitiesAUserNamespaceCannotUseAreDroppedWithAWarning) {
   json c = base;
   for (const char* k : {"bounding", "effective", "permitted"})
-    c["process"]["capabilities"][k].push_back("CAP_SYS_ADMIN");
+    for (const char* cap : {"CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_MKNOD"})
+      c["process"]["capabilities"][k].push_back(cap);
   auto b = lower(c);
   ASSERT_TRUE(b) << b.error().what();
-  EXPECT_EQ(b->spec.capabilities & (uint64_t{1} << *capabilities::from_name("CAP_SYS_ADMIN")), 0u);
-  ASSERT_FALSE(b->warnings.empty());
-  EXPECT_NE(b->warnings[0].find("CAP_SYS_ADMIN"), std::string::npos) << b->warnings[0];
+  auto bit = [](const char* n) { return uint64_t{1} << *capabilities::from_name(n); };
+  EXPECT_EQ(b->spec.capabilities & bit("CAP_SYS_ADMIN"), 0u);
+  EXPECT_EQ(b->spec.inert_capabilities & bit("CAP_SYS_ADMIN"), 0u);
+  EXPECT_EQ(b->spec.capabilities & (bit("CAP_NET_RAW") | bit("CAP_MKNOD")), 0u);
+  EXPECT_EQ(b->spec.inert_capabilities, bit("CAP_NET_RAW") | bit("CAP_MKNOD"));
+  EXPECT_NE(b->spec.capabilities & bit("CAP_CHOWN"), 0u);
+  std::string all;
+  for (const auto& w : b->warnings) all += w + "\n";
+  EXPECT_NE(all.find("CAP_SYS_ADMIN would hold over nothing"), std::string::npos) << all;
+  EXPECT_NE(all.find("CAP_NET_RAW, CAP_MKNOD hold over nothing"), std::string::npos) << all;
+  // With the host's user namespace (userns=host) every capability is real.
+  c["annotations"]["run.cloister.userns"] = "host";
+  b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->spec.inert_capabilities, 0u);
+  EXPECT_NE(b->spec.capabilities & bit("CAP_SYS_ADMIN"), 0u);
 }
 
 TEST_F(Bundle, MountsNamespacesAndResources) {
@@ -107,6 +125,8 @@ TEST_F(Bundle, MountsNamespacesAndResources) {
                          {"source", "tmpfs"},
                          {"options", {"nosuid", "size=1m", "mode=1777"}}});
   c["mounts"].push_back({{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}});
+  c["mounts"].push_back({{"destination", "/sys/fs/cgroup"}, {"type", "cgroup"}});
+  c["mounts"].push_back({{"destination", "/dev/mqueue"}, {"type", "mqueue"}});
   c["linux"]["namespaces"] = {{{"type", "pid"}},
                               {{"type", "ipc"}},
                               {{"type", "uts"}},
@@ -115,10 +135,12 @@ TEST_F(Bundle, MountsNamespacesAndResources) {
                               {{"type", "user"}}};
   c["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 200000}, {"size", 65536}}};
   c["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", 300000}, {"size", 65536}}};
-  c["linux"]["resources"] = {{"memory", {{"limit", 64 << 20}}},
-                             {"cpu", {{"quota", 50000}, {"period", 100000}, {"shares", 1024}}},
-                             {"pids", {{"limit", 32}}},
-                             {"devices", {{{"allow", false}, {"access", "rwm"}}}}};
+  c["linux"]["resources"] = {
+      {"memory", {{"limit", 64 << 20}}},
+      {"cpu",
+       {{"quota", 50000}, {"period", 100000}, {"shares", 1024}, {"cpus", "0"}, {"mems", "0"}}},
+      {"pids", {{"limit", 32}}},
+      {"devices", {{{"allow", false}, {"access", "rwm"}}}}};
   c["linux"]["cgroupsPath"] = "/default/c1";
   c["hostname"] = "box-1";
   c["annotations"] = {{"a", "b"}};
@@ -137,13 +159,18 @@ TEST_F(Bundle, MountsNamespacesAndResources) {
   EXPECT_EQ(b->spec.limits.memory_max, uint64_t{64} << 20);
   EXPECT_EQ(b->spec.limits.cpu_quota, 50000u);
   EXPECT_EQ(b->spec.limits.pids_max, 32u);
-  EXPECT_GT(b->spec.limits.cpu_weight, 0u);
+  EXPECT_EQ(b->spec.limits.cpu_shares, 1024u) << "as given: the cgroup module converts for v2";
+  EXPECT_EQ(b->spec.limits.cpu_weight, 0u);
+  EXPECT_EQ(b->spec.limits.cpuset_cpus, "0");
+  EXPECT_EQ(b->spec.limits.cpuset_mems, "0");
   EXPECT_EQ(b->cgroups_path, "default/c1");
   EXPECT_EQ(b->spec.hostname, "box-1");
   EXPECT_EQ(b->annotations.at("a"), "b");
-  bool sysfs_warned = false;
-  for (const auto& w : b->warnings) sysfs_warned |= w.starts_with("mounts[5]: sysfs");
-  EXPECT_TRUE(sysfs_warned);
+  EXPECT_TRUE(b->spec.sysfs);
+  EXPECT_TRUE(b->spec.mqueue);
+  bool cgroup_warned = false;
+  for (const auto& w : b->warnings) cgroup_warned |= w.starts_with("mounts[6]: cgroup");
+  EXPECT_TRUE(cgroup_warned);
   // Without a network namespace: the host's network.
   c["linux"]["namespaces"].erase(4);
   auto h = lower(c);
@@ -261,16 +288,105 @@ TEST_F(Bundle, BadValuesNameTheirJsonPath) {
 TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
   json c = base;
   c["process"]["apparmorProfile"] = "docker-default";
-  c["process"]["oomScoreAdj"] = 100;
   c["linux"]["intelRdt"] = {{"closID", "x"}};
-  c["linux"]["maskedPaths"].push_back("/etc/secret");
   auto b = lower(c);
   ASSERT_TRUE(b) << b.error().what();
   std::string all;
   for (const auto& w : b->warnings) all += w + "\n";
-  for (const char* want : {"process.apparmorProfile", "process.oomScoreAdj", "linux.intelRdt",
-                           "linux.maskedPaths[3]: '/etc/secret'"})
+  for (const char* want : {"process.apparmorProfile", "linux.intelRdt"})
     EXPECT_NE(all.find(want), std::string::npos) << want << "\n" << all;
+}
+
+// maskedPaths and readonlyPaths: cloister's own /proc list taken as it is,
+// any other absolute path kept for the mount plan; a relative one refused.
+TEST_F(Bundle, MaskedAndReadOnlyPaths) {
+  json c = base;
+  c["linux"]["maskedPaths"] = {"/proc/kcore", "/etc/secret", "/sys/firmware"};
+  c["linux"]["readonlyPaths"] = {"/proc/sys", "/usr/share"};
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->spec.masked_paths, (std::vector<std::string>{"/etc/secret", "/sys/firmware"}));
+  EXPECT_EQ(b->spec.read_only_paths, (std::vector<std::string>{"/usr/share"}));
+  c["linux"]["maskedPaths"] = {"masked-relpath"};
+  EXPECT_NE(error(c).find("linux.maskedPaths[0]: 'masked-relpath' is not an absolute path"),
+            std::string::npos);
+  c["linux"]["maskedPaths"] = "/x";
+  EXPECT_NE(error(c).find("linux.maskedPaths: expected an array"), std::string::npos);
+}
+
+// linux.sysctl through the sysctl facility's one rule, by key; oomScoreAdj
+// kept for the runtime to set (-1000 to 1000); a hook's timeout positive.
+TEST_F(Bundle, SysctlsOomScoreAndHookTimeouts) {
+  json c = base;
+  c["linux"]["sysctl"] = {{"net.ipv4.ip_default_ttl", "99"}, {"fs.mqueue.msg_max", "20"}};
+  c["process"]["oomScoreAdj"] = -500;
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  ASSERT_EQ(b->spec.sysctls.size(), 2u);
+  EXPECT_EQ(b->spec.sysctls[0].key, "fs.mqueue.msg_max");  // JSON objects are sorted
+  EXPECT_EQ(b->spec.sysctls[1].value, "99");
+  EXPECT_EQ(b->oom_score_adj, -500);
+  auto e = parse_exec_process(*b, R"({"args":["sh"],"cwd":"/"})");
+  ASSERT_TRUE(e) << e.error().what();
+  EXPECT_TRUE(e->spec.sysctls.empty()) << "exec sets no sysctls: the container has them";
+  EXPECT_EQ(e->oom_score_adj, -500) << "exec inherits the container's score";
+
+  struct Case {
+    std::function<void(json&)> edit;
+    std::string want;
+  };
+  const Case cases[] = {
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"kernel.core_pattern", "|/x"}};
+       },
+       "linux.sysctl[\"kernel.core_pattern\"]: sysctl kernel.core_pattern: not kept per namespace"},
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"kernel.shmmax", 5}};
+       },
+       "linux.sysctl[\"kernel.shmmax\"]: expected a string"},
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"net..ipv4", "1"}};
+       },
+       "not a sysctl name"},
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"net/ipv4/../../vm/x", "1"}};
+       },
+       "not a sysctl name"},
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"kernel.sem", "1\n2"}};
+       },
+       "a control character"},
+      {[](json& c) {
+         c["linux"]["sysctl"] = {{"kernel.msgmax", ""}};
+       },
+       "1 to 4096 bytes"},
+      {[](json& c) {
+         auto& ns = c["linux"]["namespaces"];
+         for (size_t i = 0; i < ns.size(); ++i)
+           if (ns[i]["type"] == "network") ns.erase(i);
+         c["linux"]["sysctl"] = {{"net.ipv4.ip_forward", "1"}};
+       },
+       "shares the host's network namespace"},
+      {[](json& c) { c["linux"]["sysctl"] = json::array(); }, "linux.sysctl: expected an object"},
+      {[](json& c) { c["process"]["oomScoreAdj"] = 1001; },
+       "process.oomScoreAdj: 1001 is out of range"},
+      {[](json& c) { c["process"]["oomScoreAdj"] = "high"; },
+       "process.oomScoreAdj: expected an integer"},
+      {[](json& c) {
+         c["hooks"]["prestart"] = {{{"path", "/bin/true"}, {"timeout", 0}}};
+       },
+       "hooks.prestart[0].timeout: must be positive"},
+      {[](json& c) {
+         c["hooks"]["prestart"] = {{{"path", "/bin/true"}, {"timeout", -3}}};
+       },
+       "hooks.prestart[0].timeout: must be positive"},
+  };
+  for (const auto& cs : cases) {
+    json x = base;
+    cs.edit(x);
+    const std::string err = error(x);
+    EXPECT_NE(err.find(cs.want), std::string::npos) << "want '" << cs.want << "', got: " << err;
+  }
 }
 
 // Profiles as podman and containerd write them: other ABIs, a syscall named
