@@ -247,6 +247,13 @@ int join_pool_netns(Init& in) {
     ::close(target);
     return 0;
   }
+  for (auto [index, type] :
+       {std::pair{in.fx.fd_ipcns, CLONE_NEWIPC}, std::pair{in.fx.fd_utsns, CLONE_NEWUTS}}) {
+    const int fd = in.fd(index);
+    if (fd < 0) continue;
+    if (::setns(fd, type) != 0) return errno;
+    ::close(fd);
+  }
   if (in.fx.flags & wire::kSetupLoopbackUp) return loopback_up();
   const int ns = in.fd(in.fx.fd_netns);
   if (ns < 0) return 0;
@@ -336,6 +343,7 @@ int set_sysctls(Init& in) {
 
 int set_hostname(Init& in) {
   if (in.fx.flags & wire::kSetupJoin) return 0;  // the container's, joined
+  if (in.hostname[0] == '\0') return 0;          // a joined uts namespace's own
   return namespaces::set_hostname(in.hostname);
 }
 

@@ -133,6 +133,9 @@ struct SetupFixed {
   uint32_t sysctls, nsysctls;
   // Indices into the fds received, -1 when absent.
   int32_t fd_status, fd_netns, fd_tpl_ns, fd_tpl_root, fd_userns, fd_join;
+  // An ipc and a uts namespace to join (SpawnSpec::ipc_ns_path, uts_ns_path)
+  // at the Loopback step instead of the clone's new ones, or -1.
+  int32_t fd_ipcns, fd_utsns;
   int32_t fd_trees;  // the mount sources' trees (WireOp::tree counts from here)
   uint32_t ntrees;
   // Unprivileged: the bounds of our own user namespace's inotify counters

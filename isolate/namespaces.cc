@@ -1,12 +1,45 @@
 #include "isolate/namespaces.h"
 
+#include <fcntl.h>
+#include <linux/nsfs.h>
 #include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cstring>
 
 namespace cloister::namespaces {
+
+Result<Fd> open_path(const std::string& path, uint64_t clone_flag) {
+  std::string_view name = "?";
+  for (const auto& k : all())
+    if (k.clone_flag == clone_flag) name = k.name == "net" ? "network" : k.name;
+  const std::string what = std::string(name) + " namespace " + path;
+  if (path.empty() || path[0] != '/') return fail(invalid(what + ": not an absolute path"));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return fail(sys_error("open " + what));
+  Fd ns(fd);
+  if (::ioctl(ns.get(), NS_GET_NSTYPE) != static_cast<int>(clone_flag))
+    return fail(invalid("'" + path + "' is not a " + std::string(name) + " namespace"));
+  return ns;
+}
+
+bool is_host(int fd, uint64_t clone_flag) {
+  std::string_view name;
+  for (const auto& k : all())
+    if (k.clone_flag == clone_flag) name = k.name;
+  struct stat ns {};
+  if (name.empty() || ::fstat(fd, &ns) != 0) return true;
+  for (const char* pid : {"self", "1"}) {
+    struct stat h {};
+    const std::string host = "/proc/" + std::string(pid) + "/ns/" + std::string(name);
+    if (::stat(host.c_str(), &h) == 0 && h.st_dev == ns.st_dev && h.st_ino == ns.st_ino)
+      return true;
+  }
+  return false;
+}
 
 const std::vector<Kind>& all() {
   static const std::vector<Kind> kinds = {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "isolate/error.h"
+#include "isolate/fd.h"
 #include "isolate/spec.h"
 
 namespace cloister::namespaces {
@@ -24,6 +25,14 @@ uint64_t clone_flags(NetworkMode network);
 
 // A valid hostname: 1-64 bytes of [A-Za-z0-9.-], not starting with '-' or '.'.
 Status check_hostname(const std::string& hostname);
+
+// A namespace given by path (an OCI config's linux.namespaces[].path, a
+// /proc/PID/ns/* or a bind of one): opened, and checked with NS_GET_NSTYPE
+// to be of the kind of clone_flag; INVALID naming the path otherwise.
+Result<Fd> open_path(const std::string& path, uint64_t clone_flag);
+// Whether a namespace fd is the host's of its kind: ours, or PID 1's (a
+// namespace that cannot be compared counts as the host's).
+bool is_host(int fd, uint64_t clone_flag);
 
 // Child side. Returns 0 or errno.
 int set_hostname(const char* hostname) noexcept;

@@ -1,5 +1,7 @@
 #include "isolate/network.h"
 
+#include "isolate/namespaces.h"
+
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -177,25 +179,8 @@ Fd NetnsPool::take() {
   return ns;
 }
 
-bool is_host_netns(int fd) {
-  struct stat ns {};
-  if (::fstat(fd, &ns) != 0) return true;  // unknown: assume the worst
-  for (const char* host : {"/proc/self/ns/net", "/proc/1/ns/net"}) {
-    struct stat h {};
-    if (::stat(host, &h) == 0 && h.st_dev == ns.st_dev && h.st_ino == ns.st_ino) return true;
-  }
-  return false;
-}
-
 Result<Fd> open_netns(const std::string& path) {
-  if (path.empty() || path[0] != '/')
-    return fail(invalid("network namespace path '" + path + "' is not absolute"));
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return fail(sys_error("open network namespace " + path));
-  Fd ns(fd);
-  int type = ::ioctl(ns.get(), NS_GET_NSTYPE);
-  if (type != CLONE_NEWNET) return fail(invalid("'" + path + "' is not a network namespace"));
-  return ns;
+  return namespaces::open_path(path, CLONE_NEWNET);
 }
 
 }  // namespace cloister::network

@@ -34,10 +34,6 @@ Result<Fd> make_netns(const LoopbackUp& lo);
 // A network namespace given by path (SpawnSpec::netns_path): opened, and
 // checked with NS_GET_NSTYPE to be one; INVALID naming the path otherwise.
 Result<Fd> open_netns(const std::string& path);
-// Whether a network namespace fd is the host's: ours, or PID 1's (a path
-// such as /proc/self/ns/net or a bind of the host's). Its net.* sysctls
-// would change the host's network.
-bool is_host_netns(int fd);
 
 // Creating a network namespace costs about half a millisecond, most of a
 // sandbox's start on these hosts. The pool makes fresh ones (lo up, never

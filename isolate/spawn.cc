@@ -525,7 +525,11 @@ Result<std::shared_ptr<const Sandbox>> Sandbox::prepare(const SpawnSpec& spec) {
   }
   sb->clone_flags_ = namespaces::clone_flags(spec.network);
   if (spec.unprivileged) sb->clone_flags_ |= CLONE_NEWUSER;
-  if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  // With a uts namespace joined, an empty hostname keeps the one it has.
+  if (!spec.hostname.empty() || spec.uts_ns_path.empty())
+    if (auto e = namespaces::check_hostname(spec.hostname); !e) return fail(e.error());
+  if (spec.unprivileged && (!spec.ipc_ns_path.empty() || !spec.uts_ns_path.empty()))
+    return fail(invalid("joining an ipc or uts namespace by path needs root"));
   for (const auto& s : spec.sysctls)
     if (auto p = sysctl::path_of(s, spec.network != NetworkMode::Host); !p) return fail(p.error());
   if (auto s = check_unprivileged(spec); !s) return fail(s.error());
@@ -682,12 +686,27 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
     if (!given) return fail(given.error());
     netns = std::move(*given);
     // A path may name the host's own namespace: its sysctls are the host's.
-    given_host_netns = network::is_host_netns(netns.get());
+    given_host_netns = namespaces::is_host(netns.get(), CLONE_NEWNET);
     for (const auto& s : spec.sysctls)
       if (given_host_netns && sysctl::is_net(s))
         return fail(invalid("sysctl " + s.key + ": the network namespace " + spec.netns_path +
                             " is the host's, so this would change the host's network"));
     clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNET);
+  }
+  // An ipc or uts namespace given by path (a pod's, from containerd's CRI)
+  // is joined instead of made; the host's never is, as leaving one out of
+  // the config is refused.
+  Fd ipcns, utsns;
+  for (auto [path, flag, out] : {std::tuple{&spec.ipc_ns_path, CLONE_NEWIPC, &ipcns},
+                                 std::tuple{&spec.uts_ns_path, CLONE_NEWUTS, &utsns}}) {
+    if (path->empty() || join) continue;
+    auto ns = namespaces::open_path(*path, flag);
+    if (!ns) return fail(ns.error());
+    if (namespaces::is_host(ns->get(), flag))
+      return fail(invalid(*path + " is the host's " + (flag == CLONE_NEWIPC ? "ipc" : "uts") +
+                          " namespace: a sandbox never shares the host's"));
+    *out = std::move(*ns);
+    clone_flags &= ~static_cast<uint64_t>(flag);
   }
   // (An unprivileged sandbox's comes with its clone, owned by its user
   // namespace: one the library made it could not enter.)
@@ -839,6 +858,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   // A detached init's status is its own exit status.
   fx.fd_status = add_fd(detach ? -1 : status->write.get());
   fx.fd_netns = add_fd(netns.get());
+  fx.fd_ipcns = add_fd(ipcns.get());
+  fx.fd_utsns = add_fd(utsns.get());
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
   fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
   fx.fd_userns = add_fd(*userns_fd);

@@ -66,6 +66,10 @@ struct SpawnSpec {
   // containerd's CRI hands one to its runtime. Opened at each start and
   // checked to be a network namespace.
   std::string netns_path;
+  // Join these ipc and uts namespaces (paths, as containerd's CRI gives a
+  // pod's containers their sandbox's) instead of new ones; never the host's.
+  // With a uts namespace joined, an empty hostname keeps its hostname.
+  std::string ipc_ns_path, uts_ns_path;
   // Namespaced kernel parameters (isolate/sysctl.h has the rule), written
   // by the init into the sandbox's own ipc and network namespaces.
   std::vector<sysctl::Setting> sysctls;

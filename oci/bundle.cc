@@ -528,10 +528,15 @@ Status Lowering::namespaces(const json& l) {
         seen_user = true;
         if (!nspath.empty())
           return fail(at(path + ".path", "joining a user namespace is not supported"));
+      } else if (!nspath.empty() && (*type == "ipc" || *type == "uts")) {
+        // A pod's, as containerd's CRI gives its containers (the host's is
+        // refused at create, as leaving the namespace out is here).
+        (*type == "ipc" ? b.spec.ipc_ns_path : b.spec.uts_ns_path) = nspath;
       } else if (!nspath.empty()) {
         return fail(at(path + ".path", "joining a " + *type +
                                            " namespace is not supported: cloister makes a new "
-                                           "one for every container"));
+                                           "one for every container (only network, ipc and uts "
+                                           "namespaces may be joined)"));
       }
     }
   }
@@ -855,14 +860,19 @@ Result<Bundle> parse_bundle(std::string_view text, const std::string& bundle_dir
   if (auto s = lw.process(); !s) return fail(s.error());
   if (auto s = lw.mounts(); !s) return fail(s.error());
   if (auto s = lw.hooks(); !s) return fail(s.error());
+  std::string hostname;
   if (const json* h = field(doc, "hostname")) {
     auto v = str(*h, "hostname");
     if (!v) return fail(v.error());
-    if (!v->empty()) {
-      if (auto s = namespaces::check_hostname(*v); !s) return fail(wrap_at("hostname", s.error()));
-      b.spec.hostname = *v;
-    }
-  } else if (namespaces::check_hostname(id.substr(0, 63))) {
+    hostname = *v;
+  }
+  if (!hostname.empty()) {
+    if (auto s = namespaces::check_hostname(hostname); !s)
+      return fail(wrap_at("hostname", s.error()));
+    b.spec.hostname = hostname;
+  } else if (!b.spec.uts_ns_path.empty()) {
+    b.spec.hostname.clear();  // the joined namespace's own
+  } else if (!field(doc, "hostname") && namespaces::check_hostname(id.substr(0, 63))) {
     b.spec.hostname = id.substr(0, 63);
   }
   if (field(doc, "domainname")) lw.not_applied("domainname");

@@ -1117,9 +1117,11 @@ std::string cli_config(const TempDir& d, const std::string& state) {
              "    default_env: { PATH: /usr/bin:/bin }\n"
              "    volumes: [\"" CLOISTER_BIN_DIR
              ":/probe:ro\"]\n"
+             "    sysctl: { net.ipv4.ip_default_ttl: \"99\" }\n"
              "  - name: box\n"
              "    kind: container\n"
              "    image: localhost/test/escape:1\n"
+             "    sysctl: { net.ipv4.ip_default_ttl: \"99\" }\n"
              "    volumes: [\"" CLOISTER_BIN_DIR
              ":/probe:ro\"]\n"
              "  - name: nobody\n"
@@ -1164,6 +1166,15 @@ TEST_F(EscapeCli, EveryAttackFailsThroughCloisterExec) {
     EXPECT_EQ(out.find("reopened_exe_write ok"), std::string::npos) << out;
     EXPECT_EQ(sh(run + "names", &out), 0) << out;
     expect_nothing_by_name(out, std::string("cloister exec -x ") + x);
+    // The executor's sysctl lands in the sandbox's network namespace only.
+    const std::string ttl = read_text("/proc/sys/net/ipv4/ip_default_ttl");
+    EXPECT_EQ(sh(std::string("CLOISTER_AUDIT=off " CLOISTER_BIN_DIR "/cloister exec -c ") + cfg +
+                     " -x " + x + " -- /bin/cat /proc/sys/net/ipv4/ip_default_ttl",
+                 &out),
+              0)
+        << out;
+    EXPECT_EQ(out, "99\n") << x;
+    EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl) << x << ": the host's";
   }
 }
 
@@ -1240,11 +1251,13 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
            "  - name: box\n"
            "    kind: container\n"
            "    image: localhost/test/escape:1\n"
+           "    sysctl: { net.ipv4.ip_default_ttl: \"99\" }\n"
            "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n" +
                std::string(unprivileged() ? ""
                                           : "  - name: per\n"
                                             "    kind: host\n"
                                             "    userns: sandbox\n"
+                                            "    sysctl: { net.ipv4.ip_default_ttl: \"99\" }\n"
                                             "    volumes: [\"" CLOISTER_BIN_DIR ":/probe:ro\"]\n"),
            "images:\n  state_dir: " + *state + "\n");
   auto c = connect_ok(d.socket);
@@ -1279,6 +1292,13 @@ TEST_F(EscapeService, EveryAttackFailsThroughTheService) {
     EXPECT_TRUE(write_refused(r.value("stdout", ""), "reopened_exe_write")) << where << r.dump();
     r = run({kAttack, "names"});
     expect_nothing_by_name(r.value("stdout", ""), where);
+    if (executor != "shell") {
+      // The executor's sysctl lands in the session's network namespace only.
+      const std::string ttl = read_text("/proc/sys/net/ipv4/ip_default_ttl");
+      r = run({"/bin/cat", "/proc/sys/net/ipv4/ip_default_ttl"});
+      EXPECT_EQ(r.value("stdout", ""), "99\n") << where << r.dump();
+      EXPECT_EQ(read_text("/proc/sys/net/ipv4/ip_default_ttl"), ttl) << where << ": the host's";
+    }
   }
   c.reset();
   EXPECT_EQ(d.stop(), 0) << d.log();
@@ -1573,6 +1593,50 @@ TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
     EXPECT_NE(out.find(c.want), std::string::npos) << c.edit << ": " << out;
     expect_nothing_left(c.edit);
   }
+}
+
+// A pod as containerd's CRI makes one: a second container joins the first's
+// ipc and uts namespaces by path (and keeps the pod's hostname), never the
+// host's; a pid or mount namespace path is still refused.
+TEST_F(EscapeOci, PodContainersJoinIpcAndUtsButNeverTheHosts) {
+  std::string out;
+  bundle({"/bin/sleep", "60"}, "c['hostname']='pod-1'");
+  ASSERT_EQ(sh(oci("create --bundle " + dir.path + " --pid-file " + dir.path + "/pid p1") +
+               " </dev/null >/dev/null 2>&1"),
+            0);
+  ASSERT_EQ(sh(oci("start p1")), 0);
+  const std::string pid = read_text(dir.path + "/pid");
+  auto ns_of = [&](const std::string& p, const char* t) {
+    char buf[64] = {};
+    ssize_t n = ::readlink(("/proc/" + p + "/ns/" + t).c_str(), buf, sizeof buf - 1);
+    return std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  };
+  auto join = [&](const std::string& ipc, const std::string& uts) {
+    return "c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type'] not in "
+           "('ipc','uts')] + [{'type':'ipc','path':'" +
+           ipc + "'},{'type':'uts','path':'" + uts + "'}]; c.pop('hostname', None)";
+  };
+  bundle({"/bin/sh", "-c",
+          "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; cat /proc/sys/kernel/hostname"},
+         join("/proc/" + pid + "/ns/ipc", "/proc/" + pid + "/ns/uts"));
+  EXPECT_EQ(sh(oci("run p2 --bundle " + dir.path), &out), 0) << out;
+  EXPECT_EQ(out, ns_of(pid, "ipc") + "\n" + ns_of(pid, "uts") + "\npod-1\n");
+  EXPECT_NE(ns_of(pid, "ipc"), ns_of("self", "ipc"));
+  for (const auto& [ipc, uts] :
+       {std::pair{std::string("/proc/self/ns/ipc"), "/proc/" + pid + "/ns/uts"},
+        std::pair{"/proc/" + pid + "/ns/ipc", std::string("/proc/self/ns/uts")}}) {
+    bundle({"/bin/true"}, join(ipc, uts));
+    EXPECT_EQ(sh(oci("run p3 --bundle " + dir.path) + " 2>&1", &out), 1) << ipc << " " << uts;
+    EXPECT_NE(out.find("namespace: a sandbox never shares the host's"), std::string::npos) << out;
+  }
+  bundle({"/bin/true"},
+         "c['linux']['namespaces']=[n if n['type']!='pid' else {'type':'pid',"
+         "'path':'/proc/" +
+             pid + "/ns/pid'} for n in c['linux']['namespaces']]");
+  EXPECT_EQ(sh(oci("run p4 --bundle " + dir.path) + " 2>&1", &out), 1) << out;
+  EXPECT_NE(out.find("joining a pid namespace is not supported"), std::string::npos) << out;
+  EXPECT_EQ(sh(oci("delete --force p1")), 0);
+  expect_nothing_left("pod containers");
 }
 
 // A config's capabilities that hold over nothing in the container's user

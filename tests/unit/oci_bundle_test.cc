@@ -297,6 +297,28 @@ TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
     EXPECT_NE(all.find(want), std::string::npos) << want << "\n" << all;
 }
 
+// ipc and uts namespaces may be joined by path (a pod's); with a uts
+// namespace joined and no hostname, the namespace keeps its own.
+TEST_F(Bundle, IpcAndUtsNamespacesMayBeJoinedByPath) {
+  json c = base;
+  c.erase("hostname");
+  for (auto& n : c["linux"]["namespaces"])
+    if (n["type"] == "ipc" || n["type"] == "uts")
+      n["path"] = "/proc/42/ns/" + n["type"].get<std::string>();
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->spec.ipc_ns_path, "/proc/42/ns/ipc");
+  EXPECT_EQ(b->spec.uts_ns_path, "/proc/42/ns/uts");
+  EXPECT_EQ(b->spec.hostname, "");
+  c["hostname"] = "pod-1";
+  b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  EXPECT_EQ(b->spec.hostname, "pod-1");
+  for (auto& n : c["linux"]["namespaces"])
+    if (n["type"] == "mount") n["path"] = "/proc/42/ns/mnt";
+  EXPECT_NE(error(c).find("joining a mount namespace is not supported"), std::string::npos);
+}
+
 // maskedPaths and readonlyPaths: cloister's own /proc list taken as it is,
 // any other absolute path kept for the mount plan; a relative one refused.
 TEST_F(Bundle, MaskedAndReadOnlyPaths) {
