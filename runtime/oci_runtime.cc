@@ -29,6 +29,10 @@ namespace {
 
 using json = nlohmann::json;
 
+// Below each hierarchy's root: the cgroups of containers whose config names
+// none (containerd and podman always do).
+constexpr const char* kDefaultCgroupParent = "cloister-oci";
+
 std::string dir_of(const Globals& g, const std::string& id) {
   return g.root + "/" + id;
 }
@@ -319,7 +323,13 @@ cloister::Status destroy(const State& s) {
   auto cg = (*m)->open_named(s.cgroup);
   if (!cg) return cg.error().kind == ErrorKind::NotFound ? cloister::Status{} : fail(cg.error());
   if (cg->frozen()) (void)cg->freeze(false);
-  return cg->destroy();
+  const auto paths = cg->paths();
+  auto st = cg->destroy();
+  // The runtime's own parent of containers without a cgroupsPath goes with
+  // the last of them (rmdir fails while another is in it).
+  if (st && s.cgroup.starts_with(std::string(kDefaultCgroupParent) + "/"))
+    for (const auto& p : paths) ::rmdir(p.substr(0, p.rfind('/')).c_str());
+  return st;
 }
 
 }  // namespace
@@ -436,7 +446,8 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
   Detach d = io->detach(*b);
   d.gate = gate.get();
   if (auto st = apply_oom_score_adj(*b); !st) return undo(st.error());
-  std::string cgroup = b->cgroups_path.empty() ? "cloister-oci/" + o.id : b->cgroups_path;
+  std::string cgroup =
+      b->cgroups_path.empty() ? std::string(kDefaultCgroupParent) + "/" + o.id : b->cgroups_path;
   while (!cgroup.empty() && cgroup.front() == '/') cgroup.erase(0, 1);
   d.cgroup = cgroup;
   auto c = create_detached(**sb, b->command, io->stdio, m->get(), d);
