@@ -19,6 +19,11 @@
 #include "isolate/fd.h"
 
 namespace cloister::mounts {
+
+bool within(std::string_view path, std::string_view dir) {
+  if (dir == "/") return true;
+  return path.starts_with(dir) && (path.size() == dir.size() || path[dir.size()] == '/');
+}
 namespace {
 
 // Where the new root is assembled before pivot_root. Every host tree and
@@ -73,10 +78,9 @@ constexpr std::pair<std::string_view, std::string_view> kDevLinks[] = {
     {"/proc/self/fd/2", "stderr"},
     {"pts/ptmx", "ptmx"}};
 
+// Strictly below dir (anything, "/" included, is below "/").
 bool is_under(const std::string& path, const std::string& dir) {
-  if (dir == "/") return true;
-  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
-         path[dir.size()] == '/';
+  return dir == "/" || (path != dir && within(path, dir));
 }
 
 }  // namespace
@@ -247,38 +251,117 @@ Result<std::string> normalize_path(const std::string& path) {
   return out.empty() ? std::string("/") : out;
 }
 
+namespace {
+
+// N with no leading zero, at most max.
+bool decimal(std::string_view v, uint64_t max) {
+  if (v.empty() || v.size() > 20 || (v.size() > 1 && v[0] == '0')) return false;
+  uint64_t n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') return false;
+    if (n > (UINT64_MAX - 9) / 10) return false;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return n <= max;
+}
+// N[k|m|g], as tmpfs takes sizes and counts (memparse), without overflow.
+bool count(std::string_view v) {
+  uint64_t scale = 1;
+  if (!v.empty() && (v.back() == 'k' || v.back() == 'm' || v.back() == 'g')) {
+    scale = v.back() == 'k' ? 1ull << 10 : v.back() == 'm' ? 1ull << 20 : 1ull << 30;
+    v.remove_suffix(1);
+  }
+  return decimal(v, UINT64_MAX / scale);
+}
+std::string quoted(std::string_view s) {
+  return "\"" + std::string(s) + "\"";
+}
+
+}  // namespace
+
 Result<ParsedOptions> parse_tmpfs_options(const std::string& options) {
   ParsedOptions p;
   p.flags = MS_NOSUID | MS_NODEV;
+  if (options.empty()) return p;
+  std::vector<std::pair<std::string, std::string>> seen;  // slot, option as written
   size_t i = 0;
   while (i <= options.size()) {
     size_t j = options.find(',', i);
     if (j == std::string::npos) j = options.size();
-    std::string word = options.substr(i, j - i);
+    const std::string word = options.substr(i, j - i);
     i = j + 1;
-    if (word.empty()) {
-      if (j == options.size()) break;
-      continue;
-    }
+    if (word.empty()) return fail(invalid("empty option in " + quoted(options)));
+    std::string slot;
     const FlagWord* fw = nullptr;
     for (const auto& f : kFlagWords)
       if (f.word == word) fw = &f;
     if (fw) {
       p.flags = (p.flags | fw->set) & ~fw->clear;
-      continue;
+      // The first four pairs (ro/rw, ...) fill one slot each.
+      const size_t k = static_cast<size_t>(fw - kFlagWords);
+      slot = std::string(kFlagWords[k < 8 ? k & ~size_t{1} : k].word);
+    } else {
+      const size_t eq = word.find('=');
+      const std::string key = word.substr(0, eq);
+      const std::string_view value =
+          eq == std::string::npos ? std::string_view{} : std::string_view(word).substr(eq + 1);
+      if (eq == std::string::npos ||
+          std::find(std::begin(kDataKeys), std::end(kDataKeys), key) == std::end(kDataKeys))
+        return fail(invalid("unknown option " + quoted(word) +
+                            " (known: rw, ro, exec, noexec, suid, nosuid, dev, nodev, noatime, "
+                            "relatime, nodiratime, size=, mode=, uid=, gid=, nr_inodes=, "
+                            "nr_blocks=)"));
+      bool ok = false;
+      std::string expected;
+      if (key == "size") {
+        ok = !value.empty() && value.back() == '%'
+                 ? decimal(value.substr(0, value.size() - 1), 100) && value != "0%"
+                 : count(value);
+        expected = "size=N[k|m|g] or size=N%";
+      } else if (key == "nr_inodes" || key == "nr_blocks") {
+        ok = count(value);
+        expected = key + "=N[k|m|g]";
+      } else if (key == "mode") {
+        ok = !value.empty() && value.size() <= 4 &&
+             value.find_first_not_of("01234567") == std::string_view::npos;
+        expected = "an octal mode such as mode=1777";
+      } else {  // uid, gid
+        ok = decimal(value, 4294967294u);
+        expected = key + "=N (a numeric id)";
+      }
+      if (!ok) return fail(invalid("bad option " + quoted(word) + ": expected " + expected));
+      if (!p.data.empty()) p.data += ',';
+      p.data += word;
+      slot = key;
     }
-    auto eq = word.find('=');
-    std::string key = word.substr(0, eq);
-    if (eq == std::string::npos ||
-        std::find(std::begin(kDataKeys), std::end(kDataKeys), key) == std::end(kDataKeys))
-      return fail(invalid("unknown tmpfs option '" + word + "'"));
-    std::string value = word.substr(eq + 1);
-    if (value.empty() || value.find_first_not_of("0123456789kmgKMG%") != std::string::npos)
-      return fail(invalid("bad value in tmpfs option '" + word + "'"));
-    if (!p.data.empty()) p.data += ',';
-    p.data += word;
+    for (const auto& [s, opt] : seen)
+      if (s == slot)
+        return fail(invalid(opt == word
+                                ? "option " + quoted(word) + " given twice"
+                                : "option " + quoted(word) + " conflicts with " + quoted(opt)));
+    seen.emplace_back(slot, word);
   }
   return p;
+}
+
+std::string path_problem(std::string_view p) {
+  constexpr size_t kMaxPath = 4095;  // PATH_MAX without the NUL
+  if (p.empty()) return "must not be empty";
+  if (p[0] != '/') return "must be an absolute path";
+  if (p.size() > kMaxPath) return "is longer than " + std::to_string(kMaxPath) + " bytes";
+  if (p.find('\0') != std::string_view::npos) return "contains a NUL byte";
+  if (p.find("//") != std::string_view::npos) return "must be normalized (contains \"//\")";
+  if (p.size() > 1 && p.back() == '/') return "must be normalized (ends in \"/\")";
+  size_t start = 1;
+  while (start <= p.size()) {
+    size_t end = p.find('/', start);
+    if (end == std::string_view::npos) end = p.size();
+    auto part = p.substr(start, end - start);
+    if (part == "." || part == "..")
+      return "must be normalized (contains a \"" + std::string(part) + "\" component)";
+    start = end + 1;
+  }
+  return "";
 }
 
 Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {

@@ -51,12 +51,27 @@ inline constexpr const char* kDefaultTmpTmpfs = "mode=1777";
 inline constexpr const char* kDefaultShmTmpfs = "mode=1777,size=64m,nr_inodes=16384";
 
 // fstab-style options ("rw,noexec,nosuid,size=64m,mode=1777") split into
-// mount(2) flags and the data string passed to tmpfs.
+// mount(2) flags and the data string passed to tmpfs. The one tmpfs option
+// rule, for every front end: rw/ro, exec/noexec, suid/nosuid, dev/nodev;
+// size=N[k|m|g] or N% (1-100), nr_inodes=N[k|m|g], nr_blocks=N[k|m|g],
+// mode= an octal of up to 4 digits, uid=/gid= numeric ids; no empty, repeated
+// or conflicting option (the error says which).
 struct ParsedOptions {
   unsigned long flags = 0;
   std::string data;
 };
 Result<ParsedOptions> parse_tmpfs_options(const std::string& options);
+
+// The one rule of a path that every front end requires normalized: why `p`
+// is not an absolute, normalized path no longer than PATH_MAX - 1 ("must be
+// an absolute path", "must be normalized (contains \"//\")", ...), or ""
+// when it is one.
+std::string path_problem(std::string_view p);
+
+// The one "path is under a directory" rule, for normalized absolute paths:
+// path is dir or lies below it ("/" holds every path; "/a" does not hold
+// "/ab").
+bool within(std::string_view path, std::string_view dir);
 
 // Whether path is one /proc path the sandbox's own procfs hides or makes
 // read-only (runc's list and more, mounts.cc), or lies below one.

@@ -1003,7 +1003,7 @@ Status check_command(const Command& cmd) {
   if (cmd.work_dir.empty() || cmd.work_dir[0] != '/')
     return fail(invalid("work dir '" + cmd.work_dir + "' is not an absolute path"));
   const std::string& b = cmd.work_dir_beneath;
-  if (!b.empty() && cmd.work_dir != b && b != "/" && !cmd.work_dir.starts_with(b + "/"))
+  if (!b.empty() && !mounts::within(cmd.work_dir, b))
     return fail(invalid("work dir " + cmd.work_dir + " is not below " + b));
   return {};
 }

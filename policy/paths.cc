@@ -17,25 +17,18 @@ namespace cloister::policy {
 Result<std::string> check_work_dir(const std::vector<std::string>& allowed,
                                    const std::string& work_dir) {
   if (allowed.empty()) return std::string();
-  for (const auto& dir : allowed) {
-    if (work_dir == dir || dir == "/" ||
-        (work_dir.size() > dir.size() && work_dir.starts_with(dir) && work_dir[dir.size()] == '/'))
-      return dir;
-  }
+  for (const auto& dir : allowed)
+    if (mounts::within(work_dir, dir)) return dir;
   return fail(invalid("work dir " + work_dir + " is outside the executor's allowed_dirs"));
 }
 
 namespace {
 
-bool below(const std::string& path, const std::string& dir) {
-  return path == dir || dir == "/" ||
-         (path.size() > dir.size() && path.starts_with(dir) && path[dir.size()] == '/');
-}
-
 const HostMount* covering(const std::vector<HostMount>& mounts, const std::string& path) {
   const HostMount* best = nullptr;
   for (const auto& m : mounts)
-    if (below(path, m.target) && (!best || m.target.size() > best->target.size())) best = &m;
+    if (mounts::within(path, m.target) && (!best || m.target.size() > best->target.size()))
+      best = &m;
   return best;
 }
 

@@ -34,6 +34,7 @@
 
 #include "isolate/capabilities.h"
 #include "isolate/fd.h"
+#include "isolate/mounts.h"
 #include "isolate/namespaces.h"
 #include "oci/reference.h"
 
@@ -45,7 +46,6 @@ constexpr uint64_t kMaxId = 4294967294u;             // (uid_t)-1 means "no chan
 constexpr uint64_t kMaxPids = 4194304;               // PID_MAX_LIMIT
 constexpr uint64_t kMinCpuQuota = 1000;              // the kernel's minimum, 1 ms
 constexpr uint64_t kMaxCpuQuota = (1ULL << 44) - 1;  // the kernel's max_cfs_runtime, in us
-constexpr size_t kMaxPath = 4095;                    // PATH_MAX without the NUL
 constexpr size_t kMaxNameLength = 64;
 
 // ---------------------------------------------------------------------------
@@ -132,7 +132,6 @@ constexpr Unit kByteUnits[] = {
 constexpr Unit kDurationUnits[] = {
     {"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000},
 };
-constexpr Unit kTmpfsCountUnits[] = {{"", 1}, {"k", KiB}, {"m", MiB}, {"g", GiB}};
 
 // Levenshtein distance, for "did you mean" on unknown keys.
 size_t edit_distance(std::string_view a, std::string_view b) {
@@ -215,23 +214,9 @@ std::string child_path(std::string_view parent, std::string_view key) {
   return out;
 }
 
-// Why `p` is not an absolute, normalized path, or "" when it is one.
+// The mount facility's rules (isolate/mounts.h), phrased as the config's.
 std::string path_problem(std::string_view p) {
-  if (p.empty()) return "must not be empty";
-  if (p[0] != '/') return "must be an absolute path";
-  if (p.size() > kMaxPath) return "is longer than " + std::to_string(kMaxPath) + " bytes";
-  if (p.find("//") != std::string_view::npos) return "must be normalized (contains \"//\")";
-  if (p.size() > 1 && p.back() == '/') return "must be normalized (ends in \"/\")";
-  size_t start = 1;
-  while (start <= p.size()) {
-    size_t end = p.find('/', start);
-    if (end == std::string_view::npos) end = p.size();
-    auto part = p.substr(start, end - start);
-    if (part == "." || part == "..")
-      return "must be normalized (contains a \"" + std::string(part) + "\" component)";
-    start = end + 1;
-  }
-  return "";
+  return mounts::path_problem(p);
 }
 
 bool valid_executor_name(std::string_view n) {
@@ -241,66 +226,9 @@ bool valid_executor_name(std::string_view n) {
          });
 }
 
-// Why a tmpfs option string is bad, or "" when every option is known and
-// well-formed. Conflicting (rw,ro) and repeated options are errors too.
 std::string tmpfs_options_problem(std::string_view options) {
-  if (options.empty()) return "";
-  static constexpr std::pair<std::string_view, std::string_view> kFlags[] = {
-      {"rw", "ro"}, {"exec", "noexec"}, {"suid", "nosuid"}, {"dev", "nodev"}};
-  std::map<std::string, std::string> seen;  // canonical slot -> option as written
-  size_t start = 0;
-  while (start <= options.size()) {
-    size_t end = options.find(',', start);
-    if (end == std::string_view::npos) end = options.size();
-    const std::string opt(options.substr(start, end - start));
-    start = end + 1;
-    if (opt.empty()) return "empty option in " + quote(options);
-
-    std::string slot;
-    for (const auto& [on, off] : kFlags)
-      if (opt == on || opt == off) slot = std::string(on);
-    if (slot.empty()) {
-      size_t eq = opt.find('=');
-      const std::string key = opt.substr(0, eq);
-      const std::string value = eq == std::string::npos ? "" : opt.substr(eq + 1);
-      bool ok = false;
-      if (eq == std::string::npos) {
-        return "unknown option " + quote(opt) +
-               " (known: rw, ro, exec, noexec, suid, nosuid, dev, nodev, size=, mode=, uid=, "
-               "gid=, nr_inodes=)";
-      } else if (key == "size") {
-        if (!value.empty() && value.back() == '%') {
-          auto pct = parse_decimal(std::string_view(value).substr(0, value.size() - 1));
-          ok = pct && *pct >= 1 && *pct <= 100;
-        } else {
-          ok = parse_with_unit(value, kTmpfsCountUnits).has_value();
-        }
-        if (!ok) return "bad option " + quote(opt) + ": expected size=N[k|m|g] or size=N%";
-      } else if (key == "nr_inodes") {
-        if (!parse_with_unit(value, kTmpfsCountUnits))
-          return "bad option " + quote(opt) + ": expected nr_inodes=N[k|m|g]";
-      } else if (key == "mode") {
-        ok = !value.empty() && value.size() <= 4 &&
-             std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '7'; });
-        if (!ok) return "bad option " + quote(opt) + ": expected an octal mode such as mode=1777";
-      } else if (key == "uid" || key == "gid") {
-        auto id = parse_decimal(value);
-        if (!id || *id > kMaxId)
-          return "bad option " + quote(opt) + ": expected " + key + "=N (a numeric id)";
-      } else {
-        return "unknown option " + quote(opt) +
-               " (known: rw, ro, exec, noexec, suid, nosuid, dev, nodev, size=, mode=, uid=, "
-               "gid=, nr_inodes=)";
-      }
-      slot = key;
-    }
-    auto [it, inserted] = seen.emplace(slot, opt);
-    if (!inserted) {
-      if (it->second == opt) return "option " + quote(opt) + " given twice";
-      return "option " + quote(opt) + " conflicts with " + quote(it->second);
-    }
-  }
-  return "";
+  auto parsed = mounts::parse_tmpfs_options(std::string(options));
+  return parsed ? "" : parsed.error().message;
 }
 
 // getpwnam_r / getgrnam_r with a buffer that grows on ERANGE.

@@ -8,6 +8,7 @@
 #include "isolate/cgroups.h"
 #include "isolate/error.h"
 #include "isolate/fd.h"
+#include "isolate/mounts.h"
 #include "isolate/rlimits.h"
 
 using namespace cloister;
@@ -91,4 +92,53 @@ TEST(CgroupRemount, FavordynmodsKeepsTheMountsFlagsAndOptions) {
   r = cloister::cgroups::favordynmods_remount("ro,noatime");
   EXPECT_EQ(r.flags, MS_REMOUNT | MS_RDONLY | MS_NOATIME);
   EXPECT_EQ(r.data, "favordynmods");
+}
+
+// The mount facility's one rule for tmpfs options and for paths, which the
+// YAML config, the OCI bundle and the socket requests all go through.
+TEST(Mounts, TmpfsOptionsOneRule) {
+  auto ok = mounts::parse_tmpfs_options("rw,noexec,size=64m,mode=1777,nr_inodes=1k,uid=0,gid=5");
+  ASSERT_TRUE(ok) << ok.error().what();
+  EXPECT_EQ(ok->data, "size=64m,mode=1777,nr_inodes=1k,uid=0,gid=5");
+  EXPECT_NE(ok->flags & MS_NOEXEC, 0u);
+  EXPECT_NE(ok->flags & MS_NOSUID, 0u) << "nosuid and nodev by default";
+  EXPECT_TRUE(mounts::parse_tmpfs_options(""));
+  EXPECT_TRUE(mounts::parse_tmpfs_options("size=50%"));
+  struct Bad {
+    const char* options;
+    const char* want;
+  };
+  for (const Bad& b :
+       {Bad{"rw,,noexec", "empty option"}, Bad{"rw,", "empty option"},
+        Bad{"sizee=1m", "unknown option \"sizee=1m\""}, Bad{"shared", "unknown option \"shared\""},
+        Bad{"size=12x", "bad option \"size=12x\""}, Bad{"size=0%", "bad option"},
+        Bad{"size=101%", "bad option"}, Bad{"size=99999999999999999999g", "bad option"},
+        Bad{"mode=999", "bad option \"mode=999\""}, Bad{"mode=07777", "bad option"},
+        Bad{"uid=-1", "bad option"}, Bad{"uid=4294967295", "bad option"},
+        Bad{"rw,ro", "\"ro\" conflicts with \"rw\""},
+        Bad{"size=1m,size=2m", "\"size=2m\" conflicts with \"size=1m\""},
+        Bad{"noexec,noexec", "given twice"}}) {
+    auto r = mounts::parse_tmpfs_options(b.options);
+    ASSERT_FALSE(r) << b.options;
+    EXPECT_NE(r.error().message.find(b.want), std::string::npos)
+        << b.options << ": " << r.error().message;
+  }
+}
+
+TEST(Mounts, PathRuleAndWithin) {
+  EXPECT_EQ(mounts::path_problem("/a/b"), "");
+  EXPECT_EQ(mounts::path_problem("/"), "");
+  EXPECT_EQ(mounts::path_problem(""), "must not be empty");
+  EXPECT_EQ(mounts::path_problem("a"), "must be an absolute path");
+  EXPECT_NE(mounts::path_problem("/a//b").find("\"//\""), std::string::npos);
+  EXPECT_NE(mounts::path_problem("/a/").find("ends in"), std::string::npos);
+  EXPECT_NE(mounts::path_problem("/a/../b").find("\"..\""), std::string::npos);
+  EXPECT_NE(mounts::path_problem("/a/./b").find("\".\""), std::string::npos);
+  EXPECT_NE(mounts::path_problem(std::string("/a\0b", 4)).find("NUL"), std::string::npos);
+  EXPECT_NE(mounts::path_problem("/" + std::string(4095, 'x')).find("longer"), std::string::npos);
+  EXPECT_TRUE(mounts::within("/a/b", "/a"));
+  EXPECT_TRUE(mounts::within("/a", "/a"));
+  EXPECT_TRUE(mounts::within("/a", "/"));
+  EXPECT_FALSE(mounts::within("/ab", "/a"));
+  EXPECT_FALSE(mounts::within("/a", "/a/b"));
 }
