@@ -800,7 +800,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       // /proc and /sys may lack an entry the host's has, and a path below
       // one masked before it is gone.
       if (!mask) {
-        op(OpKind::ReadOnlyBind, staged(*n)).optional = true;
+        // As runc makes them: read-only, executables still run.
+        Op& o = op(OpKind::ReadOnlyBind, staged(*n));
+        o.optional = true;
+        o.flags = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
       } else if (S_ISDIR(type)) {
         Op& o = op(OpKind::Tmpfs, staged(*n));
         o.flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
@@ -813,9 +816,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         o.src = pseudo ? staged("/dev/null") : "/dev/null";
         o.optional = true;
       }
-      // Resolved by fd with no symlink followed where the op can be (its
-      // tree may be a volume, or an image whose upper the payload writes).
-      plan.ops_.back().in_volume = mask && (!above || volume_above(entries.size(), *n) != nullptr);
+      // Resolved once, by fd, with no symlink followed (the attack review's
+      // F4), in the image and in volumes: a volume's host directory may be
+      // another sandbox's to write.
+      plan.ops_.back().in_volume = !above || volume_above(entries.size(), *n) != nullptr;
     }
   }
 

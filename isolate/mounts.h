@@ -107,7 +107,7 @@ enum class OpKind : uint8_t {
   MoveTree,       // move_mount(the detached tree of a source, path)
   BindFile,       // mount --bind src path (masking with /dev/null)
   Proc,           // mount proc at path
-  ReadOnlyBind,   // bind path onto itself, recursively read-only
+  ReadOnlyBind,   // bind path onto itself, recursively read-only (flags: MOUNT_ATTR_*, 0 = +noexec)
   Mknod,          // mknod path mode dev
   Devpts,         // mount a new devpts instance at path
   SetReadOnly,    // mount_setattr(path, RDONLY), not recursive
@@ -134,7 +134,7 @@ struct OpView {
   // The target lies inside a volume, whose host directory a payload may
   // have changed since the plan was made: resolved with no symlink
   // followed, and mounted on or made by fd (MoveTree, Tmpfs, BindFile,
-  // Mkdir, Touch).
+  // ReadOnlyBind, Mkdir, Touch).
   bool in_volume;
   int source;  // MoveTree: index into the trees (MountPlan::make_trees)
   unsigned long flags;

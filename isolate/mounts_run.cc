@@ -19,6 +19,13 @@ namespace {
 // The target of an op inside a volume: the path resolved with no symlink
 // followed (a payload may have put one there, in the volume's host
 // directory, to redirect a later sandbox's mount), as an O_PATH fd.
+// ReadOnlyBind's attributes: its flags (MOUNT_ATTR_*), or by default
+// read-only, nosuid, nodev and noexec (/proc's read-only parts).
+uint64_t read_only_attrs(const OpView& o) noexcept {
+  return o.flags ? o.flags
+                 : MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+}
+
 int volume_target(const char* path) noexcept {
   return openat2_raw(AT_FDCWD, path, O_PATH, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
 }
@@ -140,6 +147,21 @@ int run_in_volume(const OpView& o, int tree) noexcept {
       errno = e;
       break;
     }
+    case OpKind::ReadOnlyBind: {
+      // The path's own tree, resolved once (no symlink followed), made
+      // read-only and put back over itself: one walk, as for the masks.
+      int tree =
+          ::open_tree(t, "", AT_EMPTY_PATH | AT_RECURSIVE | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      if (tree < 0) break;
+      struct mount_attr attr {};
+      attr.attr_set = read_only_attrs(o);
+      rc = ::mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr);
+      if (rc == 0) rc = move_onto(tree, t);
+      int e = errno;
+      ::close(tree);
+      errno = e;
+      break;
+    }
     default:
       errno = EINVAL;
       break;
@@ -252,8 +274,7 @@ int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, 
         rc = ::mount(path, path, nullptr, MS_BIND | MS_REC, nullptr);
         if (rc != 0) break;
         struct mount_attr attr {};
-        attr.attr_set =
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        attr.attr_set = read_only_attrs(o);
         rc = ::mount_setattr(AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr);
         break;
       }

@@ -1639,6 +1639,29 @@ TEST_F(EscapeOci, PodContainersJoinIpcAndUtsButNeverTheHosts) {
   expect_nothing_left("pod containers");
 }
 
+// maskedPaths and readonlyPaths hold in the rootfs and in binds: each is
+// resolved once, with no symlink followed; a symlink in the rootfs is not
+// covered (its target is the host's until the pivot) but skipped.
+TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
+  std::string out;
+  ASSERT_EQ(::symlink("/etc", (dir.path + "/rootfs/hostetc").c_str()), 0);
+  write_text(shared.path + "/note", "shared\n");
+  bundle({"/bin/sh", "-c",
+          "touch /bin/x 2>/dev/null; echo bin=$?; touch /shared/y 2>/dev/null; echo shared=$?; "
+          "cat /secret/key 2>/dev/null; echo secret=$?; touch /tmp/z; echo tmp=$?"},
+         "c['root']['readonly']=False; c['linux']['readonlyPaths']=['/bin','/shared','/hostetc']; "
+         "c['linux']['maskedPaths']=['/secret']");
+  EXPECT_EQ(sh(oci("run m1 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("bin=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("shared=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("secret=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("tmp=0"), std::string::npos) << out;
+  EXPECT_EQ(out.find("root only"), std::string::npos) << out;
+  // The host's /etc was never made read-only for the test's process.
+  EXPECT_EQ(access("/etc", W_OK), 0);
+  expect_nothing_left("masked and read-only paths");
+}
+
 // A config's capabilities that hold over nothing in the container's user
 // namespace are in its sets, as runc shows them, and every use of them is
 // refused; CAP_SYS_ADMIN, which would open namespaces of its own, is not.
