@@ -371,28 +371,6 @@ cloister::Status check_id(const std::string& id) {
   return {};
 }
 
-Result<int> parse_signal(const std::string& text) {
-  if (text.empty()) return fail(invalid("empty signal"));
-  if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c); })) {
-    long v = std::strtol(text.c_str(), nullptr, 10);
-    if (v < 1 || v >= NSIG) return fail(invalid("signal " + text + " is out of range"));
-    return static_cast<int>(v);
-  }
-  std::string up;
-  for (unsigned char c : text) up += static_cast<char>(std::toupper(c));
-  if (up.starts_with("SIG")) up.erase(0, 3);
-  for (int s = 1; s < NSIG; ++s)
-    if (const char* abbrev = ::sigabbrev_np(s); abbrev && up == abbrev) return s;
-  // RTMIN+N and RTMAX-N, as kill(1) names them.
-  if (up.starts_with("RTMIN") || up.starts_with("RTMAX")) {
-    int base = up.starts_with("RTMIN") ? SIGRTMIN : SIGRTMAX;
-    int off = up.size() > 5 ? std::atoi(up.c_str() + 5) : 0;
-    int s = base + off;
-    if (s >= SIGRTMIN && s <= SIGRTMAX) return s;
-  }
-  return fail(invalid("unknown signal '" + text + "'"));
-}
-
 cloister::Status create(const Globals& g, const CreateOptions& o) {
   if (auto s = check_id(o.id); !s) return s;
   if (o.preserve_fds > 0)

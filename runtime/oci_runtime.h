@@ -65,8 +65,6 @@ cloister::Status check_id(const std::string& id);
 cloister::Status create(const Globals& g, const CreateOptions& o);
 cloister::Status start(const Globals& g, const std::string& id);
 Result<State> state(const Globals& g, const std::string& id);
-// sig by number or name ("15", "TERM", "SIGTERM", any case).
-Result<int> parse_signal(const std::string& s);
 cloister::Status kill(const Globals& g, const std::string& id, int sig, bool all);
 cloister::Status remove(const Globals& g, const std::string& id, bool force);
 Result<std::vector<pid_t>> pids(const Globals& g, const std::string& id);

@@ -22,6 +22,7 @@
 #include <unordered_map>
 
 #include "isolate/init_program.h"
+#include "isolate/signals.h"
 #include "policy/caller.h"
 #include "runtime/executor.h"
 #include "runtime/protocol.h"
@@ -79,23 +80,15 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
 }
 
 // A signal given as a number or a name ("TERM", "SIGTERM").
-std::optional<int> signal_from(const json& v) {
-  static const std::pair<const char*, int> kNames[] = {
-      {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT},   {"KILL", SIGKILL},
-      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM},   {"CONT", SIGCONT},
-      {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
-      {"PIPE", SIGPIPE}};
+// The request's signal: a number, or a name by the one rule (isolate/signals.h).
+Result<int> signal_from(const json& v) {
   if (v.is_number_integer()) {
-    int n = v.get<int>();
-    if (n > 0 && n < NSIG) return n;
-    return std::nullopt;
+    const int64_t n = v.get<int64_t>();
+    if (n > 0 && n < NSIG) return static_cast<int>(n);
+    return fail(invalid("signal " + std::to_string(n) + " is out of range"));
   }
-  if (!v.is_string()) return std::nullopt;
-  std::string s = v.get<std::string>();
-  if (s.rfind("SIG", 0) == 0) s = s.substr(3);
-  for (auto& [name, n] : kNames)
-    if (s == name) return n;
-  return std::nullopt;
+  if (!v.is_string()) return fail(invalid("signal: expected a name or a number"));
+  return signals::parse(v.get<std::string>());
 }
 
 bool caller_in_group(uid_t uid, gid_t gid, gid_t want) {
@@ -872,8 +865,9 @@ struct Server::Impl {
       return reply_ok(c, id);
     }
     if (op == "signal") {
-      auto sig = signal_from(j.value("signal", json(SIGTERM)));
-      if (!sig) return reply_err(c, id, invalid("unknown signal"));
+      if (!j.contains("signal")) return reply_err(c, id, invalid("signal: required"));
+      auto sig = signal_from(j["signal"]);
+      if (!sig) return reply_err(c, id, sig.error());
       if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
       if (auto st = s.process().signal(*sig); !st) return reply_err(c, id, st.error());
       return reply_ok(c, id);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "isolate/signals.h"
 #include "oci/bundle.h"
 #include "runtime/oci_runtime.h"
 
@@ -208,7 +209,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*kill) {
-    auto sig = ociruntime::parse_signal(signal);
+    auto sig = signals::parse(signal);
     if (!sig) return report(log, sig.error());
     return status(ociruntime::kill(g, id, *sig, all));
   }

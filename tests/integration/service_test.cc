@@ -646,6 +646,22 @@ TEST(Service, CallerRulesApplyToPeers) {
   ASSERT_TRUE(list);
   ASSERT_EQ((*list)["sessions"].size(), 1u);
   EXPECT_EQ((*list)["sessions"][0]["state"], "running");
+  // `signal` needs its field (issue 14: it used to send TERM), and names
+  // follow the one signal rule (any case, with or without SIG).
+  auto nosig = root->call({{"op", "signal"}, {"session", root_session}});
+  ASSERT_FALSE(nosig);
+  EXPECT_EQ(nosig.error().kind, ErrorKind::Invalid);
+  EXPECT_NE(nosig.error().message.find("signal: required"), std::string::npos)
+      << nosig.error().what();
+  for (json bad : {json("SIGNOPE"), json(0), json(65), json(true)}) {
+    auto r = root->call({{"op", "signal"}, {"session", root_session}, {"signal", bad}});
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().kind, ErrorKind::Invalid) << bad;
+  }
+  list = root->call({{"op", "list"}});
+  ASSERT_TRUE(list);
+  EXPECT_EQ((*list)["sessions"][0]["state"], "running") << "no signal was sent";
+  ASSERT_TRUE(root->call({{"op", "signal"}, {"session", root_session}, {"signal", "cont"}}));
   ASSERT_TRUE(root->call({{"op", "remove"}, {"session", root_session}, {"force", true}}));
   EXPECT_EQ(d.stop(), 0) << d.log();
 }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "isolate/capabilities.h"
+#include "isolate/signals.h"
 #include "oci/bundle.h"
 #include "runtime/oci_runtime.h"
 
@@ -440,13 +441,19 @@ TEST_F(Bundle, ClientProfilesAndShmBindsLower) {
 }
 
 TEST(OciRuntime, SignalsAndIds) {
-  EXPECT_EQ(*ociruntime::parse_signal("15"), 15);
-  EXPECT_EQ(*ociruntime::parse_signal("TERM"), 15);
-  EXPECT_EQ(*ociruntime::parse_signal("SIGKILL"), 9);
-  EXPECT_EQ(*ociruntime::parse_signal("sigusr1"), 10);
-  EXPECT_FALSE(ociruntime::parse_signal("0"));
-  EXPECT_FALSE(ociruntime::parse_signal("SIGNOPE"));
-  EXPECT_FALSE(ociruntime::parse_signal("99"));
+  EXPECT_EQ(*signals::parse("15"), 15);
+  EXPECT_EQ(*signals::parse("TERM"), 15);
+  EXPECT_EQ(*signals::parse("SIGKILL"), 9);
+  EXPECT_EQ(*signals::parse("sigusr1"), 10);
+  EXPECT_EQ(*signals::parse("kill"), 9);
+  EXPECT_EQ(*signals::parse("RTMIN"), SIGRTMIN);
+  EXPECT_EQ(*signals::parse("SIGRTMIN+3"), SIGRTMIN + 3);
+  EXPECT_EQ(*signals::parse("rtmax-1"), SIGRTMAX - 1);
+  for (const char* bad :
+       {"0", "SIGNOPE", "99", "", "RTMINX", "RTMIN-1", "RTMAX+1", "RTMIN+99", "-9", "1e3"})
+    EXPECT_FALSE(signals::parse(bad)) << bad;
+  EXPECT_NE(signals::parse("SIGNOPE").error().message.find("unknown signal 'SIGNOPE'"),
+            std::string::npos);
   EXPECT_TRUE(ociruntime::check_id("abc-1.2_x+y"));
   EXPECT_FALSE(ociruntime::check_id(""));
   EXPECT_FALSE(ociruntime::check_id(".."));
