@@ -643,7 +643,10 @@ struct Server::Impl {
     spec.detached = *detached;
     spec.pty = j.contains("pty") && !j["pty"].is_null() && !run;
     spec.buffer_size = sc.buffer_size;
-    spec.max_output = *max_output;
+    // A run's max_output bounds its reply, which keeps the end of the output
+    // (docs/protocol.md): its session keeps the newest bytes, as its buffer
+    // does, not the first max_output of them.
+    spec.max_output = run ? 0 : *max_output;
     const uint64_t sid = spec.id;
     SessionEntry& e = sessions[sid];
     e.s = std::make_unique<Session>(std::move(spec), std::move(*proc));
@@ -837,6 +840,11 @@ struct Server::Impl {
                                                                    : policy::Action::SessionAttach;
     if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
     if (op == "attach") {
+      if (s.spec().passed_stdio)
+        return reply_err(c, id,
+                         invalid("session " + std::to_string(sid) +
+                                 " has passed stdio: its output goes to the client's own fds, "
+                                 "and there is nothing to attach to"));
       for (const char* k : {"stdout_offset", "stderr_offset"})
         if (j.contains(k) && !j[k].is_number_unsigned())
           return reply_err(c, id, invalid(std::string(k) + " must be a non-negative integer"));

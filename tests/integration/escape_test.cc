@@ -1364,7 +1364,13 @@ TEST_F(EscapeService, OnlyPipesSocketsAndTerminalsArePassedAsStdio) {
   {
     int fds[3] = {devnull.get(), p->write.get(), p->write.get()};
     auto r = c->call(req, fds);
-    EXPECT_TRUE(r) << r.error().what();
+    ASSERT_TRUE(r) << r.error().what();
+    // Its output is the client's own fds: no attach (issue 14, finding 6:
+    // it used to succeed with empty ranges).
+    auto a = c->call({{"op", "attach"}, {"session", (*r)["session"]}});
+    ASSERT_FALSE(a);
+    EXPECT_EQ(a.error().kind, ErrorKind::Invalid);
+    EXPECT_NE(a.error().message.find("has passed stdio"), std::string::npos) << a.error().what();
   }
   EXPECT_EQ(read_text(t.path + "/rootfile"), "root's\n");
   // The CLI relays a directory or a file: the payload gets a pipe.

@@ -193,6 +193,14 @@ TEST(Service, RunOpWithTailAndGrep) {
   auto bad = c->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}, {"grep", "("}});
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().kind, ErrorKind::Invalid);
+  // max_output keeps the end of the output (issue 14, finding 2: it kept
+  // the start); *_bytes still counts all of it.
+  auto capped = c->call(
+      {{"op", "run"}, {"executor", "shell"}, {"argv", {"seq", "1", "10000"}}, {"max_output", 10}});
+  ASSERT_TRUE(capped) << capped.error().what();
+  EXPECT_EQ((*capped)["stdout"], "999\n10000\n");
+  EXPECT_EQ((*capped)["stdout_truncated"], true);
+  EXPECT_EQ((*capped)["stdout_bytes"], 48894);
   // A run session is gone once answered.
   EXPECT_EQ((*c->call({{"op", "list"}}))["sessions"].size(), 0u);
 }
