@@ -211,6 +211,21 @@ mode_t image_lookup(const std::vector<std::string>& layers, const std::string& p
   return 0;
 }
 
+// The target of the symlink at path in the topmost layer that has it.
+std::string image_readlink(const std::vector<std::string>& layers, const std::string& path) {
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    Fd dir(::open(it->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) continue;
+    Fd fd(openat2_raw(dir.get(), path.substr(1).c_str(), O_PATH | O_NOFOLLOW,
+                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS));
+    if (!fd) continue;
+    char buf[PATH_MAX];
+    ssize_t n = ::readlinkat(fd.get(), "", buf, sizeof buf);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<Fd> open_no_symlink(const std::string& path, const std::string& what, bool again) {
@@ -763,7 +778,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
 
   // Masked and read-only paths, where they exist in the new root: in a host
   // tree or volume, in the image, or in /proc and /sys (whose layout is the
-  // host's). Absent paths and symlinks are skipped.
+  // host's). Absent paths are skipped.
   auto type_in_root = [&](const std::string& path, const Entry* above) -> mode_t {
     struct stat st;
     if (!above) {
@@ -776,16 +791,90 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       host = above->source + path.substr(above->target.size());
     else if (above->kind == Entry::Proc || above->kind == Entry::Sysfs)
       host = path;
+    else if (above->kind == Entry::HostSymlink)
+      return path == above->target ? S_IFLNK | 0777 : 0;
     else
       return 0;  // a tmpfs of the sandbox's own: nothing to hide
     if (::lstat(host.c_str(), &st) != 0) return 0;
     return st.st_mode;
   };
+  // A path of the new root with its symlinks resolved in that root, as the
+  // payload will see it (absolute targets from its root, ".." never above
+  // it), as runc resolves these paths: a read-only /bin that is a symlink
+  // to usr/bin makes /usr/bin read-only. "" when it is absent. The ops
+  // resolve the result again with no symlink followed (one changed
+  // meanwhile fails the start). In /proc and /sys a symlink leads to
+  // another process or namespace's view than the payload's: an error.
+  auto link_in_root = [&](const std::string& path, const Entry* above) -> std::string {
+    if (!above)
+      return image_readlink(spec.image_root->merged.empty()
+                                ? spec.image_root->layers
+                                : std::vector<std::string>{spec.image_root->merged},
+                            path);
+    if (above->kind == Entry::HostSymlink) return above->source;
+    char buf[PATH_MAX];
+    const std::string host = above->source + path.substr(above->target.size());
+    ssize_t n = ::readlink(host.c_str(), buf, sizeof buf);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  };
+  auto resolve_in_root = [&](const std::string& path,
+                             const std::string& what) -> Result<std::string> {
+    std::vector<std::string> rest;  // components still to walk, last first
+    auto push = [&](const std::string& p) {
+      std::vector<std::string> comps;
+      for (size_t i = 0; i < p.size();) {
+        size_t j = p.find('/', i);
+        if (j == std::string::npos) j = p.size();
+        if (j > i) comps.push_back(p.substr(i, j - i));
+        i = j + 1;
+      }
+      rest.insert(rest.end(), comps.rbegin(), comps.rend());
+    };
+    push(path);
+    std::string cur = "/";
+    int links = 0;
+    while (!rest.empty()) {
+      const std::string c = std::move(rest.back());
+      rest.pop_back();
+      if (c == ".") continue;
+      if (c == "..") {
+        cur = cur == "/" ? cur : cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
+        continue;
+      }
+      const std::string next = cur == "/" ? "/" + c : cur + "/" + c;
+      const Entry* above = parent_entry(entries.size(), next);
+      const mode_t type = type_in_root(next, above);
+      if (type == 0) return std::string();
+      if (S_ISLNK(type)) {
+        if (above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs))
+          return fail(invalid(what + " " + path + ": " + next +
+                              " is a symlink in the sandbox's own /proc or /sys"));
+        // One in a writable tree the payload (or another sandbox) may point
+        // elsewhere before the next start: what it covers would move.
+        if (above && !above->read_only)
+          return fail(invalid(what + " " + path + ": " + next +
+                              " is a symlink inside the writable " + above->what +
+                              "; name the path it points to"));
+        if (++links > 40) return fail(invalid(what + " " + path + ": too many symlinks"));
+        const std::string target = link_in_root(next, above);
+        if (target.empty()) return std::string();
+        push(target);
+        if (target[0] == '/') cur = "/";
+        continue;
+      }
+      if (!rest.empty() && !S_ISDIR(type)) return std::string();
+      cur = next;
+    }
+    return cur;
+  };
   for (bool mask : {true, false}) {
     for (const auto& m : mask ? spec.masked_paths : spec.read_only_paths) {
       const std::string what = mask ? "masked path" : "read-only path";
-      auto n = normalize_path(m);
-      if (!n) return fail(n.error().wrap(what));
+      auto given = normalize_path(m);
+      if (!given) return fail(given.error().wrap(what));
+      auto n = resolve_in_root(*given, what);
+      if (!n) return fail(n.error());
+      if (n->empty()) continue;
       const Entry* above = parent_entry(entries.size(), *n);
       // What a mask hides inside a writable volume, a payload can move (rename
       // a directory above it), and the next sandbox sees it unmasked.
@@ -794,7 +883,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
                             ": a payload can move what it covers; do it on the host, "
                             "or make the volume read-only"));
       const mode_t type = type_in_root(*n, above);
-      if (type == 0 || S_ISLNK(type)) continue;
+      if (type == 0) continue;
       const bool pseudo = above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs);
       // Optional (ENOENT only: there is then nothing to cover): this kernel's
       // /proc and /sys may lack an entry the host's has, and a path below

@@ -32,13 +32,20 @@ bool is_host(int fd, uint64_t clone_flag) {
     if (k.clone_flag == clone_flag) name = k.name;
   struct stat ns {};
   if (name.empty() || ::fstat(fd, &ns) != 0) return true;
-  for (const char* pid : {"self", "1"}) {
+  // The initial namespaces are PID 1's and every kernel thread's (kthreadd
+  // is PID 2); ours may be others. PID 1's may be unreadable (a sandboxed
+  // host), and a runtime of its own uts or ipc namespace would then take
+  // the host's for a pod's: without one of the two as a reference, every
+  // namespace counts as the host's.
+  bool reference = false;
+  for (const char* pid : {"self", "1", "2"}) {
     struct stat h {};
     const std::string host = "/proc/" + std::string(pid) + "/ns/" + std::string(name);
-    if (::stat(host.c_str(), &h) == 0 && h.st_dev == ns.st_dev && h.st_ino == ns.st_ino)
-      return true;
+    if (::stat(host.c_str(), &h) != 0) continue;
+    if (h.st_dev == ns.st_dev && h.st_ino == ns.st_ino) return true;
+    if (pid[0] != 's') reference = true;
   }
-  return false;
+  return !reference;
 }
 
 const std::vector<Kind>& all() {

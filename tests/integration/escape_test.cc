@@ -1635,6 +1635,12 @@ TEST_F(EscapeOci, PodContainersJoinIpcAndUtsButNeverTheHosts) {
     EXPECT_EQ(sh(oci("run p3 --bundle " + dir.path) + " 2>&1", &out), 1) << ipc << " " << uts;
     EXPECT_NE(out.find("namespace: a sandbox never shares the host's"), std::string::npos) << out;
   }
+  // A runtime in uts and ipc namespaces of its own still knows the host's:
+  // they are kthreadd's, whether or not PID 1's can be read.
+  bundle({"/bin/true"}, join("/proc/2/ns/ipc", "/proc/2/ns/uts"));
+  EXPECT_EQ(sh("unshare --uts --ipc " + oci("run p5 --bundle " + dir.path) + " 2>&1", &out), 1)
+      << out;
+  EXPECT_NE(out.find("namespace: a sandbox never shares the host's"), std::string::npos) << out;
   bundle({"/bin/true"},
          "c['linux']['namespaces']=[n if n['type']!='pid' else {'type':'pid',"
          "'path':'/proc/" +
@@ -1646,33 +1652,52 @@ TEST_F(EscapeOci, PodContainersJoinIpcAndUtsButNeverTheHosts) {
 }
 
 // maskedPaths and readonlyPaths hold in the rootfs and in binds: each is
-// resolved once, with no symlink followed; a symlink in the rootfs is not
-// covered (its target is the host's until the pivot) but skipped.
+// resolved in the container's root as the payload sees it (a symlink's
+// target covered, ".." never above the root), then once more by fd with no
+// symlink followed; nothing of the host's behind a symlink is touched.
 TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
   std::string out;
   ASSERT_EQ(::symlink("/etc", (dir.path + "/rootfs/hostetc").c_str()), 0);
+  ASSERT_EQ(::symlink("../../../../../../var", (dir.path + "/rootfs/up").c_str()), 0);
+  ASSERT_EQ(sh("mkdir " + dir.path + "/rootfs/etc " + dir.path + "/rootfs/var"), 0);
   write_text(shared.path + "/note", "shared\n");
   bundle({"/bin/sh", "-c",
           "touch /bin/x 2>/dev/null; echo bin=$?; touch /shared/y 2>/dev/null; echo shared=$?; "
-          "cat /secret/key 2>/dev/null; echo secret=$?; touch /tmp/z; echo tmp=$?"},
-         "c['root']['readonly']=False; c['linux']['readonlyPaths']=['/bin','/shared','/hostetc']; "
+          "cat /secret/key 2>/dev/null; echo secret=$?; touch /tmp/z; echo tmp=$?; "
+          "touch /etc/x 2>/dev/null; echo etc=$?; touch /var/x 2>/dev/null; echo var=$?"},
+         "c['root']['readonly']=False; "
+         "c['linux']['readonlyPaths']=['/bin','/shared','/hostetc','/up'];"
          "c['linux']['maskedPaths']=['/secret']");
   EXPECT_EQ(sh(oci("run m1 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("bin=1"), std::string::npos) << out;
   EXPECT_NE(out.find("shared=1"), std::string::npos) << out;
   EXPECT_NE(out.find("secret=1"), std::string::npos) << out;
   EXPECT_NE(out.find("tmp=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("etc=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("var=1"), std::string::npos) << out;
   EXPECT_EQ(out.find("root only"), std::string::npos) << out;
-  // The symlink's target, the host's /etc, got no mount of its own here (the
-  // op resolves with no symlink followed; any mount of the init's would be
-  // in the container's namespace, gone with it). Not access(W_OK): the VM's
-  // root is read-only.
+  // The host's /etc and /var got no mount of their own here (any mount of
+  // the init's would be in the container's namespace, gone with it). Not
+  // access(W_OK): the VM's root is read-only.
   std::istringstream mounts(read_text("/proc/self/mountinfo"));
   for (std::string line; std::getline(mounts, line);) {
     std::istringstream f(line);
     std::string id, parent, dev, root, point;
     f >> id >> parent >> dev >> root >> point;
     EXPECT_NE(point, "/etc") << line;
+    EXPECT_NE(point, "/var") << line;
+  }
+  // A symlink the payload may repoint before the next start, or one in the
+  // container's own /proc: refused, by name.
+  ASSERT_EQ(::symlink("/etc", (shared.path + "/link").c_str()), 0);
+  for (const auto& [path, why] :
+       {std::pair<std::string, std::string>{"/shared/link/passwd",
+                                            "is a symlink inside the writable"},
+        {"/proc/self/environ", "is a symlink in the sandbox's own /proc or /sys"}}) {
+    bundle({"/bin/true"}, "c['linux']['readonlyPaths']=['" + path + "']");
+    EXPECT_EQ(sh(oci("run m2 --bundle " + dir.path) + " 2>&1", &out), 1) << path;
+    EXPECT_NE(out.find(path + ": "), std::string::npos) << out;
+    EXPECT_NE(out.find(why), std::string::npos) << out;
   }
   expect_nothing_left("masked and read-only paths");
 }
