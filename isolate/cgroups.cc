@@ -40,11 +40,12 @@ constexpr auto kFreezeTimeout = std::chrono::seconds(1);
 // become an inner node (no-internal-process rule), next to "<own>/cloister".
 constexpr std::string_view kRuntimeLeaf = "cloister.runtime";
 
-// v1 controllers cloister uses. Others (devices, named hierarchies) are
-// left alone. cpuset only for a cpuset limit: a new cpuset directory needs
-// its parent's cpus and mems copied in before anything can join it.
-constexpr std::string_view kV1Controllers[] = {"memory",  "cpuacct", "cpu",   "pids",
-                                               "freezer", "blkio",   "cpuset"};
+// v1 controllers cloister uses. Others (named hierarchies) are left alone.
+// cpuset only for a cpuset limit: a new cpuset directory needs its parent's
+// cpus and mems copied in before anything can join it; devices only for a
+// device policy.
+constexpr std::string_view kV1Controllers[] = {"memory",  "cpuacct", "cpu",    "pids",
+                                               "freezer", "blkio",   "cpuset", "devices"};
 // cgroup2 controllers cloister enables below its base when they are not
 // already owned by a v1 hierarchy ("io" is the v2 name of "blkio").
 constexpr std::string_view kV2Controllers[] = {"memory", "pids", "cpu", "io", "cpuset"};
@@ -869,6 +870,9 @@ void Manager::Impl::bound_bases() const {
 namespace {
 
 Status check_limits(const Limits& l) {
+  if (l.devices)
+    for (const auto& r : *l.devices)
+      if (auto s = devices::check(r); !s) return s;
   if (l.cpu_weight && (l.cpu_weight < 1 || l.cpu_weight > 10000))
     return fail(invalid("cpu_weight " + std::to_string(l.cpu_weight) + " not in 1..10000"));
   if (l.io_weight && (l.io_weight < 1 || l.io_weight > 10000))
@@ -941,6 +945,13 @@ Result<Cgroup> Manager::Impl::create_once(const Limits& l, const std::string& na
       v1_needed.push_back("cpuset");
     else if (!v2_has("cpuset"))
       return fail(unenforceable("cpuset", "cpuset", layout, v2_note));
+  }
+  if (l.devices) {
+    // cgroup2 has no controller for it: a program on the directory.
+    if (v1_for("devices"))
+      v1_needed.push_back("devices");
+    else if (!v2)
+      return fail(unenforceable("devices", "devices", layout, v2_note));
   }
   if (l.io_weight) {
     // io weights depend on the block scheduler (CFQ is gone, BFQ optional):
@@ -1098,6 +1109,18 @@ Status Manager::Impl::apply_limits(Cgroup::Impl& c, const Limits& l) {
     const auto* d = c.v1dir("cpuset");
     if (auto s = wrap(write_at(d ? d->path : v2d->path, file, *list), file); !s)
       return fail(s.error());
+  }
+  if (l.devices) {
+    if (const auto* d = c.v1dir("devices")) {
+      if (auto s = wrap(devices::apply_v1(d->path, *l.devices), "devices"); !s)
+        return fail(s.error());
+    } else {
+      // BPF_PROG_ATTACH takes no O_PATH fd.
+      auto dir = open_fd(v2d->path, O_RDONLY | O_DIRECTORY);
+      if (!dir) return fail(dir.error().wrap("devices"));
+      if (auto s = wrap(devices::attach_v2(dir->get(), *l.devices), "devices"); !s)
+        return fail(s.error());
+    }
   }
   if (l.io_weight) {
     if (const auto* d = c.v1dir("blkio")) {
@@ -1309,6 +1332,9 @@ Status Manager::cleanup_stale() {
 Status Manager::update(Cgroup& cg, const Limits& limits) {
   if (!cg.impl_) return fail(invalid("update: moved-from cgroup"));
   if (auto s = check_limits(limits); !s) return s;
+  if (limits.devices)
+    return fail(
+        invalid("update cgroup " + cg.impl_->name + ": a device policy is set at create only"));
   return with_context(impl_->apply_limits(*cg.impl_, limits), "update cgroup " + cg.impl_->name);
 }
 

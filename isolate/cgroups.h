@@ -40,9 +40,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "isolate/devices.h"
 #include "isolate/error.h"
 #include "isolate/fd.h"
 
@@ -66,9 +68,13 @@ struct Limits {
   // cpuset.cpus and cpuset.mems ("0-3,6"; "" = as the parent): v1's cpuset
   // hierarchy (each new directory gets its parent's first) or v2's.
   std::string cpuset_cpus, cpuset_mems;
+  // A device policy (isolate/devices.h: every device denied, then these
+  // rules), through v1's devices controller or a cgroup2 device program.
+  // None: the policy of the cgroup's parent. Set at create() only.
+  std::optional<std::vector<devices::Rule>> devices;
   bool empty() const {
     return !memory_max && !memory_high && !cpu_quota && !pids_max && !cpu_weight && !io_weight &&
-           !cpu_shares && cpuset_cpus.empty() && cpuset_mems.empty();
+           !cpu_shares && cpuset_cpus.empty() && cpuset_mems.empty() && !devices;
   }
 };
 

@@ -16,6 +16,7 @@
 #include <span>
 #include <thread>
 
+#include "isolate/devices.h"
 #include "isolate/fd.h"
 
 namespace cloister::mounts {
@@ -65,12 +66,6 @@ constexpr std::string_view kProcMasked[] = {
 constexpr std::string_view kProcReadOnly[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                                               "/proc/sysrq-trigger"};
 
-struct DevNode {
-  std::string_view name;
-  unsigned major, minor;
-};
-constexpr DevNode kDevNodes[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
-                                 {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
 constexpr std::pair<std::string_view, std::string_view> kDevLinks[] = {
     {"/proc/self/fd", "fd"},
     {"/proc/self/fd/0", "stdin"},
@@ -691,11 +686,12 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       case Entry::Dev: {
         Op& t = op(OpKind::Tmpfs, staged("/dev"));
         t.flags = MS_NOSUID | MS_NOEXEC;
-        t.data = "mode=0755,size=64k,nr_inodes=128";
+        t.data =
+            "mode=0755,size=64k,nr_inodes=" + std::to_string(128 + 2 * spec.device_nodes.size());
         auto dev_owned = owned_by_payload(t.data, spec);
         if (!dev_owned) return fail(dev_owned.error().wrap("tmpfs /dev"));
         t.data = std::move(*dev_owned);
-        for (const auto& d : kDevNodes) {
+        for (const auto& d : devices::kStandardNodes) {
           const std::string node = "/dev/" + std::string(d.name);
           if (spec.unprivileged) {
             // No mknod in a user namespace: the host's node, bound (as
@@ -707,6 +703,46 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
           Op& o = op(OpKind::Mknod, staged(node));
           o.mode = S_IFCHR | 0666;
           o.dev = makedev(d.major, d.minor);
+        }
+        // The config's own nodes: anywhere below /dev but where cloister's
+        // nodes, links and mounts are (one that is a standard node as it is
+        // already there is taken as it is).
+        std::set<std::string> dev_dirs;
+        for (const auto& n : spec.device_nodes) {
+          if (auto s = devices::check(n); !s) return fail(s.error());
+          auto p = normalize_path(n.path);
+          if (!p) return fail(p.error().wrap("device node"));
+          if (!p->starts_with("/dev/"))
+            return fail(invalid("device node " + n.path + " is not below /dev"));
+          const std::string top = p->substr(5, p->find('/', 5) - 5);
+          bool standard = false;
+          for (const auto& d : devices::kStandardNodes)
+            if (top == d.name && *p == "/dev/" + top) {
+              if ((n.mode & S_IFMT) != S_IFCHR || n.major != d.major || n.minor != d.minor)
+                return fail(invalid("device node " + *p + " is another device than the " + top +
+                                    " every sandbox has"));
+              standard = true;
+            }
+          if (standard) continue;
+          for (const char* own :
+               {"pts", "shm", "mqueue", "fd", "stdin", "stdout", "stderr", "ptmx"})
+            if (top == own)
+              return fail(invalid("device node " + *p + ": /dev/" + top + " is cloister's own"));
+          if (spec.unprivileged)
+            return fail(invalid("device node " + *p +
+                                ": an unprivileged sandbox cannot make device nodes"));
+          for (size_t k = p->find('/', 5); k != std::string::npos; k = p->find('/', k + 1))
+            if (dev_dirs.insert(p->substr(0, k)).second)
+              op(OpKind::Mkdir, staged(p->substr(0, k))).mode = 0755;
+          Op& o = op(OpKind::Mknod, staged(*p));
+          o.mode = n.mode;
+          o.dev = (n.mode & S_IFMT) == S_IFIFO ? 0 : makedev(n.major, n.minor);
+          auto inside = owned_by_payload(
+              "uid=" + std::to_string(n.uid) + ",gid=" + std::to_string(n.gid), spec);
+          if (!inside) return fail(inside.error().wrap("device node " + *p));
+          uint64_t uid = n.uid, gid = n.gid;
+          for (const auto& [k, v] : data_pairs(*inside)) (k == "uid" ? uid : gid) = std::stoull(v);
+          o.flags = uid << 32 | gid;
         }
         op(OpKind::Mkdir, staged("/dev/pts")).mode = 0755;
         // max: a sandbox's ptys come out of the host's kernel.pty.max (less its

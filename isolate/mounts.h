@@ -108,7 +108,7 @@ enum class OpKind : uint8_t {
   BindFile,       // mount --bind src path (masking with /dev/null)
   Proc,           // mount proc at path
   ReadOnlyBind,   // bind path onto itself, recursively read-only (flags: MOUNT_ATTR_*, 0 = +noexec)
-  Mknod,          // mknod path mode dev
+  Mknod,          // mknod path mode dev, chmod mode, owner flags (uid << 32 | gid) if not 0
   Devpts,         // mount a new devpts instance at path
   SetReadOnly,    // mount_setattr(path, RDONLY), not recursive
   PivotRoot,      // chdir path, pivot_root(".", "."), detach the old root

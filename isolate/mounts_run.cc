@@ -279,7 +279,12 @@ int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, 
         break;
       }
       case OpKind::Mknod:
+        // The mode as given, whatever the umask; the owner when one is set.
         rc = ::mknod(path, o.mode, o.dev);
+        if (rc == 0) rc = ::chmod(path, o.mode & 07777);
+        if (rc == 0 && o.flags != 0)
+          rc = ::chown(path, static_cast<uid_t>(o.flags >> 32),
+                       static_cast<gid_t>(o.flags & 0xffffffffu));
         break;
       case OpKind::Devpts:
         rc = ::mount("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC, o.data);

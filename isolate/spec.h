@@ -120,6 +120,10 @@ struct SpawnSpec {
   // power meters masked), as runc mounts them.
   bool mqueue = false;
   bool sysfs = false;
+  // Device nodes of its /dev beyond the standard ones (isolate/devices.h),
+  // each below /dev; not for an unprivileged sandbox (no mknod). What it may
+  // open is limits.devices's.
+  std::vector<devices::ExtraNode> device_nodes;
   std::vector<rlimits::Limit> rlimits;
   Identity user;
   std::string seccomp_profile;  // "" = built-in default, "unconfined", or a path

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "isolate/capabilities.h"
+#include "isolate/devices.h"
 #include "isolate/fd.h"
 #include "isolate/mounts.h"
 #include "isolate/namespaces.h"
@@ -161,6 +162,7 @@ Result<std::string> abs_path(const json& j, const std::string& path) {
 struct Lowering {
   Bundle& b;
   const json& doc;
+  std::vector<devices::Rule> device_rules;  // linux.resources.devices
   void warn(const std::string& path, const std::string& what) {
     b.warnings.push_back(path + ": " + what);
   }
@@ -642,9 +644,26 @@ Status Lowering::resources(const json& r) {
     if (limit > 0) lim.pids_max = static_cast<uint64_t>(limit);
   }
   if (const json* d = field(r, "devices")) {
-    // cloister's /dev holds null, zero, full, random, urandom and tty only,
-    // and no container may mknod: a rule allowing more changes nothing.
     if (!d->is_array()) return fail(at("linux.resources.devices", "expected an array"));
+    std::vector<devices::Rule> rules;
+    for (size_t i = 0; i < d->size(); ++i) {
+      const std::string path = "linux.resources.devices[" + std::to_string(i) + "]";
+      const json& e = (*d)[i];
+      if (auto s = object(e, path); !s) return s;
+      devices::Rule rule;
+      std::string type = "a";
+      if (!field(e, "allow")) return fail(at(path + ".allow", "is required"));
+      if (auto s = get(e, "allow", path, rule.allow); !s) return s;
+      if (auto s = get(e, "type", path, type); !s) return s;
+      if (auto s = get(e, "major", path, rule.major); !s) return s;
+      if (auto s = get(e, "minor", path, rule.minor); !s) return s;
+      if (auto s = get(e, "access", path, rule.access); !s) return s;
+      if (type.size() != 1) return fail(at(path + ".type", "'" + type + "' is not a, c or b"));
+      rule.type = type[0];
+      if (auto s = devices::check(rule); !s) return fail(wrap_at(path, s.error()));
+      rules.push_back(std::move(rule));
+    }
+    device_rules = std::move(rules);
   }
   for (const char* k : {"blockIO", "hugepageLimits", "network", "rdma", "unified"})
     if (field(r, k)) not_applied(std::string("linux.resources.") + k);
@@ -754,8 +773,48 @@ Status Lowering::linux_section() {
       b.spec.sysctls.push_back(std::move(set));
     }
   }
-  if (const json* d = field(*l, "devices"); d && !d->empty())
-    return fail(at("linux.devices", "device nodes beyond cloister's own /dev are not supported"));
+  if (const json* d = field(*l, "devices")) {
+    if (!d->is_array()) return fail(at("linux.devices", "expected an array"));
+    for (size_t i = 0; i < d->size(); ++i) {
+      const std::string path = "linux.devices[" + std::to_string(i) + "]";
+      const json& e = (*d)[i];
+      if (auto s = object(e, path); !s) return s;
+      devices::ExtraNode n;
+      const json* p = field(e, "path");
+      if (!p) return fail(at(path + ".path", "is required"));
+      auto dest = abs_path(*p, path + ".path");
+      if (!dest) return fail(dest.error());
+      n.path = *dest;
+      std::string type;
+      if (auto s = get(e, "type", path, type); !s) return s;
+      // "u": unbuffered, which Linux's character devices all are.
+      if (type == "c" || type == "u")
+        n.mode = S_IFCHR;
+      else if (type == "b")
+        n.mode = S_IFBLK;
+      else if (type == "p")
+        n.mode = S_IFIFO;
+      else
+        return fail(at(path + ".type", "'" + type + "' is not c, u, b or p"));
+      if (n.mode != S_IFIFO)
+        for (const char* k : {"major", "minor"})
+          if (!field(e, k)) return fail(at(path + "." + k, "is required for type " + type));
+      uint32_t perm = 0666;
+      if (auto s = get(e, "major", path, n.major, 4095); !s) return s;
+      if (auto s = get(e, "minor", path, n.minor, 1048575); !s) return s;
+      if (auto s = get(e, "fileMode", path, perm, 0777); !s) return s;
+      n.mode |= perm;
+      if (auto s = get(e, "uid", path, n.uid); !s) return s;
+      if (auto s = get(e, "gid", path, n.gid); !s) return s;
+      if (auto s = devices::check(n); !s) return fail(wrap_at(path, s.error()));
+      b.spec.device_nodes.push_back(std::move(n));
+    }
+  }
+  // The rules given, then the devices of every container's /dev, as runc
+  // appends its own (a config that denies /dev/null still has it).
+  std::vector<devices::Rule> policy = device_rules;
+  for (auto& r : devices::container_defaults()) policy.push_back(std::move(r));
+  b.spec.limits.devices = std::move(policy);
   if (field(*l, "personality")) return fail(at("linux.personality", "not supported"));
   if (const json* rp = field(*l, "rootfsPropagation")) {
     auto v = str(*rp, "linux.rootfsPropagation");

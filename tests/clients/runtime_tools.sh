@@ -117,7 +117,6 @@ declare -A by_design=(
   [mounts]="binds the host's /etc with shared and rshared propagation: refused, as above"
   [linux_ns_itype]="leaves out the pid namespace to share the host's: refused, a container always gets its own"
   [linux_uid_mappings]="maps host uid 0 into the container (hostID 0): refused, the payload's root is never host root"
-  [linux_devices]="makes device nodes in the container: refused (no mknod in the container's user namespace; its /dev is cloister's)"
   [linux_ns_path]="joins pid and mount namespaces by path as well: only network, ipc and uts namespaces may be joined (docs/oci-runtime.md)"
   [killsig]="checks for a file the payload writes into the bundle's rootfs: a writable root is an overlay whose writes stay in the container (docs/oci-runtime.md, root)"
 )

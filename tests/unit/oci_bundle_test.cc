@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "isolate/capabilities.h"
+#include "isolate/devices.h"
 #include "isolate/signals.h"
 #include "oci/bundle.h"
 #include "runtime/oci_runtime.h"
@@ -258,7 +259,45 @@ TEST_F(Bundle, BadValuesNameTheirJsonPath) {
       {[](json& c) {
          c["linux"]["devices"] = {{{"path", "/dev/sda"}}};
        },
-       "linux.devices"},
+       "linux.devices[0].type: '' is not c, u, b or p"},
+      {[](json& c) {
+         c["linux"]["devices"] = {{{"path", "/dev/sda"}, {"type", "b"}, {"major", 8}}};
+       },
+       "linux.devices[0].minor: is required for type b"},
+      {[](json& c) {
+         c["linux"]["devices"] = {{{"path", "/dev/sda"},
+                                   {"type", "b"},
+                                   {"major", 8},
+                                   {"minor", 0},
+                                   {"fileMode", 04666}}};
+       },
+       "linux.devices[0].fileMode: 2486 is above 511"},
+      {[](json& c) {
+         c["linux"]["devices"] = {{{"path", "dev/x"}, {"type", "p"}}};
+       },
+       "linux.devices[0].path: 'dev/x' is not an absolute path"},
+      {[](json& c) {
+         c["linux"]["resources"] = {{"devices", {{{"access", "rwm"}}}}};
+       },
+       "linux.resources.devices[0].allow: is required"},
+      {[](json& c) {
+         c["linux"]["resources"] = {{"devices", {{{"allow", true}, {"type", "x"}}}}};
+       },
+       "linux.resources.devices[0]: device type 'x' is not a, c or b"},
+      {[](json& c) {
+         c["linux"]["resources"] = {
+             {"devices", {{{"allow", true}, {"type", "c"}, {"major", 1}, {"access", "rwx"}}}}};
+       },
+       "linux.resources.devices[0]: device access 'rwx' is not a subset of rwm"},
+      {[](json& c) {
+         c["linux"]["resources"] = {{"devices", {{{"allow", true}, {"major", 1}}}}};
+       },
+       "linux.resources.devices[0]: a rule of type a (every device) takes no major"},
+      {[](json& c) {
+         c["linux"]["resources"] = {
+             {"devices", {{{"allow", true}, {"type", "c"}, {"major", 5000}}}}};
+       },
+       "linux.resources.devices[0]: device major 5000 is out of range"},
       {[](json& c) {
          c["linux"]["personality"] = {{"domain", "LINUX32"}};
        },
@@ -284,6 +323,45 @@ TEST_F(Bundle, BadValuesNameTheirJsonPath) {
     EXPECT_EQ(e.rfind("config.json: ", 0), 0u) << e;
   }
   EXPECT_NE(parse_bundle("{", dir, "c1").error().what().find("not valid JSON"), std::string::npos);
+}
+
+// Device nodes with their type, numbers, mode and owner, and the device
+// policy: the config's rules, then the defaults every container's /dev
+// needs (as runc appends its own).
+TEST_F(Bundle, DevicesAndTheirPolicy) {
+  json c = base;
+  c["linux"]["devices"] = {
+      {{"path", "/dev/fuse"}, {"type", "c"}, {"major", 10}, {"minor", 229}, {"uid", 7}},
+      {{"path", "/dev/disk/x"}, {"type", "b"}, {"major", 8}, {"minor", 1}, {"fileMode", 0600}},
+      {{"path", "/dev/p"}, {"type", "p"}}};
+  c["linux"]["resources"] = {
+      {"devices",
+       {{{"allow", false}, {"access", "rwm"}},
+        {{"allow", true}, {"type", "c"}, {"major", 10}, {"minor", 229}, {"access", "rw"}}}}};
+  auto b = lower(c);
+  ASSERT_TRUE(b) << b.error().what();
+  ASSERT_EQ(b->spec.device_nodes.size(), 3u);
+  EXPECT_EQ(b->spec.device_nodes[0].path, "/dev/fuse");
+  EXPECT_EQ(b->spec.device_nodes[0].mode, S_IFCHR | 0666);
+  EXPECT_EQ(b->spec.device_nodes[0].major, 10u);
+  EXPECT_EQ(b->spec.device_nodes[0].minor, 229u);
+  EXPECT_EQ(b->spec.device_nodes[0].uid, 7u);
+  EXPECT_EQ(b->spec.device_nodes[1].mode, S_IFBLK | 0600);
+  EXPECT_EQ(b->spec.device_nodes[2].mode, S_IFIFO | 0666);
+  ASSERT_TRUE(b->spec.limits.devices);
+  const auto& rules = *b->spec.limits.devices;
+  const auto defaults = devices::container_defaults();
+  ASSERT_EQ(rules.size(), 2 + defaults.size());
+  EXPECT_EQ(devices::v1_line(rules[0]), "a");
+  EXPECT_FALSE(rules[0].allow);
+  EXPECT_EQ(devices::v1_line(rules[1]), "c 10:229 rw");
+  EXPECT_EQ(devices::v1_line(rules[2]), "c 1:3 rwm");
+  EXPECT_EQ(devices::v1_line(rules.back()), "b *:* m");
+  // No rules given: the defaults alone, over everything denied.
+  auto plain = lower(base);
+  ASSERT_TRUE(plain);
+  ASSERT_TRUE(plain->spec.limits.devices);
+  EXPECT_EQ(plain->spec.limits.devices->size(), defaults.size());
 }
 
 TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
