@@ -871,8 +871,7 @@ namespace {
 
 Status check_limits(const Limits& l) {
   if (l.devices)
-    for (const auto& r : *l.devices)
-      if (auto s = devices::check(r); !s) return s;
+    if (auto s = devices::check(*l.devices); !s) return fail(s.error().wrap("devices"));
   if (l.cpu_weight && (l.cpu_weight < 1 || l.cpu_weight > 10000))
     return fail(invalid("cpu_weight " + std::to_string(l.cpu_weight) + " not in 1..10000"));
   if (l.io_weight && (l.io_weight < 1 || l.io_weight > 10000))

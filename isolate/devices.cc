@@ -47,9 +47,15 @@ struct Policy {
   std::vector<Exception> exceptions;
 };
 
-Policy reduce(const std::vector<Rule>& rules) {
+// A rule that takes access away from part of an exception (a deny of
+// c 1:11 after an allow of c 1:*, or of c *:* after one of c 1:3) is
+// refused: the v1 controller changes only an exception naming the same
+// devices and would leave the access in place (runc's emulator refuses it
+// too: "cannot punch hole in existing wildcard rule").
+Result<Policy> reduce(const std::vector<Rule>& rules) {
   Policy p;
   for (const auto& r : rules) {
+    if (auto s = check(r); !s) return fail(s.error());
     if (r.type == 'a') {  // resets the list (check(): "a *:* rwm" only)
       p.default_allow = r.allow;
       p.exceptions.clear();
@@ -65,6 +71,16 @@ Policy reduce(const std::vector<Rule>& rules) {
         if (same(e)) e.access |= bits, merged = true;
       if (!merged) p.exceptions.push_back({r.type, r.major, r.minor, bits});
     } else {  // takes access away from an exception naming the same devices
+      auto meet = [](int64_t a, int64_t b) { return a == b || a < 0 || b < 0; };
+      for (const auto& e : p.exceptions)
+        if (e.type == r.type && !same(e) && (e.access & bits) && meet(e.major, r.major) &&
+            meet(e.minor, r.minor)) {
+          const Rule ex{!p.default_allow, e.type, e.major, e.minor, access_text(e.access)};
+          return fail(invalid("device rule '" + v1_line(r) + "' (" + (r.allow ? "allow" : "deny") +
+                              ") takes access from part of the earlier '" + v1_line(ex) +
+                              "', which the devices controller cannot do: list only what is " +
+                              (p.default_allow ? "denied" : "allowed") + " instead"));
+        }
       for (auto& e : p.exceptions)
         if (same(e)) e.access &= ~bits;
       std::erase_if(p.exceptions, [](const Exception& e) { return e.access == 0; });
@@ -122,8 +138,16 @@ std::string v1_line(const Rule& r) {
   return std::string(1, r.type) + " " + number(r.major) + ":" + number(r.minor) + " " + r.access;
 }
 
+Status check(const std::vector<Rule>& rules) {
+  auto p = reduce(rules);
+  if (!p) return fail(p.error());
+  return {};
+}
+
 Status apply_v1(const std::string& dir, const std::vector<Rule>& rules) {
-  const Policy p = reduce(rules);
+  auto reduced = reduce(rules);
+  if (!reduced) return fail(reduced.error());
+  const Policy& p = *reduced;
   auto write = [&](const char* file, const std::string& line) -> Status {
     const std::string path = dir + "/" + file;
     Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
@@ -142,7 +166,8 @@ Status apply_v1(const std::string& dir, const std::vector<Rule>& rules) {
 }
 
 std::vector<Insn> program(const std::vector<Rule>& rules) {
-  const Policy p = reduce(rules);
+  auto reduced = reduce(rules);
+  const Policy p = reduced ? *reduced : Policy{};  // deny all
   // r1: struct bpf_cgroup_dev_ctx {u32 access_type; u32 major; u32 minor;}
   // (access_type: the BPF_DEVCG_ACC_* bits << 16 | BPF_DEVCG_DEV_*).
   std::vector<Insn> out = {
@@ -188,6 +213,7 @@ std::vector<Insn> program(const std::vector<Rule>& rules) {
 }
 
 Status attach_v2(int cgroup_dir_fd, const std::vector<Rule>& rules) {
+  if (auto s = check(rules); !s) return s;
   const std::vector<Insn> insns = program(rules);
   static_assert(sizeof(Insn) == sizeof(bpf_insn));
   static const char kLicense[] = "GPL";
@@ -228,16 +254,17 @@ Status attach_v2(int cgroup_dir_fd, const std::vector<Rule>& rules) {
   return {};
 }
 
-std::vector<Rule> container_defaults() {
+std::vector<Rule> container_defaults(const std::vector<ExtraNode>& nodes) {
   std::vector<Rule> r;
   for (const auto& n : kStandardNodes) r.push_back({true, 'c', n.major, n.minor, "rwm"});
   r.push_back({true, 'c', 5, 2, "rwm"});     // /dev/ptmx (pts/ptmx)
   r.push_back({true, 'c', 136, -1, "rwm"});  // the ptys of its devpts
-  // mknod of any node, as runc allows it: the init makes the config's nodes
-  // from inside the cgroup, and no payload can (mknod takes CAP_MKNOD over
-  // the host's user namespace); opening one still takes a rule.
-  r.push_back({true, 'c', -1, -1, "m"});
-  r.push_back({true, 'b', -1, -1, "m"});
+  // mknod of the nodes the init makes from inside the cgroup, and of no
+  // other (runc allows mknod of every node: a payload that is host root
+  // could then leave one a host user may open in a volume).
+  for (const auto& n : nodes)
+    if ((n.mode & S_IFMT) != S_IFIFO)
+      r.push_back({true, (n.mode & S_IFMT) == S_IFBLK ? 'b' : 'c', n.major, n.minor, "m"});
   return r;
 }
 

@@ -53,8 +53,11 @@ struct Rule {
   std::string access = "rwm";      // a non-empty subset of "rwm"
 };
 
-// The one validator of a rule: INVALID naming what is wrong.
+// The one validator of a rule, and of a list of them (a rule that would
+// take access from part of an earlier exception, which v1 cannot do, is
+// refused): INVALID naming what is wrong.
 Status check(const Rule& r);
+Status check(const std::vector<Rule>& rules);
 
 // As the v1 files take it: "c 1:3 rwm", "a *:* rwm".
 std::string v1_line(const Rule& r);
@@ -66,6 +69,7 @@ Status apply_v1(const std::string& dir, const std::vector<Rule>& rules);
 // The policy as a cgroup device program (eBPF, struct bpf_insn's layout),
 // exposed for tests. Both backends compute what the v1 controller makes of
 // the rules (its default and exceptions), so they agree on every device.
+// Rules check() refuses give a program that denies every device.
 struct Insn {
   uint8_t code;
   uint8_t regs;  // dst (low nibble), src (high nibble)
@@ -78,7 +82,7 @@ std::vector<Insn> program(const std::vector<Rule>& rules);
 Status attach_v2(int cgroup_dir_fd, const std::vector<Rule>& rules);
 
 // Allowed: kStandardNodes and the sandbox's devpts (ptmx, the ptys), and
-// mknod (but no open) of every node, for its init.
-std::vector<Rule> container_defaults();
+// mknod (but no open) of the given nodes, which its init makes.
+std::vector<Rule> container_defaults(const std::vector<ExtraNode>& nodes);
 
 }  // namespace cloister::devices

@@ -827,8 +827,6 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
       host = above->source + path.substr(above->target.size());
     else if (above->kind == Entry::Proc || above->kind == Entry::Sysfs)
       host = path;
-    else if (above->kind == Entry::HostSymlink)
-      return path == above->target ? S_IFLNK | 0777 : 0;
     else
       return 0;  // a tmpfs of the sandbox's own: nothing to hide
     if (::lstat(host.c_str(), &st) != 0) return 0;
@@ -878,8 +876,22 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         continue;
       }
       const std::string next = cur == "/" ? "/" + c : cur + "/" + c;
-      const Entry* above = parent_entry(entries.size(), next);
-      const mode_t type = type_in_root(next, above);
+      // A mount point is what is mounted there (the last entry placed
+      // there), not what lies below it; anything else, what the entry
+      // above it has.
+      const Entry* above = nullptr;
+      for (const auto& e : entries)
+        if (e.target == next) above = &e;
+      mode_t type = 0;
+      if (!above) {
+        above = parent_entry(entries.size(), next);
+        type = type_in_root(next, above);
+      } else if (above->kind == Entry::HostTree || above->kind == Entry::Volume) {
+        struct stat st;
+        type = ::lstat(above->source.c_str(), &st) == 0 ? st.st_mode : 0;
+      } else {
+        type = above->kind == Entry::HostSymlink ? S_IFLNK | 0777 : S_IFDIR | 0755;
+      }
       if (type == 0) return std::string();
       if (S_ISLNK(type)) {
         if (above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs))

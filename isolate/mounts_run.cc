@@ -125,7 +125,7 @@ int make_in_volume(const OpView& o) noexcept {
   return rc;
 }
 
-// The in_volume forms of MoveTree, Tmpfs, BindFile, Mkdir and Touch.
+// The in_volume forms of MoveTree, Tmpfs, BindFile, ReadOnlyBind, Mkdir and Touch.
 int run_in_volume(const OpView& o, int tree) noexcept {
   if (o.kind == OpKind::Mkdir || o.kind == OpKind::Touch) return make_in_volume(o);
   int t = volume_target(o.path);
@@ -227,7 +227,7 @@ int run_ops(const OpView* ops, size_t n, int* trees, size_t ntrees, int tpl_ns, 
     }
     if (o.in_volume &&
         (o.kind == OpKind::MoveTree || o.kind == OpKind::Tmpfs || o.kind == OpKind::BindFile ||
-         o.kind == OpKind::Mkdir || o.kind == OpKind::Touch)) {
+         o.kind == OpKind::ReadOnlyBind || o.kind == OpKind::Mkdir || o.kind == OpKind::Touch)) {
       if (run_in_volume(o, tree) != 0 && !(o.optional && errno == ENOENT)) {
         err = errno;
         if (failed_op) *failed_op = static_cast<int>(i);

@@ -44,6 +44,14 @@ bool is_host(int fd, uint64_t clone_flag) {
     if (::stat(host.c_str(), &h) != 0) continue;
     if (h.st_dev == ns.st_dev && h.st_ino == ns.st_ino) return true;
     if (pid[0] != 's') reference = true;
+    // The kernel's initial ipc, uts, pid and cgroup namespaces have fixed
+    // inode numbers on nsfs (include/linux/proc_ns.h), whoever PID 2 is.
+    const ino_t initial = clone_flag == CLONE_NEWIPC      ? 0xEFFFFFFFu
+                          : clone_flag == CLONE_NEWUTS    ? 0xEFFFFFFEu
+                          : clone_flag == CLONE_NEWPID    ? 0xEFFFFFFCu
+                          : clone_flag == CLONE_NEWCGROUP ? 0xEFFFFFFBu
+                                                          : 0;
+    if (initial && h.st_dev == ns.st_dev && ns.st_ino == initial) return true;
   }
   return !reference;
 }

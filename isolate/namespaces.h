@@ -31,9 +31,10 @@ Status check_hostname(const std::string& hostname);
 // to be of the kind of clone_flag; INVALID naming the path otherwise.
 Result<Fd> open_path(const std::string& path, uint64_t clone_flag);
 // Whether a namespace fd is the host's of its kind: ours, PID 1's or
-// kthreadd's (PID 2, in the initial namespaces); a namespace that cannot be
-// compared, or compared with neither PID 1's nor kthreadd's, counts as the
-// host's.
+// kthreadd's (PID 2, in the initial namespaces), or for ipc, uts, pid and
+// cgroup the kernel's initial one by its fixed inode number; a namespace
+// that cannot be compared, or compared with neither PID 1's nor PID 2's,
+// counts as the host's.
 bool is_host(int fd, uint64_t clone_flag);
 
 // Child side. Returns 0 or errno.

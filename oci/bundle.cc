@@ -813,7 +813,9 @@ Status Lowering::linux_section() {
   // The rules given, then the devices of every container's /dev, as runc
   // appends its own (a config that denies /dev/null still has it).
   std::vector<devices::Rule> policy = device_rules;
-  for (auto& r : devices::container_defaults()) policy.push_back(std::move(r));
+  for (auto& r : devices::container_defaults(b.spec.device_nodes)) policy.push_back(std::move(r));
+  if (auto s = devices::check(policy); !s)
+    return fail(wrap_at("linux.resources.devices", s.error()));
   b.spec.limits.devices = std::move(policy);
   if (field(*l, "personality")) return fail(at("linux.personality", "not supported"));
   if (const json* rp = field(*l, "rootfsPropagation")) {

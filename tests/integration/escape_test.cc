@@ -1664,10 +1664,13 @@ TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
   bundle({"/bin/sh", "-c",
           "touch /bin/x 2>/dev/null; echo bin=$?; touch /shared/y 2>/dev/null; echo shared=$?; "
           "cat /secret/key 2>/dev/null; echo secret=$?; touch /tmp/z; echo tmp=$?; "
-          "touch /etc/x 2>/dev/null; echo etc=$?; touch /var/x 2>/dev/null; echo var=$?"},
+          "touch /etc/x 2>/dev/null; echo etc=$?; touch /var/x 2>/dev/null; echo var=$?; "
+          "cat /nodir/key 2>/dev/null; echo nodir=$?"},
          "c['root']['readonly']=False; "
          "c['linux']['readonlyPaths']=['/bin','/shared','/hostetc','/up'];"
-         "c['linux']['maskedPaths']=['/secret']");
+         "c['linux']['maskedPaths']=['/secret','/nodir/key']; "
+         "c['mounts'].append({'destination':'/nodir','type':'bind','source':'" +
+             secret.path + "','options':['rbind','ro']})");
   EXPECT_EQ(sh(oci("run m1 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("bin=1"), std::string::npos) << out;
   EXPECT_NE(out.find("shared=1"), std::string::npos) << out;
@@ -1675,6 +1678,8 @@ TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
   EXPECT_NE(out.find("tmp=0"), std::string::npos) << out;
   EXPECT_NE(out.find("etc=1"), std::string::npos) << out;
   EXPECT_NE(out.find("var=1"), std::string::npos) << out;
+  // Below a bind whose mount point the rootfs lacks: masked all the same.
+  EXPECT_NE(out.find("nodir=1"), std::string::npos) << out;
   EXPECT_EQ(out.find("root only"), std::string::npos) << out;
   // The host's /etc and /var got no mount of their own here (any mount of
   // the init's would be in the container's namespace, gone with it). Not
@@ -1766,6 +1771,25 @@ TEST_F(EscapeOci, DevicesAreMadeAndOnlyTheAllowedOpen) {
   EXPECT_NE(out.find("/dev/fifo3: Operation not permitted"), std::string::npos) << out;
   EXPECT_NE(out.find("mknod=1"), std::string::npos) << out;
 
+  // A payload that is host root (userns: host) with CAP_MKNOD still makes
+  // no node, not even in a volume a host user could open it from: mknod is
+  // allowed for the config's own nodes only.
+  bundle({"/bin/sh", "-c",
+          "busybox mknod /shared/loopx b 7 0 2>&1; busybox mknod /shared/mem c 1 1 2>&1; "
+          "busybox mknod /shared/fifo p && echo fifo=ok"},
+         "c['annotations']={'run.cloister.userns':'host'}; "
+         "c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type']!='user']; "
+         "c['linux'].pop('uidMappings',None); c['linux'].pop('gidMappings',None); "
+         "[c['process']['capabilities'][k].append('CAP_MKNOD') for k in "
+         "('bounding','effective','permitted')]");
+  EXPECT_EQ(sh(oci("run d4 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("/shared/loopx: Operation not permitted"), std::string::npos) << out;
+  EXPECT_NE(out.find("/shared/mem: Operation not permitted"), std::string::npos) << out;
+  EXPECT_NE(out.find("fifo=ok"), std::string::npos) << out;
+  struct stat st;
+  EXPECT_NE(::lstat((shared.path + "/loopx").c_str(), &st), 0);
+  EXPECT_NE(::lstat((shared.path + "/mem").c_str(), &st), 0);
+
   // Allowed by a rule: opened (the driver may still say no device).
   bundle({"/bin/sh", "-c", "(exec 3<>/dev/fuse) 2>&1; echo open=$?"},
          "c['linux']['devices']=[{'path':'/dev/fuse','type':'c','major':10,'minor':229}]; "
@@ -1780,7 +1804,13 @@ TEST_F(EscapeOci, DevicesAreMadeAndOnlyTheAllowedOpen) {
                                             "another device than the null"},
         {"{'path':'/dev/pts/9','type':'c','major':136,'minor':9}", "/dev/pts is cloister's own"},
         {"{'path':'/etc/x','type':'c','major':1,'minor':3}", "is not below /dev"},
-        {"{'path':'/dev/x','type':'q','major':1,'minor':3}", "linux.devices[0].type"}}) {
+        {"{'path':'/dev/x','type':'q','major':1,'minor':3}", "linux.devices[0].type"},
+        {"{'path':'/dev/x','type':'c','major':1,'minor':3}]; "
+         "c['linux']['resources']={'devices':[{'allow':False,'access':'rwm'},"
+         "{'allow':True,'type':'c','major':1,'access':'rw'},"
+         "{'allow':False,'type':'c','major':1,'minor':11,'access':'w'}]}; "
+         "c['linux']['devices']=[{'path':'/dev/x','type':'c','major':1,'minor':3}",
+         "takes access from part of the earlier 'c 1:* rw'"}}) {
     bundle({"/bin/true"}, "c['linux']['devices']=[" + node + "]");
     EXPECT_EQ(sh(oci("run d3 --bundle " + dir.path) + " 2>&1", &out), 1) << node;
     EXPECT_NE(out.find(why), std::string::npos) << out;

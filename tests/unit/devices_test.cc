@@ -86,32 +86,50 @@ TEST(Devices, NothingIsAllowedWithoutARule) {
 
 // The v1 controller's semantics: exceptions to a default, an access asked
 // for allowed only when one exception holds all of it, a deny that takes
-// access away from the exception naming the same devices only.
+// access away from the exception naming the same devices.
 TEST(Devices, TheProgramDecidesAsTheV1ControllerDoes) {
   const std::vector<Rule> rules = {{false, 'a', -1, -1, "rwm"}, {true, 'c', 1, 3, "rw"},
                                    {true, 'c', 136, -1, "rwm"}, {true, 'c', 10, 229, "rwm"},
-                                   {false, 'c', 10, 229, "w"},  {true, 'c', -1, -1, "m"},
-                                   {true, 'b', 8, 0, "r"},      {false, 'c', -1, -1, "rwm"}};
+                                   {false, 'c', 10, 229, "w"},  {true, 'c', 1, 5, "m"},
+                                   {true, 'b', 8, 0, "r"},      {true, 'c', 1, 5, "r"}};
+  ASSERT_TRUE(check(rules));
   const auto p = program(rules);
   EXPECT_EQ(run(p, C, R, 1, 3), 1);
   EXPECT_EQ(run(p, C, R | W, 1, 3), 1);
-  EXPECT_EQ(run(p, C, M, 1, 3), 0);  // c *:* m, taken away by the last rule
-  EXPECT_EQ(run(p, C, R, 1, 5), 0);
+  EXPECT_EQ(run(p, C, M, 1, 3), 0);
+  EXPECT_EQ(run(p, C, R | M, 1, 5), 1);  // the two allows, merged
+  EXPECT_EQ(run(p, C, W, 1, 5), 0);
   EXPECT_EQ(run(p, C, R | W, 136, 7), 1);
   EXPECT_EQ(run(p, C, R, 10, 229), 1);
   EXPECT_EQ(run(p, C, W, 10, 229), 0);  // taken away by the deny
   EXPECT_EQ(run(p, B, R, 8, 0), 1);
   EXPECT_EQ(run(p, B, W, 8, 0), 0);
   EXPECT_EQ(run(p, B, R, 8, 1), 0);
-  EXPECT_EQ(run(p, B, M, 8, 0), 0);  // c *:* m is for character devices
-  // The last rule names c *:* only: it takes "m" away from that exception,
-  // and nothing from the others (as v1 keeps them).
-  const auto q = program({{false, 'a', -1, -1, "rwm"},
-                          {true, 'c', -1, -1, "m"},
-                          {true, 'c', 1, 3, "rwm"},
-                          {false, 'c', -1, -1, "m"}});
-  EXPECT_EQ(run(q, C, M, 1, 5), 0);
-  EXPECT_EQ(run(q, C, M, 1, 3), 1);
+  EXPECT_EQ(run(p, C, R, 8, 0), 0);  // a block device's numbers, as a character one
+}
+
+// What v1 would silently leave in place is refused: a deny narrower than an
+// earlier wildcard allow, or broader than a narrower one; the program of a
+// refused list denies everything.
+TEST(Devices, ADenyTheControllerCannotApplyIsRefused) {
+  for (const auto& rules : std::vector<std::vector<Rule>>{
+           {{false, 'a', -1, -1, "rwm"}, {true, 'c', 1, -1, "rw"}, {false, 'c', 1, 11, "rwm"}},
+           {{false, 'a', -1, -1, "rwm"}, {true, 'b', -1, -1, "r"}, {false, 'b', 7, 0, "r"}},
+           {{false, 'a', -1, -1, "rwm"}, {true, 'c', 1, 3, "rwm"}, {false, 'c', -1, -1, "rwm"}},
+           {{true, 'a', -1, -1, "rwm"}, {false, 'c', -1, -1, "w"}, {true, 'c', 1, 3, "rw"}}}) {
+    auto s = check(rules);
+    ASSERT_FALSE(s) << v1_line(rules[2]);
+    EXPECT_NE(s.error().message.find("takes access from part of the earlier"), std::string::npos)
+        << s.error().message;
+    const auto p = program(rules);
+    EXPECT_EQ(run(p, C, R, 1, 3), 0);
+    EXPECT_EQ(run(p, B, R, 7, 0), 0);
+  }
+  // Access that does not overlap, or another type: fine.
+  EXPECT_TRUE(check(std::vector<Rule>{
+      {false, 'a', -1, -1, "rwm"}, {true, 'c', 1, -1, "r"}, {false, 'c', 1, 11, "w"}}));
+  EXPECT_TRUE(check(std::vector<Rule>{
+      {false, 'a', -1, -1, "rwm"}, {true, 'c', 1, -1, "r"}, {false, 'b', 1, 11, "r"}}));
 }
 
 TEST(Devices, ADefaultAllowDeniesItsExceptionsOnAnyOverlap) {
@@ -133,14 +151,19 @@ TEST(Devices, ADefaultAllowDeniesItsExceptionsOnAnyOverlap) {
 }
 
 TEST(Devices, ContainerDefaultsOpenTheStandardNodesAndPtysOnly) {
-  const auto p = program(container_defaults());
+  const auto p = program(container_defaults(
+      {ExtraNode{"/dev/fuse", S_IFCHR | 0666, 10, 229}, ExtraNode{"/dev/p", S_IFIFO | 0600}}));
   for (const auto& n : kStandardNodes) EXPECT_EQ(run(p, C, R | W, n.major, n.minor), 1) << n.name;
   EXPECT_EQ(run(p, C, R | W, 5, 2), 1);
   EXPECT_EQ(run(p, C, R | W, 136, 0), 1);
   EXPECT_EQ(run(p, C, R, 1, 1), 0);   // /dev/mem
   EXPECT_EQ(run(p, C, R, 1, 11), 0);  // /dev/kmsg
   EXPECT_EQ(run(p, B, R, 8, 0), 0);
-  EXPECT_EQ(run(p, B, M, 8, 0), 1);
+  // mknod of the config's nodes, which the init makes, and of no other.
+  EXPECT_EQ(run(p, C, M, 10, 229), 1);
+  EXPECT_EQ(run(p, C, R, 10, 229), 0);
+  EXPECT_EQ(run(p, B, M, 8, 0), 0);
+  EXPECT_EQ(run(p, C, M, 1, 1), 0);
 }
 
 }  // namespace

@@ -299,6 +299,15 @@ TEST_F(Bundle, BadValuesNameTheirJsonPath) {
        },
        "linux.resources.devices[0]: device major 5000 is out of range"},
       {[](json& c) {
+         c["linux"]["resources"] = {
+             {"devices",
+              {{{"allow", false}, {"access", "rwm"}},
+               {{"allow", true}, {"type", "c"}, {"major", 1}, {"access", "rw"}},
+               {{"allow", false}, {"type", "c"}, {"major", 1}, {"minor", 11}, {"access", "rw"}}}}};
+       },
+       "linux.resources.devices: device rule 'c 1:11 rw' (deny) takes access from part of the "
+       "earlier 'c 1:* rw'"},
+      {[](json& c) {
          c["linux"]["personality"] = {{"domain", "LINUX32"}};
        },
        "linux.personality"},
@@ -350,18 +359,19 @@ TEST_F(Bundle, DevicesAndTheirPolicy) {
   EXPECT_EQ(b->spec.device_nodes[2].mode, S_IFIFO | 0666);
   ASSERT_TRUE(b->spec.limits.devices);
   const auto& rules = *b->spec.limits.devices;
-  const auto defaults = devices::container_defaults();
+  const auto defaults = devices::container_defaults(b->spec.device_nodes);
   ASSERT_EQ(rules.size(), 2 + defaults.size());
   EXPECT_EQ(devices::v1_line(rules[0]), "a");
   EXPECT_FALSE(rules[0].allow);
   EXPECT_EQ(devices::v1_line(rules[1]), "c 10:229 rw");
   EXPECT_EQ(devices::v1_line(rules[2]), "c 1:3 rwm");
-  EXPECT_EQ(devices::v1_line(rules.back()), "b *:* m");
+  EXPECT_EQ(devices::v1_line(rules[rules.size() - 2]), "c 10:229 m");
+  EXPECT_EQ(devices::v1_line(rules.back()), "b 8:1 m");
   // No rules given: the defaults alone, over everything denied.
   auto plain = lower(base);
   ASSERT_TRUE(plain);
   ASSERT_TRUE(plain->spec.limits.devices);
-  EXPECT_EQ(plain->spec.limits.devices->size(), defaults.size());
+  EXPECT_EQ(plain->spec.limits.devices->size(), devices::container_defaults({}).size());
 }
 
 TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
