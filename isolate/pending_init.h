@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "isolate/spawn.h"
+#include "isolate/userns.h"
 
 namespace cloister {
 
@@ -26,6 +28,10 @@ struct PendingInit {
   bool background = false;  // cloned by the prestart thread, at its priority
   uint64_t mount_gen = 0;   // TemplateCache::generation() when cloned
   const cgroups::Manager* manager = nullptr;
+  // The ids of the user namespace it enters (a pool's slot, or the spec's),
+  // none for an unprivileged sandbox: the payload's stdio pipes are given
+  // to its user (give_command).
+  std::optional<userns::Map> ids;
   Status attached;
   Status netns_made;
 };

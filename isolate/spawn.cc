@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/magic.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
@@ -12,7 +13,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -626,6 +629,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   const mounts::MountPlan* plan = &sb.mounts_;
   const std::string* full_setup = &sb.setup_full_;
   std::shared_ptr<const Sandbox::SlotSetup> slot;
+  std::optional<userns::Map> slot_map;
   if (spec.userns_pool) {
     auto l = userns::lease(*spec.userns_pool);
     if (!l) return fail(l.error());
@@ -641,6 +645,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
       full_setup = &slot->setup;
     }
     lease = std::move(l->lock);
+    slot_map = l->map;
   }
   uint64_t gen = 0;
   std::shared_ptr<const mounts::MountTemplate> tpl = join ? nullptr : sb.templates_.get(&gen);
@@ -659,6 +664,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
   out.userns_lease_ = std::move(lease);
+  if (!spec.unprivileged) p->ids = slot_map ? slot_map : spec.userns;
   if (join) {
     // The container's cgroup, never ours to remove: not in out.
   } else if (cgroups) {
@@ -924,6 +930,22 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
     fds[nfds++] = fd;
     h.flags |= flag;
   };
+  // Anonymous pipes among the payload's stdio are given to its user, as
+  // containerd gives a user namespace's root its pipes: /dev/stdout,
+  // /dev/stderr and /proc/self/fd/N open through them only for their owner
+  // (a payload's `echo x > /dev/stderr`). Nothing else (a file, a tty, a
+  // socket the caller passed) changes owner.
+  if (!sb.spec_.unprivileged) {
+    const uid_t uid = (p.ids ? p.ids->uid_base : 0) + sb.spec_.user.uid;
+    const gid_t gid = (p.ids ? p.ids->gid_base : 0) + sb.spec_.user.gid;
+    for (int fd : {stdio.in, stdio.out, stdio.err}) {
+      struct statfs fs;
+      struct stat st;
+      if (fd >= 0 && ::fstatfs(fd, &fs) == 0 && fs.f_type == PIPEFS_MAGIC &&
+          ::fstat(fd, &st) == 0 && (st.st_uid != uid || st.st_gid != gid))
+        (void)::fchown(fd, uid, gid);
+    }
+  }
   add(stdio.in, wire::kCallStdin);
   add(stdio.out, wire::kCallStdout);
   add(stdio.err, wire::kCallStderr);

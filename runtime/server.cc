@@ -39,6 +39,9 @@ namespace {
 constexpr size_t kHighWater = 256 * 1024;  // queued output per connection
 constexpr size_t kDataChunk = 64 * 1024;   // bytes per data frame
 constexpr size_t kStdinHighWater = 1 << 20;
+// Stdin acknowledgements: one per this much consumed, and one whenever the
+// queue runs empty (docs/protocol.md, "Stdin").
+constexpr uint64_t kStdinAckEvery = 256 * 1024;
 constexpr size_t kMaxFdsQueued = 16;
 constexpr const char* kServerName = "cloisterd 0.1.0";
 
@@ -190,6 +193,8 @@ struct SessionEntry {
   bool registered[2] = {false, false};
   bool stdin_registered = false;
   std::set<uint64_t> stdin_waiters;  // connections paused on a full stdin queue
+  std::set<uint64_t> stdin_senders;  // connections that sent stdin: they get its acks
+  uint64_t stdin_acked = 0;          // the consumed offset last acknowledged
   bool counted = true;               // in the running counts
   bool finished_handled = false;
   bool run_session = false;  // made by op run: removed once answered
@@ -207,6 +212,7 @@ struct Server::Impl {
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   std::map<uint64_t, SessionEntry> sessions;
   uint64_t next_conn = 1, next_session = 1;
+  std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
   std::map<std::string, size_t> running_by_executor;
   std::map<uid_t, size_t> running_by_uid;
@@ -529,11 +535,30 @@ struct Server::Impl {
     }
     sessions.erase(it);  // ~Session kills and reaps a running tree, removes its cgroup
   }
+  // Frames a connection sent before it was stopped may all be read already
+  // (a close_stdin after the stdin that filled the queue): the loop handles
+  // them once this event is done, as no socket event may come for them.
   void resume_reading(uint64_t cid) {
     auto it = conns.find(cid);
     if (it == conns.end() || it->second->reading) return;
     it->second->reading = true;
     update_conn_events(*it->second);
+    resumed.push_back(cid);
+  }
+  void handle_resumed() {
+    while (!resumed.empty()) {
+      std::vector<uint64_t> ids;
+      ids.swap(resumed);
+      for (uint64_t cid : ids) {
+        auto it = conns.find(cid);
+        if (it == conns.end()) continue;
+        Conn& c = *it->second;
+        if (!c.reading || c.closing) continue;
+        handle_frames(c);
+        flush(c);
+        if (c.closing && c.queued() == 0) close_conn(cid);
+      }
+    }
   }
 
   // --- ops
@@ -813,7 +838,9 @@ struct Server::Impl {
         c.pending.push_back(std::move(p));
         return;
       }
-      reply_ok(c, id, {{"session", *sid}, {"pid", e.s->process().pid()}});
+      json reply = {{"session", *sid}, {"pid", e.s->process().pid()}};
+      if (e.s->stdin_open()) reply["stdin_window"] = kStdinHighWater;
+      reply_ok(c, id, reply);
       if (!e.s->spec().detached) {
         c.owns.insert(*sid);
         if (!e.s->spec().passed_stdio) attach(c, *sid, json::object());
@@ -851,12 +878,17 @@ struct Server::Impl {
       if (j.contains("follow") && !j["follow"].is_boolean())
         return reply_err(c, id, invalid("follow must be a boolean"));
       attach(c, sid, j);
-      reply_ok(c, id,
-               {{"session", sid},
-                {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
-                {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
-                {"pty", s.spec().pty},
-                {"state", s.finished() ? "exited" : "running"}});
+      json reply = {{"session", sid},
+                    {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
+                    {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
+                    {"pty", s.spec().pty},
+                    {"state", s.finished() ? "exited" : "running"}};
+      if (s.stdin_open()) {
+        // Where stdin stands, for a client that takes over the writing.
+        reply["stdin_window"] = kStdinHighWater;
+        reply["stdin_consumed"] = s.stdin_consumed();
+      }
+      reply_ok(c, id, reply);
       return pump(c);
     }
     if (op == "detach") {
@@ -930,6 +962,18 @@ struct Server::Impl {
       for (uint64_t w : e.stdin_waiters) resume_reading(w);
       e.stdin_waiters.clear();
     }
+    const uint64_t consumed = e.s->stdin_consumed();
+    if (consumed > e.stdin_acked &&
+        (empty || consumed - e.stdin_acked >= kStdinAckEvery || !e.s->stdin_open())) {
+      e.stdin_acked = consumed;
+      for (uint64_t cid : e.stdin_senders) {
+        auto it = conns.find(cid);
+        if (it == conns.end() || it->second->closing) continue;
+        send_json(*it->second,
+                  {{"event", "stdin"}, {"session", e.s->id()}, {"consumed", consumed}});
+        flush(*it->second);
+      }
+    }
   }
 
   void handle_data(Conn& c, const std::string& body) {
@@ -950,6 +994,7 @@ struct Server::Impl {
       err = q.error();
     else {
       SessionEntry& e = it->second;
+      e.stdin_senders.insert(c.id);
       service_stdin(e);
       if (e.s->stdin_queued() >= kStdinHighWater) {  // backpressure on this client
         e.stdin_waiters.insert(c.id);
@@ -1007,6 +1052,7 @@ struct Server::Impl {
       if (se == sessions.end()) continue;
       se->second.conns.erase(cid);
       se->second.stdin_waiters.erase(cid);
+      se->second.stdin_senders.erase(cid);
       resume_if_caught_up(se->second);
     }
     // Sessions started attached by this client may run on for
@@ -1027,6 +1073,28 @@ struct Server::Impl {
         }
       }
     conns.erase(it);
+  }
+
+  // The frames read from a connection, in order, until it closes or is
+  // stopped (a full stdin queue); the rest wait in its decoder.
+  void handle_frames(Conn& c) {
+    while (!c.closing && c.reading) {
+      auto f = c.dec.next();
+      if (!f) {  // framing is lost: answer once and end the connection
+        reply_err(c, nullptr, f.error());
+        c.closing = true;
+        break;
+      }
+      if (!*f) break;
+      if ((*f)->type == proto::FrameType::Control) {
+        handle_control(c, (*f)->body);
+      } else if (!c.hello) {
+        reply_err(c, nullptr, invalid("send hello first"));
+      } else {
+        handle_data(c, (*f)->body);
+      }
+    }
+    if (c.fds.size() > 0 && c.dec.buffered() == 0) c.fds.clear();
   }
 
   void on_conn(uint64_t cid, uint32_t events) {
@@ -1069,24 +1137,7 @@ struct Server::Impl {
         total += static_cast<size_t>(n);
         c.last_frame = Clock::now();
         c.dec.feed(std::string_view(buf, static_cast<size_t>(n)));
-        for (;;) {
-          auto f = c.dec.next();
-          if (!f) {  // framing is lost: answer once and end the connection
-            reply_err(c, nullptr, f.error());
-            c.closing = true;
-            break;
-          }
-          if (!*f) break;
-          if ((*f)->type == proto::FrameType::Control) {
-            handle_control(c, (*f)->body);
-          } else if (!c.hello) {
-            reply_err(c, nullptr, invalid("send hello first"));
-          } else {
-            handle_data(c, (*f)->body);
-          }
-          if (c.closing || !c.reading) break;
-        }
-        if (c.fds.size() > 0 && c.dec.buffered() == 0) c.fds.clear();
+        handle_frames(c);
       }
       flush(c);
       if (eof) {
@@ -1196,6 +1247,7 @@ struct Server::Impl {
           }
         }
       }
+      handle_resumed();
       tick();
     }
     // Shutdown: end what still runs, tell the clients, remove every session

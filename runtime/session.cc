@@ -85,6 +85,7 @@ bool Session::flush_stdin() {
       break;
     }
     stdin_.erase(0, static_cast<size_t>(n));
+    stdin_consumed_ += static_cast<uint64_t>(n);
   }
   if (stdin_.empty() && stdin_close_pending_ && stdin_ok_) {
     (void)process_->write_stdin({});

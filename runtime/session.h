@@ -62,6 +62,9 @@ class Session {
   // Stdin: queued and written as the payload reads.
   int stdin_fd() const { return process_->stdin_fd(); }
   size_t stdin_queued() const { return stdin_.size(); }
+  // Bytes of stdin the payload's pipe has taken, from the start (every
+  // client's): what the service acknowledges (docs/protocol.md, "Stdin").
+  uint64_t stdin_consumed() const { return stdin_consumed_; }
   bool stdin_open() const { return stdin_ok_ && !stdin_close_pending_; }
   Status queue_stdin(std::string_view data);
   void close_stdin();  // after what is queued
@@ -89,6 +92,7 @@ class Session {
   bool eof_[2] = {false, false};
   uint64_t discarded_[2] = {0, 0};
   std::string stdin_;
+  uint64_t stdin_consumed_ = 0;
   bool stdin_ok_ = false;
   bool stdin_close_pending_ = false;
   std::optional<ExitStatus> status_;

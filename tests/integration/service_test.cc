@@ -607,6 +607,101 @@ TEST(Service, Kill9LeavesNoSessionProcess) {
   EXPECT_TRUE((*m)->cleanup_stale());
 }
 
+// A client on a non-blocking socket that writes stdin and reads output at
+// the same time, as a careful client does (poll on both directions), and
+// either paces its stdin by the service's acknowledgements (never more than
+// stdin_window ahead of "consumed") or sends as fast as the socket takes it.
+// Returns "" or what went wrong.
+std::string stdin_flood(const std::string& socket, size_t total, bool paced) {
+  namespace proto = cloister::protocol;
+  Fd fd = raw_connect(socket);
+  if (!fd) return "connect";
+  std::string out;
+  auto control = [&](const nlohmann::json& j) {
+    (void)proto::encode(proto::FrameType::Control, j.dump(), out);
+  };
+  control({{"id", 1}, {"op", "hello"}, {"versions", {1}}});
+  control({{"id", 2},
+           {"op", "start"},
+           {"executor", "shell"},
+           {"stdin", true},
+           {"argv", {"tee", "/dev/fd/2"}}});
+  ::fcntl(fd.get(), F_SETFL, O_NONBLOCK);
+  proto::Decoder dec(64u << 20);
+  uint64_t session = 0, window = 0, consumed = 0, sent = 0, got[3] = {0, 0, 0};
+  bool closed = false, exited = false;
+  int exit_code = -1;
+  const std::string chunk(64 * 1024, 'x');
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (!exited) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return "stalled: sent " + std::to_string(sent) + ", consumed " + std::to_string(consumed) +
+             ", stdout " + std::to_string(got[1]) + ", stderr " + std::to_string(got[2]) +
+             (closed ? ", close_stdin sent" : "");
+    // More stdin when the session is known (and, paced, the window allows).
+    while (session && !closed && out.size() < (1 << 20)) {
+      if (sent == total) {
+        control({{"id", 3}, {"op", "close_stdin"}, {"session", session}});
+        closed = true;
+        break;
+      }
+      const size_t n = std::min(chunk.size(), total - sent);
+      if (paced && sent + n - consumed > window) break;
+      (void)proto::encode_data(session, proto::StreamId::Stdin, sent, chunk.substr(0, n), out);
+      sent += n;
+    }
+    pollfd p{fd.get(), static_cast<short>(POLLIN | (out.empty() ? 0 : POLLOUT)), 0};
+    if (::poll(&p, 1, 1000) < 0) return "poll";
+    if (p.revents & POLLOUT) {
+      ssize_t w = ::send(fd.get(), out.data(), out.size(), MSG_NOSIGNAL);
+      if (w > 0) out.erase(0, static_cast<size_t>(w));
+    }
+    if (p.revents & (POLLIN | POLLHUP)) {
+      char buf[1 << 16];
+      ssize_t r = ::recv(fd.get(), buf, sizeof buf, 0);
+      if (r == 0) return "the service closed the connection";
+      if (r > 0) dec.feed(std::string_view(buf, static_cast<size_t>(r)));
+    }
+    for (;;) {
+      auto f = dec.next();
+      if (!f) return "framing: " + f.error().what();
+      if (!*f) break;
+      if ((*f)->type == proto::FrameType::Data) {
+        auto d = proto::decode_data((*f)->body);
+        if (!d) return "data frame: " + d.error().what();
+        const int i = static_cast<int>(d->stream);
+        if (d->offset != got[i]) return "out of order on stream " + std::to_string(i);
+        got[i] += d->bytes.size();
+        continue;
+      }
+      auto j = nlohmann::json::parse((*f)->body);
+      if (j.value("id", 0) == 2) {
+        if (!j.value("ok", false)) return "start: " + j.dump();
+        session = j["session"];
+        window = j.value("stdin_window", 0);
+        if (window == 0) return "no stdin_window in " + j.dump();
+      } else if (j.value("id", 0) == 3 && !j.value("ok", false)) {
+        return "close_stdin: " + j.dump();
+      } else if (j.value("event", "") == "stdin") {
+        const uint64_t c = j["consumed"];
+        if (c < consumed || c > sent)
+          return "consumed went from " + std::to_string(consumed) + " to " + std::to_string(c);
+        consumed = c;
+      } else if (j.value("event", "") == "exit") {
+        exited = true;
+        exit_code = j["status"].value("exit_code", -1);
+      } else if (j.value("event", "") == "error") {
+        return "error event: " + j.dump();
+      }
+    }
+  }
+  if (exit_code != 0) return "exit code " + std::to_string(exit_code);
+  if (got[1] != total || got[2] != total)
+    return "stdout " + std::to_string(got[1]) + ", stderr " + std::to_string(got[2]);
+  if (consumed != total) return "consumed " + std::to_string(consumed) + " at the end";
+  return "";
+}
+
 }  // namespace
 
 // The service decides with the policy (docs/policy.md) for the peer's
@@ -671,5 +766,20 @@ TEST(Service, CallerRulesApplyToPeers) {
   EXPECT_EQ((*list)["sessions"][0]["state"], "running") << "no signal was sent";
   ASSERT_TRUE(root->call({{"op", "signal"}, {"session", root_session}, {"signal", "cont"}}));
   ASSERT_TRUE(root->call({{"op", "remove"}, {"session", root_session}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// Issue 14, finding 1: 10 MiB of stdin into tee, 10 MiB back on each stream,
+// with close_stdin right behind the last stdin frame (read by the service
+// with it, before the queue drained): 20 times in a row, paced by the
+// acknowledgements and not, never a stall.
+TEST(Service, StdinFloodBothWaysNeverStalls) {
+  Daemon d;
+  for (int round = 0; round < 20; ++round) {
+    const bool paced = round % 2 == 1;
+    EXPECT_EQ(stdin_flood(d.socket, 10u << 20, paced), "")
+        << "round " << round << (paced ? " (paced)" : " (unpaced)") << "\n"
+        << d.log();
+  }
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
