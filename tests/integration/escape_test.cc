@@ -397,6 +397,20 @@ TEST_P(Escape, NothingOfTheHostByName) {
 // never in the host's, whichever way it starts: the init writes them before
 // its mounts, so it must be in a network namespace of its own by then (one
 // made while it sets up, joined only at its go, would come too late).
+// The payload's stdio pipes are its user's: /dev/stdout, /dev/stderr and
+// /proc/self/fd/N reopen them (a shell's `echo x > /dev/stderr`), and what
+// they reopen is the pipe and nothing else.
+TEST_P(Escape, StdioReopensThroughDevFd) {
+  auto exec = executor_in(GetParam(), param_config());
+  ASSERT_TRUE(exec);
+  auto r = run_on(*exec, {"/bin/sh", "-c",
+                          "echo out > /dev/stdout && echo err > /dev/stderr && "
+                          "echo fd > /proc/self/fd/1"});
+  EXPECT_EQ(r.status.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "out\nfd\n") << r.err;
+  EXPECT_EQ(r.err, "err\n");
+}
+
 TEST_P(Escape, SysctlsStayInTheSandbox) {
   const std::string ttl = read_text("/proc/sys/net/ipv4/ip_default_ttl");
   const std::string shmmni = read_text("/proc/sys/kernel/shmmni");
