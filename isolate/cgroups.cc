@@ -612,6 +612,17 @@ bool Cgroup::frozen() const {
   return false;
 }
 
+Status Cgroup::narrow_devices(const std::vector<devices::Rule>& rules) {
+  if (!impl_) return fail(invalid("narrow_devices: moved-from cgroup"));
+  if (auto s = devices::check(rules); !s) return s;
+  if (const auto* d = impl_->v1dir("devices")) return devices::apply_v1(d->path, rules);
+  const auto* v2 = impl_->v2dir();
+  if (!v2) return fail(invalid("cgroup " + impl_->name + " has no device policy to narrow"));
+  auto dir = open_fd(v2->path, O_RDONLY | O_DIRECTORY);
+  if (!dir) return fail(dir.error());
+  return devices::attach_v2(dir->get(), rules);
+}
+
 Result<std::vector<pid_t>> Cgroup::pids() const {
   std::vector<pid_t> out;
   if (!impl_ || impl_->dirs.empty()) return out;

@@ -150,6 +150,11 @@ class Cgroup {
   bool frozen() const;
   // Every process of the tree (the v2 directory's, else the first v1 one's).
   Result<std::vector<pid_t>> pids() const;
+  // A device policy no wider than the one it was made with takes its place
+  // (v1: rewritten; cgroup2: a program more, which every access must pass
+  // as well): what the OCI runtime's init needed only while it made the
+  // container's nodes goes.
+  Status narrow_devices(const std::vector<devices::Rule>& rules);
 
   struct Impl;
   explicit Cgroup(std::unique_ptr<Impl>);

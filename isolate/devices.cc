@@ -133,6 +133,27 @@ Status check(const Rule& r) {
   return {};
 }
 
+bool allows_by_default(const std::vector<Rule>& rules) {
+  bool allow = false;
+  for (const auto& r : rules)
+    if (r.type == 'a') allow = r.allow;
+  return allow;
+}
+
+std::vector<Rule> without_mknod(const std::vector<Rule>& rules) {
+  auto reduced = reduce(rules);
+  if (!reduced) return {{false, 'a', -1, -1, "rwm"}};
+  const Policy& p = *reduced;
+  std::vector<Rule> out = {{p.default_allow, 'a', -1, -1, "rwm"}};
+  for (const auto& e : p.exceptions) {
+    const uint32_t bits = p.default_allow ? e.access : e.access & ~BPF_DEVCG_ACC_MKNOD;
+    if (bits) out.push_back({!p.default_allow, e.type, e.major, e.minor, access_text(bits)});
+  }
+  if (p.default_allow)
+    for (char t : {'c', 'b'}) out.push_back({false, t, -1, -1, "m"});
+  return out;
+}
+
 std::string v1_line(const Rule& r) {
   if (r.type == 'a') return "a";
   return std::string(1, r.type) + " " + number(r.major) + ":" + number(r.minor) + " " + r.access;

@@ -59,6 +59,15 @@ struct Rule {
 Status check(const Rule& r);
 Status check(const std::vector<Rule>& rules);
 
+// Whether a policy allows every device but its exceptions (its last rule
+// of type a allows).
+bool allows_by_default(const std::vector<Rule>& rules);
+
+// The same policy with mknod allowed for no node: what a sandbox keeps once
+// its init has made its nodes (a payload that is host root, given
+// CAP_MKNOD, must not leave a node a host user could open in a volume).
+std::vector<Rule> without_mknod(const std::vector<Rule>& rules);
+
 // As the v1 files take it: "c 1:3 rwm", "a *:* rwm".
 std::string v1_line(const Rule& r);
 

@@ -851,6 +851,23 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
     ssize_t n = ::readlink(host.c_str(), buf, sizeof buf);
     return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
   };
+  // What a path of the new root is, and the entry that says so: at a mount
+  // point, what is mounted there (the last entry placed there), not what
+  // lies below it; anywhere else, what the entry above it has.
+  auto type_at = [&](const std::string& path) -> std::pair<mode_t, const Entry*> {
+    const Entry* at = nullptr;
+    for (const auto& e : entries)
+      if (e.target == path) at = &e;
+    if (!at) {
+      const Entry* above = parent_entry(entries.size(), path);
+      return {type_in_root(path, above), above};
+    }
+    if (at->kind == Entry::HostTree || at->kind == Entry::Volume) {
+      struct stat st;
+      return {::lstat(at->source.c_str(), &st) == 0 ? st.st_mode : 0, at};
+    }
+    return {at->kind == Entry::HostSymlink ? S_IFLNK | 0777 : S_IFDIR | 0755, at};
+  };
   auto resolve_in_root = [&](const std::string& path,
                              const std::string& what) -> Result<std::string> {
     std::vector<std::string> rest;  // components still to walk, last first
@@ -876,22 +893,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         continue;
       }
       const std::string next = cur == "/" ? "/" + c : cur + "/" + c;
-      // A mount point is what is mounted there (the last entry placed
-      // there), not what lies below it; anything else, what the entry
-      // above it has.
-      const Entry* above = nullptr;
-      for (const auto& e : entries)
-        if (e.target == next) above = &e;
-      mode_t type = 0;
-      if (!above) {
-        above = parent_entry(entries.size(), next);
-        type = type_in_root(next, above);
-      } else if (above->kind == Entry::HostTree || above->kind == Entry::Volume) {
-        struct stat st;
-        type = ::lstat(above->source.c_str(), &st) == 0 ? st.st_mode : 0;
-      } else {
-        type = above->kind == Entry::HostSymlink ? S_IFLNK | 0777 : S_IFDIR | 0755;
-      }
+      const auto [type, above] = type_at(next);
       if (type == 0) return std::string();
       if (S_ISLNK(type)) {
         if (above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs))
@@ -930,7 +932,7 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         return fail(invalid(what + " " + *n + " lies inside the writable " + v->what +
                             ": a payload can move what it covers; do it on the host, "
                             "or make the volume read-only"));
-      const mode_t type = type_in_root(*n, above);
+      const mode_t type = type_at(*n).first;
       if (type == 0) continue;
       const bool pseudo = above && (above->kind == Entry::Proc || above->kind == Entry::Sysfs);
       // Optional (ENOENT only: there is then nothing to cover): this kernel's
@@ -954,9 +956,10 @@ Result<MountPlan> MountPlan::prepare(const SpawnSpec& spec) {
         o.optional = true;
       }
       // Resolved once, by fd, with no symlink followed (the attack review's
-      // F4), in the image and in volumes: a volume's host directory may be
-      // another sandbox's to write.
-      plan.ops_.back().in_volume = !above || volume_above(entries.size(), *n) != nullptr;
+      // F4), wherever it is: a volume's host directory may be another
+      // sandbox's to write, and a host user who may write in a host tree
+      // must not redirect a mask there with a symlink before the start.
+      plan.ops_.back().in_volume = true;
     }
   }
 

@@ -811,9 +811,11 @@ Status Lowering::linux_section() {
     }
   }
   // The rules given, then the devices of every container's /dev, as runc
-  // appends its own (a config that denies /dev/null still has it).
+  // appends its own (a config that denies /dev/null still has it), but to
+  // a policy that allows every device already (they add nothing there).
   std::vector<devices::Rule> policy = device_rules;
-  for (auto& r : devices::container_defaults(b.spec.device_nodes)) policy.push_back(std::move(r));
+  if (!devices::allows_by_default(device_rules))
+    for (auto& r : devices::container_defaults(b.spec.device_nodes)) policy.push_back(std::move(r));
   if (auto s = devices::check(policy); !s)
     return fail(wrap_at("linux.resources.devices", s.error()));
   b.spec.limits.devices = std::move(policy);

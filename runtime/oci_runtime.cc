@@ -18,6 +18,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "isolate/devices.h"
 #include "isolate/fd.h"
 #include "isolate/spawn.h"
 #include "oci/bundle.h"
@@ -430,6 +431,14 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
   d.cgroup = cgroup;
   auto c = create_detached(**sb, b->command, io->stdio, m->get(), d);
   if (!c) return undo(c.error());
+  auto made_cgroup = [&]() -> cloister::Status {
+    // The init has made the container's nodes: no mknod from here on.
+    if (!b->spec.limits.devices) return {};
+    auto cg = (*m)->open_named(cgroup);
+    if (!cg) return fail(cg.error());
+    return with_context(cg->narrow_devices(devices::without_mknod(*b->spec.limits.devices)),
+                        "device policy");
+  };
   State s;
   s.oci_version = b->oci_version;
   s.id = o.id;
@@ -444,6 +453,7 @@ cloister::Status create(const Globals& g, const CreateOptions& o) {
   if (!t) return undo(internal("the container's init ended during create"));
   s.start_time = *t;
   made = s;
+  if (auto st = made_cgroup(); !st) return undo(st.error());
   if (auto st = save(g, s); !st) return undo(st.error());
   if (auto st = run_hooks(b->hooks.create_runtime, s, "createRuntime"); !st)
     return undo(st.error());

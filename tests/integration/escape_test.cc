@@ -1674,6 +1674,10 @@ TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
   ASSERT_EQ(::symlink("/etc", (dir.path + "/rootfs/hostetc").c_str()), 0);
   ASSERT_EQ(::symlink("../../../../../../var", (dir.path + "/rootfs/up").c_str()), 0);
   ASSERT_EQ(sh("mkdir " + dir.path + "/rootfs/etc " + dir.path + "/rootfs/var"), 0);
+  // Mount points the rootfs lacks are made in its overlay; without one (the
+  // VM's), in the rootfs itself they cannot be (it is read-only).
+  if (!oci::overlay_available())
+    ASSERT_EQ(sh("cd " + dir.path + "/rootfs && mkdir nodir nd rw"), 0);
   write_text(shared.path + "/note", "shared\n");
   bundle({"/bin/sh", "-c",
           "touch /bin/x 2>/dev/null; echo bin=$?; touch /shared/y 2>/dev/null; echo shared=$?; "
@@ -1694,6 +1698,20 @@ TEST_F(EscapeOci, MaskedAndReadOnlyPathsHold) {
   EXPECT_NE(out.find("var=1"), std::string::npos) << out;
   // Below a bind whose mount point the rootfs lacks: masked all the same.
   EXPECT_NE(out.find("nodir=1"), std::string::npos) << out;
+
+  // At such a mount point: the bind itself masked, or made read-only.
+  bundle({"/bin/sh", "-c",
+          "cat /nd/key 2>/dev/null; echo nd=$?; touch /rw/new 2>/dev/null; echo rw=$?"},
+         "c['linux']['maskedPaths']=['/nd']; c['linux']['readonlyPaths']=['/rw']; "
+         "c['mounts'] += [{'destination':'/nd','type':'bind','source':'" +
+             secret.path +
+             "','options':['rbind','ro']},{'destination':'/rw','type':'bind','source':'" +
+             shared.path + "','options':['rbind','rw']}]");
+  EXPECT_EQ(sh(oci("run m3 --bundle " + dir.path) + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("nd=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("rw=1"), std::string::npos) << out;
+  EXPECT_EQ(out.find("root only"), std::string::npos) << out;
+  EXPECT_NE(::access((shared.path + "/new").c_str(), F_OK), 0);
   EXPECT_EQ(out.find("root only"), std::string::npos) << out;
   // The host's /etc and /var got no mount of their own here (any mount of
   // the init's would be in the container's namespace, gone with it). Not
@@ -1786,12 +1804,18 @@ TEST_F(EscapeOci, DevicesAreMadeAndOnlyTheAllowedOpen) {
   EXPECT_NE(out.find("mknod=1"), std::string::npos) << out;
 
   // A payload that is host root (userns: host) with CAP_MKNOD still makes
-  // no node, not even in a volume a host user could open it from: mknod is
-  // allowed for the config's own nodes only.
+  // no node, not even in a volume a host user could open it from, even
+  // under containerd's default rules (mknod of every node): mknod is
+  // allowed only while the init makes the config's own nodes.
   bundle({"/bin/sh", "-c",
+          "busybox stat -c '%F %t:%T' /dev/made; "
           "busybox mknod /shared/loopx b 7 0 2>&1; busybox mknod /shared/mem c 1 1 2>&1; "
           "busybox mknod /shared/fifo p && echo fifo=ok"},
          "c['annotations']={'run.cloister.userns':'host'}; "
+         "c['linux']['resources']={'devices':[{'allow':False,'access':'rwm'},"
+         "{'allow':True,'type':'c','access':'m'},{'allow':True,'type':'b','access':'m'},"
+         "{'allow':True,'type':'c','major':1,'minor':3,'access':'rwm'}]}; "
+         "c['linux']['devices']=[{'path':'/dev/made','type':'b','major':7,'minor':0}]; "
          "c['linux']['namespaces']=[n for n in c['linux']['namespaces'] if n['type']!='user']; "
          "c['linux'].pop('uidMappings',None); c['linux'].pop('gidMappings',None); "
          "[c['process']['capabilities'][k].append('CAP_MKNOD') for k in "
@@ -1800,6 +1824,7 @@ TEST_F(EscapeOci, DevicesAreMadeAndOnlyTheAllowedOpen) {
   EXPECT_NE(out.find("/shared/loopx: Operation not permitted"), std::string::npos) << out;
   EXPECT_NE(out.find("/shared/mem: Operation not permitted"), std::string::npos) << out;
   EXPECT_NE(out.find("fifo=ok"), std::string::npos) << out;
+  EXPECT_NE(out.find("block special file 7:0"), std::string::npos) << out;
   struct stat st;
   EXPECT_NE(::lstat((shared.path + "/loopx").c_str(), &st), 0);
   EXPECT_NE(::lstat((shared.path + "/mem").c_str(), &st), 0);

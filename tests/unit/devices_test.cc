@@ -166,5 +166,35 @@ TEST(Devices, ContainerDefaultsOpenTheStandardNodesAndPtysOnly) {
   EXPECT_EQ(run(p, C, M, 1, 1), 0);
 }
 
+// Once the init has made its nodes: the same policy with no mknod, under
+// a default deny (containerd's c *:* m gone) and a default allow.
+TEST(Devices, WithoutMknodKeepsEverythingButMknod) {
+  const std::vector<Rule> deny = {{false, 'a', -1, -1, "rwm"},
+                                  {true, 'c', -1, -1, "m"},
+                                  {true, 'b', -1, -1, "m"},
+                                  {true, 'c', 1, 3, "rwm"},
+                                  {true, 'b', 8, 0, "r"}};
+  EXPECT_FALSE(allows_by_default(deny));
+  const auto before = program(deny), after = program(without_mknod(deny));
+  EXPECT_EQ(run(before, C, M, 10, 229), 1);
+  EXPECT_EQ(run(after, C, M, 10, 229), 0);
+  EXPECT_EQ(run(after, C, M, 1, 3), 0);
+  EXPECT_EQ(run(after, B, M, 8, 0), 0);
+  EXPECT_EQ(run(after, C, R | W, 1, 3), 1);
+  EXPECT_EQ(run(after, B, R, 8, 0), 1);
+  EXPECT_EQ(run(after, C, R, 1, 5), 0);
+
+  const std::vector<Rule> allow = {{true, 'a', -1, -1, "rwm"}, {false, 'c', 1, 11, "w"}};
+  EXPECT_TRUE(allows_by_default(allow));
+  const auto open = program(without_mknod(allow));
+  EXPECT_EQ(run(open, B, R | W, 8, 0), 1);
+  EXPECT_EQ(run(open, C, R, 1, 11), 1);
+  EXPECT_EQ(run(open, C, W, 1, 11), 0);
+  EXPECT_EQ(run(open, C, M, 1, 3), 0);
+  EXPECT_EQ(run(open, B, M, 8, 0), 0);
+  EXPECT_TRUE(check(without_mknod(allow)));
+  EXPECT_TRUE(check(without_mknod(deny)));
+}
+
 }  // namespace
 }  // namespace cloister::devices

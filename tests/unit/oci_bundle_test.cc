@@ -372,6 +372,17 @@ TEST_F(Bundle, DevicesAndTheirPolicy) {
   ASSERT_TRUE(plain);
   ASSERT_TRUE(plain->spec.limits.devices);
   EXPECT_EQ(plain->spec.limits.devices->size(), devices::container_defaults({}).size());
+  // A policy that allows every device already gets nothing appended (a
+  // default there could only clash with the config's own denies).
+  json open = base;
+  open["linux"]["resources"] = {
+      {"devices",
+       {{{"allow", true}, {"access", "rwm"}},
+        {{"allow", false}, {"type", "c"}, {"major", -1}, {"access", "w"}}}}};
+  auto o = lower(open);
+  ASSERT_TRUE(o) << o.error().what();
+  ASSERT_TRUE(o->spec.limits.devices);
+  EXPECT_EQ(o->spec.limits.devices->size(), 2u);
 }
 
 TEST_F(Bundle, FieldsTheHostCannotHonourAreWarnedByPath) {
