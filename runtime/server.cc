@@ -266,11 +266,28 @@ struct Server::Impl {
       c.out.erase(0, c.out_pos);
       c.out_pos = 0;
     }
-    bool want = c.queued() > 0;
+    // Writable is news while something is queued, and while an attachment
+    // has output fill() has not queued yet: a flush outside pump() (an
+    // acknowledgement, a reply, the timer's) that empties the queue must
+    // not leave that output waiting for an event that never comes (the
+    // stdin flood's stall, issue 14 finding 1).
+    bool want = c.queued() > 0 || fill_pending(c);
     if (want != c.want_out) {
       c.want_out = want;
       update_conn_events(c);
     }
+  }
+  bool fill_pending(const Conn& c) const {
+    if (c.closing) return false;
+    for (const auto& [sid, a] : c.attached) {
+      auto se = sessions.find(sid);
+      if (se == sessions.end()) return true;  // fill() drops it
+      const Session& s = *se->second.s;
+      for (int i = 0; i < 2; ++i)
+        if (a.next[i] < s.buffer(i).end() || (s.output_eof(i) && !a.eof_sent[i])) return true;
+      if (!a.exit_sent && s.finished()) return true;
+    }
+    return false;
   }
   void update_conn_events(Conn& c) {
     uint32_t ev =
@@ -325,8 +342,12 @@ struct Server::Impl {
         }
         if (a.next[i] == rb.end() && s.output_eof(i) && !a.eof_sent[i]) {
           a.eof_sent[i] = true;
-          json ev = {
-              {"event", "eof"}, {"session", a.session}, {"stream", name}, {"offset", rb.end()}};
+          // Offsets count every byte the stream produced: those past
+          // max_output too, which were read and dropped (issue 14, finding 5).
+          json ev = {{"event", "eof"},
+                     {"session", a.session},
+                     {"stream", name},
+                     {"offset", rb.end() + s.discarded(i)}};
           if (s.discarded(i)) ev["discarded"] = s.discarded(i);
           send_json(c, ev);
         }
@@ -958,7 +979,7 @@ struct Server::Impl {
       ep_del(fd);
       e.stdin_registered = false;
     }
-    if (e.s->stdin_queued() < kStdinHighWater) {
+    if (e.s->stdin_queued() <= kStdinHighWater) {
       for (uint64_t w : e.stdin_waiters) resume_reading(w);
       e.stdin_waiters.clear();
     }
@@ -996,7 +1017,7 @@ struct Server::Impl {
       SessionEntry& e = it->second;
       e.stdin_senders.insert(c.id);
       service_stdin(e);
-      if (e.s->stdin_queued() >= kStdinHighWater) {  // backpressure on this client
+      if (e.s->stdin_queued() > kStdinHighWater) {  // past the window: backpressure
         e.stdin_waiters.insert(c.id);
         c.reading = false;
         update_conn_events(c);

@@ -783,3 +783,36 @@ TEST(Service, StdinFloodBothWaysNeverStalls) {
   }
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
+
+// Issue 14, finding 5: with max_output on start, the stream's offsets still
+// count every byte it produced: the eof of 5000 bytes with 1000 kept is at
+// 5000, with 4000 discarded; the data frames hold the first 1000.
+TEST(Service, EofOffsetCountsWhatMaxOutputDropped) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"max_output", 1000},
+                    {"argv", {"sh", "-c", "head -c 5000 /dev/zero"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  uint64_t data = 0;
+  std::optional<nlohmann::json> eof;
+  for (bool exited = false; !exited;) {
+    auto m = c->next(10s);
+    ASSERT_TRUE(m) << m.error().what();
+    if (m->data) {
+      if (m->stream == cloister::protocol::StreamId::Stdout) {
+        EXPECT_EQ(m->offset, data);
+        data += m->bytes.size();
+      }
+      continue;
+    }
+    const std::string ev = m->control.value("event", "");
+    if (ev == "eof" && m->control["stream"] == "stdout") eof = m->control;
+    exited = ev == "exit";
+  }
+  EXPECT_EQ(data, 1000u);
+  ASSERT_TRUE(eof);
+  EXPECT_EQ((*eof)["offset"], 5000) << eof->dump();
+  EXPECT_EQ((*eof)["discarded"], 4000) << eof->dump();
+}
