@@ -1,7 +1,5 @@
 #include "isolate/network.h"
 
-#include "isolate/namespaces.h"
-
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -177,10 +175,6 @@ Fd NetnsPool::take() {
   }
   st.cv.notify_all();
   return ns;
-}
-
-Result<Fd> open_netns(const std::string& path) {
-  return namespaces::open_path(path, CLONE_NEWNET);
 }
 
 }  // namespace cloister::network

@@ -31,10 +31,6 @@ class LoopbackUp {
 // wrong namespace.
 Result<Fd> make_netns(const LoopbackUp& lo);
 
-// A network namespace given by path (SpawnSpec::netns_path): opened, and
-// checked with NS_GET_NSTYPE to be one; INVALID naming the path otherwise.
-Result<Fd> open_netns(const std::string& path);
-
 // Creating a network namespace costs about half a millisecond, most of a
 // sandbox's start on these hosts. The pool makes fresh ones (lo up, never
 // used) ahead of time on a thread of its own; a sandbox that gets one joins

@@ -688,7 +688,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   bool make_netns = false;
   bool given_host_netns = false;
   if (!spec.netns_path.empty() && !join) {
-    auto given = network::open_netns(spec.netns_path);
+    // (SpawnSpec::netns_path: checked to be a network namespace.)
+    auto given = namespaces::open_path(spec.netns_path, CLONE_NEWNET);
     if (!given) return fail(given.error());
     netns = std::move(*given);
     // A path may name the host's own namespace: its sysctls are the host's.
