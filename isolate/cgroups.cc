@@ -16,6 +16,7 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -365,6 +366,8 @@ struct Cgroup::Impl {
   bool destroyed = false;
   // open_named's handles: only an explicit destroy() removes the cgroup.
   bool borrowed = false;
+  // A CPU quota was written (or may have been, for a borrowed handle).
+  bool cpu_capped = false;
 
   const Dir* v2dir() const {
     for (const auto& d : dirs)
@@ -380,7 +383,19 @@ struct Cgroup::Impl {
   // sweep_v1: also kill what is in the v1 directories only (see kill()).
   Status kill(bool sweep_v1 = true);
   Status destroy();
+  // Call only once every task of the tree has SIGKILL pending (cgroup.kill
+  // written, or the tree killed while frozen): the CPU quota goes, so that
+  // the dying tasks are not left throttled (a process under a small quota
+  // can take seconds to die, moby#37326), and none of them can run user
+  // code again to use the CPU it gives.
+  void lift_cpu_cap() const;
 };
+
+void Cgroup::Impl::lift_cpu_cap() const {
+  if (!cpu_capped) return;
+  if (const Dir* v2 = v2dir()) (void)write_at(v2->path, "cpu.max", "max");
+  if (const Dir* d = v1dir("cpu")) (void)write_at(d->path, "cpu.cfs_quota_us", "-1");
+}
 
 Status Cgroup::Impl::kill(bool sweep_v1) {
   if (destroyed) return {};
@@ -394,11 +409,13 @@ Status Cgroup::Impl::kill(bool sweep_v1) {
     // processes forked while it runs.
     if (exists(join(v2->path, "cgroup.kill"))) {
       if (auto s = write_at(v2->path, "cgroup.kill", "1"); !s) return s;
+      lift_cpu_cap();
     } else if (exists(join(v2->path, "cgroup.freeze"))) {
       // Freeze first so that nothing forks between listing and killing.
       if (auto s = write_at(v2->path, "cgroup.freeze", "1"); !s) return s;
       wait_v2_frozen(v2->path, Clock::now() + kFreezeTimeout);
       Status k = kill_loop({v2->path}, deadline);
+      if (k) lift_cpu_cap();
       auto t = write_at(v2->path, "cgroup.freeze", "0");
       if (!k) return k;
       if (!t) return t;
@@ -426,6 +443,7 @@ Status Cgroup::Impl::kill(bool sweep_v1) {
     Status c = collect_pids(fz->path, pids);
     for (pid_t p : pids)
       if (p > 1 && p != ::getpid()) ::kill(p, SIGKILL);
+    if (c) lift_cpu_cap();
     auto t = write_at(fz->path, "freezer.state", "THAWED");
     if (!c) return c;
     if (!t) return t;
@@ -501,7 +519,31 @@ void Cgroup::kill_async() {
   // cgroup.kill signals every process of the subtree and returns; where it
   // is missing, the caller's SIGKILL to the pid namespace's init does the
   // same for everything a sandbox can hold.
-  if (const Impl::Dir* v2 = impl_->v2dir()) (void)write_at(v2->path, "cgroup.kill", "1");
+  if (const Impl::Dir* v2 = impl_->v2dir(); v2 && write_at(v2->path, "cgroup.kill", "1"))
+    impl_->lift_cpu_cap();
+}
+
+Cgroup::Killer Cgroup::killer() const {
+  Killer k;
+  const Impl::Dir* v2 = impl_ && !impl_->destroyed ? impl_->v2dir() : nullptr;
+  if (!v2) return k;
+  k.kill_ = Fd(::open(join(v2->path, "cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC));
+  if (!k.kill_ || !impl_->cpu_capped) return k;
+  // The quota is cgroup2's cpu.max, or v1's beside a hybrid layout's
+  // controller-less v2 directory.
+  if (const Impl::Dir* v1 = impl_->v1dir("cpu")) {
+    k.cpu_ = Fd(::open(join(v1->path, "cpu.cfs_quota_us").c_str(), O_WRONLY | O_CLOEXEC));
+    k.uncapped_ = "-1";
+  } else {
+    k.cpu_ = Fd(::open(join(v2->path, "cpu.max").c_str(), O_WRONLY | O_CLOEXEC));
+    k.uncapped_ = "max";
+  }
+  return k;
+}
+
+void Cgroup::Killer::fire() const noexcept {
+  if (!kill_ || ::write(kill_.get(), "1", 1) != 1) return;
+  if (cpu_) (void)!::write(cpu_.get(), uncapped_, std::strlen(uncapped_));
 }
 
 Status Cgroup::kill() {
@@ -1078,6 +1120,7 @@ Status Manager::Impl::apply_limits(Cgroup::Impl& c, const Limits& l) {
   }
   if (const auto* d = c.v1dir("cpu")) {
     if (l.cpu_quota) {
+      c.cpu_capped = true;
       // The period first: the kernel checks quota against the current period.
       if (auto s = wrap(write_at(d->path, "cpu.cfs_period_us", std::to_string(l.cpu_period)),
                         "cpu_quota");
@@ -1100,6 +1143,7 @@ Status Manager::Impl::apply_limits(Cgroup::Impl& c, const Limits& l) {
           !s)
         return fail(s.error());
   } else if (l.cpu_quota || l.cpu_weight || l.cpu_shares) {
+    if (l.cpu_quota) c.cpu_capped = true;
     if (l.cpu_quota)
       if (auto s = wrap(write_at(v2d->path, "cpu.max",
                                  std::to_string(l.cpu_quota) + " " + std::to_string(l.cpu_period)),
@@ -1322,6 +1366,7 @@ Result<Cgroup> Manager::open_named(const std::string& name) {
   auto im = std::make_unique<Cgroup::Impl>();
   im->name = named;
   im->borrowed = true;
+  im->cpu_capped = true;  // what `update` wrote is not known here
   if (impl_->v2 && exists(join(impl_->v2->base, named)))
     im->dirs.push_back({join(impl_->v2->base, named), true, {}});
   for (const auto& h : impl_->v1)

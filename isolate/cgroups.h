@@ -131,6 +131,21 @@ class Cgroup {
   Status kill();
   // cgroup.kill where there is one, without waiting for the cgroup to empty.
   void kill_async();
+  // kill_async() for a thread that must not touch the Cgroup (a deadline's
+  // watchdog, while the owner may be destroying it): the files it writes,
+  // opened now. fire() does nothing where there is no cgroup.kill, or once
+  // the directory is gone.
+  class Killer {
+   public:
+    void fire() const noexcept;
+    explicit operator bool() const { return static_cast<bool>(kill_); }
+
+   private:
+    friend class Cgroup;
+    Fd kill_, cpu_;
+    const char* uncapped_ = "";
+  };
+  Killer killer() const;
   // Stats gathered so far; valid after the processes exit and before destroy().
   // cpu from cpuacct.usage (v1) or cpu.stat usage_usec; memory_peak from
   // memory.max_usage_in_bytes (v1) or memory.peak; oom_kills from

@@ -177,6 +177,11 @@ class Spawned {
   // exit is reported, so that nothing of the sandbox outlives the report,
   // whatever the init said.
   void end();
+  // What end() writes to the cgroup, for a thread that ends the sandbox at a
+  // deadline while its owner may be tearing it down (Process's watchdog).
+  cgroups::Cgroup::Killer killer() const {
+    return cgroup_ ? cgroup_->killer() : cgroups::Cgroup::Killer{};
+  }
   // Non-blocking when the init has exited (pidfd readable), blocking otherwise.
   // Returns the payload's raw wait status; an init killed before its payload
   // exited counts as the payload killed by that signal.

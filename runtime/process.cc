@@ -24,6 +24,7 @@ namespace cloister {
 // the deadline never races with the Process closing its own fd.
 struct Process::Watch {
   Fd pidfd;
+  cgroups::Cgroup::Killer cgroup;
   std::chrono::steady_clock::time_point deadline;
   std::atomic<bool> timed_out{false};
 };
@@ -77,6 +78,9 @@ class Watchdog {
       // SIGKILL to the init of the sandbox's pid namespace ends every
       // process in it. Under the lock, so that cancel() never races it.
       ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
+      // And to the cgroup, which also lifts its CPU quota: a sandbox under
+      // a small one would otherwise take its time to die.
+      w->cgroup.fire();
     }
   }
   std::mutex mu_;
@@ -261,6 +265,7 @@ Status Process::start() {
       (void)close(true);
       return fail(sys_error("dup pidfd"));
     }
+    watch_->cgroup = spawned_->killer();
     watch_->deadline = started_at_ + setup_.timeout;
     Watchdog::get().add(watch_);
   }
@@ -397,6 +402,7 @@ Result<ExitStatus> Process::finish() {
   if (watch_) {
     Watchdog::get().cancel(watch_);
     watch_->pidfd.reset();
+    watch_->cgroup = {};
   }
   ExitStatus st;
   st.wall_time = std::chrono::duration_cast<std::chrono::microseconds>(

@@ -562,6 +562,51 @@ TEST_F(Cgroups, KillKillsTreeAndSparesRuntime) {
   EXPECT_TRUE(s) << s.error().what();
 }
 
+// A tree under a small CPU quota is killed with its quota lifted (once
+// every task has SIGKILL pending), so that dying never waits for the next
+// period's share: through kill(), and through the Killer a deadline's
+// watchdog fires.
+TEST_F(Cgroups, KillLiftsTheCpuQuotaOfTheDyingTree) {
+  for (bool watchdog : {false, true}) {
+    SCOPED_TRACE(watchdog ? "Killer::fire" : "kill");
+    cgroups::Limits l;
+    l.cpu_quota = 1000;  // the smallest: 1% of a CPU
+    auto cg = mgr_->create(l);
+    ASSERT_TRUE(cg) << cg.error().what();
+    std::string quota_file;
+    for (const auto& p : cg->paths()) {
+      if (is_cgroup2(p))
+        quota_file = p + "/cpu.max";
+      else if (::access((p + "/cpu.cfs_quota_us").c_str(), F_OK) == 0)
+        quota_file = p + "/cpu.cfs_quota_us";
+    }
+    ASSERT_FALSE(quota_file.empty());
+    ASSERT_TRUE(slurp(quota_file).starts_with("1000")) << slurp(quota_file);
+    Child c = spawn(*cg, [] {
+      for (volatile uint64_t x = 0;; x = x + 1) {
+      }
+      return 0;
+    });
+    ASSERT_GT(c.pid, 0);
+    c.release();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // throttled by then
+    if (auto k = cg->killer(); watchdog && k) {
+      k.fire();
+    } else {
+      // Without cgroup.kill (no cgroup2 directory) the watchdog's SIGKILL
+      // to the init does it, and only kill() lifts the quota.
+      auto s = cg->kill();
+      ASSERT_TRUE(s) << s.error().what();
+    }
+    int st = wait_status(c.pid);
+    EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+    auto q = slurp(quota_file);
+    EXPECT_TRUE(q.starts_with("max") || q.starts_with("-1")) << quota_file << ": " << q;
+    auto s = cg->destroy();
+    EXPECT_TRUE(s) << s.error().what();
+  }
+}
+
 TEST_F(Cgroups, MemoryHogIsOomKilled) {
   Subreaper reaper;
   constexpr uint64_t kLimit = 32 << 20;

@@ -35,6 +35,7 @@ echo; echo "CLOISTER-VM: init started at uptime $(up)s"
 CGROUP=test     # cgroup (below the root) the command starts in; "root" = the root cgroup
 KEEP=""         # host paths under /tmp, /run or /var/tmp to keep visible
 HOSTNAME=cloister-vm
+DUMP_AFTER=0    # seconds after the command starts to print where every task waits (0: never)
 [ -f /cmd.conf ] && . /cmd.conf
 [ -f /cmd.sh ] || fail "no /cmd.sh in the initramfs (start the VM with tests/vm/run.sh)"
 
@@ -117,6 +118,35 @@ else
 fi
 echo "CLOISTER-VM: running command in cgroup /${CGROUP#root} at uptime $(up)s"
 
+# A command still running near the host's timeout is about to be killed
+# with the VM: first print where every task waits, so that a hang in CI
+# leaves more than its last line of output (the host keeps only this log).
+if [ "$DUMP_AFTER" -gt 0 ] 2>/dev/null; then
+  (
+    sleep "$DUMP_AFTER"
+    echo; echo "CLOISTER-VM: command still running at uptime $(up)s: where its tasks are"
+    # This shell keeps the initramfs's root, where /proc is the guest's;
+    # the cgroup2 tree moved with /host: mount it again to read it.
+    mkdir -p /cg && mount -t cgroup2 cgroup2 /cg 2>/dev/null
+    for d in /proc/[0-9]*; do
+      pid=${d##*/}
+      [ "$pid" -gt 2 ] 2>/dev/null || continue
+      [ -r "$d/stack" ] || continue
+      grep -q '^PPid:[[:space:]]*2$' "$d/status" 2>/dev/null && continue  # kernel threads
+      echo "--- pid $pid ($(cat "$d/comm" 2>/dev/null)) $(grep '^State:' "$d/status" 2>/dev/null)" \
+        "wchan=$(cat "$d/wchan" 2>/dev/null) cgroup=$(cut -d: -f3 "$d/cgroup" 2>/dev/null)"
+      tr '\0' ' ' < "$d/cmdline" 2>/dev/null; echo
+      cat "$d/stack" 2>/dev/null
+    done
+    for f in $(find /cg -name cpu.max 2>/dev/null); do
+      [ "$(cat "$f")" = "max 100000" ] && continue
+      echo "--- ${f%/cpu.max}: cpu.max $(cat "$f"); $(tr '\n' ' ' < "${f%/cpu.max}/cpu.stat")"
+    done
+    echo "CLOISTER-VM: end of the task dump"
+  ) &
+  dumper=$!
+fi
+
 # "echo 0 > cgroup.procs" moves the writing shell itself, then it becomes the
 # command. The environment is built by cmd.sh from scratch (env -i). /host is
 # moved onto / first (as switch_root does), so that the command's root is
@@ -125,6 +155,7 @@ echo "CLOISTER-VM: running command in cgroup /${CGROUP#root} at uptime $(up)s"
 # own root (the initramfs) for what follows.
 sh -c 'echo 0 > "$1" && cd /host && mount --move . / && exec chroot . /usr/bin/env -i /bin/sh /run/cloister-vm/cmd.sh' sh "$procs"
 rc=$?
+[ -n "${dumper:-}" ] && kill "$dumper" 2>/dev/null
 echo
 echo "CLOISTER-VM: command finished at uptime $(up)s"
 echo "CLOISTER-VM-RESULT rc=$rc"

@@ -127,6 +127,8 @@ q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 } > "$tmp/cmd.sh"
 {
   echo "CGROUP=$(q "$cgroup")"
+  # The guest prints its tasks' stacks a little before the timeout (init.sh).
+  echo "DUMP_AFTER=$(( timeout > 120 ? timeout - 60 : 0 ))"
   # Host paths the command needs that the guest's own tmpfs mounts (/tmp,
   # /run, /var/tmp) would hide: a clone of the repository under /tmp, say.
   printf 'KEEP='; q "$REPO $(cd "$build_dir" && pwd -P) $cwd"; echo
