@@ -163,6 +163,9 @@ class Process {
   int stderr_fd() const { return err_.get(); }
   int stdin_fd() const { return in_.get(); }
   int pidfd() const;
+  // The command as it runs: a shell executor's /bin/sh -c, a split command
+  // string, an image's entrypoint in front.
+  const std::vector<std::string>& argv() const { return setup_.command.argv; }
   // For an event loop: readable when wait_for(0) may have news. The init's
   // status pipe while it is unread (the payload's exit, before the sandbox's
   // teardown), the pidfd after that. Ask again after a wait_for(0) that timed

@@ -1,8 +1,6 @@
 #include "runtime/server.h"
 
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -94,20 +92,13 @@ Result<int> signal_from(const json& v) {
   return signals::parse(v.get<std::string>());
 }
 
-bool caller_in_group(uid_t uid, gid_t gid, gid_t want) {
-  if (uid == 0 || gid == want) return true;
-  std::vector<char> buf(16384);
-  passwd pw{};
-  passwd* out = nullptr;
-  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &out) != 0 || !out) return false;
-  int n = 64;
-  std::vector<gid_t> groups(static_cast<size_t>(n));
-  if (::getgrouplist(pw.pw_name, gid, groups.data(), &n) < 0) {
-    groups.resize(static_cast<size_t>(n));
-    if (::getgrouplist(pw.pw_name, gid, groups.data(), &n) < 0) return false;
-  }
-  groups.resize(static_cast<size_t>(n));
-  return std::find(groups.begin(), groups.end(), want) != groups.end();
+// Root, or the socket's group among the peer's groups as the kernel gave
+// them at connect() (SO_PEERGROUPS): what the socket file's own mode was
+// checked against, never a passwd/group lookup, which could block the event
+// loop (LDAP) and answer for a process that has dropped the group.
+bool caller_allowed(const policy::Caller& c, gid_t want) {
+  if (c.uid == 0 || c.gid == want) return true;
+  return std::find(c.groups.begin(), c.groups.end(), want) != c.groups.end();
 }
 
 // A request field, checked: INVALID names the field.
@@ -654,15 +645,9 @@ struct Server::Impl {
     } else if (!stdio->empty() && *stdio != "pipes") {
       return fail(invalid("field 'stdio' must be \"pipes\" or \"passed\""));
     }
-    if (!log_file->empty()) {
-      if (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == "..")
-        return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
-      ::mkdir(sc.log_dir.c_str(), 0750);
-      auto fd = open_fd(sc.log_dir + "/" + *log_file,
-                        O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0640);
-      if (!fd) return fail(fd.error().wrap("log file"));
-      spec.log = std::move(*fd);
-    }
+    if (!log_file->empty() &&
+        (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == ".."))
+      return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
     // Limits, before anything forks.
     const uid_t uid = c.cred.uid;
     if (running >= sc.max_sessions)
@@ -677,14 +662,22 @@ struct Server::Impl {
       return fail(make_error(ErrorKind::Limit, "uid " + std::to_string(uid) +
                                                    " runs its maximum of sessions "
                                                    "(max_sessions_per_caller)"));
-    auto argv_copy = req.argv;
     req.caller = c.caller;  // exec.get, exec.run and limits are checked against it
     auto proc = (*ex)->exec(std::move(req));
     if (!proc) return fail(proc.error());
+    // Only a request the policy let through leaves a file behind.
+    if (!log_file->empty()) {
+      ::mkdir(sc.log_dir.c_str(), 0750);
+      auto fd = open_fd(sc.log_dir + "/" + *log_file,
+                        O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0640);
+      if (!fd) return fail(fd.error().wrap("log file"));
+      spec.log = std::move(*fd);
+    }
     if (auto s = (*proc)->start(); !s) return fail(s.error());
     spec.id = next_session++;
     spec.executor = *exname;
-    spec.argv = argv_copy.empty() ? std::vector<std::string>{*command} : argv_copy;
+    spec.argv = (*proc)->argv();
+    spec.command = *command;
     spec.owner = uid;
     spec.detached = *detached;
     spec.pty = j.contains("pty") && !j["pty"].is_null() && !run;
@@ -736,6 +729,7 @@ struct Server::Impl {
               {"attached", e.conns.size()},
               {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
               {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}}};
+    if (!s.spec().command.empty()) j["command"] = s.spec().command;
     j["exit"] = s.status() ? status_json(*s.status()) : json(nullptr);
     return j;
   }
@@ -794,9 +788,15 @@ struct Server::Impl {
         c.closing = true;
         return;
       }
+      if (c.hello) return reply_err(c, id, invalid("hello was sent already on this connection"));
+      auto v = j.find("versions");
+      if (v == j.end() || !v->is_array()) {
+        reply_err(c, id, invalid("field 'versions' (a list of protocol versions) is required"));
+        c.closing = true;
+        return;
+      }
       bool common = false;
-      if (auto v = j.find("versions"); v != j.end() && v->is_array())
-        for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
+      for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
       if (!common) {
         reply_err(c, id, invalid("no common protocol version: the server speaks [1]"));
         c.closing = true;
@@ -1051,11 +1051,11 @@ struct Server::Impl {
       c->fd = std::move(f);
       socklen_t len = sizeof c->cred;
       ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len);
-      c->allowed = caller_in_group(c->cred.uid, c->cred.gid, sc.socket_gid);
       if (auto pc = policy::peer_caller(fd))
         c->caller = std::move(*pc);
       else
         c->caller = policy::Caller{c->cred.uid, c->cred.gid, {}, c->cred.pid};
+      c->allowed = caller_allowed(c->caller, sc.socket_gid);
       c->dec.set_max_frame(static_cast<uint32_t>(sc.max_frame));
       c->created = c->last_frame = Clock::now();
       ep(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLRDHUP, tag(kConn, c->id));

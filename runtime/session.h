@@ -29,7 +29,8 @@ namespace cloister {
 struct SessionSpec {
   uint64_t id = 0;
   std::string executor;
-  std::vector<std::string> argv;
+  std::vector<std::string> argv;  // as it runs (Process::argv)
+  std::string command;            // the request's command string, if it gave one
   uid_t owner = 0;
   bool detached = false;
   bool pty = false;

@@ -1,9 +1,12 @@
 // Integration tests of cloisterd: the real binary on a temporary socket,
 // driven through the client library, the CLI and raw frames.
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -545,15 +548,22 @@ TEST(Service, SigtermEndsSessionsRemovesCgroupsAndSocket) {
   EXPECT_NE(::access(d.socket.c_str(), F_OK), 0) << "socket left behind";
 }
 
+// Issue 14, finding 4: within shutdown_grace no session gets a signal, an
+// attached one (its client still reading) no more than a detached one; each
+// payload would say if TERM reached it.
 TEST(Service, SigtermWithShutdownWaitLetsSessionsFinish) {
   Daemon d("  shutdown: wait\n  shutdown_grace: 10s\n");
   auto c = connect_ok(d.socket);
+  const std::string payload = "trap 'echo got TERM; exit 3' TERM; sleep 0.5 & wait; echo finished";
   auto r = c->call({{"op", "start"},
                     {"executor", "shell"},
                     {"detached", true},
                     {"log_file", "finish.log"},
-                    {"argv", {"sh", "-c", "sleep 0.5; echo finished"}}});
+                    {"argv", {"sh", "-c", payload}}});
   ASSERT_TRUE(r) << r.error().what();
+  auto att = connect_ok(d.socket);
+  auto ar = att->call({{"op", "start"}, {"executor", "shell"}, {"argv", {"sh", "-c", payload}}});
+  ASSERT_TRUE(ar) << ar.error().what();
   auto t0 = std::chrono::steady_clock::now();
   ::kill(d.pid, SIGTERM);
   // Still serving the connections it has, but starting nothing new.
@@ -561,6 +571,18 @@ TEST(Service, SigtermWithShutdownWaitLetsSessionsFinish) {
   auto refused = c->call({{"op", "start"}, {"executor", "shell"}, {"argv", {"true"}}});
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().kind, ErrorKind::Limit);
+  std::string out;
+  std::optional<json> exit;
+  while (!exit) {
+    auto m = att->next(5s);
+    ASSERT_TRUE(m) << m.error().what() << "\n" << d.log();
+    if (m->data)
+      out += m->bytes;
+    else if (m->control.value("event", "") == "exit")
+      exit = m->control["status"];
+  }
+  EXPECT_EQ(out, "finished\n");
+  EXPECT_EQ((*exit)["exit_code"], 0) << *exit;
   int st = d.stop(0);  // reap only
   auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
@@ -766,6 +788,132 @@ TEST(Service, CallerRulesApplyToPeers) {
   EXPECT_EQ((*list)["sessions"][0]["state"], "running") << "no signal was sent";
   ASSERT_TRUE(root->call({{"op", "signal"}, {"session", root_session}, {"signal", "cont"}}));
   ASSERT_TRUE(root->call({{"op", "remove"}, {"session", root_session}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// Issue 14, finding 7: what docs/protocol.md says of the corners a client
+// writer asked about, checked one by one.
+TEST(Service, ProtocolCornersAsDocumented) {
+  Daemon d("",
+           "  - name: sh\n"
+           "    kind: host\n"
+           "    shell: true\n"
+           "    default_env: { PATH: /usr/bin:/bin }\n"
+           "  - name: echo_only\n"
+           "    kind: host\n"
+           "    command_whitelist: [\"echo **\"]\n"
+           "    default_env: { PATH: /usr/bin:/bin }\n");
+  const std::string hello = control_frame(R"({"id":1,"op":"hello","versions":[1]})");
+  {  // a second hello is refused; the connection stays usable
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), hello);
+    EXPECT_NE(raw_reply(fd.get()).find("\"ok\":true"), std::string::npos);
+    raw_send(fd.get(), control_frame(R"({"id":2,"op":"hello","versions":[1]})"));
+    auto r = json::parse(raw_reply(fd.get()));
+    EXPECT_EQ(r["id"], 2);
+    EXPECT_EQ(r["error"]["kind"], "INVALID");
+    EXPECT_NE(r.dump().find("hello was sent already"), std::string::npos) << r;
+    // A request without id is answered with "id": null.
+    raw_send(fd.get(), control_frame(R"({"op":"ping"})"));
+    r = json::parse(raw_reply(fd.get()));
+    EXPECT_TRUE(r.contains("id") && r["id"].is_null()) << r;
+    EXPECT_EQ(r["ok"], true);
+  }
+  {  // hello without versions: INVALID naming the field, then closed
+    Fd fd = raw_connect(d.socket);
+    raw_send(fd.get(), control_frame(R"({"id":1,"op":"hello"})"));
+    auto r = json::parse(raw_reply(fd.get()));
+    EXPECT_EQ(r["error"]["kind"], "INVALID");
+    EXPECT_NE(r.dump().find("'versions'"), std::string::npos) << r;
+    EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
+  }
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  {  // list shows the argv that runs, and the command string as given
+    auto a = c->call(
+        {{"op", "start"}, {"executor", "shell"}, {"command", "sleep '100'"}, {"detached", true}});
+    ASSERT_TRUE(a) << a.error().what();
+    auto b = c->call({{"op", "start"},
+                      {"executor", "sh"},
+                      {"command", "sleep 100 || true"},
+                      {"detached", true}});
+    ASSERT_TRUE(b) << b.error().what();
+    auto l = c->call({{"op", "list"}});
+    ASSERT_TRUE(l);
+    std::map<uint64_t, json> by_id;
+    for (auto& e : (*l)["sessions"]) by_id[e["session"]] = e;
+    json sa = by_id[(*a)["session"].get<uint64_t>()], sb = by_id[(*b)["session"].get<uint64_t>()];
+    EXPECT_EQ(sa["argv"], json({"sleep", "100"})) << sa;
+    EXPECT_EQ(sa["command"], "sleep '100'");
+    EXPECT_EQ(sb["argv"], json({"/bin/sh", "-c", "sleep 100 || true"})) << sb;
+    EXPECT_EQ(sb["command"], "sleep 100 || true");
+    for (auto* s : {&*a, &*b}) {
+      ASSERT_TRUE(c->call({{"op", "remove"}, {"session", (*s)["session"]}, {"force", true}}));
+    }
+  }
+  {  // a refused request leaves no log file behind
+    auto r = c->call({{"op", "start"},
+                      {"executor", "echo_only"},
+                      {"argv", {"id"}},
+                      {"log_file", "refused.log"}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().kind, ErrorKind::PermissionDenied) << r.error().what();
+    EXPECT_NE(::access((d.dir.path + "/logs/refused.log").c_str(), F_OK), 0);
+  }
+  {  // resize of an exited pty session: ok, nothing done
+    auto r = c->call({{"op", "start"},
+                      {"executor", "shell"},
+                      {"argv", {"true"}},
+                      {"pty", {{"rows", 24}, {"cols", 80}}},
+                      {"detached", true}});
+    ASSERT_TRUE(r) << r.error().what();
+    auto w = c->call({{"op", "wait"}, {"session", (*r)["session"]}});
+    ASSERT_TRUE(w) << w.error().what();
+    EXPECT_TRUE(
+        c->call({{"op", "resize"}, {"session", (*r)["session"]}, {"rows", 30}, {"cols", 100}}));
+  }
+  EXPECT_EQ(d.stop(), 0) << d.log();
+
+  // max_clients: one error frame (id null, LIMIT) before any hello, then closed.
+  Daemon one("  max_clients: 1\n");
+  auto first = connect_ok(one.socket);
+  ASSERT_TRUE(first);
+  Fd fd = raw_connect(one.socket);
+  auto r = json::parse(raw_reply(fd.get()));
+  EXPECT_TRUE(r["id"].is_null()) << r;
+  EXPECT_EQ(r["error"]["kind"], "LIMIT") << r;
+  EXPECT_NE(r.dump().find("too many clients"), std::string::npos) << r;
+  EXPECT_TRUE(closed_by_peer(fd.get(), 2000));
+  EXPECT_EQ(one.stop(), 0) << one.log();
+}
+
+// Who may use the socket is decided from the peer's groups as the kernel
+// reports them (SO_PEERGROUPS, issue 14), not from a passwd/group lookup:
+// a uid with no passwd entry but the socket's group among its groups gets
+// in, and one without it is refused at hello even where the socket file
+// lets it connect.
+TEST(Service, SocketGroupIsTheGroupsThePeerHas) {
+  Daemon d(
+      "  socket_group: nogroup\n"
+      "  socket_mode: \"0666\"\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto as = [&](uid_t uid, std::vector<gid_t> groups) {
+    pid_t child = ::fork();
+    if (child == 0) {
+      if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(uid) != 0 ||
+          ::setuid(uid) != 0)
+        ::_exit(100);
+      auto c = Connection::connect(d.socket);
+      if (c) ::_exit(0);
+      ::_exit(c.error().kind == ErrorKind::PermissionDenied ? 1 : 2);
+    }
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 200;
+  };
+  ASSERT_EQ(::getpwuid(54321), nullptr) << "uid 54321 has a passwd entry here";
+  EXPECT_EQ(as(54321, {65534}), 0) << "a member through its groups\n" << d.log();
+  EXPECT_EQ(as(54322, {}), 1) << "not a member\n" << d.log();
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
