@@ -665,6 +665,50 @@ Status Cgroup::narrow_devices(const std::vector<devices::Rule>& rules) {
   return devices::attach_v2(dir->get(), rules);
 }
 
+Result<Live> Cgroup::live() const {
+  if (!impl_) return fail(invalid("live: moved-from cgroup"));
+  const Impl& im = *impl_;
+  const Impl::Dir* v2 = im.v2dir();
+  Live l;
+  // Gone or unreadable files count as 0: a tree that just exited is still
+  // asked about by stats.
+  auto value = [](const Impl::Dir* d, std::string_view file) -> uint64_t {
+    if (!d) return 0;
+    auto t = read_at(d->path, file);
+    return t ? parse_u64(*t).value_or(0) : 0;
+  };
+  auto in = [&](std::string_view ctl) -> const Impl::Dir* {
+    if (const auto* d = im.v1dir(ctl)) return d;
+    return v2 && exists(join(v2->path, std::string(ctl) == "blkio" ? "io.stat"
+                                                                   : std::string(ctl) + ".current"))
+               ? v2
+               : nullptr;
+  };
+  if (const auto* d = in("memory"))
+    l.memory_current = value(d, d->v2 ? "memory.current" : "memory.usage_in_bytes");
+  l.pids_current = value(in("pids"), "pids.current");
+  if (const auto* d = in("blkio")) {
+    if (d->v2) {
+      // "MAJ:MIN rbytes=N wbytes=N rios=N ...", one line per device.
+      if (auto t = read_at(d->path, "io.stat"))
+        for (const auto& line : split(*t, "\n"))
+          for (const auto& f : split(line, " ")) {
+            if (f.starts_with("rbytes=")) l.io_read_bytes += parse_u64(f.substr(7)).value_or(0);
+            if (f.starts_with("wbytes=")) l.io_write_bytes += parse_u64(f.substr(7)).value_or(0);
+          }
+    } else if (auto t = read_at(d->path, "blkio.throttle.io_service_bytes")) {
+      // "MAJ:MIN Read N", "MAJ:MIN Write N", ..., "Total N".
+      for (const auto& line : split(*t, "\n")) {
+        auto f = split(line, " ");
+        if (f.size() != 3) continue;
+        if (f[1] == "Read") l.io_read_bytes += parse_u64(f[2]).value_or(0);
+        if (f[1] == "Write") l.io_write_bytes += parse_u64(f[2]).value_or(0);
+      }
+    }
+  }
+  return l;
+}
+
 Result<std::vector<pid_t>> Cgroup::pids() const {
   std::vector<pid_t> out;
   if (!impl_ || impl_->dirs.empty()) return out;

@@ -84,6 +84,15 @@ struct Usage {
   uint64_t oom_kills = 0;    // OOM kills inside this cgroup
 };
 
+// What a running tree uses now (`stats`); each read costs a file, so exits
+// read only Usage. A figure the kernel lacks is 0.
+struct Live {
+  uint64_t memory_current = 0;  // bytes: memory.usage_in_bytes (v1) or memory.current
+  uint64_t pids_current = 0;    // tasks: pids.current
+  uint64_t io_read_bytes = 0;   // io.stat rbytes / blkio.throttle.io_service_bytes Read
+  uint64_t io_write_bytes = 0;  // wbytes / Write
+};
+
 struct Options {
   // Base cgroup path relative to each hierarchy's root, e.g. "/cloister".
   // Empty: "<own cgroup>/cloister" per hierarchy.
@@ -151,6 +160,7 @@ class Cgroup {
   // memory.max_usage_in_bytes (v1) or memory.peak; oom_kills from
   // memory.oom_control (v1) or memory.events. A figure the kernel lacks is 0.
   Result<Usage> usage() const;
+  Result<Live> live() const;
   // Kill, wait for empty, rmdir in every hierarchy. Safe to call twice.
   Status destroy();
   // Directories (absolute paths) this cgroup occupies, for tests and logs.

@@ -1,6 +1,7 @@
 #include "isolate/spawn.h"
 #include "isolate/userns.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -1275,6 +1277,45 @@ Result<cgroups::Usage> Spawned::usage() const {
   if (u.memory_peak == 0) u.memory_peak = max_rss_;
   if (!cgroup_) u.cpu_usec = cpu_usec_;
   return u;
+}
+
+Result<cgroups::Live> Spawned::live() const {
+  if (reaped_ || !cgroup_) return cgroups::Live{};
+  return cgroup_->live();
+}
+
+Result<std::vector<pid_t>> Spawned::pids() const {
+  std::vector<pid_t> out;
+  if (reaped_ || pid_ <= 0) return out;
+  if (cgroup_) return cgroup_->pids();
+  // Breadth first from the init; a process that exits meanwhile just ends
+  // its branch.
+  out.push_back(pid_);
+  for (size_t i = 0; i < out.size() && out.size() < 65536; ++i) {
+    const std::string task = "/proc/" + std::to_string(out[i]) + "/task";
+    DIR* d = ::opendir(task.c_str());
+    if (!d) continue;
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      int fd = ::open((task + "/" + e->d_name + "/children").c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      std::string text;
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+        text.append(buf, static_cast<size_t>(n));
+      ::close(fd);
+      size_t pos = 0;
+      while (pos < text.size()) {
+        size_t end = text.find(' ', pos);
+        if (end == std::string::npos) end = text.size();
+        if (end > pos)
+          out.push_back(static_cast<pid_t>(std::strtol(text.c_str() + pos, nullptr, 10)));
+        pos = end + 1;
+      }
+    }
+    ::closedir(d);
+  }
+  return out;
 }
 
 Status Spawned::release() {

@@ -204,6 +204,11 @@ class Spawned {
   // init reaped when there is no cgroup); call after reap() or a true
   // read_exit().
   Result<cgroups::Usage> usage() const;
+  // While it runs: what the tree uses now (zeros without a cgroup), and its
+  // processes as host pids (the cgroup's, else the init and its descendants
+  // by /proc/PID/task/TID/children). Empty once reaped.
+  Result<cgroups::Live> live() const;
+  Result<std::vector<pid_t>> pids() const;
   // Removes the cgroup (after reap). Idempotent.
   Status release();
   // Hands a sandbox whose exit was read (read_exit()) to the library's reaper

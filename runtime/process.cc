@@ -428,6 +428,28 @@ Result<ExitStatus> Process::finish() {
   return with_flags(st);
 }
 
+Result<Process::Now> Process::now() const {
+  std::lock_guard lk(state_mu_);
+  if (!started_) return fail(invalid("not started"));
+  Now n;
+  if (status_) {
+    n.usage.cpu_usec = static_cast<uint64_t>(status_->cpu_time.count());
+    n.usage.memory_peak = status_->peak_memory;
+    n.usage.oom_kills = status_->oom_killed ? 1 : 0;
+    return n;
+  }
+  auto u = spawned_->usage();
+  if (!u) return fail(u.error());
+  n.usage = *u;
+  auto l = spawned_->live();
+  if (!l) return fail(l.error());
+  n.live = *l;
+  auto p = spawned_->pids();
+  if (!p) return fail(p.error());
+  n.pids = std::move(*p);
+  return n;
+}
+
 Result<ExitStatus> Process::wait_for(std::chrono::milliseconds timeout) {
   std::lock_guard lk(state_mu_);
   if (!started_) return fail(invalid("wait before start"));

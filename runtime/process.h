@@ -166,6 +166,14 @@ class Process {
   // The command as it runs: a shell executor's /bin/sh -c, a split command
   // string, an image's entrypoint in front.
   const std::vector<std::string>& argv() const { return setup_.command.argv; }
+  // While it runs (`stats`, `top`): what the sandbox uses now and its
+  // processes (host pids). After the exit: the final usage, no processes.
+  struct Now {
+    cgroups::Usage usage;
+    cgroups::Live live;
+    std::vector<pid_t> pids;
+  };
+  Result<Now> now() const;
   // For an event loop: readable when wait_for(0) may have news. The init's
   // status pipe while it is unread (the payload's exit, before the sandbox's
   // teardown), the pidfd after that. Ask again after a wait_for(0) that timed
@@ -191,7 +199,8 @@ class Process {
   std::optional<Spawned> spawned_;
   std::shared_ptr<Watch> watch_;
   Fd in_, out_, err_;
-  std::mutex in_mu_, out_mu_, err_mu_, state_mu_;
+  std::mutex in_mu_, out_mu_, err_mu_;
+  mutable std::mutex state_mu_;
   bool started_ = false;
   std::atomic<bool> closed_{false};
   std::optional<ExitStatus> status_;

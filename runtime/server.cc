@@ -101,6 +101,80 @@ bool caller_allowed(const policy::Caller& c, gid_t want) {
   return std::find(c.groups.begin(), c.groups.end(), want) != c.groups.end();
 }
 
+// One process of a session for `top`, from /proc: what it is inside the
+// sandbox (its pid there, uid, command) and on the host. Its cmdline is the
+// payload's to choose: any bytes, sent as JSON strings with invalid UTF-8
+// replaced. Null when it exited meanwhile, or when the pid is no longer the
+// session's: every file is read through one /proc/PID directory fd, which
+// stays that process's even if the number is reused, and that process must
+// be in the session's pid namespace (pidns, the init's), so a pid that
+// exited and was taken by a host process between the cgroup's list and
+// here never shows another process's command line.
+json process_json(pid_t pid, ino_t pidns) {
+  Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) return nullptr;
+  struct stat ns {};
+  if (::fstatat(dir.get(), "ns/pid", &ns, 0) != 0 || ns.st_ino != pidns) return nullptr;
+  auto read_in = [&](const char* name) -> std::optional<std::string> {
+    Fd f(::openat(dir.get(), name, O_RDONLY | O_CLOEXEC));
+    if (!f) return std::nullopt;
+    auto t = read_fd(f.get());
+    if (!t) return std::nullopt;
+    return std::move(*t);
+  };
+  auto stat = read_in("stat");
+  auto status = read_in("status");
+  if (!stat || !status) return nullptr;
+  const size_t close = stat->rfind(')');
+  if (close == std::string::npos) return nullptr;
+  std::vector<std::string> f;
+  for (size_t pos = close + 2; pos < stat->size();) {
+    size_t end = stat->find(' ', pos);
+    if (end == std::string::npos) end = stat->size();
+    f.push_back(stat->substr(pos, end - pos));
+    pos = end + 1;
+  }
+  if (f.size() < 22) return nullptr;
+  const auto num = [](const std::string& x) { return std::strtoull(x.c_str(), nullptr, 10); };
+  const uint64_t tick = static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
+  json j = {{"pid", pid},
+            {"ppid", num(f[1])},
+            {"state", f[0]},
+            {"cpu_time_us", (num(f[11]) + num(f[12])) * 1000000 / tick},
+            {"rss", num(f[21]) * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))}};
+  // "NSpid: host ... innermost": the last is the pid inside the sandbox.
+  for (size_t pos = 0; pos < status->size();) {
+    size_t end = status->find('\n', pos);
+    if (end == std::string::npos) end = status->size();
+    std::string_view line(status->data() + pos, end - pos);
+    auto last_field = [](std::string_view l) {
+      while (!l.empty() && (l.back() == ' ' || l.back() == '\t')) l.remove_suffix(1);
+      size_t b = l.find_last_of(" \t");
+      return std::string(b == std::string_view::npos ? l : l.substr(b + 1));
+    };
+    auto first_field = [](std::string_view l) {
+      l.remove_prefix(std::min(l.find_first_not_of(" \t", l.find(':') + 1), l.size()));
+      return std::string(l.substr(0, l.find_first_of(" \t")));
+    };
+    if (line.starts_with("NSpid:")) j["ns_pid"] = num(last_field(line));
+    if (line.starts_with("Uid:")) j["uid"] = num(first_field(line));
+    pos = end + 1;
+  }
+  json argv = json::array();
+  if (auto cmd = read_in("cmdline")) {
+    for (size_t pos = 0; pos < cmd->size();) {
+      size_t end = cmd->find('\0', pos);
+      if (end == std::string::npos) end = cmd->size();
+      argv.push_back(cmd->substr(pos, end - pos));
+      pos = end + 1;
+    }
+  }
+  if (argv.empty())
+    argv.push_back("[" + stat->substr(stat->find('(') + 1, close - stat->find('(') - 1) + "]");
+  j["argv"] = argv;
+  return j;
+}
+
 // A request field, checked: INVALID names the field.
 struct Req {
   const json& j;
@@ -875,8 +949,8 @@ struct Server::Impl {
         if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
       return reply_ok(c, id, {{"sessions", list}});
     }
-    static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
-                                                      "resize", "wait",   "remove"};
+    static const std::set<std::string> kSessionOps = {
+        "attach", "detach", "close_stdin", "signal", "resize", "wait", "remove", "stats", "top"};
     if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
     auto found = find(j);
     if (!found) return reply_err(c, id, found.error());
@@ -887,6 +961,31 @@ struct Server::Impl {
                                   : op == "remove"                 ? policy::Action::SessionRemove
                                                                    : policy::Action::SessionAttach;
     if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
+    if (op == "stats" || op == "top") {
+      auto now = s.process().now();
+      if (!now) return reply_err(c, id, now.error());
+      json reply = {{"session", sid},
+                    {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")}};
+      if (op == "stats") {
+        reply["stats"] = {
+            {"cpu_time_us", now->usage.cpu_usec},
+            {"memory", now->live.memory_current},
+            {"memory_peak", now->usage.memory_peak},
+            {"oom_kills", now->usage.oom_kills},
+            {"pids", now->live.pids_current ? now->live.pids_current : now->pids.size()},
+            {"io_read_bytes", now->live.io_read_bytes},
+            {"io_write_bytes", now->live.io_write_bytes}};
+      } else {
+        json procs = json::array();
+        struct stat ns {};
+        const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) + "/ns/pid";
+        if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
+          for (pid_t p : now->pids)
+            if (json pj = process_json(p, ns.st_ino); !pj.is_null()) procs.push_back(std::move(pj));
+        reply["processes"] = std::move(procs);
+      }
+      return reply_ok(c, id, reply);
+    }
     if (op == "attach") {
       if (s.spec().passed_stdio)
         return reply_err(c, id,

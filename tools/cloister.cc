@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "oci/load.h"
@@ -609,6 +611,77 @@ int verb_simple(const Global& g, json req) {
   return 0;
 }
 
+// `stats`: one line per sample, as `podman stats` shows them; CPU % over the
+// last interval. Without --no-stream, a sample a second until the session
+// has exited (or the caller stops us).
+int verb_stats(const Global& g, uint64_t sid, bool no_stream) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  if (!g.json)
+    std::printf("%-8s %-8s %-10s %-10s %-10s %-6s %-21s %s\n", "SESSION", "CPU %", "CPU TIME",
+                "MEM", "MEM PEAK", "PIDS", "BLOCK I/O", "STATE");
+  uint64_t last_cpu = 0;
+  auto last_t = std::chrono::steady_clock::now();
+  for (bool first = true;; first = false) {
+    auto r = (*c)->call({{"op", "stats"}, {"session", sid}});
+    if (!r) return report(r.error());
+    const json& st = (*r)["stats"];
+    const auto now = std::chrono::steady_clock::now();
+    const uint64_t cpu = st.value("cpu_time_us", uint64_t{0});
+    if (g.json) {
+      json line = *r;
+      line.erase("id");
+      line.erase("ok");
+      std::printf("%s\n", line.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    } else {
+      const double us = std::chrono::duration<double, std::micro>(now - last_t).count();
+      std::string pct =
+          first ? "--" : std::to_string(static_cast<int>(100.0 * (cpu - last_cpu) / us));
+      std::printf("%-8llu %-8s %-10s %-10s %-10s %-6llu %-21s %s\n",
+                  static_cast<unsigned long long>(sid), pct.c_str(),
+                  (std::to_string(cpu / 1000) + "ms").c_str(),
+                  human_bytes(st.value("memory", uint64_t{0})).c_str(),
+                  human_bytes(st.value("memory_peak", uint64_t{0})).c_str(),
+                  static_cast<unsigned long long>(st.value("pids", uint64_t{0})),
+                  (human_bytes(st.value("io_read_bytes", uint64_t{0})) + " / " +
+                   human_bytes(st.value("io_write_bytes", uint64_t{0})))
+                      .c_str(),
+                  (*r).value("state", "").c_str());
+    }
+    std::fflush(stdout);
+    if (no_stream || (*r).value("state", "") == "exited") return 0;
+    last_cpu = cpu;
+    last_t = now;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+// `top`: the session's processes, as `podman top` lists them.
+int verb_top(const Global& g, uint64_t sid) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "top"}, {"session", sid}});
+  if (!r) return report(r.error());
+  if (g.json) {
+    print_json((*r)["processes"]);
+    return 0;
+  }
+  std::printf("%-8s %-8s %-8s %-6s %-5s %-10s %s\n", "PID", "HOSTPID", "PPID", "UID", "STAT",
+              "TIME", "COMMAND");
+  for (auto& p : (*r)["processes"]) {
+    std::string cmd;
+    for (auto& a : p["argv"]) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
+    std::printf(
+        "%-8llu %-8llu %-8llu %-6llu %-5s %-10s %s\n",
+        static_cast<unsigned long long>(p.value("ns_pid", uint64_t{0})),
+        static_cast<unsigned long long>(p.value("pid", uint64_t{0})),
+        static_cast<unsigned long long>(p.value("ppid", uint64_t{0})),
+        static_cast<unsigned long long>(p.value("uid", uint64_t{0})), p.value("state", "").c_str(),
+        (std::to_string(p.value("cpu_time_us", uint64_t{0}) / 1000) + "ms").c_str(), cmd.c_str());
+  }
+  return 0;
+}
+
 int verb_wait(const Global& g, uint64_t sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
@@ -714,6 +787,13 @@ int main(int argc, char** argv) {
   kill_cmd->add_option("-s,--signal", sig, "signal name or number")->capture_default_str();
   auto* wait_cmd = app.add_subcommand("wait", "wait for a session; exit with its code");
   wait_cmd->add_option("session", sid)->required();
+  bool no_stream = false;
+  auto* stats_cmd =
+      app.add_subcommand("stats", "a session's CPU, memory, pids and I/O, every second");
+  stats_cmd->add_option("session", sid)->required();
+  stats_cmd->add_flag("--no-stream", no_stream, "one sample, then exit");
+  auto* top_cmd = app.add_subcommand("top", "list a session's processes");
+  top_cmd->add_option("session", sid)->required();
   auto* rm_cmd = app.add_subcommand("rm", "remove a finished session");
   rm_cmd->add_option("session", sid)->required();
   rm_cmd->add_flag("-f,--force", force, "kill it first if it still runs");
@@ -751,6 +831,8 @@ int main(int argc, char** argv) {
     return verb_simple(global, req);
   }
   if (wait_cmd->parsed()) return verb_wait(global, sid);
+  if (stats_cmd->parsed()) return verb_stats(global, sid, no_stream);
+  if (top_cmd->parsed()) return verb_top(global, sid);
   if (rm_cmd->parsed())
     return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -94,6 +96,35 @@ class Daemon {
   std::string socket, config;
   pid_t pid = -1;
 };
+
+// Runs body in a forked child as uid (gid = uid unless given, with these
+// supplementary groups) and returns what body returns: its checks as bits,
+// so that a failure says which. 100: the switch failed; 200: no exit.
+inline int as_user(uid_t uid, const std::function<int()>& body, std::vector<gid_t> groups = {},
+                   gid_t gid = static_cast<gid_t>(-1)) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgroups(groups.size(), groups.data()) != 0 ||
+        ::setgid(gid == static_cast<gid_t>(-1) ? uid : gid) != 0 || ::setuid(uid) != 0)
+      ::_exit(100);
+    ::_exit(body());
+  }
+  int st = 0;
+  while (::waitpid(child, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 200;
+}
+constexpr uid_t kNobody = 65534;
+// Service settings for tests of other callers: nobody (in the socket's
+// group, nogroup) may get the shell executor and run what pattern matches.
+inline std::string nobody_may_run(const std::string& pattern) {
+  return "  socket_group: nogroup\n"
+         "callers:\n"
+         "  - users: [nobody]\n"
+         "    exec.get: [shell]\n"
+         "    exec.run: [\"" +
+         pattern + "\"]\n";
+}
 
 inline std::unique_ptr<Connection> connect_ok(const std::string& socket) {
   auto c = Connection::connect(socket);

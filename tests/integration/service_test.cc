@@ -313,19 +313,17 @@ TEST(Service, CallersOutsideTheGroupAreRefused) {
   // A world-writable socket, so that the check left is SO_PEERCRED's.
   Daemon d("  socket_mode: \"0666\"\n");
   ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
-  pid_t child = ::fork();
-  if (child == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
-    auto c = Connection::connect(d.socket);
-    if (c) ::_exit(11);
-    ::_exit(c.error().kind == ErrorKind::PermissionDenied &&
-                    c.error().message.find("nor in the socket's group") != std::string::npos
-                ? 0
-                : 12);
-  }
-  int st = 0;
-  ::waitpid(child, &st, 0);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_EQ(as_user(kNobody,
+                    [&] {
+                      auto c = Connection::connect(d.socket);
+                      if (c) return 11;
+                      return c.error().kind == ErrorKind::PermissionDenied &&
+                                     c.error().message.find("nor in the socket's group") !=
+                                         std::string::npos
+                                 ? 0
+                                 : 12;
+                    }),
+            0);
   EXPECT_TRUE(Connection::connect(d.socket)) << "root is always allowed";
 }
 
@@ -729,12 +727,7 @@ std::string stdin_flood(const std::string& socket, size_t total, bool paced) {
 // The service decides with the policy (docs/policy.md) for the peer's
 // credentials: exec.get/exec.run for starts, session.* for others' sessions.
 TEST(Service, CallerRulesApplyToPeers) {
-  Daemon d(
-      "  socket_group: nogroup\n"
-      "callers:\n"
-      "  - users: [nobody]\n"
-      "    exec.get: [shell]\n"
-      "    exec.run: [\"echo **\"]\n");
+  Daemon d(nobody_may_run("echo **"));
   ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
   auto root = connect_ok(d.socket);
   ASSERT_TRUE(root);
@@ -744,11 +737,9 @@ TEST(Service, CallerRulesApplyToPeers) {
   const uint64_t root_session = (*started)["session"];
 
   // As nobody: each check is one bit of the exit code, so a failure says which.
-  pid_t child = ::fork();
-  if (child == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(100);
+  const int bad = as_user(kNobody, [&] {
     auto c = Connection::connect(d.socket);
-    if (!c) ::_exit(101);
+    if (!c) return 101;
     int bad = 0;
     auto ok = (*c)->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "hi"}}});
     if (!ok || (*ok)["stdout"] != "hi\n") bad |= 1;
@@ -760,12 +751,9 @@ TEST(Service, CallerRulesApplyToPeers) {
     if (!list || !(*list)["sessions"].empty()) bad |= 8;
     auto rm = (*c)->call({{"op", "remove"}, {"session", root_session}, {"force", true}});
     if (rm || rm.error().kind != ErrorKind::PermissionDenied) bad |= 16;
-    ::_exit(bad);
-  }
-  int st = 0;
-  ::waitpid(child, &st, 0);
-  ASSERT_TRUE(WIFEXITED(st)) << st;
-  EXPECT_EQ(WEXITSTATUS(st), 0) << "failed checks (bits): " << WEXITSTATUS(st) << "\n" << d.log();
+    return bad;
+  });
+  EXPECT_EQ(bad, 0) << "failed checks (bits): " << bad << "\n" << d.log();
   // Root's session is untouched, and root sees it.
   auto list = root->call({{"op", "list"}});
   ASSERT_TRUE(list);
@@ -788,6 +776,112 @@ TEST(Service, CallerRulesApplyToPeers) {
   EXPECT_EQ((*list)["sessions"][0]["state"], "running") << "no signal was sent";
   ASSERT_TRUE(root->call({{"op", "signal"}, {"session", root_session}, {"signal", "cont"}}));
   ASSERT_TRUE(root->call({{"op", "remove"}, {"session", root_session}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// `stats` and `top` (issue 14): the session's own processes, from its
+// cgroup, as they are inside (pid, uid, command) and on the host; usage that
+// counts them; a command line the payload made invalid UTF-8 is sent
+// replaced; others' sessions need session.attach; the CLI shows both.
+TEST(Service, StatsAndTopShowTheSessionsOwnProcesses) {
+  Daemon d(nobody_may_run("true"));
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"argv",
+                     {"sh", "-c",
+                      "sleep 100.5 & perl -e '$0 = \"\\xff\\xfe odd\"; sleep 100' & "
+                      "head -c 30000000 /dev/zero > /tmp/fill; sleep 100.25; wait"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  const uint64_t sid = (*r)["session"];
+  const pid_t init = (*r)["pid"];
+  json top;
+  std::map<std::string, json> by_cmd;
+  for (int i = 0; i < 300; ++i) {  // until the three children are there
+    auto t = c->call({{"op", "top"}, {"session", sid}});
+    ASSERT_TRUE(t) << t.error().what();
+    top = (*t)["processes"];
+    by_cmd.clear();
+    for (auto& p : top) {
+      std::string cmd;
+      for (auto& a : p["argv"]) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
+      by_cmd[cmd] = p;
+    }
+    bool perl = false;
+    for (auto& [cmd, p] : by_cmd) perl |= cmd.ends_with(" odd");
+    if (by_cmd.count("sleep 100.5") && by_cmd.count("sleep 100.25") && perl) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(by_cmd.count("sleep 100.5")) << top;
+  ASSERT_TRUE(by_cmd.count("sleep 100.25")) << top;
+  // The init is pid 1 inside and the session's pid on the host.
+  bool saw_init = false;
+  for (auto& p : top)
+    if (p["pid"] == init) {
+      saw_init = true;
+      EXPECT_EQ(p["ns_pid"], 1) << p;
+    }
+  EXPECT_TRUE(saw_init) << top;
+  const json& sleeper = by_cmd["sleep 100.5"];
+  EXPECT_GT(sleeper["ns_pid"].get<uint64_t>(), 1u);
+  EXPECT_NE(sleeper["ns_pid"], sleeper["pid"]) << "pid inside differs from the host's";
+  EXPECT_EQ(sleeper["state"], "S");
+  // The uid is the host's view (the first of the Uid: line).
+  EXPECT_NE(read_text("/proc/" + std::to_string(sleeper["pid"].get<int>()) + "/status")
+                .find("Uid:\t" + std::to_string(sleeper["uid"].get<uint64_t>()) + "\t"),
+            std::string::npos)
+      << sleeper;
+  bool odd = false;
+  for (auto& [cmd, p] : by_cmd)
+    odd |= cmd.find("\xEF\xBF\xBD\xEF\xBF\xBD odd") != std::string::npos;
+  EXPECT_TRUE(odd) << "the invalid bytes come as U+FFFD";
+
+  auto st = c->call({{"op", "stats"}, {"session", sid}});
+  ASSERT_TRUE(st) << st.error().what();
+  EXPECT_EQ((*st)["state"], "running");
+  const json& s = (*st)["stats"];
+  EXPECT_GE(s["pids"].get<uint64_t>(), 4u) << s;
+  EXPECT_GT(s["memory"].get<uint64_t>(), 0u) << s << " (the 30 MB file in /tmp counts)";
+  EXPECT_GE(s["memory_peak"].get<uint64_t>(), s["memory"].get<uint64_t>()) << s;
+
+  // Someone else's session: refused, and not a crash of the service.
+  EXPECT_EQ(as_user(kNobody,
+                    [&] {
+                      auto o = Connection::connect(d.socket);
+                      if (!o) return 101;
+                      int bad = 0;
+                      for (const char* op : {"stats", "top"}) {
+                        auto x = (*o)->call({{"op", op}, {"session", sid}});
+                        if (x || x.error().kind != ErrorKind::PermissionDenied) bad |= 1;
+                      }
+                      return bad;
+                    }),
+            0);
+
+  // The CLI: a table of the processes, and one sample of the stats.
+  std::string out;
+  const std::string cli = kCli + " --socket " + d.socket;
+  EXPECT_EQ(sh(cli + " top " + std::to_string(sid), &out), 0) << out;
+  EXPECT_NE(out.find("sleep 100.5"), std::string::npos) << out;
+  EXPECT_NE(out.find("PID"), std::string::npos) << out;
+  EXPECT_EQ(sh(cli + " stats --no-stream " + std::to_string(sid), &out), 0) << out;
+  EXPECT_NE(out.find("running"), std::string::npos) << out;
+  EXPECT_EQ(sh(cli + " --json stats --no-stream " + std::to_string(sid), &out), 0) << out;
+  EXPECT_EQ(json::parse(out)["stats"]["pids"].get<uint64_t>() >= 4, true) << out;
+
+  // Once it has exited: the final usage, no processes.
+  ASSERT_TRUE(c->call({{"op", "signal"}, {"session", sid}, {"signal", "KILL"}}));
+  ASSERT_TRUE(c->call({{"op", "wait"}, {"session", sid}}));
+  st = c->call({{"op", "stats"}, {"session", sid}});
+  ASSERT_TRUE(st) << st.error().what();
+  EXPECT_EQ((*st)["state"], "exited");
+  auto t = c->call({{"op", "top"}, {"session", sid}});
+  ASSERT_TRUE(t) << t.error().what();
+  EXPECT_TRUE((*t)["processes"].empty()) << *t;
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sid}}));
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
@@ -898,18 +992,14 @@ TEST(Service, SocketGroupIsTheGroupsThePeerHas) {
       "  socket_mode: \"0666\"\n");
   ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
   auto as = [&](uid_t uid, std::vector<gid_t> groups) {
-    pid_t child = ::fork();
-    if (child == 0) {
-      if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(uid) != 0 ||
-          ::setuid(uid) != 0)
-        ::_exit(100);
-      auto c = Connection::connect(d.socket);
-      if (c) ::_exit(0);
-      ::_exit(c.error().kind == ErrorKind::PermissionDenied ? 1 : 2);
-    }
-    int st = 0;
-    ::waitpid(child, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 200;
+    return as_user(
+        uid,
+        [&] {
+          auto c = Connection::connect(d.socket);
+          if (c) return 0;
+          return c.error().kind == ErrorKind::PermissionDenied ? 1 : 2;
+        },
+        groups);
   };
   ASSERT_EQ(::getpwuid(54321), nullptr) << "uid 54321 has a passwd entry here";
   EXPECT_EQ(as(54321, {65534}), 0) << "a member through its groups\n" << d.log();
