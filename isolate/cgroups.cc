@@ -410,6 +410,9 @@ Status Cgroup::Impl::kill(bool sweep_v1) {
     if (exists(join(v2->path, "cgroup.kill"))) {
       if (auto s = write_at(v2->path, "cgroup.kill", "1"); !s) return s;
       lift_cpu_cap();
+      // Again: kernels before the fork/cgroup.kill race fix can let a child
+      // forked during the first write through.
+      (void)write_at(v2->path, "cgroup.kill", "1");
     } else if (exists(join(v2->path, "cgroup.freeze"))) {
       // Freeze first so that nothing forks between listing and killing.
       if (auto s = write_at(v2->path, "cgroup.freeze", "1"); !s) return s;
@@ -434,16 +437,22 @@ Status Cgroup::Impl::kill(bool sweep_v1) {
   if (const Dir* fz = v1dir("freezer"); fz && exists(fz->path)) {
     if (auto s = write_at(fz->path, "freezer.state", "FROZEN"); !s) return s;
     auto fdeadline = Clock::now() + kFreezeTimeout;
+    bool frozen = false;
     while (Clock::now() < fdeadline) {
       auto st = read_at(fz->path, "freezer.state");
-      if (!st || st->starts_with("FROZEN")) break;
+      if (!st) break;
+      if (st->starts_with("FROZEN")) {
+        frozen = true;
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     std::vector<pid_t> pids;
     Status c = collect_pids(fz->path, pids);
     for (pid_t p : pids)
       if (p > 1 && p != ::getpid()) ::kill(p, SIGKILL);
-    if (c) lift_cpu_cap();
+    // Only a tree that froze has no fork between the list and the kill.
+    if (c && frozen) lift_cpu_cap();
     auto t = write_at(fz->path, "freezer.state", "THAWED");
     if (!c) return c;
     if (!t) return t;
@@ -519,8 +528,10 @@ void Cgroup::kill_async() {
   // cgroup.kill signals every process of the subtree and returns; where it
   // is missing, the caller's SIGKILL to the pid namespace's init does the
   // same for everything a sandbox can hold.
-  if (const Impl::Dir* v2 = impl_->v2dir(); v2 && write_at(v2->path, "cgroup.kill", "1"))
+  if (const Impl::Dir* v2 = impl_->v2dir(); v2 && write_at(v2->path, "cgroup.kill", "1")) {
     impl_->lift_cpu_cap();
+    (void)write_at(v2->path, "cgroup.kill", "1");  // as in Impl::kill
+  }
 }
 
 Cgroup::Killer Cgroup::killer() const {
@@ -543,7 +554,9 @@ Cgroup::Killer Cgroup::killer() const {
 
 void Cgroup::Killer::fire() const noexcept {
   if (!kill_ || ::write(kill_.get(), "1", 1) != 1) return;
-  if (cpu_) (void)!::write(cpu_.get(), uncapped_, std::strlen(uncapped_));
+  if (!cpu_) return;
+  (void)!::write(cpu_.get(), uncapped_, std::strlen(uncapped_));
+  (void)!::write(kill_.get(), "1", 1);  // as in Impl::kill
 }
 
 Status Cgroup::kill() {

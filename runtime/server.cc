@@ -110,17 +110,32 @@ bool caller_allowed(const policy::Caller& c, gid_t want) {
 // be in the session's pid namespace (pidns, the init's), so a pid that
 // exited and was taken by a host process between the cgroup's list and
 // here never shows another process's command line.
+// What one `top` reply lists at most: with 4 KiB per command line it stays
+// well inside the default max_frame even when every byte is escaped.
+constexpr size_t kTopMax = 1024;
+
 json process_json(pid_t pid, ino_t pidns) {
   Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir) return nullptr;
   struct stat ns {};
   if (::fstatat(dir.get(), "ns/pid", &ns, 0) != 0 || ns.st_ino != pidns) return nullptr;
+  // At most 4 KiB of each file (as ps reads a cmdline): a payload's argv
+  // can be megabytes, shared by a thousand forks.
   auto read_in = [&](const char* name) -> std::optional<std::string> {
     Fd f(::openat(dir.get(), name, O_RDONLY | O_CLOEXEC));
     if (!f) return std::nullopt;
-    auto t = read_fd(f.get());
-    if (!t) return std::nullopt;
-    return std::move(*t);
+    std::string out(4096, '\0');
+    size_t got = 0;
+    for (ssize_t n;
+         got < out.size() && (n = ::read(f.get(), out.data() + got, out.size() - got)) != 0;) {
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return std::nullopt;
+      }
+      got += static_cast<size_t>(n);
+    }
+    out.resize(got);
+    return out;
   };
   auto stat = read_in("stat");
   auto status = read_in("status");
@@ -980,8 +995,13 @@ struct Server::Impl {
         struct stat ns {};
         const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) + "/ns/pid";
         if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
-          for (pid_t p : now->pids)
+          for (pid_t p : now->pids) {
+            if (procs.size() == kTopMax) {
+              reply["truncated"] = true;
+              break;
+            }
             if (json pj = process_json(p, ns.st_ino); !pj.is_null()) procs.push_back(std::move(pj));
+          }
         reply["processes"] = std::move(procs);
       }
       return reply_ok(c, id, reply);
