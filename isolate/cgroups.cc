@@ -163,8 +163,10 @@ Status collect_pids(const std::string& dir, std::vector<pid_t>& out) {
     if (auto v = parse_u64(line)) out.push_back(static_cast<pid_t>(*v));
   auto subs = subdirs(dir);
   if (!subs) return fail(subs.error());
+  // A sub-cgroup removed between the list and its read is just empty
+  // (read_at's ENOENT above); one removed while its procs are read is too.
   for (const auto& s : *subs)
-    if (auto st = collect_pids(join(dir, s), out); !st) return st;
+    if (auto st = collect_pids(join(dir, s), out); !st && st.error().code != ENODEV) return st;
   return {};
 }
 
@@ -388,16 +390,48 @@ struct Cgroup::Impl {
   // the dying tasks are not left throttled (a process under a small quota
   // can take seconds to die, moby#37326), and none of them can run user
   // code again to use the CPU it gives.
-  void lift_cpu_cap() const;
+  // A borrowed cgroup (an OCI container's, between verbs) outlives the
+  // kill: the quota its owner set is put back once the kill is over.
+  void lift_cpu_cap();
+  void restore_cpu_cap();
+  Status kill_tree(bool sweep_v1);
+  std::optional<std::string> saved_cpu_max, saved_cfs_quota;
 };
 
-void Cgroup::Impl::lift_cpu_cap() const {
-  if (!cpu_capped) return;
-  if (const Dir* v2 = v2dir()) (void)write_at(v2->path, "cpu.max", "max");
-  if (const Dir* d = v1dir("cpu")) (void)write_at(d->path, "cpu.cfs_quota_us", "-1");
+Status Cgroup::Impl::kill(bool sweep_v1) {
+  Status s = kill_tree(sweep_v1);
+  restore_cpu_cap();
+  return s;
 }
 
-Status Cgroup::Impl::kill(bool sweep_v1) {
+void Cgroup::Impl::restore_cpu_cap() {
+  if (const Dir* v2 = v2dir(); v2 && saved_cpu_max)
+    (void)write_at(v2->path, "cpu.max", *saved_cpu_max);
+  if (const Dir* d = v1dir("cpu"); d && saved_cfs_quota)
+    (void)write_at(d->path, "cpu.cfs_quota_us", *saved_cfs_quota);
+  saved_cpu_max.reset();
+  saved_cfs_quota.reset();
+}
+
+void Cgroup::Impl::lift_cpu_cap() {
+  if (!cpu_capped) return;
+  auto trim = [](std::string v) {
+    while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+    return v;
+  };
+  if (const Dir* v2 = v2dir()) {
+    if (borrowed && !saved_cpu_max)
+      if (auto v = read_at(v2->path, "cpu.max")) saved_cpu_max = trim(*v);
+    (void)write_at(v2->path, "cpu.max", "max");
+  }
+  if (const Dir* d = v1dir("cpu")) {
+    if (borrowed && !saved_cfs_quota)
+      if (auto v = read_at(d->path, "cpu.cfs_quota_us")) saved_cfs_quota = trim(*v);
+    (void)write_at(d->path, "cpu.cfs_quota_us", "-1");
+  }
+}
+
+Status Cgroup::Impl::kill_tree(bool sweep_v1) {
   if (destroyed) return {};
   auto deadline = Clock::now() + kEmptyTimeout;
   std::vector<std::string> v1dirs;

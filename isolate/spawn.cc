@@ -28,6 +28,7 @@
 #include <future>
 #include <thread>
 #include <type_traits>
+#include <unordered_set>
 
 #include "isolate/capabilities.h"
 #include "isolate/clone_vm.h"
@@ -1289,9 +1290,12 @@ Result<std::vector<pid_t>> Spawned::pids() const {
   if (reaped_ || pid_ <= 0) return out;
   if (cgroup_) return cgroup_->pids();
   // Breadth first from the init; a process that exits meanwhile just ends
-  // its branch.
+  // its branch. A pid reused while we walk could show up twice, or loop:
+  // each is taken once, and the list never grows past kMax.
+  constexpr size_t kMax = 65536;
+  std::unordered_set<pid_t> seen{pid_};
   out.push_back(pid_);
-  for (size_t i = 0; i < out.size() && out.size() < 65536; ++i) {
+  for (size_t i = 0; i < out.size() && out.size() < kMax; ++i) {
     const std::string task = "/proc/" + std::to_string(out[i]) + "/task";
     DIR* d = ::opendir(task.c_str());
     if (!d) continue;
@@ -1308,8 +1312,8 @@ Result<std::vector<pid_t>> Spawned::pids() const {
       while (pos < text.size()) {
         size_t end = text.find(' ', pos);
         if (end == std::string::npos) end = text.size();
-        if (end > pos)
-          out.push_back(static_cast<pid_t>(std::strtol(text.c_str() + pos, nullptr, 10)));
+        const auto p = static_cast<pid_t>(std::strtol(text.c_str() + pos, nullptr, 10));
+        if (end > pos && p > 0 && out.size() < kMax && seen.insert(p).second) out.push_back(p);
         pos = end + 1;
       }
     }

@@ -1,8 +1,10 @@
 #include "runtime/server.h"
 
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -117,8 +119,20 @@ constexpr size_t kTopMax = 1024;
 json process_json(pid_t pid, ino_t pidns) {
   Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir) return nullptr;
-  struct stat ns {};
-  if (::fstatat(dir.get(), "ns/pid", &ns, 0) != 0 || ns.st_ino != pidns) return nullptr;
+  // A payload may unshare pid namespaces of its own: its processes there
+  // are still the session's, found by walking up to the session's namespace
+  // (at most 32 levels, the kernel's limit), and `up` says how many of the
+  // innermost NSpid fields belong to namespaces below it.
+  size_t up = 0;
+  {
+    Fd ns(::openat(dir.get(), "ns/pid", O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    while (ns && ::fstat(ns.get(), &st) == 0 && st.st_ino != pidns && up < 32) {
+      ns = Fd(::ioctl(ns.get(), NS_GET_PARENT));
+      ++up;
+    }
+    if (!ns || st.st_ino != pidns) return nullptr;
+  }
   // At most 4 KiB of each file (as ps reads a cmdline): a payload's argv
   // can be megabytes, shared by a thousand forks.
   auto read_in = [&](const char* name) -> std::optional<std::string> {
@@ -157,15 +171,20 @@ json process_json(pid_t pid, ino_t pidns) {
             {"state", f[0]},
             {"cpu_time_us", (num(f[11]) + num(f[12])) * 1000000 / tick},
             {"rss", num(f[21]) * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))}};
-  // "NSpid: host ... innermost": the last is the pid inside the sandbox.
+  // "NSpid: host ... innermost": the pid inside the sandbox is `up` fields
+  // before the last.
   for (size_t pos = 0; pos < status->size();) {
     size_t end = status->find('\n', pos);
     if (end == std::string::npos) end = status->size();
     std::string_view line(status->data() + pos, end - pos);
-    auto last_field = [](std::string_view l) {
-      while (!l.empty() && (l.back() == ' ' || l.back() == '\t')) l.remove_suffix(1);
-      size_t b = l.find_last_of(" \t");
-      return std::string(b == std::string_view::npos ? l : l.substr(b + 1));
+    auto last_field = [up](std::string_view l) {
+      for (size_t skip = 0;; ++skip) {
+        while (!l.empty() && (l.back() == ' ' || l.back() == '\t')) l.remove_suffix(1);
+        size_t b = l.find_last_of(" \t");
+        if (skip == up || b == std::string_view::npos)
+          return std::string(b == std::string_view::npos ? l : l.substr(b + 1));
+        l = l.substr(0, b);
+      }
     };
     auto first_field = [](std::string_view l) {
       l.remove_prefix(std::min(l.find_first_not_of(" \t", l.find(':') + 1), l.size()));
@@ -757,8 +776,21 @@ struct Server::Impl {
     // Only a request the policy let through leaves a file behind.
     if (!log_file->empty()) {
       ::mkdir(sc.log_dir.c_str(), 0750);
-      auto fd = open_fd(sc.log_dir + "/" + *log_file,
-                        O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0640);
+      // A log file belongs to the uid that created it: another caller
+      // appending to it could forge lines of someone else's session.
+      const std::string path = sc.log_dir + "/" + *log_file;
+      constexpr int kFlags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK;
+      auto fd = open_fd(path, kFlags | O_CREAT | O_EXCL, 0640);
+      if (fd) {
+        if (::fchown(fd->get(), uid, static_cast<gid_t>(-1)) != 0)
+          return fail(sys_error("log file " + path));
+      } else if (fd.error().code == EEXIST) {
+        fd = open_fd(path, kFlags, 0);
+        struct stat st {};
+        if (fd && (::fstat(fd->get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != uid))
+          return fail(make_error(ErrorKind::PermissionDenied,
+                                 "log_file " + *log_file + " belongs to another caller"));
+      }
       if (!fd) return fail(fd.error().wrap("log file"));
       spec.log = std::move(*fd);
     }
@@ -1168,12 +1200,16 @@ struct Server::Impl {
       auto c = std::make_unique<Conn>();
       c->id = next_conn++;
       c->fd = std::move(f);
+      // Credentials that cannot be read would read as uid 0: such a
+      // connection is closed, never served.
       socklen_t len = sizeof c->cred;
-      ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len);
-      if (auto pc = policy::peer_caller(fd))
-        c->caller = std::move(*pc);
-      else
-        c->caller = policy::Caller{c->cred.uid, c->cred.gid, {}, c->cred.pid};
+      auto pc = policy::peer_caller(fd);
+      if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0 || !pc) {
+        log("accept: cannot read the peer's credentials: " +
+            (pc ? std::string(std::strerror(errno)) : pc.error().what()));
+        continue;
+      }
+      c->caller = std::move(*pc);
       c->allowed = caller_allowed(c->caller, sc.socket_gid);
       c->dec.set_max_frame(static_cast<uint32_t>(sc.max_frame));
       c->created = c->last_frame = Clock::now();

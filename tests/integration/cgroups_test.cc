@@ -566,6 +566,18 @@ TEST_F(Cgroups, KillKillsTreeAndSparesRuntime) {
 // every task has SIGKILL pending), so that dying never waits for the next
 // period's share: through kill(), and through the Killer a deadline's
 // watchdog fires.
+// The file that holds a cgroup's CPU quota: cpu.max, or v1 cfs_quota_us.
+std::string quota_file_of(const Cgroup& cg) {
+  std::string out;
+  for (const auto& p : cg.paths()) {
+    if (is_cgroup2(p))
+      out = p + "/cpu.max";
+    else if (::access((p + "/cpu.cfs_quota_us").c_str(), F_OK) == 0)
+      out = p + "/cpu.cfs_quota_us";
+  }
+  return out;
+}
+
 TEST_F(Cgroups, KillLiftsTheCpuQuotaOfTheDyingTree) {
   for (bool watchdog : {false, true}) {
     SCOPED_TRACE(watchdog ? "Killer::fire" : "kill");
@@ -573,13 +585,7 @@ TEST_F(Cgroups, KillLiftsTheCpuQuotaOfTheDyingTree) {
     l.cpu_quota = 1000;  // the smallest: 1% of a CPU
     auto cg = mgr_->create(l);
     ASSERT_TRUE(cg) << cg.error().what();
-    std::string quota_file;
-    for (const auto& p : cg->paths()) {
-      if (is_cgroup2(p))
-        quota_file = p + "/cpu.max";
-      else if (::access((p + "/cpu.cfs_quota_us").c_str(), F_OK) == 0)
-        quota_file = p + "/cpu.cfs_quota_us";
-    }
+    const std::string quota_file = quota_file_of(*cg);
     ASSERT_FALSE(quota_file.empty());
     ASSERT_TRUE(slurp(quota_file).starts_with("1000")) << slurp(quota_file);
     Child c = spawn(*cg, [] {
@@ -605,6 +611,37 @@ TEST_F(Cgroups, KillLiftsTheCpuQuotaOfTheDyingTree) {
     auto s = cg->destroy();
     EXPECT_TRUE(s) << s.error().what();
   }
+}
+
+// A borrowed handle (an OCI runtime's `kill --all KILL` between verbs) lifts
+// the quota while the tree dies and puts the owner's back after: the cgroup
+// outlives the kill, and whatever is placed in it later is capped again.
+TEST_F(Cgroups, BorrowedKillRestoresTheOwnersCpuQuota) {
+  cgroups::Limits l;
+  l.cpu_quota = 1000;
+  auto cg = mgr_->create(l);
+  ASSERT_TRUE(cg) << cg.error().what();
+  const std::string quota_file = quota_file_of(*cg);
+  ASSERT_FALSE(quota_file.empty());
+  Child c = spawn(*cg, [] {
+    for (volatile uint64_t x = 0;; x = x + 1) {
+    }
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    auto b = mgr_->open_named(cg->name());
+    ASSERT_TRUE(b) << b.error().what();
+    auto s = b->kill();
+    ASSERT_TRUE(s) << s.error().what();
+  }
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  EXPECT_TRUE(slurp(quota_file).starts_with("1000")) << quota_file << ": " << slurp(quota_file);
+  auto s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
 }
 
 TEST_F(Cgroups, MemoryHogIsOomKilled) {

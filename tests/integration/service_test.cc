@@ -589,6 +589,45 @@ TEST(Service, SigtermWithShutdownWaitLetsSessionsFinish) {
   EXPECT_EQ(read_text(d.dir.path + "/logs/finish.log"), "finished\n");
 }
 
+// A log file belongs to the caller that created it: another caller naming
+// it is refused (it could append lines that read as the owner's session),
+// and nothing is written to it.
+TEST(Service, LogFileBelongsToTheCallerThatCreatedIt) {
+  Daemon d(nobody_may_run("echo **"));
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto run_logged = [](Connection& conn, const std::string& file, const std::string& word) {
+    return conn.call(
+        {{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", word}}, {"log_file", file}});
+  };
+  ASSERT_TRUE(run_logged(*c, "mine.log", "first"));
+  ASSERT_TRUE(run_logged(*c, "mine.log", "second"));  // the owner appends
+  const std::string logs = d.dir.path + "/logs/";
+  EXPECT_EQ(read_text(logs + "mine.log"), "first\nsecond\n");
+  EXPECT_EQ(as_user(kNobody,
+                    [&] {
+                      auto o = Connection::connect(d.socket);
+                      if (!o) return 101;
+                      auto x = run_logged(**o, "mine.log", "forged");
+                      if (x || x.error().kind != ErrorKind::PermissionDenied ||
+                          x.error().message.find("belongs to another caller") == std::string::npos)
+                        return 102;
+                      return run_logged(**o, "theirs.log", "own") ? 0 : 103;
+                    }),
+            0);
+  EXPECT_EQ(read_text(logs + "mine.log"), "first\nsecond\n");
+  struct stat st {};
+  ASSERT_EQ(::stat((logs + "theirs.log").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kNobody);
+  EXPECT_EQ(read_text(logs + "theirs.log"), "own\n");
+  // And root may not write into nobody's either.
+  auto x = run_logged(*c, "theirs.log", "forged");
+  ASSERT_FALSE(x);
+  EXPECT_EQ(x.error().kind, ErrorKind::PermissionDenied) << x.error().what();
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
 TEST(Service, Kill9LeavesNoSessionProcess) {
   Daemon d;
   auto c = connect_ok(d.socket);
@@ -783,6 +822,58 @@ TEST(Service, CallerRulesApplyToPeers) {
 // cgroup, as they are inside (pid, uid, command) and on the host; usage that
 // counts them; a command line the payload made invalid UTF-8 is sent
 // replaced; others' sessions need session.attach; the CLI shows both.
+// A payload that unshares a pid namespace of its own cannot hide what runs
+// there from `top`: those processes are the session's, and their pid inside
+// is the one in the session's namespace, not in the nested one.
+TEST(Service, TopShowsProcessesInNestedPidNamespaces) {
+  // The default sandbox may not make namespaces at all (the default seccomp
+  // profile and no capability: unshare gets EPERM); an executor that grants
+  // CAP_SYS_ADMIN without the filter can.
+  Daemon d("",
+           "  - name: nester\n"
+           "    kind: host\n"
+           "    userns: host\n"
+           "    cap_add: [SYS_ADMIN]\n"
+           "    seccomp_profile: unconfined\n"
+           "    default_env: { PATH: /usr/bin:/bin }\n");
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "nester"},
+                    {"detached", true},
+                    {"argv", {"unshare", "--pid", "--fork", "sleep", "100.75"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  const uint64_t sid = (*r)["session"];
+  json top, sleeper;
+  for (int i = 0; i < 300 && sleeper.is_null(); ++i) {
+    auto t = c->call({{"op", "top"}, {"session", sid}});
+    ASSERT_TRUE(t) << t.error().what();
+    top = (*t)["processes"];
+    for (auto& p : top)
+      if (p["argv"] == json({"sleep", "100.75"})) sleeper = p;
+    if (sleeper.is_null()) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_FALSE(sleeper.is_null()) << top;
+  const pid_t host_pid = sleeper["pid"];
+  // Its NSpid line: host, the session's namespace, the nested one (pid 1).
+  const std::string status = read_text("/proc/" + std::to_string(host_pid) + "/status");
+  const size_t at = status.find("NSpid:");
+  ASSERT_NE(at, std::string::npos);
+  const std::string line = status.substr(at, status.find('\n', at) - at);
+  std::vector<std::string> f;
+  for (size_t pos = line.find_first_not_of(" \t", 6); pos != std::string::npos;) {
+    size_t end = line.find_first_of(" \t", pos);
+    f.push_back(line.substr(pos, end - pos));
+    pos = end == std::string::npos ? end : line.find_first_not_of(" \t", end);
+  }
+  ASSERT_EQ(f.size(), 3u) << line;
+  EXPECT_EQ(f[2], "1") << line;
+  EXPECT_EQ(sleeper["ns_pid"], std::stoi(f[1])) << sleeper << " " << line;
+  EXPECT_GT(sleeper["ns_pid"].get<int>(), 1) << sleeper;
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sid}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
 TEST(Service, StatsAndTopShowTheSessionsOwnProcesses) {
   Daemon d(nobody_may_run("true"));
   ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
