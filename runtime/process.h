@@ -166,6 +166,13 @@ class Process {
   // The command as it runs: a shell executor's /bin/sh -c, a split command
   // string, an image's entrypoint in front.
   const std::vector<std::string>& argv() const { return setup_.command.argv; }
+  // What it runs and in what (`inspect`): the command as lowered, and the
+  // sandbox's validated spec (null for a process without one).
+  const Command& command() const { return setup_.command; }
+  const SpawnSpec* sandbox_spec() const {
+    return setup_.sandbox ? &setup_.sandbox->spec() : nullptr;
+  }
+  std::chrono::milliseconds timeout() const { return setup_.timeout; }
   // While it runs (`stats`, `top`): what the sandbox uses now and its
   // processes (host pids). After the exit: the final usage, no processes.
   struct Now {

@@ -20,8 +20,11 @@
 #include <regex>
 #include <set>
 #include <unordered_map>
+#include <variant>
 
+#include "isolate/capabilities.h"
 #include "isolate/init_program.h"
+#include "isolate/rlimits.h"
 #include "isolate/signals.h"
 #include "policy/caller.h"
 #include "runtime/executor.h"
@@ -209,6 +212,69 @@ json process_json(pid_t pid, ino_t pidns) {
   return j;
 }
 
+// The sandbox a session runs in, as its executor's config was lowered and
+// validated (isolate/spec.h), and its command: what `inspect` shows.
+json sandbox_json(const SpawnSpec& sp) {
+  json volumes = json::array(), tmpfs = json::array(), caps = json::array();
+  for (const auto& v : sp.volumes)
+    volumes.push_back({{"source", v.source}, {"target", v.target}, {"read_only", v.read_only}});
+  for (const auto& t : sp.tmpfs) tmpfs.push_back({{"target", t.target}, {"options", t.options}});
+  for (int cap = 0; cap < 64; ++cap)
+    if (sp.capabilities & (uint64_t{1} << cap)) caps.push_back(capabilities::name(cap));
+  json rl = json::object();
+  const auto lim = [](rlim_t v) { return v == RLIM_INFINITY ? json("unlimited") : json(v); };
+  for (const auto& r : sp.rlimits) rl[rlimits::name(r.resource)] = {lim(r.soft), lim(r.hard)};
+  json sysctls = json::object();
+  for (const auto& x : sp.sysctls) sysctls[x.key] = x.value;
+  json userns = nullptr;
+  if (sp.userns_pool)
+    userns = "a range of its own per sandbox";
+  else if (sp.userns)
+    userns = {{"uid_base", sp.userns->uid_base},
+              {"gid_base", sp.userns->gid_base},
+              {"size", sp.userns->ids()}};
+  const auto& l = sp.limits;
+  return {{"hostname", sp.hostname},
+          {"network", sp.network == NetworkMode::Host ? "host" : "none"},
+          {"root",
+           sp.image_root ? json({{"image_layers", sp.image_root->layers.size()}}) : json("host")},
+          {"read_only_rootfs", sp.read_only_rootfs},
+          {"volumes", volumes},
+          {"tmpfs", tmpfs},
+          {"masked_paths", sp.masked_paths},
+          {"read_only_paths", sp.read_only_paths},
+          {"user", {{"uid", sp.user.uid}, {"gid", sp.user.gid}, {"groups", sp.user.groups}}},
+          {"userns", userns},
+          {"no_new_privileges", sp.no_new_privileges},
+          {"capabilities", caps},
+          {"seccomp", sp.seccomp_profile.empty() ? "default" : sp.seccomp_profile},
+          {"rlimits", rl},
+          {"sysctls", sysctls},
+          {"limits",
+           {{"memory_max", l.memory_max},
+            {"memory_high", l.memory_high},
+            {"cpu_quota", l.cpu_quota},
+            {"cpu_period", l.cpu_period},
+            {"pids_max", l.pids_max},
+            {"cpu_weight", l.cpu_weight},
+            {"io_weight", l.io_weight},
+            {"cpuset_cpus", l.cpuset_cpus}}}};
+}
+
+// Session names as docker takes them; not all digits, so that a name never
+// reads as an id.
+Status check_name(const std::string& n) {
+  static const std::regex kName("[A-Za-z0-9][A-Za-z0-9_.-]{0,127}");
+  if (n.size() > 128)
+    return fail(invalid("name of " + std::to_string(n.size()) + " bytes: at most 128"));
+  if (!std::regex_match(n, kName))
+    return fail(
+        invalid("name '" + n + "': 1 to 128 of [A-Za-z0-9_.-], starting with a letter or digit"));
+  if (n.find_first_not_of("0123456789") == std::string::npos)
+    return fail(invalid("name '" + n + "' is all digits, which reads as a session id"));
+  return {};
+}
+
 // A request field, checked: INVALID names the field.
 struct Req {
   const json& j;
@@ -234,11 +300,12 @@ struct Req {
     if (!it->is_boolean()) return fail(invalid(std::string("field '") + k + "' must be a boolean"));
     return it->get<bool>();
   }
-  Result<uint64_t> session() const {
+  // A session id, or a name (a string); names are resolved by the server.
+  Result<std::variant<uint64_t, std::string>> session() const {
     auto it = j.find("session");
-    if (it == j.end() || !it->is_number_unsigned())
-      return fail(invalid("field 'session' (a session id) is required"));
-    return it->get<uint64_t>();
+    if (it != j.end() && it->is_number_unsigned()) return it->get<uint64_t>();
+    if (it != j.end() && it->is_string()) return it->get<std::string>();
+    return fail(invalid("field 'session' (a session id or name) is required"));
   }
 };
 
@@ -310,6 +377,7 @@ struct Server::Impl {
   std::map<std::string, Result<std::shared_ptr<Executor>>> executors;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   std::map<uint64_t, SessionEntry> sessions;
+  std::map<std::string, uint64_t> names;  // of sessions that have one, until removed
   uint64_t next_conn = 1, next_session = 1;
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
@@ -653,6 +721,7 @@ struct Server::Impl {
         }
       }
     }
+    if (!e.s->spec().name.empty()) names.erase(e.s->spec().name);
     sessions.erase(it);  // ~Session kills and reaps a running tree, removes its cgroup
   }
   // Frames a connection sent before it was stopped may all be read already
@@ -721,6 +790,14 @@ struct Server::Impl {
     auto max_output = r.num("max_output", 0);
     auto log_file = r.str("log_file");
     auto stdio = r.str("stdio");
+    auto name = r.str("name");
+    if (!name) return fail(name.error());
+    if (!name->empty()) {
+      if (auto st = check_name(*name); !st) return fail(st.error());
+      if (auto n = names.find(*name); n != names.end())
+        return fail(invalid("name '" + *name + "' is taken by session " +
+                            std::to_string(n->second) + " (remove it first)"));
+    }
     if (!wd) return fail(wd.error());
     if (!stdin_open) return fail(stdin_open.error());
     if (!timeout) return fail(timeout.error());
@@ -799,6 +876,7 @@ struct Server::Impl {
     spec.executor = *exname;
     spec.argv = (*proc)->argv();
     spec.command = *command;
+    spec.name = *name;
     spec.owner = uid;
     spec.detached = *detached;
     spec.pty = j.contains("pty") && !j["pty"].is_null() && !run;
@@ -811,6 +889,7 @@ struct Server::Impl {
     SessionEntry& e = sessions[sid];
     e.s = std::make_unique<Session>(std::move(spec), std::move(*proc));
     e.run_session = run;
+    if (!e.s->spec().name.empty()) names[e.s->spec().name] = sid;
     ++running;
     ++running_by_executor[*exname];
     ++running_by_uid[uid];
@@ -836,6 +915,16 @@ struct Server::Impl {
     e.conns.insert(c.id);
   }
 
+  static json stats_json(const Process::Now& now) {
+    return {{"cpu_time_us", now.usage.cpu_usec},
+            {"memory", now.live.memory_current},
+            {"memory_peak", now.usage.memory_peak},
+            {"oom_kills", now.usage.oom_kills},
+            {"pids", now.live.pids_current ? now.live.pids_current : now.pids.size()},
+            {"io_read_bytes", now.live.io_read_bytes},
+            {"io_write_bytes", now.live.io_write_bytes}};
+  }
+
   json session_json(SessionEntry& e) {
     Session& s = *e.s;
     json j = {{"session", s.id()},
@@ -851,6 +940,7 @@ struct Server::Impl {
               {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
               {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}}};
     if (!s.spec().command.empty()) j["command"] = s.spec().command;
+    if (!s.spec().name.empty()) j["name"] = s.spec().name;
     j["exit"] = s.status() ? status_json(*s.status()) : json(nullptr);
     return j;
   }
@@ -877,11 +967,19 @@ struct Server::Impl {
   }
 
   Result<SessionEntry*> find(const json& j) {
-    auto sid = Req{j}.session();
-    if (!sid) return fail(sid.error());
-    auto it = sessions.find(*sid);
+    auto key = Req{j}.session();
+    if (!key) return fail(key.error());
+    uint64_t sid = 0;
+    if (const auto* name = std::get_if<std::string>(&*key)) {
+      auto n = names.find(*name);
+      if (n == names.end()) return fail(make_error(ErrorKind::NotFound, "no session " + *name));
+      sid = n->second;
+    } else {
+      sid = std::get<uint64_t>(*key);
+    }
+    auto it = sessions.find(sid);
     if (it == sessions.end() || it->second.run_session)
-      return fail(make_error(ErrorKind::NotFound, "no session " + std::to_string(*sid)));
+      return fail(make_error(ErrorKind::NotFound, "no session " + std::to_string(sid)));
     return &it->second;
   }
 
@@ -996,8 +1094,9 @@ struct Server::Impl {
         if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
       return reply_ok(c, id, {{"sessions", list}});
     }
-    static const std::set<std::string> kSessionOps = {
-        "attach", "detach", "close_stdin", "signal", "resize", "wait", "remove", "stats", "top"};
+    static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
+                                                      "resize", "wait",   "remove",      "stats",
+                                                      "top",    "inspect"};
     if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
     auto found = find(j);
     if (!found) return reply_err(c, id, found.error());
@@ -1008,20 +1107,26 @@ struct Server::Impl {
                                   : op == "remove"                 ? policy::Action::SessionRemove
                                                                    : policy::Action::SessionAttach;
     if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
+    if (op == "inspect") {
+      json reply = session_json(e);
+      const Command& cmd = s.process().command();
+      reply["process"] = {{"argv", cmd.argv},
+                          {"env", cmd.env},
+                          {"work_dir", cmd.work_dir},
+                          {"timeout_ms", s.process().timeout().count()}};
+      if (const SpawnSpec* sp = s.process().sandbox_spec()) reply["sandbox"] = sandbox_json(*sp);
+      auto now = s.process().now();
+      if (!now) return reply_err(c, id, now.error());
+      reply["stats"] = stats_json(*now);
+      return reply_ok(c, id, reply);
+    }
     if (op == "stats" || op == "top") {
       auto now = s.process().now();
       if (!now) return reply_err(c, id, now.error());
       json reply = {{"session", sid},
                     {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")}};
       if (op == "stats") {
-        reply["stats"] = {
-            {"cpu_time_us", now->usage.cpu_usec},
-            {"memory", now->live.memory_current},
-            {"memory_peak", now->usage.memory_peak},
-            {"oom_kills", now->usage.oom_kills},
-            {"pids", now->live.pids_current ? now->live.pids_current : now->pids.size()},
-            {"io_read_bytes", now->live.io_read_bytes},
-            {"io_write_bytes", now->live.io_write_bytes}};
+        reply["stats"] = stats_json(*now);
       } else {
         json procs = json::array();
         struct stat ns {};

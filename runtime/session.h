@@ -31,6 +31,7 @@ struct SessionSpec {
   std::string executor;
   std::vector<std::string> argv;  // as it runs (Process::argv)
   std::string command;            // the request's command string, if it gave one
+  std::string name;               // "" = none; unique among the service's sessions
   uid_t owner = 0;
   bool detached = false;
   bool pty = false;

@@ -249,7 +249,7 @@ struct Global {
 struct RunOptions {
   bool detach = false, interactive = false, tty = false;
   std::vector<std::string> env;
-  std::string work_dir, log_file, executor;
+  std::string work_dir, log_file, executor, name;
   double timeout = 0;
   std::vector<std::string> argv;
 };
@@ -406,6 +406,7 @@ int run_service(const Global& g, const RunOptions& o) {
   if (!o.work_dir.empty()) req["work_dir"] = o.work_dir;
   if (o.timeout > 0) req["timeout_ms"] = static_cast<int64_t>(o.timeout * 1000);
   if (!o.log_file.empty()) req["log_file"] = o.log_file;
+  if (!o.name.empty()) req["name"] = o.name;
   req["stdin"] = o.interactive;
   req["detached"] = o.detach;
   std::optional<PtyRequest> pty;
@@ -494,15 +495,16 @@ int verb_ps(const Global& g) {
     print_json((*r)["sessions"]);
     return 0;
   }
-  std::printf("%-8s %-12s %-8s %-8s %-20s %-10s %s\n", "SESSION", "EXECUTOR", "PID", "STATE",
-              "STARTED", "EXIT", "COMMAND");
+  std::printf("%-8s %-16s %-12s %-8s %-8s %-20s %-10s %s\n", "SESSION", "NAME", "EXECUTOR", "PID",
+              "STATE", "STARTED", "EXIT", "COMMAND");
   for (auto& s : (*r)["sessions"]) {
     std::string cmd;
     for (auto& a : s["argv"]) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
-    std::printf("%-8llu %-12s %-8d %-8s %-20s %-10s %s\n",
+    std::printf("%-8llu %-16s %-12s %-8d %-8s %-20s %-10s %s\n",
                 static_cast<unsigned long long>(s["session"].get<uint64_t>()),
-                s.value("executor", "").c_str(), s.value("pid", -1), s.value("state", "").c_str(),
-                s.value("started_at", "").c_str(), fmt_status(s["exit"]).c_str(), cmd.c_str());
+                s.value("name", "-").c_str(), s.value("executor", "").c_str(), s.value("pid", -1),
+                s.value("state", "").c_str(), s.value("started_at", "").c_str(),
+                fmt_status(s["exit"]).c_str(), cmd.c_str());
   }
   return 0;
 }
@@ -524,7 +526,7 @@ int verb_executors(const Global& g) {
   return 0;
 }
 
-int verb_attach(const Global& g, uint64_t sid, bool interactive) {
+int verb_attach(const Global& g, const json& sid, bool interactive) {
   auto c = dial(g);
   if (!c) return report(c.error());
   auto r =
@@ -538,13 +540,13 @@ int verb_attach(const Global& g, uint64_t sid, bool interactive) {
       (void)(*c)->send(
           {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
   }
-  auto end = stream_session(**c, sid, interactive || pty, pty, true);
+  auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), interactive || pty, pty, true);
   raw.reset();
   if (!end) return report(end.error());
   return end->status ? end->status->code() : 0;
 }
 
-int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
+int verb_logs(const Global& g, const json& sid, bool follow, size_t tail) {
   auto c = dial(g);
   if (!c) return report(c.error());
   if (tail == 0) {
@@ -554,7 +556,7 @@ int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
                          {"stderr_offset", 0},
                          {"follow", follow}});
     if (!r) return report(r.error());
-    auto end = stream_session(**c, sid, false, false, false);
+    auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), false, false, false);
     if (!end) return report(end.error());
     return 0;
   }
@@ -597,7 +599,7 @@ int verb_logs(const Global& g, uint64_t sid, bool follow, size_t tail) {
   auto f = (*c)->call(
       {{"op", "attach"}, {"session", sid}, {"stdout_offset", ends[0]}, {"stderr_offset", ends[1]}});
   if (!f) return report(f.error());
-  auto end = stream_session(**c, sid, false, false, false);
+  auto end = stream_session(**c, (*f)["session"].get<uint64_t>(), false, false, false);
   if (!end) return report(end.error());
   return 0;
 }
@@ -614,7 +616,7 @@ int verb_simple(const Global& g, json req) {
 // `stats`: one line per sample, as `podman stats` shows them; CPU % over the
 // last interval. Without --no-stream, a sample a second until the session
 // has exited (or the caller stops us).
-int verb_stats(const Global& g, uint64_t sid, bool no_stream) {
+int verb_stats(const Global& g, const json& sid, bool no_stream) {
   auto c = dial(g);
   if (!c) return report(c.error());
   if (!g.json)
@@ -638,7 +640,7 @@ int verb_stats(const Global& g, uint64_t sid, bool no_stream) {
       std::string pct =
           first ? "--" : std::to_string(static_cast<int>(100.0 * (cpu - last_cpu) / us));
       std::printf("%-8llu %-8s %-10s %-10s %-10s %-6llu %-21s %s\n",
-                  static_cast<unsigned long long>(sid), pct.c_str(),
+                  static_cast<unsigned long long>((*r)["session"].get<uint64_t>()), pct.c_str(),
                   (std::to_string(cpu / 1000) + "ms").c_str(),
                   human_bytes(st.value("memory", uint64_t{0})).c_str(),
                   human_bytes(st.value("memory_peak", uint64_t{0})).c_str(),
@@ -657,7 +659,7 @@ int verb_stats(const Global& g, uint64_t sid, bool no_stream) {
 }
 
 // `top`: the session's processes, as `podman top` lists them.
-int verb_top(const Global& g, uint64_t sid) {
+int verb_top(const Global& g, const json& sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
   auto r = (*c)->call({{"op", "top"}, {"session", sid}});
@@ -682,7 +684,20 @@ int verb_top(const Global& g, uint64_t sid) {
   return 0;
 }
 
-int verb_wait(const Global& g, uint64_t sid) {
+// `inspect`: the service's JSON, as `podman inspect` prints its own.
+int verb_inspect(const Global& g, const json& sid) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "inspect"}, {"session", sid}});
+  if (!r) return report(r.error());
+  json out = *r;
+  out.erase("id");
+  out.erase("ok");
+  std::printf("%s\n", out.dump(2, ' ', false, json::error_handler_t::replace).c_str());
+  return 0;
+}
+
+int verb_wait(const Global& g, const json& sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
   auto r = (*c)->call({{"op", "wait"}, {"session", sid}});
@@ -764,38 +779,42 @@ int main(int argc, char** argv) {
   run_cmd->add_option("-w,--workdir", run.work_dir, "working directory inside the sandbox");
   run_cmd->add_option("--timeout", run.timeout, "kill the command after SECONDS")
       ->check(CLI::NonNegativeNumber);
+  run_cmd->add_option("--name", run.name, "name the session; usable wherever a session id is");
   run_cmd->add_option("--log-file", run.log_file,
                       "also write the output to this file (in log_dir)");
   run_cmd->add_option("executor", run.executor, "executor name")->required();
   run_cmd->add_option("argv", run.argv, "the command and its arguments (after --)")->required();
   app.add_subcommand("ps", "list sessions");
   app.add_subcommand("executors", "list the service's executors");
-  uint64_t sid = 0;
+  std::string sref;  // a session id or name
   bool follow = false, interactive = false, force = false;
   size_t tail = 0;
   std::string sig = "TERM";
   auto* attach_cmd =
       app.add_subcommand("attach", "show a session's output from the start, then live");
-  attach_cmd->add_option("session", sid)->required();
+  attach_cmd->add_option("session", sref, "session id or name")->required();
   attach_cmd->add_flag("-i,--interactive", interactive, "forward stdin (closed at our EOF)");
   auto* logs_cmd = app.add_subcommand("logs", "print a session's buffered output");
-  logs_cmd->add_option("session", sid)->required();
+  logs_cmd->add_option("session", sref, "session id or name")->required();
   logs_cmd->add_flag("-f,--follow", follow, "then follow it live");
   logs_cmd->add_option("--tail", tail, "only the last N lines of each stream");
   auto* kill_cmd = app.add_subcommand("kill", "send a signal to a session (TERM by default)");
-  kill_cmd->add_option("session", sid)->required();
+  kill_cmd->add_option("session", sref, "session id or name")->required();
   kill_cmd->add_option("-s,--signal", sig, "signal name or number")->capture_default_str();
   auto* wait_cmd = app.add_subcommand("wait", "wait for a session; exit with its code");
-  wait_cmd->add_option("session", sid)->required();
+  wait_cmd->add_option("session", sref, "session id or name")->required();
   bool no_stream = false;
   auto* stats_cmd =
       app.add_subcommand("stats", "a session's CPU, memory, pids and I/O, every second");
-  stats_cmd->add_option("session", sid)->required();
+  stats_cmd->add_option("session", sref, "session id or name")->required();
   stats_cmd->add_flag("--no-stream", no_stream, "one sample, then exit");
   auto* top_cmd = app.add_subcommand("top", "list a session's processes");
-  top_cmd->add_option("session", sid)->required();
+  top_cmd->add_option("session", sref, "session id or name")->required();
+  auto* inspect_cmd =
+      app.add_subcommand("inspect", "a session as JSON: spec, state, exit status, usage");
+  inspect_cmd->add_option("session", sref, "session id or name")->required();
   auto* rm_cmd = app.add_subcommand("rm", "remove a finished session");
-  rm_cmd->add_option("session", sid)->required();
+  rm_cmd->add_option("session", sref, "session id or name")->required();
   rm_cmd->add_flag("-f,--force", force, "kill it first if it still runs");
 
   try {
@@ -805,6 +824,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cloister: INVALID: %s\n", e.what());
     return 125;
   }
+  // Digits are an id; anything else is a name, which the service resolves.
+  const json sid = !sref.empty() && std::all_of(sref.begin(), sref.end(), ::isdigit)
+                       ? json(std::stoull(sref))
+                       : json(sref);
   if (sub->parsed()) return run_exec(exec);
   if (load->parsed()) return run_load(state_dir, load_path, load_name);
   if (images->parsed()) return run_images(state_dir);
@@ -833,6 +856,7 @@ int main(int argc, char** argv) {
   if (wait_cmd->parsed()) return verb_wait(global, sid);
   if (stats_cmd->parsed()) return verb_stats(global, sid, no_stream);
   if (top_cmd->parsed()) return verb_top(global, sid);
+  if (inspect_cmd->parsed()) return verb_inspect(global, sid);
   if (rm_cmd->parsed())
     return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;

@@ -628,6 +628,110 @@ TEST(Service, LogFileBelongsToTheCallerThatCreatedIt) {
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
+// Names stand wherever an id does (protocol and CLI) until the session is
+// removed; inspect shows the sandbox as it was lowered, and only to those
+// who may attach.
+TEST(Service, SessionNamesAndInspect) {
+  Daemon d(nobody_may_run("true"));
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto start = [&](const json& name) {
+    return c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"name", name},
+                    {"argv", {"sleep", "100.5"}}});
+  };
+  auto r = start("web-1");
+  ASSERT_TRUE(r) << r.error().what();
+  const uint64_t sid = (*r)["session"];
+  auto dup = start("web-1");
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().kind, ErrorKind::Invalid);
+  EXPECT_NE(dup.error().message.find("taken by session " + std::to_string(sid)), std::string::npos)
+      << dup.error().what();
+  for (const char* bad : {"-x", "123", "a/b", "", "x y"}) {
+    if (!*bad) continue;  // "" means no name
+    auto b = start(bad);
+    ASSERT_FALSE(b) << bad;
+    EXPECT_EQ(b.error().kind, ErrorKind::Invalid) << bad;
+    EXPECT_NE(b.error().message.find("name"), std::string::npos) << b.error().what();
+  }
+  auto bad_type = start(5);
+  ASSERT_FALSE(bad_type);
+  EXPECT_EQ(bad_type.error().kind, ErrorKind::Invalid);
+
+  auto l = c->call({{"op", "list"}});
+  ASSERT_TRUE(l);
+  ASSERT_EQ((*l)["sessions"].size(), 1u) << *l << " (refused starts leave nothing)";
+  EXPECT_EQ((*l)["sessions"][0]["name"], "web-1");
+
+  auto in = c->call({{"op", "inspect"}, {"session", "web-1"}});
+  ASSERT_TRUE(in) << in.error().what();
+  EXPECT_EQ((*in)["session"], sid);
+  EXPECT_EQ((*in)["name"], "web-1");
+  EXPECT_EQ((*in)["state"], "running");
+  EXPECT_EQ((*in)["executor"], "shell");
+  EXPECT_EQ((*in)["owner_uid"], 0);
+  EXPECT_TRUE((*in)["exit"].is_null());
+  EXPECT_EQ((*in)["process"]["argv"], json({"sleep", "100.5"}));
+  bool path = false;
+  for (auto& e : (*in)["process"]["env"]) path |= e == "PATH=/usr/bin:/bin";
+  EXPECT_TRUE(path) << (*in)["process"];
+  const json& sb = (*in)["sandbox"];
+  EXPECT_EQ(sb["network"], "none") << sb;
+  EXPECT_EQ(sb["root"], "host") << sb;
+  EXPECT_EQ(sb["capabilities"], json::array()) << sb;
+  EXPECT_EQ(sb["seccomp"], "default") << sb;
+  EXPECT_EQ(sb["no_new_privileges"], true) << sb;
+  ASSERT_EQ(sb["tmpfs"].size(), 1u) << sb;
+  EXPECT_EQ(sb["tmpfs"][0]["target"], "/tmp");
+  ASSERT_EQ(sb["volumes"].size(), 1u) << sb;
+  EXPECT_EQ(sb["volumes"][0]["target"], "/probe");
+  EXPECT_EQ(sb["volumes"][0]["read_only"], true);
+  EXPECT_TRUE((*in)["stats"].contains("memory")) << *in;
+
+  // Someone else's session, by name: refused like by id; an unknown name
+  // is NOT_FOUND for everyone.
+  EXPECT_EQ(as_user(kNobody,
+                    [&] {
+                      auto o = Connection::connect(d.socket);
+                      if (!o) return 101;
+                      auto x = (*o)->call({{"op", "inspect"}, {"session", "web-1"}});
+                      if (x || x.error().kind != ErrorKind::PermissionDenied) return 102;
+                      auto y = (*o)->call({{"op", "inspect"}, {"session", sid}});
+                      if (y || y.error().kind != ErrorKind::PermissionDenied) return 103;
+                      return 0;
+                    }),
+            0);
+  auto unknown = c->call({{"op", "signal"}, {"session", "nope"}, {"signal", "TERM"}});
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().kind, ErrorKind::NotFound);
+
+  // The CLI: inspect, kill, wait and rm by name; the name is free after rm.
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  std::string out;
+  ASSERT_EQ(sh(cli + "inspect web-1", &out), 0) << out;
+  EXPECT_EQ(json::parse(out)["session"], sid) << out;
+  ASSERT_EQ(sh(cli + "ps", &out), 0);
+  EXPECT_NE(out.find("web-1"), std::string::npos) << out;
+  ASSERT_EQ(sh(cli + "kill -s KILL web-1"), 0);
+  EXPECT_EQ(sh(cli + "wait web-1"), 137);
+  ASSERT_EQ(sh(cli + "inspect web-1", &out), 0) << out;
+  json after = json::parse(out);
+  EXPECT_EQ(after["state"], "exited");
+  EXPECT_EQ(after["exit"]["signal"], SIGKILL) << after;
+  EXPECT_EQ(after["exit"]["timed_out"], false) << after;
+  ASSERT_EQ(sh(cli + "rm web-1"), 0);
+  EXPECT_NE(sh(cli + "inspect web-1"), 0);
+  auto again = start("web-1");
+  ASSERT_TRUE(again) << again.error().what();
+  EXPECT_NE((*again)["session"], sid);
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", "web-1"}, {"force", true}}));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
 TEST(Service, Kill9LeavesNoSessionProcess) {
   Daemon d;
   auto c = connect_ok(d.socket);
