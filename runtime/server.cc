@@ -118,6 +118,9 @@ bool caller_allowed(const policy::Caller& c, gid_t want) {
 // What one `top` reply lists at most: with 4 KiB per command line it stays
 // well inside the default max_frame even when every byte is escaped.
 constexpr size_t kTopMax = 1024;
+// Bytes queued for a connection past which an event is not added but the
+// subscriber dropped (docs/protocol.md, `events`).
+constexpr size_t kEventBacklog = 4 << 20;
 
 json process_json(pid_t pid, ino_t pidns) {
   Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -338,6 +341,7 @@ struct Conn {
   policy::Caller caller;  // SO_PEERCRED and SO_PEERGROUPS, for the policy
   bool allowed = false;
   bool hello = false;
+  bool events = false;   // subscribed with the `events` op
   bool closing = false;  // close once the output is flushed
   bool want_out = false;
   bool reading = true;
@@ -577,6 +581,34 @@ struct Server::Impl {
     }
   }
 
+  // --- events: to every subscribed connection that may see the session,
+  // in the order they happen (docs/protocol.md, `events`).
+  void publish(SessionEntry& e, const char* action) {
+    const Session& s = *e.s;
+    json ev = {{"event", "session"},          {"action", action},
+               {"session", s.id()},           {"executor", s.spec().executor},
+               {"owner_uid", s.spec().owner}, {"time", iso_time(std::chrono::system_clock::now())}};
+    if (!s.spec().name.empty()) ev["name"] = s.spec().name;
+    if (e.run_session) ev["run"] = true;
+    if (std::string_view(action) == "exited" && s.status()) ev["status"] = status_json(*s.status());
+    // A subscriber that does not read is dropped, not buffered for without
+    // end: its queue is its own events and whatever else it had asked for.
+    // (Marked, and closed by tick(): this may run inside a request of that
+    // very connection.)
+    for (auto& [cid, c] : conns) {
+      if (!c->events || c->closing || !may_see(*c, s)) continue;
+      if (c->queued() > kEventBacklog) {
+        log("events: connection " + std::to_string(cid) + " reads too slowly, closed");
+        c->out.clear();
+        c->out_pos = 0;
+        c->closing = true;
+        continue;
+      }
+      send_json(*c, ev);
+      flush(*c);
+    }
+  }
+
   // --- sessions
   void on_output(uint64_t sid, int i) {
     auto it = sessions.find(sid);
@@ -609,6 +641,8 @@ struct Server::Impl {
     }
     e.exit_fd = -1;
     uncount(e);
+    if (e.s->status() && e.s->status()->oom_killed) publish(e, "oom");
+    publish(e, "exited");
     check_finished(e);
   }
   void uncount(SessionEntry& e) {
@@ -695,6 +729,7 @@ struct Server::Impl {
     auto it = sessions.find(sid);
     if (it == sessions.end()) return;
     SessionEntry& e = it->second;
+    publish(e, "removed");
     for (int i = 0; i < 2; ++i)
       if (e.registered[i]) ep_del(e.s->output_fd(i));
     if (e.stdin_registered) ep_del(e.s->stdin_fd());
@@ -900,6 +935,9 @@ struct Server::Impl {
       }
     e.exit_fd = e.s->process().exit_fd();
     ep(EPOLL_CTL_ADD, e.exit_fd, EPOLLIN, tag(kPid, sid));
+    // A session is created and started by one request: both, in order.
+    publish(e, "created");
+    publish(e, "started");
     return sid;
   }
 
@@ -1087,6 +1125,12 @@ struct Server::Impl {
         pump(c);
       }
       return;
+    }
+    if (op == "events") {
+      auto on = Req{j}.flag("enabled");
+      if (!on) return reply_err(c, id, on.error());
+      c.events = !j.contains("enabled") || *on;
+      return reply_ok(c, id, {{"events", c.events}});
     }
     if (op == "list") {
       json list = json::array();
@@ -1448,7 +1492,8 @@ struct Server::Impl {
         drop.push_back(cid);
       else if (!c->hello && now - c->created > sc.hello_timeout)
         drop.push_back(cid);
-      else if (c->attached.empty() && c->pending.empty() && now - c->last_frame > sc.idle_timeout)
+      else if (c->attached.empty() && c->pending.empty() && !c->events &&
+               now - c->last_frame > sc.idle_timeout)
         drop.push_back(cid);
       for (auto p = c->pending.begin(); p != c->pending.end();) {
         if (p->deadline && *p->deadline <= now) {

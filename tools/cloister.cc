@@ -684,6 +684,22 @@ int verb_top(const Global& g, const json& sid) {
   return 0;
 }
 
+// `events`: the service's session events as JSON lines, until it goes away
+// or we are stopped.
+int verb_events(const Global& g) {
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto r = (*c)->call({{"op", "events"}});
+  if (!r) return report(r.error());
+  for (;;) {
+    auto m = (*c)->next();
+    if (!m) return report(m.error());
+    if (m->data || m->control.value("event", "") != "session") continue;
+    print_json(m->control);
+    std::fflush(stdout);
+  }
+}
+
 // `inspect`: the service's JSON, as `podman inspect` prints its own.
 int verb_inspect(const Global& g, const json& sid) {
   auto c = dial(g);
@@ -810,6 +826,7 @@ int main(int argc, char** argv) {
   stats_cmd->add_flag("--no-stream", no_stream, "one sample, then exit");
   auto* top_cmd = app.add_subcommand("top", "list a session's processes");
   top_cmd->add_option("session", sref, "session id or name")->required();
+  app.add_subcommand("events", "session events (created, started, oom, exited, removed)");
   auto* inspect_cmd =
       app.add_subcommand("inspect", "a session as JSON: spec, state, exit status, usage");
   inspect_cmd->add_option("session", sref, "session id or name")->required();
@@ -857,6 +874,7 @@ int main(int argc, char** argv) {
   if (stats_cmd->parsed()) return verb_stats(global, sid, no_stream);
   if (top_cmd->parsed()) return verb_top(global, sid);
   if (inspect_cmd->parsed()) return verb_inspect(global, sid);
+  if (app.got_subcommand("events")) return verb_events(global);
   if (rm_cmd->parsed())
     return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;

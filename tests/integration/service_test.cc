@@ -732,6 +732,111 @@ TEST(Service, SessionNamesAndInspect) {
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
+// events: every subscriber gets the events of the sessions it may see, in
+// the order they happen, and nothing of others' sessions.
+TEST(Service, EventsInOrderForTheSessionsACallerMaySee) {
+  Daemon d(nobody_may_run("true"),
+           "  - name: small\n"
+           "    kind: host\n"
+           "    memory_limit: 32m\n"
+           "    default_env: { PATH: /usr/bin:/bin }\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto sub = connect_ok(d.socket);
+  ASSERT_TRUE(sub);
+  auto on = sub->call({{"op", "events"}});
+  ASSERT_TRUE(on) << on.error().what();
+  EXPECT_EQ((*on)["events"], true);
+  // The CLI's subscriber, for as long as the timeout lets it run.
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  const std::string cli_out = d.dir.path + "/events.jsonl";
+  ASSERT_EQ(sh("(timeout 4 " + cli + "events > " + cli_out + " 2>&1 &)"), 0);
+  std::this_thread::sleep_for(300ms);
+
+  auto c = connect_ok(d.socket);
+  auto a = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"name", "ev1"},
+                    {"detached", true},
+                    {"argv", {"sh", "-c", "exit 3"}}});
+  ASSERT_TRUE(a) << a.error().what();
+  const uint64_t sa = (*a)["session"];
+  ASSERT_TRUE(c->call({{"op", "wait"}, {"session", sa}}));
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sa}}));
+  // tail of a stream without a newline holds all of it: the OOM killer's.
+  auto b = c->call({{"op", "start"},
+                    {"executor", "small"},
+                    {"detached", true},
+                    {"argv", {"tail", "/dev/zero"}}});
+  ASSERT_TRUE(b) << b.error().what();
+  const uint64_t sb = (*b)["session"];
+  auto wb = c->call({{"op", "wait"}, {"session", sb}});
+  ASSERT_TRUE(wb);
+  EXPECT_EQ((*wb)["status"]["oom_killed"], true) << *wb;
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sb}}));
+
+  // nobody subscribes too, and runs something of its own.
+  EXPECT_EQ(
+      as_user(kNobody,
+              [&] {
+                auto o = Connection::connect(d.socket);
+                if (!o || !(*o)->call({{"op", "events"}})) return 101;
+                auto r = (*o)->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}});
+                if (!r) return 102;
+                std::vector<std::string> seen;
+                while (seen.size() < 4) {
+                  auto m = (*o)->next(5s);
+                  if (!m) return 103;
+                  if (m->data || m->control.value("event", "") != "session") continue;
+                  if (m->control["session"] != (*r)["session"]) return 104;  // root's
+                  if (m->control.value("run", false) != true) return 105;
+                  seen.push_back(m->control["action"]);
+                }
+                return seen == std::vector<std::string>{"created", "started", "exited", "removed"}
+                           ? 0
+                           : 106;
+              }),
+      0);
+
+  std::vector<std::pair<uint64_t, std::string>> got;
+  json exited_a;
+  while (got.size() < 9) {
+    auto m = sub->next(5s);
+    ASSERT_TRUE(m) << m.error().what() << " after " << got.size() << " events";
+    if (m->data || m->control.value("event", "") != "session") continue;
+    const json& ev = m->control;
+    EXPECT_TRUE(ev.contains("time") && ev.contains("executor")) << ev;
+    got.emplace_back(ev["session"], ev["action"]);
+    if (ev["session"] == sa && ev["action"] == "exited") exited_a = ev;
+    if (ev["session"] == sa) EXPECT_EQ(ev["name"], "ev1") << ev;
+  }
+  using E = std::vector<std::pair<uint64_t, std::string>>;
+  EXPECT_EQ(std::vector(got.begin(), got.begin() + 4),
+            (E{{sa, "created"}, {sa, "started"}, {sa, "exited"}, {sa, "removed"}}));
+  EXPECT_EQ(std::vector(got.begin() + 4, got.end()),
+            (E{{sb, "created"}, {sb, "started"}, {sb, "oom"}, {sb, "exited"}, {sb, "removed"}}));
+  EXPECT_EQ(exited_a["status"]["exit_code"], 3) << exited_a;
+  // root may see nobody's session: its four events follow.
+  for (int i = 0; i < 4; ++i) {
+    auto m = sub->next(5s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->control.value("run", false), true) << m->control;
+  }
+  // Unsubscribed: nothing more.
+  ASSERT_TRUE(sub->call({{"op", "events"}, {"enabled", false}}));
+  ASSERT_TRUE(c->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}}));
+  auto none = sub->next(300ms);
+  EXPECT_FALSE(none && !none->data) << (none ? none->control.dump() : "");
+
+  std::this_thread::sleep_for(4s);  // the CLI's timeout
+  std::string lines = read_text(cli_out);
+  size_t n = 0;
+  for (size_t pos = 0; (pos = lines.find('\n', pos)) != std::string::npos; ++pos, ++n) {
+  }
+  EXPECT_GE(n, 13u) << lines;
+  EXPECT_EQ(json::parse(lines.substr(0, lines.find('\n')))["action"], "created") << lines;
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
 TEST(Service, Kill9LeavesNoSessionProcess) {
   Daemon d;
   auto c = connect_ok(d.socket);
