@@ -298,17 +298,43 @@ struct SignalFd {
 // What a stream loop ends with.
 struct StreamEnd {
   std::optional<ExitStatus> status;
-  bool ended = false;  // "end" of a non-following logs
+  bool ended = false;     // "end" of a non-following logs
+  bool detached = false;  // the detach keys were typed
 };
+
+// --detach-keys as docker takes them: comma-separated "ctrl-X" (X a letter
+// or one of @[\]^_) or single characters; "" turns detaching off.
+Result<std::string> parse_detach_keys(const std::string& spec) {
+  std::string out;
+  if (spec.empty()) return out;
+  size_t pos = 0;
+  for (;;) {
+    size_t end = spec.find(',', pos);
+    std::string k = spec.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    if (k.size() == 1) {
+      out += k[0];
+    } else if (k.size() == 6 && k.starts_with("ctrl-") &&
+               ((k[5] >= 'a' && k[5] <= 'z') || std::strchr("@[\\]^_", k[5]))) {
+      out += static_cast<char>((k[5] >= 'a' && k[5] <= 'z' ? k[5] - 'a' + 'A' : k[5]) & 0x1f);
+    } else {
+      return fail(invalid("--detach-keys: '" + k +
+                          "' is not a key (ctrl-a..ctrl-z, ctrl-@, ctrl-[, ctrl-\\, ctrl-], "
+                          "ctrl-^, ctrl-_, or one character)"));
+    }
+    if (end == std::string::npos) return out;
+    pos = end + 1;
+  }
+}
 
 // Copies a session's output to our stdout/stderr until it exits (or, with
 // follow=false, until the buffered output is replayed); forwards stdin and
 // signals while it runs.
 Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin, bool pty,
-                                 bool forward_signals) {
+                                 bool forward_signals, std::string_view detach_keys = {}) {
   SignalFd sig;
   bool stdin_open = forward_stdin;
   StreamEnd end;
+  size_t matched = 0;  // of detach_keys, held back from the session
   for (;;) {
     for (;;) {
       auto m = c.next(0ms);
@@ -370,8 +396,29 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
       char buf[65536];
       ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
       if (n > 0) {
-        if (auto s = c.send_stdin(sid, std::string_view(buf, static_cast<size_t>(n))); !s)
-          return fail(s.error());
+        // Bytes that may begin the detach keys are held until the next one
+        // decides; the keys themselves never reach the session.
+        std::string out;
+        for (ssize_t i = 0; i < n; ++i) {
+          const char b = buf[i];
+          if (!detach_keys.empty() && b == detach_keys[matched]) {
+            if (++matched < detach_keys.size()) continue;
+            if (!out.empty()) (void)c.send_stdin(sid, out);
+            (void)c.call({{"op", "detach"}, {"session", sid}});
+            std::fprintf(stderr, "\r\ncloister: detached from session %llu\r\n",
+                         static_cast<unsigned long long>(sid));
+            end.detached = true;
+            return end;
+          }
+          if (matched > 0) out.append(detach_keys.substr(0, matched));
+          matched = 0;
+          if (!detach_keys.empty() && b == detach_keys[0])
+            matched = 1;
+          else
+            out += b;
+        }
+        if (!out.empty())
+          if (auto s = c.send_stdin(sid, out); !s) return fail(s.error());
       } else if (n == 0 || errno != EINTR) {
         stdin_open = false;
         // A terminal session keeps its stdin: our EOF is not its EOF.
@@ -526,7 +573,10 @@ int verb_executors(const Global& g) {
   return 0;
 }
 
-int verb_attach(const Global& g, const json& sid, bool interactive) {
+int verb_attach(const Global& g, const json& sid, bool interactive, const std::string& keys_spec,
+                bool sig_proxy) {
+  auto keys = parse_detach_keys(keys_spec);
+  if (!keys) return report(keys.error());
   auto c = dial(g);
   if (!c) return report(c.error());
   auto r =
@@ -540,7 +590,8 @@ int verb_attach(const Global& g, const json& sid, bool interactive) {
       (void)(*c)->send(
           {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
   }
-  auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), interactive || pty, pty, true);
+  auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), interactive || pty, pty,
+                            sig_proxy, *keys);
   raw.reset();
   if (!end) return report(end.error());
   return end->status ? end->status->code() : 0;
@@ -810,6 +861,17 @@ int main(int argc, char** argv) {
       app.add_subcommand("attach", "show a session's output from the start, then live");
   attach_cmd->add_option("session", sref, "session id or name")->required();
   attach_cmd->add_flag("-i,--interactive", interactive, "forward stdin (closed at our EOF)");
+  std::string detach_keys = "ctrl-p,ctrl-q";
+  bool sig_proxy = true;
+  attach_cmd
+      ->add_option("--detach-keys", detach_keys,
+                   "keys that detach, leaving the session running (\"\" for none)")
+      ->capture_default_str();
+  attach_cmd
+      ->add_option("--sig-proxy", sig_proxy,
+                   "forward INT, TERM, HUP, QUIT, USR1, USR2 to the session; false: "
+                   "they end the attach instead")
+      ->capture_default_str();
   auto* logs_cmd = app.add_subcommand("logs", "print a session's buffered output");
   logs_cmd->add_option("session", sref, "session id or name")->required();
   logs_cmd->add_flag("-f,--follow", follow, "then follow it live");
@@ -862,7 +924,7 @@ int main(int argc, char** argv) {
   if (run_cmd->parsed()) return run_service(global, run);
   if (app.got_subcommand("ps")) return verb_ps(global);
   if (app.got_subcommand("executors")) return verb_executors(global);
-  if (attach_cmd->parsed()) return verb_attach(global, sid, interactive);
+  if (attach_cmd->parsed()) return verb_attach(global, sid, interactive, detach_keys, sig_proxy);
   if (logs_cmd->parsed()) return verb_logs(global, sid, follow, tail);
   if (kill_cmd->parsed()) {
     json req = {{"op", "signal"}, {"session", sid}};

@@ -837,6 +837,77 @@ TEST(Service, EventsInOrderForTheSessionsACallerMaySee) {
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
+// attach's detach keys, typed into a real terminal (script(1)): the attach
+// ends, the keys never reach the session, and it runs on; --sig-proxy=false
+// makes a signal to the CLI end the attach instead of reaching the session.
+TEST(Service, AttachDetachKeysAndSigProxy) {
+  Daemon d;
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "shell"},
+                    {"detached", true},
+                    {"pty", {{"rows", 24}, {"cols", 80}}},
+                    {"argv", {"cat"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  const std::string sid = std::to_string((*r)["session"].get<uint64_t>());
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  auto state = [&] {
+    auto l = c->call({{"op", "list"}});
+    return l && !(*l)["sessions"].empty() ? (*l)["sessions"][0].value("state", "") : "";
+  };
+  // The input comes after the CLI has made the terminal raw (a cooked
+  // terminal would take ^Q as XON).
+  auto typed = [&](const std::string& keys, const std::string& args, std::string* out) {
+    return sh("(sleep 1; printf 'ab'; sleep 0.3; printf '" + keys +
+                  "'; sleep 2) | timeout 10 script -qfec '" + cli + "attach " + args + sid +
+                  "' /dev/null 2>&1",
+              out);
+  };
+  std::string out;
+  EXPECT_EQ(typed("\\020\\021", "", &out), 0) << out;
+  EXPECT_NE(out.find("detached from session " + sid), std::string::npos) << out;
+  EXPECT_EQ(state(), "running");
+  EXPECT_EQ(typed("\\030q", "--detach-keys ctrl-x,q ", &out), 0) << out;
+  EXPECT_NE(out.find("detached from session " + sid), std::string::npos) << out;
+  EXPECT_EQ(state(), "running");
+  ASSERT_TRUE(c->call({{"op", "signal"}, {"session", std::stoull(sid)}, {"signal", "HUP"}}));
+  for (int i = 0; i < 300 && state() != "exited"; ++i) std::this_thread::sleep_for(10ms);
+  auto logs = c->call(
+      {{"op", "attach"}, {"session", std::stoull(sid)}, {"stdout_offset", 0}, {"follow", false}});
+  ASSERT_TRUE(logs);
+  std::string shown;
+  for (;;) {
+    auto m = c->next(5s);
+    ASSERT_TRUE(m);
+    if (m->data) shown += m->bytes;
+    const std::string ev = m->data ? "" : m->control.value("event", "");
+    if (ev == "end" || ev == "exit") break;
+  }
+  // The terminal's echo of what reached the session: the typed bytes twice,
+  // and no key of either detach sequence (echoctl would show ^P, ^X).
+  EXPECT_EQ(shown, "abab") << shown;
+  EXPECT_EQ(sh(cli + "attach --detach-keys ctrl-1 " + sid + " 2>&1", &out), 125);
+  EXPECT_NE(out.find("--detach-keys: 'ctrl-1'"), std::string::npos) << out;
+
+  auto sl = c->call(
+      {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "100"}}});
+  ASSERT_TRUE(sl);
+  const std::string s2 = std::to_string((*sl)["session"].get<uint64_t>());
+  EXPECT_EQ(sh("sh -c '" + cli + "attach --sig-proxy=false " + s2 +
+               " & p=$!; sleep 0.5; kill -TERM $p; wait $p'"),
+            0);
+  auto in = c->call({{"op", "inspect"}, {"session", std::stoull(s2)}});
+  ASSERT_TRUE(in);
+  EXPECT_EQ((*in)["state"], "running") << "the TERM ended the attach, not the session";
+  EXPECT_NE(sh("sh -c '" + cli + "attach " + s2 + " & p=$!; sleep 0.5; kill -TERM $p; wait $p'"),
+            -1);
+  auto w = c->call({{"op", "wait"}, {"session", std::stoull(s2)}, {"timeout_ms", 5000}});
+  ASSERT_TRUE(w) << w.error().what();
+  EXPECT_EQ((*w)["status"]["signal"], SIGTERM) << "proxied by default";
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
 TEST(Service, Kill9LeavesNoSessionProcess) {
   Daemon d;
   auto c = connect_ok(d.socket);
