@@ -217,10 +217,13 @@ json process_json(pid_t pid, ino_t pidns) {
 
 // The sandbox a session runs in, as its executor's config was lowered and
 // validated (isolate/spec.h), and its command: what `inspect` shows.
-json sandbox_json(const SpawnSpec& sp) {
+// A volume's host path is the administrator's to know: shown to root only.
+json sandbox_json(const SpawnSpec& sp, bool host_paths) {
   json volumes = json::array(), tmpfs = json::array(), caps = json::array();
-  for (const auto& v : sp.volumes)
-    volumes.push_back({{"source", v.source}, {"target", v.target}, {"read_only", v.read_only}});
+  for (const auto& v : sp.volumes) {
+    volumes.push_back({{"target", v.target}, {"read_only", v.read_only}});
+    if (host_paths) volumes.back()["source"] = v.source;
+  }
   for (const auto& t : sp.tmpfs) tmpfs.push_back({{"target", t.target}, {"options", t.options}});
   for (int cap = 0; cap < 64; ++cap)
     if (sp.capabilities & (uint64_t{1} << cap)) caps.push_back(capabilities::name(cap));
@@ -381,7 +384,9 @@ struct Server::Impl {
   std::map<std::string, Result<std::shared_ptr<Executor>>> executors;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   std::map<uint64_t, SessionEntry> sessions;
-  std::map<std::string, uint64_t> names;  // of sessions that have one, until removed
+  // Names are each caller's own (by uid): a name never leads one caller to
+  // a session someone else started, whatever was removed and renamed since.
+  std::map<std::pair<uid_t, std::string>, uint64_t> names;
   uint64_t next_conn = 1, next_session = 1;
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
@@ -756,7 +761,7 @@ struct Server::Impl {
         }
       }
     }
-    if (!e.s->spec().name.empty()) names.erase(e.s->spec().name);
+    if (!e.s->spec().name.empty()) names.erase({e.s->spec().owner, e.s->spec().name});
     sessions.erase(it);  // ~Session kills and reaps a running tree, removes its cgroup
   }
   // Frames a connection sent before it was stopped may all be read already
@@ -829,8 +834,8 @@ struct Server::Impl {
     if (!name) return fail(name.error());
     if (!name->empty()) {
       if (auto st = check_name(*name); !st) return fail(st.error());
-      if (auto n = names.find(*name); n != names.end())
-        return fail(invalid("name '" + *name + "' is taken by session " +
+      if (auto n = names.find({c.caller.uid, *name}); n != names.end())
+        return fail(invalid("name '" + *name + "' is taken by your session " +
                             std::to_string(n->second) + " (remove it first)"));
     }
     if (!wd) return fail(wd.error());
@@ -888,20 +893,29 @@ struct Server::Impl {
     // Only a request the policy let through leaves a file behind.
     if (!log_file->empty()) {
       ::mkdir(sc.log_dir.c_str(), 0750);
-      // A log file belongs to the uid that created it: another caller
-      // appending to it could forge lines of someone else's session.
-      const std::string path = sc.log_dir + "/" + *log_file;
-      constexpr int kFlags = O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK;
-      auto fd = open_fd(path, kFlags | O_CREAT | O_EXCL, 0640);
-      if (fd) {
-        if (::fchown(fd->get(), uid, static_cast<gid_t>(-1)) != 0)
-          return fail(sys_error("log file " + path));
-      } else if (fd.error().code == EEXIST) {
-        fd = open_fd(path, kFlags, 0);
-        struct stat st {};
-        if (fd && (::fstat(fd->get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != uid))
-          return fail(make_error(ErrorKind::PermissionDenied,
-                                 "log_file " + *log_file + " belongs to another caller"));
+      // Each caller's log files in a directory of its own (log_dir/UID): no
+      // caller can append to, take, or learn of another's. Only the service
+      // writes there; still every step refuses a symlink, and the file must
+      // be a regular one.
+      ::mkdir(sc.log_dir.c_str(), 0750);
+      Result<Fd> fd = fail(invalid("log file"));
+      Fd top(::open(sc.log_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      const std::string own = std::to_string(uid);
+      if (!top) return fail(sys_error("log_dir " + sc.log_dir));
+      ::mkdirat(top.get(), own.c_str(), 0750);
+      Fd dir(::openat(top.get(), own.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!dir) return fail(sys_error("log_dir " + sc.log_dir + "/" + own));
+      int f = ::openat(
+          dir.get(), log_file->c_str(),
+          O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0640);
+      struct stat st {};
+      if (f < 0) {
+        fd = fail(sys_error("log file " + sc.log_dir + "/" + own + "/" + *log_file));
+      } else if (::fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(f);
+        fd = fail(invalid("log file " + *log_file + " is not a regular file"));
+      } else {
+        fd = Fd(f);
       }
       if (!fd) return fail(fd.error().wrap("log file"));
       spec.log = std::move(*fd);
@@ -924,7 +938,7 @@ struct Server::Impl {
     SessionEntry& e = sessions[sid];
     e.s = std::make_unique<Session>(std::move(spec), std::move(*proc));
     e.run_session = run;
-    if (!e.s->spec().name.empty()) names[e.s->spec().name] = sid;
+    if (!e.s->spec().name.empty()) names[{e.s->spec().owner, e.s->spec().name}] = sid;
     ++running;
     ++running_by_executor[*exname];
     ++running_by_uid[uid];
@@ -1004,13 +1018,15 @@ struct Server::Impl {
     return policy::decide(config.callers.get(), c.caller, r).allowed;
   }
 
-  Result<SessionEntry*> find(const json& j) {
+  Result<SessionEntry*> find(const Conn& c, const json& j) {
     auto key = Req{j}.session();
     if (!key) return fail(key.error());
     uint64_t sid = 0;
     if (const auto* name = std::get_if<std::string>(&*key)) {
-      auto n = names.find(*name);
-      if (n == names.end()) return fail(make_error(ErrorKind::NotFound, "no session " + *name));
+      if (auto st = check_name(*name); !st) return fail(st.error());
+      auto n = names.find({c.caller.uid, *name});
+      if (n == names.end())
+        return fail(make_error(ErrorKind::NotFound, "you have no session named " + *name));
       sid = n->second;
     } else {
       sid = std::get<uint64_t>(*key);
@@ -1142,7 +1158,7 @@ struct Server::Impl {
                                                       "resize", "wait",   "remove",      "stats",
                                                       "top",    "inspect"};
     if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
-    auto found = find(j);
+    auto found = find(c, j);
     if (!found) return reply_err(c, id, found.error());
     SessionEntry& e = **found;
     Session& s = *e.s;
@@ -1153,12 +1169,17 @@ struct Server::Impl {
     if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
     if (op == "inspect") {
       json reply = session_json(e);
+      // The environment's names only: its values may be secrets the
+      // executor's default_env holds for the payload, never the caller's.
       const Command& cmd = s.process().command();
+      json env = json::array();
+      for (const auto& kv : cmd.env) env.push_back(kv.substr(0, kv.find('=')));
       reply["process"] = {{"argv", cmd.argv},
-                          {"env", cmd.env},
+                          {"env", env},
                           {"work_dir", cmd.work_dir},
                           {"timeout_ms", s.process().timeout().count()}};
-      if (const SpawnSpec* sp = s.process().sandbox_spec()) reply["sandbox"] = sandbox_json(*sp);
+      if (const SpawnSpec* sp = s.process().sandbox_spec())
+        reply["sandbox"] = sandbox_json(*sp, c.caller.uid == 0);
       auto now = s.process().now();
       if (!now) return reply_err(c, id, now.error());
       reply["stats"] = stats_json(*now);
@@ -1523,6 +1544,14 @@ struct Server::Impl {
     for (uint64_t sid : expired) remove_session(sid);
   }
 
+  bool drained() const {
+    for (const auto& [sid, e] : sessions)
+      if (!e.finished_handled) return false;
+    for (const auto& [cid, c] : conns)
+      if (!c->closing && (c->queued() > 0 || fill_pending(*c))) return false;
+    return true;
+  }
+
   void begin_stop() {
     if (stopping) return;
     stopping = true;
@@ -1539,7 +1568,9 @@ struct Server::Impl {
     ready();
     epoll_event evs[64];
     for (;;) {
-      if (stopping && (running == 0 || Clock::now() >= stop_deadline)) break;
+      // Every payload gone is not enough: their last output and exit events
+      // must reach the clients still attached (until the deadline).
+      if (stopping && ((running == 0 && drained()) || Clock::now() >= stop_deadline)) break;
       int n = ::epoll_wait(epoll.get(), evs, 64, 100);
       if (n < 0 && errno != EINTR) return fail(sys_error("epoll_wait"));
       for (int i = 0; i < n; ++i) {

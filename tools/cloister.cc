@@ -904,9 +904,12 @@ int main(int argc, char** argv) {
     return 125;
   }
   // Digits are an id; anything else is a name, which the service resolves.
-  const json sid = !sref.empty() && std::all_of(sref.begin(), sref.end(), ::isdigit)
-                       ? json(std::stoull(sref))
-                       : json(sref);
+  // (At most 19 digits: always a uint64_t; longer ones go as a string,
+  // which the service refuses as a name.)
+  const bool digits = !sref.empty() && sref.size() <= 19 &&
+                      std::all_of(sref.begin(), sref.end(),
+                                  [](unsigned char ch) { return ch >= '0' && ch <= '9'; });
+  const json sid = digits ? json(std::stoull(sref)) : json(sref);
   if (sub->parsed()) return run_exec(exec);
   if (load->parsed()) return run_load(state_dir, load_path, load_name);
   if (images->parsed()) return run_images(state_dir);
