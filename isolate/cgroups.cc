@@ -563,7 +563,7 @@ void Cgroup::kill_async() {
   // is missing, the caller's SIGKILL to the pid namespace's init does the
   // same for everything a sandbox can hold.
   if (const Impl::Dir* v2 = impl_->v2dir(); v2 && write_at(v2->path, "cgroup.kill", "1")) {
-    impl_->lift_cpu_cap();
+    if (!impl_->borrowed) impl_->lift_cpu_cap();   // only kill() restores a borrowed one
     (void)write_at(v2->path, "cgroup.kill", "1");  // as in Impl::kill
   }
 }
@@ -573,7 +573,7 @@ Cgroup::Killer Cgroup::killer() const {
   const Impl::Dir* v2 = impl_ && !impl_->destroyed ? impl_->v2dir() : nullptr;
   if (!v2) return k;
   k.kill_ = Fd(::open(join(v2->path, "cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC));
-  if (!k.kill_ || !impl_->cpu_capped) return k;
+  if (!k.kill_ || !impl_->cpu_capped || impl_->borrowed) return k;  // as kill_async
   // The quota is cgroup2's cpu.max, or v1's beside a hybrid layout's
   // controller-less v2 directory.
   if (const Impl::Dir* v1 = impl_->v1dir("cpu")) {

@@ -898,27 +898,20 @@ struct Server::Impl {
       // writes there; still every step refuses a symlink, and the file must
       // be a regular one.
       ::mkdir(sc.log_dir.c_str(), 0750);
-      Result<Fd> fd = fail(invalid("log file"));
-      Fd top(::open(sc.log_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       const std::string own = std::to_string(uid);
+      Fd top(::open(sc.log_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!top) return fail(sys_error("log_dir " + sc.log_dir));
       ::mkdirat(top.get(), own.c_str(), 0750);
       Fd dir(::openat(top.get(), own.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!dir) return fail(sys_error("log_dir " + sc.log_dir + "/" + own));
-      int f = ::openat(
-          dir.get(), log_file->c_str(),
-          O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0640);
+      Fd fd(::openat(dir.get(), log_file->c_str(),
+                     O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC,
+                     0640));
+      if (!fd) return fail(sys_error("log file " + sc.log_dir + "/" + own + "/" + *log_file));
       struct stat st {};
-      if (f < 0) {
-        fd = fail(sys_error("log file " + sc.log_dir + "/" + own + "/" + *log_file));
-      } else if (::fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ::close(f);
-        fd = fail(invalid("log file " + *log_file + " is not a regular file"));
-      } else {
-        fd = Fd(f);
-      }
-      if (!fd) return fail(fd.error().wrap("log file"));
-      spec.log = std::move(*fd);
+      if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+        return fail(invalid("log file " + *log_file + " is not a regular file"));
+      spec.log = std::move(fd);
     }
     if (auto s = (*proc)->start(); !s) return fail(s.error());
     spec.id = next_session++;
