@@ -152,15 +152,19 @@ Result<std::vector<std::string>> subdirs(const std::string& dir) {
   return out;
 }
 
-// Pids in dir/cgroup.procs and in every descendant's.
+// Pids in dir/cgroup.procs and in every descendant's. A threaded cgroup
+// (one a payload made with cgroup.type) refuses to list processes
+// (EOPNOTSUPP): every process with a thread in it is in the cgroup.procs of
+// its threaded domain, an ancestor already read.
 Status collect_pids(const std::string& dir, std::vector<pid_t>& out) {
   auto text = read_at(dir, "cgroup.procs");
   if (!text) {
     if (text.error().code == ENOENT) return {};
-    return fail(text.error());
+    if (text.error().code != EOPNOTSUPP) return fail(text.error());
+  } else {
+    for (const auto& line : split(*text, "\n"))
+      if (auto v = parse_u64(line)) out.push_back(static_cast<pid_t>(*v));
   }
-  for (const auto& line : split(*text, "\n"))
-    if (auto v = parse_u64(line)) out.push_back(static_cast<pid_t>(*v));
   auto subs = subdirs(dir);
   if (!subs) return fail(subs.error());
   // A sub-cgroup removed between the list and its read is just empty
@@ -404,10 +408,18 @@ Status Cgroup::Impl::kill(bool sweep_v1) {
   return s;
 }
 
+// Only over what lift_cpu_cap wrote: an `update` of the quota that landed
+// during the kill is the owner's newer word and stays.
 void Cgroup::Impl::restore_cpu_cap() {
-  if (const Dir* v2 = v2dir(); v2 && saved_cpu_max)
+  auto still = [](const std::string& dir, const char* file, std::string_view lifted) {
+    auto v = read_at(dir, file);
+    return v && v->starts_with(lifted) &&
+           (v->size() == lifted.size() || (*v)[lifted.size()] == ' ' ||
+            (*v)[lifted.size()] == '\n');
+  };
+  if (const Dir* v2 = v2dir(); v2 && saved_cpu_max && still(v2->path, "cpu.max", "max"))
     (void)write_at(v2->path, "cpu.max", *saved_cpu_max);
-  if (const Dir* d = v1dir("cpu"); d && saved_cfs_quota)
+  if (const Dir* d = v1dir("cpu"); d && saved_cfs_quota && still(d->path, "cpu.cfs_quota_us", "-1"))
     (void)write_at(d->path, "cpu.cfs_quota_us", *saved_cfs_quota);
   saved_cpu_max.reset();
   saved_cfs_quota.reset();

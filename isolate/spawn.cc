@@ -1214,6 +1214,10 @@ class Reaper {
     std::unique_lock lk(mu_);
     idle_.wait(lk, [&] { return pending_.empty() && !busy_; });
   }
+  bool drain_for(std::chrono::milliseconds limit) {
+    std::unique_lock lk(mu_);
+    return idle_.wait_for(lk, limit, [&] { return pending_.empty() && !busy_; });
+  }
 
  private:
   void loop() {
@@ -1258,6 +1262,24 @@ void Spawned::retire(Spawned&& s) {
     return;
   }
   Reaper::get().add(std::move(s));
+}
+
+void Spawned::retire_killed(Spawned&& s) {
+  if (s.pid_ <= 0 || s.reaped_ || !g_background_teardown) {
+    Spawned gone = std::move(s);
+    return;
+  }
+  s.end();
+  // The reaper's reap() waits for the init, which exits once every process
+  // of its pid namespace is gone.
+  Reaper::get().add(std::move(s));
+}
+
+bool Spawned::drain_retired_for(std::chrono::milliseconds limit) {
+  WarmPool::drain();
+  if (!Reaper::get().drain_for(limit)) return false;
+  network::NetnsPool::get().wait_idle();
+  return true;
 }
 
 void Spawned::drain_retired() {

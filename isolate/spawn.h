@@ -216,12 +216,20 @@ class Spawned {
   // gone: the teardown of its namespaces then costs the caller nothing.
   // Anything else is killed and reaped here, as by the destructor.
   static void retire(Spawned&& s);
+  // SIGKILL to the sandbox (end()) and, without waiting for it to die, to
+  // the reaper, which reaps it whenever it is gone: for a caller that must
+  // not wait on a tree that makes its own death slow (a process in an
+  // uninterruptible wait). With background teardown off, as the destructor.
+  static void retire_killed(Spawned&& s);
   // Blocks until the reaper has finished every sandbox retired so far, and
   // the prestart thread and the network namespace pool are idle: after it no
   // init and no cgroup of theirs is left, nor of sandboxes (Executors)
   // already dropped, and no fd of the library's is in flight (tests, and
   // programs about to exit).
   static void drain_retired();
+  // As drain_retired(), giving up on the reaper after `limit`: false then
+  // (a sandbox still on its way out).
+  static bool drain_retired_for(std::chrono::milliseconds limit);
   // Off: retire() finishes the teardown itself, on the caller's thread. For
   // a program that starts one sandbox and exits (`cloister exec`): it has to
   // wait for the teardown anyway, and its first thread would cost more than

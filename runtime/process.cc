@@ -186,7 +186,7 @@ ExitStatus Process::with_flags(ExitStatus st) const {
 }
 
 Process::~Process() {
-  if (started_ && !status_) (void)close(true);
+  if (started_ && !status_ && !abandoned_) (void)close(true);
   // After an exit read from the init (finish()), its teardown goes on without us.
   if (spawned_) Spawned::retire(std::move(*spawned_));
 }
@@ -486,10 +486,33 @@ Status Process::signal(int sig) {
   return spawned_->signal(sig);
 }
 
+Status Process::kill_nowait() {
+  std::lock_guard lk(state_mu_);
+  if (!started_) return fail(invalid("kill before start"));
+  if (!status_) spawned_->end();
+  return {};
+}
+
+void Process::abandon() {
+  std::lock_guard lk(state_mu_);
+  if (!started_ || status_ || abandoned_ || !spawned_) return;
+  if (watch_) {
+    Watchdog::get().cancel(watch_);
+    watch_->pidfd.reset();
+    watch_->cgroup = {};
+  }
+  abandoned_ = true;
+  Spawned::retire_killed(std::move(*spawned_));
+  spawned_.reset();
+  std::lock_guard lk2(in_mu_);
+  closed_ = true;
+  in_.reset();
+}
+
 Status Process::close(bool force) {
   {
     std::lock_guard lk(state_mu_);
-    if (!started_ || status_) {
+    if (!started_ || status_ || abandoned_) {
       closed_ = true;
       setup_.slots.clear();
       in_.reset();

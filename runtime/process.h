@@ -143,8 +143,19 @@ class Process {
   // As wait(), but gives up after `timeout` with a TIMEOUT error.
   Result<ExitStatus> wait_for(std::chrono::milliseconds timeout);
 
-  // Sends a signal to the payload. SIGKILL kills the whole tree.
+  // Sends a signal to the payload. SIGKILL kills the whole tree, and returns
+  // once its cgroup is empty (5 s at most).
   Status signal(int sig);
+  // SIGKILL to the whole tree without waiting for it to die: for an event
+  // loop, which must not wait on a payload that makes its own death slow
+  // (a process in an uninterruptible wait), and sees the exit on exit_fd()
+  // as usual. Nothing when it has exited already.
+  Status kill_nowait();
+  // Kills the tree without waiting and leaves its reaping to the library's
+  // reaper thread (Spawned::retire_killed): the Process is then closed, with
+  // no exit to report and nothing left to ask of it but its destruction.
+  // For an event loop dropping a session that may take its time to die.
+  void abandon();
   // close(): SIGTERM to the payload, then SIGKILL to the tree after the
   // grace period. close(true): SIGKILL to the tree at once. Reaps it, closes
   // stdin. Idempotent; a Process never started is just marked closed.
@@ -210,6 +221,7 @@ class Process {
   mutable std::mutex state_mu_;
   bool started_ = false;
   std::atomic<bool> closed_{false};
+  bool abandoned_ = false;
   std::optional<ExitStatus> status_;
   std::chrono::steady_clock::time_point started_at_;
   std::chrono::milliseconds grace_{5000};

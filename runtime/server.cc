@@ -30,6 +30,7 @@
 #include "runtime/executor.h"
 #include "runtime/protocol.h"
 #include "runtime/session.h"
+#include "runtime/top.h"
 
 namespace cloister {
 
@@ -49,7 +50,7 @@ constexpr size_t kMaxFdsQueued = 16;
 constexpr const char* kServerName = "cloisterd 0.1.0";
 
 // epoll tags: kind in the top byte, an id below.
-enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin };
+enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin, kTop };
 uint64_t tag(Kind k, uint64_t id) {
   return (static_cast<uint64_t>(k) << 56) | id;
 }
@@ -106,114 +107,22 @@ bool caller_allowed(const policy::Caller& c, gid_t want) {
   return std::find(c.groups.begin(), c.groups.end(), want) != c.groups.end();
 }
 
-// One process of a session for `top`, from /proc: what it is inside the
-// sandbox (its pid there, uid, command) and on the host. Its cmdline is the
-// payload's to choose: any bytes, sent as JSON strings with invalid UTF-8
-// replaced. Null when it exited meanwhile, or when the pid is no longer the
-// session's: every file is read through one /proc/PID directory fd, which
-// stays that process's even if the number is reused, and that process must
-// be in the session's pid namespace (pidns, the init's), so a pid that
-// exited and was taken by a host process between the cgroup's list and
-// here never shows another process's command line.
 // What one `top` reply lists at most: with 4 KiB per command line it stays
 // well inside the default max_frame even when every byte is escaped.
 constexpr size_t kTopMax = 1024;
+// How long the command lines of one `top` may take to read (runtime/top.h):
+// a payload that stalls the reader gets its processes listed without them.
+constexpr auto kTopArgvDeadline = std::chrono::milliseconds(500);
+// Command-line readers alive at once, server-wide, and per session: past
+// either, `top` lists processes by their kernel names. A reader the payload
+// stalled lives until the session ends (runtime/top.h): a session with one
+// gets no more, and one has two reading at most.
+constexpr size_t kTopReadersMax = 32;
+// And per caller (uid): one tenant's stalled sessions never take them all.
+constexpr size_t kTopReadersPerUid = 8;
 // Bytes queued for a connection past which an event is not added but the
 // subscriber dropped (docs/protocol.md, `events`).
 constexpr size_t kEventBacklog = 4 << 20;
-
-json process_json(pid_t pid, ino_t pidns) {
-  Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir) return nullptr;
-  // A payload may unshare pid namespaces of its own: its processes there
-  // are still the session's, found by walking up to the session's namespace
-  // (at most 32 levels, the kernel's limit), and `up` says how many of the
-  // innermost NSpid fields belong to namespaces below it.
-  size_t up = 0;
-  {
-    Fd ns(::openat(dir.get(), "ns/pid", O_RDONLY | O_CLOEXEC));
-    struct stat st {};
-    while (ns && ::fstat(ns.get(), &st) == 0 && st.st_ino != pidns && up < 32) {
-      ns = Fd(::ioctl(ns.get(), NS_GET_PARENT));
-      ++up;
-    }
-    if (!ns || st.st_ino != pidns) return nullptr;
-  }
-  // At most 4 KiB of each file (as ps reads a cmdline): a payload's argv
-  // can be megabytes, shared by a thousand forks.
-  auto read_in = [&](const char* name) -> std::optional<std::string> {
-    Fd f(::openat(dir.get(), name, O_RDONLY | O_CLOEXEC));
-    if (!f) return std::nullopt;
-    std::string out(4096, '\0');
-    size_t got = 0;
-    for (ssize_t n;
-         got < out.size() && (n = ::read(f.get(), out.data() + got, out.size() - got)) != 0;) {
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return std::nullopt;
-      }
-      got += static_cast<size_t>(n);
-    }
-    out.resize(got);
-    return out;
-  };
-  auto stat = read_in("stat");
-  auto status = read_in("status");
-  if (!stat || !status) return nullptr;
-  const size_t close = stat->rfind(')');
-  if (close == std::string::npos) return nullptr;
-  std::vector<std::string> f;
-  for (size_t pos = close + 2; pos < stat->size();) {
-    size_t end = stat->find(' ', pos);
-    if (end == std::string::npos) end = stat->size();
-    f.push_back(stat->substr(pos, end - pos));
-    pos = end + 1;
-  }
-  if (f.size() < 22) return nullptr;
-  const auto num = [](const std::string& x) { return std::strtoull(x.c_str(), nullptr, 10); };
-  const uint64_t tick = static_cast<uint64_t>(::sysconf(_SC_CLK_TCK));
-  json j = {{"pid", pid},
-            {"ppid", num(f[1])},
-            {"state", f[0]},
-            {"cpu_time_us", (num(f[11]) + num(f[12])) * 1000000 / tick},
-            {"rss", num(f[21]) * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))}};
-  // "NSpid: host ... innermost": the pid inside the sandbox is `up` fields
-  // before the last.
-  for (size_t pos = 0; pos < status->size();) {
-    size_t end = status->find('\n', pos);
-    if (end == std::string::npos) end = status->size();
-    std::string_view line(status->data() + pos, end - pos);
-    auto last_field = [up](std::string_view l) {
-      for (size_t skip = 0;; ++skip) {
-        while (!l.empty() && (l.back() == ' ' || l.back() == '\t')) l.remove_suffix(1);
-        size_t b = l.find_last_of(" \t");
-        if (skip == up || b == std::string_view::npos)
-          return std::string(b == std::string_view::npos ? l : l.substr(b + 1));
-        l = l.substr(0, b);
-      }
-    };
-    auto first_field = [](std::string_view l) {
-      l.remove_prefix(std::min(l.find_first_not_of(" \t", l.find(':') + 1), l.size()));
-      return std::string(l.substr(0, l.find_first_of(" \t")));
-    };
-    if (line.starts_with("NSpid:")) j["ns_pid"] = num(last_field(line));
-    if (line.starts_with("Uid:")) j["uid"] = num(first_field(line));
-    pos = end + 1;
-  }
-  json argv = json::array();
-  if (auto cmd = read_in("cmdline")) {
-    for (size_t pos = 0; pos < cmd->size();) {
-      size_t end = cmd->find('\0', pos);
-      if (end == std::string::npos) end = cmd->size();
-      argv.push_back(cmd->substr(pos, end - pos));
-      pos = end + 1;
-    }
-  }
-  if (argv.empty())
-    argv.push_back("[" + stat->substr(stat->find('(') + 1, close - stat->find('(') - 1) + "]");
-  j["argv"] = argv;
-  return j;
-}
 
 // The sandbox a session runs in, as its executor's config was lowered and
 // validated (isolate/spec.h), and its command: what `inspect` shows.
@@ -374,6 +283,18 @@ struct SessionEntry {
   int exit_fd = -1;          // registered for kPid: Process::exit_fd()
 };
 
+// A `top` reply waiting for its command lines (runtime/top.h). Once the
+// reply is sent, a reader that had to be killed stays until it is reaped.
+struct TopJob {
+  uint64_t conn = 0, session = 0;
+  uid_t uid = 0;  // the caller's
+  json id, reply;
+  std::vector<top::Process> procs;
+  top::ArgvReader reader;
+  Clock::time_point deadline;
+  bool replied = false;
+};
+
 struct Server::Impl {
   Config config;
   ServiceConfig sc;
@@ -387,7 +308,8 @@ struct Server::Impl {
   // Names are each caller's own (by uid): a name never leads one caller to
   // a session someone else started, whatever was removed and renamed since.
   std::map<std::pair<uid_t, std::string>, uint64_t> names;
-  uint64_t next_conn = 1, next_session = 1;
+  uint64_t next_conn = 1, next_session = 1, next_top = 1;
+  std::map<uint64_t, TopJob> top_jobs;
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
   std::map<std::string, size_t> running_by_executor;
@@ -762,7 +684,10 @@ struct Server::Impl {
       }
     }
     if (!e.s->spec().name.empty()) names.erase({e.s->spec().owner, e.s->spec().name});
-    sessions.erase(it);  // ~Session kills and reaps a running tree, removes its cgroup
+    // A tree still running is killed and left to the library's reaper: it
+    // may take as long to die as what its processes wait for.
+    if (!e.s->exited()) e.s->process().abandon();
+    sessions.erase(it);
   }
   // Frames a connection sent before it was stopped may all be read already
   // (a close_stdin after the stdin that filled the queue): the loop handles
@@ -1186,7 +1111,7 @@ struct Server::Impl {
       if (op == "stats") {
         reply["stats"] = stats_json(*now);
       } else {
-        json procs = json::array();
+        std::vector<top::Process> procs;
         struct stat ns {};
         const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) + "/ns/pid";
         if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
@@ -1195,9 +1120,37 @@ struct Server::Impl {
               reply["truncated"] = true;
               break;
             }
-            if (json pj = process_json(p, ns.st_ino); !pj.is_null()) procs.push_back(std::move(pj));
+            if (auto pr = top::read_process(p, ns.st_ino)) procs.push_back(std::move(*pr));
           }
-        reply["processes"] = std::move(procs);
+        size_t reading = 0, killed = 0, by_uid = 0;
+        for (const auto& [tid, t] : top_jobs) {
+          if (t.session == sid) ++(t.replied ? killed : reading);
+          by_uid += t.uid == c.caller.uid;
+        }
+        std::optional<top::ArgvReader> reader;
+        if (!procs.empty() && killed == 0 && reading < 2 && by_uid < kTopReadersPerUid &&
+            top_jobs.size() < kTopReadersMax) {
+          auto r = top::ArgvReader::start(procs);
+          if (r)
+            reader = std::move(*r);
+          else
+            log("top: " + r.error().what());
+        }
+        if (!reader) {
+          // No reader: every process by its kernel name.
+          if (!procs.empty()) reply["argv_incomplete"] = true;
+          reply["processes"] = top::to_json(procs, {});
+          return reply_ok(c, id, reply);
+        }
+        // The reader has its own copies of the /proc fds.
+        for (auto& p : procs) p.dir.reset();
+        const uint64_t tid = next_top++;
+        const int fd = reader->fd();
+        top_jobs.emplace(tid,
+                         TopJob{c.id, sid, c.caller.uid, id, std::move(reply), std::move(procs),
+                                std::move(*reader), Clock::now() + kTopArgvDeadline});
+        ep(EPOLL_CTL_ADD, fd, EPOLLIN, tag(kTop, tid));
+        return;
       }
       return reply_ok(c, id, reply);
     }
@@ -1244,7 +1197,9 @@ struct Server::Impl {
       auto sig = signal_from(j["signal"]);
       if (!sig) return reply_err(c, id, sig.error());
       if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
-      if (auto st = s.process().signal(*sig); !st) return reply_err(c, id, st.error());
+      // SIGKILL does not wait for the tree to die: the exit comes as usual.
+      if (auto st = *sig == SIGKILL ? s.process().kill_nowait() : s.process().signal(*sig); !st)
+        return reply_err(c, id, st.error());
       return reply_ok(c, id);
     }
     if (op == "resize") {
@@ -1407,7 +1362,7 @@ struct Server::Impl {
       if (p.run) {
         auto se = sessions.find(p.session);
         if (se != sessions.end()) {
-          if (!se->second.s->exited()) (void)se->second.s->process().signal(SIGKILL);
+          if (!se->second.s->exited()) (void)se->second.s->process().kill_nowait();
           se->second.run_session = false;  // listed, retained like any other
         }
       }
@@ -1528,13 +1483,44 @@ struct Server::Impl {
       if (e.s->kill_at && *e.s->kill_at <= now && !e.s->exited()) {
         e.s->kill_at.reset();
         log("session " + std::to_string(sid) + ": max_run_after_disconnect reached, killing");
-        (void)e.s->process().signal(SIGKILL);
+        (void)e.s->process().kill_nowait();
       }
       if (e.finished_handled && e.conns.empty() && !e.run_session &&
           now - e.s->finished_at >= sc.retention)
         expired.push_back(sid);
     }
     for (uint64_t sid : expired) remove_session(sid);
+    std::vector<uint64_t> late;
+    for (const auto& [tid, t] : top_jobs)
+      if (!t.replied && t.deadline <= now) late.push_back(tid);
+    for (uint64_t tid : late) finish_top(tid);
+  }
+
+  // A `top` job's reader exited, or its deadline came and it is killed: the
+  // reply goes out with what it read, to a connection that may have gone
+  // meanwhile. The job ends once its reader is reaped.
+  void finish_top(uint64_t tid) {
+    auto it = top_jobs.find(tid);
+    if (it == top_jobs.end()) return;
+    TopJob& t = it->second;
+    const int fd = t.reader.fd();
+    if (!t.replied) {
+      t.replied = true;
+      if (!t.reader.reap()) t.reader.kill();
+      bool complete = true;
+      auto argvs = t.reader.argvs(complete);
+      t.reply["processes"] = top::to_json(t.procs, argvs);
+      if (!complete) t.reply["argv_incomplete"] = true;
+      t.procs.clear();
+      if (auto c = conns.find(t.conn); c != conns.end() && !c->second->closing) {
+        reply_ok(*c->second, t.id, std::move(t.reply));
+        flush(*c->second);
+      }
+    }
+    if (t.reader.reap()) {
+      if (fd >= 0) ep_del(fd);
+      top_jobs.erase(it);
+    }
   }
 
   bool drained() const {
@@ -1590,6 +1576,9 @@ struct Server::Impl {
           case kPid:
             on_exit(id);
             break;
+          case kTop:
+            finish_top(id);
+            break;
           case kStdin: {
             auto it = sessions.find(id);
             if (it != sessions.end()) service_stdin(it->second);
@@ -1603,17 +1592,26 @@ struct Server::Impl {
     // Shutdown: end what still runs, tell the clients, remove every session
     // (which reaps it and removes its cgroup).
     for (auto& [sid, e] : sessions)
-      if (!e.s->exited()) (void)e.s->process().signal(SIGKILL);
+      if (!e.s->exited()) (void)e.s->process().kill_nowait();
     std::vector<uint64_t> ids;
     for (auto& [sid, e] : sessions) ids.push_back(sid);
     for (uint64_t sid : ids) remove_session(sid);
+    // Every `top` still reading is answered with what it has.
+    for (auto& [tid, t] : top_jobs) t.reader.kill();
+    std::vector<uint64_t> tops;
+    for (const auto& [tid, t] : top_jobs) tops.push_back(tid);
+    for (uint64_t tid : tops) finish_top(tid);
+    top_jobs.clear();
     for (auto& [cid, c] : conns) {
       send_json(*c, {{"event", "shutdown"}});
       flush(*c);
     }
     conns.clear();
-    // Removed sessions may leave their sandboxes' last teardown to the reaper.
-    Spawned::drain_retired();
+    // Removed sessions may leave their sandboxes' last teardown to the
+    // reaper: waited for, but not for ever (a tree stuck in an
+    // uninterruptible wait ends with what it waits for).
+    if (!Spawned::drain_retired_for(std::chrono::seconds(10)))
+      log("stopping with sandboxes still on their way out");
     log("stopped");
     return {};
   }

@@ -6,8 +6,10 @@
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -348,8 +350,41 @@ int inert(const char* dir) {
   return 0;
 }
 
+// Holds its own mmap lock for as long as path's FUSE server likes. path is
+// a direct-I/O file whose server never answers a READ. A thread faults on
+// a mapping of it: the page stays locked for the read, and the thread waits
+// without the lock. Then a second mmap of the file, which takes the mmap
+// lock for writing, waits for that page (FUSE invalidates the cache of a
+// direct-I/O file at mmap) while holding it. Whoever reads this process's
+// /proc/PID/cmdline waits for the lock. (A page of a FUSE file mapped over
+// the command line itself, CVE-2018-1120, is not read: the kernel reads
+// only anonymous memory there.)
+void* fault_on(void* page) {
+  return reinterpret_cast<void*>(static_cast<uintptr_t>(*static_cast<volatile char*>(page)));
+}
+int mmap_lock(const char* path) {
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    say("mmap_lock_open", -1);
+    return 4;
+  }
+  void* first = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (first == MAP_FAILED) {
+    say("mmap_lock_map", -1);
+    return 4;
+  }
+  pthread_t t;
+  if (::pthread_create(&t, nullptr, fault_on, first) != 0) return 5;
+  ::usleep(200 * 1000);
+  say("mmap_lock", 0);
+  void* second = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+  say("mmap_lock_second", second == MAP_FAILED ? -1 : 0);
+  for (;;) ::pause();
+}
+
 int main(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "mmap-lock" && argc > 2) return mmap_lock(argv[2]);
   if (cmd == "proc1") return proc1();
   if (cmd == "forge") {  // forge [code]
     forge();

@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include <dirent.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -25,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "fuse_stall.h"
 #include "isolate/cgroups.h"
 #include "isolate/fd.h"
 
@@ -640,6 +643,101 @@ TEST_F(Cgroups, BorrowedKillRestoresTheOwnersCpuQuota) {
   int st = wait_status(c.pid);
   EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
   EXPECT_TRUE(slurp(quota_file).starts_with("1000")) << quota_file << ": " << slurp(quota_file);
+  auto s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+// The lift itself, seen while the tree dies slowly: one of its threads waits
+// uninterruptibly for a FUSE server that answers only when told (attack.cc,
+// mmap-lock), so the kill waits too. Meanwhile the quota reads uncapped, and
+// the owner's update made then is what stays afterwards.
+TEST_F(Cgroups, BorrowedKillLiftsTheQuotaWhileTheTreeDiesAndKeepsAnUpdate) {
+  cloister::testing::TempDir mnt;
+  cloister::testing::FuseStall fuse(mnt.path);
+  ASSERT_TRUE(fuse.ok()) << fuse.error();
+  cgroups::Limits l;
+  l.cpu_quota = 1000;
+  auto cg = mgr_->create(l);
+  ASSERT_TRUE(cg) << cg.error().what();
+  const std::string quota_file = quota_file_of(*cg);
+  ASSERT_FALSE(quota_file.empty());
+  const std::string file = mnt.path + "/f";
+  Child c = spawn(*cg, [&file] {
+    ::execl(CLOISTER_BIN_DIR "/cloister_attack", "cloister_attack", "mmap-lock", file.c_str(),
+            nullptr);
+    return 9;
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  // Until a thread of it is in the uninterruptible wait.
+  bool stuck = false;
+  const std::string tasks = "/proc/" + std::to_string(c.pid) + "/task";
+  for (int i = 0; i < 500 && !stuck; ++i) {
+    if (DIR* d = ::opendir(tasks.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string st = slurp(tasks + "/" + e->d_name + "/stat");
+        const size_t close = st.rfind(')');
+        stuck |= close != std::string::npos && close + 2 < st.size() && st[close + 2] == 'D';
+      }
+      ::closedir(d);
+    }
+    if (!stuck) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(stuck) << "the payload never waited for the FUSE server";
+  Status killed;
+  std::thread killer([&] {
+    auto b = mgr_->open_named(cg->name());
+    killed = b ? b->kill() : Status(fail(b.error()));
+  });
+  const bool v2 = quota_file.ends_with("cpu.max");
+  bool lifted = false;
+  for (int i = 0; i < 300 && !lifted; ++i) {
+    lifted = slurp(quota_file).starts_with(v2 ? "max" : "-1");
+    if (!lifted) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // The owner's word during the kill.
+  cloister::testing::write_text(quota_file, v2 ? "2000 100000" : "2000");
+  fuse.stop();
+  killer.join();
+  EXPECT_TRUE(lifted) << "the dying tree ran uncapped";
+  EXPECT_TRUE(killed) << killed.error().what();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  EXPECT_TRUE(slurp(quota_file).starts_with("2000")) << quota_file << ": " << slurp(quota_file);
+  auto s = cg->destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
+// A payload with its cgroup delegated may make threaded sub-cgroups, whose
+// cgroup.procs cannot be read: its processes are still found and killed.
+TEST_F(Cgroups, ThreadedSubCgroupsHideNoProcess) {
+  auto cg = mgr_->create({});
+  ASSERT_TRUE(cg) << cg.error().what();
+  std::string v2;
+  for (const auto& p : cg->paths())
+    if (is_cgroup2(p)) v2 = p;
+  ASSERT_FALSE(v2.empty()) << "a cgroup2 directory (this machine has one)";
+  Child c = spawn(*cg, [] {
+    sleep_forever();
+    return 0;
+  });
+  ASSERT_GT(c.pid, 0);
+  c.release();
+  ASSERT_EQ(::mkdir((v2 + "/t").c_str(), 0755), 0) << std::strerror(errno);
+  {
+    Fd type(::open((v2 + "/t/cgroup.type").c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(type);
+    ASSERT_EQ(::write(type.get(), "threaded", 8), 8) << std::strerror(errno);
+  }
+  ASSERT_EQ(slurp(v2 + "/t/cgroup.type"), "threaded\n");
+  auto pids = cg->pids();
+  ASSERT_TRUE(pids) << pids.error().what();
+  EXPECT_NE(std::find(pids->begin(), pids->end(), c.pid), pids->end());
+  auto k = cg->kill();
+  EXPECT_TRUE(k) << k.error().what();
+  int st = wait_status(c.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
   auto s = cg->destroy();
   EXPECT_TRUE(s) << s.error().what();
 }

@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "fuse_stall.h"
 #include "isolate/cgroups.h"
 #include "runtime/client.h"
 #include "service_support.h"
@@ -1273,6 +1274,95 @@ TEST(Service, StatsAndTopShowTheSessionsOwnProcesses) {
   EXPECT_TRUE((*t)["processes"].empty()) << *t;
   ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sid}}));
   EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// A reply within `limit`, or an error: what a stalled service looks like
+// from a client, instead of a test that hangs.
+Result<json> call_within(Connection& c, json request, std::chrono::milliseconds limit) {
+  auto id = c.send(std::move(request));
+  if (!id) return fail(id.error());
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return fail(make_error(ErrorKind::Timeout, "no reply"));
+    auto m = c.next(left);
+    if (!m) return fail(m.error());
+    if (!m->data && m->control.contains("ok") && m->control["id"] == *id) {
+      if (m->control.value("ok", false)) return m->control;
+      return fail(make_error(ErrorKind::Internal, m->control.dump()));
+    }
+  }
+}
+
+// The attack: a payload holds its own mmap lock while it waits for a FUSE
+// server that never answers (attack.cc, mmap-lock). Reading its
+// /proc/PID/cmdline then waits for that lock; in cloisterd's event loop
+// that would be a wait for every tenant. `top` answers anyway, without that
+// command line; the service goes on serving; the session is killed and
+// removed without waiting for it to die; and the reader and the sandbox are
+// reaped once they are gone, leaving no child behind.
+TEST(Service, TopIsNotStalledByAPayloadsCommandLine) {
+  TempDir mnt;
+  Daemon d("", "  - name: fuse\n    kind: host\n    volumes: [\"" + mnt.path +
+                   ":/fuse:ro\", \"" CLOISTER_BIN_DIR ":/probe:ro\"]\n");
+  // Gone before the service is stopped: the payload cannot die while the
+  // server holds its page.
+  FuseStall fuse(mnt.path);
+  ASSERT_TRUE(fuse.ok()) << fuse.error();
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto r = c->call({{"op", "start"},
+                    {"executor", "fuse"},
+                    {"detached", true},
+                    {"argv", {"/probe/cloister_attack", "mmap-lock", "/fuse/f"}}});
+  ASSERT_TRUE(r) << r.error().what();
+  const uint64_t sid = (*r)["session"];
+  json stalled, last;
+  for (int i = 0; i < 300 && stalled.is_null(); ++i) {
+    auto t = call_within(*c, {{"op", "top"}, {"session", sid}}, 5s);
+    ASSERT_TRUE(t) << "top: " << t.error().what();
+    last = *t;
+    if (t->value("argv_incomplete", false))
+      stalled = *t;
+    else
+      std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_FALSE(stalled.is_null()) << "the payload never held its lock: " << last;
+  EXPECT_GE(fuse.reads(), 1) << "the payload waits for a READ its FUSE server never answers";
+  bool listed = false;
+  for (auto& p : stalled["processes"]) listed |= p["argv"] == json::array({"[cloister_attack]"});
+  EXPECT_TRUE(listed) << "the payload is listed by its kernel name: " << stalled;
+  // The lock is still held: the service answers, and so does another top.
+  auto l = call_within(*c, {{"op", "list"}}, 5s);
+  ASSERT_TRUE(l) << l.error().what();
+  auto again = call_within(*c, {{"op", "top"}, {"session", sid}}, 5s);
+  ASSERT_TRUE(again) << again.error().what();
+  EXPECT_EQ((*again)["argv_incomplete"], true) << *again;
+  auto other =
+      call_within(*c, {{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "served"}}}, 10s);
+  ASSERT_TRUE(other) << other.error().what();
+  EXPECT_EQ((*other)["stdout"], "served\n");
+
+  // Its processes die only once the FUSE server lets go of the page they
+  // wait for. Neither the kill nor the removal waits for that.
+  auto k = call_within(*c, {{"op", "signal"}, {"session", sid}, {"signal", "KILL"}}, 5s);
+  auto rm = call_within(*c, {{"op", "remove"}, {"session", sid}, {"force", true}}, 5s);
+  auto after = call_within(*c, {{"op", "list"}}, 5s);
+  fuse.stop();
+  ASSERT_TRUE(k) << k.error().what();
+  ASSERT_TRUE(rm) << rm.error().what();
+  ASSERT_TRUE(after) << after.error().what();
+  EXPECT_EQ((*after)["sessions"].size(), 0u);
+  const std::string children =
+      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
+  std::string left;
+  for (int i = 0; i < 500; ++i) {
+    left = read_text(children);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(left, "") << "cloisterd's children once the FUSE server is gone";
 }
 
 // Issue 14, finding 7: what docs/protocol.md says of the corners a client
