@@ -1189,8 +1189,11 @@ Result<int> Spawned::reap() {
 
 namespace {
 
-// The library's reaper: one thread, running only while it has sandboxes
-// whose inits are on their way out.
+// The library's reaper: one thread, started with the first sandbox retired
+// to it, that reaps each init whenever it is gone, in any order: one that
+// takes its time (a tree stuck in an uninterruptible wait, killed but not
+// dead) holds up no other. It holds no fd of its own: while it has inits
+// to wait for it polls their pidfds, and looks for new ones every 20 ms.
 class Reaper {
  public:
   static Reaper& get() {
@@ -1201,6 +1204,7 @@ class Reaper {
     {
       std::lock_guard lk(mu_);
       pending_.push_back(std::make_unique<Spawned>(std::move(s)));
+      ++outstanding_;
       // Started once and kept: a thread made and ended per sandbox cost more
       // than the teardown it ran.
       if (!started_) {
@@ -1212,36 +1216,47 @@ class Reaper {
   }
   void drain() {
     std::unique_lock lk(mu_);
-    idle_.wait(lk, [&] { return pending_.empty() && !busy_; });
+    idle_.wait(lk, [&] { return outstanding_ == 0; });
   }
   bool drain_for(std::chrono::milliseconds limit) {
     std::unique_lock lk(mu_);
-    return idle_.wait_for(lk, limit, [&] { return pending_.empty() && !busy_; });
+    return idle_.wait_for(lk, limit, [&] { return outstanding_ == 0; });
   }
 
  private:
   void loop() {
-    std::unique_lock lk(mu_);
+    std::vector<std::unique_ptr<Spawned>> active;
     for (;;) {
-      work_.wait(lk, [&] { return !pending_.empty(); });
-      std::unique_ptr<Spawned> s = std::move(pending_.front());
-      pending_.pop_front();
-      busy_ = true;
-      lk.unlock();
-      // Blocks until this init is gone (it exits by itself: it is alone).
-      (void)s->reap();
-      (void)s->release();
-      s.reset();
-      lk.lock();
-      busy_ = false;
-      if (pending_.empty()) idle_.notify_all();
+      {
+        std::unique_lock lk(mu_);
+        if (active.empty()) work_.wait(lk, [&] { return !pending_.empty(); });
+        for (auto& p : pending_) active.push_back(std::move(p));
+        pending_.clear();
+      }
+      std::vector<pollfd> fds;
+      for (const auto& s : active) fds.push_back({s->pidfd(), POLLIN, 0});
+      if (::poll(fds.data(), fds.size(), 20) < 0) continue;
+      size_t done = 0;
+      for (size_t i = active.size(); i-- > 0;) {
+        // Exited (or no pidfd to wait on): this reap does not block.
+        if (fds[i].fd >= 0 && !fds[i].revents) continue;
+        (void)active[i]->reap();
+        (void)active[i]->release();
+        active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
+        ++done;
+      }
+      if (done) {
+        std::lock_guard lk(mu_);
+        outstanding_ -= done;
+        if (outstanding_ == 0) idle_.notify_all();
+      }
     }
   }
   std::mutex mu_;
   std::condition_variable work_, idle_;
   std::deque<std::unique_ptr<Spawned>> pending_;
+  size_t outstanding_ = 0;  // added and not yet reaped and released
   bool started_ = false;
-  bool busy_ = false;
 };
 
 }  // namespace

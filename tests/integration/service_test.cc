@@ -1349,14 +1349,25 @@ TEST(Service, TopIsNotStalledByAPayloadsCommandLine) {
   auto k = call_within(*c, {{"op", "signal"}, {"session", sid}, {"signal", "KILL"}}, 5s);
   auto rm = call_within(*c, {{"op", "remove"}, {"session", sid}, {"force", true}}, 5s);
   auto after = call_within(*c, {{"op", "list"}}, 5s);
+  // The stuck sandbox holds up no other's teardown: a session run now is
+  // reaped while the stuck init is still a child of cloisterd.
+  auto later = call_within(*c, {{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}}, 10s);
+  const std::string children =
+      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
+  const std::string stuck_only = std::to_string((*r)["pid"].get<pid_t>()) + " ";
+  std::string left;
+  for (int i = 0; i < 500; ++i) {
+    left = read_text(children);
+    if (left == stuck_only) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(left, stuck_only) << "cloisterd's children while one sandbox is stuck";
   fuse.stop();
+  ASSERT_TRUE(later) << later.error().what();
   ASSERT_TRUE(k) << k.error().what();
   ASSERT_TRUE(rm) << rm.error().what();
   ASSERT_TRUE(after) << after.error().what();
   EXPECT_EQ((*after)["sessions"].size(), 0u);
-  const std::string children =
-      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
-  std::string left;
   for (int i = 0; i < 500; ++i) {
     left = read_text(children);
     if (left.empty()) break;
