@@ -652,6 +652,7 @@ TEST_F(Cgroups, BorrowedKillRestoresTheOwnersCpuQuota) {
 // mmap-lock), so the kill waits too. Meanwhile the quota reads uncapped, and
 // the owner's update made then is what stays afterwards.
 TEST_F(Cgroups, BorrowedKillLiftsTheQuotaWhileTheTreeDiesAndKeepsAnUpdate) {
+  if (std::string why; !cloister::testing::FuseStall::available(why)) GTEST_SKIP() << why;
   cloister::testing::TempDir mnt;
   cloister::testing::FuseStall fuse(mnt.path);
   ASSERT_TRUE(fuse.ok()) << fuse.error();

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -24,6 +25,20 @@ namespace cloister::testing {
 
 class FuseStall {
  public:
+  // Whether this kernel has FUSE (a test VM's may not: then why says so).
+  // A missing /dev/fuse node is made.
+  static bool available(std::string& why) {
+    if (read_text("/proc/filesystems").find("\tfuse\n") == std::string::npos) {
+      why = "this kernel has no FUSE (no fuse in /proc/filesystems)";
+      return false;
+    }
+    if (::access("/dev/fuse", F_OK) != 0 &&
+        ::mknod("/dev/fuse", S_IFCHR | 0666, ::makedev(10, 229)) != 0) {
+      why = "no /dev/fuse, and mknod failed: " + std::string(std::strerror(errno));
+      return false;
+    }
+    return true;
+  }
   // Mounts on dir (an empty directory); ok() says whether it did.
   explicit FuseStall(std::string dir) : dir_(std::move(dir)) {
     fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
