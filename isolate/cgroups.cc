@@ -675,6 +675,20 @@ std::vector<std::string> Cgroup::paths() const {
   return out;
 }
 
+Result<Cgroup> Cgroup::borrow() const {
+  if (!impl_ || impl_->destroyed) return fail(invalid("borrow: the cgroup is gone"));
+  auto im = std::make_unique<Impl>();
+  im->name = impl_->name;
+  im->dirs = impl_->dirs;
+  im->borrowed = true;
+  im->cpu_capped = impl_->cpu_capped;
+  if (impl_->v2fd) {
+    im->v2fd = Fd(::fcntl(impl_->v2fd.get(), F_DUPFD_CLOEXEC, 3));
+    if (!im->v2fd) return fail(sys_error("borrow: dup the cgroup's directory"));
+  }
+  return Cgroup(std::move(im));
+}
+
 void Cgroup::forget() {
   if (impl_) impl_->destroyed = true;
   impl_.reset();

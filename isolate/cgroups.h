@@ -165,6 +165,10 @@ class Cgroup {
   Status destroy();
   // Directories (absolute paths) this cgroup occupies, for tests and logs.
   std::vector<std::string> paths() const;
+  // A borrowed handle to the same directories (as Manager::open_named
+  // gives): dropping it leaves the cgroup. For a process joining it while
+  // this owner may go (`exec`).
+  Result<Cgroup> borrow() const;
   // Gives the directories up without removing them: an OCI container's
   // cgroup outlives the runtime's process (Manager::open_named finds it
   // again, as a borrowed handle).

@@ -16,6 +16,17 @@
 #include <cerrno>
 #include <cstddef>
 
+#include <type_traits>
+
+// A system call's argument as child_syscall takes it: a pointer or a number.
+template <class T>
+constexpr long child_arg(T v) {
+  if constexpr (std::is_pointer_v<T>)
+    return reinterpret_cast<long>(v);
+  else
+    return static_cast<long>(v);
+}
+
 #if defined(__x86_64__)
 #define CLOISTER_CLONE3_VM 1
 // -errno on failure.

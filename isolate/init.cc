@@ -713,6 +713,15 @@ void unblock_all_signals() noexcept {
     report_and_exit(rw, SpawnStep::Stdio, errno, 0);
   int keep[] = {0, 1, 2, rw, xfd};
   close_all_but(keep, 5);
+  // A joined init is no PID 1 whose death ends the namespace: its payload
+  // dies with it instead (after every credential change, which clears it).
+  // Its parent is outside the payload's pid namespace, so getppid() is 0
+  // while it lives: anything else means it died before the signal was set.
+  if (in.fx.flags & wire::kSetupJoin) {
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+      report_and_exit(rw, SpawnStep::Exec, errno);
+    if (::syscall(SYS_getppid) != 0) ::_exit(wire::kSetupFailedExit);
+  }
   // execve resets the init's handlers (caught -> default); a signal caught in
   // between is re-raised by forward_signal with the default action.
   unblock_all_signals();
@@ -770,6 +779,10 @@ int payload_entry(void* arg) {
       ::_exit(wire::kSetupFailedExit);  // ECHILD: cannot happen while the payload lives
     }
     if (w != g_payload) continue;
+    // A joined init is no PID 1 whose exit ends what its payload left: it
+    // ends the payload's process group (the payload leads it, from its
+    // setsid). One that left the group stays in the sandbox until that ends.
+    if (in.fx.flags & wire::kSetupJoin) ::kill(-g_payload, SIGKILL);
     wire::InitStatus msg{};
     msg.wait_status = status;
     // Zombies first; then ECHILD means nothing but this init is left in the
@@ -788,7 +801,10 @@ int payload_entry(void* arg) {
     while (n < 0 && errno == EINTR);
     // Our exit tears the namespaces down, which nobody waits for when we
     // are alone: background work.
-    if (msg.alone && (in.fx.flags & wire::kSetupBackgroundExit)) ::setpriority(PRIO_PROCESS, 0, 19);
+    // (A joined init owns no namespace: its exit is quick, and waited for.)
+    if (msg.alone && (in.fx.flags & wire::kSetupBackgroundExit) &&
+        !(in.fx.flags & wire::kSetupJoin))
+      ::setpriority(PRIO_PROCESS, 0, 19);
     // Exiting as PID 1 kills whatever the payload left behind. A detached
     // init's reaper learns the payload's status from ours.
     if (in.fx.flags & wire::kSetupDetached)

@@ -6,25 +6,12 @@
 
 #include <mutex>
 
-// The bytes of cloister-init, placed in .rodata by the assembler (the build
-// passes the binary's path as CLOISTER_INIT_BINARY and rebuilds this file
-// when the binary changes).
+// The bytes of cloister-init (the build passes the binary's path as
+// CLOISTER_INIT_BINARY).
 #ifndef CLOISTER_INIT_BINARY
 #error "CLOISTER_INIT_BINARY must name the built cloister-init"
 #endif
-asm(".pushsection .rodata\n"
-    ".balign 64\n"
-    ".globl cloister_init_image_start\n"
-    ".hidden cloister_init_image_start\n"
-    "cloister_init_image_start:\n"
-    ".incbin \"" CLOISTER_INIT_BINARY
-    "\"\n"
-    ".globl cloister_init_image_end\n"
-    ".hidden cloister_init_image_end\n"
-    "cloister_init_image_end:\n"
-    ".popsection\n");
-extern "C" const unsigned char cloister_init_image_start[];
-extern "C" const unsigned char cloister_init_image_end[];
+CLOISTER_EMBED_PROGRAM(cloister_init_image, CLOISTER_INIT_BINARY)
 
 namespace cloister::init_program {
 namespace {
@@ -37,15 +24,16 @@ namespace {
 #define F_SEAL_EXEC 0x0020
 #endif
 
-Result<int> make() {
-  const auto bytes = image();
+Result<int> make(const char* name, std::span<const unsigned char> bytes) {
   // MFD_EXEC says so where vm.memfd_noexec would otherwise make memfds
   // non-executable; kernels before 6.3 refuse the flag (EINVAL) and every
   // memfd is executable there.
-  int fd = ::memfd_create("cloister-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
-  if (fd < 0 && errno == EINVAL)
-    fd = ::memfd_create("cloister-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return fail(sys_error("init program: memfd_create"));
+  int fd = ::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+  if (fd < 0 && errno == EINVAL) fd = ::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) {
+    int e = errno;
+    return fail(sys_error(std::string(name) + ": memfd_create", e));
+  }
   size_t off = 0;
   while (off < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
@@ -53,7 +41,7 @@ Result<int> make() {
     if (n <= 0) {
       int e = n < 0 ? errno : EIO;
       ::close(fd);
-      return fail(sys_error("init program: write the memfd", e));
+      return fail(sys_error(std::string(name) + ": write the memfd", e));
     }
     off += static_cast<size_t>(n);
   }
@@ -63,7 +51,7 @@ Result<int> make() {
       (errno != EINVAL || ::fcntl(fd, F_ADD_SEALS, seals) != 0)) {
     int e = errno;
     ::close(fd);
-    return fail(sys_error("init program: seal the memfd", e));
+    return fail(sys_error(std::string(name) + ": seal the memfd", e));
   }
   return fd;
 }
@@ -75,17 +63,19 @@ std::span<const unsigned char> image() {
           static_cast<size_t>(cloister_init_image_end - cloister_init_image_start)};
 }
 
-Result<int> fd() {
-  // Made once; a failure (out of fds, say) is not kept: the next call tries again.
-  static std::mutex mu;
-  static int made = -1;
-  std::lock_guard lk(mu);
-  if (made < 0) {
-    auto r = make();
+Result<int> fd(Sealed& program) {
+  std::lock_guard lk(program.mu);
+  if (program.fd < 0) {
+    auto r = make(program.name, program.image());
     if (!r) return r;
-    made = *r;
+    program.fd = *r;
   }
-  return made;
+  return program.fd;
+}
+
+Result<int> fd() {
+  static Sealed init{"cloister-init", image};
+  return fd(init);
 }
 
 }  // namespace cloister::init_program

@@ -42,16 +42,20 @@ namespace cloister {
 struct SpawnInternals {
   // Clones an init, with its cgroup, sends it its setup and lets it go
   // (cgroup attach, a network namespace): everything but the command.
+  // With a join, the init enters that running sandbox instead of making one.
   static Result<std::unique_ptr<PendingInit>> clone_init(const Sandbox&, cgroups::Manager*,
-                                                         const Detach* detach = nullptr);
+                                                         const Detach* detach = nullptr,
+                                                         Join* join = nullptr);
   // Sends the command to a pending init and waits until it runs (EOF on the
   // report pipe at the payload's exec) or has failed.
+  // A join's wait for the exec is bounded (kJoinStartDeadline).
   static Result<Spawned> give_command(PendingInit&, const Sandbox&, const Command&, const Stdio&,
-                                      const Detach* detach = nullptr);
+                                      const Detach* detach = nullptr, bool joined = false);
   static Result<Spawned> spawn(const Sandbox&, const Command&, const Stdio&,
                                const std::shared_ptr<cgroups::Manager>&);
   static Result<Created> create_detached(const Sandbox&, const Command&, const Stdio&,
                                          cgroups::Manager*, const Detach&);
+  static Result<Spawned> spawn_joined(const Sandbox&, const Command&, const Stdio&, Join&);
 };
 namespace {
 
@@ -270,12 +274,7 @@ long write_proc_file(const char* path, const char* text) noexcept {
 // system calls only, nothing written but the report of a failed exec.
 [[noreturn]] void exec_init(void* arg) noexcept {
   const ExecArgs& x = *static_cast<const ExecArgs*>(arg);
-  auto l = [](auto v) {
-    if constexpr (std::is_pointer_v<decltype(v)>)
-      return reinterpret_cast<long>(v);
-    else
-      return static_cast<long>(v);
-  };
+  constexpr auto l = [](auto v) { return child_arg(v); };
   // The caller may be killed at any time from here on: its death kills
   // the init (and the init's death the namespace). Set before the exec,
   // which keeps it; the init finds out about a caller gone before this
@@ -614,16 +613,23 @@ Result<std::unique_ptr<PendingInit>> Sandbox::start_init(cgroups::Manager* cgrou
 
 Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& sb,
                                                                 cgroups::Manager* cgroups,
-                                                                const Detach* detach) {
+                                                                const Detach* detach,
+                                                                Join* joined) {
   const SpawnSpec& spec = sb.spec_;
-  const bool join = detach && detach->join_pidfd >= 0;
-  if (detach && spec.userns_pool)
+  Join* jn = joined ? joined : detach ? detach->join : nullptr;
+  const bool join = jn != nullptr;
+  if (join && !jn->pidfd) return fail(invalid("joining a sandbox needs its init's pidfd"));
+  if (join && spec.unprivileged)
+    return fail(
+        invalid("an unprivileged caller's sandbox cannot be joined: its namespaces "
+                "are entered only through its own user namespace"));
+  if (detach && !join && spec.userns_pool)
     return fail(
         invalid("a uid range per sandbox (userns: sandbox) cannot be leased for a "
                 "container that outlives its runtime's process"));
   auto program = init_program::fd();
   if (!program) return fail(program.error());
-  Result<int> userns_fd = join ? Result<int>(detach->join_userns) : sb.userns_fd();
+  Result<int> userns_fd = join ? Result<int>(jn->userns.get()) : sb.userns_fd();
   if (!userns_fd) return fail(userns_fd.error());
   // A range of its own: leased for the sandbox's life, a namespace with
   // its map, and (for a slot other than the first) that slot's setup.
@@ -633,7 +639,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   const std::string* full_setup = &sb.setup_full_;
   std::shared_ptr<const Sandbox::SlotSetup> slot;
   std::optional<userns::Map> slot_map;
-  if (spec.userns_pool) {
+  if (spec.userns_pool && !join) {
     auto l = userns::lease(*spec.userns_pool);
     if (!l) return fail(l.error());
     auto ns = userns::make(l->map);
@@ -667,7 +673,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   p->templated = tpl != nullptr;
   Spawned& out = p->out;
   out.userns_lease_ = std::move(lease);
-  if (!spec.unprivileged) p->ids = slot_map ? slot_map : spec.userns;
+  if (!spec.unprivileged) p->ids = slot_map ? slot_map : join && jn->ids ? jn->ids : spec.userns;
   if (join) {
     // The container's cgroup, never ours to remove: not in out.
   } else if (cgroups) {
@@ -685,7 +691,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   // A fresh network namespace from the pool, or one we make while the child
   // sets up its mounts (not CLONE_NEWNET, which would make it first).
   // The cgroup the init is cloned into.
-  cgroups::Cgroup* cg = join ? detach->join_cgroup : (out.cgroup_ ? &*out.cgroup_ : nullptr);
+  cgroups::Cgroup* cg =
+      join ? (jn->cgroup ? &*jn->cgroup : nullptr) : (out.cgroup_ ? &*out.cgroup_ : nullptr);
   uint64_t clone_flags = join ? 0 : sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
@@ -860,7 +867,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   if (spec.unprivileged)
     fx.flags |= wire::kSetupOwnUserns | (clone_flags & CLONE_NEWNET ? wire::kSetupLoopbackUp : 0) |
                 wire::kSetupDenySetgroups;
-  if (detach) fx.flags |= wire::kSetupDetached | (join ? wire::kSetupJoin : 0);
+  if (detach) fx.flags |= wire::kSetupDetached;
+  if (join) fx.flags |= wire::kSetupJoin;
   // The init is in a network namespace of its own from its first step
   // (cloned into one, or joining the one sent): net.* sysctls may go there.
   if (!make_netns && !given_host_netns && (netns || (clone_flags & CLONE_NEWNET)))
@@ -873,7 +881,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   fx.fd_tpl_ns = add_fd(tpl ? tpl->ns.get() : -1);
   fx.fd_tpl_root = add_fd(tpl ? tpl->root.get() : -1);
   fx.fd_userns = add_fd(*userns_fd);
-  fx.fd_join = add_fd(join ? detach->join_pidfd : -1);
+  fx.fd_join = add_fd(join ? jn->pidfd.get() : -1);
   fx.fd_trees = static_cast<int32_t>(fds.size());
   fx.ntrees = static_cast<uint32_t>(trees.size());
   for (const auto& t : trees) fds.push_back(t.get());
@@ -902,7 +910,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
 }
 
 Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
-                                             const Stdio& stdio, const Detach* detach) {
+                                             const Stdio& stdio, const Detach* detach,
+                                             bool joined) {
   // Header first, with the fds; then the strings.
   std::vector<std::string> cand = exec_candidates(cmd);
   std::string beneath_rest = ".";
@@ -955,7 +964,7 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   add(stdio.err, wire::kCallStderr);
   add(cmd.exec_fd, wire::kCallExecFd);
   if (detach) {
-    if (detach->gate < 0 && detach->join_pidfd < 0)
+    if (detach->gate < 0 && !detach->join)
       return fail(invalid("a detached init needs a start gate"));
     add(detach->gate, wire::kCallGate);
     add(detach->console, wire::kCallConsole);
@@ -987,7 +996,27 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   // signal) learns that we died before it could set the signal again.
   wire::Report r{};
   size_t got = 0;
+  const auto deadline = std::chrono::steady_clock::now() + kJoinStartDeadline;
   while (got < sizeof r) {
+    if (joined) {
+      // The report, or EOF; or the init's death (the new process, stopped
+      // before its exec, may still hold the pipe); or the deadline.
+      pollfd w[2] = {{p.report.get(), POLLIN, 0}, {p.out.pidfd_.get(), POLLIN, 0}};
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      int rc = left.count() > 0 ? ::poll(w, 2, static_cast<int>(left.count())) : 0;
+      if (rc < 0 && errno == EINTR) continue;
+      if (rc == 0 || (!w[0].revents && w[1].revents)) {
+        p.out.kill_and_reap();
+        return fail(
+            make_error(ErrorKind::Timeout,
+                       rc == 0 ? "the sandbox held up the new process before its exec for " +
+                                     std::to_string(kJoinStartDeadline.count() / 1000) +
+                                     " s (a process of the sandbox stopped it, or its work dir or "
+                                     "command waits on a file system that does not answer)"
+                               : "the joining init ended before the new process's exec"));
+      }
+    }
     ssize_t k = ::read(p.report.get(), reinterpret_cast<char*>(&r) + got, sizeof r - got);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
@@ -1020,6 +1049,7 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   if (!p.attached) return fail(p.attached.error().wrap("cgroup attach"));
   if (!p.netns_made) return fail(p.netns_made.error().wrap("network namespace"));
   if (n != static_cast<ssize_t>(sizeof h)) return fail(sys_error("send the command", EPIPE));
+  p.out.ids_ = p.ids;
   return std::move(p.out);
 }
 
@@ -1043,6 +1073,20 @@ Result<Created> create_detached(const Sandbox& sb, const Command& cmd, const Std
 Result<Spawned> spawn(const Sandbox& sb, const Command& cmd, const Stdio& stdio,
                       const std::shared_ptr<cgroups::Manager>& cgroups) {
   return SpawnInternals::spawn(sb, cmd, stdio, cgroups);
+}
+
+Result<Spawned> spawn_joined(const Sandbox& sb, const Command& cmd, const Stdio& stdio, Join join) {
+  return SpawnInternals::spawn_joined(sb, cmd, stdio, join);
+}
+
+Result<Spawned> SpawnInternals::spawn_joined(const Sandbox& sb, const Command& cmd,
+                                             const Stdio& stdio, Join& join) {
+  if (auto s = check_command(cmd); !s) return fail(s.error());
+  // The sandbox may have ended since join_point: its init is then gone or
+  // a zombie, whose namespaces cannot be entered (the init reports ESRCH).
+  auto p = clone_init(sb, nullptr, nullptr, &join);
+  if (!p) return fail(p.error());
+  return give_command(**p, sb, cmd, stdio, nullptr, true);
 }
 
 Result<Created> SpawnInternals::create_detached(const Sandbox& sb, const Command& cmd,
@@ -1088,6 +1132,7 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   cgroup_ = std::move(o.cgroup_);
   o.cgroup_.reset();
   userns_lease_ = std::move(o.userns_lease_);
+  ids_ = o.ids_;
   reaped_ = std::exchange(o.reaped_, true);
   exit_read_ = o.exit_read_;
   got_message_ = o.got_message_;
@@ -1357,6 +1402,33 @@ Result<std::vector<pid_t>> Spawned::pids() const {
     ::closedir(d);
   }
   return out;
+}
+
+Result<Join> Spawned::join_point() const {
+  if (pid_ <= 0 || exited() || exit_read_)
+    return fail(invalid("the sandbox's payload has exited: nothing to join"));
+  Join j;
+  j.pidfd = Fd(::fcntl(pidfd_.get(), F_DUPFD_CLOEXEC, 3));
+  if (!j.pidfd) return fail(sys_error("dup the sandbox's pidfd"));
+  // Not reaped, so pid_ is still this init, zombie or not. Its user
+  // namespace is joined where it is not ours (a sandbox with userns: host
+  // runs in ours).
+  const std::string ns = "/proc/" + std::to_string(pid_) + "/ns/user";
+  j.userns = Fd(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!j.userns) return fail(sys_error("the sandbox's user namespace (" + ns + ")"));
+  struct stat theirs {
+  }, ours{};
+  if (::fstat(j.userns.get(), &theirs) != 0 || ::stat("/proc/self/ns/user", &ours) != 0)
+    return fail(sys_error("stat a user namespace"));
+  if (theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev) j.userns.reset();
+  // Without a cgroup (none could be made here) the process joins none.
+  if (cgroup_) {
+    auto b = cgroup_->borrow();
+    if (!b) return fail(b.error());
+    j.cgroup.emplace(std::move(*b));
+  }
+  j.ids = ids_;
+  return j;
 }
 
 Status Spawned::release() {

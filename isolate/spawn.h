@@ -34,6 +34,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -70,6 +71,25 @@ struct PendingInit;
 // The library's internals behind spawn() and create_detached() (spawn.cc).
 struct SpawnInternals;
 
+// A running sandbox for a new process to join (`exec` into it), from
+// Spawned::join_point or an OCI container's state: its init's pidfd, the
+// user namespace its payload runs in (empty: none of its own), the cgroup
+// the joined process is cloned into and counted against, and the ids of
+// that user namespace where they are not the spec's (a pool's slot).
+struct Join {
+  Fd pidfd;
+  Fd userns;
+  std::optional<cgroups::Cgroup> cgroup;  // borrowed: dropping it leaves the cgroup
+  std::optional<userns::Map> ids;
+};
+
+// How long spawn_joined waits for the joined payload's exec. The sandbox's
+// own processes can hold it up (a SIGSTOP to the new process before its
+// exec, a FUSE mount over its work dir or command that never answers), so
+// the wait is bounded; at the deadline the joined init is killed and the
+// spawn fails with TIMEOUT.
+constexpr std::chrono::milliseconds kJoinStartDeadline{10000};
+
 // An OCI container (tools/cloister-oci.cc): its init outlives the caller
 // (no parent-death signal, so that whoever reaps orphans - containerd's
 // shim, conmon - gets it), and waits after its setup until one byte
@@ -83,13 +103,10 @@ struct Detach {
   // The cgroup, relative to the manager's base, made for the container
   // and left in place (cgroups::Manager::create's name).
   std::string cgroup;
-  // `exec`: join the running container of this pidfd (its init) instead
-  // of making one (wire::kSetupJoin), in its user namespace (an fd of its
-  // /proc/PID/ns/user, or -1 without one) and its cgroup; no gate, and
-  // the call returns once the process runs.
-  int join_pidfd = -1;
-  int join_userns = -1;
-  cgroups::Cgroup* join_cgroup = nullptr;
+  // `exec`: join this running container instead of making one
+  // (wire::kSetupJoin); no gate, and the call returns once the process
+  // runs.
+  Join* join = nullptr;
 };
 // A created container: its init, set up and waiting for its gate.
 struct Created {
@@ -211,6 +228,10 @@ class Spawned {
   Result<std::vector<pid_t>> pids() const;
   // Removes the cgroup (after reap). Idempotent.
   Status release();
+  // What a process needs to join this sandbox while it runs (spawn_joined),
+  // owned: it may be used after this Spawned went (the join then fails).
+  // INVALID once the payload has exited.
+  Result<Join> join_point() const;
   // Hands a sandbox whose exit was read (read_exit()) to the library's reaper
   // thread, which reaps the init and removes the cgroup once the init is
   // gone: the teardown of its namespaces then costs the caller nothing.
@@ -248,6 +269,7 @@ class Spawned {
   // Holds the sandbox's uid range (userns::lease) until the init is reaped
   // (the destructor's body): closed with the members, after it.
   Fd userns_lease_;
+  std::optional<userns::Map> ids_;  // its user namespace's, where not the spec's
   bool reaped_ = false;
   bool exit_read_ = false;    // the status pipe was read
   bool got_message_ = false;  // and held the init's message
@@ -264,6 +286,20 @@ class Spawned {
 // that cloned.
 Result<Spawned> spawn(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
                       const std::shared_ptr<cgroups::Manager>& cgroups);
+
+// Runs command in the running sandbox `join` names (`exec` into it), set up
+// as `sandbox` describes (the running one's: its user, capabilities,
+// seccomp, rlimits, environment), in the running sandbox's namespaces,
+// mounts and cgroup, which it does not make. The Spawned is the joined
+// process's own init, in the caller's pid namespace, which forks the
+// payload into the sandbox's: it has no cgroup of its own (the sandbox's
+// is not removed with it, and counts its processes), its kill() ends the
+// init and the payload (which dies with its init: a parent-death SIGKILL),
+// and what the payload leaves behind stays in the sandbox, as `podman exec`
+// leaves it, until the sandbox ends. Not for an unprivileged caller's
+// sandbox, whose namespaces it could not enter.
+Result<Spawned> spawn_joined(const Sandbox& sandbox, const Command& command, const Stdio& stdio,
+                             Join join);
 
 // Creates an OCI container: an init set up with the command and waiting
 // for d.gate (see Detach). Returns once it waits, or with the error of the

@@ -75,6 +75,8 @@ std::string_view action_name(Action a) {
       return "session.signal";
     case Action::SessionRemove:
       return "session.remove";
+    case Action::SessionExec:
+      return "session.exec";
   }
   return "?";
 }
@@ -93,7 +95,7 @@ bool grants_executor(const CallerRules::Rule& r, const std::string& executor) {
 
 Decision CallerRules::decide(const Caller& c, const Request& req) const {
   const bool session = req.action == Action::SessionAttach || req.action == Action::SessionSignal ||
-                       req.action == Action::SessionRemove;
+                       req.action == Action::SessionRemove || req.action == Action::SessionExec;
   if (c.root()) return {true, "root"};
   if (session && req.session_owner && *req.session_owner == c.uid) return {true, "own session"};
   bool any_rule = false;
@@ -118,6 +120,9 @@ Decision CallerRules::decide(const Caller& c, const Request& req) const {
         break;
       case Action::SessionRemove:
         ok = r.session_remove;
+        break;
+      case Action::SessionExec:
+        ok = r.session_exec;
         break;
     }
     if (ok) return {true, "rule at " + r.origin};

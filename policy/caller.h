@@ -7,9 +7,11 @@
 //   exec.get        use executor E (see it, run on it);
 //   exec.run        run commands matching a pattern (command.h), on an
 //                   executor the same rule grants exec.get for;
-//   session.attach, session.signal, session.remove
+//   session.attach, session.signal, session.remove, session.exec
 //                   on sessions started by OTHER callers (one's own are
-//                   always allowed).
+//                   always allowed); session.exec runs a new process in
+//                   the session's sandbox, whose command exec.get and
+//                   exec.run must allow as well.
 // Deny by default: a caller no rule matches has no permission. uid 0 has
 // every permission (it can rewrite the config anyway); the executor's own
 // rules (whitelist, allowlist, paths) still apply to it. Refusals are
@@ -62,7 +64,7 @@ struct Caller {
 // SO_PEERGROUPS (supplementary gids).
 Result<Caller> peer_caller(int socket_fd);
 
-enum class Action { ExecGet, ExecRun, SessionAttach, SessionSignal, SessionRemove };
+enum class Action { ExecGet, ExecRun, SessionAttach, SessionSignal, SessionRemove, SessionExec };
 std::string_view action_name(Action a);  // "exec.get", ...
 
 struct Request {
@@ -88,6 +90,7 @@ class CallerRules {
     bool session_attach = false;
     bool session_signal = false;
     bool session_remove = false;
+    bool session_exec = false;
     uint64_t max_processes = 0;  // per caller uid, 0 = no limit
   };
   std::vector<Rule> rules;

@@ -200,18 +200,38 @@ Result<std::shared_ptr<RemoteExecutor>> RemoteExecutor::connect(const std::strin
       make_error(ErrorKind::NotFound, "cloisterd has no executor named '" + executor + "'"));
 }
 
-Result<std::unique_ptr<RemoteProcess>> RemoteExecutor::exec(ExecRequest request) const {
+namespace {
+Status check_request(const ExecRequest& request) {
   if (!request.argv.empty() && !request.command.empty())
     return fail(invalid("give either argv or a command string, not both"));
   if (request.argv.empty() && request.command.empty()) return fail(invalid("empty command"));
   if (request.timeout.count() < 0) return fail(invalid("timeout is negative"));
   if (request.passed_stdio && request.pty)
     return fail(invalid("give either passed stdio or a pty"));
+  if (request.join) return fail(invalid("join is the library's: exec_in_session names a session"));
+  return {};
+}
+}  // namespace
+
+Result<std::unique_ptr<RemoteProcess>> RemoteExecutor::exec(ExecRequest request) const {
+  if (auto st = check_request(request); !st) return fail(st.error());
   return std::make_unique<RemoteProcess>(socket_, executor_, std::move(request));
 }
 
-RemoteProcess::RemoteProcess(std::string socket, std::string executor, ExecRequest request)
-    : socket_(std::move(socket)), executor_(std::move(executor)), request_(std::move(request)) {}
+Result<std::unique_ptr<RemoteProcess>> exec_in_session(const std::string& socket, json session,
+                                                       ExecRequest request) {
+  if (!session.is_number_unsigned() && !session.is_string())
+    return fail(invalid("a session is named by its id or its name"));
+  if (auto st = check_request(request); !st) return fail(st.error());
+  return std::make_unique<RemoteProcess>(socket, "", std::move(request), std::move(session));
+}
+
+RemoteProcess::RemoteProcess(std::string socket, std::string executor, ExecRequest request,
+                             json into)
+    : socket_(std::move(socket)),
+      executor_(std::move(executor)),
+      request_(std::move(request)),
+      into_(std::move(into)) {}
 
 RemoteProcess::~RemoteProcess() {
   if (started() && conn_ && !detached_) {
@@ -225,7 +245,9 @@ Status RemoteProcess::start() {
   auto c = Connection::connect(socket_);
   if (!c) return fail(c.error());
   conn_ = std::move(*c);
-  json req = {{"op", "start"}, {"executor", executor_}, {"stdin", request_.stdin_open}};
+  json req = into_.is_null() ? json{{"op", "start"}, {"executor", executor_}}
+                             : json{{"op", "exec"}, {"session", into_}};
+  req["stdin"] = request_.stdin_open;
   if (!request_.argv.empty()) req["argv"] = request_.argv;
   if (!request_.command.empty()) req["command"] = request_.command;
   json env = json::object();

@@ -103,9 +103,18 @@ class RemoteExecutor {
   std::string socket_, executor_;
 };
 
+// `exec` into a running session (its id, or its name as a string): a
+// RemoteProcess whose start() runs the request's command in that session's
+// sandbox, on its executor (the `exec` op, docs/protocol.md). request.join
+// is for the library's Process and must be null.
+Result<std::unique_ptr<RemoteProcess>> exec_in_session(const std::string& socket,
+                                                       nlohmann::json session, ExecRequest request);
+
 class RemoteProcess {
  public:
-  RemoteProcess(std::string socket, std::string executor, ExecRequest request);
+  // With `into` (a session id or name), start() execs into that session.
+  RemoteProcess(std::string socket, std::string executor, ExecRequest request,
+                nlohmann::json into = nullptr);
   ~RemoteProcess();
   RemoteProcess(const RemoteProcess&) = delete;
   RemoteProcess& operator=(const RemoteProcess&) = delete;
@@ -138,6 +147,7 @@ class RemoteProcess {
 
   std::string socket_, executor_;
   ExecRequest request_;
+  nlohmann::json into_;
   std::unique_ptr<Connection> conn_;
   uint64_t session_ = 0;
   pid_t pid_ = -1;

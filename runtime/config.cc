@@ -1468,7 +1468,7 @@ Status Parser::callers(const Field& f, Config& config) const {
   if (!items) return fail(items.error());
   static constexpr std::string_view kKeys[] = {"users",          "groups",         "exec.get",
                                                "exec.run",       "session.attach", "session.signal",
-                                               "session.remove", "max_processes"};
+                                               "session.remove", "session.exec",   "max_processes"};
   auto rules = std::make_shared<policy::CallerRules>();
   for (const auto& item : *items) {
     auto entries = mapping(item, kKeys);
@@ -1523,6 +1523,7 @@ Status Parser::callers(const Field& f, Config& config) const {
         if (!v) return fail(v.error());
         (e.key == "session.attach"   ? r.session_attach
          : e.key == "session.signal" ? r.session_signal
+         : e.key == "session.exec"   ? r.session_exec
                                      : r.session_remove) = *v;
       }
     }

@@ -193,7 +193,14 @@ Result<std::shared_ptr<Executor>> Executor::create(const ExecutorConfig& config,
 }
 
 Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
+  if (req.join && !req.join->same_sandbox(*sandbox_))
+    return fail(invalid("a process joins a sandbox of its own executor only"));
   ProcessSetup setup;
+  if (req.join) {
+    auto j = req.join->join_point();
+    if (!j) return fail(j.error());
+    setup.join.emplace(std::move(*j));
+  }
   setup.sandbox = sandbox_;
   setup.cgroups = cgroups_;
   setup.stdin_open = req.stdin_open;
@@ -241,7 +248,7 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   if (!wd) return fail(wd.error().wrap("work dir"));
 
   // A container without a command runs its image's Cmd.
-  if (image_ && req.argv.empty() && req.command.empty()) req.argv = image_->cmd;
+  if (image_ && !req.join && req.argv.empty() && req.command.empty()) req.argv = image_->cmd;
 
   // Every policy rule, decided and audited in one place.
   policy::ExecInput in;
@@ -266,7 +273,7 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.command.work_dir_beneath = std::move(grant->work_dir_beneath);
   setup.command.argv = std::move(grant->argv);
   // The image's Entrypoint runs the (checked) command as its arguments.
-  if (image_ && !image_->entrypoint.empty())
+  if (image_ && !req.join && !image_->entrypoint.empty())
     setup.command.argv.insert(setup.command.argv.begin(), image_->entrypoint.begin(),
                               image_->entrypoint.end());
   if (grant->executable) {

@@ -40,6 +40,13 @@ struct ExecRequest {
   // Who asks: the service sets the peer's credentials (policy::peer_caller);
   // unset = the calling process's own (policy::Caller::self()).
   std::optional<policy::Caller> caller;
+  // `exec` into this running Process of the same executor: the new process
+  // joins its sandbox (spawn_joined) instead of getting one. An image's
+  // Entrypoint is not put in front, and its Cmd is no default: the command
+  // is the request's. Every rule of the policy applies as to a new one.
+  // What the join needs is taken by exec() (Process::join_point): the
+  // Process may go before the new one's start(), which then fails.
+  const Process* join = nullptr;
 };
 
 // Container executors: what the image's config gives, used under the
@@ -62,7 +69,8 @@ class Executor {
   const ExecutorConfig& config() const { return config_; }
   const SpawnSpec& spec() const { return sandbox_->spec(); }
 
-  // Validates the request and returns a Process, not yet started.
+  // Validates the request and returns a Process, not yet started. INVALID
+  // when request.join is another executor's.
   Result<std::unique_ptr<Process>> exec(ExecRequest request) const;
 
  private:

@@ -655,23 +655,21 @@ Result<int> exec(const Globals& g, const std::string& id, const ExecOptions& o) 
   if (!m) return fail(m.error());
   auto cg = (*m)->open_named(s->cgroup);
   if (!cg) return fail(cg.error());
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, s->pid, 0));
-  if (pidfd < 0) return fail(invalid("container " + id + " is not running"));
-  Fd pf(pidfd);
+  Join join;
+  join.pidfd = Fd(static_cast<int>(::syscall(SYS_pidfd_open, s->pid, 0)));
+  if (!join.pidfd) return fail(invalid("container " + id + " is not running"));
   if (!alive(*s)) return fail(invalid("container " + id + " is not running"));
-  Fd userns;
   if (b->spec.userns) {
-    int u = ::open(("/proc/" + std::to_string(s->pid) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC);
-    if (u < 0) return fail(sys_error("the user namespace of container " + id));
-    userns = Fd(u);
+    join.userns =
+        Fd(::open(("/proc/" + std::to_string(s->pid) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!join.userns) return fail(sys_error("the user namespace of container " + id));
   }
+  join.cgroup.emplace(std::move(*cg));
   auto io = caller_io(*b, o.console_socket);
   if (!io) return fail(io.error());
   Detach d = io->detach(*b);
   if (auto st = apply_oom_score_adj(*b); !st) return fail(st.error());
-  d.join_pidfd = pf.get();
-  d.join_userns = userns.get();
-  d.join_cgroup = &*cg;
+  d.join = &join;
   auto c = create_detached(**sb, b->command, io->stdio, nullptr, d);
   if (!c) return fail(c.error());
   if (!o.pid_file.empty())

@@ -231,12 +231,16 @@ Status Process::start() {
   }
 
   started_at_ = std::chrono::steady_clock::now();
-  auto s = spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups);
+  joined_ = setup_.join.has_value();
+  auto s = joined_ ? spawn_joined(*setup_.sandbox, setup_.command, stdio, std::move(*setup_.join))
+                   : spawn(*setup_.sandbox, setup_.command, stdio, setup_.cgroups);
+  // Used up: a joined process that failed to start cannot be started again.
+  setup_.join.reset();
   if (!s) {
     if (setup_.on_start_failure) setup_.on_start_failure(s.error());
     // A process that never ran gives its limit slots back; it cannot be
     // started again without them.
-    if (!setup_.slots.empty()) {
+    if (!setup_.slots.empty() || joined_) {
       setup_.slots.clear();
       closed_ = true;
     }
@@ -244,6 +248,13 @@ Status Process::start() {
   }
   spawned_.emplace(std::move(*s));
   started_ = true;
+  if (joined_) {
+    joined_exit_ = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
+    if (!joined_exit_) {
+      (void)close(true);
+      return fail(sys_error("dup pidfd"));
+    }
+  }
   setup_.passed_stdio.reset();  // the payload has its own copies
   if (master) {
     in_ = Fd(::fcntl(master.get(), F_DUPFD_CLOEXEC, 3));
@@ -315,13 +326,29 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   // Not a zeroed string of the chunk's size: its pages would be written
   // (and faulted in) on every call, however little there is to read.
   std::unique_ptr<char[]> chunk(new char[kReadChunk]);
+  // A joined process's streams may be held open by processes of the
+  // sandbox that outlive it: they end with what the pipe holds at its exit.
+  if (joined_exit_ && cap.tail < 0) {
+    pollfd w[2] = {{fd.get(), POLLIN, 0}, {joined_exit_.get(), POLLIN, 0}};
+    while (::poll(w, 2, -1) < 0 && errno == EINTR) {
+    }
+    int avail = 0;
+    if (w[1].revents) cap.tail = ::ioctl(fd.get(), FIONREAD, &avail) == 0 ? avail : 0;
+  }
+  if (cap.tail == 0) {
+    fd.reset();
+    return std::string();
+  }
   for (;;) {
-    ssize_t n = ::read(fd.get(), chunk.get(), kReadChunk);
+    const size_t want =
+        cap.tail > 0 ? std::min<size_t>(kReadChunk, static_cast<size_t>(cap.tail)) : kReadChunk;
+    ssize_t n = ::read(fd.get(), chunk.get(), want);
     if (n < 0 && errno == EINTR) continue;
     // A pty master reads EIO once the last slave is closed: that is its EOF.
     if (n < 0 && errno == EIO && setup_.pty) n = 0;
     if (n < 0) return fail(sys_error("read output"));
     if (n == 0) fd.reset();
+    if (cap.tail > 0) cap.tail -= n;
     std::string buf(chunk.get(), static_cast<size_t>(n));
     if (cap.limit > 0 && cap.seen + buf.size() > cap.limit) {
       // Past the cap: keep what fits; the next call ends the stream (so that
@@ -346,15 +373,17 @@ Result<std::string> Process::read(Stream stream) {
 Result<std::optional<Chunk>> Process::read() {
   if (!started_) return fail(invalid("read before start"));
   for (;;) {
-    pollfd p[2] = {{out_.get(), POLLIN, 0}, {err_.get(), POLLIN, 0}};
+    pollfd p[3] = {
+        {out_.get(), POLLIN, 0}, {err_.get(), POLLIN, 0}, {joined_exit_.get(), POLLIN, 0}};
     if (p[0].fd < 0 && p[1].fd < 0) return std::optional<Chunk>();
-    int n = ::poll(p, 2, -1);
+    int n = ::poll(p, 3, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(sys_error("poll output"));
     }
     for (int i = 0; i < 2; ++i) {
-      if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      // A joined process's exit ends both streams (read_fd).
+      if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR) || p[2].revents)) continue;
       Stream s = i == 0 ? Stream::Stdout : Stream::Stderr;
       auto data = read(s);
       if (!data) return fail(data.error());
@@ -371,6 +400,14 @@ Status Process::resize(unsigned short rows, unsigned short cols) {
   winsize ws{rows, cols, 0, 0};
   if (::ioctl(out_.get(), TIOCSWINSZ, &ws) != 0) return fail(sys_error("TIOCSWINSZ"));
   return {};
+}
+
+Result<Join> Process::join_point() const {
+  std::lock_guard lk(state_mu_);
+  if (!started_ || !spawned_) return fail(invalid("the process has not started"));
+  if (status_ || abandoned_ || closed_) return fail(invalid("the process has exited"));
+  if (joined_) return fail(invalid("the process was joined into another's sandbox: join that"));
+  return spawned_->join_point();
 }
 
 bool Process::running() const {
@@ -399,6 +436,10 @@ Result<ExitStatus> Process::finish() {
   // SIGKILL to its pid namespace and its cgroup (an init that is alone is
   // exiting anyway).
   spawned_->end();
+  // A joined init is a process of the sandbox's cgroup, where even its
+  // zombie counts against pids_limit: reaped now (it owns no namespace, so
+  // its exit is quick).
+  if (joined_) (void)spawned_->reap();
   if (watch_) {
     Watchdog::get().cancel(watch_);
     watch_->pidfd.reset();

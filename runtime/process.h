@@ -92,6 +92,8 @@ struct PtyRequest {
   unsigned short rows = 24, cols = 80;
 };
 
+class Process;
+
 // What start() needs; filled in by Executor::exec.
 struct ProcessSetup {
   std::shared_ptr<const Sandbox> sandbox;
@@ -115,6 +117,8 @@ struct ProcessSetup {
   // sends the terminal's EOF character). stderr_fd() is -1.
   std::shared_ptr<PassedStdio> passed_stdio;
   std::optional<PtyRequest> pty;
+  // The running sandbox start() joins (ExecRequest::join).
+  std::optional<Join> join;
 };
 
 class Process {
@@ -184,6 +188,16 @@ class Process {
     return setup_.sandbox ? &setup_.sandbox->spec() : nullptr;
   }
   std::chrono::milliseconds timeout() const { return setup_.timeout; }
+  // Whether sb is the sandbox this Process runs in (Executor::exec's check
+  // of a join).
+  bool same_sandbox(const Sandbox& sb) const { return setup_.sandbox.get() == &sb; }
+  // Whether it was started into another Process's sandbox.
+  bool joined() const { return joined_; }
+  // What a process needs to join this one's sandbox (Spawned::join_point):
+  // INVALID before start(), once the payload has exited, and for a joined
+  // Process (its init is outside the sandbox's pid namespace: join the
+  // one it joined).
+  Result<Join> join_point() const;
   // While it runs (`stats`, `top`): what the sandbox uses now and its
   // processes (host pids). After the exit: the final usage, no processes.
   struct Now {
@@ -209,6 +223,10 @@ class Process {
     uint64_t limit = 0;  // 0 = none
     uint64_t seen = 0;
     std::atomic<bool> truncated{false};
+    // A joined process's stream, once its init has exited: the bytes still
+    // to read (what the pipe held then), -1 before. What the sandbox's other
+    // processes still write there is not waited for.
+    int64_t tail = -1;
   };
   Result<std::string> read_fd(Fd& fd, std::mutex& mu, Cap& cap);
   ExitStatus with_flags(ExitStatus st) const;
@@ -220,6 +238,8 @@ class Process {
   std::mutex in_mu_, out_mu_, err_mu_;
   mutable std::mutex state_mu_;
   bool started_ = false;
+  bool joined_ = false;
+  Fd joined_exit_;  // a joined process's pidfd, for the end of its output
   std::atomic<bool> closed_{false};
   bool abandoned_ = false;
   std::optional<ExitStatus> status_;

@@ -4,6 +4,7 @@
 #include <linux/nsfs.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -13,12 +14,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <variant>
 
@@ -50,7 +53,7 @@ constexpr size_t kMaxFdsQueued = 16;
 constexpr const char* kServerName = "cloisterd 0.1.0";
 
 // epoll tags: kind in the top byte, an id below.
-enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin, kTop };
+enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin, kTop, kExecDone };
 uint64_t tag(Kind k, uint64_t id) {
   return (static_cast<uint64_t>(k) << 56) | id;
 }
@@ -118,6 +121,10 @@ constexpr auto kTopArgvDeadline = std::chrono::milliseconds(500);
 // stalled lives until the session ends (runtime/top.h): a session with one
 // gets no more, and one has two reading at most.
 constexpr size_t kTopReadersMax = 32;
+// `exec` starts under way at once (each on a thread of its own, bounded by
+// kJoinStartDeadline): per caller uid, and in the service.
+constexpr size_t kExecStartsPerUid = 4;
+constexpr size_t kExecStartsMax = 16;
 // And per caller (uid): one tenant's stalled sessions never take them all.
 constexpr size_t kTopReadersPerUid = 8;
 // Bytes queued for a connection past which an event is not added but the
@@ -296,6 +303,8 @@ struct TopJob {
 };
 
 struct Server::Impl {
+  struct Prepared;
+  struct ExecStart;
   Config config;
   ServiceConfig sc;
   Fd listener, epoll, sigfd;
@@ -310,6 +319,9 @@ struct Server::Impl {
   std::map<std::pair<uid_t, std::string>, uint64_t> names;
   uint64_t next_conn = 1, next_session = 1, next_top = 1;
   std::map<uint64_t, TopJob> top_jobs;
+  std::map<uint64_t, std::unique_ptr<ExecStart>> exec_starts;
+  uint64_t next_exec = 1;
+  Fd exec_done;                   // eventfd (kExecDone): an exec start's thread is done
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
   std::map<std::string, size_t> running_by_executor;
@@ -568,6 +580,14 @@ struct Server::Impl {
     }
     e.exit_fd = -1;
     uncount(e);
+    if (e.s->process().joined()) {
+      e.s->end_output_at_exit();
+      for (int i = 0; i < 2; ++i)
+        if (e.s->output_eof(i) && e.registered[i]) {
+          ep_del(e.s->output_fd(i));
+          e.registered[i] = false;
+        }
+    }
     if (e.s->status() && e.s->status()->oom_killed) publish(e, "oom");
     publish(e, "exited");
     check_finished(e);
@@ -723,14 +743,116 @@ struct Server::Impl {
     return it->second;
   }
 
+  // A session's process, checked and made but not started, and the rest of
+  // its spec (all but its id).
+  struct Prepared {
+    std::unique_ptr<Process> proc;
+    SessionSpec spec;
+    bool run = false;
+  };
+  // An `exec` being started. Its process joins a sandbox whose own
+  // processes can hold the start up (isolate/spawn.h, kJoinStartDeadline),
+  // so it starts on a thread of its own while the loop serves everyone;
+  // the loop makes the session and replies once the thread is done.
+  struct ExecStart {
+    uint64_t conn = 0;
+    json id;
+    Prepared prep;
+    Status started;
+    std::atomic<bool> done{false};
+    std::thread thread;
+  };
+  void start_exec(Conn& c, const json& id, const json& j, SessionEntry& into) {
+    size_t own = 0;
+    for (const auto& [xid, x] : exec_starts) own += x->prep.spec.owner == c.caller.uid;
+    if (own >= kExecStartsPerUid || exec_starts.size() >= kExecStartsMax)
+      return reply_err(
+          c, id,
+          make_error(ErrorKind::Limit, "too many execs are starting (" + std::to_string(own) +
+                                           " of yours, " + std::to_string(exec_starts.size()) +
+                                           " in all); try again once they run"));
+    auto p = prepare(c, j, false, &into);
+    c.fds.clear();
+    if (!p) return reply_err(c, id, p.error());
+    auto x = std::make_unique<ExecStart>();
+    x->conn = c.id;
+    x->id = id;
+    x->prep = std::move(*p);
+    ExecStart* raw = x.get();
+    const int done_fd = exec_done.get();
+    x->thread = std::thread([raw, done_fd] {
+      raw->started = raw->prep.proc->start();
+      raw->done.store(true, std::memory_order_release);
+      const uint64_t one = 1;
+      (void)!::write(done_fd, &one, sizeof one);
+    });
+    exec_starts.emplace(next_exec++, std::move(x));
+  }
+  // Every exec start whose thread is done: its session, or its error.
+  void on_exec_done() {
+    uint64_t n;
+    (void)!::read(exec_done.get(), &n, sizeof n);
+    std::vector<uint64_t> done;
+    for (const auto& [xid, x] : exec_starts)
+      if (x->done.load(std::memory_order_acquire)) done.push_back(xid);
+    for (uint64_t xid : done) {
+      auto node = exec_starts.extract(xid);
+      ExecStart& x = *node.mapped();
+      x.thread.join();
+      auto cit = conns.find(x.conn);
+      Conn* c = cit != conns.end() && !cit->second->closing ? cit->second.get() : nullptr;
+      Status ok = x.started;
+      const std::string& name = x.prep.spec.name;
+      if (ok && !name.empty() && names.count({x.prep.spec.owner, name}))
+        ok = fail(invalid("name '" + name + "' was taken while the exec started"));
+      if (ok && (!c || stopping)) ok = fail(internal("the client went before the exec ran"));
+      if (!ok) {
+        // Started but not wanted: killed, and left to the reaper.
+        if (x.prep.proc->started()) x.prep.proc->abandon();
+        if (c) {
+          reply_err(*c, x.id, ok.error());
+          flush(*c);
+        }
+        continue;
+      }
+      const uint64_t sid = enroll(std::move(x.prep));
+      answer_start(*c, x.id, sid);
+      flush(*c);
+    }
+  }
+  // The reply to `start` and `exec`, and the owner's attachment.
+  void answer_start(Conn& c, const json& id, uint64_t sid) {
+    SessionEntry& e = sessions[sid];
+    json reply = {{"session", sid}, {"pid", e.s->process().pid()}};
+    if (e.s->stdin_open()) reply["stdin_window"] = kStdinHighWater;
+    reply_ok(c, id, reply);
+    if (!e.s->spec().detached) {
+      c.owns.insert(sid);
+      if (!e.s->spec().passed_stdio) attach(c, sid, json::object());
+      pump(c);
+    }
+  }
+  // `start` and `run`: prepared, started and enrolled at once.
   Result<uint64_t> start(Conn& c, const json& j, bool run) {
+    auto p = prepare(c, j, run);
+    if (!p) return fail(p.error());
+    if (auto st = p->proc->start(); !st) return fail(st.error());
+    return enroll(std::move(*p));
+  }
+  // With `into`, for `exec`: a process of its own in that running session's
+  // sandbox, on the session's executor.
+  Result<Prepared> prepare(Conn& c, const json& j, bool run, SessionEntry* into = nullptr) {
     if (stopping) return fail(make_error(ErrorKind::Limit, "the service is shutting down"));
     Req r{j};
-    auto exname = r.str("executor", true);
+    auto exname = into ? Result<std::string>(into->s->spec().executor) : r.str("executor", true);
     if (!exname) return fail(exname.error());
+    if (into && j.contains("executor") && j["executor"] != *exname)
+      return fail(invalid("exec runs on the session's own executor ('" + *exname +
+                          "'): leave out 'executor'"));
     auto ex = executor(*exname);
     if (!ex) return fail(ex.error());
     ExecRequest req;
+    if (into) req.join = &into->s->process();
     if (auto it = j.find("argv"); it != j.end() && !it->is_null()) {
       if (!it->is_array()) return fail(invalid("field 'argv' must be a list of strings"));
       for (auto& a : *it) {
@@ -798,17 +920,24 @@ struct Server::Impl {
     if (!log_file->empty() &&
         (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == ".."))
       return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
-    // Limits, before anything forks.
+    // Limits, before anything forks; an exec still starting counts.
     const uid_t uid = c.cred.uid;
-    if (running >= sc.max_sessions)
+    size_t starting = 0, starting_here = 0, starting_own = 0;
+    for (const auto& [xid, x] : exec_starts) {
+      ++starting;
+      starting_here += x->prep.spec.executor == *exname;
+      starting_own += x->prep.spec.owner == uid;
+    }
+    if (running + starting >= sc.max_sessions)
       return fail(make_error(ErrorKind::Limit, "the service runs " + std::to_string(running) +
                                                    " sessions, the maximum (max_sessions)"));
     if (sc.max_sessions_per_executor &&
-        running_by_executor[*exname] >= sc.max_sessions_per_executor)
+        running_by_executor[*exname] + starting_here >= sc.max_sessions_per_executor)
       return fail(make_error(ErrorKind::Limit, "executor '" + *exname +
                                                    "' runs its maximum of sessions "
                                                    "(max_sessions_per_executor)"));
-    if (sc.max_sessions_per_caller && running_by_uid[uid] >= sc.max_sessions_per_caller)
+    if (sc.max_sessions_per_caller &&
+        running_by_uid[uid] + starting_own >= sc.max_sessions_per_caller)
       return fail(make_error(ErrorKind::Limit, "uid " + std::to_string(uid) +
                                                    " runs its maximum of sessions "
                                                    "(max_sessions_per_caller)"));
@@ -838,9 +967,8 @@ struct Server::Impl {
         return fail(invalid("log file " + *log_file + " is not a regular file"));
       spec.log = std::move(fd);
     }
-    if (auto s = (*proc)->start(); !s) return fail(s.error());
-    spec.id = next_session++;
     spec.executor = *exname;
+    if (into) spec.exec_of = into->s->id();
     spec.argv = (*proc)->argv();
     spec.command = *command;
     spec.name = *name;
@@ -852,13 +980,20 @@ struct Server::Impl {
     // (docs/protocol.md): its session keeps the newest bytes, as its buffer
     // does, not the first max_output of them.
     spec.max_output = run ? 0 : *max_output;
-    const uint64_t sid = spec.id;
+    return Prepared{std::move(*proc), std::move(spec), run};
+  }
+  // A started process becomes a session.
+  uint64_t enroll(Prepared p) {
+    p.spec.id = next_session++;
+    const uint64_t sid = p.spec.id;
+    const std::string exname = p.spec.executor;
+    const uid_t uid = p.spec.owner;
     SessionEntry& e = sessions[sid];
-    e.s = std::make_unique<Session>(std::move(spec), std::move(*proc));
-    e.run_session = run;
+    e.s = std::make_unique<Session>(std::move(p.spec), std::move(p.proc));
+    e.run_session = p.run;
     if (!e.s->spec().name.empty()) names[{e.s->spec().owner, e.s->spec().name}] = sid;
     ++running;
-    ++running_by_executor[*exname];
+    ++running_by_executor[exname];
     ++running_by_uid[uid];
     for (int i = 0; i < 2; ++i)
       if (e.s->output_fd(i) >= 0 && !e.s->output_eof(i)) {
@@ -911,6 +1046,7 @@ struct Server::Impl {
               {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}}};
     if (!s.spec().command.empty()) j["command"] = s.spec().command;
     if (!s.spec().name.empty()) j["name"] = s.spec().name;
+    if (s.spec().exec_of) j["exec_of"] = s.spec().exec_of;
     j["exit"] = s.status() ? status_json(*s.status()) : json(nullptr);
     return j;
   }
@@ -1017,8 +1153,35 @@ struct Server::Impl {
       }
       return reply_ok(c, id, {{"executors", list}});
     }
-    if (op == "start" || op == "run") {
+    if (op == "start" || op == "run" || op == "exec") {
       const bool run = op == "run";
+      SessionEntry* into = nullptr;
+      if (op == "exec") {
+        auto found = find(c, j);
+        if (!found) return reply_err(c, id, found.error());
+        into = *found;
+        // An exec session's sandbox is the session it was exec'd into.
+        if (uint64_t of = into->s->spec().exec_of) {
+          auto it = sessions.find(of);
+          if (it == sessions.end())
+            return reply_err(c, id,
+                             invalid("session " + std::to_string(into->s->id()) +
+                                     " ran in session " + std::to_string(of) + ", which is gone"));
+          into = &it->second;
+        }
+        if (auto ok = may(c, *into->s, policy::Action::SessionExec); !ok)
+          return reply_err(c, id, ok.error());
+        if (into->s->exited())
+          return reply_err(c, id,
+                           invalid("session " + std::to_string(into->s->id()) + " has exited"));
+        // The caller's own fds into another caller's sandbox, whose
+        // processes could take them over (ptrace the exec'd process): no.
+        if (into->s->spec().owner != c.caller.uid && Req{j}.str("stdio").value_or("") == "passed")
+          return reply_err(c, id,
+                           invalid("stdio \"passed\" into a session another caller started: "
+                                   "its processes could use your terminal; use pipes or a pty"));
+        return start_exec(c, id, j, *into);
+      }
       Pending p;
       if (run) {
         Req r{j};
@@ -1042,7 +1205,6 @@ struct Server::Impl {
       auto sid = start(c, j, run);
       c.fds.clear();  // unclaimed fds are not kept
       if (!sid) return reply_err(c, id, sid.error());
-      SessionEntry& e = sessions[*sid];
       if (run) {
         p.id = id;
         p.session = *sid;
@@ -1050,15 +1212,7 @@ struct Server::Impl {
         c.pending.push_back(std::move(p));
         return;
       }
-      json reply = {{"session", *sid}, {"pid", e.s->process().pid()}};
-      if (e.s->stdin_open()) reply["stdin_window"] = kStdinHighWater;
-      reply_ok(c, id, reply);
-      if (!e.s->spec().detached) {
-        c.owns.insert(*sid);
-        if (!e.s->spec().passed_stdio) attach(c, *sid, json::object());
-        pump(c);
-      }
-      return;
+      return answer_start(c, id, *sid);
     }
     if (op == "events") {
       auto on = Req{j}.flag("enabled");
@@ -1113,7 +1267,10 @@ struct Server::Impl {
       } else {
         std::vector<top::Process> procs;
         struct stat ns {};
-        const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) + "/ns/pid";
+        // An exec's init is outside the sandbox's pid namespace, which is
+        // the one it forks into.
+        const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) +
+                                    (s.spec().exec_of ? "/ns/pid_for_children" : "/ns/pid");
         if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
           for (pid_t p : now->pids) {
             if (procs.size() == kTopMax) {
@@ -1579,6 +1736,9 @@ struct Server::Impl {
           case kTop:
             finish_top(id);
             break;
+          case kExecDone:
+            on_exec_done();
+            break;
           case kStdin: {
             auto it = sessions.find(id);
             if (it != sessions.end()) service_stdin(it->second);
@@ -1589,6 +1749,10 @@ struct Server::Impl {
       handle_resumed();
       tick();
     }
+    // Exec starts still under way end within their deadline; what they
+    // started is dropped with the other sessions' processes.
+    for (auto& [xid, x] : exec_starts) x->thread.join();
+    on_exec_done();
     // Shutdown: end what still runs, tell the clients, remove every session
     // (which reaps it and removes its cgroup).
     for (auto& [sid, e] : sessions)
@@ -1693,6 +1857,9 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
   if (!impl->sigfd) return fail(sys_error("signalfd"));
   impl->ep(EPOLL_CTL_ADD, impl->listener.get(), EPOLLIN, tag(kListen, 0));
   impl->ep(EPOLL_CTL_ADD, impl->sigfd.get(), EPOLLIN, tag(kSignal, 0));
+  impl->exec_done = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!impl->exec_done) return fail(sys_error("eventfd"));
+  impl->ep(EPOLL_CTL_ADD, impl->exec_done.get(), EPOLLIN, tag(kExecDone, 0));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

@@ -1,6 +1,7 @@
 #include "runtime/session.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,15 +36,26 @@ int Session::output_fd(int i) const {
   return i == 0 ? process_->stdout_fd() : process_->stderr_fd();
 }
 
+void Session::end_output_at_exit() {
+  for (int i = 0; i < 2; ++i) {
+    if (eof_[i]) continue;
+    int avail = 0;
+    tail_[i] = output_fd(i) >= 0 && ::ioctl(output_fd(i), FIONREAD, &avail) == 0 ? avail : 0;
+    if (tail_[i] == 0) eof_[i] = true;
+  }
+}
+
 size_t Session::pull(int i, size_t max) {
   if (eof_[i] || max == 0) return 0;
   char buf[kPullChunk];
+  if (tail_[i] >= 0) max = std::min(max, static_cast<size_t>(tail_[i]));
   ssize_t n = ::read(output_fd(i), buf, std::min(max, sizeof buf));
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
   if (n <= 0) {  // EOF, or EIO from a pty master whose slave is gone
     eof_[i] = true;
     return 0;
   }
+  if (tail_[i] > 0 && (tail_[i] -= n) == 0) eof_[i] = true;
   std::string_view data(buf, static_cast<size_t>(n));
   if (spec_.max_output > 0) {
     uint64_t room = out_[i].end() >= spec_.max_output ? 0 : spec_.max_output - out_[i].end();

@@ -36,6 +36,7 @@ struct SessionSpec {
   bool detached = false;
   bool pty = false;
   bool passed_stdio = false;
+  uint64_t exec_of = 0;  // `exec`: the session whose sandbox it runs in; 0 = its own
   size_t buffer_size = 1 << 20;
   uint64_t max_output = 0;  // per stream; 0 = no cap. Past it output is discarded and counted.
   Fd log;                   // may be empty
@@ -60,6 +61,10 @@ class Session {
   // Reads once, at most max bytes, from stream i (non-blocking). Returns the
   // bytes read (0 on EAGAIN); marks EOF on end of stream or error.
   size_t pull(int i, size_t max);
+  // An exec's streams end with its command, at its exit: processes of the
+  // sandbox that outlive it may hold them open, and are not waited for.
+  // What the pipes hold now is still read (by pull), then they are at EOF.
+  void end_output_at_exit();
 
   // Stdin: queued and written as the payload reads.
   int stdin_fd() const { return process_->stdin_fd(); }
@@ -92,6 +97,7 @@ class Session {
   std::unique_ptr<Process> process_;
   RingBuffer out_[2];
   bool eof_[2] = {false, false};
+  int64_t tail_[2] = {-1, -1};  // end_output_at_exit: bytes still to read
   uint64_t discarded_[2] = {0, 0};
   std::string stdin_;
   uint64_t stdin_consumed_ = 0;

@@ -17,6 +17,16 @@
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
+#include <type_traits>
+
+#include "isolate/clone_vm.h"
+#include "isolate/init_program.h"
+#include "runtime/top_reader.h"
+
+#ifndef CLOISTER_TOP_READER_BINARY
+#error "CLOISTER_TOP_READER_BINARY must name the built cloister-top-reader"
+#endif
+CLOISTER_EMBED_PROGRAM(cloister_top_reader_image, CLOISTER_TOP_READER_BINARY)
 
 namespace cloister::top {
 
@@ -42,50 +52,43 @@ std::optional<std::string> read_in(int dir, const char* name, size_t max) {
   return out;
 }
 
-// One slot of the shared memory per process: the child fills data, then
-// publishes its length; kUnread until it does.
-struct Slot {
-  std::atomic<uint32_t> len;
-  char data[kArgvMax];
+// The clone child, sharing cloisterd's memory until its exec (CLONE_VM,
+// CLONE_VFORK): raw system calls only. The reader keeps only the fds its
+// argv names, so no pipe or socket of cloisterd's is held open past its
+// owner's close, and nothing of cloisterd's memory while it may be stuck.
+struct ReaderExec {
+  int program, mem;
+  const int* dirs;
+  size_t n;
+  char* const* argv;
+  pid_t parent;
 };
-constexpr uint32_t kUnread = UINT32_MAX;
 
-// The child: async-signal-safe steps only (it was forked from a process that
-// has other threads). It keeps nothing but the dir fds it reads through, so
-// no pipe or socket of cloisterd's is held open past its owner's close.
-[[noreturn]] void read_all(Slot* slots, const int* dirs, size_t n, const int* sorted,
-                           pid_t parent) {
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != parent) ::_exit(1);
-  // Without close_range (Linux < 5.9) it reads nothing rather than hold
-  // cloisterd's sockets and pipes open while it may be stuck.
-  unsigned lo = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const auto fd = static_cast<unsigned>(sorted[i]);
-    if (fd > lo && ::syscall(SYS_close_range, lo, fd - 1, 0) != 0) ::_exit(1);
-    lo = fd + 1;
-  }
-  if (::syscall(SYS_close_range, lo, ~0U, 0) != 0) ::_exit(1);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t got = 0;
-    int f = ::openat(dirs[i], "cmdline", O_RDONLY | O_CLOEXEC);
-    if (f >= 0) {
-      for (ssize_t r;
-           got < kArgvMax && (r = ::read(f, slots[i].data + got, kArgvMax - got)) != 0;) {
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          break;
-        }
-        got += static_cast<uint32_t>(r);
-      }
-      ::close(f);
-    }
-    slots[i].len.store(got, std::memory_order_release);
-  }
-  ::_exit(0);
+[[noreturn]] void exec_reader(void* arg) noexcept {
+  const ReaderExec& x = *static_cast<const ReaderExec*>(arg);
+  constexpr auto l = [](auto v) { return child_arg(v); };
+  // Dies with cloisterd (kept across the exec), also if cloisterd died
+  // before this line.
+  long r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (r == 0 && child_syscall(SYS_getppid) != x.parent) r = -ESRCH;
+  if (r == 0) r = child_syscall(SYS_close_range, 0, l(~0U), CLOSE_RANGE_CLOEXEC);
+  if (r == 0) r = child_syscall(SYS_fcntl, x.mem, F_SETFD, 0);
+  for (size_t i = 0; r == 0 && i < x.n; ++i) r = child_syscall(SYS_fcntl, x.dirs[i], F_SETFD, 0);
+  static char* const no_env[] = {nullptr};
+  if (r == 0) child_syscall(SYS_execveat, x.program, l(""), l(x.argv), l(no_env), AT_EMPTY_PATH);
+  for (;;) child_syscall(SYS_exit_group, 127);
 }
 
 }  // namespace
+
+Result<int> reader_program() {
+  static init_program::Sealed program{"cloister-top-reader", [] {
+                                        return std::span<const unsigned char>(
+                                            cloister_top_reader_image_start,
+                                            cloister_top_reader_image_end);
+                                      }};
+  return init_program::fd(program);
+}
 
 std::optional<Process> read_process(pid_t pid, ino_t pidns) {
   Fd dir(::open(("/proc/" + std::to_string(pid)).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -152,32 +155,61 @@ std::optional<Process> read_process(pid_t pid, ino_t pidns) {
 }
 
 Result<ArgvReader> ArgvReader::start(const std::vector<Process>& procs) {
+  auto program = reader_program();
+  if (!program) return fail(program.error());
   ArgvReader r;
   r.count_ = procs.size();
   r.shared_size_ = std::max<size_t>(1, procs.size()) * sizeof(Slot);
-  void* mem =
-      ::mmap(nullptr, r.shared_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) return fail(sys_error("mmap the command-line buffer"));
-  r.shared_ = mem;
-  auto* slots = static_cast<Slot*>(mem);
+  Fd mem(::memfd_create("cloister-top", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!mem) return fail(sys_error("memfd_create the command-line buffer"));
+  // Of a fixed size: nothing can shrink it under our mapping (SIGBUS).
+  if (::ftruncate(mem.get(), static_cast<off_t>(r.shared_size_)) != 0 ||
+      ::fcntl(mem.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return fail(sys_error("size the command-line buffer"));
+  void* shared = ::mmap(nullptr, r.shared_size_, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+  if (shared == MAP_FAILED) return fail(sys_error("mmap the command-line buffer"));
+  r.shared_ = shared;
+  auto* slots = static_cast<Slot*>(shared);
   for (size_t i = 0; i < procs.size(); ++i) slots[i].len.store(kUnread, std::memory_order_relaxed);
-  std::vector<int> dirs, sorted;
-  for (const auto& p : procs) dirs.push_back(p.dir.get());
-  sorted = dirs;
-  std::sort(sorted.begin(), sorted.end());
-  const pid_t parent = ::getpid();
+  // Everything the child needs, made before it exists.
+  std::vector<int> dirs;
+  std::vector<std::string> words{"cloister-top-reader", std::to_string(mem.get())};
+  for (const auto& p : procs) {
+    dirs.push_back(p.dir.get());
+    words.push_back(std::to_string(p.dir.get()));
+  }
+  std::vector<char*> argv;
+  for (auto& w : words) argv.push_back(w.data());
+  argv.push_back(nullptr);
+  ReaderExec x{*program, mem.get(), dirs.data(), dirs.size(), argv.data(), ::getpid()};
   // clone3 with CLONE_PIDFD: the pidfd comes with the child, so no number
-  // is ever looked up that an embedding program's reaping could free. Like
-  // fork, but without glibc's atfork handlers: the child runs raw system
-  // calls only.
+  // is ever looked up that an embedding program's reaping could free.
   int pidfd = -1;
   clone_args args{};
   args.flags = CLONE_PIDFD;
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = SIGCHLD;
-  const long child = ::syscall(SYS_clone3, &args, sizeof args);
-  if (child < 0) return fail(sys_error("clone3 the command-line reader"));
-  if (child == 0) read_all(slots, dirs.data(), dirs.size(), sorted.data(), parent);
+  // No handler of the caller's may run in the child.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  long child;
+  int clone_errno = 0;
+#ifdef CLOISTER_CLONE3_VM
+  // No page tables copied: this thread sleeps until the exec (CLONE_VFORK).
+  alignas(64) char stack[16 * 1024];
+  args.flags |= CLONE_VM | CLONE_VFORK;
+  args.stack = reinterpret_cast<uint64_t>(stack);
+  args.stack_size = sizeof stack;
+  child = cloister_clone3_vm(&args, sizeof args, exec_reader, &x);
+  if (child < 0) clone_errno = static_cast<int>(-child);
+#else
+  child = ::syscall(SYS_clone3, &args, sizeof args);
+  if (child == 0) exec_reader(&x);
+  clone_errno = errno;
+#endif
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (child < 0) return fail(sys_error("clone3 the command-line reader", clone_errno));
   r.pidfd_ = Fd(pidfd);
   return r;
 }

@@ -7,10 +7,14 @@
 // over its argument area, or keep its mmap lock queued behind a fault that
 // FUSE holds open. A reader of that cmdline waits as long as the payload
 // likes, which in cloisterd's single event loop would be every tenant's
-// wait. So the command lines are read by a forked child that writes them
-// into shared memory, and that child is killed at a deadline (the wait in
-// the kernel is killable); the processes whose command line it did not get
-// to show their kernel name, as ps shows a process with none.
+// wait. So the command lines are read by a child that writes them into
+// shared memory, and that child is killed at a deadline (the wait in the
+// kernel is killable); the processes whose command line it did not get to
+// show their kernel name, as ps shows a process with none. The child is
+// cloister-top-reader (runtime/top_reader.cc), exec'd from a sealed memfd
+// before it reads anything: a reader stuck for as long as the payload likes
+// holds a few pages and the fds it reads through, no copy of cloisterd's
+// memory, page tables or fds.
 #pragma once
 
 #include <sys/types.h>
@@ -23,6 +27,7 @@
 
 #include "isolate/error.h"
 #include "isolate/fd.h"
+#include "runtime/top_reader.h"
 
 namespace cloister::top {
 
@@ -40,10 +45,6 @@ struct Process {
 // pidns's level.
 std::optional<Process> read_process(pid_t pid, ino_t pidns);
 
-// At most this many bytes of each command line, as ps reads them: a
-// payload's argv can be megabytes, shared by a thousand forks.
-constexpr size_t kArgvMax = 4096;
-
 // The child reading the command lines of `procs`. Move-only.
 //
 // A reader stuck on a FUSE page is in an uninterruptible wait (a remote read
@@ -54,7 +55,8 @@ constexpr size_t kArgvMax = 4096;
 // second at most; a child still stuck then is left to exit on its own.
 class ArgvReader {
  public:
-  // Forks the child; it reads each process's cmdline through its dir fd.
+  // Starts the reader; it reads each process's cmdline through its dir fd.
+  // The dir fds may be closed once this returns (the reader has its own).
   [[nodiscard]] static Result<ArgvReader> start(const std::vector<Process>& procs);
   ArgvReader(ArgvReader&&) noexcept;
   ArgvReader& operator=(ArgvReader&&) noexcept;
@@ -80,6 +82,10 @@ class ArgvReader {
   void* shared_ = nullptr;
   size_t shared_size_ = 0, count_ = 0;
 };
+
+// The sealed memfd of cloister-top-reader, made on first use and kept for
+// good, as the init's is (isolate/init_program.h).
+Result<int> reader_program();
 
 // procs as `top` replies with them: fields plus argv, which is the kernel's
 // name in brackets where the command line is empty or was not read.

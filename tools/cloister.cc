@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +45,9 @@ int report(const Error& e) {
 struct ExecOptions {
   std::string config = kDefaultConfig;
   std::string executor;
+  std::string session;  // --session: into this running session, through cloisterd
+  bool tty = false, detach = false;
+  std::string name;
   std::vector<std::string> env;
   std::string work_dir;
   std::string state_dir;  // overrides the config's images.state_dir
@@ -250,6 +254,7 @@ struct RunOptions {
   bool detach = false, interactive = false, tty = false;
   std::vector<std::string> env;
   std::string work_dir, log_file, executor, name;
+  std::optional<json> into;  // `exec --session`: the session (id or name) to run in
   double timeout = 0;
   std::vector<std::string> argv;
 };
@@ -441,7 +446,8 @@ Result<std::unique_ptr<Connection>> dial(const Global& g) {
 int run_service(const Global& g, const RunOptions& o) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  json req = {{"op", "start"}, {"executor", o.executor}, {"argv", o.argv}};
+  json req = o.into ? json{{"op", "exec"}, {"session", *o.into}, {"argv", o.argv}}
+                    : json{{"op", "start"}, {"executor", o.executor}, {"argv", o.argv}};
   json env = json::object();
   for (const auto& kv : o.env) {
     auto eq = kv.find('=');
@@ -472,7 +478,9 @@ int run_service(const Global& g, const RunOptions& o) {
   // Our own stdio is handed to the payload only when it is a pipe, socket or
   // terminal (check_passed_stdio); a file or directory is relayed through
   // the service instead, as with a pty.
-  const bool pass = (!o.interactive || check_passed_stdio(STDIN_FILENO, "stdin")) &&
+  // Never into a session (`exec --session`), which may be another caller's:
+  // its processes could take over what we pass (our terminal).
+  const bool pass = !o.into && (!o.interactive || check_passed_stdio(STDIN_FILENO, "stdin")) &&
                     check_passed_stdio(STDOUT_FILENO, "stdout") &&
                     check_passed_stdio(STDERR_FILENO, "stderr");
   if (pty || !pass) {
@@ -777,6 +785,16 @@ int kill_signal(const std::string& s) {
   if (!s.empty() && std::all_of(s.begin(), s.end(), ::isdigit)) return std::stoi(s);
   return -1;
 }
+// A session as the user names it: digits are an id; anything else is a
+// name, which the service resolves. (At most 19 digits: always a uint64_t;
+// longer ones go as a string, which the service refuses as a name.)
+json session_key(const std::string& ref) {
+  const bool digits =
+      !ref.empty() && ref.size() <= 19 &&
+      std::all_of(ref.begin(), ref.end(), [](unsigned char ch) { return ch >= '0' && ch <= '9'; });
+  return digits ? json(std::stoull(ref)) : json(ref);
+}
+
 // --- end service verbs ------------------------------------------------------
 
 }  // namespace
@@ -797,7 +815,16 @@ int main(int argc, char** argv) {
   ExecOptions exec;
   auto* sub = app.add_subcommand("exec", "run a command in a sandbox, in-process (no service)");
   sub->add_option("--config,-c", exec.config, "config file")->capture_default_str();
-  sub->add_option("--executor,-x", exec.executor, "executor name")->required();
+  auto* exec_executor = sub->add_option("--executor,-x", exec.executor, "executor name");
+  auto* exec_session = sub->add_option(
+      "--session,-s", exec.session,
+      "run in this running session's sandbox instead (id or name), through cloisterd; "
+      "needs session.exec on others' sessions");
+  exec_session->excludes(exec_executor);
+  sub->add_flag("-t,--tty", exec.tty, "give the command a terminal (with --session)");
+  sub->add_flag("-d,--detach", exec.detach,
+                "start in the background, print the new session's id (with --session)");
+  sub->add_option("--name", exec.name, "name the new session (with --session)");
   sub->add_option("-e,--env", exec.env, "environment variable KEY=VALUE (repeatable)");
   sub->add_option("-w,--workdir", exec.work_dir, "working directory inside the sandbox");
   sub->add_flag("-i,--interactive", exec.interactive, "forward stdin to the command");
@@ -903,14 +930,35 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cloister: INVALID: %s\n", e.what());
     return 125;
   }
-  // Digits are an id; anything else is a name, which the service resolves.
-  // (At most 19 digits: always a uint64_t; longer ones go as a string,
-  // which the service refuses as a name.)
-  const bool digits = !sref.empty() && sref.size() <= 19 &&
-                      std::all_of(sref.begin(), sref.end(),
-                                  [](unsigned char ch) { return ch >= '0' && ch <= '9'; });
-  const json sid = digits ? json(std::stoull(sref)) : json(sref);
-  if (sub->parsed()) return run_exec(exec);
+  const json sid = session_key(sref);
+  if (sub->parsed() && !exec.session.empty()) {
+    if (exec.command.size() || exec.state_dir.size())
+      return report(
+          invalid("--command and --state-dir are for the in-process exec, not --session"));
+    if (exec.argv.empty()) return report(invalid("give the command after --"));
+    RunOptions r;
+    r.detach = exec.detach;
+    r.interactive = exec.interactive;
+    r.tty = exec.tty;
+    r.env = exec.env;
+    r.work_dir = exec.work_dir;
+    r.name = exec.name;
+    r.timeout = exec.timeout;
+    r.argv = exec.argv;
+    r.into = session_key(exec.session);
+    return run_service(global, r);
+  }
+  if (sub->parsed()) {
+    if (exec.executor.empty())
+      return report(
+          invalid("give --executor (in-process) or --session (into a running "
+                  "session, through cloisterd)"));
+    if (exec.tty || exec.detach || !exec.name.empty())
+      return report(
+          invalid("-t, -d and --name need --session (the in-process exec runs "
+                  "attached, on pipes)"));
+    return run_exec(exec);
+  }
   if (load->parsed()) return run_load(state_dir, load_path, load_name);
   if (images->parsed()) return run_images(state_dir);
   if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);

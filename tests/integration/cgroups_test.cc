@@ -616,6 +616,17 @@ TEST_F(Cgroups, KillLiftsTheCpuQuotaOfTheDyingTree) {
   }
 }
 
+// The end of a borrowed kill: pid died of SIGKILL, the quota file reads
+// `quota` again, and the cgroup goes.
+void expect_killed_under_quota(pid_t pid, const std::string& quota_file, const char* quota,
+                               cgroups::Cgroup& cg) {
+  int st = wait_status(pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  EXPECT_TRUE(slurp(quota_file).starts_with(quota)) << quota_file << ": " << slurp(quota_file);
+  auto s = cg.destroy();
+  EXPECT_TRUE(s) << s.error().what();
+}
+
 // A borrowed handle (an OCI runtime's `kill --all KILL` between verbs) lifts
 // the quota while the tree dies and puts the owner's back after: the cgroup
 // outlives the kill, and whatever is placed in it later is capped again.
@@ -640,11 +651,7 @@ TEST_F(Cgroups, BorrowedKillRestoresTheOwnersCpuQuota) {
     auto s = b->kill();
     ASSERT_TRUE(s) << s.error().what();
   }
-  int st = wait_status(c.pid);
-  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
-  EXPECT_TRUE(slurp(quota_file).starts_with("1000")) << quota_file << ": " << slurp(quota_file);
-  auto s = cg->destroy();
-  EXPECT_TRUE(s) << s.error().what();
+  expect_killed_under_quota(c.pid, quota_file, "1000", *cg);
 }
 
 // The lift itself, seen while the tree dies slowly: one of its threads waits
@@ -703,11 +710,7 @@ TEST_F(Cgroups, BorrowedKillLiftsTheQuotaWhileTheTreeDiesAndKeepsAnUpdate) {
   killer.join();
   EXPECT_TRUE(lifted) << "the dying tree ran uncapped";
   EXPECT_TRUE(killed) << killed.error().what();
-  int st = wait_status(c.pid);
-  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
-  EXPECT_TRUE(slurp(quota_file).starts_with("2000")) << quota_file << ": " << slurp(quota_file);
-  auto s = cg->destroy();
-  EXPECT_TRUE(s) << s.error().what();
+  expect_killed_under_quota(c.pid, quota_file, "2000", *cg);
 }
 
 // A payload with its cgroup delegated may make threaded sub-cgroups, whose

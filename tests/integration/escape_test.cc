@@ -521,6 +521,85 @@ TEST_P(Escape, PayloadRootIsNotHostRoot) {
   }
 }
 
+// `exec` into a running sandbox (ExecRequest::join): the new process is in
+// the session's sandbox (its pid namespace, its mounts: the file the
+// session wrote) and nothing more. As root there it reaches neither the
+// sandbox's init nor its own (which is outside the pid namespace), cannot
+// forge its exit status, and what it leaves behind dies with the session.
+TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
+  auto exec = executor_in(GetParam(), param_config());
+  ASSERT_TRUE(exec);
+  std::string seen;
+  auto session =
+      start_until(*exec,
+                  {"/bin/sh", "-c",
+                   "echo joined > /tmp/exec-mark && ls -l /proc/self/ns/pid && echo ready && "
+                   "exec sleep 1000"},
+                  "ready", &seen);
+  ASSERT_TRUE(session);
+  const size_t at = seen.find("pid:[");
+  ASSERT_NE(at, std::string::npos) << seen;
+  const std::string pidns = seen.substr(at, seen.find(']', at) - at + 1);
+  auto in_session = [&](std::vector<std::string> argv) {
+    ExecRequest req;
+    req.argv = std::move(argv);
+    req.join = session.get();
+    RunResult r;
+    auto p = exec->exec(std::move(req));
+    EXPECT_TRUE(p) << p.error().what();
+    if (!p) return r;
+    auto s = (*p)->start();
+    EXPECT_TRUE(s) << s.error().what();
+    if (!s) return r;
+    EXPECT_TRUE((*p)->joined());
+    r = collect(**p);
+    auto st = (*p)->wait();
+    EXPECT_TRUE(st) << st.error().what();
+    if (st) r.status = *st;
+    return r;
+  };
+  // A join the library refuses: the error exec() or start() gives.
+  auto refused = [&]() -> Error {
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    req.join = session.get();
+    auto p = exec->exec(std::move(req));
+    if (!p) return p.error();
+    auto st = (*p)->start();
+    EXPECT_FALSE(st) << "an exec started";
+    return st ? internal("started") : st.error();
+  };
+  if (unprivileged()) {
+    // An ordinary user's sandbox is entered only through its own user
+    // namespace, which the join does not do: refused, saying so.
+    const Error e = refused();
+    EXPECT_NE(e.what().find("unprivileged"), std::string::npos) << e.what();
+    return;
+  }
+  auto same = in_session({"/bin/sh", "-c", "cat /tmp/exec-mark && ls -l /proc/self/ns/pid"});
+  EXPECT_EQ(same.status.exit_code, 0) << same.err;
+  EXPECT_NE(same.out.find("joined\n"), std::string::npos) << same.out;
+  EXPECT_NE(same.out.find(pidns), std::string::npos)
+      << "not the session's pid namespace (" << pidns << "): " << same.out;
+  auto reach = in_session({kAttack, "proc1"});
+  EXPECT_EQ(reach.status.exit_code, 0) << reach.err;
+  expect_init_unreachable(reach.out, "exec");
+  auto forged = in_session({kAttack, "forge", "7"});
+  EXPECT_EQ(forged.out.find("forged"), std::string::npos) << forged.out;
+  EXPECT_EQ(forged.status.exit_code, 7) << forged.out << forged.err;
+  // An exec that leaves a child: the child stays in the sandbox (as podman
+  // exec leaves it), and goes with the session.
+  auto left = in_session({kAttack, "exit-leaving-child"});
+  EXPECT_EQ(left.status.exit_code, 0) << left.err;
+  EXPECT_TRUE(session->running()) << "an exec's end ended the session";
+  ASSERT_TRUE(session->close(true));
+  Spawned::drain_retired();
+  expect_no_leftover("after the session the exec ran in");
+  // An ended session is no sandbox to join.
+  const Error late = refused();
+  EXPECT_EQ(late.kind, ErrorKind::Invalid) << late.what();
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Modes, Escape,
     ::testing::Values(Mode{Start::Cold, Kind::Host}, Mode{Start::Template, Kind::Host},
@@ -1620,7 +1699,8 @@ TEST_F(EscapeOci, WeakerConfigsAreRefusedNotIgnored) {
 // host's; a pid or mount namespace path is still refused.
 TEST_F(EscapeOci, PodContainersJoinIpcAndUtsButNeverTheHosts) {
   std::string out;
-  bundle({"/bin/sleep", "60"}, "c['hostname']='pod-1'");
+  // The pod lives until the test deletes it (the test VM takes minutes).
+  bundle({"/bin/sleep", "100000"}, "c['hostname']='pod-1'");
   ASSERT_EQ(sh(oci("create --bundle " + dir.path + " --pid-file " + dir.path + "/pid p1") +
                " </dev/null >/dev/null 2>&1"),
             0);

@@ -39,8 +39,10 @@ class FuseStall {
     }
     return true;
   }
-  // Mounts on dir (an empty directory); ok() says whether it did.
-  explicit FuseStall(std::string dir) : dir_(std::move(dir)) {
+  // Mounts on dir (an empty directory); ok() says whether it did. With
+  // executable, "f" may be exec'd (its first page never comes either).
+  explicit FuseStall(std::string dir, bool executable = false)
+      : dir_(std::move(dir)), file_mode_(executable ? 0555 : 0444) {
     fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
     if (fd_ < 0) {
       error_ = "open /dev/fuse: " + std::string(std::strerror(errno));
@@ -88,10 +90,10 @@ class FuseStall {
     if (size) std::memcpy(out.data() + sizeof h, body, size);
     (void)::write(fd_, out.data(), out.size());
   }
-  static fuse_attr attr_of(uint64_t node) {
+  fuse_attr attr_of(uint64_t node) const {
     fuse_attr a{};
     a.ino = node;
-    a.mode = node == FUSE_ROOT_ID ? (S_IFDIR | 0755) : (S_IFREG | 0444);
+    a.mode = node == FUSE_ROOT_ID ? (S_IFDIR | 0755) : (S_IFREG | file_mode_);
     a.nlink = node == FUSE_ROOT_ID ? 2 : 1;
     a.size = node == FUSE_ROOT_ID ? 0 : 1 << 20;
     a.blocks = a.size / 512;
@@ -179,6 +181,7 @@ class FuseStall {
   }
 
   std::string dir_, error_;
+  unsigned file_mode_ = 0444;
   int fd_ = -1;
   int stop_[2] = {-1, -1};
   bool mounted_ = false;

@@ -12,6 +12,7 @@
 #include "isolate/cgroups.h"
 #include "isolate/init_program.h"
 #include "isolate/spawn.h"
+#include "runtime/top.h"
 #include "test_support.h"
 
 namespace {
@@ -39,8 +40,9 @@ std::vector<std::string> cloister_cgroups() {
 class LeakCheck : public ::testing::Environment {
  public:
   void SetUp() override {
-    // The one fd the library keeps for good: the init program's sealed memfd.
+    // The fds the library keeps for good: its sealed programs' memfds.
     (void)cloister::init_program::fd();
+    (void)cloister::top::reader_program();
     // The one change to the host's mounts the library makes for good: the
     // first manager remounts cgroup2 with favordynmods (isolate/cgroups.h),
     // once per boot; before the snapshot, so that a fresh machine's first

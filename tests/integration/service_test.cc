@@ -26,6 +26,25 @@ namespace {
 
 const std::string kCli = CLOISTER_BIN_DIR "/cloister";
 
+// A reply within `limit`, or an error: what a stalled service looks like
+// from a client, instead of a test that hangs.
+Result<json> call_within(Connection& c, json request, std::chrono::milliseconds limit) {
+  auto id = c.send(std::move(request));
+  if (!id) return fail(id.error());
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return fail(make_error(ErrorKind::Timeout, "no reply"));
+    auto m = c.next(left);
+    if (!m) return fail(m.error());
+    if (!m->data && m->control.contains("ok") && m->control["id"] == *id) {
+      if (m->control.value("ok", false)) return m->control;
+      return fail(make_error(ErrorKind::Internal, m->control.dump()));
+    }
+  }
+}
+
 // --- the CLI: attached `run` exits exactly as `cloister exec` ---------------
 
 TEST(Service, RunExitCodesMatchExec) {
@@ -94,6 +113,198 @@ TEST(Service, DetachPsLogsAttachKillWaitRm) {
   EXPECT_EQ(sh(cli + "kill -s KILL " + id), 0);
   EXPECT_EQ(sh(cli + "wait " + id), 137);
   EXPECT_EQ(sh(cli + "rm " + id), 0);
+}
+
+// exec into a running session (issue 14): a process of its own in the
+// session's sandbox - its pid namespace, its mounts, its cgroup (counted
+// against its pids_limit) - with its own streams and exit status, through
+// the CLI and the client library; another caller's session needs
+// session.exec; an ended session has no sandbox to join.
+TEST(Service, ExecRunsInASessionsSandbox) {
+  Daemon d(
+      "  socket_group: nogroup\n"
+      "callers:\n"
+      "  - users: [nobody]\n"
+      "    exec.get: [\"*\"]\n"
+      "    exec.run: [\"**\"]\n",
+      "  - name: small\n"
+      "    kind: host\n"
+      "    pids_limit: 6\n"
+      "    default_env: { PATH: /usr/bin:/bin }\n"
+      "    tmpfs: { /tmp: \"rw,size=16m\" }\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  std::string id, out;
+  ASSERT_EQ(sh(cli + "run -d --name box small -- sh -c 'echo inside > /tmp/m; "
+                     "ls -l /proc/self/ns/pid; exec sleep 1000'",
+               &id),
+            0);
+  id.pop_back();
+  std::string logs;
+  for (int i = 0; i < 200 && logs.find("pid:[") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(10ms);
+    sh(cli + "logs box 2>/dev/null", &logs);
+  }
+  const size_t at = logs.find("pid:[");
+  ASSERT_NE(at, std::string::npos) << logs;
+  const std::string pidns = logs.substr(at, logs.find(']', at) - at + 1);
+
+  // The CLI: its own exit status, the session's files and pid namespace.
+  EXPECT_EQ(
+      sh(cli + "exec --session box -- sh -c 'cat /tmp/m; ls -l /proc/self/ns/pid; exit 3'", &out),
+      3);
+  EXPECT_NE(out.find("inside\n"), std::string::npos) << out;
+  EXPECT_NE(out.find(pidns), std::string::npos)
+      << "not the session's pid namespace " << pidns << ": " << out;
+  EXPECT_EQ(sh(cli + "exec -x small -- true 2>/dev/null --session box"), 125)
+      << "--executor and --session exclude each other";
+
+  // The client library, with stdin.
+  auto p =
+      exec_in_session(d.socket, "box", {.argv = {"sh", "-c", "cat; exit 4"}, .stdin_open = true});
+  ASSERT_TRUE(p) << p.error().what();
+  ASSERT_TRUE((*p)->start());
+  ASSERT_TRUE((*p)->write_stdin("ping\n"));
+  ASSERT_TRUE((*p)->write_stdin(""));
+  auto echoed = (*p)->read(Stream::Stdout);
+  ASSERT_TRUE(echoed);
+  EXPECT_EQ(*echoed, "ping\n");
+  auto st = (*p)->wait();
+  ASSERT_TRUE(st) << st.error().what();
+  EXPECT_EQ(st->exit_code, 4);
+
+  // The session's cgroup counts an exec's processes: box holds its init and
+  // sleep, a detached exec its own init and sleep, and at pids_limit 6 a
+  // third exec forks two of its four sleeps at most.
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto stats_pids = [&](uint64_t want) {
+    // The execs before may still be on their way out.
+    uint64_t n = 0;
+    for (int i = 0; i < 200; ++i) {
+      auto r = c->call({{"op", "stats"}, {"session", "box"}});
+      n = r ? (*r)["stats"]["pids"].get<uint64_t>() : 0;
+      if (n == want) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    return n;
+  };
+  // (A finished exec's init is reaped at once: not even its zombie counts.)
+  EXPECT_EQ(stats_pids(2), 2u);
+  auto bg = c->call(
+      {{"op", "exec"}, {"session", "box"}, {"argv", {"sleep", "1000"}}, {"detached", true}});
+  ASSERT_TRUE(bg) << bg.error().what();
+  const uint64_t bg_id = (*bg)["session"];
+  EXPECT_EQ(stats_pids(4), 4u);
+  // Its top shows its command in the session's pid namespace, not its init.
+  auto t = c->call({{"op", "top"}, {"session", bg_id}});
+  ASSERT_TRUE(t) << t.error().what();
+  ASSERT_EQ((*t)["processes"].size(), 1u) << *t;
+  EXPECT_EQ((*t)["processes"][0]["argv"], json({"sleep", "1000"})) << *t;
+  EXPECT_LT((*t)["processes"][0]["ns_pid"].get<int>(), 100) << *t;
+  auto l = c->call({{"op", "list"}});
+  ASSERT_TRUE(l);
+  bool listed = false;
+  for (auto& e : (*l)["sessions"])
+    if (e["session"] == bg_id) listed = e["exec_of"] == std::stoull(id) && e["executor"] == "small";
+  EXPECT_TRUE(listed) << *l;
+  EXPECT_NE(sh(cli + "exec --session box -- sh -c 'for i in 1 2 3 4; do sleep 30 & done; wait' "
+                     "2>&1",
+               &out),
+            0);
+  EXPECT_NE(out.find("fork"), std::string::npos) << "the fifth to eighth process fit: " << out;
+
+  // Other callers: nobody's own session is its own; root's needs session.exec.
+  const uint64_t box = std::stoull(id);
+  EXPECT_EQ(as_user(kNobody,
+                    [&] {
+                      auto o = Connection::connect(d.socket);
+                      if (!o) return 101;
+                      auto r = (*o)->call({{"op", "exec"}, {"session", box}, {"argv", {"true"}}});
+                      if (r || r.error().kind != ErrorKind::PermissionDenied) return 102;
+                      auto own = (*o)->call({{"op", "start"},
+                                             {"executor", "shell"},
+                                             {"argv", {"sleep", "100"}},
+                                             {"detached", true}});
+                      if (!own) return 103;
+                      auto in = (*o)->call({{"op", "exec"},
+                                            {"session", (*own)["session"]},
+                                            {"argv", {"true"}},
+                                            {"detached", true}});
+                      return in ? 0 : 104;
+                    }),
+            0);
+  // The executor is the session's; an ended session has no sandbox.
+  auto other =
+      c->call({{"op", "exec"}, {"session", "box"}, {"executor", "shell"}, {"argv", {"true"}}});
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().kind, ErrorKind::Invalid) << other.error().what();
+  ASSERT_EQ(sh(cli + "kill -s KILL box"), 0);
+  EXPECT_EQ(sh(cli + "wait box"), 137);
+  auto late = c->call({{"op", "exec"}, {"session", "box"}, {"argv", {"true"}}});
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error().kind, ErrorKind::Invalid) << late.error().what();
+  // The exec that ran in it ended with it.
+  auto w = call_within(*c, {{"op", "wait"}, {"session", bg_id}}, 5s);
+  ASSERT_TRUE(w) << w.error().what();
+  EXPECT_EQ((*w)["status"]["signal"], SIGKILL) << *w;
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// The review's attack on exec: the sandbox holds the new process up before
+// its exec, here with a command on a FUSE file whose first page never
+// comes (a SIGSTOP from the session's payload does the same). The service
+// goes on serving everyone meanwhile (the start runs on a thread of its
+// own), and the exec fails with TIMEOUT at the deadline, its init killed.
+TEST(Service, AnExecHeldUpBeforeItsExecStallsNoOne) {
+  if (std::string why; !FuseStall::available(why)) GTEST_SKIP() << why;
+  TempDir mnt;
+  Daemon d("", "  - name: fuse\n    kind: host\n    volumes: [\"" + mnt.path +
+                   ":/fuse:ro\"]\n    default_env: { PATH: /usr/bin:/bin }\n");
+  FuseStall fuse(mnt.path, true);
+  ASSERT_TRUE(fuse.ok()) << fuse.error();
+  auto a = connect_ok(d.socket);
+  auto b = connect_ok(d.socket);
+  ASSERT_TRUE(a && b);
+  auto box = a->call(
+      {{"op", "start"}, {"executor", "fuse"}, {"argv", {"sleep", "1000"}}, {"detached", true}});
+  ASSERT_TRUE(box) << box.error().what();
+  const uint64_t sid = (*box)["session"];
+  const auto t0 = std::chrono::steady_clock::now();
+  auto xid = a->send({{"op", "exec"}, {"session", sid}, {"argv", {"/fuse/f"}}});
+  ASSERT_TRUE(xid) << xid.error().what();
+  for (int i = 0; i < 500 && fuse.reads() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_GE(fuse.reads(), 1) << "the exec never waited for the FUSE server";
+  auto l = call_within(*b, {{"op", "list"}}, 2s);
+  ASSERT_TRUE(l) << "the service stalled behind the exec: " << l.error().what();
+  auto r =
+      call_within(*b, {{"op", "run"}, {"executor", "shell"}, {"argv", {"echo", "served"}}}, 5s);
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ((*r)["stdout"], "served\n");
+  json reply;
+  while (reply.is_null()) {
+    auto m = a->next(20s);
+    ASSERT_TRUE(m) << m.error().what();
+    if (!m->data && m->control.value("id", json()) == *xid) reply = m->control;
+  }
+  EXPECT_EQ(reply["ok"], false) << reply;
+  EXPECT_EQ(reply["error"]["kind"], "TIMEOUT") << reply;
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, kJoinStartDeadline - 1s);
+  // The session is as it was; once the FUSE server goes, nothing is left.
+  auto t = a->call({{"op", "top"}, {"session", sid}});
+  ASSERT_TRUE(t) << t.error().what();
+  fuse.stop();
+  ASSERT_TRUE(a->call({{"op", "remove"}, {"session", sid}, {"force", true}}));
+  const std::string children =
+      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
+  std::string left;
+  for (int i = 0; i < 500; ++i) {
+    left = read_text(children);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(left, "") << "cloisterd's children after the held-up exec";
+  EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
 // --- the client library: the Process model over the socket ------------------
@@ -1274,25 +1485,6 @@ TEST(Service, StatsAndTopShowTheSessionsOwnProcesses) {
   EXPECT_TRUE((*t)["processes"].empty()) << *t;
   ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sid}}));
   EXPECT_EQ(d.stop(), 0) << d.log();
-}
-
-// A reply within `limit`, or an error: what a stalled service looks like
-// from a client, instead of a test that hangs.
-Result<json> call_within(Connection& c, json request, std::chrono::milliseconds limit) {
-  auto id = c.send(std::move(request));
-  if (!id) return fail(id.error());
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return fail(make_error(ErrorKind::Timeout, "no reply"));
-    auto m = c.next(left);
-    if (!m) return fail(m.error());
-    if (!m->data && m->control.contains("ok") && m->control["id"] == *id) {
-      if (m->control.value("ok", false)) return m->control;
-      return fail(make_error(ErrorKind::Internal, m->control.dump()));
-    }
-  }
 }
 
 // The attack: a payload holds its own mmap lock while it waits for a FUSE

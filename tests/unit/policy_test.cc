@@ -446,6 +446,7 @@ CallerRules sample_rules() {
   alice.executors = {"*"};
   alice.run = {*Pattern::parse("**")};
   alice.session_signal = true;
+  alice.session_exec = true;
   alice.max_processes = 3;
   rules.rules = {devs, alice};
   return rules;
@@ -488,6 +489,10 @@ TEST(PolicyCallers, DecisionTable) {
       {who(1001, 1001), session(Action::SessionSignal, 0), true},
       {who(1001, 1001), session(Action::SessionRemove, 0), false},
       {who(0, 0), session(Action::SessionRemove, 1001), true},
+      // exec into another's session: its own permission, granted by no other
+      {who(2000, 1500), session(Action::SessionExec, 0), false},
+      {who(1001, 1001), session(Action::SessionExec, 0), true},
+      {who(kNobody, 65534), session(Action::SessionExec, kNobody), true},
   };
   AuditCapture audit;
   for (const auto& c : cases) {
@@ -530,7 +535,7 @@ TEST(PolicyCallers, SelfAndPeer) {
 TEST(PolicyCallers, EveryVerbDeniedToNobody) {
   CallerRules rules = sample_rules();
   for (Action a : {Action::ExecGet, Action::ExecRun, Action::SessionAttach, Action::SessionSignal,
-                   Action::SessionRemove}) {
+                   Action::SessionRemove, Action::SessionExec}) {
     int r = as_nobody([&]() -> int {
       Caller self = Caller::self();
       if (self.uid != kNobody) return 'U';
