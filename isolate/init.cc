@@ -771,6 +771,17 @@ int payload_entry(void* arg) {
     close_all_but(keep, 1);
   }
   unblock_all_signals();
+  // A joined init is no PID 1 whose exit ends what its payload left: it
+  // ends the payload's process group (the payload leads it, from its
+  // setsid), while the payload's zombie still holds the group's number. One
+  // that left the group stays in the sandbox until that ends.
+  if (in.fx.flags & wire::kSetupJoin) {
+    siginfo_t si{};
+    while (::syscall(SYS_waitid, P_PID, g_payload, &si, WEXITED | WNOWAIT | __WALL, nullptr) != 0 &&
+           errno == EINTR) {
+    }
+    ::kill(-g_payload, SIGKILL);
+  }
   for (;;) {
     int status = 0;
     pid_t w = ::waitpid(-1, &status, __WALL);
@@ -779,10 +790,6 @@ int payload_entry(void* arg) {
       ::_exit(wire::kSetupFailedExit);  // ECHILD: cannot happen while the payload lives
     }
     if (w != g_payload) continue;
-    // A joined init is no PID 1 whose exit ends what its payload left: it
-    // ends the payload's process group (the payload leads it, from its
-    // setsid). One that left the group stays in the sandbox until that ends.
-    if (in.fx.flags & wire::kSetupJoin) ::kill(-g_payload, SIGKILL);
     wire::InitStatus msg{};
     msg.wait_status = status;
     // Zombies first; then ECHILD means nothing but this init is left in the

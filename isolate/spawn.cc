@@ -1007,7 +1007,10 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
       int rc = left.count() > 0 ? ::poll(w, 2, static_cast<int>(left.count())) : 0;
       if (rc < 0 && errno == EINTR) continue;
       if (rc == 0 || (!w[0].revents && w[1].revents)) {
-        p.out.kill_and_reap();
+        // Killed, not waited for: a file system request its server read and
+        // never answers holds even a killed process (FUSE), and the reaper
+        // takes it whenever it goes.
+        Spawned::retire_killed(std::move(p.out));
         return fail(
             make_error(ErrorKind::Timeout,
                        rc == 0 ? "the sandbox held up the new process before its exec for " +

@@ -333,9 +333,15 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
     while (::poll(w, 2, -1) < 0 && errno == EINTR) {
     }
     int avail = 0;
-    if (w[1].revents) cap.tail = ::ioctl(fd.get(), FIONREAD, &avail) == 0 ? avail : 0;
+    // A pty's count leaves out what its buffer has not pushed yet (at most
+    // one tty buffer, which a read or poll pushes).
+    if (w[1].revents)
+      cap.tail = (::ioctl(fd.get(), FIONREAD, &avail) == 0 ? avail : 0) + (setup_.pty ? 4096 : 0);
   }
-  if (cap.tail == 0) {
+  // After the exit, what is there now or nothing: never a wait on a writer
+  // the sandbox keeps.
+  pollfd now{fd.get(), POLLIN, 0};
+  if (cap.tail == 0 || (cap.tail > 0 && ::poll(&now, 1, 0) == 0)) {
     fd.reset();
     return std::string();
   }

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <variant>
@@ -780,12 +781,17 @@ struct Server::Impl {
     x->prep = std::move(*p);
     ExecStart* raw = x.get();
     const int done_fd = exec_done.get();
-    x->thread = std::thread([raw, done_fd] {
-      raw->started = raw->prep.proc->start();
-      raw->done.store(true, std::memory_order_release);
-      const uint64_t one = 1;
-      (void)!::write(done_fd, &one, sizeof one);
-    });
+    try {
+      x->thread = std::thread([raw, done_fd] {
+        raw->started = raw->prep.proc->start();
+        raw->done.store(true, std::memory_order_release);
+        const uint64_t one = 1;
+        (void)!::write(done_fd, &one, sizeof one);
+      });
+    } catch (const std::system_error& e) {
+      return reply_err(
+          c, id, make_error(ErrorKind::Limit, std::string("no thread for the exec: ") + e.what()));
+    }
     exec_starts.emplace(next_exec++, std::move(x));
   }
   // Every exec start whose thread is done: its session, or its error.
@@ -805,7 +811,10 @@ struct Server::Impl {
       const std::string& name = x.prep.spec.name;
       if (ok && !name.empty() && names.count({x.prep.spec.owner, name}))
         ok = fail(invalid("name '" + name + "' was taken while the exec started"));
-      if (ok && (!c || stopping)) ok = fail(internal("the client went before the exec ran"));
+      // A detached exec runs on without its client, as a detached start.
+      if (ok && stopping) ok = fail(make_error(ErrorKind::Limit, "the service is shutting down"));
+      if (ok && !c && !x.prep.spec.detached)
+        ok = fail(internal("the client went before the exec ran"));
       if (!ok) {
         // Started but not wanted: killed, and left to the reaper.
         if (x.prep.proc->started()) x.prep.proc->abandon();
@@ -816,6 +825,7 @@ struct Server::Impl {
         continue;
       }
       const uint64_t sid = enroll(std::move(x.prep));
+      if (!c) continue;
       answer_start(*c, x.id, sid);
       flush(*c);
     }
@@ -1174,12 +1184,14 @@ struct Server::Impl {
         if (into->s->exited())
           return reply_err(c, id,
                            invalid("session " + std::to_string(into->s->id()) + " has exited"));
-        // The caller's own fds into another caller's sandbox, whose
-        // processes could take them over (ptrace the exec'd process): no.
-        if (into->s->spec().owner != c.caller.uid && Req{j}.str("stdio").value_or("") == "passed")
+        // No fd of the caller's into a sandbox whose processes may be
+        // someone else's (the session's, another caller's exec), which
+        // could take them over (ptrace the exec'd process).
+        if (Req{j}.str("stdio").value_or("") == "passed")
           return reply_err(c, id,
-                           invalid("stdio \"passed\" into a session another caller started: "
-                                   "its processes could use your terminal; use pipes or a pty"));
+                           invalid("stdio \"passed\" is not for exec: the sandbox's other "
+                                   "processes could use your fds (your terminal); use pipes or "
+                                   "a pty"));
         return start_exec(c, id, j, *into);
       }
       Pending p;

@@ -1,6 +1,7 @@
 #include "runtime/session.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -9,6 +10,12 @@
 namespace cloister {
 namespace {
 constexpr size_t kPullChunk = 64 * 1024;
+
+// A poll pushes a pty's buffer first, as a read does.
+bool readable_now(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return fd >= 0 && ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
 
 void set_nonblock(int fd) {
   if (fd >= 0) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -41,7 +48,11 @@ void Session::end_output_at_exit() {
     if (eof_[i]) continue;
     int avail = 0;
     tail_[i] = output_fd(i) >= 0 && ::ioctl(output_fd(i), FIONREAD, &avail) == 0 ? avail : 0;
-    if (tail_[i] == 0) eof_[i] = true;
+    // A pty's count leaves out what its buffer has not pushed yet (at most
+    // one tty buffer, which a read pushes); pull ends at the first EAGAIN.
+    if (spec_.pty && output_fd(i) >= 0) tail_[i] += 4096;
+    // (Nothing there now: no event would come to end it.)
+    if (tail_[i] == 0 || !readable_now(output_fd(i))) eof_[i] = true;
   }
 }
 
@@ -50,12 +61,17 @@ size_t Session::pull(int i, size_t max) {
   char buf[kPullChunk];
   if (tail_[i] >= 0) max = std::min(max, static_cast<size_t>(tail_[i]));
   ssize_t n = ::read(output_fd(i), buf, std::min(max, sizeof buf));
+  // After an exec's exit nothing more is waited for.
+  if (n < 0 && errno == EAGAIN && tail_[i] >= 0) n = 0;
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
   if (n <= 0) {  // EOF, or EIO from a pty master whose slave is gone
     eof_[i] = true;
     return 0;
   }
-  if (tail_[i] > 0 && (tail_[i] -= n) == 0) eof_[i] = true;
+  if (tail_[i] >= 0) {
+    tail_[i] -= std::min<int64_t>(n, tail_[i]);
+    if (tail_[i] == 0 || !readable_now(output_fd(i))) eof_[i] = true;
+  }
   std::string_view data(buf, static_cast<size_t>(n));
   if (spec_.max_output > 0) {
     uint64_t room = out_[i].end() >= spec_.max_output ? 0 : spec_.max_output - out_[i].end();

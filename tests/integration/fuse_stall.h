@@ -1,5 +1,7 @@
 // A FUSE file system whose one file, "f", opens (for direct I/O) but is
 // never read: every READ request is left unanswered until the test ends.
+// So is the lookup of the name "stall": a request the server has read and
+// never answers holds its caller even against SIGKILL.
 // What an attacker with its own FUSE server does to stall whoever waits for
 // a page of it.
 #pragma once
@@ -81,6 +83,8 @@ class FuseStall {
   const std::string& error() const { return error_; }
   // READ requests received (and left unanswered).
   int reads() const { return reads_.load(); }
+  // Lookups of "stall" received (and left unanswered).
+  int stalled_lookups() const { return lookups_.load(); }
 
  private:
   void reply(uint64_t unique, int error, const void* body = nullptr, size_t size = 0) {
@@ -126,6 +130,10 @@ class FuseStall {
           break;
         }
         case FUSE_LOOKUP: {
+          if (std::strcmp(arg, "stall") == 0) {
+            ++lookups_;  // never answered
+            break;
+          }
           if (std::strcmp(arg, "f") != 0) {
             reply(in.unique, -ENOENT);
             break;
@@ -186,6 +194,7 @@ class FuseStall {
   int stop_[2] = {-1, -1};
   bool mounted_ = false;
   std::atomic<int> reads_{0};
+  std::atomic<int> lookups_{0};
   std::thread thread_;
 };
 

@@ -256,7 +256,13 @@ TEST(Service, ExecRunsInASessionsSandbox) {
 // comes (a SIGSTOP from the session's payload does the same). The service
 // goes on serving everyone meanwhile (the start runs on a thread of its
 // own), and the exec fails with TIMEOUT at the deadline, its init killed.
-TEST(Service, AnExecHeldUpBeforeItsExecStallsNoOne) {
+// Two places: the command, whose first page never comes (the wait is
+// killable), and the work dir, whose lookup the server read and never
+// answers (it is not: the killed init stays until the server goes).
+class ExecHeldUp : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ExecHeldUp, StallsNoOne) {
+  const bool by_work_dir = GetParam();
   if (std::string why; !FuseStall::available(why)) GTEST_SKIP() << why;
   TempDir mnt;
   Daemon d("", "  - name: fuse\n    kind: host\n    volumes: [\"" + mnt.path +
@@ -271,10 +277,14 @@ TEST(Service, AnExecHeldUpBeforeItsExecStallsNoOne) {
   ASSERT_TRUE(box) << box.error().what();
   const uint64_t sid = (*box)["session"];
   const auto t0 = std::chrono::steady_clock::now();
-  auto xid = a->send({{"op", "exec"}, {"session", sid}, {"argv", {"/fuse/f"}}});
+  json exec = {{"op", "exec"}, {"session", sid}, {"argv", {"/fuse/f"}}};
+  if (by_work_dir)
+    exec = {{"op", "exec"}, {"session", sid}, {"argv", {"true"}}, {"work_dir", "/fuse/stall"}};
+  auto xid = a->send(exec);
   ASSERT_TRUE(xid) << xid.error().what();
-  for (int i = 0; i < 500 && fuse.reads() == 0; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_GE(fuse.reads(), 1) << "the exec never waited for the FUSE server";
+  auto waited = [&] { return by_work_dir ? fuse.stalled_lookups() : fuse.reads(); };
+  for (int i = 0; i < 500 && waited() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_GE(waited(), 1) << "the exec never waited for the FUSE server";
   auto l = call_within(*b, {{"op", "list"}}, 2s);
   ASSERT_TRUE(l) << "the service stalled behind the exec: " << l.error().what();
   auto r =
@@ -306,6 +316,9 @@ TEST(Service, AnExecHeldUpBeforeItsExecStallsNoOne) {
   EXPECT_EQ(left, "") << "cloisterd's children after the held-up exec";
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
+
+INSTANTIATE_TEST_SUITE_P(Service, ExecHeldUp, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "WorkDir" : "Command"; });
 
 // --- the client library: the Process model over the socket ------------------
 
