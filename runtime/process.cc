@@ -313,6 +313,17 @@ Status Process::write_stdin(std::string_view data) {
   return {};
 }
 
+int64_t output_tail_at_exit(int fd, bool pty) {
+  int avail = 0;
+  if (fd < 0) return 0;
+  return (::ioctl(fd, FIONREAD, &avail) == 0 ? avail : 0) + (pty ? 4096 : 0);
+}
+
+bool output_readable_now(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return fd >= 0 && ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
   std::lock_guard lk(mu);
   if (!started_) return fail(invalid("read before start"));
@@ -332,16 +343,11 @@ Result<std::string> Process::read_fd(Fd& fd, std::mutex& mu, Cap& cap) {
     pollfd w[2] = {{fd.get(), POLLIN, 0}, {joined_exit_.get(), POLLIN, 0}};
     while (::poll(w, 2, -1) < 0 && errno == EINTR) {
     }
-    int avail = 0;
-    // A pty's count leaves out what its buffer has not pushed yet (at most
-    // one tty buffer, which a read or poll pushes).
-    if (w[1].revents)
-      cap.tail = (::ioctl(fd.get(), FIONREAD, &avail) == 0 ? avail : 0) + (setup_.pty ? 4096 : 0);
+    if (w[1].revents) cap.tail = output_tail_at_exit(fd.get(), setup_.pty.has_value());
   }
   // After the exit, what is there now or nothing: never a wait on a writer
   // the sandbox keeps.
-  pollfd now{fd.get(), POLLIN, 0};
-  if (cap.tail == 0 || (cap.tail > 0 && ::poll(&now, 1, 0) == 0)) {
+  if (cap.tail == 0 || (cap.tail > 0 && !output_readable_now(fd.get()))) {
     fd.reset();
     return std::string();
   }

@@ -87,6 +87,15 @@ struct PassedStdio {
 // stream and what the fd is otherwise.
 Status check_passed_stdio(int fd, std::string_view stream);
 
+// A joined process's stream (ExecRequest::join) ends at its exit, whatever
+// the sandbox's other processes still hold of it: these say what is left to
+// read of it then (Process here, Session in the service). The bytes fd
+// holds now, plus for a pty what its buffer has not pushed yet (at most one
+// tty buffer, which a read or poll pushes); and whether anything is there
+// now (a poll pushes a pty's buffer first).
+int64_t output_tail_at_exit(int fd, bool pty);
+bool output_readable_now(int fd);
+
 // A terminal for the payload instead of pipes.
 struct PtyRequest {
   unsigned short rows = 24, cols = 80;

@@ -550,6 +550,13 @@ struct Server::Impl {
   }
 
   // --- sessions
+  // A stream at EOF leaves the event loop.
+  void drop_ended(SessionEntry& e, int i) {
+    if (e.s->output_eof(i) && e.registered[i]) {
+      ep_del(e.s->output_fd(i));
+      e.registered[i] = false;
+    }
+  }
   void on_output(uint64_t sid, int i) {
     auto it = sessions.find(sid);
     if (it == sessions.end()) return;
@@ -560,10 +567,7 @@ struct Server::Impl {
       return;
     }
     e.s->pull(i, room(e, i));
-    if (e.s->output_eof(i) && e.registered[i]) {
-      ep_del(e.s->output_fd(i));
-      e.registered[i] = false;
-    }
+    drop_ended(e, i);
     pump_session(e);
     check_finished(e);
   }
@@ -583,11 +587,7 @@ struct Server::Impl {
     uncount(e);
     if (e.s->process().joined()) {
       e.s->end_output_at_exit();
-      for (int i = 0; i < 2; ++i)
-        if (e.s->output_eof(i) && e.registered[i]) {
-          ep_del(e.s->output_fd(i));
-          e.registered[i] = false;
-        }
+      for (int i = 0; i < 2; ++i) drop_ended(e, i);
     }
     if (e.s->status() && e.s->status()->oom_killed) publish(e, "oom");
     publish(e, "exited");

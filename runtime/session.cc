@@ -1,8 +1,6 @@
 #include "runtime/session.h"
 
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,12 +8,6 @@
 namespace cloister {
 namespace {
 constexpr size_t kPullChunk = 64 * 1024;
-
-// A poll pushes a pty's buffer first, as a read does.
-bool readable_now(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  return fd >= 0 && ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
-}
 
 void set_nonblock(int fd) {
   if (fd >= 0) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -46,13 +38,10 @@ int Session::output_fd(int i) const {
 void Session::end_output_at_exit() {
   for (int i = 0; i < 2; ++i) {
     if (eof_[i]) continue;
-    int avail = 0;
-    tail_[i] = output_fd(i) >= 0 && ::ioctl(output_fd(i), FIONREAD, &avail) == 0 ? avail : 0;
-    // A pty's count leaves out what its buffer has not pushed yet (at most
-    // one tty buffer, which a read pushes); pull ends at the first EAGAIN.
-    if (spec_.pty && output_fd(i) >= 0) tail_[i] += 4096;
-    // (Nothing there now: no event would come to end it.)
-    if (tail_[i] == 0 || !readable_now(output_fd(i))) eof_[i] = true;
+    tail_[i] = output_tail_at_exit(output_fd(i), spec_.pty);
+    // (Nothing there now: no event would come to end it; pull ends the
+    // stream once nothing is.)
+    if (tail_[i] == 0 || !output_readable_now(output_fd(i))) eof_[i] = true;
   }
 }
 
@@ -70,7 +59,7 @@ size_t Session::pull(int i, size_t max) {
   }
   if (tail_[i] >= 0) {
     tail_[i] -= std::min<int64_t>(n, tail_[i]);
-    if (tail_[i] == 0 || !readable_now(output_fd(i))) eof_[i] = true;
+    if (tail_[i] == 0 || !output_readable_now(output_fd(i))) eof_[i] = true;
   }
   std::string_view data(buf, static_cast<size_t>(n));
   if (spec_.max_output > 0) {
