@@ -909,6 +909,18 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   return p;
 }
 
+namespace {
+// Whether an init that exited did so at the end of its payload: with 0, or
+// with the payload's status if detached (kSetupFailedExit is the init's own
+// failure, which comes after a report).
+bool ran_to_its_end(const Spawned& s, const Detach* detach) {
+  siginfo_t info{};
+  return ::waitid(P_PIDFD, static_cast<id_t>(s.pidfd()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid != 0 && info.si_code == CLD_EXITED &&
+         (detach ? info.si_status != wire::kSetupFailedExit : info.si_status == 0);
+}
+}  // namespace
+
 Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, const Command& cmd,
                                              const Stdio& stdio, const Detach* detach,
                                              bool joined) {
@@ -1006,6 +1018,13 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
           deadline - std::chrono::steady_clock::now());
       int rc = left.count() > 0 ? ::poll(w, 2, static_cast<int>(left.count())) : 0;
       if (rc < 0 && errno == EINTR) continue;
+      if (rc > 0 && !w[0].revents && w[1].revents && ran_to_its_end(p.out, detach)) {
+        // The payload exec'd and has ended already, and a copy of the
+        // pipe's write end lives on in a process another thread of ours
+        // cloned meanwhile (the prestart thread's next init, an embedding
+        // program's fork), until that process's exec.
+        break;
+      }
       if (rc == 0 || (!w[0].revents && w[1].revents)) {
         // Killed, not waited for: a file system request its server read and
         // never answers holds even a killed process (FUSE), and the reaper

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "isolate/userns.h"
@@ -245,19 +246,32 @@ inline std::string shell(const std::string& cmd) {
 }
 
 // Sandbox inits that are children of this process (those of other runtimes
-// on the host are not ours).
+// on the host are not ours). A warm init is handed to the pool as soon as it
+// is cloned and sent its setup, and sets itself up from there: until its
+// exec it is a copy of us, and until its first step it is named for its
+// memfd. So an init is known by its argv[0], and a child of ours that is
+// neither an init nor a zombie yet is waited for (2 s at most).
 inline int count_own_inits() {
-  int inits = 0;
   const std::string ppid = "PPid:\t" + std::to_string(::getpid()) + "\n";
-  DIR* d = ::opendir("/proc");
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    std::string dir = std::string("/proc/") + e->d_name;
-    if (read_text(dir + "/comm") == "cloister-init\n" &&
-        read_text(dir + "/status").find(ppid) != std::string::npos)
-      ++inits;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    int inits = 0;
+    bool unsettled = false;
+    DIR* d = ::opendir("/proc");
+    while (dirent* e = d ? ::readdir(d) : nullptr) {
+      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+      const std::string dir = std::string("/proc/") + e->d_name;
+      const std::string status = read_text(dir + "/status");
+      if (status.find(ppid) == std::string::npos) continue;
+      if (read_text(dir + "/cmdline").starts_with(std::string_view("cloister-init\0", 14)))
+        ++inits;
+      else if (status.find("State:\tZ") == std::string::npos)
+        unsettled = true;
+    }
+    if (d) ::closedir(d);
+    if (!unsettled || std::chrono::steady_clock::now() > deadline) return inits;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  if (d) ::closedir(d);
-  return inits;
 }
 
 // Processes on the host whose command line (NUL-separated) starts with cmdline.
