@@ -374,6 +374,8 @@ struct Cgroup::Impl {
   bool borrowed = false;
   // A CPU quota was written (or may have been, for a borrowed handle).
   bool cpu_capped = false;
+  // make_child's: destroy() only removes it, and leaves it while populated.
+  bool child = false;
 
   const Dir* v2dir() const {
     for (const auto& d : dirs)
@@ -508,6 +510,20 @@ Status Cgroup::Impl::kill_tree(bool sweep_v1) {
 
 Status Cgroup::Impl::destroy() {
   if (destroyed) return {};
+  if (child) {
+    v2fd.reset();
+    for (const auto& d : dirs) {
+      if (::rmdir(d.path.c_str()) == 0 || errno == ENOENT) continue;
+      if (errno != EBUSY) return fail(sys_error("rmdir " + d.path));
+      // Still populated: left to the parent's removal. (Emptied just now:
+      // the kernel is finishing its uncharge, which rmdir_tree waits out.)
+      auto ev = read_at(d.path, "cgroup.events");
+      if (ev && keyed_value(*ev, "populated").value_or(1) != 0) continue;
+      if (Status s = rmdir_tree(d.path); !s) return s;
+    }
+    destroyed = true;
+    return {};
+  }
   // With cgroup2 the v1 directories are swept one by one below, and only
   // where the kernel says something is left: rmdir of a cgroup fails
   // (EBUSY) while it has a task or a child cgroup, so one that goes was
@@ -567,6 +583,12 @@ Status Cgroup::attach(pid_t pid, bool entered_v2) {
       return fail(s.error().wrap("attach " + p + " to " + impl_->name));
   }
   return {};
+}
+
+Status Cgroup::move_v2(pid_t pid) const {
+  const Impl::Dir* v2 = impl_ ? impl_->v2dir() : nullptr;
+  if (!v2) return fail(invalid("move: no cgroup2 directory"));
+  return write_at(v2->path, "cgroup.procs", std::to_string(pid));
 }
 
 void Cgroup::kill_async() {
@@ -687,6 +709,38 @@ Result<Cgroup> Cgroup::borrow() const {
     if (!im->v2fd) return fail(sys_error("borrow: dup the cgroup's directory"));
   }
   return Cgroup(std::move(im));
+}
+
+Result<Cgroup> Cgroup::make_child() const {
+  if (!impl_ || impl_->destroyed) return fail(invalid("make_child: the cgroup is gone"));
+  const Impl::Dir* v2 = impl_->v2dir();
+  if (!v2)
+    return fail(
+        make_error(ErrorKind::NotFound, "cgroup " + impl_->name + " has no cgroup2 directory"));
+  // Numbered per process: the sandbox sees the name (its /proc/self/cgroup),
+  // so it says nothing of the host.
+  static std::atomic<uint64_t> seq{0};
+  for (int tries = 0;; ++tries) {
+    const std::string name = "exec-" + std::to_string(++seq);
+    const std::string path = join(v2->path, name);
+    if (::mkdir(path.c_str(), 0755) != 0) {
+      if (errno == EEXIST && tries < 16) continue;
+      if (errno == ENOENT)
+        return fail(make_error(ErrorKind::Invalid, "cgroup " + impl_->name + " is gone"));
+      return fail(sys_error("mkdir " + path));
+    }
+    auto im = std::make_unique<Impl>();
+    im->name = impl_->name + "/" + name;
+    im->dirs.push_back({path, true, {}});
+    im->child = true;
+    auto fd = open_fd(path, O_PATH | O_DIRECTORY);
+    if (!fd) {
+      (void)::rmdir(path.c_str());
+      return fail(fd.error());
+    }
+    im->v2fd = std::move(*fd);
+    return Cgroup(std::move(im));
+  }
 }
 
 void Cgroup::forget() {

@@ -136,6 +136,9 @@ class Cgroup {
   // Writes pid into the v1 directories; into the v2 one too unless
   // entered_v2 says the process was cloned into it (CLONE_INTO_CGROUP).
   Status attach(pid_t pid, bool entered_v2 = true);
+  // Moves pid into the cgroup2 directory (a joined init leaving the exec's
+  // own cgroup for its sandbox's: make_child).
+  Status move_v2(pid_t pid) const;
   // SIGKILL every process in the cgroup tree; returns once none is left.
   Status kill();
   // cgroup.kill where there is one, without waiting for the cgroup to empty.
@@ -169,6 +172,15 @@ class Cgroup {
   // gives): dropping it leaves the cgroup. For a process joining it while
   // this owner may go (`exec`).
   Result<Cgroup> borrow() const;
+  // A cgroup of its own below this one's cgroup2 directory, for a process
+  // that joins this cgroup's sandbox (`exec`): no controllers of its own, so
+  // that what runs in it is counted and limited here, but kill() and
+  // freeze() reach its tree only, and pids() lists its tree only. Its
+  // destroy() removes it once it is empty and never kills: what an exec
+  // leaves behind stays in the sandbox (as podman exec leaves it), and goes
+  // with this cgroup's own removal. NOT_FOUND where this cgroup has no
+  // cgroup2 directory (a v1-only host).
+  Result<Cgroup> make_child() const;
   // Gives the directories up without removing them: an OCI container's
   // cgroup outlives the runtime's process (Manager::open_named finds it
   // again, as a borrowed handle).

@@ -674,7 +674,16 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   Spawned& out = p->out;
   out.userns_lease_ = std::move(lease);
   if (!spec.unprivileged) p->ids = slot_map ? slot_map : join && jn->ids ? jn->ids : spec.userns;
-  if (join) {
+  if (join && !detach && jn->cgroup && jn->cgroup->clone_fd() >= 0) {
+    // A cgroup of the exec's own below the session's, in out: a kill or a
+    // timeout of the exec ends its whole tree and nothing else of the
+    // sandbox, and its stats and top list its tree. (An OCI exec joins the
+    // container's cgroup itself, as runc's: the runtime exits at once.)
+    auto own = jn->cgroup->make_child();
+    if (!own) return fail(own.error().wrap("the exec's cgroup"));
+    out.cgroup_.emplace(std::move(*own));
+    p->home = &*jn->cgroup;
+  } else if (join) {
     // The container's cgroup, never ours to remove: not in out.
   } else if (cgroups) {
     auto cg = cgroups->create(spec.limits, detach ? detach->cgroup : std::string());
@@ -691,8 +700,10 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   // A fresh network namespace from the pool, or one we make while the child
   // sets up its mounts (not CLONE_NEWNET, which would make it first).
   // The cgroup the init is cloned into.
-  cgroups::Cgroup* cg =
-      join ? (jn->cgroup ? &*jn->cgroup : nullptr) : (out.cgroup_ ? &*out.cgroup_ : nullptr);
+  // (An exec's own is in out; the v1 directories it attaches to are the
+  // session's.)
+  cgroups::Cgroup* cg = out.cgroup_ ? &*out.cgroup_ : join && jn->cgroup ? &*jn->cgroup : nullptr;
+  cgroups::Cgroup* attach_cg = join && jn->cgroup ? &*jn->cgroup : cg;
   uint64_t clone_flags = join ? 0 : sb.clone_flags_;
   Fd netns;
   bool make_netns = false;
@@ -745,7 +756,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   // The init enters the template's namespace and unshares its own copy: a
   // copy of the caller's from the clone would only be detached again.
   if (tpl) clone_flags &= ~static_cast<uint64_t>(CLONE_NEWNS);
-  const bool attach = cg && cg->needs_attach();
+  const bool attach = attach_cg && attach_cg->needs_attach();
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return fail(sys_error("socketpair"));
@@ -895,7 +906,7 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   // attach it (v1 controllers) and make its network namespace; it waits for
   // "go" only before it drops its privileges, and exits if the control
   // socket closes without one.
-  if (attach) p->attached = cg->attach(out.pid_);
+  if (attach) p->attached = attach_cg->attach(out.pid_, cg->clone_fd() >= 0);
   Result<Fd> made = Fd();
   if (make_netns) made = network::make_netns(*sb.loopback_);
   if (!made) p->netns_made = fail(made.error());
@@ -1071,6 +1082,14 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   if (!p.attached) return fail(p.attached.error().wrap("cgroup attach"));
   if (!p.netns_made) return fail(p.netns_made.error().wrap("network namespace"));
   if (n != static_cast<ssize_t>(sizeof h)) return fail(sys_error("send the command", EPIPE));
+  if (p.home) {
+    // The payload is forked (in the exec's cgroup, from the init's): the
+    // init leaves for the sandbox's, so that the exec's holds its tree only.
+    // (ESRCH: it has exited already, its payload with it.)
+    if (auto m = p.home->move_v2(p.out.pid_); !m && m.error().code != ESRCH)
+      return fail(m.error().wrap("move the exec's init to its sandbox's cgroup"));
+    p.out.payload_cgroup_ = true;
+  }
   p.out.ids_ = p.ids;
   return std::move(p.out);
 }
@@ -1156,6 +1175,7 @@ Spawned& Spawned::operator=(Spawned&& o) noexcept {
   userns_lease_ = std::move(o.userns_lease_);
   ids_ = o.ids_;
   reaped_ = std::exchange(o.reaped_, true);
+  payload_cgroup_ = o.payload_cgroup_;
   exit_read_ = o.exit_read_;
   got_message_ = o.got_message_;
   alone_ = o.alone_;
@@ -1187,6 +1207,13 @@ Status Spawned::signal(int sig) {
 
 Status Spawned::kill() {
   if (reaped_) return {};
+  if (payload_cgroup_) {
+    // The init goes once it has reaped the tree; should the tree outlast
+    // the wait (a process stuck in the kernel), the init is killed as well.
+    Status s = cgroup_->kill();
+    if (!s) ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+    return s;
+  }
   // SIGKILL to the init of a pid namespace kills every process in it.
   if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0) != 0 && errno != ESRCH)
     return fail(sys_error("kill"));
@@ -1196,6 +1223,7 @@ Status Spawned::kill() {
 
 void Spawned::end() {
   if (reaped_) return;
+  if (payload_cgroup_) return cgroup_->kill_async();
   ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
   if (cgroup_) cgroup_->kill_async();
 }

@@ -199,6 +199,13 @@ class Spawned {
   cgroups::Cgroup::Killer killer() const {
     return cgroup_ ? cgroup_->killer() : cgroups::Cgroup::Killer{};
   }
+  // A joined process whose cgroup (its own, below the sandbox's) holds its
+  // payload's tree and not its init: kill(), end() and killer() end that
+  // tree and leave the init, which reaps it and exits. (Killed first, the
+  // init, outside the sandbox's pid namespace, would hand its payload's
+  // zombie to the host's init, and the sandbox's teardown would wait until
+  // that reaps it.) Its init must then not be sent SIGKILL.
+  bool ends_by_cgroup() const { return payload_cgroup_; }
   // Non-blocking when the init has exited (pidfd readable), blocking otherwise.
   // Returns the payload's raw wait status; an init killed before its payload
   // exited counts as the payload killed by that signal.
@@ -271,8 +278,9 @@ class Spawned {
   Fd userns_lease_;
   std::optional<userns::Map> ids_;  // its user namespace's, where not the spec's
   bool reaped_ = false;
-  bool exit_read_ = false;    // the status pipe was read
-  bool got_message_ = false;  // and held the init's message
+  bool payload_cgroup_ = false;  // ends_by_cgroup()
+  bool exit_read_ = false;       // the status pipe was read
+  bool got_message_ = false;     // and held the init's message
   bool alone_ = false;
   int wait_status_ = 0;
   uint64_t max_rss_ = 0;

@@ -77,7 +77,7 @@ class Watchdog {
       w->timed_out = true;
       // SIGKILL to the init of the sandbox's pid namespace ends every
       // process in it. Under the lock, so that cancel() never races it.
-      ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
+      if (w->pidfd) ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
       // And to the cgroup, which also lifts its CPU quota: a sandbox under
       // a small one would otherwise take its time to die.
       w->cgroup.fire();
@@ -271,10 +271,13 @@ Status Process::start() {
 
   if (setup_.timeout.count() > 0) {
     watch_ = std::make_shared<Watch>();
-    watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
-    if (!watch_->pidfd) {
-      (void)close(true);
-      return fail(sys_error("dup pidfd"));
+    // (A joined init that ends_by_cgroup is left to reap its tree.)
+    if (!spawned_->ends_by_cgroup()) {
+      watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
+      if (!watch_->pidfd) {
+        (void)close(true);
+        return fail(sys_error("dup pidfd"));
+      }
     }
     watch_->cgroup = spawned_->killer();
     watch_->deadline = started_at_ + setup_.timeout;
@@ -446,12 +449,14 @@ Result<ExitStatus> Process::finish() {
   int raw = spawned_->exit_status();
   // Nothing of the sandbox outlives the report, whatever its init said:
   // SIGKILL to its pid namespace and its cgroup (an init that is alone is
-  // exiting anyway).
-  spawned_->end();
-  // A joined init is a process of the sandbox's cgroup, where even its
-  // zombie counts against pids_limit: reaped now (it owns no namespace, so
-  // its exit is quick).
-  if (joined_) (void)spawned_->reap();
+  // exiting anyway). A joined process's sandbox is another's, where what
+  // it leaves stays; its init is a process of that sandbox's cgroup, where
+  // even its zombie counts against pids_limit: reaped now (it owns no
+  // namespace, so its exit is quick).
+  if (!joined_)
+    spawned_->end();
+  else
+    (void)spawned_->reap();
   if (watch_) {
     Watchdog::get().cancel(watch_);
     watch_->pidfd.reset();

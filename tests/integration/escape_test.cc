@@ -540,10 +540,12 @@ TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
   const size_t at = seen.find("pid:[");
   ASSERT_NE(at, std::string::npos) << seen;
   const std::string pidns = seen.substr(at, seen.find(']', at) - at + 1);
-  auto in_session = [&](std::vector<std::string> argv) {
+  auto in_session = [&](std::vector<std::string> argv,
+                        std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) {
     ExecRequest req;
     req.argv = std::move(argv);
     req.join = session.get();
+    req.timeout = timeout;
     RunResult r;
     auto p = exec->exec(std::move(req));
     EXPECT_TRUE(p) << p.error().what();
@@ -587,11 +589,44 @@ TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
   auto forged = in_session({kAttack, "forge", "7"});
   EXPECT_EQ(forged.out.find("forged"), std::string::npos) << forged.out;
   EXPECT_EQ(forged.status.exit_code, 7) << forged.out << forged.err;
+  // An exec that hangs, with a child in a session of its own that ignores
+  // SIGTERM: its timeout ends its whole tree, and nothing of the session's.
+  auto hung = in_session({kAttack, "forge-and-hang"}, 500ms);
+  EXPECT_TRUE(hung.status.timed_out) << hung.out << hung.err;
+  expect_no_leftover("after an exec's timeout");
+  // Its init reaped its payload: no zombie of the sandbox went to the host's
+  // init (whose reaping the sandbox's teardown would have to wait for).
+  EXPECT_EQ(shell("for p in /proc/[0-9]*; do grep -qx 'cloister_attack' $p/comm 2>/dev/null && "
+                  "grep -q '^PPid:.1$' $p/status 2>/dev/null && echo $p; done; true"),
+            "")
+      << "a payload's zombie handed to the host's init";
+  EXPECT_TRUE(session->running()) << "an exec's timeout ended the session";
+  // A running exec's processes are its payload's tree only.
+  {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "sleep 1000 & echo up; wait"};
+    req.join = session.get();
+    std::string up;
+    auto p = start_until(*exec, std::move(req), "up", &up);
+    ASSERT_TRUE(p);
+    auto now = p->now();
+    ASSERT_TRUE(now) << now.error().what();
+    EXPECT_EQ(now->pids.size(), 2u) << "sh and sleep";
+    for (pid_t pid : now->pids) {
+      EXPECT_NE(pid, session->pid()) << "the session's init listed";
+      EXPECT_NE(pid, p->pid()) << "the exec's init listed";
+    }
+    ASSERT_TRUE(p->close(true));
+    EXPECT_TRUE(session->running()) << "an exec's kill ended the session";
+  }
   // An exec that leaves a child: the child stays in the sandbox (as podman
   // exec leaves it), and goes with the session.
   auto left = in_session({kAttack, "exit-leaving-child"});
   EXPECT_EQ(left.status.exit_code, 0) << left.err;
   EXPECT_TRUE(session->running()) << "an exec's end ended the session";
+  for (int i = 0; i < 500 && count_host_processes(kLeftover) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(count_host_processes(kLeftover), 1) << "what an exec left did not stay";
   ASSERT_TRUE(session->close(true));
   Spawned::drain_retired();
   expect_no_leftover("after the session the exec ran in");

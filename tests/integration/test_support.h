@@ -104,10 +104,8 @@ inline RunResult run_on(const Executor& exec, std::vector<std::string> argv,
 
 // Starts argv through exec and reads its stdout into *out until it holds
 // marker; null (a test failure) if it ends first.
-inline std::unique_ptr<Process> start_until(const Executor& exec, std::vector<std::string> argv,
+inline std::unique_ptr<Process> start_until(const Executor& exec, ExecRequest req,
                                             const std::string& marker, std::string* out) {
-  ExecRequest req;
-  req.argv = std::move(argv);
   auto p = exec.exec(std::move(req));
   EXPECT_TRUE(p) << p.error().what();
   if (!p) return nullptr;
@@ -121,6 +119,13 @@ inline std::unique_ptr<Process> start_until(const Executor& exec, std::vector<st
     *out += *c;
   }
   return std::move(*p);
+}
+
+inline std::unique_ptr<Process> start_until(const Executor& exec, std::vector<std::string> argv,
+                                            const std::string& marker, std::string* out) {
+  ExecRequest req;
+  req.argv = std::move(argv);
+  return start_until(exec, std::move(req), marker, out);
 }
 
 inline RunResult run_ok(const ExecutorConfig& cfg, std::vector<std::string> argv,
