@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -585,6 +587,11 @@ Status Cgroup::attach(pid_t pid, bool entered_v2) {
   return {};
 }
 
+bool Cgroup::kills_atomically() const {
+  const Impl::Dir* v2 = impl_ && !impl_->destroyed ? impl_->v2dir() : nullptr;
+  return v2 && exists(join(v2->path, "cgroup.kill"));
+}
+
 Status Cgroup::move_v2(pid_t pid) const {
   const Impl::Dir* v2 = impl_ ? impl_->v2dir() : nullptr;
   if (!v2) return fail(invalid("move: no cgroup2 directory"));
@@ -717,11 +724,16 @@ Result<Cgroup> Cgroup::make_child() const {
   if (!v2)
     return fail(
         make_error(ErrorKind::NotFound, "cgroup " + impl_->name + " has no cgroup2 directory"));
-  // Numbered per process: the sandbox sees the name (its /proc/self/cgroup),
-  // so it says nothing of the host.
-  static std::atomic<uint64_t> seq{0};
+  // Random: the sandbox sees the name (its /proc/self/cgroup), which must
+  // say nothing of the host or of other sandboxes (a counter would count
+  // every exec of the process).
   for (int tries = 0;; ++tries) {
-    const std::string name = "exec-" + std::to_string(++seq);
+    uint64_t r = 0;
+    if (::getrandom(&r, sizeof r, 0) != static_cast<ssize_t>(sizeof r))
+      return fail(sys_error("getrandom"));
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(r));
+    const std::string name = std::string("exec-") + hex;
     const std::string path = join(v2->path, name);
     if (::mkdir(path.c_str(), 0755) != 0) {
       if (errno == EEXIST && tries < 16) continue;

@@ -181,6 +181,9 @@ class Cgroup {
   // with this cgroup's own removal. NOT_FOUND where this cgroup has no
   // cgroup2 directory (a v1-only host).
   Result<Cgroup> make_child() const;
+  // Whether the cgroup2 directory has cgroup.kill (Linux 5.14), which ends
+  // a tree without its owner's help: a make_child is worth having only then.
+  bool kills_atomically() const;
   // Gives the directories up without removing them: an OCI container's
   // cgroup outlives the runtime's process (Manager::open_named finds it
   // again, as a borrowed handle).

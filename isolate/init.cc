@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -534,7 +535,7 @@ int open_devnull(Init& in) {
   return in.devnull >= 0 ? 0 : errno;
 }
 
-// An OCI container's terminal: a pty of the sandbox's own devpts (so that
+// A terminal (an OCI container's, a Process's pty): a pty of the sandbox's own devpts (so that
 // the payload's tty, ttyname and job control work), whose master goes to
 // the runtime's caller over the console socket; the slave is the payload's
 // stdio and becomes its controlling terminal.
@@ -543,6 +544,11 @@ int open_console(Init& in) {
   in.detail = 0;
   int master = ::open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (master < 0) return errno;
+  // A joined init opens the path in a sandbox that has been running: what
+  // is there must be the pty multiplexer (5:2), not a file of its making.
+  struct stat st {};
+  if (::syscall(SYS_newfstatat, master, "", &st, AT_EMPTY_PATH) != 0) return errno;
+  if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 || minor(st.st_rdev) != 2) return ENOTTY;
   int unlock = 0;
   in.detail = 1;
   if (::ioctl(master, TIOCSPTLCK, &unlock) != 0) return errno;

@@ -674,7 +674,8 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
   Spawned& out = p->out;
   out.userns_lease_ = std::move(lease);
   if (!spec.unprivileged) p->ids = slot_map ? slot_map : join && jn->ids ? jn->ids : spec.userns;
-  if (join && !detach && jn->cgroup && jn->cgroup->clone_fd() >= 0) {
+  if (join && !detach && jn->cgroup && jn->cgroup->clone_fd() >= 0 &&
+      jn->cgroup->kills_atomically()) {
     // A cgroup of the exec's own below the session's, in out: a kill or a
     // timeout of the exec ends its whole tree and nothing else of the
     // sandbox, and its stats and top list its tree. (An OCI exec joins the
@@ -986,6 +987,12 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   add(stdio.out, wire::kCallStdout);
   add(stdio.err, wire::kCallStderr);
   add(cmd.exec_fd, wire::kCallExecFd);
+  if (stdio.console >= 0) {
+    if (detach) return fail(invalid("a detached init's terminal comes through its Detach"));
+    add(stdio.console, wire::kCallConsole);
+    h.rows = stdio.rows;
+    h.cols = stdio.cols;
+  }
   if (detach) {
     if (detach->gate < 0 && !detach->join)
       return fail(invalid("a detached init needs a start gate"));
@@ -1085,10 +1092,14 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   if (p.home) {
     // The payload is forked (in the exec's cgroup, from the init's): the
     // init leaves for the sandbox's, so that the exec's holds its tree only.
-    // (ESRCH: it has exited already, its payload with it.)
-    if (auto m = p.home->move_v2(p.out.pid_); !m && m.error().code != ESRCH)
-      return fail(m.error().wrap("move the exec's init to its sandbox's cgroup"));
-    p.out.payload_cgroup_ = true;
+    // Not once it has exited (its pid, if an embedding program reaped it,
+    // may be another process's by now). Should the move fail, the exec runs
+    // on, ended through its init as where there is no cgroup of its own.
+    siginfo_t info{};
+    const bool running = ::waitid(P_PIDFD, static_cast<id_t>(p.out.pidfd_.get()), &info,
+                                  WEXITED | WNOHANG | WNOWAIT) == 0 &&
+                         info.si_pid == 0;
+    if (running && p.home->move_v2(p.out.pid_)) p.out.payload_cgroup_ = true;
   }
   p.out.ids_ = p.ids;
   return std::move(p.out);

@@ -65,6 +65,14 @@ struct Stdio {
   // in is a pty slave: the payload makes it its controlling terminal
   // (TIOCSCTTY after setsid).
   bool controlling_tty = false;
+  // A connected unix socket, or -1: the init opens a pty in the sandbox's
+  // own devpts (so that the payload's tty(1), ttyname and /dev/pts name it),
+  // sends its master here before the payload's exec, checked to be a pty
+  // multiplexer, and gives the payload its slave as stdio and controlling
+  // terminal, of rows x cols (0: the kernel's default). Replaces in, out
+  // and err.
+  int console = -1;
+  uint16_t rows = 0, cols = 0;
 };
 
 struct PendingInit;

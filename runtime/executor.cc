@@ -236,6 +236,11 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
       if (kv.first == k) kv.second = v, replaced = true;
     if (!replaced) env.emplace_back(k, v);
   }
+  // A terminal says what it is, as docker's and podman's -t do, unless the
+  // environment says otherwise.
+  if (req.pty &&
+      std::none_of(env.begin(), env.end(), [](const auto& kv) { return kv.first == "TERM"; }))
+    env.emplace_back("TERM", "xterm");
   for (auto& [k, v] : env) setup.command.env.push_back(k + "=" + v);
 
   std::string work_dir = req.work_dir.empty() ? config_.default_work_dir : req.work_dir;

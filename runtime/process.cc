@@ -3,14 +3,15 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <poll.h>
-#include <pty.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -27,7 +28,18 @@ struct Process::Watch {
   cgroups::Cgroup::Killer cgroup;
   std::chrono::steady_clock::time_point deadline;
   std::atomic<bool> timed_out{false};
+  bool timeout = true;  // the process's timeout (else an escalation of a kill)
+  // A joined process that ends by its cgroup: at the deadline its cgroup is
+  // killed and its init left to reap the tree; the init is sent SIGKILL
+  // this much later should it still be there (a process of the tree stuck
+  // in the kernel, which its init would wait for).
+  std::chrono::milliseconds then_init{0};
 };
+
+namespace {
+// How long a joined init gets to reap the tree its cgroup's kill ended.
+constexpr std::chrono::milliseconds kInitGrace{5000};
+}  // namespace
 
 namespace {
 
@@ -74,7 +86,14 @@ class Watchdog {
       }
       auto w = std::move(deadlines_.begin()->second);
       deadlines_.erase(deadlines_.begin());
-      w->timed_out = true;
+      if (w->timeout) w->timed_out = true;
+      if (w->then_init.count() > 0) {
+        w->cgroup.fire();
+        w->deadline = std::chrono::steady_clock::now() + w->then_init;
+        w->then_init = {};
+        deadlines_.emplace(w->deadline, std::move(w));
+        continue;
+      }
       // SIGKILL to the init of the sandbox's pid namespace ends every
       // process in it. Under the lock, so that cancel() never races it.
       if (w->pidfd) ::syscall(SYS_pidfd_send_signal, w->pidfd.get(), SIGKILL, nullptr, 0);
@@ -191,12 +210,34 @@ Process::~Process() {
   if (spawned_) Spawned::retire(std::move(*spawned_));
 }
 
+namespace {
+// The master of a pty an init sent over sock: a pty multiplexer's fd (5:2)
+// and nothing else the sandbox could have put there.
+Result<Fd> receive_pty_master(int sock) {
+  char name[16];
+  int fd = -1;
+  size_t nfds = 0;
+  ssize_t n;
+  do n = ::recv(sock, name, sizeof name, MSG_DONTWAIT | MSG_PEEK);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return fail(internal("the sandbox's init sent no terminal"));
+  n = recv_fds(sock, name, static_cast<size_t>(n), &fd, 1, &nfds);
+  Fd master(nfds == 1 ? fd : -1);
+  struct stat st {};
+  if (n <= 0 || !master) return fail(internal("the sandbox's init sent no terminal"));
+  if (::fstat(master.get(), &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 ||
+      minor(st.st_rdev) != 2)
+    return fail(internal("the sandbox's terminal is not a pty"));
+  return master;
+}
+}  // namespace
+
 Status Process::start() {
   std::lock_guard lk(state_mu_);
   if (started_) return fail(invalid("process already started"));
   if (closed_) return fail(invalid("process was closed"));
   Pipe in_pipe, out_pipe, err_pipe;
-  Fd master, slave;
+  Fd master, console, console_child;
   Stdio stdio;
   if (setup_.passed_stdio) {
     stdio = {setup_.passed_stdio->in.get(), setup_.passed_stdio->out.get(),
@@ -207,15 +248,16 @@ Status Process::start() {
       if (fds[i] >= 0)
         if (auto c = check_passed_stdio(fds[i], names[i]); !c) return fail(c.error());
   } else if (setup_.pty) {
-    int m = -1, sl = -1;
-    winsize ws{setup_.pty->rows, setup_.pty->cols, 0, 0};
-    if (::openpty(&m, &sl, nullptr, nullptr, &ws) != 0) return fail(sys_error("openpty"));
-    master = Fd(m);
-    slave = Fd(sl);
-    // openpty has no O_CLOEXEC flag.
-    if (::fcntl(m, F_SETFD, FD_CLOEXEC) != 0 || ::fcntl(sl, F_SETFD, FD_CLOEXEC) != 0)
-      return fail(sys_error("pty cloexec"));
-    stdio = {sl, sl, sl, true};
+    // The pty is the sandbox's (its devpts), opened by its init, which
+    // sends the master here.
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      return fail(sys_error("socketpair for the terminal"));
+    console = Fd(sv[0]);
+    console_child = Fd(sv[1]);
+    stdio.console = sv[1];
+    stdio.rows = setup_.pty->rows;
+    stdio.cols = setup_.pty->cols;
   } else {
     if (setup_.stdin_open) {
       auto p = make_pipe();
@@ -248,6 +290,16 @@ Status Process::start() {
   }
   spawned_.emplace(std::move(*s));
   started_ = true;
+  if (console) {
+    // Sent before the payload's exec, which the spawn waited for.
+    console_child.reset();
+    auto m = receive_pty_master(console.get());
+    if (!m) {
+      (void)close(true);
+      return fail(m.error());
+    }
+    master = std::move(*m);
+  }
   if (joined_) {
     joined_exit_ = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
     if (!joined_exit_) {
@@ -271,15 +323,13 @@ Status Process::start() {
 
   if (setup_.timeout.count() > 0) {
     watch_ = std::make_shared<Watch>();
-    // (A joined init that ends_by_cgroup is left to reap its tree.)
-    if (!spawned_->ends_by_cgroup()) {
-      watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
-      if (!watch_->pidfd) {
-        (void)close(true);
-        return fail(sys_error("dup pidfd"));
-      }
+    watch_->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
+    if (!watch_->pidfd) {
+      (void)close(true);
+      return fail(sys_error("dup pidfd"));
     }
     watch_->cgroup = spawned_->killer();
+    if (spawned_->ends_by_cgroup()) watch_->then_init = kInitGrace;
     watch_->deadline = started_at_ + setup_.timeout;
     Watchdog::get().add(watch_);
   }
@@ -457,11 +507,8 @@ Result<ExitStatus> Process::finish() {
     spawned_->end();
   else
     (void)spawned_->reap();
-  if (watch_) {
-    Watchdog::get().cancel(watch_);
-    watch_->pidfd.reset();
-    watch_->cgroup = {};
-  }
+  disarm(watch_);
+  disarm(escalate_);
   ExitStatus st;
   st.wall_time = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - started_at_);
@@ -544,21 +591,37 @@ Status Process::signal(int sig) {
   return spawned_->signal(sig);
 }
 
+// The watchdog neither holds nor uses w after this; its fds are closed.
+void Process::disarm(const std::shared_ptr<Watch>& w) {
+  if (!w) return;
+  Watchdog::get().cancel(w);
+  w->pidfd.reset();
+  w->cgroup = {};
+}
+
 Status Process::kill_nowait() {
   std::lock_guard lk(state_mu_);
   if (!started_) return fail(invalid("kill before start"));
-  if (!status_) spawned_->end();
+  if (status_) return {};
+  spawned_->end();
+  if (spawned_->ends_by_cgroup() && !escalate_) {
+    // Its init, left to reap the tree, goes too should the tree not.
+    auto w = std::make_shared<Watch>();
+    w->pidfd = Fd(::fcntl(spawned_->pidfd(), F_DUPFD_CLOEXEC, 3));
+    if (!w->pidfd) return fail(sys_error("dup pidfd"));
+    w->timeout = false;
+    w->deadline = std::chrono::steady_clock::now() + kInitGrace;
+    escalate_ = w;
+    Watchdog::get().add(std::move(w));
+  }
   return {};
 }
 
 void Process::abandon() {
   std::lock_guard lk(state_mu_);
   if (!started_ || status_ || abandoned_ || !spawned_) return;
-  if (watch_) {
-    Watchdog::get().cancel(watch_);
-    watch_->pidfd.reset();
-    watch_->cgroup = {};
-  }
+  disarm(watch_);
+  disarm(escalate_);
   abandoned_ = true;
   Spawned::retire_killed(std::move(*spawned_));
   spawned_.reset();

@@ -243,6 +243,8 @@ class Process {
   ProcessSetup setup_;
   std::optional<Spawned> spawned_;
   std::shared_ptr<Watch> watch_;
+  std::shared_ptr<Watch> escalate_;  // kill_nowait's of a joined process
+  static void disarm(const std::shared_ptr<Watch>& w);
   Fd in_, out_, err_;
   std::mutex in_mu_, out_mu_, err_mu_;
   mutable std::mutex state_mu_;

@@ -455,6 +455,10 @@ int run_service(const Global& g, const RunOptions& o) {
       return report(invalid("-e expects KEY=VALUE, got '" + kv + "'"));
     env[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
+  // The command's terminal is shown on ours: it is what ours is (as ssh
+  // passes it), unless -e says otherwise. (The library's default: xterm.)
+  if (const char* term = std::getenv("TERM"); o.tty && term && *term && !env.contains("TERM"))
+    env["TERM"] = term;
   req["env"] = env;
   if (!o.work_dir.empty()) req["work_dir"] = o.work_dir;
   if (o.timeout > 0) req["timeout_ms"] = static_cast<int64_t>(o.timeout * 1000);

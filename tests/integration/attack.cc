@@ -118,8 +118,22 @@ void forge() {
 // A child that outlives its parent unless the sandbox ends it: new session,
 // SIGTERM and SIGHUP ignored, argv[0] named so the host can find it.
 void leave_child(const char* marker) {
-  if (::fork() != 0) return;
+  // The parent goes on once the child is in a session of its own: what it
+  // does next (exit, its group killed) never finds the child still in its
+  // process group.
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return;
+  if (::fork() != 0) {
+    ::close(p[1]);
+    char c;
+    while (::read(p[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    ::close(p[0]);
+    return;
+  }
+  ::close(p[0]);
   ::setsid();
+  ::close(p[1]);
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGHUP, SIG_IGN);
   ::prctl(PR_SET_PDEATHSIG, 0);

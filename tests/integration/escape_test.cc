@@ -249,6 +249,28 @@ TEST_P(Escape, InitIsOutOfReach) {
   expect_init_unreachable(r.out, "library");
 }
 
+// A terminal is a pty of the sandbox's own devpts (the host's ptys are not
+// there to see), named as one inside, with TERM set; the pty's size is the
+// one asked for.
+TEST_P(Escape, TerminalIsTheSandboxsOwn) {
+  auto exec = executor_in(GetParam(), param_config());
+  ASSERT_TRUE(exec);
+  for (int i = 0; i < 2; ++i) {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "tty; echo TERM=$TERM; stty size; ls -1 /dev/pts"};
+    req.pty = PtyRequest{30, 100};
+    auto p = exec->exec(std::move(req));
+    ASSERT_TRUE(p) << p.error().what();
+    ASSERT_TRUE((*p)->start());
+    RunResult r = collect(**p);
+    auto st = (*p)->wait();
+    ASSERT_TRUE(st);
+    EXPECT_EQ(st->exit_code, 0) << r.out;
+    EXPECT_NE(r.out.find("/dev/pts/0\r\nTERM=xterm\r\n30 100\r\n0\r\nptmx\r\n"), std::string::npos)
+        << r.out;
+  }
+}
+
 // The payload tries to write an exit record into every fd the init holds,
 // then exits 7: the caller reports 7.
 TEST_P(Escape, ExitStatusCannotBeForged) {
@@ -589,6 +611,37 @@ TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
   auto forged = in_session({kAttack, "forge", "7"});
   EXPECT_EQ(forged.out.find("forged"), std::string::npos) << forged.out;
   EXPECT_EQ(forged.status.exit_code, 7) << forged.out << forged.err;
+  // An exec's terminal is a pty of the sandbox's devpts, opened by its init
+  // in the sandbox; where the sandbox has put something else at /dev/ptmx,
+  // that is refused, not handed to the caller as the exec's terminal.
+  {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "tty"};
+    req.join = session.get();
+    req.pty = PtyRequest{};
+    auto p = exec->exec(std::move(req));
+    ASSERT_TRUE(p) << p.error().what();
+    ASSERT_TRUE((*p)->start());
+    RunResult r = collect(**p);
+    EXPECT_TRUE(r.out.starts_with("/dev/pts/")) << r.out;
+    EXPECT_EQ((*p)->wait()->exit_code, 0);
+  }
+  auto swapped = in_session({"/bin/sh", "-c",
+                             "rm -f /dev/ptmx && mkfifo /dev/ptmx 2>/dev/null || touch /dev/ptmx; "
+                             "ls -l /dev/ptmx"});
+  if (swapped.out.starts_with("c")) {
+    ADD_FAILURE() << "/dev/ptmx was not replaced: " << swapped.out << swapped.err;
+  } else {
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    req.join = session.get();
+    req.pty = PtyRequest{};
+    auto p = exec->exec(std::move(req));
+    ASSERT_TRUE(p) << p.error().what();
+    auto s = (*p)->start();
+    ASSERT_FALSE(s) << "a terminal from " << swapped.out;
+    EXPECT_NE(s.error().what().find("console"), std::string::npos) << s.error().what();
+  }
   // An exec that hangs, with a child in a session of its own that ignores
   // SIGTERM: its timeout ends its whole tree, and nothing of the session's.
   auto hung = in_session({kAttack, "forge-and-hang"}, 500ms);

@@ -370,8 +370,10 @@ TEST(Service, PtyWithResize) {
   Daemon d;
   auto ex = RemoteExecutor::connect(d.socket, "shell");
   ASSERT_TRUE(ex);
-  auto p = (*ex)->exec({.argv = {"sh", "-c", "test -t 0 && echo tty; stty size; read x; stty size"},
-                        .pty = PtyRequest{30, 100}});
+  auto p = (*ex)->exec(
+      {.argv = {"sh", "-c",
+                "test -t 0 && echo tty; tty; echo TERM=$TERM; stty size; read x; stty size"},
+       .pty = PtyRequest{30, 100}});
   ASSERT_TRUE((*p)->start());
   std::string out;
   while (out.find("30 100") == std::string::npos) {
@@ -388,6 +390,9 @@ TEST(Service, PtyWithResize) {
     out += (*c)->data;
   }
   EXPECT_NE(out.find("tty"), std::string::npos) << out;
+  // The sandbox's own devpts, named inside as a terminal is.
+  EXPECT_NE(out.find("/dev/pts/0"), std::string::npos) << out;
+  EXPECT_NE(out.find("TERM=xterm"), std::string::npos) << out;
   EXPECT_NE(out.find("40 120"), std::string::npos) << out;
   EXPECT_EQ((*p)->wait()->exit_code, 0);
 }
@@ -398,10 +403,14 @@ TEST(Service, CliRunWithTerminal) {
   Daemon d;
   std::string out;
   // script(1) gives the CLI a terminal; -t gives the command one of its own.
-  int rc = sh("printf 'echo typed\\nexit 6\\n' | script -qec \"" + kCli + " --socket " + d.socket +
-                  " run -t shell -- sh -c 'test -t 0 && echo tty; stty size; exec sh'\" /dev/null",
+  // The caller's TERM goes with it.
+  int rc = sh("printf 'echo typed\\nexit 6\\n' | TERM=vt220 script -qec \"" + kCli + " --socket " +
+                  d.socket +
+                  " run -t shell -- sh -c 'test -t 0 && echo tty; echo T=\\$TERM; stty size; exec "
+                  "sh'\" /dev/null",
               &out);
   EXPECT_EQ(rc, 6) << out;
+  EXPECT_NE(out.find("T=vt220"), std::string::npos) << out;
   EXPECT_NE(out.find("tty"), std::string::npos) << out;
   EXPECT_NE(out.find("typed"), std::string::npos) << out;
 }
