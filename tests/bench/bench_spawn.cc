@@ -1,7 +1,8 @@
 // Start->exit latency of /bin/true: a plain fork+exec+wait, and the library
 // call (Executor::exec + start + wait) with full isolation, in one process so
 // that both see the same machine state; back to back, then with 5 ms idle
-// before each run (both methods alike). Prints one line per method:
+// before each run (both methods alike); and an exec of /bin/true into a
+// running sandbox (ExecRequest::join). Prints one line per method:
 //   METHOD runs=N p50_ms=... p99_ms=... mean_ms=...
 #include <spawn.h>
 #include <sys/wait.h>
@@ -102,6 +103,28 @@ int main(int argc, char** argv) {
   using std::chrono::milliseconds;
   report("fork+exec-spaced", measure(runs, 20, fork_exec, milliseconds(5)));
   report("libcloister-spaced", measure(runs, 20, library, milliseconds(5)));
+  // `exec` into a running sandbox: a joined init per run (its setns, its
+  // credential steps, the move of the init out of the exec's cgroup).
+  ExecRequest session_req;
+  session_req.argv = {"/bin/sleep", "1000"};
+  auto session = (*exec)->exec(std::move(session_req));
+  if (!session || !(*session)->start()) {
+    std::fprintf(stderr, "session: %s\n",
+                 session ? "start failed" : session.error().what().c_str());
+    return 1;
+  }
+  auto joined = [&] {
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    req.join = session->get();
+    auto p = (*exec)->exec(std::move(req));
+    if (!p || !(*p)->start()) return false;
+    auto st = (*p)->wait();
+    return st && st->exit_code == 0;
+  };
+  report("libcloister-exec-join", measure(runs, 20, joined));
+  (void)(*session)->close(true);
+  session->reset();
   // The executor's warm inits go with it; their teardown (and their cgroups')
   // finishes before we exit, so that the bench leaves nothing behind.
   exec->reset();

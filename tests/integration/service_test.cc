@@ -158,6 +158,18 @@ TEST(Service, ExecRunsInASessionsSandbox) {
       << "not the session's pid namespace " << pidns << ": " << out;
   EXPECT_EQ(sh(cli + "exec -x small -- true 2>/dev/null --session box"), 125)
       << "--executor and --session exclude each other";
+  // -t through a real terminal (script(1)): a pty of the sandbox's devpts,
+  // with the caller's TERM.
+  if (sh("command -v script") == 0) {
+    std::string tty;
+    EXPECT_EQ(sh("TERM=vt220 script -qec \"" + cli +
+                     "exec --session box -t -- sh -c 'tty; echo T=\\$TERM'\" /dev/null",
+                 &tty),
+              0)
+        << tty;
+    EXPECT_NE(tty.find("/dev/pts/"), std::string::npos) << tty;
+    EXPECT_NE(tty.find("T=vt220"), std::string::npos) << tty;
+  }
 
   // The client library, with stdin.
   auto p =
@@ -259,14 +271,32 @@ TEST(Service, ExecRunsInASessionsSandbox) {
 // Two places: the command, whose first page never comes (the wait is
 // killable), and the work dir, whose lookup the server read and never
 // answers (it is not: the killed init stays until the server goes).
+// An executor "fuse" that sees dir (a FuseStall's) at /fuse.
+std::string fuse_executor(const std::string& dir) {
+  return "  - name: fuse\n    kind: host\n    volumes: [\"" + dir +
+         ":/fuse:ro\"]\n    default_env: { PATH: /usr/bin:/bin }\n";
+}
+
+// cloisterd is left with no child (5 s at most).
+void expect_no_children(const Daemon& d, const std::string& after) {
+  const std::string children =
+      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
+  std::string left;
+  for (int i = 0; i < 500; ++i) {
+    left = read_text(children);
+    if (left.empty()) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(left, "") << "cloisterd's children after " << after;
+}
+
 class ExecHeldUp : public ::testing::TestWithParam<bool> {};
 
 TEST_P(ExecHeldUp, StallsNoOne) {
   const bool by_work_dir = GetParam();
   if (std::string why; !FuseStall::available(why)) GTEST_SKIP() << why;
   TempDir mnt;
-  Daemon d("", "  - name: fuse\n    kind: host\n    volumes: [\"" + mnt.path +
-                   ":/fuse:ro\"]\n    default_env: { PATH: /usr/bin:/bin }\n");
+  Daemon d("", fuse_executor(mnt.path));
   FuseStall fuse(mnt.path, true);
   ASSERT_TRUE(fuse.ok()) << fuse.error();
   auto a = connect_ok(d.socket);
@@ -305,20 +335,51 @@ TEST_P(ExecHeldUp, StallsNoOne) {
   ASSERT_TRUE(t) << t.error().what();
   fuse.stop();
   ASSERT_TRUE(a->call({{"op", "remove"}, {"session", sid}, {"force", true}}));
-  const std::string children =
-      "/proc/" + std::to_string(d.pid) + "/task/" + std::to_string(d.pid) + "/children";
-  std::string left;
-  for (int i = 0; i < 500; ++i) {
-    left = read_text(children);
-    if (left.empty()) break;
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ(left, "") << "cloisterd's children after the held-up exec";
+  expect_no_children(d, "the held-up exec");
   EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
 INSTANTIATE_TEST_SUITE_P(Service, ExecHeldUp, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "WorkDir" : "Command"; });
+
+// An exec whose command is stuck in the kernel after its exec (a lookup the
+// FUSE server read and never answers, which SIGKILL does not end) still
+// ends at its timeout: its cgroup is killed, and its init, which would wait
+// for the stuck command, 5 s later.
+TEST(Service, AStuckExecStillTimesOut) {
+  if (std::string why; !FuseStall::available(why)) GTEST_SKIP() << why;
+  TempDir mnt;
+  Daemon d("", fuse_executor(mnt.path));
+  FuseStall fuse(mnt.path, true);
+  ASSERT_TRUE(fuse.ok()) << fuse.error();
+  auto c = connect_ok(d.socket);
+  ASSERT_TRUE(c);
+  auto box = c->call(
+      {{"op", "start"}, {"executor", "fuse"}, {"argv", {"sleep", "1000"}}, {"detached", true}});
+  ASSERT_TRUE(box) << box.error().what();
+  const uint64_t sid = (*box)["session"];
+  const auto t0 = std::chrono::steady_clock::now();
+  auto x = c->call({{"op", "exec"},
+                    {"session", sid},
+                    {"argv", {"ls", "/fuse/stall"}},
+                    {"timeout_ms", 300},
+                    {"detached", true}});
+  ASSERT_TRUE(x) << x.error().what();
+  const uint64_t xid = (*x)["session"];
+  auto w = call_within(*c, {{"op", "wait"}, {"session", xid}}, 20s);
+  ASSERT_TRUE(w) << w.error().what();
+  EXPECT_EQ((*w)["status"]["timed_out"], true) << *w;
+  EXPECT_GE(fuse.stalled_lookups(), 1) << "the command never waited for the FUSE server";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s);
+  // The session runs on; once the FUSE server goes, nothing is left.
+  auto st = c->call({{"op", "stats"}, {"session", sid}});
+  ASSERT_TRUE(st) << st.error().what();
+  EXPECT_EQ((*st)["state"], "running") << *st;
+  fuse.stop();
+  ASSERT_TRUE(c->call({{"op", "remove"}, {"session", sid}, {"force", true}}));
+  expect_no_children(d, "the stuck exec");
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
 
 // --- the client library: the Process model over the socket ------------------
 
