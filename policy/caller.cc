@@ -122,7 +122,9 @@ Decision CallerRules::decide(const Caller& c, const Request& req) const {
         ok = r.session_remove;
         break;
       case Action::SessionExec:
-        ok = r.session_exec;
+        // Into the sessions of the executors the same rule lists: a rule
+        // for one executor's users opens no other executor's sessions.
+        ok = r.session_exec && grants_executor(r, req.executor);
         break;
     }
     if (ok) return {true, "rule at " + r.origin};

@@ -448,7 +448,13 @@ CallerRules sample_rules() {
   alice.session_signal = true;
   alice.session_exec = true;
   alice.max_processes = 3;
-  rules.rules = {devs, alice};
+  CallerRules::Rule carol;
+  carol.origin = "test.yaml:30";
+  carol.uids = {1002};
+  carol.executors = {"other"};
+  carol.run = {*Pattern::parse("**")};
+  carol.session_exec = true;
+  rules.rules = {devs, alice, carol};
   return rules;
 }
 
@@ -493,6 +499,9 @@ TEST(PolicyCallers, DecisionTable) {
       {who(2000, 1500), session(Action::SessionExec, 0), false},
       {who(1001, 1001), session(Action::SessionExec, 0), true},
       {who(kNobody, 65534), session(Action::SessionExec, kNobody), true},
+      // ... and only into the sessions of the executors its rule lists
+      {who(1002, 1002), session(Action::SessionExec, 0), false},
+      {who(1002, 1002), Request{Action::SessionExec, "other", {}, uid_t{0}}, true},
   };
   AuditCapture audit;
   for (const auto& c : cases) {
