@@ -922,14 +922,21 @@ Result<std::unique_ptr<PendingInit>> SpawnInternals::clone_init(const Sandbox& s
 }
 
 namespace {
+// The init's exit, peeked at (it stays to be reaped): its exit code, or
+// -1 while it runs or when a signal ended it.
+int peek_exit_code(const Spawned& s) {
+  siginfo_t info{};
+  if (::waitid(P_PIDFD, static_cast<id_t>(s.pidfd()), &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+      info.si_pid == 0 || info.si_code != CLD_EXITED)
+    return -1;
+  return info.si_status;
+}
 // Whether an init that exited did so at the end of its payload: with 0, or
 // with the payload's status if detached (kSetupFailedExit is the init's own
 // failure, which comes after a report).
 bool ran_to_its_end(const Spawned& s, const Detach* detach) {
-  siginfo_t info{};
-  return ::waitid(P_PIDFD, static_cast<id_t>(s.pidfd()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-         info.si_pid != 0 && info.si_code == CLD_EXITED &&
-         (detach ? info.si_status != wire::kSetupFailedExit : info.si_status == 0);
+  const int code = peek_exit_code(s);
+  return code >= 0 && (detach ? code != wire::kSetupFailedExit : code == 0);
 }
 }  // namespace
 
@@ -1081,10 +1088,7 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   if (got != 0 && !created) return fail(internal("short report from the sandbox"));
   // EOF: the payload exec'd - or the init died without a word (it exits
   // with kSetupFailedExit only before its payload exists).
-  siginfo_t info{};
-  if (::waitid(P_PIDFD, static_cast<id_t>(p.out.pidfd_.get()), &info,
-               WEXITED | WNOHANG | WNOWAIT) == 0 &&
-      info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status == wire::kSetupFailedExit)
+  if (peek_exit_code(p.out) == wire::kSetupFailedExit)
     return fail(internal("the sandbox's init ended during its setup"));
   if (!p.attached) return fail(p.attached.error().wrap("cgroup attach"));
   if (!p.netns_made) return fail(p.netns_made.error().wrap("network namespace"));
@@ -1095,11 +1099,8 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
     // Not once it has exited (its pid, if an embedding program reaped it,
     // may be another process's by now). Should the move fail, the exec runs
     // on, ended through its init as where there is no cgroup of its own.
-    siginfo_t info{};
-    const bool running = ::waitid(P_PIDFD, static_cast<id_t>(p.out.pidfd_.get()), &info,
-                                  WEXITED | WNOHANG | WNOWAIT) == 0 &&
-                         info.si_pid == 0;
-    if (running && p.home->move_v2(p.out.pid_)) p.out.payload_cgroup_ = true;
+    pollfd alive{p.out.pidfd_.get(), POLLIN, 0};
+    if (::poll(&alive, 1, 0) == 0 && p.home->move_v2(p.out.pid_)) p.out.payload_cgroup_ = true;
   }
   p.out.ids_ = p.ids;
   return std::move(p.out);

@@ -39,9 +39,6 @@ struct Process::Watch {
 namespace {
 // How long a joined init gets to reap the tree its cgroup's kill ended.
 constexpr std::chrono::milliseconds kInitGrace{5000};
-}  // namespace
-
-namespace {
 
 // One thread for every deadline of the process.
 class Watchdog {
