@@ -592,10 +592,14 @@ bool Cgroup::kills_atomically() const {
   return v2 && exists(join(v2->path, "cgroup.kill"));
 }
 
-Status Cgroup::move_v2(pid_t pid) const {
+Status Cgroup::move_to_exec_inits(pid_t pid) const {
   const Impl::Dir* v2 = impl_ ? impl_->v2dir() : nullptr;
   if (!v2) return fail(invalid("move: no cgroup2 directory"));
-  return write_at(v2->path, "cgroup.procs", std::to_string(pid));
+  // A leaf beside the sandbox's: where the sandbox's parent enables
+  // controllers for it, only a leaf may hold processes.
+  const std::string dir = v2->path.substr(0, v2->path.rfind('/')) + "/" + kExecInits;
+  if (auto s = mkdir_one(dir); !s) return s;
+  return write_at(dir, "cgroup.procs", std::to_string(pid));
 }
 
 void Cgroup::kill_async() {

@@ -122,6 +122,10 @@ struct RemountArgs {
 };
 RemountArgs favordynmods_remount(std::string_view options);
 
+// The cgroup beside a sandbox's where the inits of execs into it live once
+// their payloads are forked (Cgroup::move_to_exec_inits).
+inline constexpr const char* kExecInits = "exec-inits";
+
 class Cgroup {
  public:
   Cgroup(Cgroup&&) noexcept;
@@ -136,9 +140,16 @@ class Cgroup {
   // Writes pid into the v1 directories; into the v2 one too unless
   // entered_v2 says the process was cloned into it (CLONE_INTO_CGROUP).
   Status attach(pid_t pid, bool entered_v2 = true);
-  // Moves pid into the cgroup2 directory (a joined init leaving the exec's
-  // own cgroup for its sandbox's: make_child).
-  Status move_v2(pid_t pid) const;
+  // Moves pid, the init of an exec into this cgroup's sandbox whose payload
+  // is forked (in a make_child of this one), into kExecInits, a cgroup2
+  // directory beside this one made when missing and kept for good: out of
+  // reach of this cgroup's kill, so that the sandbox's end leaves the inits
+  // of its execs to reap their payloads (killed with the sandbox) and exit.
+  // Killed with them, an init outside the sandbox's pid namespace would
+  // hand its payload's zombie to the host's init, and the end of the
+  // namespace would wait until that reaps it. (podman's conmon, an exec's
+  // monitor, lives outside the container's cgroup too.)
+  Status move_to_exec_inits(pid_t pid) const;
   // SIGKILL every process in the cgroup tree; returns once none is left.
   Status kill();
   // cgroup.kill where there is one, without waiting for the cgroup to empty.

@@ -33,7 +33,7 @@ struct PendingInit {
   // to its user (give_command).
   std::optional<userns::Map> ids;
   // A joined init cloned into a cgroup of the exec's own: the sandbox's,
-  // where it moves once its payload is forked (give_command).
+  // beside which it moves once its payload is forked (give_command).
   const cgroups::Cgroup* home = nullptr;
   Status attached;
   Status netns_made;

@@ -1095,12 +1095,15 @@ Result<Spawned> SpawnInternals::give_command(PendingInit& p, const Sandbox& sb, 
   if (n != static_cast<ssize_t>(sizeof h)) return fail(sys_error("send the command", EPIPE));
   if (p.home) {
     // The payload is forked (in the exec's cgroup, from the init's): the
-    // init leaves for the sandbox's, so that the exec's holds its tree only.
-    // Not once it has exited (its pid, if an embedding program reaped it,
-    // may be another process's by now). Should the move fail, the exec runs
-    // on, ended through its init as where there is no cgroup of its own.
+    // init leaves, so that the exec's cgroup holds its tree only, and
+    // neither the exec's kill nor the sandbox's reaches the init, which
+    // reaps what they killed. Not once it has exited (its pid, if an
+    // embedding program reaped it, may be another process's by now). Should
+    // the move fail, the exec runs on, ended through its init as where
+    // there is no cgroup of its own.
     pollfd alive{p.out.pidfd_.get(), POLLIN, 0};
-    if (::poll(&alive, 1, 0) == 0 && p.home->move_v2(p.out.pid_)) p.out.payload_cgroup_ = true;
+    if (::poll(&alive, 1, 0) == 0 && p.home->move_to_exec_inits(p.out.pid_))
+      p.out.payload_cgroup_ = true;
   }
   p.out.ids_ = p.ids;
   return std::move(p.out);

@@ -680,6 +680,31 @@ TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
   for (int i = 0; i < 500 && count_host_processes(kLeftover) == 0; ++i)
     std::this_thread::sleep_for(10ms);
   EXPECT_EQ(count_host_processes(kLeftover), 1) << "what an exec left did not stay";
+  // The session ends with an exec running: the exec's init, outside the
+  // session's cgroup, lives on to reap its payload, which the end killed.
+  // Killed with the session, it would hand its payload's zombie to the
+  // nearest subreaper (this test, for now; else the host's init), and the
+  // session's pid namespace could not end until that reaped it.
+  {
+    ExecRequest req;
+    req.argv = {"/bin/sh", "-c", "echo up; exec sleep 1000"};
+    req.join = session.get();
+    std::string up;
+    auto p = start_until(*exec, std::move(req), "up", &up);
+    ASSERT_TRUE(p);
+    ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    ASSERT_TRUE(session->kill_nowait());
+    auto end = session->wait_for(5s);
+    EXPECT_TRUE(end) << "the session's end waits for a zombie handed to its subreaper";
+    for (pid_t z : zombies_of(::getpid(), "sleep")) {
+      ADD_FAILURE() << "a zombie handed to the subreaper: " << z;
+      ::waitpid(z, nullptr, 0);
+    }
+    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+    auto st = p->wait_for(5s);
+    ASSERT_TRUE(st) << st.error().what();
+    EXPECT_EQ(st->signal, SIGKILL) << "the exec outlived its session";
+  }
   ASSERT_TRUE(session->close(true));
   Spawned::drain_retired();
   expect_no_leftover("after the session the exec ran in");

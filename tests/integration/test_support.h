@@ -279,6 +279,24 @@ inline int count_own_inits() {
   }
 }
 
+// Zombies named comm whose parent is `parent` (a zombie keeps its comm,
+// not its command line).
+inline std::vector<pid_t> zombies_of(pid_t parent, std::string_view comm) {
+  std::vector<pid_t> out;
+  const std::string ppid = "\nPPid:\t" + std::to_string(parent) + "\n";
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    const std::string dir = std::string("/proc/") + e->d_name;
+    const std::string status = read_text(dir + "/status");
+    if (status.find(ppid) == std::string::npos || status.find("State:\tZ") == std::string::npos)
+      continue;
+    if (read_text(dir + "/comm") == std::string(comm) + "\n") out.push_back(std::atoi(e->d_name));
+  }
+  if (d) ::closedir(d);
+  return out;
+}
+
 // Processes on the host whose command line (NUL-separated) starts with cmdline.
 inline int count_host_processes(std::string_view cmdline) {
   int n = 0;
