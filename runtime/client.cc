@@ -105,7 +105,7 @@ Result<std::optional<Connection::Message>> Connection::read_frame(
     std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    auto f = dec_.next();
+    auto f = dec_.next_view();
     if (!f) return fail(f.error().wrap("from cloisterd"));
     if (*f) {
       Message m;

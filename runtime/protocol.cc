@@ -56,6 +56,18 @@ Status encode_data(uint64_t session, StreamId stream, uint64_t offset, std::stri
 }
 
 Result<std::optional<Frame>> Decoder::next() {
+  auto v = next_view();
+  if (!v) return fail(v.error());
+  if (!*v) return std::optional<Frame>();
+  return std::optional<Frame>(Frame{(*v)->type, std::string((*v)->body)});
+}
+
+Result<std::optional<FrameView>> Decoder::next_view() {
+  // What the last view pointed at is consumed now.
+  if (pos_ == buf_.size()) {
+    buf_.clear();
+    pos_ = 0;
+  }
   const size_t avail = buf_.size() - pos_;
   if (avail < kHeaderSize) {
     // Keep the buffer from growing with consumed bytes.
@@ -63,7 +75,7 @@ Result<std::optional<Frame>> Decoder::next() {
       buf_.erase(0, pos_);
       pos_ = 0;
     }
-    return std::optional<Frame>();
+    return std::optional<FrameView>();
   }
   const uint64_t len = get_be(buf_, pos_, 4);
   const uint8_t type = static_cast<uint8_t>(buf_[pos_ + 4]);
@@ -78,15 +90,11 @@ Result<std::optional<Frame>> Decoder::next() {
       buf_.erase(0, pos_);
       pos_ = 0;
     }
-    return std::optional<Frame>();
+    return std::optional<FrameView>();
   }
-  Frame f{static_cast<FrameType>(type), buf_.substr(pos_ + kHeaderSize, len)};
+  FrameView f{static_cast<FrameType>(type), std::string_view(buf_).substr(pos_ + kHeaderSize, len)};
   pos_ += kHeaderSize + len;
-  if (pos_ == buf_.size()) {
-    buf_.clear();
-    pos_ = 0;
-  }
-  return std::optional<Frame>(std::move(f));
+  return std::optional<FrameView>(f);
 }
 
 Result<DataFrame> decode_data(std::string_view body) {

@@ -42,6 +42,12 @@ struct Frame {
   std::string body;
 };
 
+// A frame still in the decoder's buffer: valid until its next feed() or next().
+struct FrameView {
+  FrameType type;
+  std::string_view body;
+};
+
 struct DataFrame {
   uint64_t session = 0;
   StreamId stream = StreamId::Stdout;
@@ -65,6 +71,9 @@ class Decoder {
   void set_max_frame(uint32_t max_frame) { max_frame_ = max_frame; }
   void feed(std::string_view bytes) { buf_.append(bytes); }
   Result<std::optional<Frame>> next();
+  // next() without copying the body out (a data frame's bytes are copied
+  // once, where they are kept).
+  Result<std::optional<FrameView>> next_view();
   size_t buffered() const { return buf_.size() - pos_; }
 
  private:

@@ -61,6 +61,13 @@ std::string RingBuffer::read(uint64_t offset, size_t max) const {
   return out;
 }
 
+std::string_view RingBuffer::peek(uint64_t offset, size_t max) const {
+  if (offset < start() || offset >= end_) return {};
+  const size_t skip = static_cast<size_t>(offset - start());
+  const size_t at = (head_ + skip) % buf_.size();
+  return std::string_view(buf_.data() + at, std::min({max, size_ - skip, buf_.size() - at}));
+}
+
 void RingBuffer::release() {
   std::vector<char>().swap(buf_);
   head_ = 0;

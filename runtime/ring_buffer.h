@@ -31,6 +31,9 @@ class RingBuffer {
 
   // Up to max bytes starting at offset, which must be in [start(), end()].
   std::string read(uint64_t offset, size_t max) const;
+  // As read(), without a copy: the bytes up to max or to the buffer's wrap,
+  // whichever comes first; valid until the next append() or release().
+  std::string_view peek(uint64_t offset, size_t max) const;
 
   // Frees the memory (the offsets stay).
   void release();

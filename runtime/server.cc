@@ -446,7 +446,7 @@ struct Server::Impl {
           a.next[i] = rb.start();
         }
         while (a.next[i] < rb.end() && c.queued() < kHighWater) {
-          std::string chunk = rb.read(a.next[i], kDataChunk);
+          const std::string_view chunk = rb.peek(a.next[i], kDataChunk);
           (void)proto::encode_data(a.session, static_cast<proto::StreamId>(i + 1), a.next[i], chunk,
                                    c.out, sc.max_frame);
           a.next[i] += chunk.size();

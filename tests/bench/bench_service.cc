@@ -8,6 +8,8 @@
 //                                 through the socket (data frames), through
 //                                 passed fds (SCM_RIGHTS, a pipe we read), and
 //                                 a raw pipe from a plain child, no sandbox
+//   stdin <socket> <bytes>        BYTES of zeros into `wc -c`, the same three
+//                                 ways (the count it prints is checked)
 // Prints "NAME runs=N p50_ms=.. p99_ms=.." or "NAME bytes=N secs=.. mib_s=..".
 #include <fcntl.h>
 #include <spawn.h>
@@ -127,17 +129,103 @@ void throughput(const std::string& socket, uint64_t bytes) {
   }
 }
 
+// Writes `bytes` zeros to fd in 1 MiB pieces, then closes it.
+void feed(Fd fd, uint64_t bytes) {
+  static const std::string chunk(1 << 20, '\0');
+  while (bytes > 0) {
+    const size_t n = std::min<uint64_t>(bytes, chunk.size());
+    if (auto s = write_all(fd.get(), std::string_view(chunk).substr(0, n)); !s)
+      die(s.error().what());
+    bytes -= n;
+  }
+}
+
+void check_count(const char* name, const std::string& out, uint64_t bytes) {
+  if (std::strtoull(out.c_str(), nullptr, 10) != bytes)
+    die(std::string(name) + ": wc -c counted " + out);
+}
+
+void stdin_throughput(const std::string& socket, uint64_t bytes) {
+  auto ex = RemoteExecutor::connect(socket, "bench");
+  if (!ex) die(ex.error().what());
+  {  // through the socket: data frames, as fast as the service takes them
+    auto p = (*ex)->exec({.argv = {"wc", "-c"}, .stdin_open = true});
+    if (!p) die(p.error().what());
+    auto t0 = Clock::now();
+    if (!(*p)->start()) die("start");
+    static const std::string chunk(1 << 20, '\0');
+    for (uint64_t left = bytes; left > 0;) {
+      const size_t n = std::min<uint64_t>(left, chunk.size());
+      if (auto s = (*p)->write_stdin(std::string_view(chunk).substr(0, n)); !s)
+        die(s.error().what());
+      left -= n;
+    }
+    if (auto s = (*p)->write_stdin(""); !s) die(s.error().what());
+    std::string out;
+    for (;;) {
+      auto c = (*p)->read();
+      if (!c) die(c.error().what());
+      if (!*c) break;
+      out += (*c)->data;
+    }
+    report("socket", bytes, t0);
+    check_count("socket", out, bytes);
+  }
+  {  // passed fds: the payload reads our pipe
+    auto in = make_pipe(), out = make_pipe();
+    auto devnull = open_fd("/dev/null", O_RDWR);
+    auto stdio = std::make_shared<PassedStdio>();
+    stdio->in = Fd(::dup(in->read.get()));
+    stdio->out = Fd(::dup(out->write.get()));
+    stdio->err = Fd(::dup(devnull->get()));
+    auto p = (*ex)->exec({.argv = {"wc", "-c"}, .passed_stdio = std::move(stdio)});
+    auto t0 = Clock::now();
+    if (!(*p)->start()) die("start passed");
+    in->read.reset();
+    out->write.reset();
+    feed(std::move(in->write), bytes);
+    std::string counted(64, '\0');
+    ssize_t n = ::read(out->read.get(), counted.data(), counted.size());
+    report("passed-fds", bytes, t0);
+    check_count("passed", counted.substr(0, n > 0 ? n : 0), bytes);
+    (void)(*p)->wait();
+  }
+  {  // a raw pipe into a plain child
+    auto in = make_pipe(), out = make_pipe();
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in->read.get(), 0);
+    posix_spawn_file_actions_adddup2(&fa, out->write.get(), 1);
+    const char* argv[] = {"wc", "-c", nullptr};
+    pid_t pid;
+    auto t0 = Clock::now();
+    if (::posix_spawnp(&pid, "wc", &fa, nullptr, const_cast<char**>(argv), environ) != 0)
+      die("spawn wc");
+    in->read.reset();
+    out->write.reset();
+    feed(std::move(in->write), bytes);
+    std::string counted(64, '\0');
+    ssize_t n = ::read(out->read.get(), counted.data(), counted.size());
+    ::waitpid(pid, nullptr, 0);
+    report("raw-pipe", bytes, t0);
+    check_count("raw pipe", counted.substr(0, n > 0 ? n : 0), bytes);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 4 || argc > 6)
-    die("usage: bench_service latency SOCKET RUNS [EXECUTOR] [GAP_MS] | throughput SOCKET BYTES");
+    die("usage: bench_service latency SOCKET RUNS [EXECUTOR] [GAP_MS] | throughput SOCKET BYTES "
+        "| stdin SOCKET BYTES");
   std::string mode = argv[1];
   if (mode == "latency")
     latency(argv[2], std::atoi(argv[3]), argc > 4 ? argv[4] : "bench",
             argc > 5 ? std::atoi(argv[5]) : 0);
   else if (mode == "throughput")
     throughput(argv[2], std::strtoull(argv[3], nullptr, 10));
+  else if (mode == "stdin")
+    stdin_throughput(argv[2], std::strtoull(argv[3], nullptr, 10));
   else
     die("unknown mode " + mode);
 }

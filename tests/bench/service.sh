@@ -3,7 +3,8 @@
 #   start->exit latency of /bin/true: client library (RemoteProcess),
 #   `cloister run`, `cloister exec` (in-process, no service), bwrap;
 #   stdout throughput of 1 GiB: through the socket, through passed fds
-#   (SCM_RIGHTS), and a raw pipe.
+#   (SCM_RIGHTS), and a raw pipe; stdin throughput of as much, the same
+#   three ways (into `wc -c`, whose count is checked).
 # Usage: tests/bench/service.sh [RUNS] [BYTES]   (default 300, 1 GiB; root, a build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,8 +36,9 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$work/h.json" \
   -n "bwrap" "bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev /bin/true" >/dev/null
 $BIN/cloister_bench_service latency "$work/cloister.sock" "$RUNS" > "$work/lib.txt"
 $BIN/cloister_bench_service throughput "$work/cloister.sock" "$BYTES" > "$work/tp.txt"
+$BIN/cloister_bench_service stdin "$work/cloister.sock" "$BYTES" > "$work/in.txt"
 
-python3 - "$work/h.json" "$work/lib.txt" "$work/tp.txt" <<'PY'
+python3 - "$work/h.json" "$work/lib.txt" "$work/tp.txt" "$work/in.txt" <<'PY'
 import json, sys
 rows = []
 for r in json.load(open(sys.argv[1]))["results"]:
@@ -50,9 +52,14 @@ print(f"|{'-'*30}|{'-'*10}|{'-'*10}|------|")
 for name, p50, p99, n in rows:
     print(f"| {name:28} | {p50:8.2f} | {p99:8.2f} | {n:4} |")
 print()
-print(f"| {'stdout throughput':28} | {'MiB/s':>8} | {'seconds':>8} |")
-print(f"|{'-'*30}|{'-'*10}|{'-'*10}|")
-for line in open(sys.argv[3]):
-    f = line.split(); kv = dict(x.split("=") for x in f[1:])
-    print(f"| {f[0]:28} | {float(kv['mib_s']):8.0f} | {float(kv['secs']):8.2f} |")
+for title, path in (("stdout throughput", sys.argv[3]), ("stdin throughput", sys.argv[4])):
+    rates = {}
+    print(f"| {title:28} | {'MiB/s':>8} | {'seconds':>8} |")
+    print(f"|{'-'*30}|{'-'*10}|{'-'*10}|")
+    for line in open(path):
+        f = line.split(); kv = dict(x.split("=") for x in f[1:])
+        rates[f[0]] = float(kv['mib_s'])
+        print(f"| {f[0]:28} | {rates[f[0]]:8.0f} | {float(kv['secs']):8.2f} |")
+    print(f"| {'socket / raw pipe':28} | {rates['socket'] / rates['raw-pipe']:7.2f}x |          |")
+    print()
 PY

@@ -47,7 +47,15 @@ TEST(FrameCodec, DecoderReassemblesAnySplit) {
       size_t n = std::min<size_t>(wire.size() - at, 1 + rng() % 9000);
       dec.feed(std::string_view(wire).substr(at, n));
       at += n;
+      // Copied out (next) and viewed in place (next_view) in turn.
       for (;;) {
+        if (round % 2) {
+          auto f = dec.next_view();
+          ASSERT_TRUE(f);
+          if (!*f) break;
+          got.emplace_back((*f)->body);
+          continue;
+        }
         auto f = dec.next();
         ASSERT_TRUE(f);
         if (!*f) break;
@@ -117,6 +125,15 @@ TEST(RingBuffer, MatchesAModelUnderRandomAppends) {
     ASSERT_EQ(rb.start(), all.size() > 1000 ? all.size() - 1000 : 0);
     uint64_t at = rb.start() + (rb.size() ? rng() % rb.size() : 0);
     ASSERT_EQ(rb.read(at, 257), all.substr(at, 257));
+    // peek: the same bytes in place, ending at the wrap at the latest.
+    std::string peeked;
+    for (uint64_t o = at; o < rb.end() && peeked.size() < 257;) {
+      const std::string_view v = rb.peek(o, 257 - peeked.size());
+      ASSERT_FALSE(v.empty());
+      peeked += v;
+      o += v.size();
+    }
+    ASSERT_EQ(peeked, all.substr(at, 257));
     ASSERT_LE(rb.allocated(), 1000u);
   }
 }
