@@ -101,7 +101,7 @@ class Applier {
     if (!parent) return fail(parent.error());
     const int pfd = *parent;
 
-    if (name.starts_with(kWhiteout)) {
+    if (opt_.whiteouts && name.starts_with(kWhiteout)) {
       if (name == kOpaque) {
         if (::fsetxattr(pfd, opaque_xattr(), "y", 1, 0) != 0)
           return fail(sys_error("set opaque xattr"));
@@ -136,7 +136,8 @@ class Applier {
           if (::symlinkat(e.linkname.c_str(), pfd, name.c_str()) != 0)
             return fail(sys_error("symlink"));
         }
-        if (chown_at(pfd, name.c_str(), e.uid, e.gid) != 0) return fail(sys_error("chown symlink"));
+        if (opt_.keep_owners && chown_at(pfd, name.c_str(), e.uid, e.gid) != 0)
+          return fail(sys_error("chown symlink"));
         struct timespec ts[2] = {{e.mtime, 0}, {e.mtime, 0}};
         ::utimensat(pfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
         return {};
@@ -154,7 +155,8 @@ class Applier {
         if (::mknodat(pfd, name.c_str(), kind | 0600, makedev(e.devmajor, e.devminor)) != 0)
           return fail(sys_error("mknod"));
         // Just created by mknodat, so not a symlink: chmod may name it.
-        if (chown_at(pfd, name.c_str(), e.uid, e.gid) != 0) return fail(sys_error("chown"));
+        if (opt_.keep_owners && chown_at(pfd, name.c_str(), e.uid, e.gid) != 0)
+          return fail(sys_error("chown"));
         if (::fchmodat(pfd, name.c_str(), e.mode & 07777, 0) != 0) return fail(sys_error("chmod"));
         return {};
       }
@@ -199,18 +201,26 @@ class Applier {
   // Removes whatever is at name unless it is a directory we keep.
   Status replace(int pfd, const std::string& name) {
     struct stat st;
-    if (::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+    if (::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
       cached_path_
           .clear();  // a cached parent may lie below it (closed at the next lookup: pfd may be it)
+      if (!opt_.replace_dirs) {
+        if (::unlinkat(pfd, name.c_str(), AT_REMOVEDIR) == 0) return {};
+        if (errno == ENOTEMPTY || errno == EEXIST)
+          return fail(invalid("would replace a directory that is not empty"));
+        return fail(sys_error("rmdir"));
+      }
+    }
     return remove_entry(pfd, name);
   }
 
   Status metadata_fd(int fd, const TarEntry& e) {
     // chown first: it clears setuid/setgid, which the chmod then sets.
-    if (!user_store() && ::fchown(fd, e.uid, e.gid) != 0) return fail(sys_error("chown"));
-    if (::fchmod(fd, e.mode & 07777) != 0) return fail(sys_error("chmod"));
+    if (opt_.keep_owners && !user_store() && ::fchown(fd, e.uid, e.gid) != 0)
+      return fail(sys_error("chown"));
+    if (::fchmod(fd, e.mode & (opt_.setid ? 07777 : 01777)) != 0) return fail(sys_error("chmod"));
     for (const auto& [k, v] : e.xattrs) {
-      if (!keep_xattr(k)) continue;
+      if (!opt_.xattrs || !keep_xattr(k)) continue;
       if (v.size() > kMaxXattrValue) return fail(make_error(ErrorKind::Limit, "xattr too large"));
       if (::fsetxattr(fd, k.c_str(), v.data(), v.size(), 0) != 0)
         return fail(sys_error("set xattr " + k));
@@ -328,13 +338,13 @@ Result<ApplyResult> apply_layer(ByteStream& in, int root_fd, const ApplyOptions&
   TarEntry e;
   for (;;) {
     auto more = tar.next(e);
-    if (!more) return fail(more.error().wrap("layer"));
+    if (!more) return fail(more.error().wrap(opt.what));
     if (!*more) break;
     if (++r.entries > opt.max_entries)
-      return fail(make_error(ErrorKind::Limit,
-                             "layer: more than " + std::to_string(opt.max_entries) + " entries"));
+      return fail(make_error(ErrorKind::Limit, std::string(opt.what) + ": more than " +
+                                                   std::to_string(opt.max_entries) + " entries"));
     if (auto s = applier.apply(tar, e); !s)
-      return fail(s.error().wrap("layer entry '" + e.path.substr(0, 256) + "'"));
+      return fail(s.error().wrap(std::string(opt.what) + " entry '" + e.path.substr(0, 256) + "'"));
   }
   // The rest of both streams still counts towards the digests.
   if (auto n = ahead.drain(); !n) return fail(n.error().wrap("layer"));

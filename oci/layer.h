@@ -44,6 +44,19 @@ struct ApplyOptions {
   uint64_t max_uncompressed = 16ull << 30;
   uint64_t max_entries = 1'000'000;
   bool allow_devices = false;
+  // Off for a copy into or out of a running sandbox (`cp`, runtime/copy.h): ".wh."
+  // names are plain names, no owner is taken from the archive (what is
+  // made belongs to whoever makes it), and no xattr is set.
+  bool whiteouts = true;
+  bool keep_owners = true;
+  bool xattrs = true;
+  // Off for a copy too: no setuid/setgid bit is set (whoever extracts it,
+  // the archive is someone else's), and a directory with anything in it is
+  // never replaced by an entry of another type (an error instead: its tree
+  // is not the archive's to remove, and may be deeper than any stack).
+  bool setid = true;
+  bool replace_dirs = true;
+  const char* what = "layer";  // what errors call the archive
   // Called with the compressed bytes consumed so far (from the pulling thread).
   std::function<void(uint64_t)> progress;
 };

@@ -4,6 +4,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "isolate/fd.h"
+
 namespace cloister::oci {
 namespace {
 
@@ -219,6 +221,105 @@ Result<bool> TarReader::next(TarEntry& e) {
     padding_ = (kBlock - e.size % kBlock) % kBlock;
     return true;
   }
+}
+
+namespace {
+
+// value in octal, right-aligned with leading zeros, NUL-terminated, in a
+// field of len; false if it does not fit.
+bool octal(char* field, size_t len, uint64_t value) {
+  char* end = field + len - 1;
+  *end = '\0';
+  for (char* p = end; p > field;) {
+    *--p = static_cast<char>('0' + (value & 7));
+    value >>= 3;
+  }
+  return value == 0;
+}
+
+// One pax record: "LEN key=value\n", LEN counting itself.
+void pax_record(std::string& out, std::string_view key, std::string_view value) {
+  const size_t base = key.size() + value.size() + 3;  // ' ', '=', '\n'
+  size_t len = base + 1;
+  while (std::to_string(len).size() + base != len) ++len;
+  out += std::to_string(len) + " " + std::string(key) + "=" + std::string(value) + "\n";
+}
+
+void checksum(char* block) {
+  std::memset(block + 148, ' ', 8);
+  unsigned sum = 0;
+  for (size_t i = 0; i < kBlock; ++i) sum += static_cast<unsigned char>(block[i]);
+  (void)octal(block + 148, 7, sum);
+  block[155] = ' ';
+}
+
+// A ustar header block. A field that does not fit is 0: the caller's pax
+// header holds the true value then.
+void ustar(char* b, const std::string& name, const TarEntry& e, char type, uint64_t size) {
+  std::memset(b, 0, kBlock);
+  std::memcpy(b, name.data(), std::min<size_t>(name.size(), 100));
+  (void)octal(b + 100, 8, e.mode & 07777);
+  if (!octal(b + 108, 8, e.uid)) (void)octal(b + 108, 8, 0);
+  if (!octal(b + 116, 8, e.gid)) (void)octal(b + 116, 8, 0);
+  if (!octal(b + 124, 12, size)) (void)octal(b + 124, 12, 0);
+  if (!octal(b + 136, 12, static_cast<uint64_t>(std::max<int64_t>(0, e.mtime))))
+    (void)octal(b + 136, 12, 0);
+  b[156] = type;
+  std::memcpy(b + 157, e.linkname.data(), std::min<size_t>(e.linkname.size(), 100));
+  std::memcpy(b + 257, "ustar", 6);
+  std::memcpy(b + 263, "00", 2);
+  (void)octal(b + 329, 8, e.devmajor);
+  (void)octal(b + 337, 8, e.devminor);
+  checksum(b);
+}
+
+}  // namespace
+
+Status TarWriter::put(std::string_view bytes) {
+  if (auto s = write_all(fd_, bytes); !s) return s;
+  written_ += bytes.size();
+  return {};
+}
+
+Status TarWriter::header(const TarEntry& e) {
+  if (left_ != 0) return fail(internal("tar: an entry's data is short"));
+  if (auto s = put(std::string(padding_, '\0')); !s) return s;
+  padding_ = 0;
+  const uint64_t size = e.type == '0' ? e.size : 0;
+  char block[kBlock];
+  std::string pax;
+  if (e.path.size() > 100) pax_record(pax, "path", e.path);
+  if (e.linkname.size() > 100) pax_record(pax, "linkpath", e.linkname);
+  if (size > 077777777777ull) pax_record(pax, "size", std::to_string(size));
+  if (e.uid > 07777777u) pax_record(pax, "uid", std::to_string(e.uid));
+  if (e.gid > 07777777u) pax_record(pax, "gid", std::to_string(e.gid));
+  if (!pax.empty()) {
+    TarEntry x;
+    x.mode = 0644;
+    ustar(block, "PaxHeader", x, 'x', pax.size());
+    if (auto s = put(std::string_view(block, kBlock)); !s) return s;
+    pax.resize((pax.size() + kBlock - 1) / kBlock * kBlock, '\0');
+    if (auto s = put(pax); !s) return s;
+  }
+  // Where the pax header holds the name, the ustar field gets a stand-in a
+  // reader that ignores pax extracts harmlessly: never a cut of the name
+  // (which could end in "..").
+  ustar(block, e.path.size() > 100 ? std::string("PaxLongName") : e.path, e, e.type, size);
+  if (auto s = put(std::string_view(block, kBlock)); !s) return s;
+  left_ = size;
+  padding_ = (kBlock - size % kBlock) % kBlock;
+  return {};
+}
+
+Status TarWriter::data(std::string_view bytes) {
+  if (bytes.size() > left_) return fail(internal("tar: more data than the entry's size"));
+  left_ -= bytes.size();
+  return put(bytes);
+}
+
+Status TarWriter::finish() {
+  if (left_ != 0) return fail(internal("tar: an entry's data is short"));
+  return put(std::string(padding_ + 2 * kBlock, '\0'));
 }
 
 }  // namespace cloister::oci

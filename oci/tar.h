@@ -1,6 +1,8 @@
 // A streaming tar reader (ustar, pax extended headers, GNU long names) over a
-// ByteStream. It only parses: it never touches the filesystem, so the rules
-// of what may be written where live in one place (oci/layer.h).
+// ByteStream, and a writer of the same (ustar, with a pax header where a
+// field does not fit). Neither touches the filesystem, so the rules of what
+// may be written where live in one place (oci/layer.h), and of what is read
+// in another (runtime/copy.h).
 #pragma once
 
 #include <sys/types.h>
@@ -44,6 +46,24 @@ class TarReader {
   ByteStream& in_;
   uint64_t remaining_ = 0;  // data left in the current entry
   uint64_t padding_ = 0;    // after it, to the block boundary
+};
+
+// Writes a tar stream to an fd (not owned): for each entry its header, then
+// (regular files) exactly e.size bytes of data, then finish(). Paths and
+// link names of any length, sizes, ids and times beyond ustar's fields go
+// in a pax header ('x') before the entry, as GNU tar and bsdtar write it.
+class TarWriter {
+ public:
+  explicit TarWriter(int fd) : fd_(fd) {}
+  Status header(const TarEntry& e);
+  Status data(std::string_view bytes);  // the current entry's, in pieces
+  Status finish();                      // the end: two zero blocks
+  uint64_t written() const { return written_; }
+
+ private:
+  Status put(std::string_view bytes);
+  int fd_;
+  uint64_t left_ = 0, padding_ = 0, written_ = 0;
 };
 
 }  // namespace cloister::oci

@@ -77,6 +77,8 @@ std::string_view action_name(Action a) {
       return "session.remove";
     case Action::SessionExec:
       return "session.exec";
+    case Action::SessionCp:
+      return "session.cp";
   }
   return "?";
 }
@@ -95,7 +97,8 @@ bool grants_executor(const CallerRules::Rule& r, const std::string& executor) {
 
 Decision CallerRules::decide(const Caller& c, const Request& req) const {
   const bool session = req.action == Action::SessionAttach || req.action == Action::SessionSignal ||
-                       req.action == Action::SessionRemove || req.action == Action::SessionExec;
+                       req.action == Action::SessionRemove || req.action == Action::SessionExec ||
+                       req.action == Action::SessionCp;
   if (c.root()) return {true, "root"};
   if (session && req.session_owner && *req.session_owner == c.uid) return {true, "own session"};
   bool any_rule = false;
@@ -125,6 +128,9 @@ Decision CallerRules::decide(const Caller& c, const Request& req) const {
         // Into the sessions of the executors the same rule lists: a rule
         // for one executor's users opens no other executor's sessions.
         ok = r.session_exec && grants_executor(r, req.executor);
+        break;
+      case Action::SessionCp:
+        ok = r.session_cp && grants_executor(r, req.executor);
         break;
     }
     if (ok) return {true, "rule at " + r.origin};

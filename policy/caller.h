@@ -7,11 +7,14 @@
 //   exec.get        use executor E (see it, run on it);
 //   exec.run        run commands matching a pattern (command.h), on an
 //                   executor the same rule grants exec.get for;
-//   session.attach, session.signal, session.remove, session.exec
-//                   on sessions started by OTHER callers (one's own are
+//   session.attach, session.signal, session.remove, session.exec,
+//   session.cp      on sessions started by OTHER callers (one's own are
 //                   always allowed); session.exec runs a new process in
 //                   the session's sandbox, whose command exec.get and
-//                   exec.run must allow as well.
+//                   exec.run must allow as well; session.cp copies files
+//                   into and out of it as its root (runtime/copy.h). Both
+//                   reach only the sessions of executors the same rule
+//                   grants exec.get for.
 // Deny by default: a caller no rule matches has no permission. uid 0 has
 // every permission (it can rewrite the config anyway); the executor's own
 // rules (whitelist, allowlist, paths) still apply to it. Refusals are
@@ -64,7 +67,15 @@ struct Caller {
 // SO_PEERGROUPS (supplementary gids).
 Result<Caller> peer_caller(int socket_fd);
 
-enum class Action { ExecGet, ExecRun, SessionAttach, SessionSignal, SessionRemove, SessionExec };
+enum class Action {
+  ExecGet,
+  ExecRun,
+  SessionAttach,
+  SessionSignal,
+  SessionRemove,
+  SessionExec,
+  SessionCp
+};
 std::string_view action_name(Action a);  // "exec.get", ...
 
 struct Request {
@@ -91,6 +102,7 @@ class CallerRules {
     bool session_signal = false;
     bool session_remove = false;
     bool session_exec = false;
+    bool session_cp = false;
     uint64_t max_processes = 0;  // per caller uid, 0 = no limit
   };
   std::vector<Rule> rules;

@@ -161,6 +161,10 @@ Result<Connection::Message> Connection::next(std::chrono::milliseconds timeout) 
 Result<json> Connection::call(json request, std::span<const int> fds) {
   auto id = send(std::move(request), fds);
   if (!id) return fail(id.error());
+  return reply(*id);
+}
+
+Result<json> Connection::reply(uint64_t id) {
   for (;;) {
     auto m = read_frame(std::chrono::milliseconds(-1));
     if (!m) return fail(m.error());
@@ -168,7 +172,7 @@ Result<json> Connection::call(json request, std::span<const int> fds) {
     Message& msg = **m;
     if (!msg.data && msg.control.contains("ok")) {
       const json& rid = msg.control["id"];
-      if (rid.is_number_unsigned() && rid.get<uint64_t>() == *id) {
+      if (rid.is_number_unsigned() && rid.get<uint64_t>() == id) {
         if (msg.control.value("ok", false)) return msg.control;
         return fail(error_from_json(msg.control.value("error", json::object())));
       }

@@ -70,6 +70,9 @@ class Connection {
   Result<uint64_t> send(nlohmann::json request, std::span<const int> fds = {});
   // send() and wait for the reply: its body when ok, its error otherwise.
   Result<nlohmann::json> call(nlohmann::json request, std::span<const int> fds = {});
+  // The reply to the request send() numbered id (what else arrives
+  // meanwhile is kept for next()), as call() waits for it.
+  Result<nlohmann::json> reply(uint64_t id);
   // The next event, reply or data frame; TIMEOUT after timeout (-1 = none).
   Result<Message> next(std::chrono::milliseconds timeout = std::chrono::milliseconds(-1));
   Status send_stdin(uint64_t session, std::string_view data);

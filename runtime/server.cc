@@ -31,6 +31,7 @@
 #include "isolate/rlimits.h"
 #include "isolate/signals.h"
 #include "policy/caller.h"
+#include "runtime/copy.h"
 #include "runtime/executor.h"
 #include "runtime/protocol.h"
 #include "runtime/session.h"
@@ -126,6 +127,9 @@ constexpr size_t kTopReadersMax = 32;
 // kJoinStartDeadline): per caller uid, and in the service.
 constexpr size_t kExecStartsPerUid = 4;
 constexpr size_t kExecStartsMax = 16;
+// `cp`s under way, of one caller (uid) and in all.
+constexpr size_t kCopiesPerUid = 4;
+constexpr size_t kCopiesMax = 16;
 // And per caller (uid): one tenant's stalled sessions never take them all.
 constexpr size_t kTopReadersPerUid = 8;
 // Bytes queued for a connection past which an event is not added but the
@@ -306,6 +310,7 @@ struct TopJob {
 struct Server::Impl {
   struct Prepared;
   struct ExecStart;
+  struct Copy;
   Config config;
   ServiceConfig sc;
   Fd listener, epoll, sigfd;
@@ -322,7 +327,9 @@ struct Server::Impl {
   std::map<uint64_t, TopJob> top_jobs;
   std::map<uint64_t, std::unique_ptr<ExecStart>> exec_starts;
   uint64_t next_exec = 1;
-  Fd exec_done;                   // eventfd (kExecDone): an exec start's thread is done
+  Fd exec_done;  // eventfd (kExecDone): an exec start's or a copy's thread is done
+  std::map<uint64_t, std::shared_ptr<Copy>> copies;
+  uint64_t next_copy = 1;
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
   size_t running = 0;
   std::map<std::string, size_t> running_by_executor;
@@ -794,10 +801,138 @@ struct Server::Impl {
     }
     exec_starts.emplace(next_exec++, std::move(x));
   }
+  // A `cp` (runtime/copy.h). Its copy reads and writes the caller's fd and
+  // the sandbox's files, either of which may block for as long as their
+  // other side likes, so it runs on a thread of its own and the loop
+  // replies once it is done. Shared with the thread: at shutdown a thread
+  // still copying is left to the process's exit.
+  struct Copy {
+    uint64_t conn = 0;
+    uid_t uid = 0;
+    json id;
+    uint64_t session = 0;
+    bool in = false;
+    Result<uint64_t> result = 0;
+    std::atomic<bool> done{false};
+    Fd notify;  // the loop's eventfd, a dup of its own: the thread may outlive the loop
+    std::thread thread;
+  };
+  void start_copy(Conn& c, const json& id, const json& j) {
+    Req r{j};
+    auto dir = r.str("direction");
+    auto path = r.str("path");
+    if (!dir) return reply_err(c, id, dir.error());
+    if (!path) return reply_err(c, id, path.error());
+    if (*dir != "in" && *dir != "out")
+      return reply_err(c, id, invalid("field 'direction' must be \"in\" or \"out\""));
+    if (path->empty() || (*path)[0] != '/' || path->find('\0') != std::string::npos)
+      return reply_err(c, id, invalid("field 'path' must be an absolute path without NUL bytes"));
+    const bool in = *dir == "in";
+    if (c.fds.empty())
+      return reply_err(c, id,
+                       invalid("cp needs the tar stream's fd sent with SCM_RIGHTS on this frame"));
+    Fd data = std::move(c.fds.front());
+    c.fds.clear();
+    // The fd must go the copy's way; it is made blocking for the thread
+    // (the file description is the caller's, given over for the copy).
+    const int fl = ::fcntl(data.get(), F_GETFL);
+    const int mode = fl & O_ACCMODE;
+    if (fl < 0 || (fl & O_PATH) || (in ? mode == O_WRONLY : mode == O_RDONLY))
+      return reply_err(c, id,
+                       invalid(std::string("the fd sent must be open for ") +
+                               (in ? "reading (the tar to copy in)" : "writing (the tar out)")));
+    // A pipe or a file: not a socket, whose peer would take what the copy
+    // writes as sent with the service's credentials.
+    struct stat fst {};
+    if (::fstat(data.get(), &fst) != 0 || !(S_ISFIFO(fst.st_mode) || S_ISREG(fst.st_mode)))
+      return reply_err(c, id, invalid("the fd sent must be a pipe or a regular file"));
+    if ((fl & O_NONBLOCK) && ::fcntl(data.get(), F_SETFL, fl & ~O_NONBLOCK) != 0)
+      return reply_err(c, id, sys_error("make the fd sent blocking"));
+    auto found = find(c, j);
+    if (!found) return reply_err(c, id, found.error());
+    SessionEntry* e = *found;
+    // An exec session's sandbox is the session it was exec'd into.
+    if (uint64_t of = e->s->spec().exec_of) {
+      auto it = sessions.find(of);
+      if (it == sessions.end())
+        return reply_err(c, id,
+                         invalid("session " + std::to_string(e->s->id()) + " ran in session " +
+                                 std::to_string(of) + ", which is gone"));
+      e = &it->second;
+    }
+    Session& s = *e->s;
+    if (auto ok = may(c, s, policy::Action::SessionCp); !ok) return reply_err(c, id, ok.error());
+    if (s.exited())
+      return reply_err(c, id, invalid("session " + std::to_string(s.id()) + " has exited"));
+    size_t own = 0;
+    for (const auto& [cid, x] : copies) own += x->uid == c.caller.uid;
+    if (own >= kCopiesPerUid || copies.size() >= kCopiesMax)
+      return reply_err(
+          c, id,
+          make_error(ErrorKind::Limit, "too many copies are under way (" + std::to_string(own) +
+                                           " of yours, " + std::to_string(copies.size()) +
+                                           " in all); try again once they end"));
+    // As the session's user (its payload's): a copy is no way to its root.
+    const SpawnSpec* spec = s.process().sandbox_spec();
+    const Identity who = spec ? spec->user : Identity{};
+    auto target = copy::target_of(s.process().pid(), s.process().pidfd(), who.uid, who.gid);
+    if (!target) return reply_err(c, id, target.error().wrap("cp"));
+    if (target->uid == 0 && c.caller.uid != 0)
+      return reply_err(c, id,
+                       make_error(ErrorKind::PermissionDenied,
+                                  "cp: session " + std::to_string(s.id()) +
+                                      " runs as host root (userns: host): only root copies there"));
+    log("cp " + std::string(in ? "into" : "out of") + " session " + std::to_string(s.id()) + " " +
+        json(*path).dump(-1, ' ', false, json::error_handler_t::replace) + " by uid " +
+        std::to_string(c.caller.uid));
+    auto x = std::make_shared<Copy>();
+    x->conn = c.id;
+    x->uid = c.caller.uid;
+    x->id = id;
+    x->session = s.id();
+    x->in = in;
+    x->notify = Fd(::fcntl(exec_done.get(), F_DUPFD_CLOEXEC, 3));
+    if (!x->notify) return reply_err(c, id, sys_error("dup the loop's eventfd"));
+    try {
+      x->thread =
+          std::thread([x, t = std::move(*target), data = std::move(data), p = *path, in]() mutable {
+            x->result = in ? copy::copy_in(t, p, data.get()) : copy::copy_out(t, p, data.get());
+            // The caller's end of the stream is closed before the reply.
+            data.reset();
+            x->done.store(true, std::memory_order_release);
+            const uint64_t one = 1;
+            (void)!::write(x->notify.get(), &one, sizeof one);
+          });
+    } catch (const std::system_error& err) {
+      return reply_err(
+          c, id,
+          make_error(ErrorKind::Limit, std::string("no thread for the copy: ") + err.what()));
+    }
+    copies.emplace(next_copy++, std::move(x));
+  }
+  void on_copies_done() {
+    std::vector<uint64_t> done;
+    for (const auto& [cid, x] : copies)
+      if (x->done.load(std::memory_order_acquire)) done.push_back(cid);
+    for (uint64_t cid : done) {
+      auto node = copies.extract(cid);
+      Copy& x = *node.mapped();
+      x.thread.join();
+      auto cit = conns.find(x.conn);
+      if (cit == conns.end() || cit->second->closing) continue;
+      Conn& c = *cit->second;
+      if (!x.result)
+        reply_err(c, x.id, x.result.error());
+      else
+        reply_ok(c, x.id, {{"session", x.session}, {x.in ? "entries" : "bytes", *x.result}});
+      flush(c);
+    }
+  }
   // Every exec start whose thread is done: its session, or its error.
   void on_exec_done() {
     uint64_t n;
     (void)!::read(exec_done.get(), &n, sizeof n);
+    on_copies_done();
     std::vector<uint64_t> done;
     for (const auto& [xid, x] : exec_starts)
       if (x->done.load(std::memory_order_acquire)) done.push_back(xid);
@@ -1163,6 +1298,7 @@ struct Server::Impl {
       }
       return reply_ok(c, id, {{"executors", list}});
     }
+    if (op == "cp") return start_copy(c, id, j);
     if (op == "start" || op == "run" || op == "exec") {
       const bool run = op == "run";
       SessionEntry* into = nullptr;
@@ -1765,6 +1901,9 @@ struct Server::Impl {
     // started is dropped with the other sessions' processes.
     for (auto& [xid, x] : exec_starts) x->thread.join();
     on_exec_done();
+    // A copy may wait on its caller's fd for good: left to run until exit.
+    for (auto& [cid, x] : copies) x->thread.detach();
+    copies.clear();
     // Shutdown: end what still runs, tell the clients, remove every session
     // (which reaps it and removes its cgroup).
     for (auto& [sid, e] : sessions)

@@ -27,6 +27,7 @@
 #include "oci/store.h"
 #include "runtime/client.h"
 #include "runtime/config.h"
+#include "runtime/copy.h"
 #include "runtime/executor.h"
 #include "runtime/pump.h"
 
@@ -747,6 +748,93 @@ int verb_top(const Global& g, const json& sid) {
   return 0;
 }
 
+json session_key(const std::string& ref);
+
+// A `cp` argument: SESSION:PATH (the session part holds no '/'), else a
+// local path ("-" for stdin or stdout).
+struct CpArg {
+  std::optional<std::string> session;
+  std::string path;
+};
+CpArg cp_arg(const std::string& a) {
+  const size_t colon = a.find(':');
+  if (colon == std::string::npos || colon == 0 || a.substr(0, colon).find('/') != std::string::npos)
+    return {std::nullopt, a};
+  return {a.substr(0, colon), a.substr(colon + 1)};
+}
+
+// `cp`: a tar stream into or out of a session's sandbox (runtime/copy.h),
+// as `podman cp`: SESSION:PATH DEST (DEST a directory, or "-" for the tar
+// on stdout) or SRC SESSION:DIR (SRC a local path, or "-" for a tar on
+// stdin). The stream goes through a pipe whose other end the service gets.
+int verb_cp(const Global& g, const std::string& src_arg, const std::string& dst_arg) {
+  const CpArg src = cp_arg(src_arg), dst = cp_arg(dst_arg);
+  if (src.session.has_value() == dst.session.has_value())
+    return report(
+        invalid("cp copies between a session and here: one of SRC and DEST is "
+                "SESSION:PATH, the other a local path or -"));
+  const CpArg& remote = src.session ? src : dst;
+  const std::string& local = src.session ? dst.path : src.path;
+  const bool in = dst.session.has_value();
+  if (remote.path.empty() || remote.path[0] != '/')
+    return report(invalid("the path in the session must be absolute, got '" + remote.path + "'"));
+  if (local.empty()) return report(invalid("an empty local path"));
+  Fd into;  // where a copy out is extracted
+  if (!in && local != "-") {
+    into = Fd(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!into) return report(sys_error("cp: " + local + " (an existing directory)"));
+  }
+  auto c = dial(g);
+  if (!c) return report(c.error());
+  auto pipe = make_pipe();
+  if (!pipe) return report(pipe.error());
+  const int theirs = in ? pipe->read.get() : pipe->write.get();
+  auto id = (*c)->send({{"op", "cp"},
+                        {"session", session_key(*remote.session)},
+                        {"direction", in ? "in" : "out"},
+                        {"path", remote.path}},
+                       std::span<const int>(&theirs, 1));
+  if (!id) return report(id.error());
+  (in ? pipe->read : pipe->write).reset();
+  Status moved;
+  if (in) {
+    Fd out = std::move(pipe->write);
+    if (local == "-") {
+      char buf[64 * 1024];
+      for (;;) {
+        ssize_t n = ::read(0, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) moved = fail(sys_error("read stdin"));
+        if (n <= 0) break;
+        if (moved = write_all(out.get(), std::string_view(buf, static_cast<size_t>(n))); !moved)
+          break;
+      }
+    } else if (auto w = copy::write_local(local, out.get()); !w) {
+      moved = fail(w.error());
+    }
+  } else if (local == "-") {
+    char buf[64 * 1024];
+    for (;;) {
+      ssize_t n = ::read(pipe->read.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) moved = fail(sys_error("read the copy"));
+      if (n <= 0) break;
+      if (moved = write_all(1, std::string_view(buf, static_cast<size_t>(n))); !moved) break;
+    }
+  } else {
+    if (auto r = copy::extract(pipe->read.get(), into.get()); !r) moved = fail(r.error());
+  }
+  // Our end goes first: the service's copy sees the end of the stream (or
+  // that nobody reads it) and replies.
+  pipe->read.reset();
+  pipe->write.reset();
+  auto r = (*c)->reply(*id);
+  if (!r) return report(r.error());
+  if (!moved) return report(moved.error().wrap("cp " + local));
+  if (g.json) print_json(*r);
+  return 0;
+}
+
 // `events`: the service's session events as JSON lines, until it goes away
 // or we are stopped.
 int verb_events(const Global& g) {
@@ -923,6 +1011,13 @@ int main(int argc, char** argv) {
   auto* inspect_cmd =
       app.add_subcommand("inspect", "a session as JSON: spec, state, exit status, usage");
   inspect_cmd->add_option("session", sref, "session id or name")->required();
+  std::string cp_src, cp_dst;
+  auto* cp_cmd = app.add_subcommand(
+      "cp", "copy files into or out of a session's sandbox: SESSION:PATH DEST or SRC SESSION:DIR");
+  cp_cmd->add_option("src", cp_src, "SESSION:PATH, a local path, or - (a tar on stdin)")
+      ->required();
+  cp_cmd->add_option("dest", cp_dst, "SESSION:DIR, a local directory, or - (a tar on stdout)")
+      ->required();
   auto* rm_cmd = app.add_subcommand("rm", "remove a finished session");
   rm_cmd->add_option("session", sref, "session id or name")->required();
   rm_cmd->add_flag("-f,--force", force, "kill it first if it still runs");
@@ -992,6 +1087,7 @@ int main(int argc, char** argv) {
   if (top_cmd->parsed()) return verb_top(global, sid);
   if (inspect_cmd->parsed()) return verb_inspect(global, sid);
   if (app.got_subcommand("events")) return verb_events(global);
+  if (cp_cmd->parsed()) return verb_cp(global, cp_src, cp_dst);
   if (rm_cmd->parsed())
     return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
   return 125;

@@ -454,6 +454,7 @@ CallerRules sample_rules() {
   carol.executors = {"other"};
   carol.run = {*Pattern::parse("**")};
   carol.session_exec = true;
+  carol.session_cp = true;
   rules.rules = {devs, alice, carol};
   return rules;
 }
@@ -502,6 +503,12 @@ TEST(PolicyCallers, DecisionTable) {
       // ... and only into the sessions of the executors its rule lists
       {who(1002, 1002), session(Action::SessionExec, 0), false},
       {who(1002, 1002), Request{Action::SessionExec, "other", {}, uid_t{0}}, true},
+      // cp likewise: a permission of its own (alice's session.exec is not it),
+      // into the sessions of the executors its rule lists only
+      {who(1001, 1001), session(Action::SessionCp, 0), false},
+      {who(kNobody, 65534), session(Action::SessionCp, kNobody), true},
+      {who(1002, 1002), session(Action::SessionCp, 0), false},
+      {who(1002, 1002), Request{Action::SessionCp, "other", {}, uid_t{0}}, true},
   };
   AuditCapture audit;
   for (const auto& c : cases) {

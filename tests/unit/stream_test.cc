@@ -2,6 +2,9 @@
 // layer apply reads through.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -9,7 +12,9 @@
 #include <string>
 
 #include "gzip_member.h"
+#include "isolate/fd.h"
 #include "oci/stream.h"
+#include "oci/tar.h"
 
 using namespace cloister;
 using namespace cloister::oci;
@@ -171,4 +176,68 @@ TEST(OciReadAhead, StopsWhenDroppedEarly) {
   EXPECT_GT(reads, 0);
   // Far less than the whole stream was read: the ring bounds the read-ahead.
   EXPECT_LT(reads, 100);
+}
+
+// What TarWriter writes, TarReader reads back: long names and link targets
+// through a pax header, the data padded to its block, ids beyond ustar's
+// octal fields; GNU tar lists the same stream.
+TEST(TarWriter, RoundTripsThroughTheReader) {
+  const std::string file = "/tmp/cloister-tarwriter-" + std::to_string(::getpid()) + ".tar";
+  cloister::Fd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  ASSERT_TRUE(fd);
+  const std::string long_name = "dir/" + std::string(150, 'n') + "/file";
+  const std::string long_link = "/" + std::string(120, 'l');
+  TarWriter w(fd.get());
+  TarEntry e;
+  e.path = "dir/";
+  e.type = '5';
+  e.mode = 0755;
+  ASSERT_TRUE(w.header(e));
+  e = {};
+  e.path = long_name;
+  e.type = '0';
+  e.mode = 0640;
+  e.uid = 0x60000000;  // past ustar's 7 octal digits
+  e.size = 5;
+  ASSERT_TRUE(w.header(e));
+  ASSERT_TRUE(w.data("he"));
+  ASSERT_TRUE(w.data("llo"));
+  EXPECT_FALSE(w.data("x")) << "more data than the size";
+  e = {};
+  e.path = "dir/link";
+  e.type = '2';
+  e.mode = 0777;
+  e.linkname = long_link;
+  ASSERT_TRUE(w.header(e));
+  ASSERT_TRUE(w.finish());
+  fd.reset();
+  auto blob = cloister::read_file(file);
+  ASSERT_TRUE(blob);
+  EXPECT_EQ(blob->size() % 512, 0u);
+  MemoryStream m(*blob);
+  TarReader r(m);
+  TarEntry got;
+  ASSERT_TRUE(*r.next(got));
+  EXPECT_EQ(got.path, "dir/");
+  EXPECT_EQ(got.type, '5');
+  ASSERT_TRUE(*r.next(got));
+  EXPECT_EQ(got.path, long_name);
+  EXPECT_EQ(got.uid, 0x60000000u);
+  EXPECT_EQ(got.mode & 07777, 0640u);
+  char buf[16];
+  auto n = r.read_data(buf, sizeof buf);
+  ASSERT_TRUE(n);
+  EXPECT_EQ(std::string(buf, *n), "hello");
+  ASSERT_TRUE(*r.next(got));
+  EXPECT_EQ(got.type, '2');
+  EXPECT_EQ(got.linkname, long_link);
+  EXPECT_FALSE(*r.next(got));
+  std::string listing;
+  if (FILE* p = ::popen(("tar -tf " + file + " 2>&1").c_str(), "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof line, p)) listing += line;
+    EXPECT_EQ(::pclose(p), 0) << listing;
+  }
+  EXPECT_NE(listing.find(long_name), std::string::npos) << listing;
+  ::unlink(file.c_str());
 }
