@@ -1236,6 +1236,55 @@ struct Server::Impl {
     return &it->second;
   }
 
+  // A request, once the checks its entry in kOps asks for are passed: the
+  // hello said, and for an op on a session, the session named (an id or a
+  // name) found and the caller allowed the entry's permission on it.
+  struct Request {
+    Conn& c;
+    const json& id;
+    const json& j;
+    const std::string& op;
+    SessionEntry* e;  // the session's entry, for an op on one
+  };
+  using Handler = void (Impl::*)(const Request&);
+  // One entry per op (the shape of crun's commands[]): its name, whether
+  // it names a session to be found first, the permission it needs on that
+  // session (none: exec checks its own on the sandbox an exec session ran
+  // in; cp finds its session after checking its fd), and its handler.
+  struct Op {
+    std::string_view name;
+    bool names_session;
+    std::optional<policy::Action> on_session;
+    Handler handle;
+  };
+  static const Op* find_op(std::string_view name) {
+    using policy::Action;
+    static const Op kOps[] = {
+        {"hello", false, std::nullopt, &Impl::op_hello},
+        {"ping", false, std::nullopt, &Impl::op_ping},
+        {"executors", false, std::nullopt, &Impl::op_executors},
+        {"start", false, std::nullopt, &Impl::op_start},
+        {"run", false, std::nullopt, &Impl::op_start},
+        {"exec", true, std::nullopt, &Impl::op_exec},
+        {"cp", false, std::nullopt, &Impl::op_cp},
+        {"events", false, std::nullopt, &Impl::op_events},
+        {"list", false, std::nullopt, &Impl::op_list},
+        {"attach", true, Action::SessionAttach, &Impl::op_attach},
+        {"detach", true, Action::SessionAttach, &Impl::op_detach},
+        {"close_stdin", true, Action::SessionAttach, &Impl::op_close_stdin},
+        {"wait", true, Action::SessionAttach, &Impl::op_wait},
+        {"stats", true, Action::SessionAttach, &Impl::op_stats_top},
+        {"top", true, Action::SessionAttach, &Impl::op_stats_top},
+        {"inspect", true, Action::SessionAttach, &Impl::op_inspect},
+        {"signal", true, Action::SessionSignal, &Impl::op_signal},
+        {"resize", true, Action::SessionSignal, &Impl::op_resize},
+        {"remove", true, Action::SessionRemove, &Impl::op_remove},
+    };
+    for (const Op& o : kOps)
+      if (o.name == name) return &o;
+    return nullptr;
+  }
+
   void handle_control(Conn& c, const std::string& body) {
     json j;
     try {
@@ -1251,296 +1300,368 @@ struct Server::Impl {
     if (opit == j.end() || !opit->is_string())
       return reply_err(c, id, invalid("field 'op' (a string) is required"));
     const std::string op = opit->get<std::string>();
-    if (op == "hello") {
-      if (!c.allowed) {
-        reply_err(c, id,
-                  make_error(ErrorKind::PermissionDenied,
-                             "uid " + std::to_string(c.cred.uid) +
-                                 " is neither root nor in the socket's group"));
-        c.closing = true;
-        return;
-      }
-      if (c.hello) return reply_err(c, id, invalid("hello was sent already on this connection"));
-      auto v = j.find("versions");
-      if (v == j.end() || !v->is_array()) {
-        reply_err(c, id, invalid("field 'versions' (a list of protocol versions) is required"));
-        c.closing = true;
-        return;
-      }
-      bool common = false;
-      for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
-      if (!common) {
-        reply_err(c, id, invalid("no common protocol version: the server speaks [1]"));
-        c.closing = true;
-        return;
-      }
-      c.hello = true;
-      return reply_ok(c, id,
-                      {{"version", proto::kVersion},
-                       {"server", kServerName},
-                       {"max_frame", sc.max_frame},
-                       {"keepalive_ms", sc.idle_timeout.count() / 2},
-                       {"uid", c.cred.uid}});
+    // In the order docs/protocol.md gives.
+    const Op* o = find_op(op);
+    if (!o) return reply_err(c, id, invalid("unknown op '" + op + "'"));
+    if (o->handle != &Impl::op_hello && !c.hello)
+      return reply_err(c, id, invalid("send hello first"));
+    SessionEntry* e = nullptr;
+    if (o->names_session) {
+      auto found = find(c, j);
+      if (!found) return reply_err(c, id, found.error());
+      e = *found;
+      if (o->on_session)
+        if (auto ok = may(c, *e->s, *o->on_session); !ok) return reply_err(c, id, ok.error());
     }
-    if (!c.hello) return reply_err(c, id, invalid("send hello first"));
-    if (op == "ping") return reply_ok(c, id);
-    if (op == "executors") {
-      json list = json::array();
-      for (auto& [name, ex] : executors) {
-        policy::Request r;
-        r.action = policy::Action::ExecGet;
-        r.executor = name;
-        if (!policy::decide(config.callers.get(), c.caller, r).allowed) continue;  // exec.get
-        json e = {{"name", name}, {"available", ex.has_value()}};
-        if (ex) e["kind"] = (*ex)->config().kind == ExecutorKind::Host ? "host" : "container";
-        if (!ex) e["error"] = error_json(ex.error());
-        list.push_back(e);
-      }
-      return reply_ok(c, id, {{"executors", list}});
-    }
-    if (op == "cp") return start_copy(c, id, j);
-    if (op == "start" || op == "run" || op == "exec") {
-      const bool run = op == "run";
-      SessionEntry* into = nullptr;
-      if (op == "exec") {
-        auto found = find(c, j);
-        if (!found) return reply_err(c, id, found.error());
-        into = *found;
-        // An exec session's sandbox is the session it was exec'd into.
-        if (uint64_t of = into->s->spec().exec_of) {
-          auto it = sessions.find(of);
-          if (it == sessions.end())
-            return reply_err(c, id,
-                             invalid("session " + std::to_string(into->s->id()) +
-                                     " ran in session " + std::to_string(of) + ", which is gone"));
-          into = &it->second;
-        }
-        if (auto ok = may(c, *into->s, policy::Action::SessionExec); !ok)
-          return reply_err(c, id, ok.error());
-        if (into->s->exited())
-          return reply_err(c, id,
-                           invalid("session " + std::to_string(into->s->id()) + " has exited"));
-        // No fd of the caller's into a sandbox whose processes may be
-        // someone else's (the session's, another caller's exec), which
-        // could take them over (ptrace the exec'd process).
-        if (Req{j}.str("stdio").value_or("") == "passed")
-          return reply_err(c, id,
-                           invalid("stdio \"passed\" is not for exec: the sandbox's other "
-                                   "processes could use your fds (your terminal); use pipes or "
-                                   "a pty"));
-        return start_exec(c, id, j, *into);
-      }
-      Pending p;
-      if (run) {
-        Req r{j};
-        auto tail = r.num("tail", 0);
-        auto cap = r.num("max_output", 64 * 1024);
-        auto grep = r.str("grep");
-        if (!tail) return reply_err(c, id, tail.error());
-        if (!cap) return reply_err(c, id, cap.error());
-        if (!grep) return reply_err(c, id, grep.error());
-        p.tail = *tail;
-        p.max_output = std::min<uint64_t>(*cap, sc.max_frame / 2);
-        if (!grep->empty()) {
-          try {
-            p.grep.emplace(*grep, std::regex::ECMAScript);
-          } catch (const std::regex_error& ex) {
-            return reply_err(c, id,
-                             invalid("grep: bad regular expression: " + std::string(ex.what())));
-          }
-        }
-      }
-      auto sid = start(c, j, run);
-      c.fds.clear();  // unclaimed fds are not kept
-      if (!sid) return reply_err(c, id, sid.error());
-      if (run) {
-        p.id = id;
-        p.session = *sid;
-        p.run = true;
-        c.pending.push_back(std::move(p));
-        return;
-      }
-      return answer_start(c, id, *sid);
-    }
-    if (op == "events") {
-      auto on = Req{j}.flag("enabled");
-      if (!on) return reply_err(c, id, on.error());
-      c.events = !j.contains("enabled") || *on;
-      return reply_ok(c, id, {{"events", c.events}});
-    }
-    if (op == "list") {
-      json list = json::array();
-      for (auto& [sid, e] : sessions)
-        if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
-      return reply_ok(c, id, {{"sessions", list}});
-    }
-    static const std::set<std::string> kSessionOps = {"attach", "detach", "close_stdin", "signal",
-                                                      "resize", "wait",   "remove",      "stats",
-                                                      "top",    "inspect"};
-    if (!kSessionOps.count(op)) return reply_err(c, id, invalid("unknown op '" + op + "'"));
-    auto found = find(c, j);
-    if (!found) return reply_err(c, id, found.error());
-    SessionEntry& e = **found;
-    Session& s = *e.s;
-    const uint64_t sid = s.id();
-    const policy::Action needed = op == "signal" || op == "resize" ? policy::Action::SessionSignal
-                                  : op == "remove"                 ? policy::Action::SessionRemove
-                                                                   : policy::Action::SessionAttach;
-    if (auto ok = may(c, s, needed); !ok) return reply_err(c, id, ok.error());
-    if (op == "inspect") {
-      json reply = session_json(e);
-      // The environment's names only: its values may be secrets the
-      // executor's default_env holds for the payload, never the caller's.
-      const Command& cmd = s.process().command();
-      json env = json::array();
-      for (const auto& kv : cmd.env) env.push_back(kv.substr(0, kv.find('=')));
-      reply["process"] = {{"argv", cmd.argv},
-                          {"env", env},
-                          {"work_dir", cmd.work_dir},
-                          {"timeout_ms", s.process().timeout().count()}};
-      if (const SpawnSpec* sp = s.process().sandbox_spec())
-        reply["sandbox"] = sandbox_json(*sp, c.caller.uid == 0);
-      auto now = s.process().now();
-      if (!now) return reply_err(c, id, now.error());
-      reply["stats"] = stats_json(*now);
-      return reply_ok(c, id, reply);
-    }
-    if (op == "stats" || op == "top") {
-      auto now = s.process().now();
-      if (!now) return reply_err(c, id, now.error());
-      json reply = {{"session", sid},
-                    {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")}};
-      if (op == "stats") {
-        reply["stats"] = stats_json(*now);
-      } else {
-        std::vector<top::Process> procs;
-        struct stat ns {};
-        // An exec's init is outside the sandbox's pid namespace, which is
-        // the one it forks into.
-        const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) +
-                                    (s.spec().exec_of ? "/ns/pid_for_children" : "/ns/pid");
-        if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
-          for (pid_t p : now->pids) {
-            if (procs.size() == kTopMax) {
-              reply["truncated"] = true;
-              break;
-            }
-            if (auto pr = top::read_process(p, ns.st_ino)) procs.push_back(std::move(*pr));
-          }
-        size_t reading = 0, killed = 0, by_uid = 0;
-        for (const auto& [tid, t] : top_jobs) {
-          if (t.session == sid) ++(t.replied ? killed : reading);
-          by_uid += t.uid == c.caller.uid;
-        }
-        std::optional<top::ArgvReader> reader;
-        if (!procs.empty() && killed == 0 && reading < 2 && by_uid < kTopReadersPerUid &&
-            top_jobs.size() < kTopReadersMax) {
-          auto r = top::ArgvReader::start(procs);
-          if (r)
-            reader = std::move(*r);
-          else
-            log("top: " + r.error().what());
-        }
-        if (!reader) {
-          // No reader: every process by its kernel name.
-          if (!procs.empty()) reply["argv_incomplete"] = true;
-          reply["processes"] = top::to_json(procs, {});
-          return reply_ok(c, id, reply);
-        }
-        // The reader has its own copies of the /proc fds.
-        for (auto& p : procs) p.dir.reset();
-        const uint64_t tid = next_top++;
-        const int fd = reader->fd();
-        top_jobs.emplace(tid,
-                         TopJob{c.id, sid, c.caller.uid, id, std::move(reply), std::move(procs),
-                                std::move(*reader), Clock::now() + kTopArgvDeadline});
-        ep(EPOLL_CTL_ADD, fd, EPOLLIN, tag(kTop, tid));
-        return;
-      }
-      return reply_ok(c, id, reply);
-    }
-    if (op == "attach") {
-      if (s.spec().passed_stdio)
-        return reply_err(c, id,
-                         invalid("session " + std::to_string(sid) +
-                                 " has passed stdio: its output goes to the client's own fds, "
-                                 "and there is nothing to attach to"));
-      for (const char* k : {"stdout_offset", "stderr_offset"})
-        if (j.contains(k) && !j[k].is_number_unsigned())
-          return reply_err(c, id, invalid(std::string(k) + " must be a non-negative integer"));
-      if (j.contains("follow") && !j["follow"].is_boolean())
-        return reply_err(c, id, invalid("follow must be a boolean"));
-      attach(c, sid, j);
-      json reply = {{"session", sid},
-                    {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
-                    {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
-                    {"pty", s.spec().pty},
-                    {"state", s.finished() ? "exited" : "running"}};
-      if (s.stdin_open()) {
-        // Where stdin stands, for a client that takes over the writing.
-        reply["stdin_window"] = kStdinHighWater;
-        reply["stdin_consumed"] = s.stdin_consumed();
-      }
-      reply_ok(c, id, reply);
-      return pump(c);
-    }
-    if (op == "detach") {
-      c.attached.erase(sid);
-      e.conns.erase(c.id);
-      c.owns.erase(sid);
-      resume_if_caught_up(e);
-      return reply_ok(c, id);
-    }
-    if (op == "close_stdin") {
-      if (!s.stdin_open()) return reply_err(c, id, invalid("stdin is not open"));
-      s.close_stdin();
-      service_stdin(e);
-      return reply_ok(c, id);
-    }
-    if (op == "signal") {
-      if (!j.contains("signal")) return reply_err(c, id, invalid("signal: required"));
-      auto sig = signal_from(j["signal"]);
-      if (!sig) return reply_err(c, id, sig.error());
-      if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
-      // SIGKILL does not wait for the tree to die: the exit comes as usual.
-      if (auto st = *sig == SIGKILL ? s.process().kill_nowait() : s.process().signal(*sig); !st)
-        return reply_err(c, id, st.error());
-      return reply_ok(c, id);
-    }
-    if (op == "resize") {
+    (this->*(o->handle))(Request{c, id, j, op, e});
+  }
+
+  void op_ping(const Request& rq) { reply_ok(rq.c, rq.id); }
+  void op_cp(const Request& rq) { start_copy(rq.c, rq.id, rq.j); }
+
+  void op_start(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    const bool run = rq.op == "run";
+    Pending p;
+    if (run) {
       Req r{j};
-      auto rows = r.num("rows", 0), cols = r.num("cols", 0);
-      if (!rows || !cols || *rows == 0 || *cols == 0 || *rows > 65535 || *cols > 65535)
-        return reply_err(c, id, invalid("rows and cols must be integers from 1 to 65535"));
-      if (s.exited()) return reply_ok(c, id);  // too late to matter
-      auto st = s.process().resize(static_cast<unsigned short>(*rows),
-                                   static_cast<unsigned short>(*cols));
-      if (!st) return reply_err(c, id, st.error());
-      return reply_ok(c, id);
+      auto tail = r.num("tail", 0);
+      auto cap = r.num("max_output", 64 * 1024);
+      auto grep = r.str("grep");
+      if (!tail) return reply_err(c, id, tail.error());
+      if (!cap) return reply_err(c, id, cap.error());
+      if (!grep) return reply_err(c, id, grep.error());
+      p.tail = *tail;
+      p.max_output = std::min<uint64_t>(*cap, sc.max_frame / 2);
+      if (!grep->empty()) {
+        try {
+          p.grep.emplace(*grep, std::regex::ECMAScript);
+        } catch (const std::regex_error& ex) {
+          return reply_err(c, id,
+                           invalid("grep: bad regular expression: " + std::string(ex.what())));
+        }
+      }
     }
-    if (op == "wait") {
-      Pending p;
+    auto sid = start(c, j, run);
+    c.fds.clear();  // unclaimed fds are not kept
+    if (!sid) return reply_err(c, id, sid.error());
+    if (run) {
       p.id = id;
-      p.session = sid;
-      auto t = Req{j}.num("timeout_ms", 0);
-      if (!t) return reply_err(c, id, t.error());
-      if (s.finished()) return answer(c, p, e);
-      if (*t > 0) p.deadline = Clock::now() + std::chrono::milliseconds(*t);
+      p.session = *sid;
+      p.run = true;
       c.pending.push_back(std::move(p));
       return;
     }
-    if (op == "remove") {
-      auto force = Req{j}.flag("force");
-      if (!force) return reply_err(c, id, force.error());
-      if (!s.finished() && !*force)
+    return answer_start(c, id, *sid);
+  }
+
+  void op_exec(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry* into = rq.e;
+    // An exec session's sandbox is the session it was exec'd into.
+    if (uint64_t of = into->s->spec().exec_of) {
+      auto it = sessions.find(of);
+      if (it == sessions.end())
         return reply_err(c, id,
-                         invalid("session " + std::to_string(sid) +
-                                 " is still running (kill it, or remove with force)"));
-      reply_ok(c, id);
-      remove_session(sid);
+                         invalid("session " + std::to_string(into->s->id()) + " ran in session " +
+                                 std::to_string(of) + ", which is gone"));
+      into = &it->second;
+    }
+    if (auto ok = may(c, *into->s, policy::Action::SessionExec); !ok)
+      return reply_err(c, id, ok.error());
+    if (into->s->exited())
+      return reply_err(c, id, invalid("session " + std::to_string(into->s->id()) + " has exited"));
+    // No fd of the caller's into a sandbox whose processes may be
+    // someone else's (the session's, another caller's exec), which
+    // could take them over (ptrace the exec'd process).
+    if (Req{j}.str("stdio").value_or("") == "passed")
+      return reply_err(c, id,
+                       invalid("stdio \"passed\" is not for exec: the sandbox's other "
+                               "processes could use your fds (your terminal); use pipes or "
+                               "a pty"));
+    return start_exec(c, id, j, *into);
+  }
+
+  void op_hello(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    if (!c.allowed) {
+      reply_err(c, id,
+                make_error(ErrorKind::PermissionDenied,
+                           "uid " + std::to_string(c.cred.uid) +
+                               " is neither root nor in the socket's group"));
+      c.closing = true;
       return;
     }
-    reply_err(c, id, invalid("unknown op '" + op + "'"));
+    if (c.hello) return reply_err(c, id, invalid("hello was sent already on this connection"));
+    auto v = j.find("versions");
+    if (v == j.end() || !v->is_array()) {
+      reply_err(c, id, invalid("field 'versions' (a list of protocol versions) is required"));
+      c.closing = true;
+      return;
+    }
+    bool common = false;
+    for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
+    if (!common) {
+      reply_err(c, id, invalid("no common protocol version: the server speaks [1]"));
+      c.closing = true;
+      return;
+    }
+    c.hello = true;
+    return reply_ok(c, id,
+                    {{"version", proto::kVersion},
+                     {"server", kServerName},
+                     {"max_frame", sc.max_frame},
+                     {"keepalive_ms", sc.idle_timeout.count() / 2},
+                     {"uid", c.cred.uid}});
+  }
+
+  void op_executors(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    json list = json::array();
+    for (auto& [name, ex] : executors) {
+      policy::Request r;
+      r.action = policy::Action::ExecGet;
+      r.executor = name;
+      if (!policy::decide(config.callers.get(), c.caller, r).allowed) continue;  // exec.get
+      json e = {{"name", name}, {"available", ex.has_value()}};
+      if (ex) e["kind"] = (*ex)->config().kind == ExecutorKind::Host ? "host" : "container";
+      if (!ex) e["error"] = error_json(ex.error());
+      list.push_back(e);
+    }
+    return reply_ok(c, id, {{"executors", list}});
+  }
+
+  void op_events(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    auto on = Req{j}.flag("enabled");
+    if (!on) return reply_err(c, id, on.error());
+    c.events = !j.contains("enabled") || *on;
+    return reply_ok(c, id, {{"events", c.events}});
+  }
+
+  void op_list(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    json list = json::array();
+    for (auto& [sid, e] : sessions)
+      if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
+    return reply_ok(c, id, {{"sessions", list}});
+  }
+
+  void op_inspect(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    json reply = session_json(e);
+    // The environment's names only: its values may be secrets the
+    // executor's default_env holds for the payload, never the caller's.
+    const Command& cmd = s.process().command();
+    json env = json::array();
+    for (const auto& kv : cmd.env) env.push_back(kv.substr(0, kv.find('=')));
+    reply["process"] = {{"argv", cmd.argv},
+                        {"env", env},
+                        {"work_dir", cmd.work_dir},
+                        {"timeout_ms", s.process().timeout().count()}};
+    if (const SpawnSpec* sp = s.process().sandbox_spec())
+      reply["sandbox"] = sandbox_json(*sp, c.caller.uid == 0);
+    auto now = s.process().now();
+    if (!now) return reply_err(c, id, now.error());
+    reply["stats"] = stats_json(*now);
+    return reply_ok(c, id, reply);
+  }
+
+  void op_stats_top(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    auto now = s.process().now();
+    if (!now) return reply_err(c, id, now.error());
+    json reply = {{"session", sid},
+                  {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")}};
+    if (rq.op == "stats") {
+      reply["stats"] = stats_json(*now);
+    } else {
+      std::vector<top::Process> procs;
+      struct stat ns {};
+      // An exec's init is outside the sandbox's pid namespace, which is
+      // the one it forks into.
+      const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) +
+                                  (s.spec().exec_of ? "/ns/pid_for_children" : "/ns/pid");
+      if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
+        for (pid_t p : now->pids) {
+          if (procs.size() == kTopMax) {
+            reply["truncated"] = true;
+            break;
+          }
+          if (auto pr = top::read_process(p, ns.st_ino)) procs.push_back(std::move(*pr));
+        }
+      size_t reading = 0, killed = 0, by_uid = 0;
+      for (const auto& [tid, t] : top_jobs) {
+        if (t.session == sid) ++(t.replied ? killed : reading);
+        by_uid += t.uid == c.caller.uid;
+      }
+      std::optional<top::ArgvReader> reader;
+      if (!procs.empty() && killed == 0 && reading < 2 && by_uid < kTopReadersPerUid &&
+          top_jobs.size() < kTopReadersMax) {
+        auto r = top::ArgvReader::start(procs);
+        if (r)
+          reader = std::move(*r);
+        else
+          log("top: " + r.error().what());
+      }
+      if (!reader) {
+        // No reader: every process by its kernel name.
+        if (!procs.empty()) reply["argv_incomplete"] = true;
+        reply["processes"] = top::to_json(procs, {});
+        return reply_ok(c, id, reply);
+      }
+      // The reader has its own copies of the /proc fds.
+      for (auto& p : procs) p.dir.reset();
+      const uint64_t tid = next_top++;
+      const int fd = reader->fd();
+      top_jobs.emplace(tid, TopJob{c.id, sid, c.caller.uid, id, std::move(reply), std::move(procs),
+                                   std::move(*reader), Clock::now() + kTopArgvDeadline});
+      ep(EPOLL_CTL_ADD, fd, EPOLLIN, tag(kTop, tid));
+      return;
+    }
+    return reply_ok(c, id, reply);
+  }
+
+  void op_attach(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    if (s.spec().passed_stdio)
+      return reply_err(c, id,
+                       invalid("session " + std::to_string(sid) +
+                               " has passed stdio: its output goes to the client's own fds, "
+                               "and there is nothing to attach to"));
+    for (const char* k : {"stdout_offset", "stderr_offset"})
+      if (j.contains(k) && !j[k].is_number_unsigned())
+        return reply_err(c, id, invalid(std::string(k) + " must be a non-negative integer"));
+    if (j.contains("follow") && !j["follow"].is_boolean())
+      return reply_err(c, id, invalid("follow must be a boolean"));
+    attach(c, sid, j);
+    json reply = {{"session", sid},
+                  {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
+                  {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
+                  {"pty", s.spec().pty},
+                  {"state", s.finished() ? "exited" : "running"}};
+    if (s.stdin_open()) {
+      // Where stdin stands, for a client that takes over the writing.
+      reply["stdin_window"] = kStdinHighWater;
+      reply["stdin_consumed"] = s.stdin_consumed();
+    }
+    reply_ok(c, id, reply);
+    return pump(c);
+  }
+
+  void op_detach(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    c.attached.erase(sid);
+    e.conns.erase(c.id);
+    c.owns.erase(sid);
+    resume_if_caught_up(e);
+    return reply_ok(c, id);
+  }
+
+  void op_close_stdin(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    if (!s.stdin_open()) return reply_err(c, id, invalid("stdin is not open"));
+    s.close_stdin();
+    service_stdin(e);
+    return reply_ok(c, id);
+  }
+
+  void op_signal(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    if (!j.contains("signal")) return reply_err(c, id, invalid("signal: required"));
+    auto sig = signal_from(j["signal"]);
+    if (!sig) return reply_err(c, id, sig.error());
+    if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
+    // SIGKILL does not wait for the tree to die: the exit comes as usual.
+    if (auto st = *sig == SIGKILL ? s.process().kill_nowait() : s.process().signal(*sig); !st)
+      return reply_err(c, id, st.error());
+    return reply_ok(c, id);
+  }
+
+  void op_resize(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    Req r{j};
+    auto rows = r.num("rows", 0), cols = r.num("cols", 0);
+    if (!rows || !cols || *rows == 0 || *cols == 0 || *rows > 65535 || *cols > 65535)
+      return reply_err(c, id, invalid("rows and cols must be integers from 1 to 65535"));
+    if (s.exited()) return reply_ok(c, id);  // too late to matter
+    auto st =
+        s.process().resize(static_cast<unsigned short>(*rows), static_cast<unsigned short>(*cols));
+    if (!st) return reply_err(c, id, st.error());
+    return reply_ok(c, id);
+  }
+
+  void op_wait(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    Pending p;
+    p.id = id;
+    p.session = sid;
+    auto t = Req{j}.num("timeout_ms", 0);
+    if (!t) return reply_err(c, id, t.error());
+    if (s.finished()) return answer(c, p, e);
+    if (*t > 0) p.deadline = Clock::now() + std::chrono::milliseconds(*t);
+    c.pending.push_back(std::move(p));
+    return;
+  }
+
+  void op_remove(const Request& rq) {
+    Conn& c = rq.c;
+    const json& id = rq.id;
+    const json& j = rq.j;
+    SessionEntry& e = *rq.e;
+    Session& s = *e.s;
+    const uint64_t sid = s.id();
+    auto force = Req{j}.flag("force");
+    if (!force) return reply_err(c, id, force.error());
+    if (!s.finished() && !*force)
+      return reply_err(c, id,
+                       invalid("session " + std::to_string(sid) +
+                               " is still running (kill it, or remove with force)"));
+    reply_ok(c, id);
+    remove_session(sid);
+    return;
   }
 
   void service_stdin(SessionEntry& e) {

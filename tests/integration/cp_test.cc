@@ -270,3 +270,47 @@ TEST_F(Cp, BadRequestsAndOtherCallersAreRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+// The same in a container: the sandbox's root is the image's (an overlay
+// with a fresh upper directory), and a symlink out of it still resolves
+// beneath it.
+TEST(CpContainer, InAndOutOfAnImagesRoot) {
+  TempDir img, host, work;
+  const std::string state =
+      load_test_image(img.path,
+                      "mkdir -p l1/bin l1/etc l1/tmp l1/proc l1/dev; cp /bin/busybox l1/bin/; "
+                      "for c in sh ls cat echo ln sleep stat mkdir; do ln -s busybox l1/bin/$c; "
+                      "done; printf 'root:x:0:0::/root:/bin/sh\\n' > l1/etc/passwd",
+                      "--ref localhost/test/cp:1 --layer l1:gzip --env PATH=/bin");
+  ASSERT_FALSE(state.empty());
+  write_text(host.path + "/secret", "host-secret\n");
+  Daemon d("",
+           "  - name: img\n"
+           "    kind: container\n"
+           "    image: localhost/test/cp:1\n",
+           "images:\n  state_dir: " + state + "\n");
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  ASSERT_EQ(sh(cli + "run -d --name c img -- sh -c 'ln -s " + host.path +
+               " /tmp/abs && mkdir /tmp/in && exec sleep 1000'"),
+            0);
+  for (int i = 0; i < 200 && sh(cli + "exec --session c -- stat /tmp/in") != 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  std::string out;
+  const std::string tar = make_tar(work.path, "[('f', 'f', 'copied')]");
+  ASSERT_EQ(sh(cli + "cp - c:/tmp/in < " + tar + " 2>&1", &out), 0) << out;
+  ASSERT_EQ(sh(cli + "exec --session c -- cat /tmp/in/f", &out), 0);
+  EXPECT_EQ(out, "copied");
+  ASSERT_EQ(sh(cli + "cp c:/etc/passwd - | tar -xOf -", &out), 0);
+  EXPECT_EQ(out, "root:x:0:0::/root:/bin/sh\n") << "the image's file";
+  EXPECT_NE(sh(cli + "cp c:/tmp/abs/secret - 2>&1", &out), 0);
+  EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
+  (void)sh(cli + "cp - c:/tmp/abs < " + tar + " 2>&1", &out);
+  EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
+  std::string ls;
+  sh("ls -A " + host.path, &ls);
+  EXPECT_EQ(ls, "secret\n");
+}
+
+}  // namespace
