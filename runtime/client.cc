@@ -20,32 +20,6 @@ std::string default_socket_path() {
   return env && *env ? env : "/run/cloister/cloister.sock";
 }
 
-Error error_from_json(const json& e) {
-  Error err;
-  err.kind = ErrorKind::Internal;
-  std::string kind = e.value("kind", std::string("INTERNAL"));
-  for (auto k : {ErrorKind::Invalid, ErrorKind::PermissionDenied, ErrorKind::NotFound,
-                 ErrorKind::Limit, ErrorKind::Timeout, ErrorKind::Internal})
-    if (kind_name(k) == kind) err.kind = k;
-  // The message already carries the strerror text: keep code 0 so that
-  // what() does not repeat it; the errno travels in the message.
-  err.message = e.value("message", std::string("(no message)"));
-  err.at_exec = e.value("at_exec", false);
-  return err;
-}
-
-ExitStatus status_from_json(const json& s) {
-  ExitStatus st;
-  st.exit_code = s.value("exit_code", -1);
-  st.signal = s.value("signal", 0);
-  st.oom_killed = s.value("oom_killed", false);
-  st.timed_out = s.value("timed_out", false);
-  st.cpu_time = std::chrono::microseconds(s.value("cpu_time_us", int64_t{0}));
-  st.peak_memory = s.value("peak_memory", uint64_t{0});
-  st.wall_time = std::chrono::microseconds(s.value("wall_time_us", int64_t{0}));
-  return st;
-}
-
 // ---------------------------------------------------------------------------
 // Connection
 
@@ -59,7 +33,7 @@ Result<std::unique_ptr<Connection>> Connection::connect(const std::string& path)
   if (!c->fd_) return fail(sys_error("socket"));
   if (::connect(c->fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return fail(sys_error("connect to cloisterd at " + path));
-  auto h = c->call({{"op", "hello"}, {"versions", {proto::kVersion}}, {"client", "libcloister"}});
+  auto h = c->call(proto::Hello{{proto::kVersion}, "libcloister"});
   if (!h) return fail(h.error().wrap("hello"));
   c->hello_ = *h;
   c->max_frame_ = h->value("max_frame", proto::kDefaultMaxFrame);
@@ -190,7 +164,7 @@ Result<std::shared_ptr<RemoteExecutor>> RemoteExecutor::connect(const std::strin
                                                                 const std::string& executor) {
   auto c = Connection::connect(socket);
   if (!c) return fail(c.error());
-  auto list = (*c)->call({{"op", "executors"}});
+  auto list = (*c)->call(proto::ListExecutors{});
   if (!list) return fail(list.error());
   for (auto& e : (*list)["executors"])
     if (e.value("name", "") == executor) {
@@ -239,8 +213,8 @@ RemoteProcess::RemoteProcess(std::string socket, std::string executor, ExecReque
 
 RemoteProcess::~RemoteProcess() {
   if (started() && conn_ && !detached_) {
-    if (!status_) (void)conn_->call({{"op", "signal"}, {"session", session_}, {"signal", SIGKILL}});
-    (void)conn_->call({{"op", "remove"}, {"session", session_}, {"force", true}});
+    if (!status_) (void)conn_->call(proto::Signal{session_, SIGKILL});
+    (void)conn_->call(proto::Remove{session_, true});
   }
 }
 
@@ -249,20 +223,24 @@ Status RemoteProcess::start() {
   auto c = Connection::connect(socket_);
   if (!c) return fail(c.error());
   conn_ = std::move(*c);
-  json req = into_.is_null() ? json{{"op", "start"}, {"executor", executor_}}
-                             : json{{"op", "exec"}, {"session", into_}};
-  req["stdin"] = request_.stdin_open;
-  if (!request_.argv.empty()) req["argv"] = request_.argv;
-  if (!request_.command.empty()) req["command"] = request_.command;
-  json env = json::object();
-  for (auto& [k, v] : request_.env) env[k] = v;
-  req["env"] = env;
-  if (!request_.work_dir.empty()) req["work_dir"] = request_.work_dir;
-  if (request_.timeout.count() > 0) req["timeout_ms"] = request_.timeout.count();
-  if (request_.pty) req["pty"] = {{"rows", request_.pty->rows}, {"cols", request_.pty->cols}};
+  proto::Launch req;
+  if (into_.is_null()) {
+    req.executor = executor_;
+  } else {
+    req.kind = proto::Launch::Kind::Exec;
+    req.session = into_.is_string() ? proto::SessionRef(into_.get<std::string>())
+                                    : proto::SessionRef(into_.get<uint64_t>());
+  }
+  req.stdin_open = request_.stdin_open;
+  req.argv = request_.argv;
+  req.command = request_.command;
+  req.env = request_.env;
+  req.work_dir = request_.work_dir;
+  req.timeout_ms = static_cast<uint64_t>(std::max<int64_t>(0, request_.timeout.count()));
+  if (request_.pty) req.pty = proto::PtySize{request_.pty->rows, request_.pty->cols};
   std::vector<int> fds;
   if (request_.passed_stdio) {
-    req["stdio"] = "passed";
+    req.stdio = proto::Launch::Stdio::Passed;
     auto& p = *request_.passed_stdio;
     for (const Fd* f : {&p.in, &p.out, &p.err}) fds.push_back(f->get() >= 0 ? f->get() : -1);
     // /dev/null stands in for an absent fd: SCM_RIGHTS cannot carry -1.
@@ -276,8 +254,11 @@ Status RemoteProcess::start() {
   }
   auto r = conn_->call(req, fds);
   if (!r) return fail(r.error());
-  session_ = (*r)["session"].get<uint64_t>();
-  pid_ = (*r).value("pid", -1);
+  auto sid = r->find("session");
+  if (sid == r->end() || !sid->is_number_unsigned())
+    return fail(internal("cloisterd's reply to " + std::string(req.op()) + " has no session"));
+  session_ = sid->get<uint64_t>();
+  pid_ = r->value("pid", -1);
   request_.passed_stdio.reset();
   if (request_.pty) eof_[1] = true;  // a terminal merges stderr into stdout
   return {};
@@ -290,23 +271,34 @@ Status RemoteProcess::take(Connection::Message m) {
     if (!m.bytes.empty()) chunks_.push_back(Chunk{s, std::move(m.bytes)});
     return {};
   }
-  const json& j = m.control;
-  const std::string ev = j.value("event", "");
-  if (j.value("session", uint64_t{0}) != session_ && ev != "shutdown") return {};
-  if (ev == "eof") {
-    eof_[j.value("stream", "") == "stderr" ? 1 : 0] = true;
-  } else if (ev == "evicted") {
-    evicted_ += j.value("to", uint64_t{0}) - j.value("from", uint64_t{0});
-  } else if (ev == "exit") {
+  if (!m.control.contains("event")) return {};  // a reply to a request not waited for
+  auto ev = proto::parse_event(m.control);
+  if (!ev) return fail(ev.error().wrap("an event from cloisterd"));
+  if (!*ev) return {};  // a kind this client does not know
+  const proto::Event& e = **ev;
+  if (proto::session_of(e) != session_ && !std::holds_alternative<proto::ShutdownEvent>(e))
+    return {};
+  if (const auto* x = std::get_if<proto::EofEvent>(&e)) {
+    eof_[x->stream == proto::StreamId::Stderr ? 1 : 0] = true;
+  } else if (const auto* x = std::get_if<proto::EvictedEvent>(&e)) {
+    evicted_ += x->to - x->from;
+  } else if (const auto* x = std::get_if<proto::ExitEvent>(&e)) {
     eof_[0] = eof_[1] = true;
-    if (j.contains("error")) return fail(error_from_json(j["error"]));
-    status_ = status_from_json(j["status"]);
-  } else if (ev == "removed" || ev == "shutdown") {
+    if (x->error) return fail(*x->error);
+    status_ = x->status;
+  } else if (std::holds_alternative<proto::RemovedEvent>(e) ||
+             std::holds_alternative<proto::ShutdownEvent>(e)) {
     eof_[0] = eof_[1] = true;
     if (!status_) return fail(internal("the session was removed by the service"));
-  } else if (ev == "error") {
-    return fail(error_from_json(j.value("error", json::object())));
+  } else if (const auto* x = std::get_if<proto::ErrorEvent>(&e)) {
+    return fail(x->error);
   }
+  return {};
+}
+
+Status RemoteProcess::call_ok(const json& request) {
+  auto r = conn_->call(request);
+  if (!r) return fail(r.error());
   return {};
 }
 
@@ -353,9 +345,7 @@ Status RemoteProcess::write_stdin(std::string_view data) {
   if (!request_.stdin_open && !request_.pty)
     return fail(invalid("stdin was not opened for this process"));
   if (data.empty()) {
-    auto r = conn_->call({{"op", "close_stdin"}, {"session", session_}});
-    if (!r) return fail(r.error());
-    return {};
+    return call_ok(proto::to_json(proto::CloseStdin{session_}));
   }
   return conn_->send_stdin(session_, data);
 }
@@ -365,8 +355,9 @@ Result<ExitStatus> RemoteProcess::wait_for(std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   // With passed stdio nothing is streamed: ask for the status instead.
   if (!status_ && eof_[0] && eof_[1] && !detached_) {
-    json req = {{"op", "wait"}, {"session", session_}};
-    if (timeout.count() >= 0) req["timeout_ms"] = std::max<int64_t>(1, timeout.count());
+    proto::Wait req{session_};
+    if (timeout.count() >= 0)
+      req.timeout_ms = static_cast<uint64_t>(std::max<int64_t>(1, timeout.count()));
     auto r = conn_->call(req);
     if (!r) return fail(r.error());
     status_ = status_from_json((*r)["status"]);
@@ -392,16 +383,12 @@ Result<ExitStatus> RemoteProcess::wait() {
 Status RemoteProcess::signal(int sig) {
   if (!started()) return fail(invalid("signal before start"));
   if (status_) return fail(invalid("signal after the process exited"));
-  auto r = conn_->call({{"op", "signal"}, {"session", session_}, {"signal", sig}});
-  if (!r) return fail(r.error());
-  return {};
+  return call_ok(proto::to_json(proto::Signal{session_, sig}));
 }
 
 Status RemoteProcess::resize(unsigned short rows, unsigned short cols) {
   if (!started()) return fail(invalid("resize before start"));
-  auto r = conn_->call({{"op", "resize"}, {"session", session_}, {"rows", rows}, {"cols", cols}});
-  if (!r) return fail(r.error());
-  return {};
+  return call_ok(proto::to_json(proto::Resize{session_, rows, cols}));
 }
 
 Status RemoteProcess::close(bool force) {
@@ -410,7 +397,7 @@ Status RemoteProcess::close(bool force) {
     (void)signal(SIGTERM);
     if (wait_for(grace_)) return {};
   }
-  if (!status_) (void)conn_->call({{"op", "signal"}, {"session", session_}, {"signal", SIGKILL}});
+  if (!status_) (void)conn_->call(proto::Signal{session_, SIGKILL});
   auto r = wait();
   if (!r) return fail(r.error());
   return {};
@@ -418,8 +405,7 @@ Status RemoteProcess::close(bool force) {
 
 Status RemoteProcess::detach() {
   if (!started()) return fail(invalid("detach before start"));
-  auto r = conn_->call({{"op", "detach"}, {"session", session_}});
-  if (!r) return fail(r.error());
+  if (auto r = call_ok(proto::to_json(proto::Detach{session_})); !r) return r;
   detached_ = true;
   return {};
 }

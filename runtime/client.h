@@ -39,6 +39,7 @@
 #include "isolate/error.h"
 #include "isolate/fd.h"
 #include "runtime/executor.h"
+#include "runtime/messages.h"
 #include "runtime/process.h"
 #include "runtime/protocol.h"
 
@@ -47,9 +48,10 @@ namespace cloister {
 // The socket path of the service: $CLOISTER_SOCKET, else /run/cloister/cloister.sock.
 std::string default_socket_path();
 
-// The Error a protocol error object ({kind, message, errno, at_exec}) describes.
-Error error_from_json(const nlohmann::json& e);
-ExitStatus status_from_json(const nlohmann::json& s);
+// The Error a protocol error object ({kind, message, errno, at_exec})
+// describes, and an exit status object's ExitStatus (runtime/messages.h).
+using protocol::error_from_json;
+using protocol::status_from_json;
 
 class Connection {
  public:
@@ -70,10 +72,20 @@ class Connection {
   Result<uint64_t> send(nlohmann::json request, std::span<const int> fds = {});
   // send() and wait for the reply: its body when ok, its error otherwise.
   Result<nlohmann::json> call(nlohmann::json request, std::span<const int> fds = {});
+  // The same with a request of runtime/messages.h.
+  template <class M>
+  Result<uint64_t> send(const M& request, std::span<const int> fds = {}) {
+    return send(protocol::to_json(request), fds);
+  }
+  template <class M>
+  Result<nlohmann::json> call(const M& request, std::span<const int> fds = {}) {
+    return call(protocol::to_json(request), fds);
+  }
   // The reply to the request send() numbered id (what else arrives
   // meanwhile is kept for next()), as call() waits for it.
   Result<nlohmann::json> reply(uint64_t id);
   // The next event, reply or data frame; TIMEOUT after timeout (-1 = none).
+  // An event's message is control; protocol::parse_event makes it a type.
   Result<Message> next(std::chrono::milliseconds timeout = std::chrono::milliseconds(-1));
   Status send_stdin(uint64_t session, std::string_view data);
 
@@ -146,6 +158,7 @@ class RemoteProcess {
  private:
   // Handles one message; data frames are queued in chunks_.
   Status take(Connection::Message m);
+  Status call_ok(const nlohmann::json& request);
   Result<bool> pump_one(std::chrono::milliseconds timeout);
 
   std::string socket_, executor_;

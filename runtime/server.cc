@@ -33,6 +33,7 @@
 #include "policy/caller.h"
 #include "runtime/copy.h"
 #include "runtime/executor.h"
+#include "runtime/messages.h"
 #include "runtime/protocol.h"
 #include "runtime/session.h"
 #include "runtime/top.h"
@@ -64,24 +65,6 @@ std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-json status_json(const ExitStatus& s) {
-  return json{{"exit_code", s.exit_code},
-              {"signal", s.signal},
-              {"code", s.code()},
-              {"oom_killed", s.oom_killed},
-              {"timed_out", s.timed_out},
-              {"cpu_time_us", s.cpu_time.count()},
-              {"peak_memory", s.peak_memory},
-              {"wall_time_us", s.wall_time.count()}};
-}
-
-json error_json(const Error& e) {
-  return json{{"kind", std::string(kind_name(e.kind))},
-              {"message", e.what()},
-              {"errno", e.code},
-              {"at_exec", e.at_exec}};
-}
-
 std::string iso_time(std::chrono::system_clock::time_point t) {
   std::time_t tt = std::chrono::system_clock::to_time_t(t);
   std::tm tm{};
@@ -89,18 +72,6 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-// A signal given as a number or a name ("TERM", "SIGTERM").
-// The request's signal: a number, or a name by the one rule (isolate/signals.h).
-Result<int> signal_from(const json& v) {
-  if (v.is_number_integer()) {
-    const int64_t n = v.get<int64_t>();
-    if (n > 0 && n < NSIG) return static_cast<int>(n);
-    return fail(invalid("signal " + std::to_string(n) + " is out of range"));
-  }
-  if (!v.is_string()) return fail(invalid("signal: expected a name or a number"));
-  return signals::parse(v.get<std::string>());
 }
 
 // Root, or the socket's group among the peer's groups as the kernel gave
@@ -203,39 +174,6 @@ Status check_name(const std::string& n) {
 }
 
 // A request field, checked: INVALID names the field.
-struct Req {
-  const json& j;
-  Result<std::string> str(const char* k, bool required = false) const {
-    auto it = j.find(k);
-    if (it == j.end() || it->is_null()) {
-      if (required) return fail(invalid(std::string("field '") + k + "' is required"));
-      return std::string();
-    }
-    if (!it->is_string()) return fail(invalid(std::string("field '") + k + "' must be a string"));
-    return it->get<std::string>();
-  }
-  Result<uint64_t> num(const char* k, uint64_t dflt) const {
-    auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return dflt;
-    if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0))
-      return fail(invalid(std::string("field '") + k + "' must be a non-negative integer"));
-    return it->get<uint64_t>();
-  }
-  Result<bool> flag(const char* k) const {
-    auto it = j.find(k);
-    if (it == j.end() || it->is_null()) return false;
-    if (!it->is_boolean()) return fail(invalid(std::string("field '") + k + "' must be a boolean"));
-    return it->get<bool>();
-  }
-  // A session id, or a name (a string); names are resolved by the server.
-  Result<std::variant<uint64_t, std::string>> session() const {
-    auto it = j.find("session");
-    if (it != j.end() && it->is_number_unsigned()) return it->get<uint64_t>();
-    if (it != j.end() && it->is_string()) return it->get<std::string>();
-    return fail(invalid("field 'session' (a session id or name) is required"));
-  }
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -351,7 +289,7 @@ struct Server::Impl {
     std::string body = dump(j);
     if (!proto::encode(proto::FrameType::Control, body, c.out, sc.max_frame)) {
       json e = {{"event", "error"},
-                {"error", error_json(make_error(ErrorKind::Internal, "reply too large"))}};
+                {"error", proto::to_json(make_error(ErrorKind::Internal, "reply too large"))}};
       if (j.contains("id")) e = {{"id", j["id"]}, {"ok", false}, {"error", e["error"]}};
       (void)proto::encode(proto::FrameType::Control, dump(e), c.out, sc.max_frame);
     }
@@ -362,7 +300,7 @@ struct Server::Impl {
     send_json(c, body);
   }
   void reply_err(Conn& c, const json& id, const Error& e) {
-    send_json(c, json{{"id", id}, {"ok", false}, {"error", error_json(e)}});
+    send_json(c, json{{"id", id}, {"ok", false}, {"error", proto::to_json(e)}});
   }
   void flush(Conn& c) {
     while (c.queued() > 0) {
@@ -443,13 +381,9 @@ struct Server::Impl {
       Session& s = *se->second.s;
       for (int i = 0; i < 2 && c.queued() < kHighWater; ++i) {
         RingBuffer& rb = s.buffer(i);
-        auto name = i == 0 ? "stdout" : "stderr";
         if (a.next[i] < rb.start()) {
-          send_json(c, {{"event", "evicted"},
-                        {"session", a.session},
-                        {"stream", name},
-                        {"from", a.next[i]},
-                        {"to", rb.start()}});
+          send_json(c, proto::to_json(proto::EvictedEvent{
+                           a.session, static_cast<proto::StreamId>(i + 1), a.next[i], rb.start()}));
           a.next[i] = rb.start();
         }
         while (a.next[i] < rb.end() && c.queued() < kHighWater) {
@@ -462,29 +396,21 @@ struct Server::Impl {
           a.eof_sent[i] = true;
           // Offsets count every byte the stream produced: those past
           // max_output too, which were read and dropped (issue 14, finding 5).
-          json ev = {{"event", "eof"},
-                     {"session", a.session},
-                     {"stream", name},
-                     {"offset", rb.end() + s.discarded(i)}};
-          if (s.discarded(i)) ev["discarded"] = s.discarded(i);
-          send_json(c, ev);
+          send_json(c,
+                    proto::to_json(proto::EofEvent{a.session, static_cast<proto::StreamId>(i + 1),
+                                                   rb.end() + s.discarded(i), s.discarded(i)}));
         }
       }
       resume_if_caught_up(se->second);
       bool done = false;
       if (a.eof_sent[0] && a.eof_sent[1] && s.finished() && !a.exit_sent) {
         a.exit_sent = true;
-        json ev = {{"event", "exit"}, {"session", a.session}};
-        if (s.status()) ev["status"] = status_json(*s.status());
-        if (s.reap_error()) ev["error"] = error_json(*s.reap_error());
-        send_json(c, ev);
+        send_json(c, proto::to_json(proto::ExitEvent{a.session, s.status(), s.reap_error()}));
         done = true;
       } else if (!a.follow && c.queued() < kHighWater && a.next[0] == s.buffer(0).end() &&
                  a.next[1] == s.buffer(1).end()) {
-        send_json(c, {{"event", "end"},
-                      {"session", a.session},
-                      {"stdout", s.buffer(0).end()},
-                      {"stderr", s.buffer(1).end()}});
+        send_json(c,
+                  proto::to_json(proto::EndEvent{a.session, s.buffer(0).end(), s.buffer(1).end()}));
         done = true;
       }
       if (done) {
@@ -532,12 +458,16 @@ struct Server::Impl {
   // in the order they happen (docs/protocol.md, `events`).
   void publish(SessionEntry& e, const char* action) {
     const Session& s = *e.s;
-    json ev = {{"event", "session"},          {"action", action},
-               {"session", s.id()},           {"executor", s.spec().executor},
-               {"owner_uid", s.spec().owner}, {"time", iso_time(std::chrono::system_clock::now())}};
-    if (!s.spec().name.empty()) ev["name"] = s.spec().name;
-    if (e.run_session) ev["run"] = true;
-    if (std::string_view(action) == "exited" && s.status()) ev["status"] = status_json(*s.status());
+    proto::SessionEvent m;
+    m.action = action;
+    m.session = s.id();
+    m.executor = s.spec().executor;
+    m.owner_uid = s.spec().owner;
+    m.time = iso_time(std::chrono::system_clock::now());
+    m.name = s.spec().name;
+    m.run = e.run_session;
+    if (std::string_view(action) == "exited") m.status = s.status();
+    const json ev = proto::to_json(m);
     // A subscriber that does not read is dropped, not buffered for without
     // end: its queue is its own events and whatever else it had asked for.
     // (Marked, and closed by tick(): this may run inside a request of that
@@ -640,7 +570,7 @@ struct Server::Impl {
   void answer(Conn& c, Pending& p, SessionEntry& e) {
     Session& s = *e.s;
     if (s.reap_error()) return reply_err(c, p.id, *s.reap_error());
-    json r = {{"session", s.id()}, {"status", status_json(*s.status())}};
+    json r = {{"session", s.id()}, {"status", proto::to_json(*s.status())}};
     if (p.run) {
       uint64_t cap = p.max_output;
       for (;;) {
@@ -694,7 +624,7 @@ struct Server::Impl {
       auto c = conns.find(cid);
       if (c == conns.end()) continue;
       c->second->attached.erase(sid);
-      send_json(*c->second, {{"event", "removed"}, {"session", sid}});
+      send_json(*c->second, proto::to_json(proto::RemovedEvent{sid}));
       flush(*c->second);
     }
     for (uint64_t w : e.stdin_waiters) resume_reading(w);
@@ -770,7 +700,7 @@ struct Server::Impl {
     std::atomic<bool> done{false};
     std::thread thread;
   };
-  void start_exec(Conn& c, const json& id, const json& j, SessionEntry& into) {
+  void start_exec(Conn& c, const json& id, const proto::Launch& m, SessionEntry& into) {
     size_t own = 0;
     for (const auto& [xid, x] : exec_starts) own += x->prep.spec.owner == c.caller.uid;
     if (own >= kExecStartsPerUid || exec_starts.size() >= kExecStartsMax)
@@ -779,7 +709,7 @@ struct Server::Impl {
           make_error(ErrorKind::Limit, "too many execs are starting (" + std::to_string(own) +
                                            " of yours, " + std::to_string(exec_starts.size()) +
                                            " in all); try again once they run"));
-    auto p = prepare(c, j, false, &into);
+    auto p = prepare(c, m, &into);
     c.fds.clear();
     if (!p) return reply_err(c, id, p.error());
     auto x = std::make_unique<ExecStart>();
@@ -817,17 +747,8 @@ struct Server::Impl {
     Fd notify;  // the loop's eventfd, a dup of its own: the thread may outlive the loop
     std::thread thread;
   };
-  void start_copy(Conn& c, const json& id, const json& j) {
-    Req r{j};
-    auto dir = r.str("direction");
-    auto path = r.str("path");
-    if (!dir) return reply_err(c, id, dir.error());
-    if (!path) return reply_err(c, id, path.error());
-    if (*dir != "in" && *dir != "out")
-      return reply_err(c, id, invalid("field 'direction' must be \"in\" or \"out\""));
-    if (path->empty() || (*path)[0] != '/' || path->find('\0') != std::string::npos)
-      return reply_err(c, id, invalid("field 'path' must be an absolute path without NUL bytes"));
-    const bool in = *dir == "in";
+  void start_copy(Conn& c, const json& id, const json& j, const proto::Cp& m) {
+    const bool in = m.direction == proto::Cp::Direction::In;
     if (c.fds.empty())
       return reply_err(c, id,
                        invalid("cp needs the tar stream's fd sent with SCM_RIGHTS on this frame"));
@@ -850,16 +771,9 @@ struct Server::Impl {
       return reply_err(c, id, sys_error("make the fd sent blocking"));
     auto found = find(c, j);
     if (!found) return reply_err(c, id, found.error());
-    SessionEntry* e = *found;
-    // An exec session's sandbox is the session it was exec'd into.
-    if (uint64_t of = e->s->spec().exec_of) {
-      auto it = sessions.find(of);
-      if (it == sessions.end())
-        return reply_err(c, id,
-                         invalid("session " + std::to_string(e->s->id()) + " ran in session " +
-                                 std::to_string(of) + ", which is gone"));
-      e = &it->second;
-    }
+    auto sandbox = sandbox_of(**found);
+    if (!sandbox) return reply_err(c, id, sandbox.error());
+    SessionEntry* e = *sandbox;
     Session& s = *e->s;
     if (auto ok = may(c, s, policy::Action::SessionCp); !ok) return reply_err(c, id, ok.error());
     if (s.exited())
@@ -883,7 +797,7 @@ struct Server::Impl {
                                   "cp: session " + std::to_string(s.id()) +
                                       " runs as host root (userns: host): only root copies there"));
     log("cp " + std::string(in ? "into" : "out of") + " session " + std::to_string(s.id()) + " " +
-        json(*path).dump(-1, ' ', false, json::error_handler_t::replace) + " by uid " +
+        json(m.path).dump(-1, ' ', false, json::error_handler_t::replace) + " by uid " +
         std::to_string(c.caller.uid));
     auto x = std::make_shared<Copy>();
     x->conn = c.id;
@@ -894,8 +808,8 @@ struct Server::Impl {
     x->notify = Fd(::fcntl(exec_done.get(), F_DUPFD_CLOEXEC, 3));
     if (!x->notify) return reply_err(c, id, sys_error("dup the loop's eventfd"));
     try {
-      x->thread =
-          std::thread([x, t = std::move(*target), data = std::move(data), p = *path, in]() mutable {
+      x->thread = std::thread(
+          [x, t = std::move(*target), data = std::move(data), p = m.path, in]() mutable {
             x->result = in ? copy::copy_in(t, p, data.get()) : copy::copy_out(t, p, data.get());
             // The caller's end of the stream is closed before the reply.
             data.reset();
@@ -968,88 +882,50 @@ struct Server::Impl {
   // The reply to `start` and `exec`, and the owner's attachment.
   void answer_start(Conn& c, const json& id, uint64_t sid) {
     SessionEntry& e = sessions[sid];
-    json reply = {{"session", sid}, {"pid", e.s->process().pid()}};
-    if (e.s->stdin_open()) reply["stdin_window"] = kStdinHighWater;
-    reply_ok(c, id, reply);
+    proto::LaunchReply r{sid, e.s->process().pid()};
+    if (e.s->stdin_open()) r.stdin_window = kStdinHighWater;
+    reply_ok(c, id, proto::to_json(r));
     if (!e.s->spec().detached) {
       c.owns.insert(sid);
-      if (!e.s->spec().passed_stdio) attach(c, sid, json::object());
+      if (!e.s->spec().passed_stdio) attach(c, sid);
       pump(c);
     }
   }
   // `start` and `run`: prepared, started and enrolled at once.
-  Result<uint64_t> start(Conn& c, const json& j, bool run) {
-    auto p = prepare(c, j, run);
+  Result<uint64_t> start(Conn& c, const proto::Launch& m) {
+    auto p = prepare(c, m);
     if (!p) return fail(p.error());
     if (auto st = p->proc->start(); !st) return fail(st.error());
     return enroll(std::move(*p));
   }
   // With `into`, for `exec`: a process of its own in that running session's
   // sandbox, on the session's executor.
-  Result<Prepared> prepare(Conn& c, const json& j, bool run, SessionEntry* into = nullptr) {
+  Result<Prepared> prepare(Conn& c, const proto::Launch& m, SessionEntry* into = nullptr) {
     if (stopping) return fail(make_error(ErrorKind::Limit, "the service is shutting down"));
-    Req r{j};
-    auto exname = into ? Result<std::string>(into->s->spec().executor) : r.str("executor", true);
-    if (!exname) return fail(exname.error());
-    if (into && j.contains("executor") && j["executor"] != *exname)
-      return fail(invalid("exec runs on the session's own executor ('" + *exname +
+    const bool run = m.kind == proto::Launch::Kind::Run;
+    const std::string exname = into ? into->s->spec().executor : m.executor;
+    if (into && !m.executor.empty() && m.executor != exname)
+      return fail(invalid("exec runs on the session's own executor ('" + exname +
                           "'): leave out 'executor'"));
-    auto ex = executor(*exname);
+    auto ex = executor(exname);
     if (!ex) return fail(ex.error());
     ExecRequest req;
     if (into) req.join = &into->s->process();
-    if (auto it = j.find("argv"); it != j.end() && !it->is_null()) {
-      if (!it->is_array()) return fail(invalid("field 'argv' must be a list of strings"));
-      for (auto& a : *it) {
-        if (!a.is_string()) return fail(invalid("field 'argv' must be a list of strings"));
-        req.argv.push_back(a.get<std::string>());
-      }
-    }
-    auto command = r.str("command");
-    if (!command) return fail(command.error());
-    req.command = *command;
-    if (auto it = j.find("env"); it != j.end() && !it->is_null()) {
-      if (!it->is_object()) return fail(invalid("field 'env' must be an object of strings"));
-      for (auto& [k, v] : it->items()) {
-        if (!v.is_string()) return fail(invalid("env '" + k + "' must be a string"));
-        req.env.emplace_back(k, v.get<std::string>());
-      }
-    }
-    auto wd = r.str("work_dir");
-    auto stdin_open = r.flag("stdin");
-    auto timeout = r.num("timeout_ms", 0);
-    auto detached = r.flag("detached");
-    auto max_output = r.num("max_output", 0);
-    auto log_file = r.str("log_file");
-    auto stdio = r.str("stdio");
-    auto name = r.str("name");
-    if (!name) return fail(name.error());
-    if (!name->empty()) {
-      if (auto st = check_name(*name); !st) return fail(st.error());
-      if (auto n = names.find({c.caller.uid, *name}); n != names.end())
-        return fail(invalid("name '" + *name + "' is taken by your session " +
+    req.argv = m.argv;
+    req.command = m.command;
+    req.env = m.env;
+    if (!m.name.empty()) {
+      if (auto st = check_name(m.name); !st) return fail(st.error());
+      if (auto n = names.find({c.caller.uid, m.name}); n != names.end())
+        return fail(invalid("name '" + m.name + "' is taken by your session " +
                             std::to_string(n->second) + " (remove it first)"));
     }
-    if (!wd) return fail(wd.error());
-    if (!stdin_open) return fail(stdin_open.error());
-    if (!timeout) return fail(timeout.error());
-    if (!detached) return fail(detached.error());
-    if (!max_output) return fail(max_output.error());
-    if (!log_file) return fail(log_file.error());
-    if (!stdio) return fail(stdio.error());
-    req.work_dir = *wd;
-    req.stdin_open = *stdin_open;
-    req.timeout = std::chrono::milliseconds(static_cast<int64_t>(*timeout));
-    if (auto it = j.find("pty"); it != j.end() && !it->is_null() && !run) {
-      if (!it->is_object()) return fail(invalid("field 'pty' must be {rows, cols}"));
-      Req pr{*it};
-      auto rows = pr.num("rows", 24), cols = pr.num("cols", 80);
-      if (!rows || !cols || *rows > 65535 || *cols > 65535)
-        return fail(invalid("pty rows and cols must be integers up to 65535"));
-      req.pty = PtyRequest{static_cast<unsigned short>(*rows), static_cast<unsigned short>(*cols)};
-    }
+    req.work_dir = m.work_dir;
+    req.stdin_open = m.stdin_open;
+    req.timeout = std::chrono::milliseconds(static_cast<int64_t>(m.timeout_ms));
+    if (m.pty) req.pty = PtyRequest{m.pty->rows, m.pty->cols};
     SessionSpec spec;
-    if (*stdio == "passed" && !run) {
+    if (m.stdio == proto::Launch::Stdio::Passed) {
       if (c.fds.size() < 3)
         return fail(invalid("stdio \"passed\" needs 3 fds sent with SCM_RIGHTS on this frame"));
       auto p = std::make_shared<PassedStdio>();
@@ -1059,9 +935,8 @@ struct Server::Impl {
       c.fds.erase(c.fds.begin(), c.fds.begin() + 3);
       req.passed_stdio = std::move(p);
       spec.passed_stdio = true;
-    } else if (!stdio->empty() && *stdio != "pipes") {
-      return fail(invalid("field 'stdio' must be \"pipes\" or \"passed\""));
     }
+    const std::string* log_file = &m.log_file;
     if (!log_file->empty() &&
         (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == ".."))
       return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
@@ -1070,15 +945,15 @@ struct Server::Impl {
     size_t starting = 0, starting_here = 0, starting_own = 0;
     for (const auto& [xid, x] : exec_starts) {
       ++starting;
-      starting_here += x->prep.spec.executor == *exname;
+      starting_here += x->prep.spec.executor == exname;
       starting_own += x->prep.spec.owner == uid;
     }
     if (running + starting >= sc.max_sessions)
       return fail(make_error(ErrorKind::Limit, "the service runs " + std::to_string(running) +
                                                    " sessions, the maximum (max_sessions)"));
     if (sc.max_sessions_per_executor &&
-        running_by_executor[*exname] + starting_here >= sc.max_sessions_per_executor)
-      return fail(make_error(ErrorKind::Limit, "executor '" + *exname +
+        running_by_executor[exname] + starting_here >= sc.max_sessions_per_executor)
+      return fail(make_error(ErrorKind::Limit, "executor '" + exname +
                                                    "' runs its maximum of sessions "
                                                    "(max_sessions_per_executor)"));
     if (sc.max_sessions_per_caller &&
@@ -1112,19 +987,19 @@ struct Server::Impl {
         return fail(invalid("log file " + *log_file + " is not a regular file"));
       spec.log = std::move(fd);
     }
-    spec.executor = *exname;
+    spec.executor = exname;
     if (into) spec.exec_of = into->s->id();
     spec.argv = (*proc)->argv();
-    spec.command = *command;
-    spec.name = *name;
+    spec.command = m.command;
+    spec.name = m.name;
     spec.owner = uid;
-    spec.detached = *detached;
-    spec.pty = j.contains("pty") && !j["pty"].is_null() && !run;
+    spec.detached = m.detached;
+    spec.pty = m.pty.has_value();
     spec.buffer_size = sc.buffer_size;
     // A run's max_output bounds its reply, which keeps the end of the output
     // (docs/protocol.md): its session keeps the newest bytes, as its buffer
     // does, not the first max_output of them.
-    spec.max_output = run ? 0 : *max_output;
+    spec.max_output = run ? 0 : m.max_output.value_or(0);
     return Prepared{std::move(*proc), std::move(spec), run};
   }
   // A started process becomes a session.
@@ -1153,13 +1028,13 @@ struct Server::Impl {
     return sid;
   }
 
-  void attach(Conn& c, uint64_t sid, const json& j) {
+  void attach(Conn& c, uint64_t sid, const proto::Attach& m = {}) {
     SessionEntry& e = sessions[sid];
     Attachment a;
     a.session = sid;
-    if (j.contains("stdout_offset")) a.next[0] = j.value("stdout_offset", uint64_t{0});
-    if (j.contains("stderr_offset")) a.next[1] = j.value("stderr_offset", uint64_t{0});
-    a.follow = j.value("follow", true);
+    a.next[0] = m.stdout_offset.value_or(0);
+    a.next[1] = m.stderr_offset.value_or(0);
+    a.follow = m.follow;
     for (int i = 0; i < 2; ++i) a.next[i] = std::min(a.next[i], e.s->buffer(i).end());
     c.attached[sid] = a;
     e.conns.insert(c.id);
@@ -1192,7 +1067,7 @@ struct Server::Impl {
     if (!s.spec().command.empty()) j["command"] = s.spec().command;
     if (!s.spec().name.empty()) j["name"] = s.spec().name;
     if (s.spec().exec_of) j["exec_of"] = s.spec().exec_of;
-    j["exit"] = s.status() ? status_json(*s.status()) : json(nullptr);
+    j["exit"] = s.status() ? proto::to_json(*s.status()) : json(nullptr);
     return j;
   }
 
@@ -1218,7 +1093,7 @@ struct Server::Impl {
   }
 
   Result<SessionEntry*> find(const Conn& c, const json& j) {
-    auto key = Req{j}.session();
+    auto key = proto::parse_session(j);
     if (!key) return fail(key.error());
     uint64_t sid = 0;
     if (const auto* name = std::get_if<std::string>(&*key)) {
@@ -1243,10 +1118,17 @@ struct Server::Impl {
     Conn& c;
     const json& id;
     const json& j;
-    const std::string& op;
     SessionEntry* e;  // the session's entry, for an op on one
   };
   using Handler = void (Impl::*)(const Request&);
+  // An op's fields are parsed into its message (runtime/messages.h) after
+  // the checks above, as the protocol orders them.
+  template <class M, void (Impl::*H)(const Request&, const M&)>
+  void typed(const Request& rq) {
+    auto m = proto::parse<M>(rq.j);
+    if (!m) return reply_err(rq.c, rq.id, m.error());
+    (this->*H)(rq, *m);
+  }
   // One entry per op (the shape of crun's commands[]): its name, whether
   // it names a session to be found first, the permission it needs on that
   // session (none: exec checks its own on the sandbox an exec session ran
@@ -1259,26 +1141,29 @@ struct Server::Impl {
   };
   static const Op* find_op(std::string_view name) {
     using policy::Action;
+    namespace m = proto;
     static const Op kOps[] = {
-        {"hello", false, std::nullopt, &Impl::op_hello},
-        {"ping", false, std::nullopt, &Impl::op_ping},
-        {"executors", false, std::nullopt, &Impl::op_executors},
+        {m::Hello::kOp, false, std::nullopt, &Impl::op_hello},
+        {m::Ping::kOp, false, std::nullopt, &Impl::typed<m::Ping, &Impl::op_ping>},
+        {m::ListExecutors::kOp, false, std::nullopt,
+         &Impl::typed<m::ListExecutors, &Impl::op_executors>},
         {"start", false, std::nullopt, &Impl::op_start},
         {"run", false, std::nullopt, &Impl::op_start},
         {"exec", true, std::nullopt, &Impl::op_exec},
-        {"cp", false, std::nullopt, &Impl::op_cp},
-        {"events", false, std::nullopt, &Impl::op_events},
-        {"list", false, std::nullopt, &Impl::op_list},
-        {"attach", true, Action::SessionAttach, &Impl::op_attach},
-        {"detach", true, Action::SessionAttach, &Impl::op_detach},
-        {"close_stdin", true, Action::SessionAttach, &Impl::op_close_stdin},
-        {"wait", true, Action::SessionAttach, &Impl::op_wait},
-        {"stats", true, Action::SessionAttach, &Impl::op_stats_top},
-        {"top", true, Action::SessionAttach, &Impl::op_stats_top},
-        {"inspect", true, Action::SessionAttach, &Impl::op_inspect},
-        {"signal", true, Action::SessionSignal, &Impl::op_signal},
-        {"resize", true, Action::SessionSignal, &Impl::op_resize},
-        {"remove", true, Action::SessionRemove, &Impl::op_remove},
+        {m::Cp::kOp, false, std::nullopt, &Impl::op_cp},
+        {m::Events::kOp, false, std::nullopt, &Impl::typed<m::Events, &Impl::op_events>},
+        {m::List::kOp, false, std::nullopt, &Impl::typed<m::List, &Impl::op_list>},
+        {m::Attach::kOp, true, Action::SessionAttach, &Impl::typed<m::Attach, &Impl::op_attach>},
+        {m::Detach::kOp, true, Action::SessionAttach, &Impl::typed<m::Detach, &Impl::op_detach>},
+        {m::CloseStdin::kOp, true, Action::SessionAttach,
+         &Impl::typed<m::CloseStdin, &Impl::op_close_stdin>},
+        {m::Wait::kOp, true, Action::SessionAttach, &Impl::typed<m::Wait, &Impl::op_wait>},
+        {m::Stats::kOp, true, Action::SessionAttach, &Impl::typed<m::Stats, &Impl::op_stats>},
+        {m::Top::kOp, true, Action::SessionAttach, &Impl::typed<m::Top, &Impl::op_top>},
+        {m::Inspect::kOp, true, Action::SessionAttach, &Impl::typed<m::Inspect, &Impl::op_inspect>},
+        {m::Signal::kOp, true, Action::SessionSignal, &Impl::typed<m::Signal, &Impl::op_signal>},
+        {m::Resize::kOp, true, Action::SessionSignal, &Impl::typed<m::Resize, &Impl::op_resize>},
+        {m::Remove::kOp, true, Action::SessionRemove, &Impl::typed<m::Remove, &Impl::op_remove>},
     };
     for (const Op& o : kOps)
       if (o.name == name) return &o;
@@ -1303,8 +1188,7 @@ struct Server::Impl {
     // In the order docs/protocol.md gives.
     const Op* o = find_op(op);
     if (!o) return reply_err(c, id, invalid("unknown op '" + op + "'"));
-    if (o->handle != &Impl::op_hello && !c.hello)
-      return reply_err(c, id, invalid("send hello first"));
+    if (op != proto::Hello::kOp && !c.hello) return reply_err(c, id, invalid("send hello first"));
     SessionEntry* e = nullptr;
     if (o->names_session) {
       auto found = find(c, j);
@@ -1313,38 +1197,70 @@ struct Server::Impl {
       if (o->on_session)
         if (auto ok = may(c, *e->s, *o->on_session); !ok) return reply_err(c, id, ok.error());
     }
-    (this->*(o->handle))(Request{c, id, j, op, e});
+    (this->*(o->handle))(Request{c, id, j, e});
   }
 
-  void op_ping(const Request& rq) { reply_ok(rq.c, rq.id); }
-  void op_cp(const Request& rq) { start_copy(rq.c, rq.id, rq.j); }
+  void op_ping(const Request& rq, const proto::Ping&) { reply_ok(rq.c, rq.id); }
 
+  // A hello that fails ends the connection: the peer speaks something else.
+  void op_hello(const Request& rq) {
+    Conn& c = rq.c;
+    if (!c.allowed) {
+      reply_err(c, rq.id,
+                make_error(ErrorKind::PermissionDenied,
+                           "uid " + std::to_string(c.cred.uid) +
+                               " is neither root nor in the socket's group"));
+      c.closing = true;
+      return;
+    }
+    if (c.hello) return reply_err(c, rq.id, invalid("hello was sent already on this connection"));
+    auto m = proto::parse<proto::Hello>(rq.j);
+    if (!m) {
+      reply_err(c, rq.id, m.error());
+      c.closing = true;
+      return;
+    }
+    if (std::find(m->versions.begin(), m->versions.end(), proto::kVersion) == m->versions.end()) {
+      reply_err(c, rq.id, invalid("no common protocol version: the server speaks [1]"));
+      c.closing = true;
+      return;
+    }
+    c.hello = true;
+    proto::HelloReply r;
+    r.server = kServerName;
+    r.max_frame = sc.max_frame;
+    r.keepalive_ms = sc.idle_timeout.count() / 2;
+    r.uid = c.cred.uid;
+    return reply_ok(c, rq.id, proto::to_json(r));
+  }
+
+  // start and run: the service, then the executor, then the fields.
   void op_start(const Request& rq) {
     Conn& c = rq.c;
     const json& id = rq.id;
-    const json& j = rq.j;
-    const bool run = rq.op == "run";
+    if (stopping)
+      return reply_err(c, id, make_error(ErrorKind::Limit, "the service is shutting down"));
+    const json* exname = rq.j.contains("executor") ? &rq.j["executor"] : nullptr;
+    if (!exname || !exname->is_string())
+      return reply_err(c, id, invalid("field 'executor' (a string) is required"));
+    if (auto ex = executor(exname->get<std::string>()); !ex) return reply_err(c, id, ex.error());
+    auto m = proto::parse<proto::Launch>(rq.j);
+    if (!m) return reply_err(c, id, m.error());
+    const bool run = m->kind == proto::Launch::Kind::Run;
     Pending p;
     if (run) {
-      Req r{j};
-      auto tail = r.num("tail", 0);
-      auto cap = r.num("max_output", 64 * 1024);
-      auto grep = r.str("grep");
-      if (!tail) return reply_err(c, id, tail.error());
-      if (!cap) return reply_err(c, id, cap.error());
-      if (!grep) return reply_err(c, id, grep.error());
-      p.tail = *tail;
-      p.max_output = std::min<uint64_t>(*cap, sc.max_frame / 2);
-      if (!grep->empty()) {
+      p.tail = m->tail;
+      p.max_output = std::min<uint64_t>(m->max_output.value_or(64 * 1024), sc.max_frame / 2);
+      if (!m->grep.empty()) {
         try {
-          p.grep.emplace(*grep, std::regex::ECMAScript);
+          p.grep.emplace(m->grep, std::regex::ECMAScript);
         } catch (const std::regex_error& ex) {
           return reply_err(c, id,
                            invalid("grep: bad regular expression: " + std::string(ex.what())));
         }
       }
     }
-    auto sid = start(c, j, run);
+    auto sid = start(c, *m);
     c.fds.clear();  // unclaimed fds are not kept
     if (!sid) return reply_err(c, id, sid.error());
     if (run) {
@@ -1357,112 +1273,80 @@ struct Server::Impl {
     return answer_start(c, id, *sid);
   }
 
+  // exec: the session, its sandbox, the permission on that, its state,
+  // then the fields.
   void op_exec(const Request& rq) {
     Conn& c = rq.c;
     const json& id = rq.id;
-    const json& j = rq.j;
     SessionEntry* into = rq.e;
-    // An exec session's sandbox is the session it was exec'd into.
-    if (uint64_t of = into->s->spec().exec_of) {
-      auto it = sessions.find(of);
-      if (it == sessions.end())
-        return reply_err(c, id,
-                         invalid("session " + std::to_string(into->s->id()) + " ran in session " +
-                                 std::to_string(of) + ", which is gone"));
-      into = &it->second;
-    }
+    if (auto sandbox = sandbox_of(*into); !sandbox)
+      return reply_err(c, id, sandbox.error());
+    else
+      into = *sandbox;
     if (auto ok = may(c, *into->s, policy::Action::SessionExec); !ok)
       return reply_err(c, id, ok.error());
     if (into->s->exited())
       return reply_err(c, id, invalid("session " + std::to_string(into->s->id()) + " has exited"));
+    auto m = proto::parse<proto::Launch>(rq.j);
+    if (!m) return reply_err(c, id, m.error());
     // No fd of the caller's into a sandbox whose processes may be
     // someone else's (the session's, another caller's exec), which
     // could take them over (ptrace the exec'd process).
-    if (Req{j}.str("stdio").value_or("") == "passed")
+    if (m->stdio == proto::Launch::Stdio::Passed)
       return reply_err(c, id,
                        invalid("stdio \"passed\" is not for exec: the sandbox's other "
                                "processes could use your fds (your terminal); use pipes or "
                                "a pty"));
-    return start_exec(c, id, j, *into);
+    return start_exec(c, id, *m, *into);
+  }
+  // The session whose sandbox an exec or a cp into e goes to: an exec
+  // session's is the session it was exec'd into.
+  Result<SessionEntry*> sandbox_of(SessionEntry& e) {
+    const uint64_t of = e.s->spec().exec_of;
+    if (!of) return &e;
+    auto it = sessions.find(of);
+    if (it == sessions.end())
+      return fail(invalid("session " + std::to_string(e.s->id()) + " ran in session " +
+                          std::to_string(of) + ", which is gone"));
+    return &it->second;
   }
 
-  void op_hello(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    if (!c.allowed) {
-      reply_err(c, id,
-                make_error(ErrorKind::PermissionDenied,
-                           "uid " + std::to_string(c.cred.uid) +
-                               " is neither root nor in the socket's group"));
-      c.closing = true;
-      return;
-    }
-    if (c.hello) return reply_err(c, id, invalid("hello was sent already on this connection"));
-    auto v = j.find("versions");
-    if (v == j.end() || !v->is_array()) {
-      reply_err(c, id, invalid("field 'versions' (a list of protocol versions) is required"));
-      c.closing = true;
-      return;
-    }
-    bool common = false;
-    for (auto& x : *v) common |= x.is_number_unsigned() && x.get<uint64_t>() == proto::kVersion;
-    if (!common) {
-      reply_err(c, id, invalid("no common protocol version: the server speaks [1]"));
-      c.closing = true;
-      return;
-    }
-    c.hello = true;
-    return reply_ok(c, id,
-                    {{"version", proto::kVersion},
-                     {"server", kServerName},
-                     {"max_frame", sc.max_frame},
-                     {"keepalive_ms", sc.idle_timeout.count() / 2},
-                     {"uid", c.cred.uid}});
+  void op_cp(const Request& rq) {
+    auto m = proto::parse<proto::Cp>(rq.j);
+    if (!m) return reply_err(rq.c, rq.id, m.error());
+    start_copy(rq.c, rq.id, rq.j, *m);
   }
 
-  void op_executors(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
+  void op_executors(const Request& rq, const proto::ListExecutors&) {
     json list = json::array();
     for (auto& [name, ex] : executors) {
       policy::Request r;
       r.action = policy::Action::ExecGet;
       r.executor = name;
-      if (!policy::decide(config.callers.get(), c.caller, r).allowed) continue;  // exec.get
+      if (!policy::decide(config.callers.get(), rq.c.caller, r).allowed) continue;  // exec.get
       json e = {{"name", name}, {"available", ex.has_value()}};
       if (ex) e["kind"] = (*ex)->config().kind == ExecutorKind::Host ? "host" : "container";
-      if (!ex) e["error"] = error_json(ex.error());
+      if (!ex) e["error"] = proto::to_json(ex.error());
       list.push_back(e);
     }
-    return reply_ok(c, id, {{"executors", list}});
+    return reply_ok(rq.c, rq.id, {{"executors", list}});
   }
 
-  void op_events(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    auto on = Req{j}.flag("enabled");
-    if (!on) return reply_err(c, id, on.error());
-    c.events = !j.contains("enabled") || *on;
-    return reply_ok(c, id, {{"events", c.events}});
+  void op_events(const Request& rq, const proto::Events& m) {
+    rq.c.events = m.enabled;
+    return reply_ok(rq.c, rq.id, {{"events", rq.c.events}});
   }
 
-  void op_list(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
+  void op_list(const Request& rq, const proto::List&) {
     json list = json::array();
     for (auto& [sid, e] : sessions)
-      if (!e.run_session && may_see(c, *e.s)) list.push_back(session_json(e));
-    return reply_ok(c, id, {{"sessions", list}});
+      if (!e.run_session && may_see(rq.c, *e.s)) list.push_back(session_json(e));
+    return reply_ok(rq.c, rq.id, {{"sessions", list}});
   }
 
-  void op_inspect(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    json reply = session_json(e);
+  void op_inspect(const Request& rq, const proto::Inspect&) {
+    Session& s = *rq.e->s;
+    json reply = session_json(*rq.e);
     // The environment's names only: its values may be secrets the
     // executor's default_env holds for the payload, never the caller's.
     const Command& cmd = s.process().command();
@@ -1473,90 +1357,87 @@ struct Server::Impl {
                         {"work_dir", cmd.work_dir},
                         {"timeout_ms", s.process().timeout().count()}};
     if (const SpawnSpec* sp = s.process().sandbox_spec())
-      reply["sandbox"] = sandbox_json(*sp, c.caller.uid == 0);
+      reply["sandbox"] = sandbox_json(*sp, rq.c.caller.uid == 0);
     auto now = s.process().now();
-    if (!now) return reply_err(c, id, now.error());
+    if (!now) return reply_err(rq.c, rq.id, now.error());
     reply["stats"] = stats_json(*now);
-    return reply_ok(c, id, reply);
+    return reply_ok(rq.c, rq.id, reply);
   }
 
-  void op_stats_top(const Request& rq) {
+  static const char* state_name(const Session& s) {
+    return s.finished() ? "exited" : (s.exited() ? "exiting" : "running");
+  }
+
+  void op_stats(const Request& rq, const proto::Stats&) {
+    Session& s = *rq.e->s;
+    auto now = s.process().now();
+    if (!now) return reply_err(rq.c, rq.id, now.error());
+    return reply_ok(rq.c, rq.id,
+                    {{"session", s.id()}, {"state", state_name(s)}, {"stats", stats_json(*now)}});
+  }
+
+  void op_top(const Request& rq, const proto::Top&) {
     Conn& c = rq.c;
     const json& id = rq.id;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
+    Session& s = *rq.e->s;
     const uint64_t sid = s.id();
     auto now = s.process().now();
     if (!now) return reply_err(c, id, now.error());
-    json reply = {{"session", sid},
-                  {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")}};
-    if (rq.op == "stats") {
-      reply["stats"] = stats_json(*now);
-    } else {
-      std::vector<top::Process> procs;
-      struct stat ns {};
-      // An exec's init is outside the sandbox's pid namespace, which is
-      // the one it forks into.
-      const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) +
-                                  (s.spec().exec_of ? "/ns/pid_for_children" : "/ns/pid");
-      if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
-        for (pid_t p : now->pids) {
-          if (procs.size() == kTopMax) {
-            reply["truncated"] = true;
-            break;
-          }
-          if (auto pr = top::read_process(p, ns.st_ino)) procs.push_back(std::move(*pr));
+    json reply = {{"session", sid}, {"state", state_name(s)}};
+    std::vector<top::Process> procs;
+    struct stat ns {};
+    // An exec's init is outside the sandbox's pid namespace, which is
+    // the one it forks into.
+    const std::string init_ns = "/proc/" + std::to_string(s.process().pid()) +
+                                (s.spec().exec_of ? "/ns/pid_for_children" : "/ns/pid");
+    if (!now->pids.empty() && ::stat(init_ns.c_str(), &ns) == 0)
+      for (pid_t p : now->pids) {
+        if (procs.size() == kTopMax) {
+          reply["truncated"] = true;
+          break;
         }
-      size_t reading = 0, killed = 0, by_uid = 0;
-      for (const auto& [tid, t] : top_jobs) {
-        if (t.session == sid) ++(t.replied ? killed : reading);
-        by_uid += t.uid == c.caller.uid;
+        if (auto pr = top::read_process(p, ns.st_ino)) procs.push_back(std::move(*pr));
       }
-      std::optional<top::ArgvReader> reader;
-      if (!procs.empty() && killed == 0 && reading < 2 && by_uid < kTopReadersPerUid &&
-          top_jobs.size() < kTopReadersMax) {
-        auto r = top::ArgvReader::start(procs);
-        if (r)
-          reader = std::move(*r);
-        else
-          log("top: " + r.error().what());
-      }
-      if (!reader) {
-        // No reader: every process by its kernel name.
-        if (!procs.empty()) reply["argv_incomplete"] = true;
-        reply["processes"] = top::to_json(procs, {});
-        return reply_ok(c, id, reply);
-      }
-      // The reader has its own copies of the /proc fds.
-      for (auto& p : procs) p.dir.reset();
-      const uint64_t tid = next_top++;
-      const int fd = reader->fd();
-      top_jobs.emplace(tid, TopJob{c.id, sid, c.caller.uid, id, std::move(reply), std::move(procs),
-                                   std::move(*reader), Clock::now() + kTopArgvDeadline});
-      ep(EPOLL_CTL_ADD, fd, EPOLLIN, tag(kTop, tid));
-      return;
+    size_t reading = 0, killed = 0, by_uid = 0;
+    for (const auto& [tid, t] : top_jobs) {
+      if (t.session == sid) ++(t.replied ? killed : reading);
+      by_uid += t.uid == c.caller.uid;
     }
-    return reply_ok(c, id, reply);
+    std::optional<top::ArgvReader> reader;
+    if (!procs.empty() && killed == 0 && reading < 2 && by_uid < kTopReadersPerUid &&
+        top_jobs.size() < kTopReadersMax) {
+      auto r = top::ArgvReader::start(procs);
+      if (r)
+        reader = std::move(*r);
+      else
+        log("top: " + r.error().what());
+    }
+    if (!reader) {
+      // No reader: every process by its kernel name.
+      if (!procs.empty()) reply["argv_incomplete"] = true;
+      reply["processes"] = top::to_json(procs, {});
+      return reply_ok(c, id, reply);
+    }
+    // The reader has its own copies of the /proc fds.
+    for (auto& p : procs) p.dir.reset();
+    const uint64_t tid = next_top++;
+    const int fd = reader->fd();
+    top_jobs.emplace(tid, TopJob{c.id, sid, c.caller.uid, id, std::move(reply), std::move(procs),
+                                 std::move(*reader), Clock::now() + kTopArgvDeadline});
+    ep(EPOLL_CTL_ADD, fd, EPOLLIN, tag(kTop, tid));
+    return;
   }
 
-  void op_attach(const Request& rq) {
+  void op_attach(const Request& rq, const proto::Attach& m) {
     Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
+    Session& s = *rq.e->s;
     const uint64_t sid = s.id();
     if (s.spec().passed_stdio)
-      return reply_err(c, id,
+      return reply_err(c, rq.id,
                        invalid("session " + std::to_string(sid) +
                                " has passed stdio: its output goes to the client's own fds, "
                                "and there is nothing to attach to"));
-    for (const char* k : {"stdout_offset", "stderr_offset"})
-      if (j.contains(k) && !j[k].is_number_unsigned())
-        return reply_err(c, id, invalid(std::string(k) + " must be a non-negative integer"));
-    if (j.contains("follow") && !j["follow"].is_boolean())
-      return reply_err(c, id, invalid("follow must be a boolean"));
-    attach(c, sid, j);
+    attach(c, sid, m);
     json reply = {{"session", sid},
                   {"stdout", {{"start", s.buffer(0).start()}, {"end", s.buffer(0).end()}}},
                   {"stderr", {{"start", s.buffer(1).start()}, {"end", s.buffer(1).end()}}},
@@ -1567,101 +1448,64 @@ struct Server::Impl {
       reply["stdin_window"] = kStdinHighWater;
       reply["stdin_consumed"] = s.stdin_consumed();
     }
-    reply_ok(c, id, reply);
+    reply_ok(c, rq.id, reply);
     return pump(c);
   }
 
-  void op_detach(const Request& rq) {
+  void op_detach(const Request& rq, const proto::Detach&) {
     Conn& c = rq.c;
-    const json& id = rq.id;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    const uint64_t sid = s.id();
+    const uint64_t sid = rq.e->s->id();
     c.attached.erase(sid);
-    e.conns.erase(c.id);
+    rq.e->conns.erase(c.id);
     c.owns.erase(sid);
-    resume_if_caught_up(e);
-    return reply_ok(c, id);
+    resume_if_caught_up(*rq.e);
+    return reply_ok(c, rq.id);
   }
 
-  void op_close_stdin(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    if (!s.stdin_open()) return reply_err(c, id, invalid("stdin is not open"));
+  void op_close_stdin(const Request& rq, const proto::CloseStdin&) {
+    Session& s = *rq.e->s;
+    if (!s.stdin_open()) return reply_err(rq.c, rq.id, invalid("stdin is not open"));
     s.close_stdin();
-    service_stdin(e);
-    return reply_ok(c, id);
+    service_stdin(*rq.e);
+    return reply_ok(rq.c, rq.id);
   }
 
-  void op_signal(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    if (!j.contains("signal")) return reply_err(c, id, invalid("signal: required"));
-    auto sig = signal_from(j["signal"]);
-    if (!sig) return reply_err(c, id, sig.error());
-    if (s.exited()) return reply_err(c, id, invalid("the session has exited"));
+  void op_signal(const Request& rq, const proto::Signal& m) {
+    Session& s = *rq.e->s;
+    if (s.exited()) return reply_err(rq.c, rq.id, invalid("the session has exited"));
     // SIGKILL does not wait for the tree to die: the exit comes as usual.
-    if (auto st = *sig == SIGKILL ? s.process().kill_nowait() : s.process().signal(*sig); !st)
-      return reply_err(c, id, st.error());
-    return reply_ok(c, id);
+    if (auto st = m.signal == SIGKILL ? s.process().kill_nowait() : s.process().signal(m.signal);
+        !st)
+      return reply_err(rq.c, rq.id, st.error());
+    return reply_ok(rq.c, rq.id);
   }
 
-  void op_resize(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    Req r{j};
-    auto rows = r.num("rows", 0), cols = r.num("cols", 0);
-    if (!rows || !cols || *rows == 0 || *cols == 0 || *rows > 65535 || *cols > 65535)
-      return reply_err(c, id, invalid("rows and cols must be integers from 1 to 65535"));
-    if (s.exited()) return reply_ok(c, id);  // too late to matter
-    auto st =
-        s.process().resize(static_cast<unsigned short>(*rows), static_cast<unsigned short>(*cols));
-    if (!st) return reply_err(c, id, st.error());
-    return reply_ok(c, id);
+  void op_resize(const Request& rq, const proto::Resize& m) {
+    Session& s = *rq.e->s;
+    if (s.exited()) return reply_ok(rq.c, rq.id);  // too late to matter
+    if (auto st = s.process().resize(m.rows, m.cols); !st)
+      return reply_err(rq.c, rq.id, st.error());
+    return reply_ok(rq.c, rq.id);
   }
 
-  void op_wait(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
-    const uint64_t sid = s.id();
+  void op_wait(const Request& rq, const proto::Wait& m) {
     Pending p;
-    p.id = id;
-    p.session = sid;
-    auto t = Req{j}.num("timeout_ms", 0);
-    if (!t) return reply_err(c, id, t.error());
-    if (s.finished()) return answer(c, p, e);
-    if (*t > 0) p.deadline = Clock::now() + std::chrono::milliseconds(*t);
-    c.pending.push_back(std::move(p));
-    return;
+    p.id = rq.id;
+    p.session = rq.e->s->id();
+    if (rq.e->s->finished()) return answer(rq.c, p, *rq.e);
+    if (m.timeout_ms > 0) p.deadline = Clock::now() + std::chrono::milliseconds(m.timeout_ms);
+    rq.c.pending.push_back(std::move(p));
   }
 
-  void op_remove(const Request& rq) {
-    Conn& c = rq.c;
-    const json& id = rq.id;
-    const json& j = rq.j;
-    SessionEntry& e = *rq.e;
-    Session& s = *e.s;
+  void op_remove(const Request& rq, const proto::Remove& m) {
+    Session& s = *rq.e->s;
     const uint64_t sid = s.id();
-    auto force = Req{j}.flag("force");
-    if (!force) return reply_err(c, id, force.error());
-    if (!s.finished() && !*force)
-      return reply_err(c, id,
+    if (!s.finished() && !m.force)
+      return reply_err(rq.c, rq.id,
                        invalid("session " + std::to_string(sid) +
                                " is still running (kill it, or remove with force)"));
-    reply_ok(c, id);
+    reply_ok(rq.c, rq.id);
     remove_session(sid);
-    return;
   }
 
   void service_stdin(SessionEntry& e) {
@@ -1685,8 +1529,7 @@ struct Server::Impl {
       for (uint64_t cid : e.stdin_senders) {
         auto it = conns.find(cid);
         if (it == conns.end() || it->second->closing) continue;
-        send_json(*it->second,
-                  {{"event", "stdin"}, {"session", e.s->id()}, {"consumed", consumed}});
+        send_json(*it->second, proto::to_json(proto::StdinEvent{e.s->id(), consumed}));
         flush(*it->second);
       }
     }
@@ -1695,7 +1538,7 @@ struct Server::Impl {
   void handle_data(Conn& c, const std::string& body) {
     auto d = proto::decode_data(body);
     if (!d) {
-      send_json(c, {{"event", "error"}, {"error", error_json(d.error())}});
+      send_json(c, proto::to_json(proto::ErrorEvent{std::nullopt, d.error()}));
       return;
     }
     auto it = sessions.find(d->session);
@@ -1719,7 +1562,7 @@ struct Server::Impl {
       }
       return;
     }
-    send_json(c, {{"event", "error"}, {"session", d->session}, {"error", error_json(err)}});
+    send_json(c, proto::to_json(proto::ErrorEvent{d->session, err}));
   }
 
   // --- connections
@@ -1736,7 +1579,7 @@ struct Server::Impl {
         std::string out;
         json e = {{"id", nullptr},
                   {"ok", false},
-                  {"error", error_json(make_error(ErrorKind::Limit, "too many clients"))}};
+                  {"error", proto::to_json(make_error(ErrorKind::Limit, "too many clients"))}};
         (void)proto::encode(proto::FrameType::Control, dump(e), out);
         (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
         continue;
@@ -2039,7 +1882,7 @@ struct Server::Impl {
     for (uint64_t tid : tops) finish_top(tid);
     top_jobs.clear();
     for (auto& [cid, c] : conns) {
-      send_json(*c, {{"event", "shutdown"}});
+      send_json(*c, proto::to_json(proto::ShutdownEvent{}));
       flush(*c);
     }
     conns.clear();

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "isolate/signals.h"
 #include "oci/load.h"
 #include "oci/reference.h"
 #include "oci/registry.h"
@@ -255,7 +256,7 @@ struct RunOptions {
   bool detach = false, interactive = false, tty = false;
   std::vector<std::string> env;
   std::string work_dir, log_file, executor, name;
-  std::optional<json> into;  // `exec --session`: the session (id or name) to run in
+  std::optional<protocol::SessionRef> into;  // `exec --session`: the session (id or name) to run in
   double timeout = 0;
   std::vector<std::string> argv;
 };
@@ -357,27 +358,33 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
         continue;
       }
       const json& j = m->control;
-      const std::string ev = j.value("event", "");
       if (j.contains("ok") && !j.value("ok", true))
         std::fprintf(stderr, "cloister: %s\n",
                      error_from_json(j.value("error", json::object())).what().c_str());
-      if (j.value("session", uint64_t{0}) != sid && ev != "shutdown") continue;
-      if (ev == "evicted")
+      if (!j.contains("event")) continue;
+      auto ev = protocol::parse_event(j);
+      if (!ev) return fail(ev.error());
+      if (!*ev) continue;
+      const protocol::Event& e = **ev;
+      const bool shutdown = std::holds_alternative<protocol::ShutdownEvent>(e);
+      if (protocol::session_of(e) != sid && !shutdown) continue;
+      if (const auto* x = std::get_if<protocol::EvictedEvent>(&e))
         std::fprintf(stderr, "cloister: %s bytes %llu-%llu were evicted before they were read\n",
-                     j.value("stream", "").c_str(),
-                     static_cast<unsigned long long>(j.value("from", uint64_t{0})),
-                     static_cast<unsigned long long>(j.value("to", uint64_t{0})));
-      if (ev == "exit") {
-        if (j.contains("error")) return fail(error_from_json(j["error"]));
-        end.status = status_from_json(j["status"]);
+                     std::string(protocol::stream_name(x->stream)).c_str(),
+                     static_cast<unsigned long long>(x->from),
+                     static_cast<unsigned long long>(x->to));
+      if (const auto* x = std::get_if<protocol::ExitEvent>(&e)) {
+        if (x->error) return fail(*x->error);
+        end.status = x->status;
         return end;
       }
-      if (ev == "end") {
+      if (std::holds_alternative<protocol::EndEvent>(e)) {
         end.ended = true;
         return end;
       }
-      if (ev == "removed" || ev == "shutdown")
-        return fail(internal("the session was removed (service " + ev + ")"));
+      if (shutdown || std::holds_alternative<protocol::RemovedEvent>(e))
+        return fail(internal(std::string("the session was removed (service ") +
+                             (shutdown ? "shutdown" : "removed") + ")"));
     }
     pollfd p[3] = {{c.fd(), POLLIN, 0},
                    {sig.fd.get(), POLLIN, 0},
@@ -389,10 +396,9 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
         int s = static_cast<int>(si.ssi_signo);
         if (s == SIGWINCH) {
           if (auto ws = window_size(STDIN_FILENO); ws && pty)
-            (void)c.send(
-                {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+            (void)c.send(protocol::Resize{sid, ws->rows, ws->cols});
         } else if (forward_signals) {
-          (void)c.send({{"op", "signal"}, {"session", sid}, {"signal", s}});
+          (void)c.send(protocol::Signal{sid, s});
         } else {
           return end;  // logs -f: ^C stops following
         }
@@ -410,7 +416,7 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
           if (!detach_keys.empty() && b == detach_keys[matched]) {
             if (++matched < detach_keys.size()) continue;
             if (!out.empty()) (void)c.send_stdin(sid, out);
-            (void)c.call({{"op", "detach"}, {"session", sid}});
+            (void)c.call(protocol::Detach{sid});
             std::fprintf(stderr, "\r\ncloister: detached from session %llu\r\n",
                          static_cast<unsigned long long>(sid));
             end.detached = true;
@@ -428,7 +434,7 @@ Result<StreamEnd> stream_session(Connection& c, uint64_t sid, bool forward_stdin
       } else if (n == 0 || errno != EINTR) {
         stdin_open = false;
         // A terminal session keeps its stdin: our EOF is not its EOF.
-        if (!pty) (void)c.send({{"op", "close_stdin"}, {"session", sid}});
+        if (!pty) (void)c.send(protocol::CloseStdin{sid});
       }
     }
   }
@@ -447,29 +453,35 @@ Result<std::unique_ptr<Connection>> dial(const Global& g) {
 int run_service(const Global& g, const RunOptions& o) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  json req = o.into ? json{{"op", "exec"}, {"session", *o.into}, {"argv", o.argv}}
-                    : json{{"op", "start"}, {"executor", o.executor}, {"argv", o.argv}};
-  json env = json::object();
+  protocol::Launch req;
+  if (o.into) {
+    req.kind = protocol::Launch::Kind::Exec;
+    req.session = *o.into;
+  } else {
+    req.executor = o.executor;
+  }
+  req.argv = o.argv;
   for (const auto& kv : o.env) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       return report(invalid("-e expects KEY=VALUE, got '" + kv + "'"));
-    env[kv.substr(0, eq)] = kv.substr(eq + 1);
+    req.env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
   }
   // The command's terminal is shown on ours: it is what ours is (as ssh
   // passes it), unless -e says otherwise. (The library's default: xterm.)
-  if (const char* term = std::getenv("TERM"); o.tty && term && *term && !env.contains("TERM"))
-    env["TERM"] = term;
-  req["env"] = env;
-  if (!o.work_dir.empty()) req["work_dir"] = o.work_dir;
-  if (o.timeout > 0) req["timeout_ms"] = static_cast<int64_t>(o.timeout * 1000);
-  if (!o.log_file.empty()) req["log_file"] = o.log_file;
-  if (!o.name.empty()) req["name"] = o.name;
-  req["stdin"] = o.interactive;
-  req["detached"] = o.detach;
+  const bool has_term = std::any_of(req.env.begin(), req.env.end(),
+                                    [](const auto& kv) { return kv.first == "TERM"; });
+  if (const char* term = std::getenv("TERM"); o.tty && term && *term && !has_term)
+    req.env.emplace_back("TERM", term);
+  req.work_dir = o.work_dir;
+  if (o.timeout > 0) req.timeout_ms = static_cast<uint64_t>(o.timeout * 1000);
+  req.log_file = o.log_file;
+  req.name = o.name;
+  req.stdin_open = o.interactive;
+  req.detached = o.detach;
   std::optional<PtyRequest> pty;
   if (o.tty) pty = window_size(STDIN_FILENO).value_or(PtyRequest{});
-  if (pty) req["pty"] = {{"rows", pty->rows}, {"cols", pty->cols}};
+  if (pty) req.pty = protocol::PtySize{pty->rows, pty->cols};
 
   if (o.detach) {
     auto r = (*c)->call(req);
@@ -497,7 +509,7 @@ int run_service(const Global& g, const RunOptions& o) {
     auto end = stream_session(**c, sid, pty || o.interactive, pty.has_value(), true);
     raw.reset();
     if (!end) return report(end.error());
-    (void)(*c)->call({{"op", "remove"}, {"session", sid}});
+    (void)(*c)->call(protocol::Remove{sid});
     return end->status ? finish(*end->status, o.timeout) : 0;
   }
   // Attached without a terminal: our own stdio goes to the payload with
@@ -505,13 +517,13 @@ int run_service(const Global& g, const RunOptions& o) {
   auto devnull = open_fd("/dev/null", O_RDWR);
   if (!devnull) return report(devnull.error());
   int fds[3] = {o.interactive ? STDIN_FILENO : devnull->get(), STDOUT_FILENO, STDERR_FILENO};
-  req["stdio"] = "passed";
-  req["stdin"] = false;
+  req.stdio = protocol::Launch::Stdio::Passed;
+  req.stdin_open = false;
   SignalFd sig;
   auto r = (*c)->call(req, fds);
   if (!r) return report(r.error());
   uint64_t sid = (*r)["session"].get<uint64_t>();
-  auto wait_id = (*c)->send({{"op", "wait"}, {"session", sid}});
+  auto wait_id = (*c)->send(protocol::Wait{sid});
   if (!wait_id) return report(wait_id.error());
   for (;;) {
     pollfd p[2] = {{(*c)->fd(), POLLIN, 0}, {sig.fd.get(), POLLIN, 0}};
@@ -522,7 +534,7 @@ int run_service(const Global& g, const RunOptions& o) {
       if (!m->data && j.value("id", json()).is_number_unsigned() &&
           j["id"].get<uint64_t>() == *wait_id) {
         if (!j.value("ok", false)) return report(error_from_json(j["error"]));
-        (void)(*c)->call({{"op", "remove"}, {"session", sid}});
+        (void)(*c)->call(protocol::Remove{sid});
         return finish(status_from_json(j["status"]), o.timeout);
       }
       if (!m->data && j.value("event", "") == "shutdown")
@@ -534,7 +546,7 @@ int run_service(const Global& g, const RunOptions& o) {
       signalfd_siginfo si;
       while (::read(sig.fd.get(), &si, sizeof si) == sizeof si)
         if (si.ssi_signo != SIGWINCH)
-          (void)(*c)->send({{"op", "signal"}, {"session", sid}, {"signal", si.ssi_signo}});
+          (void)(*c)->send(protocol::Signal{sid, static_cast<int>(si.ssi_signo)});
     }
   }
 }
@@ -549,7 +561,7 @@ std::string fmt_status(const json& e) {
 int verb_ps(const Global& g) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "list"}});
+  auto r = (*c)->call(protocol::List{});
   if (!r) return report(r.error());
   if (g.json) {
     print_json((*r)["sessions"]);
@@ -572,7 +584,7 @@ int verb_ps(const Global& g) {
 int verb_executors(const Global& g) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "executors"}});
+  auto r = (*c)->call(protocol::ListExecutors{});
   if (!r) return report(r.error());
   if (g.json) {
     print_json((*r)["executors"]);
@@ -586,22 +598,20 @@ int verb_executors(const Global& g) {
   return 0;
 }
 
-int verb_attach(const Global& g, const json& sid, bool interactive, const std::string& keys_spec,
-                bool sig_proxy) {
+int verb_attach(const Global& g, const protocol::SessionRef& sid, bool interactive,
+                const std::string& keys_spec, bool sig_proxy) {
   auto keys = parse_detach_keys(keys_spec);
   if (!keys) return report(keys.error());
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r =
-      (*c)->call({{"op", "attach"}, {"session", sid}, {"stdout_offset", 0}, {"stderr_offset", 0}});
+  auto r = (*c)->call(protocol::Attach{sid, 0, 0});
   if (!r) return report(r.error());
   const bool pty = (*r).value("pty", false);
   std::optional<RawTerminal> raw;
   if (pty) {
     raw.emplace(STDIN_FILENO);
     if (auto ws = window_size(STDIN_FILENO))
-      (void)(*c)->send(
-          {{"op", "resize"}, {"session", sid}, {"rows", ws->rows}, {"cols", ws->cols}});
+      (void)(*c)->send(protocol::Resize{sid, ws->rows, ws->cols});
   }
   auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), interactive || pty, pty,
                             sig_proxy, *keys);
@@ -610,15 +620,11 @@ int verb_attach(const Global& g, const json& sid, bool interactive, const std::s
   return end->status ? end->status->code() : 0;
 }
 
-int verb_logs(const Global& g, const json& sid, bool follow, size_t tail) {
+int verb_logs(const Global& g, const protocol::SessionRef& sid, bool follow, size_t tail) {
   auto c = dial(g);
   if (!c) return report(c.error());
   if (tail == 0) {
-    auto r = (*c)->call({{"op", "attach"},
-                         {"session", sid},
-                         {"stdout_offset", 0},
-                         {"stderr_offset", 0},
-                         {"follow", follow}});
+    auto r = (*c)->call(protocol::Attach{sid, 0, 0, follow});
     if (!r) return report(r.error());
     auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), false, false, false);
     if (!end) return report(end.error());
@@ -626,11 +632,7 @@ int verb_logs(const Global& g, const json& sid, bool follow, size_t tail) {
   }
   // --tail: collect what is buffered, print the last lines of each stream,
   // then follow from where the replay ended.
-  auto r = (*c)->call({{"op", "attach"},
-                       {"session", sid},
-                       {"stdout_offset", 0},
-                       {"stderr_offset", 0},
-                       {"follow", false}});
+  auto r = (*c)->call(protocol::Attach{sid, 0, 0, false});
   if (!r) return report(r.error());
   std::string text[2];
   uint64_t ends[2] = {0, 0};
@@ -641,12 +643,15 @@ int verb_logs(const Global& g, const json& sid, bool follow, size_t tail) {
       text[m->stream == protocol::StreamId::Stderr ? 1 : 0] += m->bytes;
       continue;
     }
-    const std::string ev = m->control.value("event", "");
-    if (ev == "end") {
-      ends[0] = m->control.value("stdout", uint64_t{0});
-      ends[1] = m->control.value("stderr", uint64_t{0});
+    if (!m->control.contains("event")) continue;
+    auto ev = protocol::parse_event(m->control);
+    if (!ev) return report(ev.error());
+    if (!*ev) continue;
+    if (const auto* end = std::get_if<protocol::EndEvent>(&**ev)) {
+      ends[0] = end->stdout_end;
+      ends[1] = end->stderr_end;
       done = true;
-    } else if (ev == "exit") {
+    } else if (std::holds_alternative<protocol::ExitEvent>(**ev)) {
       done = true;
       follow = false;
     }
@@ -660,8 +665,7 @@ int verb_logs(const Global& g, const json& sid, bool follow, size_t tail) {
     (void)write_all(i == 0 ? STDOUT_FILENO : STDERR_FILENO, std::string_view(text[i]).substr(at));
   }
   if (!follow) return 0;
-  auto f = (*c)->call(
-      {{"op", "attach"}, {"session", sid}, {"stdout_offset", ends[0]}, {"stderr_offset", ends[1]}});
+  auto f = (*c)->call(protocol::Attach{sid, ends[0], ends[1]});
   if (!f) return report(f.error());
   auto end = stream_session(**c, (*f)["session"].get<uint64_t>(), false, false, false);
   if (!end) return report(end.error());
@@ -680,7 +684,7 @@ int verb_simple(const Global& g, json req) {
 // `stats`: one line per sample, as `podman stats` shows them; CPU % over the
 // last interval. Without --no-stream, a sample a second until the session
 // has exited (or the caller stops us).
-int verb_stats(const Global& g, const json& sid, bool no_stream) {
+int verb_stats(const Global& g, const protocol::SessionRef& sid, bool no_stream) {
   auto c = dial(g);
   if (!c) return report(c.error());
   if (!g.json)
@@ -689,7 +693,7 @@ int verb_stats(const Global& g, const json& sid, bool no_stream) {
   uint64_t last_cpu = 0;
   auto last_t = std::chrono::steady_clock::now();
   for (bool first = true;; first = false) {
-    auto r = (*c)->call({{"op", "stats"}, {"session", sid}});
+    auto r = (*c)->call(protocol::Stats{sid});
     if (!r) return report(r.error());
     const json& st = (*r)["stats"];
     const auto now = std::chrono::steady_clock::now();
@@ -723,10 +727,10 @@ int verb_stats(const Global& g, const json& sid, bool no_stream) {
 }
 
 // `top`: the session's processes, as `podman top` lists them.
-int verb_top(const Global& g, const json& sid) {
+int verb_top(const Global& g, const protocol::SessionRef& sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "top"}, {"session", sid}});
+  auto r = (*c)->call(protocol::Top{sid});
   if (!r) return report(r.error());
   if (g.json) {
     print_json((*r)["processes"]);
@@ -748,7 +752,7 @@ int verb_top(const Global& g, const json& sid) {
   return 0;
 }
 
-json session_key(const std::string& ref);
+protocol::SessionRef session_key(const std::string& ref);
 
 // A `cp` argument: SESSION:PATH (the session part holds no '/'), else a
 // local path ("-" for stdin or stdout).
@@ -789,11 +793,10 @@ int verb_cp(const Global& g, const std::string& src_arg, const std::string& dst_
   auto pipe = make_pipe();
   if (!pipe) return report(pipe.error());
   const int theirs = in ? pipe->read.get() : pipe->write.get();
-  auto id = (*c)->send({{"op", "cp"},
-                        {"session", session_key(*remote.session)},
-                        {"direction", in ? "in" : "out"},
-                        {"path", remote.path}},
-                       std::span<const int>(&theirs, 1));
+  auto id = (*c)->send(
+      protocol::Cp{session_key(*remote.session),
+                   in ? protocol::Cp::Direction::In : protocol::Cp::Direction::Out, remote.path},
+      std::span<const int>(&theirs, 1));
   if (!id) return report(id.error());
   (in ? pipe->read : pipe->write).reset();
   Status moved;
@@ -840,7 +843,7 @@ int verb_cp(const Global& g, const std::string& src_arg, const std::string& dst_
 int verb_events(const Global& g) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "events"}});
+  auto r = (*c)->call(protocol::Events{});
   if (!r) return report(r.error());
   for (;;) {
     auto m = (*c)->next();
@@ -852,10 +855,10 @@ int verb_events(const Global& g) {
 }
 
 // `inspect`: the service's JSON, as `podman inspect` prints its own.
-int verb_inspect(const Global& g, const json& sid) {
+int verb_inspect(const Global& g, const protocol::SessionRef& sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "inspect"}, {"session", sid}});
+  auto r = (*c)->call(protocol::Inspect{sid});
   if (!r) return report(r.error());
   json out = *r;
   out.erase("id");
@@ -864,27 +867,23 @@ int verb_inspect(const Global& g, const json& sid) {
   return 0;
 }
 
-int verb_wait(const Global& g, const json& sid) {
+int verb_wait(const Global& g, const protocol::SessionRef& sid) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  auto r = (*c)->call({{"op", "wait"}, {"session", sid}});
+  auto r = (*c)->call(protocol::Wait{sid});
   if (!r) return report(r.error());
   if (g.json) print_json((*r)["status"]);
   return status_from_json((*r)["status"]).code();
 }
 
-int kill_signal(const std::string& s) {
-  if (!s.empty() && std::all_of(s.begin(), s.end(), ::isdigit)) return std::stoi(s);
-  return -1;
-}
 // A session as the user names it: digits are an id; anything else is a
 // name, which the service resolves. (At most 19 digits: always a uint64_t;
 // longer ones go as a string, which the service refuses as a name.)
-json session_key(const std::string& ref) {
+protocol::SessionRef session_key(const std::string& ref) {
   const bool digits =
       !ref.empty() && ref.size() <= 19 &&
       std::all_of(ref.begin(), ref.end(), [](unsigned char ch) { return ch >= '0' && ch <= '9'; });
-  return digits ? json(std::stoull(ref)) : json(ref);
+  return digits ? protocol::SessionRef(std::stoull(ref)) : protocol::SessionRef(ref);
 }
 
 // --- end service verbs ------------------------------------------------------
@@ -1029,7 +1028,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cloister: INVALID: %s\n", e.what());
     return 125;
   }
-  const json sid = session_key(sref);
+  const protocol::SessionRef sid = session_key(sref);
   if (sub->parsed() && !exec.session.empty()) {
     if (exec.command.size() || exec.state_dir.size())
       return report(
@@ -1077,10 +1076,9 @@ int main(int argc, char** argv) {
   if (attach_cmd->parsed()) return verb_attach(global, sid, interactive, detach_keys, sig_proxy);
   if (logs_cmd->parsed()) return verb_logs(global, sid, follow, tail);
   if (kill_cmd->parsed()) {
-    json req = {{"op", "signal"}, {"session", sid}};
-    int n = kill_signal(sig);
-    req["signal"] = n > 0 ? json(n) : json(sig);
-    return verb_simple(global, req);
+    auto n = signals::parse(sig);
+    if (!n) return report(n.error());
+    return verb_simple(global, protocol::to_json(protocol::Signal{sid, *n}));
   }
   if (wait_cmd->parsed()) return verb_wait(global, sid);
   if (stats_cmd->parsed()) return verb_stats(global, sid, no_stream);
@@ -1088,7 +1086,6 @@ int main(int argc, char** argv) {
   if (inspect_cmd->parsed()) return verb_inspect(global, sid);
   if (app.got_subcommand("events")) return verb_events(global);
   if (cp_cmd->parsed()) return verb_cp(global, cp_src, cp_dst);
-  if (rm_cmd->parsed())
-    return verb_simple(global, {{"op", "remove"}, {"session", sid}, {"force", force}});
+  if (rm_cmd->parsed()) return verb_simple(global, protocol::to_json(protocol::Remove{sid, force}));
   return 125;
 }
