@@ -306,7 +306,7 @@ Result<ImageRecord> import_image(const Store& store, BlobSource& source, const D
     if (auto s = store.put_blob(t, d); !s) return fail(s.error());
   if (auto s = store.put_blob(*config_text, cdesc.digest); !s) return fail(s.error());
   rec.created = static_cast<int64_t>(::time(nullptr));
-  if (auto s = store.put_image(rec); !s) return fail(s.error());
+  if (auto s = store.put_image(rec, opt.event); !s) return fail(s.error());
   return rec;
 }
 

@@ -98,6 +98,7 @@ struct ImportOptions {
   std::function<void(size_t, uint64_t, uint64_t)> progress;
   // Called once per layer with whether it was already present.
   std::function<void(size_t, const Descriptor&, bool cached)> layer_done;
+  std::string event = "pulled";  // the store's event for it (oci/events.h): "loaded" by load
 };
 
 // Imports the image whose top document (index or manifest) is `top`, and

@@ -125,7 +125,9 @@ Result<std::vector<ImageRecord>> load_layout(const Store& store, const std::stri
     }
     auto ref = parse_reference(refname);
     if (!ref) return fail(ref.error().wrap("load " + dir));
-    auto rec = import_image(store, source, d, ref->str(), opt);
+    ImportOptions loading = opt;
+    loading.event = "loaded";
+    auto rec = import_image(store, source, d, ref->str(), loading);
     if (!rec) return fail(rec.error().wrap("load " + dir + " (" + ref->str() + ")"));
     out.push_back(std::move(*rec));
   }

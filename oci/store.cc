@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "oci/events.h"
 #include "oci/layer.h"
 
 namespace cloister::oci {
@@ -282,10 +283,17 @@ Result<bool> Store::ensure_layer(const Digest& chain,
   return true;
 }
 
-Status Store::put_image(const ImageRecord& r) const {
+Status Store::put_image(const ImageRecord& r, std::string_view action) const {
   auto tmp = stage_name("image");
-  return write_atomic(*tmp, root_ + "/images/" + record_name(r.reference) + ".json",
-                      record_json(r).dump(2));
+  if (!tmp) return fail(tmp.error());
+  if (auto s = write_atomic(*tmp, root_ + "/images/" + record_name(r.reference) + ".json",
+                            record_json(r).dump(2));
+      !s)
+    return s;
+  // The image is stored either way: a log that cannot be written costs
+  // subscribers an event, not the caller its pull.
+  (void)record_store_event(root_, {std::string(action), r.reference, r.manifest.str(), {}});
+  return {};
 }
 
 Result<ImageRecord> Store::get_image(const std::string& reference) const {
@@ -316,11 +324,14 @@ Result<std::vector<ImageRecord>> Store::list_images() const {
 
 Status Store::remove_image(const std::string& reference) const {
   const std::string p = root_ + "/images/" + record_name(reference) + ".json";
+  auto was = get_image(reference);
   if (::unlink(p.c_str()) != 0) {
     if (errno == ENOENT)
       return fail(make_error(ErrorKind::NotFound, "image " + reference + " is not in the store"));
     return fail(sys_error("remove " + p));
   }
+  (void)record_store_event(root_,
+                           {"removed", reference, was ? was->manifest.str() : std::string(), {}});
   return {};
 }
 

@@ -7,6 +7,7 @@
 //                                 diff_id, compressed digest and sizes
 //   images/<sha256(ref)>.json     image record: reference -> manifest, config,
 //                                 chain ids
+//   events.jsonl                  pulled, loaded, removed (oci/events.h)
 //   tmp/                          staging; renamed into place when complete
 //   locks/                        flock(2) files
 //
@@ -25,6 +26,7 @@
 #include <optional>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "isolate/error.h"
@@ -105,7 +107,9 @@ class Store {
   Result<bool> ensure_layer(const Digest& chain,
                             const std::function<Result<std::string>(int rootfs_fd)>& make) const;
 
-  Status put_image(const ImageRecord& r) const;
+  // Records the image and appends `action` (pulled, loaded) to the event
+  // log (oci/events.h); rmi appends removed.
+  Status put_image(const ImageRecord& r, std::string_view action = "pulled") const;
   Result<ImageRecord> get_image(const std::string& reference) const;
   Result<std::vector<ImageRecord>> list_images() const;
   Status remove_image(const std::string& reference) const;

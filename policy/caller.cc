@@ -79,6 +79,8 @@ std::string_view action_name(Action a) {
       return "session.exec";
     case Action::SessionCp:
       return "session.cp";
+    case Action::ImageEvents:
+      return "image.events";
   }
   return "?";
 }
@@ -131,6 +133,9 @@ Decision CallerRules::decide(const Caller& c, const Request& req) const {
         break;
       case Action::SessionCp:
         ok = r.session_cp && grants_executor(r, req.executor);
+        break;
+      case Action::ImageEvents:
+        ok = r.image_events;
         break;
     }
     if (ok) return {true, "rule at " + r.origin};

@@ -74,7 +74,8 @@ enum class Action {
   SessionSignal,
   SessionRemove,
   SessionExec,
-  SessionCp
+  SessionCp,
+  ImageEvents  // the image store's events (pulled, loaded, removed) through `events`
 };
 std::string_view action_name(Action a);  // "exec.get", ...
 
@@ -103,6 +104,7 @@ class CallerRules {
     bool session_remove = false;
     bool session_exec = false;
     bool session_cp = false;
+    bool image_events = false;
     uint64_t max_processes = 0;  // per caller uid, 0 = no limit
   };
   std::vector<Rule> rules;

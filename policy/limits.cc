@@ -2,12 +2,14 @@
 
 namespace cloister::policy {
 
-Result<Slot> Counters::acquire(const std::string& key, uint64_t max, const std::string& what) {
+Result<Slot> Counters::acquire(const std::string& key, uint64_t max, const std::string& what,
+                               std::string_view unit) {
   std::lock_guard lk(mu_);
   uint64_t& n = used_[key];
   if (max > 0 && n >= max)
     return fail(make_error(ErrorKind::Limit, what + ": " + std::to_string(n) + " of " +
-                                                 std::to_string(max) + " processes running"));
+                                                 std::to_string(max) + " " + std::string(unit) +
+                                                 " running"));
   ++n;
   // The slot keeps the counters alive: a Process may outlive its Executor.
   return Slot([self = shared_from_this(), key] {

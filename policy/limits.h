@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "isolate/error.h"
@@ -48,8 +49,9 @@ class Slot {
 class Counters : public std::enable_shared_from_this<Counters> {
  public:
   static std::shared_ptr<Counters> make() { return std::make_shared<Counters>(); }
-  // LIMIT "<what>: N of N processes running" when full.
-  Result<Slot> acquire(const std::string& key, uint64_t max, const std::string& what);
+  // LIMIT "<what>: N of N <unit> running" when full.
+  Result<Slot> acquire(const std::string& key, uint64_t max, const std::string& what,
+                       std::string_view unit = "processes");
   uint64_t in_use(const std::string& key) const;
 
  private:

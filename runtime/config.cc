@@ -1466,9 +1466,10 @@ Status check_documents(const Parser& parser, const std::string& text) {
 Status Parser::callers(const Field& f, Config& config) const {
   auto items = sequence(f);
   if (!items) return fail(items.error());
-  static constexpr std::string_view kKeys[] = {
-      "users",          "groups",         "exec.get",     "exec.run",   "session.attach",
-      "session.signal", "session.remove", "session.exec", "session.cp", "max_processes"};
+  static constexpr std::string_view kKeys[] = {"users",          "groups",         "exec.get",
+                                               "exec.run",       "session.attach", "session.signal",
+                                               "session.remove", "session.exec",   "session.cp",
+                                               "image.events",   "max_processes"};
   auto rules = std::make_shared<policy::CallerRules>();
   for (const auto& item : *items) {
     auto entries = mapping(item, kKeys);
@@ -1525,6 +1526,7 @@ Status Parser::callers(const Field& f, Config& config) const {
          : e.key == "session.signal" ? r.session_signal
          : e.key == "session.exec"   ? r.session_exec
          : e.key == "session.cp"     ? r.session_cp
+         : e.key == "image.events"   ? r.image_events
                                      : r.session_remove) = *v;
       }
     }

@@ -478,12 +478,27 @@ json to_json(const SessionEvent& m) {
   return j;
 }
 
+json to_json(const ImageEvent& m) {
+  return {{"event", "image"},
+          {"action", m.action},
+          {"image", m.image},
+          {"digest", m.digest},
+          {"time", m.time}};
+}
+
 Result<std::optional<Event>> parse_event(const json& j) {
   using Out = Result<std::optional<Event>>;
   const json* kind = get(j, "event");
   if (!kind || !kind->is_string()) return fail(field_error("event", "(a string) is required"));
   const std::string ev = kind->get<std::string>();
   if (ev == "shutdown") return Out(Event(ShutdownEvent{}));
+  if (ev == "image") {
+    ImageEvent m;
+    for (auto check : {str(j, "action", m.action, true), str(j, "image", m.image, true),
+                       str(j, "digest", m.digest), str(j, "time", m.time)})
+      if (!check) return fail(check.error());
+    return Out(Event(std::move(m)));
+  }
   if (ev == "error") {
     ErrorEvent m;
     m.error = error_from_json(j.value("error", json::object()));
@@ -555,7 +570,7 @@ uint64_t session_of(const Event& e) {
   return std::visit(
       [](const auto& m) -> uint64_t {
         using T = std::decay_t<decltype(m)>;
-        if constexpr (std::is_same_v<T, ShutdownEvent>)
+        if constexpr (std::is_same_v<T, ShutdownEvent> || std::is_same_v<T, ImageEvent>)
           return 0;
         else if constexpr (std::is_same_v<T, ErrorEvent>)
           return m.session.value_or(0);

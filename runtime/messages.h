@@ -240,8 +240,13 @@ struct SessionEvent {
   bool run = false;
   std::optional<ExitStatus> status;  // exited
 };
+// The image store's (oci/events.h), to subscribers granted image.events.
+struct ImageEvent {
+  std::string action;  // pulled, loaded, removed
+  std::string image, digest, time;
+};
 using Event = std::variant<EofEvent, ExitEvent, EvictedEvent, EndEvent, StdinEvent, RemovedEvent,
-                           ShutdownEvent, ErrorEvent, SessionEvent>;
+                           ShutdownEvent, ErrorEvent, SessionEvent, ImageEvent>;
 
 json to_json(const EofEvent& m);
 json to_json(const ExitEvent& m);
@@ -252,6 +257,7 @@ json to_json(const RemovedEvent& m);
 json to_json(const ShutdownEvent& m);
 json to_json(const ErrorEvent& m);
 json to_json(const SessionEvent& m);
+json to_json(const ImageEvent& m);
 
 // An event frame's message; nullopt for a kind this side does not know (a
 // newer service's), INVALID for a known kind with a bad field.

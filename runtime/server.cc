@@ -30,6 +30,8 @@
 #include "isolate/init_program.h"
 #include "isolate/rlimits.h"
 #include "isolate/signals.h"
+#include "oci/events.h"
+#include "oci/store.h"
 #include "policy/caller.h"
 #include "runtime/copy.h"
 #include "runtime/executor.h"
@@ -56,22 +58,24 @@ constexpr size_t kMaxFdsQueued = 16;
 constexpr const char* kServerName = "cloisterd 0.1.0";
 
 // epoll tags: kind in the top byte, an id below.
-enum Kind : uint64_t { kListen = 1, kSignal, kConn, kOut, kErr, kPid, kStdin, kTop, kExecDone };
+enum Kind : uint64_t {
+  kListen = 1,
+  kSignal,
+  kConn,
+  kOut,
+  kErr,
+  kPid,
+  kStdin,
+  kTop,
+  kExecDone,
+  kImages
+};
 uint64_t tag(Kind k, uint64_t id) {
   return (static_cast<uint64_t>(k) << 56) | id;
 }
 
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-std::string iso_time(std::chrono::system_clock::time_point t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  ::gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // Root, or the socket's group among the peer's groups as the kernel gave
@@ -203,8 +207,9 @@ struct Conn {
   policy::Caller caller;  // SO_PEERCRED and SO_PEERGROUPS, for the policy
   bool allowed = false;
   bool hello = false;
-  bool events = false;   // subscribed with the `events` op
-  bool closing = false;  // close once the output is flushed
+  bool events = false;        // subscribed with the `events` op
+  bool image_events = false;  // and granted image.events: the store's events too
+  bool closing = false;       // close once the output is flushed
   bool want_out = false;
   bool reading = true;
   proto::Decoder dec;
@@ -227,7 +232,9 @@ struct SessionEntry {
   std::set<uint64_t> stdin_waiters;  // connections paused on a full stdin queue
   std::set<uint64_t> stdin_senders;  // connections that sent stdin: they get its acks
   uint64_t stdin_acked = 0;          // the consumed offset last acknowledged
-  bool counted = true;               // in the running counts
+  // Its places in the service's limits (max_sessions and the rest): held
+  // while its payload runs, so an exited session no longer counts.
+  std::vector<policy::Slot> slots;
   bool finished_handled = false;
   bool run_session = false;  // made by op run: removed once answered
   int exit_fd = -1;          // registered for kPid: Process::exit_fd()
@@ -266,12 +273,17 @@ struct Server::Impl {
   std::map<uint64_t, std::unique_ptr<ExecStart>> exec_starts;
   uint64_t next_exec = 1;
   Fd exec_done;  // eventfd (kExecDone): an exec start's or a copy's thread is done
+  // The image store's event log (kImages), followed from the service's
+  // start; absent where the store cannot be opened (said in the log).
+  std::optional<oci::StoreEventFollower> store_events;
   std::map<uint64_t, std::shared_ptr<Copy>> copies;
   uint64_t next_copy = 1;
   std::vector<uint64_t> resumed;  // connections to handle buffered frames of
-  size_t running = 0;
-  std::map<std::string, size_t> running_by_executor;
-  std::map<uid_t, size_t> running_by_uid;
+  // The service's session limits, as the policy's counters (policy/limits.h)
+  // keyed "sessions", "executor:NAME" and "uid:N": a session takes its
+  // places when it is prepared (an exec still starting counts) and gives
+  // them back when its payload has exited.
+  std::shared_ptr<policy::Counters> limits = policy::Counters::make();
   bool stopping = false;
   Clock::time_point stop_deadline, last_tick;
 
@@ -463,17 +475,25 @@ struct Server::Impl {
     m.session = s.id();
     m.executor = s.spec().executor;
     m.owner_uid = s.spec().owner;
-    m.time = iso_time(std::chrono::system_clock::now());
+    m.time = oci::iso_utc(std::chrono::system_clock::now());
     m.name = s.spec().name;
     m.run = e.run_session;
     if (std::string_view(action) == "exited") m.status = s.status();
-    const json ev = proto::to_json(m);
-    // A subscriber that does not read is dropped, not buffered for without
-    // end: its queue is its own events and whatever else it had asked for.
-    // (Marked, and closed by tick(): this may run inside a request of that
-    // very connection.)
+    broadcast(proto::to_json(m), [&](Conn& c) { return may_see(c, s); });
+  }
+  void on_store_events() {
+    for (auto& e : store_events->read())
+      broadcast(proto::to_json(proto::ImageEvent{e.action, e.image, e.digest, e.time}),
+                [](Conn& c) { return c.image_events; });
+  }
+  // A subscriber that does not read is dropped, not buffered for without
+  // end: its queue is its own events and whatever else it had asked for.
+  // (Marked, and closed by tick(): this may run inside a request of that
+  // very connection.)
+  template <class Sees>
+  void broadcast(const json& ev, const Sees& sees) {
     for (auto& [cid, c] : conns) {
-      if (!c->events || c->closing || !may_see(*c, s)) continue;
+      if (!c->events || c->closing || !sees(*c)) continue;
       if (c->queued() > kEventBacklog) {
         log("events: connection " + std::to_string(cid) + " reads too slowly, closed");
         c->out.clear();
@@ -530,13 +550,7 @@ struct Server::Impl {
     publish(e, "exited");
     check_finished(e);
   }
-  void uncount(SessionEntry& e) {
-    if (!e.counted) return;
-    e.counted = false;
-    --running;
-    --running_by_executor[e.s->spec().executor];
-    --running_by_uid[e.s->spec().owner];
-  }
+  void uncount(SessionEntry& e) { e.slots.clear(); }
   void check_finished(SessionEntry& e) {
     if (e.finished_handled || !e.s->finished()) return;
     e.finished_handled = true;
@@ -687,6 +701,7 @@ struct Server::Impl {
     std::unique_ptr<Process> proc;
     SessionSpec spec;
     bool run = false;
+    std::vector<policy::Slot> slots;  // in the service's limits
   };
   // An `exec` being started. Its process joins a sandbox whose own
   // processes can hold the start up (isolate/spawn.h, kJoinStartDeadline),
@@ -940,27 +955,19 @@ struct Server::Impl {
     if (!log_file->empty() &&
         (log_file->find('/') != std::string::npos || *log_file == "." || *log_file == ".."))
       return fail(invalid("log_file is a plain file name, created in " + sc.log_dir));
-    // Limits, before anything forks; an exec still starting counts.
+    // Limits, before anything forks.
     const uid_t uid = c.cred.uid;
-    size_t starting = 0, starting_here = 0, starting_own = 0;
-    for (const auto& [xid, x] : exec_starts) {
-      ++starting;
-      starting_here += x->prep.spec.executor == exname;
-      starting_own += x->prep.spec.owner == uid;
+    std::vector<policy::Slot> slots;
+    for (auto [key, max, what] : {std::tuple{std::string("sessions"), sc.max_sessions,
+                                             std::string("the service (max_sessions)")},
+                                  {"executor:" + exname, sc.max_sessions_per_executor,
+                                   "executor '" + exname + "' (max_sessions_per_executor)"},
+                                  {"uid:" + std::to_string(uid), sc.max_sessions_per_caller,
+                                   "uid " + std::to_string(uid) + " (max_sessions_per_caller)"}}) {
+      auto slot = limits->acquire(key, max, what, "sessions");
+      if (!slot) return fail(slot.error());
+      slots.push_back(std::move(*slot));
     }
-    if (running + starting >= sc.max_sessions)
-      return fail(make_error(ErrorKind::Limit, "the service runs " + std::to_string(running) +
-                                                   " sessions, the maximum (max_sessions)"));
-    if (sc.max_sessions_per_executor &&
-        running_by_executor[exname] + starting_here >= sc.max_sessions_per_executor)
-      return fail(make_error(ErrorKind::Limit, "executor '" + exname +
-                                                   "' runs its maximum of sessions "
-                                                   "(max_sessions_per_executor)"));
-    if (sc.max_sessions_per_caller &&
-        running_by_uid[uid] + starting_own >= sc.max_sessions_per_caller)
-      return fail(make_error(ErrorKind::Limit, "uid " + std::to_string(uid) +
-                                                   " runs its maximum of sessions "
-                                                   "(max_sessions_per_caller)"));
     req.caller = c.caller;  // exec.get, exec.run and limits are checked against it
     auto proc = (*ex)->exec(std::move(req));
     if (!proc) return fail(proc.error());
@@ -1000,21 +1007,17 @@ struct Server::Impl {
     // (docs/protocol.md): its session keeps the newest bytes, as its buffer
     // does, not the first max_output of them.
     spec.max_output = run ? 0 : m.max_output.value_or(0);
-    return Prepared{std::move(*proc), std::move(spec), run};
+    return Prepared{std::move(*proc), std::move(spec), run, std::move(slots)};
   }
   // A started process becomes a session.
   uint64_t enroll(Prepared p) {
     p.spec.id = next_session++;
     const uint64_t sid = p.spec.id;
-    const std::string exname = p.spec.executor;
-    const uid_t uid = p.spec.owner;
     SessionEntry& e = sessions[sid];
     e.s = std::make_unique<Session>(std::move(p.spec), std::move(p.proc));
     e.run_session = p.run;
     if (!e.s->spec().name.empty()) names[{e.s->spec().owner, e.s->spec().name}] = sid;
-    ++running;
-    ++running_by_executor[exname];
-    ++running_by_uid[uid];
+    e.slots = std::move(p.slots);
     for (int i = 0; i < 2; ++i)
       if (e.s->output_fd(i) >= 0 && !e.s->output_eof(i)) {
         ep(EPOLL_CTL_ADD, e.s->output_fd(i), EPOLLIN, tag(i == 0 ? kOut : kErr, sid));
@@ -1057,7 +1060,7 @@ struct Server::Impl {
               {"argv", s.spec().argv},
               {"pid", s.process().pid()},
               {"state", s.finished() ? "exited" : (s.exited() ? "exiting" : "running")},
-              {"started_at", iso_time(s.started_wall)},
+              {"started_at", oci::iso_utc(s.started_wall)},
               {"owner_uid", s.spec().owner},
               {"detached", s.spec().detached},
               {"pty", s.spec().pty},
@@ -1334,7 +1337,12 @@ struct Server::Impl {
 
   void op_events(const Request& rq, const proto::Events& m) {
     rq.c.events = m.enabled;
-    return reply_ok(rq.c, rq.id, {{"events", rq.c.events}});
+    // Image references can name what a tenant works on: they go to root
+    // and to callers granted image.events, decided once, at subscribing.
+    rq.c.image_events =
+        m.enabled && store_events &&
+        policy::decide(config.callers.get(), rq.c.caller, {policy::Action::ImageEvents}).allowed;
+    return reply_ok(rq.c, rq.id, {{"events", rq.c.events}, {"images", rq.c.image_events}});
   }
 
   void op_list(const Request& rq, const proto::List&) {
@@ -1812,13 +1820,32 @@ struct Server::Impl {
         (sc.shutdown == ShutdownMode::Wait ? sc.shutdown_grace : std::chrono::milliseconds(0));
   }
 
+  // The store the executors pull into is where the CLI pulls, loads and
+  // removes too: its event log is followed from now.
+  void follow_store() {
+    auto root = oci::resolve_state_dir(config.images.state_dir);
+    auto store = root ? oci::Store::open(*root) : Result<oci::Store>(fail(root.error()));
+    auto f = store ? oci::StoreEventFollower::open(store->root())
+                   : Result<oci::StoreEventFollower>(fail(store.error()));
+    if (!f) {
+      store_note = "image events: none (" + f.error().what() + ")";
+      return;
+    }
+    store_events = std::move(*f);
+    ep(EPOLL_CTL_ADD, store_events->fd(), EPOLLIN, tag(kImages, 0));
+  }
+  std::string store_note;  // logged once the log is set
+
   Status run() {
+    if (!store_note.empty()) log(store_note);
     ready();
     epoll_event evs[64];
     for (;;) {
       // Every payload gone is not enough: their last output and exit events
       // must reach the clients still attached (until the deadline).
-      if (stopping && ((running == 0 && drained()) || Clock::now() >= stop_deadline)) break;
+      if (stopping && ((limits->in_use("sessions") == exec_starts.size() && drained()) ||
+                       Clock::now() >= stop_deadline))
+        break;
       int n = ::epoll_wait(epoll.get(), evs, 64, 100);
       if (n < 0 && errno != EINTR) return fail(sys_error("epoll_wait"));
       for (int i = 0; i < n; ++i) {
@@ -1850,6 +1877,9 @@ struct Server::Impl {
             break;
           case kExecDone:
             on_exec_done();
+            break;
+          case kImages:
+            on_store_events();
             break;
           case kStdin: {
             auto it = sessions.find(id);
@@ -1975,6 +2005,7 @@ Result<std::unique_ptr<Server>> Server::create(Config config, Fd listener,
   impl->exec_done = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!impl->exec_done) return fail(sys_error("eventfd"));
   impl->ep(EPOLL_CTL_ADD, impl->exec_done.get(), EPOLLIN, tag(kExecDone, 0));
+  impl->follow_store();
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

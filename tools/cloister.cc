@@ -848,7 +848,12 @@ int verb_events(const Global& g) {
   for (;;) {
     auto m = (*c)->next();
     if (!m) return report(m.error());
-    if (m->data || m->control.value("event", "") != "session") continue;
+    if (m->data) continue;
+    auto ev = protocol::parse_event(m->control);
+    if (!ev) return report(ev.error());
+    if (!*ev || !(std::holds_alternative<protocol::SessionEvent>(**ev) ||
+                  std::holds_alternative<protocol::ImageEvent>(**ev)))
+      continue;
     print_json(m->control);
     std::fflush(stdout);
   }
@@ -1006,7 +1011,9 @@ int main(int argc, char** argv) {
   stats_cmd->add_flag("--no-stream", no_stream, "one sample, then exit");
   auto* top_cmd = app.add_subcommand("top", "list a session's processes");
   top_cmd->add_option("session", sref, "session id or name")->required();
-  app.add_subcommand("events", "session events (created, started, oom, exited, removed)");
+  app.add_subcommand("events",
+                     "session events (created, started, oom, exited, removed) and, to root "
+                     "and callers granted image.events, image events (pulled, loaded, removed)");
   auto* inspect_cmd =
       app.add_subcommand("inspect", "a session as JSON: spec, state, exit status, usage");
   inspect_cmd->add_option("session", sref, "session id or name")->required();

@@ -804,6 +804,36 @@ TEST(Service, ConcurrencyLimitsAnswerLimit) {
   EXPECT_TRUE(start());
 }
 
+// The limits count sessions whose payload runs, execs among them, and an
+// exited session gives its place back before it is removed.
+TEST(Service, LimitsCountExecsAndFreeAtExit) {
+  Daemon d("  max_sessions: 2\n  max_sessions_per_executor: 2\n");
+  auto c = connect_ok(d.socket);
+  auto a = c->call(
+      {{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"sleep", "30"}}});
+  ASSERT_TRUE(a) << a.error().what();
+  auto x = c->call({{"op", "exec"},
+                    {"session", (*a)["session"]},
+                    {"detached", true},
+                    {"argv", {"sleep", "30"}}});
+  ASSERT_TRUE(x) << x.error().what();
+  auto full =
+      c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"true"}}});
+  ASSERT_FALSE(full);
+  EXPECT_EQ(full.error().kind, ErrorKind::Limit);
+  EXPECT_NE(full.error().message.find("(max_sessions): 2 of 2 sessions"), std::string::npos)
+      << full.error().what();
+  auto more = c->call({{"op", "exec"}, {"session", (*a)["session"]}, {"argv", {"true"}}});
+  ASSERT_FALSE(more);
+  EXPECT_EQ(more.error().kind, ErrorKind::Limit);
+  ASSERT_TRUE(c->call({{"op", "signal"}, {"session", (*x)["session"]}, {"signal", "KILL"}}));
+  auto w = call_within(*c, {{"op", "wait"}, {"session", (*x)["session"]}}, 5s);
+  ASSERT_TRUE(w) << w.error().what();
+  auto again =
+      c->call({{"op", "start"}, {"executor", "shell"}, {"detached", true}, {"argv", {"true"}}});
+  EXPECT_TRUE(again) << again.error().what();
+}
+
 TEST(Service, MaxRunAfterDisconnect) {
   Daemon d("  max_run_after_disconnect: 300ms\n");
   uint64_t sid = 0;
@@ -1053,6 +1083,74 @@ TEST(Service, SessionNamesAndInspect) {
 
 // events: every subscriber gets the events of the sessions it may see, in
 // the order they happen, and nothing of others' sessions.
+// The image store's events reach the service's subscribers from another
+// process's load and rmi (the CLI's), in order, to root; a caller without
+// image.events gets none of them.
+TEST(Service, ImageEventsFromTheStoreToThoseGrantedThem) {
+  TempDir img;
+  const std::string state = load_test_image(img.path, "mkdir -p l1/bin && cp /bin/busybox l1/bin/",
+                                            "--ref localhost/test/ev:1 --layer l1:gzip");
+  ASSERT_FALSE(state.empty());
+  Daemon d(nobody_may_run("true"), "", "images:\n  state_dir: " + state + "\n");
+  ASSERT_EQ(::chmod(d.dir.path.c_str(), 0755), 0);
+  auto sub = connect_ok(d.socket);
+  auto on = sub->call({{"op", "events"}});
+  ASSERT_TRUE(on) << on.error().what();
+  EXPECT_EQ((*on)["images"], true);
+
+  int ready[2], go[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  int nobody_rc = -1;
+  std::thread nobody([&] {
+    nobody_rc = as_user(kNobody, [&] {
+      auto o = Connection::connect(d.socket);
+      if (!o) return 101;
+      auto r = (*o)->call({{"op", "events"}});
+      if (!r || (*r)["images"] != false) return 102;
+      char b = 'r';
+      if (::write(ready[1], &b, 1) != 1 || ::read(go[0], &b, 1) != 1) return 103;
+      // Its own session's events come after every image event the
+      // service has sent by now (root has seen them all).
+      auto run = (*o)->call({{"op", "run"}, {"executor", "shell"}, {"argv", {"true"}}});
+      if (!run) return 104;
+      for (int seen = 0; seen < 4;) {
+        auto m = (*o)->next(5s);
+        if (!m) return 105;
+        if (m->data) continue;
+        if (m->control.value("event", "") == "image") return 106;
+        seen += m->control.value("event", "") == "session";
+      }
+      return 0;
+    });
+  });
+  char b = 0;
+  ASSERT_EQ(::read(ready[0], &b, 1), 1);
+  std::string out;
+  EXPECT_EQ(sh(kCli + " load --state-dir " + state + " --name localhost/test/ev:2 " + img.path +
+                   "/layout 2>&1",
+               &out),
+            0)
+      << out;
+  EXPECT_EQ(sh(kCli + " rmi --state-dir " + state + " localhost/test/ev:1 2>&1", &out), 0) << out;
+  std::vector<std::pair<std::string, std::string>> got;
+  while (got.size() < 2) {
+    auto m = sub->next(5s);
+    ASSERT_TRUE(m) << m.error().what() << " after " << got.size() << " image events";
+    if (m->data || m->control.value("event", "") != "image") continue;
+    EXPECT_TRUE(m->control["digest"].get<std::string>().starts_with("sha256:")) << m->control;
+    EXPECT_TRUE(m->control.contains("time")) << m->control;
+    got.emplace_back(m->control["action"], m->control["image"]);
+  }
+  EXPECT_EQ(got, (std::vector<std::pair<std::string, std::string>>{
+                     {"loaded", "localhost/test/ev:2"}, {"removed", "localhost/test/ev:1"}}));
+  b = 'g';
+  ASSERT_EQ(::write(go[1], &b, 1), 1);
+  nobody.join();
+  EXPECT_EQ(nobody_rc, 0);
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+}
+
 TEST(Service, EventsInOrderForTheSessionsACallerMaySee) {
   Daemon d(nobody_may_run("true"),
            "  - name: small\n"

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../unit/temp_dir.h"
 #include "isolate/userns.h"
 #include "oci/load.h"
 #include "oci/store.h"
@@ -208,15 +209,6 @@ inline bool idmap_supported(const std::string& dir) {
   attr.userns_fd = static_cast<uint64_t>(ns->get());
   return ::mount_setattr(tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) == 0;
 }
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/cloister-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
 
 // Open fds of a process, but for network namespaces: the library keeps a few
 // (network::NetnsPool: its home namespace and up to two ready or being made),

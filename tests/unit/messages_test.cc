@@ -104,9 +104,15 @@ TEST(Messages, EventsRoundTrip) {
   ASSERT_TRUE(sh && *sh);
   EXPECT_EQ(session_of(**sh), 0u);
   // A kind from a newer service is skipped, a known kind with a bad field is not.
-  auto future = parse_event(json::parse(R"({"event":"image","action":"pulled"})"));
+  auto future = parse_event(json::parse(R"({"event":"volume","action":"made"})"));
   ASSERT_TRUE(future);
   EXPECT_FALSE(*future);
+  auto img = parse_event(to_json(ImageEvent{"pulled", "docker.io/library/a:1", "sha256:ab", "t"}));
+  ASSERT_TRUE(img && *img);
+  EXPECT_EQ(std::get<ImageEvent>(**img).image, "docker.io/library/a:1");
+  EXPECT_EQ(session_of(**img), 0u);
+  EXPECT_FALSE(parse_event(json::parse(R"({"event":"image","action":"pulled"})")))
+      << "an image event names its image";
   EXPECT_FALSE(parse_event(
       json::parse(R"({"event":"evicted","session":1,"stream":"stdout","from":9,"to":3})")));
   EXPECT_FALSE(parse_event(json::parse(R"({"event":"eof","session":1,"stream":"stdin"})")));

@@ -22,6 +22,7 @@
 #include "oci/layer.h"
 #include "oci/reference.h"
 #include "oci/store.h"
+#include "temp_dir.h"
 
 namespace cloister::oci {
 namespace {
@@ -119,14 +120,7 @@ std::string run(const std::string& cmd) {
   return out;
 }
 
-struct Tmp {
-  std::string path;
-  Tmp() {
-    char t[] = "/tmp/cloister-oci-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~Tmp() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
+using Tmp = cloister::testing::TempDir;
 
 // A layer dir and, beside it, a sentinel directory on the "host".
 class Apply : public ::testing::Test {

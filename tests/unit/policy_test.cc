@@ -29,6 +29,7 @@
 #include "policy/limits.h"
 #include "policy/paths.h"
 #include "runtime/config.h"
+#include "temp_dir.h"
 
 using namespace cloister;
 using namespace cloister::policy;
@@ -39,15 +40,7 @@ namespace {
 constexpr uid_t kNobody = 65534;
 using Argv = std::vector<std::string>;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/cloister-policy-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string operator/(const std::string& rel) const { return path + "/" + rel; }
-};
+using TempDir = cloister::testing::TempDir;
 
 void write_file(const std::string& path, const std::string& text, mode_t mode = 0755) {
   std::ofstream(path) << text;
@@ -455,6 +448,7 @@ CallerRules sample_rules() {
   carol.run = {*Pattern::parse("**")};
   carol.session_exec = true;
   carol.session_cp = true;
+  carol.image_events = true;
   rules.rules = {devs, alice, carol};
   return rules;
 }
@@ -509,6 +503,11 @@ TEST(PolicyCallers, DecisionTable) {
       {who(kNobody, 65534), session(Action::SessionCp, kNobody), true},
       {who(1002, 1002), session(Action::SessionCp, 0), false},
       {who(1002, 1002), Request{Action::SessionCp, "other", {}, uid_t{0}}, true},
+      // the store's events: root and the rules that grant them
+      {who(0, 0), Request{Action::ImageEvents}, true},
+      {who(1002, 1002), Request{Action::ImageEvents}, true},
+      {who(1001, 1001), Request{Action::ImageEvents}, false},
+      {who(kNobody, 65534), Request{Action::ImageEvents}, false},
   };
   AuditCapture audit;
   for (const auto& c : cases) {
