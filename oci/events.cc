@@ -6,9 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <ctime>
 #include <nlohmann/json.hpp>
+
+#include "oci/store.h"
 
 namespace cloister::oci {
 
@@ -29,13 +32,10 @@ Status write_all(int fd, std::string_view data) {
 // The log for reading, if it is a regular file (a FIFO put there would
 // block a reader without O_NONBLOCK, and never end).
 Fd open_log(const std::string& path, struct stat& st) {
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return Fd();
   Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (fd && (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))) fd.reset();
   return fd;
-}
-
-bool same_file(const struct stat& a, const struct stat& b) {
-  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
 }  // namespace
@@ -57,28 +57,32 @@ Status record_store_event(const std::string& root, StoreEvent e) {
           {"action", e.action}, {"image", e.image}, {"digest", e.digest}, {"time", e.time}}
           .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
       "\n";
-  // One O_APPEND write under the flock. The flock is on the file, so a
-  // writer that opened it before another renamed it away finds, once it
-  // holds the lock, that the path names another file now, and starts over.
-  for (int attempt = 0; attempt < 16; ++attempt) {
+  // Writers take turns on a lock in locks/ (0700: no one else can take it
+  // and hold up a pull), so the size check, the rotation and the append
+  // are one step each.
+  if (::mkdir((root + "/locks").c_str(), 0700) != 0 && errno != EEXIST)
+    return fail(sys_error("event log: mkdir " + root + "/locks"));
+  auto lock = FileLock::acquire(root + "/locks/events.lock", true);
+  if (!lock) return fail(lock.error().wrap("event log"));
+  for (int attempt = 0; attempt < 2; ++attempt) {
     Fd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
-                 0644));
+                 0600));
     if (!fd) return fail(sys_error("event log " + path));
-    while (::flock(fd.get(), LOCK_EX) != 0)
-      if (errno != EINTR) return fail(sys_error("event log " + path + ": flock"));
-    struct stat held {
-    }, named{};
-    if (::fstat(fd.get(), &held) != 0) return fail(sys_error("event log " + path));
-    if (!S_ISREG(held.st_mode)) return fail(invalid("event log " + path + " is not a file"));
-    if (::lstat(path.c_str(), &named) != 0 || !same_file(held, named)) continue;
-    if (static_cast<uint64_t>(held.st_size) >= kEventLogRotateAt) {
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return fail(sys_error("event log " + path));
+    if (!S_ISREG(st.st_mode)) return fail(invalid("event log " + path + " is not a file"));
+    // Readable by the store's owner only, whatever made it: references
+    // go to those granted image.events, not to whoever can list the root.
+    if ((st.st_mode & 077) != 0 && ::fchmod(fd.get(), 0600) != 0)
+      return fail(sys_error("event log " + path + ": chmod"));
+    if (static_cast<uint64_t>(st.st_size) >= kEventLogRotateAt && attempt == 0) {
       if (::rename(path.c_str(), (path + ".1").c_str()) != 0)
         return fail(sys_error("event log " + path + ": rotate"));
       continue;
     }
     return write_all(fd.get(), line);
   }
-  return fail(make_error(ErrorKind::Internal, "event log " + path + ": it kept moving"));
+  return fail(internal("event log " + path + ": no file after its rotation"));
 }
 
 Result<StoreEventFollower> StoreEventFollower::open(const std::string& root) {
@@ -101,12 +105,22 @@ Result<StoreEventFollower> StoreEventFollower::open(const std::string& root) {
   return f;
 }
 
-void StoreEventFollower::read_file(std::vector<StoreEvent>& out) {
+bool StoreEventFollower::read_file(std::vector<StoreEvent>& out, size_t& budget) {
+  // Cut short in place (`: >`, copytruncate): from its new start.
+  struct stat st {};
+  const off_t at = ::lseek(file_.get(), 0, SEEK_CUR);
+  if (::fstat(file_.get(), &st) == 0 && at > st.st_size) {
+    ::lseek(file_.get(), 0, SEEK_SET);
+    partial_.clear();
+    skipping_ = false;
+  }
   char buf[8192];
   for (;;) {
-    ssize_t n = ::read(file_.get(), buf, sizeof buf);
+    if (budget == 0) return false;
+    ssize_t n = ::read(file_.get(), buf, std::min(sizeof buf, budget));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n <= 0) return true;
+    budget -= static_cast<size_t>(n);
     std::string_view chunk(buf, static_cast<size_t>(n));
     while (!chunk.empty()) {
       const size_t nl = chunk.find('\n');
@@ -138,14 +152,22 @@ std::vector<StoreEvent> StoreEventFollower::read() {
   while (::read(inotify_.get(), ev, sizeof ev) > 0) {
   }
   std::vector<StoreEvent> out;
+  size_t budget = kReadBudget;
+  pending_ = false;
   for (int turns = 0; turns < 4; ++turns) {
-    if (file_) read_file(out);
+    if (file_ && !read_file(out, budget)) {
+      pending_ = true;
+      return out;
+    }
     struct stat named {};
-    const bool exists = ::stat(path_.c_str(), &named) == 0;
+    const bool exists = ::lstat(path_.c_str(), &named) == 0;
     if (!exists || (file_ && named.st_dev == dev_ && named.st_ino == ino_)) break;
     // Rotated (or made): what was appended to the old file before its
     // rename is read first; nothing is written to it after.
-    if (file_) read_file(out);
+    if (file_ && !read_file(out, budget)) {
+      pending_ = true;
+      return out;
+    }
     struct stat st {};
     file_ = open_log(path_, st);
     partial_.clear();

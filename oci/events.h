@@ -8,11 +8,13 @@
 //   {"action":"pulled","image":"docker.io/library/alpine:3.20",
 //    "digest":"sha256:...","time":"2026-12-04T19:30:00Z"}
 //
-// Appends take an flock on the log. Past kRotateAt bytes the writer that
-// finds it full renames it to events.jsonl.1 (replacing the one before)
-// and writes to a new one; a follower reads the old file to its end through
-// the fd it holds before it turns to the new one, so a rotation loses no
-// event to a follower that keeps up.
+// Appends take turns on locks/events.lock. Past kEventLogRotateAt bytes
+// the writer that finds the log full renames it to events.jsonl.1
+// (replacing the one before) and writes to a new one; a follower reads the
+// old file to its end through the fd it holds before it turns to the new
+// one, so a rotation loses nothing, unless the log rotates twice before the
+// follower reads again (more than 1 MiB of events behind): then the middle
+// file is not read. The log is the store owner's alone (0600).
 #pragma once
 
 #include <sys/types.h>
@@ -36,6 +38,7 @@ struct StoreEvent {
 
 inline constexpr uint64_t kEventLogRotateAt = 1 << 20;
 inline constexpr size_t kEventLineMax = 16 << 10;  // longer lines are skipped
+inline constexpr size_t kReadBudget = 256 << 10;   // bytes one read() takes at most
 
 // "2026-12-04T19:30:00Z": the events' times, the store's and the service's.
 std::string iso_utc(std::chrono::system_clock::time_point t);
@@ -50,11 +53,14 @@ class StoreEventFollower {
   // Readable (inotify) when the store's root changed: then call read().
   int fd() const { return inotify_.get(); }
   // The events appended since the last call, in order; drains fd(). Lines
-  // that are not an event's JSON are skipped.
+  // that are not an event's JSON are skipped. At most kReadBudget bytes at
+  // a time, so that a flood cannot hold its caller: pending() then says
+  // there is more to read, which fd() will not signal again.
   std::vector<StoreEvent> read();
+  bool pending() const { return pending_; }
 
  private:
-  void read_file(std::vector<StoreEvent>& out);
+  bool read_file(std::vector<StoreEvent>& out, size_t& budget);  // false: budget spent
   std::string path_;
   Fd inotify_;
   Fd file_;  // the log as it was when opened; -1 until it exists
@@ -62,6 +68,7 @@ class StoreEventFollower {
   ino_t ino_ = 0;
   std::string partial_;    // a line not yet ended
   bool skipping_ = false;  // inside a line longer than kEventLineMax
+  bool pending_ = false;
 };
 
 }  // namespace cloister::oci

@@ -1821,12 +1821,12 @@ struct Server::Impl {
   }
 
   // The store the executors pull into is where the CLI pulls, loads and
-  // removes too: its event log is followed from now.
+  // removes too: its event log is followed from now. A store that does not
+  // exist yet is not made for it (a service of host executors has none).
   void follow_store() {
     auto root = oci::resolve_state_dir(config.images.state_dir);
-    auto store = root ? oci::Store::open(*root) : Result<oci::Store>(fail(root.error()));
-    auto f = store ? oci::StoreEventFollower::open(store->root())
-                   : Result<oci::StoreEventFollower>(fail(store.error()));
+    auto f = root ? oci::StoreEventFollower::open(*root)
+                  : Result<oci::StoreEventFollower>(fail(root.error()));
     if (!f) {
       store_note = "image events: none (" + f.error().what() + ")";
       return;
@@ -1846,7 +1846,10 @@ struct Server::Impl {
       if (stopping && ((limits->in_use("sessions") == exec_starts.size() && drained()) ||
                        Clock::now() >= stop_deadline))
         break;
-      int n = ::epoll_wait(epoll.get(), evs, 64, 100);
+      // A flood of image events is read a slice per turn (oci/events.h).
+      const bool more_images = store_events && store_events->pending();
+      if (more_images) on_store_events();
+      int n = ::epoll_wait(epoll.get(), evs, 64, more_images ? 0 : 100);
       if (n < 0 && errno != EINTR) return fail(sys_error("epoll_wait"));
       for (int i = 0; i < n; ++i) {
         uint64_t t = evs[i].data.u64;

@@ -81,19 +81,39 @@ TEST(StoreEvents, RotationLosesNothing) {
   const std::string pad(200, 'p');
   const int n = static_cast<int>(3 * kEventLogRotateAt / 260);
   std::vector<std::string> want, got;
+  size_t slices = 0;
+  auto drain = [&] {
+    do {
+      for (auto& s : images_of(f->read())) got.push_back(s);
+      ++slices;
+    } while (f->pending());
+  };
   for (int i = 0; i < n; ++i) {
     const std::string image = "r/" + std::to_string(i) + ":" + pad;
     ASSERT_TRUE(record_store_event(d.path, {"pulled", image, "sha256:dd", {}}));
     want.push_back("pulled " + image);
-    if (i % 1500 == 0)
-      for (auto& s : images_of(f->read())) got.push_back(s);
+    if (i % 1500 == 0) drain();
   }
-  for (auto& s : images_of(f->read())) got.push_back(s);
+  drain();
   EXPECT_EQ(got.size(), want.size());
   EXPECT_EQ(got, want);
   struct stat st {};
   EXPECT_EQ(::stat((d.path + "/events.jsonl.1").c_str(), &st), 0) << "it rotated";
   EXPECT_LE(static_cast<uint64_t>(st.st_size), kEventLogRotateAt + 4096);
+  EXPECT_GT(slices, static_cast<size_t>(3 * kEventLogRotateAt / kReadBudget))
+      << "read a slice at a time";
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST(StoreEvents, ALogCutShortIsReadFromItsNewStart) {
+  Dir d;
+  auto f = StoreEventFollower::open(d.path);
+  ASSERT_TRUE(f);
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(record_store_event(d.path, {"pulled", "a:1", "", {}}));
+  EXPECT_EQ(f->read().size(), 50u);
+  ASSERT_EQ(::truncate((d.path + "/events.jsonl").c_str(), 0), 0);
+  ASSERT_TRUE(record_store_event(d.path, {"removed", "b:1", "", {}}));
+  EXPECT_EQ(images_of(f->read()), (std::vector<std::string>{"removed b:1"}));
 }
 
 TEST(StoreEvents, ConcurrentWritersEachLineWhole) {
