@@ -177,16 +177,7 @@ std::string suggestion(std::string_view key, std::span<const std::string_view> k
   for (const auto& [alias, field] : kKeyHints)
     if (alias == key && std::find(known.begin(), known.end(), field) != known.end())
       return std::string(field);
-  std::string best;
-  size_t best_distance = 3;  // suggest only close matches
-  for (auto k : known) {
-    size_t d = edit_distance(lower(key), k);
-    if (d < best_distance) {
-      best_distance = d;
-      best = std::string(k);
-    }
-  }
-  return best;
+  return near_miss(key, known);
 }
 
 std::string join(std::span<const std::string_view> items) {
@@ -1566,7 +1557,7 @@ Result<Config> parse_config(std::string_view yaml, const std::string& source) {
   }
 }
 
-Result<Config> load_config(const std::string& path) {
+Result<std::string> read_config_text(const std::string& path) {
   auto fd = open_fd(path, O_RDONLY);
   if (!fd) return fail(fd.error().wrap("load config"));
   struct stat st {};
@@ -1577,7 +1568,26 @@ Result<Config> load_config(const std::string& path) {
                         std::to_string(kMaxConfigBytes >> 20) + " MiB"));
   auto text = read_fd(fd->get());
   if (!text) return fail(text.error().wrap("load config: " + path));
+  return text;
+}
+
+Result<Config> load_config(const std::string& path) {
+  auto text = read_config_text(path);
+  if (!text) return fail(text.error());
   return parse_config(*text, path);
+}
+
+std::string near_miss(std::string_view word, std::span<const std::string_view> known) {
+  std::string best;
+  size_t best_distance = 3;  // suggest only close matches
+  for (auto k : known) {
+    size_t d = edit_distance(lower(word), k);
+    if (d < best_distance) {
+      best_distance = d;
+      best = std::string(k);
+    }
+  }
+  return best;
 }
 
 }  // namespace cloister

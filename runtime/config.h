@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -137,5 +138,10 @@ struct Config {
 // Parses YAML text; `source` names it in errors (a file path).
 Result<Config> parse_config(std::string_view yaml, const std::string& source);
 Result<Config> load_config(const std::string& path);
+// The one of `known` within two edits of `word` (case aside), for "did you
+// mean" in every front end's errors; "" when none is that close.
+std::string near_miss(std::string_view word, std::span<const std::string_view> known);
+// The text load_config parses: a regular file of at most 4 MiB.
+Result<std::string> read_config_text(const std::string& path);
 
 }  // namespace cloister

@@ -26,6 +26,7 @@
 #include "oci/reference.h"
 #include "oci/registry.h"
 #include "oci/store.h"
+#include "runtime/adhoc.h"
 #include "runtime/client.h"
 #include "runtime/config.h"
 #include "runtime/copy.h"
@@ -56,19 +57,67 @@ struct ExecOptions {
   bool interactive = false;
   double timeout = 0;
   std::vector<std::string> argv;
-  std::string command;  // a command string instead of argv (policy/command.h)
+  std::string command;        // a command string instead of argv (policy/command.h)
+  bool config_given = false;  // -c: else the default config only where it exists
+  AdhocFlags sandbox;         // flags describing or narrowing the sandbox
+  std::vector<std::string> env_files;
 };
+
+// KEY=VALUE lines of an --env-file (docker's: # comments and blank lines
+// skipped, a bare KEY taken from our own environment).
+Status read_env_file(const std::string& path, std::vector<std::string>& out) {
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) return fail(sys_error("--env-file " + path));
+  char* line = nullptr;
+  size_t cap = 0;
+  ssize_t n;
+  int lineno = 0;
+  Status st;
+  while ((n = ::getline(&line, &cap, f)) >= 0) {
+    ++lineno;
+    std::string l(line, static_cast<size_t>(n));
+    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+    const size_t first = l.find_first_not_of(" \t");
+    if (first == std::string::npos || l[first] == '#') continue;
+    l = l.substr(first);
+    if (l.find('=') == std::string::npos) {
+      const char* v = std::getenv(l.c_str());
+      if (!v) continue;
+      l += "=" + std::string(v);
+    }
+    if (l[0] == '=') {
+      st = fail(invalid("--env-file " + path + ":" + std::to_string(lineno) +
+                        ": a line needs KEY=VALUE"));
+      break;
+    }
+    out.push_back(std::move(l));
+  }
+  std::free(line);
+  std::fclose(f);
+  return st;
+}
 
 int run_exec(const ExecOptions& o) {
   // One sandbox, then exit: no thread for its teardown.
   Spawned::set_background_teardown(false);
-  auto config = load_config(o.config);
-  if (!config) return report(config.error());
-  const ExecutorConfig* ec = config->find(o.executor);
-  if (!ec)
-    return report(
-        make_error(ErrorKind::NotFound, "no executor named '" + o.executor + "' in " + o.config));
-  ExecutorConfig chosen = *ec;
+  // An executor of the config, narrowed by flags; or one the flags describe
+  // (an image, or the host's view), in the config where there is one.
+  Result<ExecutorConfig> lowered = fail(internal("unset"));
+  if (!o.executor.empty() && !o.sandbox.any()) {
+    auto config = load_config(o.config);
+    if (!config) return report(config.error());
+    const ExecutorConfig* ec = config->find(o.executor);
+    if (!ec)
+      return report(
+          make_error(ErrorKind::NotFound, "no executor named '" + o.executor + "' in " + o.config));
+    lowered = *ec;
+  } else {
+    const bool use_config = o.config_given || ::access(o.config.c_str(), F_OK) == 0;
+    lowered = lower_adhoc(o.sandbox, use_config ? o.config : "", o.executor);
+  }
+  if (!lowered) return report(lowered.error());
+  ExecutorConfig chosen = std::move(*lowered);
+  const ExecutorConfig* ec = &chosen;
   if (!o.state_dir.empty()) chosen.state_dir = o.state_dir;
   // A container runs its image's Cmd when given none; a host executor needs one.
   if (o.argv.empty() && o.command.empty() && ec->kind != ExecutorKind::Container)
@@ -82,7 +131,11 @@ int run_exec(const ExecOptions& o) {
   req.work_dir = o.work_dir;
   req.stdin_open = o.interactive;
   req.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000));
-  for (const auto& kv : o.env) {
+  std::vector<std::string> env;
+  for (const auto& file : o.env_files)
+    if (auto st = read_env_file(file, env); !st) return report(st.error());
+  env.insert(env.end(), o.env.begin(), o.env.end());
+  for (const auto& kv : env) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       return report(invalid("-e expects KEY=VALUE, got '" + kv + "'"));
@@ -139,11 +192,23 @@ int run_load(const std::string& state_dir, const std::string& path, const std::s
   return 0;
 }
 
-int run_images(const std::string& state_dir) {
+int run_images(const std::string& state_dir, bool as_json) {
   auto store = open_store(state_dir);
   if (!store) return report(store.error());
   auto images = store->list_images();
   if (!images) return report(images.error());
+  if (as_json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& r : *images)
+      out.push_back({{"reference", r.reference},
+                     {"manifest", r.manifest.str()},
+                     {"config", r.config.str()},
+                     {"layers", r.chain_ids.size()},
+                     {"size", r.size},
+                     {"created", r.created}});
+    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return 0;
+  }
   std::printf("%-50s %-19s %6s %10s\n", "REFERENCE", "MANIFEST", "LAYERS", "SIZE");
   for (const auto& r : *images)
     std::printf("%-50s %-19s %6zu %10s\n", r.reference.c_str(),
@@ -620,10 +685,13 @@ int verb_attach(const Global& g, const protocol::SessionRef& sid, bool interacti
   return end->status ? end->status->code() : 0;
 }
 
-int verb_logs(const Global& g, const protocol::SessionRef& sid, bool follow, size_t tail) {
+// --tail N: the last N lines of each stream (0: none, then --follow's);
+// absent: all of it.
+int verb_logs(const Global& g, const protocol::SessionRef& sid, bool follow,
+              std::optional<size_t> tail_lines) {
   auto c = dial(g);
   if (!c) return report(c.error());
-  if (tail == 0) {
+  if (!tail_lines) {
     auto r = (*c)->call(protocol::Attach{sid, 0, 0, follow});
     if (!r) return report(r.error());
     auto end = stream_session(**c, (*r)["session"].get<uint64_t>(), false, false, false);
@@ -656,8 +724,10 @@ int verb_logs(const Global& g, const protocol::SessionRef& sid, bool follow, siz
       follow = false;
     }
   }
+  const size_t tail = *tail_lines;
   for (int i = 0; i < 2; ++i) {
     size_t at = text[i].size(), lines = 0;
+    if (tail == 0) continue;
     if (!text[i].empty() && text[i].back() == '\n') --at;
     while (at > 0 && lines < tail)
       if (text[i][--at] == '\n') ++lines;
@@ -906,11 +976,22 @@ int main(int argc, char** argv) {
 
   CLI::App app{"cloister: run commands in isolation"};
   app.require_subcommand(1);
+  // Before the verbs: a subcommand takes its parent's fallthrough when it
+  // is made, so --socket and --json work after every verb.
+  Global global;
+  app.add_option("--socket", global.socket, "cloisterd's socket ($CLOISTER_SOCKET)")
+      ->capture_default_str();
+  app.add_flag("--json", global.json, "machine-readable output");
+  app.fallthrough();
   app.set_version_flag("--version", "cloister 0.1.0");
 
   ExecOptions exec;
-  auto* sub = app.add_subcommand("exec", "run a command in a sandbox, in-process (no service)");
-  sub->add_option("--config,-c", exec.config, "config file")->capture_default_str();
+  auto* sub = app.add_subcommand(
+      "exec",
+      "run a command in a new sandbox in this process: exec [OPTIONS] IMAGE|--host|-x EXECUTOR "
+      "[COMMAND [ARG...]]");
+  auto* exec_config = sub->add_option("--config,-c", exec.config, "config file");
+  exec_config->capture_default_str();
   auto* exec_executor = sub->add_option("--executor,-x", exec.executor, "executor name");
   auto* exec_session = sub->add_option(
       "--session,-s", exec.session,
@@ -926,12 +1007,35 @@ int main(int argc, char** argv) {
   sub->add_flag("-i,--interactive", exec.interactive, "forward stdin to the command");
   sub->add_option("--timeout", exec.timeout, "kill the command after SECONDS")
       ->check(CLI::NonNegativeNumber);
-  auto* command = sub->add_option(
+  sub->add_option(
       "--command", exec.command,
       "a command string instead of argv: split without a shell, or run by /bin/sh -c in a "
       "shell executor");
-  sub->add_option("argv", exec.argv, "the command and its arguments (after --)")->excludes(command);
   sub->add_option("--state-dir", exec.state_dir, "image store (container executors)");
+  // The sandbox, as podman's flags say it (runtime/adhoc.h): new, of an
+  // image or of --host, or -x EXECUTOR narrowed.
+  AdhocFlags& sb = exec.sandbox;
+  sub->add_flag("--host", sb.host, "the host's view (a host executor) instead of an image");
+  bool rm = true;
+  sub->add_flag("--rm", rm,
+                "remove the sandbox at its end (always so; accepted for podman's sake)");
+  sub->add_option("--env-file", exec.env_files, "read KEY=VALUE lines from a file (repeatable)");
+  sub->add_option("-m,--memory", sb.memory, "memory limit (512m, 2g)");
+  sub->add_option("--memory-swap", sb.memory_swap, "as -m: no swap beyond the memory limit");
+  sub->add_option("--cpus", sb.cpus, "CPUs (1.5)");
+  sub->add_option("--cpu-quota", sb.cpu_quota, "CPU microseconds per 100000");
+  sub->add_option("--pids-limit", sb.pids_limit, "processes and threads (-1: none)");
+  sub->add_option("--network", sb.network, "none or host");
+  sub->add_option("--hostname", sb.hostname, "the sandbox's hostname");
+  sub->add_option("-u,--user", sb.user, "uid[:gid] or name[:group] inside");
+  sub->add_option("--cap-add", sb.cap_add, "add a capability (repeatable, or A,B)");
+  sub->add_option("--cap-drop", sb.cap_drop, "drop a capability, or ALL");
+  sub->add_option("-v,--volume", sb.volumes, "bind HOST:SANDBOX[:ro|rw][,idmap] (repeatable)");
+  sub->add_option("--tmpfs", sb.tmpfs, "a tmpfs at PATH[:OPTIONS] (repeatable)");
+  sub->add_option("--ulimit", sb.ulimits, "NAME=SOFT[:HARD] (repeatable)");
+  sub->add_option("--security-opt", sb.security_opts,
+                  "no-new-privileges[=BOOL] or seccomp=PROFILE (repeatable)");
+  sub->add_flag("--read-only", sb.read_only, "a read-only root");
 
   // Image verbs (oci/).
   std::string state_dir, load_path, load_name;
@@ -955,11 +1059,6 @@ int main(int argc, char** argv) {
     c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
   // Service verbs.
-  Global global;
-  app.add_option("--socket", global.socket, "cloisterd's socket ($CLOISTER_SOCKET)")
-      ->capture_default_str();
-  app.add_flag("--json", global.json, "machine-readable output");
-  app.fallthrough();  // --socket and --json also after the verb
   RunOptions run;
   auto* run_cmd = app.add_subcommand("run", "run a command through cloisterd");
   run_cmd->add_flag("-d,--detach", run.detach, "start in the background, print the session id");
@@ -972,13 +1071,11 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--name", run.name, "name the session; usable wherever a session id is");
   run_cmd->add_option("--log-file", run.log_file,
                       "also write the output to this file (in log_dir)");
-  run_cmd->add_option("executor", run.executor, "executor name")->required();
-  run_cmd->add_option("argv", run.argv, "the command and its arguments (after --)")->required();
   app.add_subcommand("ps", "list sessions");
   app.add_subcommand("executors", "list the service's executors");
   std::string sref;  // a session id or name
   bool follow = false, interactive = false, force = false;
-  size_t tail = 0;
+  std::optional<size_t> tail;
   std::string sig = "TERM";
   auto* attach_cmd =
       app.add_subcommand("attach", "show a session's output from the start, then live");
@@ -1028,15 +1125,70 @@ int main(int argc, char** argv) {
   rm_cmd->add_option("session", sref, "session id or name")->required();
   rm_cmd->add_flag("-f,--force", force, "kill it first if it still runs");
 
+  // `exec [OPTIONS] [IMAGE] [COMMAND [ARG...]]`: the command needs no `--`
+  // (docker's grammar): CLI11 gets the options, the rest is ours.
+  std::vector<std::string> args(argv, argv + argc);
+  size_t verb = 1;
+  while (verb < args.size() && (args[verb] == "--json" || args[verb].starts_with("--socket=") ||
+                                (args[verb] == "--socket" && ++verb)))
+    ++verb;
+  if (verb < args.size() && !args[verb].starts_with("-")) {
+    std::vector<std::string> names;
+    for (const CLI::App* c : app.get_subcommands({})) names.push_back(c->get_name());
+    if (std::find(names.begin(), names.end(), args[verb]) == names.end()) {
+      const std::vector<std::string_view> known(names.begin(), names.end());
+      const std::string near = near_miss(args[verb], known);
+      return report(invalid("unknown verb '" + args[verb] + "'" +
+                            (near.empty() ? std::string("; cloister --help lists them")
+                                          : " (did you mean " + near + "?)")));
+    }
+  }
+  // exec and run: `VERB [OPTIONS] IMAGE|EXECUTOR [COMMAND [ARG...]]`.
+  std::vector<std::string> exec_words;
+  CLI::App* words_verb = nullptr;
+  if (verb < args.size() && (args[verb] == "exec" || args[verb] == "run"))
+    words_verb = args[verb] == "exec" ? sub : run_cmd;
+  if (words_verb) {
+    const std::vector<std::string> rest(args.begin() + static_cast<long>(verb) + 1, args.end());
+    auto split = split_command_line(rest, [&](std::string_view name) {
+      for (const CLI::Option* o : words_verb->get_options())
+        if (o->check_name(std::string(name))) return o->get_expected_min() > 0;
+      // --socket and --json fall through to the top.
+      return name == "--socket";
+    });
+    exec_words.assign(rest.begin() + static_cast<long>(split.command_begin), rest.end());
+    args.resize(verb + 1 + split.options_end);
+  }
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(cargs.size()), cargs.data());
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "cloister: INVALID: %s\n", e.what());
     return 125;
   }
   const protocol::SessionRef sid = session_key(sref);
+  exec.config_given = exec_config->count() > 0;
+  // With -x, --host or --session every word is the command; else the
+  // first is the image.
+  if (sub->parsed()) {
+    const bool image_first = exec.executor.empty() && exec.session.empty() && !exec.sandbox.host;
+    if (image_first && !exec_words.empty()) {
+      exec.sandbox.image = exec_words.front();
+      exec_words.erase(exec_words.begin());
+      // `IMAGE -- COMMAND`: the `--` as where the command begins.
+      if (!exec_words.empty() && exec_words.front() == "--") exec_words.erase(exec_words.begin());
+    }
+    exec.argv = std::move(exec_words);
+    if (!exec.command.empty() && !exec.argv.empty())
+      return report(invalid("give the command as words or as --command, not both"));
+  }
   if (sub->parsed() && !exec.session.empty()) {
+    if (exec.sandbox.any() || !exec.env_files.empty())
+      return report(invalid(
+          "--session runs in that session's sandbox: the sandbox flags (-m, -v, --host, ...) "
+          "are for a new one"));
     if (exec.command.size() || exec.state_dir.size())
       return report(
           invalid("--command and --state-dir are for the in-process exec, not --session"));
@@ -1054,10 +1206,10 @@ int main(int argc, char** argv) {
     return run_service(global, r);
   }
   if (sub->parsed()) {
-    if (exec.executor.empty())
+    if (exec.executor.empty() && exec.sandbox.image.empty() && !exec.sandbox.host)
       return report(
-          invalid("give --executor (in-process) or --session (into a running "
-                  "session, through cloisterd)"));
+          invalid("give an image, --host (the host's view), -x EXECUTOR (of the config) or "
+                  "--session (into a running session, through cloisterd)"));
     if (exec.tty || exec.detach || !exec.name.empty())
       return report(
           invalid("-t, -d and --name need --session (the in-process exec runs "
@@ -1065,7 +1217,7 @@ int main(int argc, char** argv) {
     return run_exec(exec);
   }
   if (load->parsed()) return run_load(state_dir, load_path, load_name);
-  if (images->parsed()) return run_images(state_dir);
+  if (images->parsed()) return run_images(state_dir, global.json);
   if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
   if (prune->parsed()) return run_prune(state_dir);
   if (pull->parsed()) {
@@ -1077,7 +1229,15 @@ int main(int argc, char** argv) {
     }
     return run_pull(state_dir, pull_ref, ropt);
   }
-  if (run_cmd->parsed()) return run_service(global, run);
+  if (run_cmd->parsed()) {
+    if (exec_words.empty()) return report(invalid("give the executor, then the command"));
+    run.executor = exec_words.front();
+    auto from = exec_words.begin() + 1;
+    if (from != exec_words.end() && *from == "--") ++from;  // EXECUTOR -- COMMAND
+    run.argv.assign(from, exec_words.end());
+    if (run.argv.empty()) return report(invalid("give the command after the executor"));
+    return run_service(global, run);
+  }
   if (app.got_subcommand("ps")) return verb_ps(global);
   if (app.got_subcommand("executors")) return verb_executors(global);
   if (attach_cmd->parsed()) return verb_attach(global, sid, interactive, detach_keys, sig_proxy);

@@ -190,6 +190,61 @@ TEST_F(Container, MissingImageFailsNamingIt) {
       << e.error().what();
 }
 
+// A sandbox described by flags alone (runtime/adhoc.h), docker's grammar:
+// the image, then its command without `--`.
+TEST_F(Container, CliAdhocRunsOfAnImageAndOfTheHost) {
+  TempDir host;
+  write_text(host.path + "/file", "from-host\n");
+  // Readable by the sandbox's root, which is not host root.
+  ASSERT_EQ(::chmod(host.path.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod((host.path + "/file").c_str(), 0644), 0);
+  const std::string cli = std::string(CLOISTER_BIN_DIR) + "/cloister exec --state-dir " + *state +
+                          " -c " + host.path + "/none.yaml ";
+  // -c names no file: a new sandbox needs none (an -x would).
+  const std::string cli_noconf =
+      std::string(CLOISTER_BIN_DIR) + "/cloister exec --state-dir " + *state + " ";
+  const std::string img = " localhost/test/bb:1 ";
+  EXPECT_EQ(shell(cli_noconf + "-u 0 -v " + host.path + ":/mnt:ro" + img +
+                  "'cat /mnt/file; touch /mnt/x 2>/dev/null || echo ro' 2>/dev/null"),
+            "from-host\nro\n");
+  EXPECT_EQ(shell(cli_noconf + "-u 0" + img + "'touch /new && echo wrote' 2>/dev/null"), "wrote\n")
+      << "a new sandbox's root is writable, as podman's";
+  EXPECT_EQ(shell(cli_noconf + "-u 0 --read-only" + img +
+                  "'touch /new 2>/dev/null || echo refused' 2>/dev/null"),
+            "refused\n");
+  EXPECT_EQ(shell(cli_noconf + "-u 0" + img + "2>/dev/null"), "from-cmd\n") << "the image's Cmd";
+  EXPECT_EQ(shell(cli_noconf + "-u 0 --hostname adhoc-box -e X=1 --tmpfs /scratch:size=1m" + img +
+                  "'hostname; echo $X; stat -f -c %T /scratch' 2>/dev/null"),
+            "adhoc-box\n1\ntmpfs\n");
+  if (!unprivileged()) {
+    // Limits reach the sandbox: the OOM killer at -m, fork refused at --pids-limit.
+    const std::string bin = std::string(CLOISTER_BIN_DIR) + "/cloister exec --host ";
+    EXPECT_EQ(::system((bin + "-m 32m tail /dev/zero 2>/dev/null").c_str()) >> 8, 137);
+    EXPECT_EQ(shell(bin + "--pids-limit 4 sh -c 'for i in 1 2 3 4 5 6; do sleep 1 & done; wait' "
+                          "2>&1 | grep -c 'fork'"),
+              "1\n");
+  }
+  // Errors name the flag; nothing runs.
+  std::string out;
+  FILE* p = ::popen((cli_noconf + "-m lots" + img + "true 2>&1; echo rc=$?").c_str(), "r");
+  char buf[4096];
+  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
+  if (p) ::pclose(p);
+  EXPECT_NE(out.find("-m/--memory 'lots'"), std::string::npos) << out;
+  EXPECT_NE(out.find("rc=125"), std::string::npos) << out;
+  // An -x narrowed by flags needs its config: a missing one is said.
+  out.clear();
+  p = ::popen((cli + "-x box -m 1g true 2>&1; echo rc=$?").c_str(), "r");
+  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
+  if (p) ::pclose(p);
+  EXPECT_NE(out.find("none.yaml"), std::string::npos) << out;
+  EXPECT_NE(out.find("rc=125"), std::string::npos) << out;
+  // The host's view, with the same flags.
+  EXPECT_EQ(shell(std::string(CLOISTER_BIN_DIR) + "/cloister exec --host -v " + host.path +
+                  ":/mnt:ro --network none cat /mnt/file 2>/dev/null"),
+            "from-host\n");
+}
+
 TEST_F(Container, CliLoadAndExec) {
   const std::string d = dir->path;
   shell("cd " + d + " && tar -cf bb.tar -C layout oci-layout index.json blobs");

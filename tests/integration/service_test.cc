@@ -104,6 +104,8 @@ TEST(Service, DetachPsLogsAttachKillWaitRm) {
   EXPECT_EQ(sh(cli + "wait " + id), 4);
   EXPECT_EQ(sh(cli + "logs --tail 1 " + id + " 2>/dev/null", &out), 0);
   EXPECT_EQ(out, "got hello\n");
+  EXPECT_EQ(sh(cli + "logs --tail 0 " + id + " 2>&1", &out), 0);
+  EXPECT_EQ(out, "") << "--tail 0 prints nothing";
   EXPECT_EQ(sh(cli + "rm " + id), 0);
   EXPECT_EQ(sh(cli + "wait " + id), 125);
 
@@ -113,6 +115,33 @@ TEST(Service, DetachPsLogsAttachKillWaitRm) {
   EXPECT_EQ(sh(cli + "kill -s KILL " + id), 0);
   EXPECT_EQ(sh(cli + "wait " + id), 137);
   EXPECT_EQ(sh(cli + "rm " + id), 0);
+}
+
+// The grammar a docker user types (issue 15): the command after the
+// executor without `--`, --json after the verb, a typo'd verb named.
+TEST(Service, CliGrammarAsDockersAndVerbsNamed) {
+  Daemon d;
+  const std::string cli = kCli + " --socket " + d.socket + " ";
+  std::string out;
+  EXPECT_EQ(sh(cli + "run shell ls -d / 2>/dev/null", &out), 0);
+  EXPECT_EQ(out, "/\n");
+  EXPECT_EQ(sh(cli + "run shell -- ls -d / 2>/dev/null", &out), 0);
+  EXPECT_EQ(out, "/\n");
+  EXPECT_EQ(sh(kCli + " run --socket " + d.socket + " shell echo after 2>/dev/null", &out), 0)
+      << "--socket after the verb";
+  EXPECT_EQ(out, "after\n");
+  EXPECT_EQ(sh(cli + "run shell 2>&1", &out), 125);
+  EXPECT_NE(out.find("give the command after the executor"), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " exce 2>&1", &out), 125);
+  EXPECT_EQ(out, "cloister: INVALID: unknown verb 'exce' (did you mean exec?)\n");
+  EXPECT_EQ(sh(kCli + " --enve A=B exec --host true 2>&1", &out), 125);
+  EXPECT_NE(out.find("--enve"), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " images --json --state-dir " + d.dir.path + "/store 2>&1", &out), 0);
+  EXPECT_EQ(json::parse(out), json::array()) << out;
+  EXPECT_EQ(sh(cli + "executors --json 2>&1", &out), 0);
+  EXPECT_TRUE(json::parse(out, nullptr, false).is_array() ||
+              json::parse(out, nullptr, false).is_object())
+      << out;
 }
 
 // exec into a running session (issue 14): a process of its own in the
