@@ -1,5 +1,10 @@
-// `cloister load`: imports images from an OCI image layout directory or an
-// OCI archive (a tar of such a directory), for machines without a registry.
+// `cloister load`: imports images from an OCI image layout directory, an
+// OCI archive (a tar of such a directory) or a docker-archive (what `docker
+// save` and `podman save` write: manifest.json, the configs, DIR/layer.tar,
+// a repeated layer as a link to the first), gzip'd or not, or "-" for one
+// on stdin (staged as a file first), for machines without a registry.
+// A docker-archive becomes an OCI layout in the staging area (a manifest
+// per image, named by its first RepoTag) and is loaded as one.
 //
 // The layout's index.json names the images: each entry's
 // org.opencontainers.image.ref.name annotation (a full reference, or a bare

@@ -4,7 +4,9 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <map>
+#include <set>
 #include <utility>
 
 namespace cloister {
@@ -16,7 +18,21 @@ namespace {
 struct Origins {
   std::map<std::string, std::string> by_field;  // "memory_limit" -> "-m/--memory 512x"
   void set(const std::string& field, const std::string& flag, const std::string& value) {
-    by_field[field] = flag + " '" + value + "'";
+    by_field[field] = flag + " '" + shown(value) + "'";
+  }
+  // A value as an error shows it: control bytes escaped, long ones cut.
+  static std::string shown(const std::string& v) {
+    std::string out;
+    for (unsigned char c : v.substr(0, 80)) {
+      if (c < 0x20 || c == 0x7f) {
+        char hex[5];
+        std::snprintf(hex, sizeof hex, "\\x%02x", c);
+        out += hex;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return v.size() > 80 ? out + "..." : out;
   }
   void add(const std::string& field, const std::string& flag) { by_field.emplace(field, flag); }
 };
@@ -54,19 +70,25 @@ Status lower_cpus(const std::string& v, YAML::Node ex) {
   if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(cpus) || cpus <= 0 ||
       cpus > 1e6)
     return fail(invalid("--cpus '" + v + "': expected a number of CPUs above 0, such as 1.5"));
-  ex["cpu_quota"] = std::to_string(static_cast<uint64_t>(std::llround(cpus * 100000)));
+  // The kernel's least quota is 1000 us a period: less would round to 0,
+  // which cpu_quota reads as no limit at all.
+  const auto quota = static_cast<uint64_t>(std::llround(cpus * 100000));
+  if (quota < 1000) return fail(invalid("--cpus '" + v + "': at least 0.01 (1% of a CPU)"));
+  ex["cpu_quota"] = std::to_string(quota);
   return {};
 }
 
 // --ulimit nofile=1024[:2048] (docker's; -1 is unlimited).
-Status lower_ulimit(const std::string& v, YAML::Node rlimits) {
+Status lower_ulimit(const std::string& v, YAML::Node rlimits, std::set<std::string>& given) {
   const size_t eq = v.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
     return fail(
         invalid("--ulimit '" + v + "': expected NAME=SOFT[:HARD], such as nofile=1024:2048"));
   auto value = [](std::string s) { return s == "-1" ? std::string("unlimited") : s; };
   const std::string name = v.substr(0, eq), rest = v.substr(eq + 1);
-  if (rlimits[name]) return fail(invalid("--ulimit '" + v + "': " + name + " is given twice"));
+  // One flag per resource; a flag replaces the executor's own entry.
+  if (!given.insert(name).second)
+    return fail(invalid("--ulimit '" + v + "': " + name + " is given twice"));
   const size_t colon = rest.find(':');
   if (colon == std::string::npos) {
     rlimits[name] = value(rest);
@@ -150,11 +172,12 @@ Status lower_into(const AdhocFlags& f, YAML::Node ex, bool fresh, Origins& o) {
   if (!f.tmpfs.empty()) {
     YAML::Node t = ex["tmpfs"];
     if (!t || t.IsNull()) t = YAML::Node(YAML::NodeType::Map);
+    std::set<std::string> given;  // a flag replaces the executor's own options for its target
     for (const auto& v : f.tmpfs) {
       const size_t colon = v.find(':');
       const std::string target = v.substr(0, colon);
-      if (t.IsMap() && t[target])
-        return fail(invalid("--tmpfs '" + v + "': " + target + " is a tmpfs already"));
+      if (!given.insert(target).second)
+        return fail(invalid("--tmpfs '" + v + "': " + target + " is given twice"));
       t[target] = colon == std::string::npos ? std::string() : v.substr(colon + 1);
     }
     ex["tmpfs"] = t;
@@ -163,9 +186,10 @@ Status lower_into(const AdhocFlags& f, YAML::Node ex, bool fresh, Origins& o) {
   if (!f.ulimits.empty()) {
     YAML::Node r = ex["rlimits"];
     if (!r || r.IsNull()) r = YAML::Node(YAML::NodeType::Map);
+    std::set<std::string> given;
     if (r.IsMap())
       for (const auto& v : f.ulimits)
-        if (auto s = lower_ulimit(v, r); !s) return s;
+        if (auto s = lower_ulimit(v, r, given); !s) return s;
     ex["rlimits"] = r;
     o.add("rlimits", "--ulimit");
   }
@@ -190,7 +214,14 @@ Error said_of_flags(const Error& e, const Origins& o, size_t index) {
   size_t end = e.message.find_first_of(".[:", field_at);
   if (end == std::string::npos) return e;
   const auto it = o.by_field.find(e.message.substr(field_at, end - field_at));
-  if (it == o.by_field.end()) return e;
+  if (it == o.by_field.end()) {
+    // About the executor the flags changed, but not one field a flag set
+    // (cap_add against --cap-drop): the field's name, without the line of
+    // a document no one wrote.
+    Error out = e;
+    out.message = "with the command line's flags: " + e.message.substr(at + 2);
+    return out;
+  }
   const size_t what = e.message.find(": ", end);
   Error out = e;
   out.message = it->second + (what == std::string::npos ? "" : e.message.substr(what));
@@ -247,6 +278,7 @@ Result<ExecutorConfig> lower_adhoc(const AdhocFlags& f, const std::string& confi
     if (!executors || !executors.IsSequence()) executors = YAML::Node(YAML::NodeType::Sequence);
     size_t index = executors.size();
     std::string name = base_name;
+    Origins origins;
     if (fresh) {
       name = "adhoc";
       for (size_t i = 0; i < executors.size(); ++i)
@@ -256,7 +288,10 @@ Result<ExecutorConfig> lower_adhoc(const AdhocFlags& f, const std::string& confi
       YAML::Node ex(YAML::NodeType::Map);
       ex["name"] = name;
       ex["kind"] = f.host ? "host" : "container";
-      if (!f.host) ex["image"] = f.image;
+      if (!f.host) {
+        ex["image"] = f.image;
+        origins.set("image", "image", f.image);
+      }
       executors.push_back(ex);
     } else {
       for (index = 0; index < executors.size(); ++index)
@@ -265,7 +300,6 @@ Result<ExecutorConfig> lower_adhoc(const AdhocFlags& f, const std::string& confi
         return fail(
             make_error(ErrorKind::NotFound, "no executor named '" + name + "' in " + config_path));
     }
-    Origins origins;
     if (auto s = lower_into(f, executors[index], fresh, origins); !s) return fail(s.error());
     doc["executors"] = executors;
     YAML::Emitter out;

@@ -6,7 +6,7 @@
 // An error names the flag and its value, not the field it became.
 //
 // The flags describe a new executor (of an image, or of the host's view) or
-// narrow a configured one: the flags given replace its fields, lists
+// override a configured one's fields: the flags given replace them, lists
 // (volumes, tmpfs, capabilities, ulimits) are added to its own.
 #pragma once
 
@@ -39,12 +39,12 @@ struct AdhocFlags {
   std::vector<std::string> security_opts;      // --security-opt no-new-privileges[=BOOL]
   bool read_only = false;                      // --read-only
 
-  // Whether any flag above describes or narrows the sandbox.
+  // Whether any flag above describes or overrides the sandbox.
   bool any() const;
 };
 
 // The executor the flags describe. With `base_name`, that executor of the
-// config at `config_path`, narrowed; else a new one named "adhoc", of
+// config at `config_path`, its fields overridden; else a new one named "adhoc", of
 // flags.image or flags.host, in that config (its images section, its
 // callers) or, with no `config_path`, alone. Unlike a configured executor,
 // a new one has a writable root unless --read-only (podman's default; its

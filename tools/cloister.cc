@@ -4,15 +4,19 @@
 // cloisterd with the client library (runtime/client.h).
 #include <fcntl.h>
 #include <poll.h>
+#include <seccomp.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -21,7 +25,9 @@
 #include <thread>
 #include <vector>
 
+#include "isolate/cgroups.h"
 #include "isolate/signals.h"
+#include "oci/container.h"
 #include "oci/load.h"
 #include "oci/reference.h"
 #include "oci/registry.h"
@@ -39,9 +45,21 @@ namespace {
 
 constexpr const char* kDefaultConfig = "/etc/cloister/cloister.yaml";
 
+// --json anywhere before the command: errors as JSON too (on stderr, as
+// the text ones), {"error": {"kind", "message", "errno"}}.
+bool g_json_errors = false;
+
 int report(const Error& e) {
-  std::fprintf(stderr, "cloister: %s: %s\n", std::string(kind_name(e.kind)).c_str(),
-               e.what().c_str());
+  if (g_json_errors) {
+    const nlohmann::json j = {
+        {"error",
+         {{"kind", std::string(kind_name(e.kind))}, {"message", e.what()}, {"errno", e.code}}}};
+    std::fprintf(stderr, "%s\n",
+                 j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::fprintf(stderr, "cloister: %s: %s\n", std::string(kind_name(e.kind)).c_str(),
+                 e.what().c_str());
+  }
   return exit_code_for(e);
 }
 
@@ -59,7 +77,7 @@ struct ExecOptions {
   std::vector<std::string> argv;
   std::string command;        // a command string instead of argv (policy/command.h)
   bool config_given = false;  // -c: else the default config only where it exists
-  AdhocFlags sandbox;         // flags describing or narrowing the sandbox
+  AdhocFlags sandbox;         // flags describing the sandbox or overriding its fields
   std::vector<std::string> env_files;
 };
 
@@ -100,7 +118,7 @@ Status read_env_file(const std::string& path, std::vector<std::string>& out) {
 int run_exec(const ExecOptions& o) {
   // One sandbox, then exit: no thread for its teardown.
   Spawned::set_background_teardown(false);
-  // An executor of the config, narrowed by flags; or one the flags describe
+  // An executor of the config, its fields overridden by flags; or one the flags describe
   // (an image, or the host's view), in the config where there is one.
   Result<ExecutorConfig> lowered = fail(internal("unset"));
   if (!o.executor.empty() && !o.sandbox.any()) {
@@ -112,7 +130,10 @@ int run_exec(const ExecOptions& o) {
           make_error(ErrorKind::NotFound, "no executor named '" + o.executor + "' in " + o.config));
     lowered = *ec;
   } else {
-    const bool use_config = o.config_given || ::access(o.config.c_str(), F_OK) == 0;
+    // -x needs its config; a new sandbox takes the default one only where
+    // this user can read it (an administrator's 0600 file is not theirs).
+    const bool use_config =
+        o.config_given || !o.executor.empty() || ::access(o.config.c_str(), R_OK) == 0;
     lowered = lower_adhoc(o.sandbox, use_config ? o.config : "", o.executor);
   }
   if (!lowered) return report(lowered.error());
@@ -157,6 +178,77 @@ int run_exec(const ExecOptions& o) {
                  : status->stdout_truncated                           ? "stdout"
                                                                       : "stderr");
   return status->code();
+}
+
+// --- info and version ---
+
+struct HostFeatures {
+  std::string kernel, cgroups, seccomp;
+  bool userns = false, overlay = false, pidfd = false;
+};
+
+HostFeatures host_features() {
+  HostFeatures f;
+  utsname u{};
+  if (::uname(&u) == 0) f.kernel = u.release;
+  auto m = cgroups::Manager::shared();
+  f.cgroups =
+      m ? std::string(cgroups::layout_name((*m)->layout())) : "none (" + m.error().what() + ")";
+  const scmp_version* v = ::seccomp_version();
+  f.seccomp =
+      v ? std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->micro)
+        : "?";
+  std::ifstream max("/proc/sys/user/max_user_namespaces");
+  long n = 0;
+  f.userns = (max >> n) && n > 0;
+  f.overlay = oci::overlay_available();
+  const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
+  f.pidfd = pfd >= 0;
+  if (pfd >= 0) ::close(pfd);
+  return f;
+}
+
+std::string features_line() {
+  const HostFeatures f = host_features();
+  return "kernel " + f.kernel + ", cgroups " + f.cgroups + ", libseccomp " + f.seccomp +
+         (f.userns ? ", userns" : ", no userns") + (f.overlay ? ", overlay" : ", no overlay") +
+         (f.pidfd ? ", pidfd" : ", no pidfd");
+}
+
+int run_info(const std::string& state_dir, bool as_json) {
+  const HostFeatures f = host_features();
+  nlohmann::json j = {
+      {"version", CLOISTER_VERSION}, {"commit", CLOISTER_COMMIT}, {"kernel", f.kernel},
+      {"cgroups", f.cgroups},        {"libseccomp", f.seccomp},   {"userns", f.userns},
+      {"overlay", f.overlay},        {"pidfd", f.pidfd},          {"uid", ::geteuid()}};
+  auto dir = oci::resolve_state_dir(state_dir);
+  if (dir) {
+    j["store"] = {{"path", *dir}};
+    // Read-only: a store that does not exist is said, not made.
+    if (::access(dir->c_str(), F_OK) == 0) {
+      if (auto store = oci::Store::open(*dir)) {
+        if (auto used = store->disk_usage()) j["store"]["bytes"] = *used;
+        if (auto images = store->list_images()) j["store"]["images"] = images->size();
+      }
+    } else {
+      j["store"]["exists"] = false;
+    }
+  }
+  if (as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  for (auto& [k, v] : j.items()) {
+    if (k == "store") {
+      for (auto& [sk, sv] : v.items())
+        std::printf("store.%-10s %s\n", sk.c_str(),
+                    sv.is_string() ? sv.get<std::string>().c_str() : sv.dump().c_str());
+      continue;
+    }
+    std::printf("%-16s %s\n", k.c_str(),
+                v.is_string() ? v.get<std::string>().c_str() : v.dump().c_str());
+  }
+  return 0;
 }
 
 // --- image verbs (oci/): load, images, rmi, prune ---
@@ -248,12 +340,15 @@ int run_prune(const std::string& state_dir) {
     std::printf("store %s uses %s on disk\n", store->root().c_str(), human_bytes(*used).c_str());
   return 0;
 }
+// --progress: bars on stderr ("tty", the default on a terminal), JSON lines
+// on stderr ("json", only when asked) or nothing ("none", the default
+// elsewhere, and with -q).
 int run_pull(const std::string& state_dir, const std::string& reference,
-             const oci::RegistryOptions& ropt) {
+             const oci::RegistryOptions& ropt, std::string progress, bool quiet, bool as_json) {
   auto store = open_store(state_dir);
   if (!store) return report(store.error());
-  // Progress: a status line on a TTY, JSON lines otherwise (stderr).
-  const bool tty = ::isatty(STDERR_FILENO);
+  if (progress.empty()) progress = ::isatty(STDERR_FILENO) && !quiet ? "tty" : "none";
+  const bool tty = progress == "tty";
   std::mutex mu;
   std::map<size_t, std::pair<uint64_t, uint64_t>> layers;  // done, total
   std::map<size_t, uint64_t> last_reported;
@@ -276,6 +371,7 @@ int run_pull(const std::string& state_dir, const std::string& reference,
   };
   oci::ImportOptions opt;
   opt.progress = [&](size_t i, uint64_t done, uint64_t total) {
+    if (progress == "none") return;
     std::lock_guard g(mu);
     layers[i] = {done, total};
     auto& last = last_reported[i];
@@ -290,6 +386,7 @@ int run_pull(const std::string& state_dir, const std::string& reference,
     }
   };
   opt.layer_done = [&](size_t i, const oci::Descriptor& d, bool cached) {
+    if (progress == "none") return;
     std::lock_guard g(mu);
     states[i] = cached ? "already present" : "done";
     if (layers[i].second == 0) layers[i] = {d.size, d.size};
@@ -300,8 +397,30 @@ int run_pull(const std::string& state_dir, const std::string& reference,
                    i, d.digest.str().c_str(), cached ? "true" : "false");
   };
   auto rec = oci::pull_image(*store, reference, ropt, opt);
-  if (!rec) return report(rec.error());
-  std::printf("pulled %s (%s)\n", rec->reference.c_str(), rec->manifest.str().c_str());
+  if (!rec) {
+    Error e = rec.error();
+    for (const char* down : {"Couldn't connect", "Couldn't resolve", "Connection refused",
+                             "timed out", "SSL connect error"})
+      if (e.message.find(down) != std::string::npos) {
+        e.message +=
+            " (is the registry up and reachable from here? --mirror REGISTRY=HOST "
+            "for another, --insecure HOST for one over plain HTTP)";
+        break;
+      }
+    return report(e);
+  }
+  if (as_json)
+    std::printf("%s\n", nlohmann::json{{"reference", rec->reference},
+                                       {"manifest", rec->manifest.str()},
+                                       {"config", rec->config.str()},
+                                       {"layers", rec->chain_ids.size()},
+                                       {"size", rec->size}}
+                            .dump()
+                            .c_str());
+  else if (quiet)
+    std::printf("%s\n", rec->manifest.str().c_str());
+  else
+    std::printf("pulled %s (%s)\n", rec->reference.c_str(), rec->manifest.str().c_str());
   return 0;
 }
 // --- end image verbs ---
@@ -511,8 +630,18 @@ int finish(const ExitStatus& st, double timeout) {
   return st.code();
 }
 
+// The connection, or an error that says what to do about the usual causes.
 Result<std::unique_ptr<Connection>> dial(const Global& g) {
-  return Connection::connect(g.socket);
+  auto c = Connection::connect(g.socket);
+  if (c) return c;
+  Error e = c.error();
+  if (e.code == ENOENT || e.code == ECONNREFUSED)
+    e.message +=
+        " (is cloisterd running? `systemctl start cloister.socket`, or `cloisterd "
+        "--config FILE`; --socket or $CLOISTER_SOCKET for another socket)";
+  else if (e.code == EACCES || e.code == EPERM)
+    e.message += " (the socket is for root and its group: is your user in it? `id -nG`)";
+  return fail(std::move(e));
 }
 
 int run_service(const Global& g, const RunOptions& o) {
@@ -983,7 +1112,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", global.json, "machine-readable output");
   app.fallthrough();
-  app.set_version_flag("--version", "cloister 0.1.0");
+  // A function: the features are probed only when asked for.
+  app.set_version_flag("--version", std::function<std::string()>([] {
+                         return std::string("cloister ") + CLOISTER_VERSION + " (commit " +
+                                CLOISTER_COMMIT + "; " + features_line() + ")";
+                       }));
 
   ExecOptions exec;
   auto* sub = app.add_subcommand(
@@ -1013,7 +1146,7 @@ int main(int argc, char** argv) {
       "shell executor");
   sub->add_option("--state-dir", exec.state_dir, "image store (container executors)");
   // The sandbox, as podman's flags say it (runtime/adhoc.h): new, of an
-  // image or of --host, or -x EXECUTOR narrowed.
+  // image or of --host, or -x EXECUTOR with its fields overridden.
   AdhocFlags& sb = exec.sandbox;
   sub->add_flag("--host", sb.host, "the host's view (a host executor) instead of an image");
   bool rm = true;
@@ -1040,8 +1173,12 @@ int main(int argc, char** argv) {
   // Image verbs (oci/).
   std::string state_dir, load_path, load_name;
   std::vector<std::string> rmi_refs;
-  auto* load = app.add_subcommand("load", "import an OCI image layout directory or OCI archive");
-  load->add_option("path", load_path, "layout directory or .tar archive")->required();
+  auto* load = app.add_subcommand(
+      "load",
+      "import images: an OCI layout directory, an OCI archive or a docker-archive "
+      "(docker/podman save; gzip or not), or - for one on stdin");
+  auto* load_pos = load->add_option("path", load_path, "layout directory, archive, or -");
+  load->add_option("-i,--input", load_path, "the same, as docker load -i")->excludes(load_pos);
   load->add_option("--name,-n", load_name, "reference to store the image under");
   auto* images = app.add_subcommand("images", "list the images in the store and its disk use");
   auto* rmi = app.add_subcommand("rmi", "remove image records (prune frees their layers)");
@@ -1053,9 +1190,18 @@ int main(int argc, char** argv) {
   pull->add_option("reference", pull_ref, "image reference")->required();
   pull->add_option("--insecure", ropt.insecure, "registry host[:port] reachable over plain HTTP");
   pull->add_option("--auth-file", ropt.auth_file, "credentials file (auth.json format)");
+  std::string pull_progress;
+  bool pull_quiet = false;
+  pull->add_option("--progress", pull_progress,
+                   "tty (bars; the default on a terminal), json (lines on stderr) or none")
+      ->check(CLI::IsMember({"tty", "json", "none"}));
+  pull->add_flag("-q,--quiet", pull_quiet, "no progress; print the manifest's digest only");
   std::vector<std::string> mirrors;
   pull->add_option("--mirror", mirrors, "REGISTRY=HOST[:PORT]: try HOST before REGISTRY");
-  for (auto* c : {load, images, rmi, prune, pull})
+  auto* info = app.add_subcommand("info",
+                                  "what this host and build offer: versions, kernel, "
+                                  "cgroups, userns, overlay, seccomp, pidfd, the store");
+  for (auto* c : {load, images, rmi, prune, pull, info})
     c->add_option("--state-dir", state_dir, "image store")->default_str(oci::kDefaultStateDir);
 
   // Service verbs.
@@ -1132,6 +1278,7 @@ int main(int argc, char** argv) {
   while (verb < args.size() && (args[verb] == "--json" || args[verb].starts_with("--socket=") ||
                                 (args[verb] == "--socket" && ++verb)))
     ++verb;
+  for (size_t i = 1; i < verb; ++i) g_json_errors |= args[i] == "--json";
   if (verb < args.size() && !args[verb].starts_with("-")) {
     std::vector<std::string> names;
     for (const CLI::App* c : app.get_subcommands({})) names.push_back(c->get_name());
@@ -1159,21 +1306,41 @@ int main(int argc, char** argv) {
     exec_words.assign(rest.begin() + static_cast<long>(split.command_begin), rest.end());
     args.resize(verb + 1 + split.options_end);
   }
+  // (exec's and run's commands are cut off by now: a --json of theirs is not ours)
+  for (size_t i = 1; i < args.size() && args[i] != "--"; ++i)
+    if (args[i] == "--json") g_json_errors = true;
   std::vector<char*> cargs;
   for (auto& a : args) cargs.push_back(a.data());
   try {
     app.parse(static_cast<int>(cargs.size()), cargs.data());
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "cloister: INVALID: %s\n", e.what());
-    return 125;
+    return report(invalid(e.what()));
   }
   const protocol::SessionRef sid = session_key(sref);
   exec.config_given = exec_config->count() > 0;
   // With -x, --host or --session every word is the command; else the
   // first is the image.
+  // Words that look like options before a later `--` are options given in
+  // the wrong place (`run shell -d -- cmd`), not the command's.
+  auto misplaced = [](const std::vector<std::string>& w, size_t from) -> std::string {
+    if (from >= w.size() || !w[from].starts_with("-") || w[from] == "--") return "";
+    return std::find(w.begin() + static_cast<long>(from), w.end(), "--") != w.end() ? w[from] : "";
+  };
   if (sub->parsed()) {
-    const bool image_first = exec.executor.empty() && exec.session.empty() && !exec.sandbox.host;
+    if ((exec_executor->count() && exec.executor.empty()) ||
+        (exec_session->count() && exec.session.empty()))
+      return report(invalid(exec_executor->count() && exec.executor.empty()
+                                ? "-x/--executor needs a name"
+                                : "--session needs a session id or name"));
+    const bool image_first =
+        !exec_executor->count() && !exec_session->count() && !exec.sandbox.host;
+    if (image_first && !exec_words.empty() && exec_words.front().empty())
+      return report(invalid("the image is an empty word"));
+    if (const std::string w = image_first ? misplaced(exec_words, 1) : ""; !w.empty())
+      return report(invalid("'" + w +
+                            "' comes after the image and before --: options go before the image "
+                            "(exec [OPTIONS] IMAGE [COMMAND...])"));
     if (image_first && !exec_words.empty()) {
       exec.sandbox.image = exec_words.front();
       exec_words.erase(exec_words.begin());
@@ -1216,8 +1383,12 @@ int main(int argc, char** argv) {
                   "attached, on pipes)"));
     return run_exec(exec);
   }
-  if (load->parsed()) return run_load(state_dir, load_path, load_name);
+  if (load->parsed()) {
+    if (load_path.empty()) return report(invalid("give the layout or archive to load (or -)"));
+    return run_load(state_dir, load_path, load_name);
+  }
   if (images->parsed()) return run_images(state_dir, global.json);
+  if (info->parsed()) return run_info(state_dir, global.json);
   if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
   if (prune->parsed()) return run_prune(state_dir);
   if (pull->parsed()) {
@@ -1227,10 +1398,14 @@ int main(int argc, char** argv) {
         return report(invalid("--mirror expects REGISTRY=HOST, got '" + m + "'"));
       ropt.mirrors[m.substr(0, eq)].push_back(m.substr(eq + 1));
     }
-    return run_pull(state_dir, pull_ref, ropt);
+    return run_pull(state_dir, pull_ref, ropt, pull_progress, pull_quiet, global.json);
   }
   if (run_cmd->parsed()) {
     if (exec_words.empty()) return report(invalid("give the executor, then the command"));
+    if (const std::string w = misplaced(exec_words, 1); !w.empty())
+      return report(invalid("'" + w +
+                            "' comes after the executor and before --: options go "
+                            "before the executor (run [OPTIONS] EXECUTOR COMMAND...)"));
     run.executor = exec_words.front();
     auto from = exec_words.begin() + 1;
     if (from != exec_words.end() && *from == "--") ++from;  // EXECUTOR -- COMMAND

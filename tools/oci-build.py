@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--platforms", default="")
     ap.add_argument("--attestation", action="store_true")
     ap.add_argument("--archive")
+    ap.add_argument("--docker-archive", help="also write OUT.tar as `docker save` does "
+                    "(manifest.json, a config, DIR/layer.tar; a repeated layer as a symlink)")
     ap.add_argument("--push", help="http://HOST:PORT/REPO:TAG (the OCI distribution push API)")
     ap.add_argument("--user-pass", help="USER:PASS for basic auth when pushing")
     ap.add_argument("--keep-owners", action="store_true", help="keep uid/gid (default 0:0)")
@@ -67,13 +69,15 @@ def main():
         d = sha(b)
         with open(os.path.join(a.out, "blobs", "sha256", d[7:]), "wb") as f: f.write(b)
         return d
-    layers, diff_ids = [], []
+    layers, diff_ids, raws = [], [], []
     for spec in a.layer:
         d, _, how = spec.partition(":")
         raw = layer_tar(d)
+        raws.append(raw)
         blob, mt = compress(raw, how or "gzip")
         layers.append({"mediaType": mt, "digest": put(blob), "size": len(blob)})
         diff_ids.append(sha(raw))
+    configs = []
     def manifest(os_, arch):
         cfg = {"architecture": arch, "os": os_, "rootfs": {"type": "layers", "diff_ids": diff_ids},
                "config": {"Env": a.env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}}
@@ -82,6 +86,7 @@ def main():
         if a.workdir: cfg["config"]["WorkingDir"] = a.workdir
         if a.user: cfg["config"]["User"] = a.user
         cb = json.dumps(cfg).encode()
+        configs.append(cb)
         m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
              "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(cb), "size": len(cb)},
              "layers": layers}
@@ -117,6 +122,30 @@ def main():
         with tarfile.open(a.archive, "w") as t:
             for n in ["oci-layout", "index.json", "blobs"]:
                 t.add(os.path.join(a.out, n), n)
+    if a.docker_archive:
+        with tarfile.open(a.docker_archive, "w") as t:
+            def member(name, data=None, link=None):
+                ti = tarfile.TarInfo(name)
+                if link is not None:
+                    ti.type, ti.linkname = tarfile.SYMTYPE, link
+                    t.addfile(ti)
+                else:
+                    ti.size = len(data)
+                    t.addfile(ti, io.BytesIO(data))
+            cfg_name = sha(configs[0])[7:] + ".json"
+            member(cfg_name, configs[0])
+            names, first = [], {}
+            for i, raw in enumerate(raws):
+                h = hashlib.sha256(raw + bytes([i])).hexdigest()
+                name = h + "/layer.tar"
+                if raw in first:
+                    member(name, link="../" + first[raw])
+                else:
+                    first[raw] = name
+                    member(name, raw)
+                names.append(name)
+            member("manifest.json", json.dumps([{"Config": cfg_name, "RepoTags": [a.ref],
+                                                 "Layers": names}]).encode())
     if a.push:
         push(a.out, top, a.push, a.user_pass)
     print(top["digest"])

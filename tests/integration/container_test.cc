@@ -245,6 +245,39 @@ TEST_F(Container, CliAdhocRunsOfAnImageAndOfTheHost) {
             "from-host\n");
 }
 
+// docker save's format and stdin (issue 15): a docker-archive with a layer
+// repeated as a symlink, as a file and gzip'd on stdin.
+TEST_F(Container, CliLoadsDockerArchivesAndStdin) {
+  TempDir t;
+  const std::string d = t.path;
+  shell("set -e; cd " + d +
+        "; mkdir -p a/bin a/etc b/etc; cp /bin/busybox a/bin/; ln -s busybox a/bin/cat; "
+        "printf 'root:x:0:0::/:/bin/cat\n' > a/etc/passwd; echo docker > b/etc/motd; "
+        "python3 " CLOISTER_SOURCE_DIR
+        "/tools/oci-build.py layout --ref localhost/test/docker:1 --layer a:none --layer b:none "
+        "--layer b:none --cmd '[\"cat\",\"/etc/motd\"]' --env PATH=/bin --docker-archive d.tar "
+        ">/dev/null");
+  const std::string cli = std::string(CLOISTER_BIN_DIR) + "/cloister ";
+  std::string out = shell(cli + "load --state-dir " + d + "/s1 " + d + "/d.tar");
+  EXPECT_NE(out.find("loaded localhost/test/docker:1"), std::string::npos) << out;
+  EXPECT_EQ(shell(cli + "exec --state-dir " + d + "/s1 -u 0 localhost/test/docker:1 2>/dev/null"),
+            "docker\n");
+  out = shell("gzip -c " + d + "/d.tar | " + cli + "load --state-dir " + d +
+              "/s2 --name localhost/test/docker:2 -");
+  EXPECT_NE(out.find("loaded localhost/test/docker:2"), std::string::npos) << out;
+  out = shell(cli + "load --state-dir " + d + "/s2 -i " + d + "/d.tar");
+  EXPECT_NE(out.find("loaded localhost/test/docker:1"), std::string::npos) << out;
+  // Neither format: said, and nothing is left in the staging area.
+  shell("cd " + d + " && mkdir junk && echo x > junk/f && tar -cf junk.tar -C junk f");
+  FILE* p = ::popen((cli + "load --state-dir " + d + "/s2 " + d + "/junk.tar 2>&1").c_str(), "r");
+  out.clear();
+  char buf[4096];
+  while (p && !std::feof(p)) out.append(buf, std::fread(buf, 1, sizeof buf, p));
+  EXPECT_NE(p ? ::pclose(p) : 0, 0);
+  EXPECT_NE(out.find("neither an OCI layout nor a docker-archive"), std::string::npos) << out;
+  EXPECT_EQ(shell("ls -A " + d + "/s2/tmp"), "");
+}
+
 TEST_F(Container, CliLoadAndExec) {
   const std::string d = dir->path;
   shell("cd " + d + " && tar -cf bb.tar -C layout oci-layout index.json blobs");

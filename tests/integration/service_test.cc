@@ -130,6 +130,11 @@ TEST(Service, CliGrammarAsDockersAndVerbsNamed) {
   EXPECT_EQ(sh(kCli + " run --socket " + d.socket + " shell echo after 2>/dev/null", &out), 0)
       << "--socket after the verb";
   EXPECT_EQ(out, "after\n");
+  std::string id;
+  ASSERT_EQ(sh(cli + "run -d shell sleep 100", &id), 0);
+  id.pop_back();
+  EXPECT_EQ(sh(cli + "kill -s kill " + id), 0) << "signal names in any case";
+  EXPECT_EQ(sh(cli + "wait " + id), 137);
   EXPECT_EQ(sh(cli + "run shell 2>&1", &out), 125);
   EXPECT_NE(out.find("give the command after the executor"), std::string::npos) << out;
   EXPECT_EQ(sh(kCli + " exce 2>&1", &out), 125);
@@ -138,6 +143,24 @@ TEST(Service, CliGrammarAsDockersAndVerbsNamed) {
   EXPECT_NE(out.find("--enve"), std::string::npos) << out;
   EXPECT_EQ(sh(kCli + " images --json --state-dir " + d.dir.path + "/store 2>&1", &out), 0);
   EXPECT_EQ(json::parse(out), json::array()) << out;
+  // --json: errors as JSON too; hints for the common failures.
+  EXPECT_EQ(sh(kCli + " --json exce 2>&1", &out), 125);
+  auto e = json::parse(out, nullptr, false);
+  EXPECT_EQ(e["error"]["kind"], "INVALID") << out;
+  EXPECT_EQ(sh(kCli + " ps --socket " + d.dir.path + "/none.sock 2>&1", &out), 125);
+  EXPECT_NE(out.find("is cloisterd running?"), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " pull --state-dir " + d.dir.path + "/store localhost:1/none:1 2>&1", &out),
+            125);
+  EXPECT_NE(out.find("is the registry up and reachable"), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " --version", &out), 0);
+  EXPECT_NE(out.find("(commit "), std::string::npos) << out;
+  EXPECT_NE(out.find("kernel "), std::string::npos) << out;
+  EXPECT_EQ(sh(kCli + " info --json --state-dir " + d.dir.path + "/nostore", &out), 0);
+  auto info = json::parse(out, nullptr, false);
+  EXPECT_EQ(info["userns"], true) << out;
+  EXPECT_TRUE(info["cgroups"].is_string()) << out;
+  EXPECT_EQ(info["store"]["exists"], false) << out;
+  EXPECT_NE(::access((d.dir.path + "/nostore").c_str(), F_OK), 0) << "info made no store";
   EXPECT_EQ(sh(cli + "executors --json 2>&1", &out), 0);
   EXPECT_TRUE(json::parse(out, nullptr, false).is_array() ||
               json::parse(out, nullptr, false).is_object())

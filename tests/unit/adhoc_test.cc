@@ -1,5 +1,5 @@
 // Flags onto the one spec (runtime/adhoc.h): each flag is the field it
-// means, its errors name the flag, and a configured executor is narrowed.
+// means, its errors name the flag, and a configured executor has its fields overridden.
 #include "runtime/adhoc.h"
 
 #include <gtest/gtest.h>
@@ -132,6 +132,12 @@ TEST(Adhoc, ErrorsNameTheFlag) {
   f.ulimits = {"bogus=1"};
   EXPECT_TRUE(err(f).starts_with("--ulimit: ")) << err(f);
   f = {};
+  f.cpus = "0.000004";
+  EXPECT_TRUE(err(f).starts_with("--cpus '0.000004': at least 0.01")) << "not rounded to none";
+  f = {};
+  f.hostname = std::string(300, 'a') + "\n";
+  EXPECT_LT(err(f).size(), 250u) << "a long value is cut in the error";
+  f = {};
   f.cpus = "0";
   EXPECT_TRUE(err(f).starts_with("--cpus '0'")) << err(f);
   f = {};
@@ -160,7 +166,7 @@ TEST(Adhoc, ErrorsNameTheFlag) {
   EXPECT_FALSE(lower_adhoc(AdhocFlags{}));
 }
 
-TEST(Adhoc, AConfiguredExecutorIsNarrowed) {
+TEST(Adhoc, AConfiguredExecutorsFieldsAreOverridden) {
   testing::TempDir d;
   const std::string cfg = d / "c.yaml";
   std::ofstream(cfg) << "executors:\n"
@@ -183,10 +189,23 @@ TEST(Adhoc, AConfiguredExecutorIsNarrowed) {
   EXPECT_EQ(e->tmpfs.size(), 2u);
   EXPECT_TRUE(e->read_only_rootfs) << "the configured executor's own";
   f = {};
-  f.tmpfs = {"/tmp"};
+  f.tmpfs = {"/tmp:size=1m"};
+  f.ulimits = {"nofile=64"};
+  auto over = lower_adhoc(f, cfg, "box");
+  ASSERT_TRUE(over) << over.error().what();
+  ASSERT_EQ(over->tmpfs.size(), 1u) << "a flag replaces the executor's own /tmp";
+  EXPECT_EQ(over->tmpfs[0].options, "size=1m");
+  f.tmpfs = {"/a", "/a:size=1m"};
   auto twice = lower_adhoc(f, cfg, "box");
   ASSERT_FALSE(twice);
-  EXPECT_NE(twice.error().message.find("/tmp is a tmpfs already"), std::string::npos);
+  EXPECT_NE(twice.error().message.find("/a is given twice"), std::string::npos);
+  f = {};
+  f.cap_drop = {"CHOWN"};
+  auto clash = lower_adhoc(f, cfg, "box");
+  if (!clash) {
+    EXPECT_EQ(clash.error().message.find(":2:"), std::string::npos)
+        << "no line of the emitted document: " << clash.error().message;
+  }
   auto none = lower_adhoc({}, cfg, "nope");
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error().kind, ErrorKind::NotFound);
