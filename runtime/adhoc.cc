@@ -195,6 +195,12 @@ Status lower_into(const AdhocFlags& f, YAML::Node ex, bool fresh, Origins& o) {
   }
   for (const auto& v : f.security_opts)
     if (auto s = lower_security_opt(v, ex, o); !s) return s;
+  if (f.entrypoint) {
+    YAML::Node words(YAML::NodeType::Sequence);
+    if (!f.entrypoint->empty()) words.push_back(*f.entrypoint);
+    ex["entrypoint"] = words;
+    o.set("entrypoint", "--entrypoint", *f.entrypoint);
+  }
   if (f.read_only) {
     ex["read_only_rootfs"] = "true";
     o.add("read_only_rootfs", "--read-only");
@@ -254,7 +260,7 @@ CommandLineSplit split_command_line(const std::vector<std::string>& args,
 bool AdhocFlags::any() const {
   return !image.empty() || host || memory || memory_swap || cpus || cpu_quota || pids_limit ||
          network || hostname || user || !cap_add.empty() || !cap_drop.empty() || !volumes.empty() ||
-         !tmpfs.empty() || !ulimits.empty() || !security_opts.empty() || read_only;
+         !tmpfs.empty() || !ulimits.empty() || !security_opts.empty() || read_only || entrypoint;
 }
 
 Result<ExecutorConfig> lower_adhoc(const AdhocFlags& f, const std::string& config_path,

@@ -38,6 +38,7 @@ struct AdhocFlags {
   std::vector<std::string> ulimits;            // --ulimit NAME=SOFT[:HARD]
   std::vector<std::string> security_opts;      // --security-opt no-new-privileges[=BOOL]
   bool read_only = false;                      // --read-only
+  std::optional<std::string> entrypoint;       // --entrypoint PROGRAM ("" for none)
 
   // Whether any flag above describes or overrides the sandbox.
   bool any() const;

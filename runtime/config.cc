@@ -1013,6 +1013,16 @@ Status parse_image(const Parser& p, const Field& f, Building& b) {
   return {};
 }
 
+Status parse_entrypoint(const Parser& p, const Field& f, Building& b) {
+  if (auto s = container_only(p, f, b); !s) return s;
+  auto words = p.string_list(f);
+  if (!words) return fail(words.error());
+  if (std::find(words->begin(), words->end(), "") != words->end())
+    return fail(p.error(f, "an entrypoint word must not be empty"));
+  b.cfg.entrypoint = std::move(*words);
+  return {};
+}
+
 Status parse_auto_remove(const Parser& p, const Field& f, Building& b) {
   if (auto s = container_only(p, f, b); !s) return s;
   return assign(p.boolean(f), b.cfg.auto_remove);
@@ -1060,6 +1070,7 @@ constexpr FieldRule kExecutorFields[] = {
     {"max_processes", parse_max_processes},
     {"output_limit", parse_output_limit},
     {"image", parse_image},
+    {"entrypoint", parse_entrypoint},
     {"host", parse_docker_host},
     {"auto_remove", parse_auto_remove},
 };

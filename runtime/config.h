@@ -73,7 +73,10 @@ struct ExecutorConfig {
   // output_limit and the config's callers rules (docs/policy.md).
   policy::ExecutorPolicy policy;
   // Container executors (kind: container / exec.docker), see docs/oci.md.
-  std::string image;        // a reference, normalised (docker.io/library/alpine:latest)
+  std::string image;  // a reference, normalised (docker.io/library/alpine:latest)
+  // In place of the image's Entrypoint (and then without its Cmd, as
+  // docker's --entrypoint); [] runs the command as given.
+  std::optional<std::vector<std::string>> entrypoint;
   bool auto_remove = true;  // accepted for seed compatibility: nothing outlives a process
   std::string state_dir;    // the image store; from the images section, "" = default
   // From the images section: an image missing from the store is pulled when

@@ -46,8 +46,8 @@ Status lower_container(const ExecutorConfig& c, SpawnSpec& s, ImageDefaults* out
       if (eq == std::string::npos || eq == 0) continue;
       out->env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
     }
-    out->entrypoint = img->config.entrypoint;
-    out->cmd = img->config.cmd;
+    out->entrypoint = c.entrypoint ? *c.entrypoint : img->config.entrypoint;
+    if (!c.entrypoint) out->cmd = img->config.cmd;
     out->work_dir = img->config.working_dir;
   }
   return {};
@@ -252,8 +252,17 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   auto wd = mounts::normalize_path(work_dir);
   if (!wd) return fail(wd.error().wrap("work dir"));
 
-  // A container without a command runs its image's Cmd.
-  if (image_ && !req.join && req.argv.empty() && req.command.empty()) req.argv = image_->cmd;
+  // A container without a command runs its image's Cmd; with no Cmd
+  // either, its Entrypoint alone (as docker does), which is then the
+  // command the policy checks.
+  bool entrypoint_is_command = false;
+  if (image_ && !req.join && req.argv.empty() && req.command.empty()) {
+    req.argv = image_->cmd;
+    if (req.argv.empty() && !image_->entrypoint.empty()) {
+      req.argv = image_->entrypoint;
+      entrypoint_is_command = true;
+    }
+  }
 
   // Every policy rule, decided and audited in one place.
   policy::ExecInput in;
@@ -278,7 +287,7 @@ Result<std::unique_ptr<Process>> Executor::exec(ExecRequest req) const {
   setup.command.work_dir_beneath = std::move(grant->work_dir_beneath);
   setup.command.argv = std::move(grant->argv);
   // The image's Entrypoint runs the (checked) command as its arguments.
-  if (image_ && !req.join && !image_->entrypoint.empty())
+  if (image_ && !req.join && !image_->entrypoint.empty() && !entrypoint_is_command)
     setup.command.argv.insert(setup.command.argv.begin(), image_->entrypoint.begin(),
                               image_->entrypoint.end());
   if (grant->executable) {

@@ -269,18 +269,30 @@ Result<oci::Store> open_store(const std::string& state_dir) {
   return oci::Store::open(*dir);
 }
 
-int run_load(const std::string& state_dir, const std::string& path, const std::string& name) {
+void print_json_line(const nlohmann::json& j) {
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+}
+
+int run_load(const std::string& state_dir, const std::string& path, const std::string& name,
+             bool as_json) {
   auto store = open_store(state_dir);
   if (!store) return report(store.error());
   oci::ImportOptions opt;
-  opt.layer_done = [](size_t i, const oci::Descriptor& d, bool cached) {
-    std::fprintf(stderr, "layer %zu %s: %s\n", i, d.digest.str().substr(0, 19).c_str(),
-                 cached ? "already present" : "applied");
-  };
+  if (!as_json)
+    opt.layer_done = [](size_t i, const oci::Descriptor& d, bool cached) {
+      std::fprintf(stderr, "layer %zu %s: %s\n", i, d.digest.str().substr(0, 19).c_str(),
+                   cached ? "already present" : "applied");
+    };
   auto images = oci::load_images(*store, path, name, opt);
   if (!images) return report(images.error());
-  for (const auto& r : *images)
-    std::printf("loaded %s (%s)\n", r.reference.c_str(), r.manifest.str().c_str());
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : *images) {
+    if (as_json)
+      out.push_back({{"reference", r.reference}, {"manifest", r.manifest.str()}});
+    else
+      std::printf("loaded %s (%s)\n", r.reference.c_str(), r.manifest.str().c_str());
+  }
+  if (as_json) print_json_line(out);
   return 0;
 }
 
@@ -312,7 +324,7 @@ int run_images(const std::string& state_dir, bool as_json) {
   return 0;
 }
 
-int run_rmi(const std::string& state_dir, const std::vector<std::string>& refs) {
+int run_rmi(const std::string& state_dir, const std::vector<std::string>& refs, bool as_json) {
   auto store = open_store(state_dir);
   if (!store) return report(store.error());
   auto lock = store->lock(true);
@@ -321,18 +333,31 @@ int run_rmi(const std::string& state_dir, const std::vector<std::string>& refs) 
     auto ref = oci::parse_reference(r);
     if (!ref) return report(ref.error());
     if (auto s = store->remove_image(ref->str()); !s) return report(s.error());
-    std::printf("removed %s\n", ref->str().c_str());
+    if (as_json)
+      print_json_line({{"removed", ref->str()}});
+    else
+      std::printf("removed %s\n", ref->str().c_str());
   }
   return 0;
 }
 
-int run_prune(const std::string& state_dir) {
+int run_prune(const std::string& state_dir, bool as_json) {
   auto store = open_store(state_dir);
   if (!store) return report(store.error());
   auto lock = store->lock(true);
   if (!lock) return report(lock.error());
   auto r = store->prune();
   if (!r) return report(r.error());
+  if (as_json) {
+    auto used = store->disk_usage();
+    print_json_line({{"blobs", r->blobs},
+                     {"layers", r->layers},
+                     {"staging", r->staging},
+                     {"freed", r->bytes},
+                     {"store", store->root()},
+                     {"used", used ? *used : 0}});
+    return 0;
+  }
   std::printf("removed %d blobs, %d layers, %d staging entries: %s freed\n", r->blobs, r->layers,
               r->staging, human_bytes(r->bytes).c_str());
   auto used = store->disk_usage();
@@ -1169,6 +1194,9 @@ int main(int argc, char** argv) {
   sub->add_option("--security-opt", sb.security_opts,
                   "no-new-privileges[=BOOL] or seccomp=PROFILE (repeatable)");
   sub->add_flag("--read-only", sb.read_only, "a read-only root");
+  sub->add_option("--entrypoint", sb.entrypoint,
+                  "run this program in place of the image's entrypoint (and without its Cmd); "
+                  "\"\" for none");
 
   // Image verbs (oci/).
   std::string state_dir, load_path, load_name;
@@ -1385,12 +1413,12 @@ int main(int argc, char** argv) {
   }
   if (load->parsed()) {
     if (load_path.empty()) return report(invalid("give the layout or archive to load (or -)"));
-    return run_load(state_dir, load_path, load_name);
+    return run_load(state_dir, load_path, load_name, global.json);
   }
   if (images->parsed()) return run_images(state_dir, global.json);
   if (info->parsed()) return run_info(state_dir, global.json);
-  if (rmi->parsed()) return run_rmi(state_dir, rmi_refs);
-  if (prune->parsed()) return run_prune(state_dir);
+  if (rmi->parsed()) return run_rmi(state_dir, rmi_refs, global.json);
+  if (prune->parsed()) return run_prune(state_dir, global.json);
   if (pull->parsed()) {
     for (const auto& m : mirrors) {
       auto eq = m.find('=');

@@ -4,8 +4,10 @@
 // oci::load_images, run through the library and through `cloister exec`.
 // The same isolation checks as for the host executor, seen from inside.
 #include <gtest/gtest.h>
+
 #include <sys/stat.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdlib>
 #include <set>
@@ -213,6 +215,10 @@ TEST_F(Container, CliAdhocRunsOfAnImageAndOfTheHost) {
                   "'touch /new 2>/dev/null || echo refused' 2>/dev/null"),
             "refused\n");
   EXPECT_EQ(shell(cli_noconf + "-u 0" + img + "2>/dev/null"), "from-cmd\n") << "the image's Cmd";
+  EXPECT_EQ(shell(cli_noconf + "-u 0 --entrypoint /bin/echo" + img + "hi 2>/dev/null"), "hi\n");
+  EXPECT_EQ(shell(cli_noconf + "-u 0 --entrypoint /bin/echo" + img + "2>/dev/null"), "\n")
+      << "--entrypoint goes without the image's Cmd, as docker's";
+  EXPECT_EQ(shell(cli_noconf + "-u 0 --entrypoint ''" + img + "/bin/echo x 2>/dev/null"), "x\n");
   EXPECT_EQ(shell(cli_noconf + "-u 0 --hostname adhoc-box -e X=1 --tmpfs /scratch:size=1m" + img +
                   "'hostname; echo $X; stat -f -c %T /scratch' 2>/dev/null"),
             "adhoc-box\n1\ntmpfs\n");
@@ -265,8 +271,15 @@ TEST_F(Container, CliLoadsDockerArchivesAndStdin) {
   out = shell("gzip -c " + d + "/d.tar | " + cli + "load --state-dir " + d +
               "/s2 --name localhost/test/docker:2 -");
   EXPECT_NE(out.find("loaded localhost/test/docker:2"), std::string::npos) << out;
-  out = shell(cli + "load --state-dir " + d + "/s2 -i " + d + "/d.tar");
-  EXPECT_NE(out.find("loaded localhost/test/docker:1"), std::string::npos) << out;
+  out = shell(cli + "load --json --state-dir " + d + "/s2 -i " + d + "/d.tar");
+  auto loaded = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_TRUE(loaded.is_array() && loaded.size() == 1) << out;
+  EXPECT_EQ(loaded[0]["reference"], "localhost/test/docker:1");
+  out = shell(cli + "rmi --json --state-dir " + d + "/s2 localhost/test/docker:1");
+  EXPECT_EQ(nlohmann::json::parse(out, nullptr, false)["removed"], "localhost/test/docker:1")
+      << out;
+  out = shell(cli + "prune --json --state-dir " + d + "/s2");
+  EXPECT_EQ(nlohmann::json::parse(out, nullptr, false)["layers"], 0) << out << ": :2 keeps them";
   // Neither format: said, and nothing is left in the staging area.
   shell("cd " + d + " && mkdir junk && echo x > junk/f && tar -cf junk.tar -C junk f");
   FILE* p = ::popen((cli + "load --state-dir " + d + "/s2 " + d + "/junk.tar 2>&1").c_str(), "r");

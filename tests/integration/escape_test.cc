@@ -646,6 +646,9 @@ TEST_P(Escape, ExecJoinsTheSandboxAndNothingMore) {
   // SIGTERM: its timeout ends its whole tree, and nothing of the session's.
   auto hung = in_session({kAttack, "forge-and-hang"}, 500ms);
   EXPECT_TRUE(hung.status.timed_out) << hung.out << hung.err;
+  // The exec's teardown (its cgroup killed, emptied, removed) runs on the
+  // library's reaper once the Process is dropped: wait for it, then look.
+  EXPECT_TRUE(Spawned::drain_retired_for(std::chrono::seconds(10)));
   expect_no_leftover("after an exec's timeout");
   // Its init reaped its payload: no zombie of the sandbox went to the host's
   // init (whose reaping the sandbox's teardown would have to wait for).

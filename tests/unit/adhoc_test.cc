@@ -94,12 +94,26 @@ TEST(Adhoc, EachFlagIsItsField) {
   ro.image = "localhost/x:1";
   ro.read_only = true;
   ro.cpu_quota = "50000";
+  ro.entrypoint = "/bin/tool";
   auto c = lower_adhoc(ro);
   ASSERT_TRUE(c) << c.error().what();
   EXPECT_EQ(c->kind, ExecutorKind::Container);
   EXPECT_EQ(c->image, "localhost/x:1");
   EXPECT_TRUE(c->read_only_rootfs);
   EXPECT_EQ(c->cpu_quota, 50000u);
+  EXPECT_EQ(c->entrypoint, std::optional<std::vector<std::string>>({"/bin/tool"}));
+  ro.entrypoint = "";
+  auto none = lower_adhoc(ro);
+  ASSERT_TRUE(none) << none.error().what();
+  EXPECT_EQ(none->entrypoint, std::optional<std::vector<std::string>>(std::vector<std::string>{}));
+  AdhocFlags host_ep;
+  host_ep.host = true;
+  host_ep.entrypoint = "/bin/x";
+  auto refused = lower_adhoc(host_ep);
+  ASSERT_FALSE(refused);
+  EXPECT_TRUE(
+      refused.error().message.starts_with("--entrypoint '/bin/x': only valid for container"))
+      << refused.error().message;
   EXPECT_EQ(c->pids_limit, kDefaultPidsLimit) << "bounded unless said otherwise";
 }
 
