@@ -19,16 +19,6 @@ namespace {
 
 constexpr const char* kLog = "/events.jsonl";
 
-Status write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail(sys_error("write"));
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return {};
-}
-
 // The log for reading, if it is a regular file (a FIFO put there would
 // block a reader without O_NONBLOCK, and never end).
 Fd open_log(const std::string& path, struct stat& st) {
